@@ -1,0 +1,432 @@
+//! One partition of a stream: an ordered list of segment files, appended with group commit.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::frame::{self, FrameMeta};
+use super::{LogConfig, Notifier, now_ms, sync_dir};
+use crate::error::IoContext;
+use crate::{Error, Result};
+
+/// Where one frame lives in its segment.
+#[derive(Debug, Clone, Copy)]
+struct FrameRef {
+    base_offset: u64,
+    rows: u32,
+    pos: u64,
+    len: u32,
+}
+
+/// One segment file: frames from `base_offset` on.
+#[derive(Debug)]
+struct Segment {
+    base_offset: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    size: u64,
+    frames: Vec<FrameRef>,
+    last_append_ms: i64,
+}
+
+impl Segment {
+    fn end_offset(&self) -> u64 {
+        self.frames
+            .last()
+            .map_or(self.base_offset, |f| f.base_offset + u64::from(f.rows))
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// Oldest first; the last one is the active segment that takes appends.
+    segments: Vec<Segment>,
+    /// The offset the next appended row gets.
+    next_offset: u64,
+}
+
+/// A durable, append-only sequence of rows, each with an offset.
+#[derive(Debug)]
+pub struct Partition {
+    name: String,
+    dir: PathBuf,
+    config: LogConfig,
+    state: Mutex<State>,
+    /// Held while syncing; holds the offset known durable. Appenders that queue here while
+    /// another fsync runs are usually covered by it: that is the group commit.
+    synced: Mutex<u64>,
+    /// Rows below this offset are durable and visible to readers.
+    committed: AtomicU64,
+    poisoned: AtomicBool,
+    notifier: Arc<Notifier>,
+}
+
+fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {
+    dir.join(format!("{base_offset:020}.log"))
+}
+
+fn open_segment_file(path: &Path, create: bool) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .ctx(|| format!("opening segment {}", path.display()))
+}
+
+impl Partition {
+    /// Opens (or creates) the partition in `dir`, recovering its tail.
+    ///
+    /// Recovery validates every frame; a torn or corrupt tail of the newest segment, which can
+    /// only hold unacknowledged appends, is truncated. Damage anywhere else is reported as
+    /// [`Error::Corrupt`] rather than silently dropping acknowledged data.
+    pub fn open(name: String, dir: &Path, config: LogConfig, notifier: Arc<Notifier>) -> Result<Self> {
+        fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
+            let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+            let file_name = entry.file_name();
+            let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+                continue;
+            };
+            match stem.parse::<u64>() {
+                Ok(base) => bases.push(base),
+                Err(_) => tracing::warn!(file = ?entry.path(), "ignoring a file that is not a segment"),
+            }
+        }
+        bases.sort_unstable();
+        let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
+        let count = bases.len();
+        for (i, base) in bases.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            if let Some(prev) = segments.last() {
+                if prev.end_offset() != base {
+                    return Err(Error::Corrupt(format!(
+                        "{name}: segment {base} does not follow segment {} (which ends at {})",
+                        prev.base_offset,
+                        prev.end_offset()
+                    )));
+                }
+            }
+            segments.push(recover_segment(&name, dir, base, is_last)?);
+        }
+        if segments.is_empty() {
+            let path = segment_path(dir, 0);
+            let file = open_segment_file(&path, true)?;
+            sync_dir(dir)?;
+            segments.push(Segment {
+                base_offset: 0,
+                path,
+                file: Arc::new(file),
+                size: 0,
+                frames: Vec::new(),
+                last_append_ms: now_ms(),
+            });
+        }
+        let next_offset = segments.last().map_or(0, Segment::end_offset);
+        Ok(Self {
+            name,
+            dir: dir.to_path_buf(),
+            config,
+            state: Mutex::new(State {
+                segments,
+                next_offset,
+            }),
+            synced: Mutex::new(next_offset),
+            committed: AtomicU64::new(next_offset),
+            poisoned: AtomicBool::new(false),
+            notifier,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves `State` consistent at frame granularity (we
+        // update it only after a write succeeded), so recover the guard instead of cascading.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The offset below which rows are durable and readable.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// The oldest offset still stored (retention deletes whole segments below it).
+    pub fn start_offset(&self) -> u64 {
+        self.state().segments.first().map_or(0, |s| s.base_offset)
+    }
+
+    /// Bytes stored in all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.state().segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.state().segments.len()
+    }
+
+    fn check_poisoned(&self) -> Result<()> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(Error::Poisoned(self.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` to the active segment without waiting for it to be durable.
+    ///
+    /// Returns the offsets `[base, end)` the rows got. The rows become visible to readers, and
+    /// the append may be acknowledged, only after [`Partition::sync_to`] with `end` returned.
+    pub fn write(&self, batch: &RecordBatch) -> Result<(u64, u64)> {
+        self.check_poisoned()?;
+        let append_ms = now_ms();
+        let mut frame_bytes = frame::encode(batch, append_ms)?;
+        let mut state = self.state();
+        let base = state.next_offset;
+        frame::seal(&mut frame_bytes, base);
+        let frame_len = frame_bytes.len() as u64;
+        let active_size = state.segments.last().map_or(0, |s| s.size);
+        if active_size > 0 && active_size + frame_len > self.config.segment_bytes {
+            self.roll(&mut state)?;
+        }
+        let active = state
+            .segments
+            .last_mut()
+            .ok_or_else(|| Error::Internal("a partition has no active segment".into()))?;
+        if let Err(e) = active.file.write_all_at(&frame_bytes, active.size) {
+            // Leave no partial frame behind for the next append to follow.
+            let _ = active.file.set_len(active.size);
+            return Err(Error::Io {
+                context: format!("appending to {}", active.path.display()),
+                source: e,
+            });
+        }
+        active.frames.push(FrameRef {
+            base_offset: base,
+            rows: batch.num_rows() as u32,
+            pos: active.size,
+            len: frame_len as u32,
+        });
+        active.size += frame_len;
+        active.last_append_ms = append_ms;
+        state.next_offset = base + batch.num_rows() as u64;
+        Ok((base, state.next_offset))
+    }
+
+    /// Closes the active segment (durably) and starts a new one at the next offset.
+    fn roll(&self, state: &mut State) -> Result<()> {
+        if let Some(active) = state.segments.last() {
+            if let Err(e) = active.file.sync_data() {
+                self.poisoned.store(true, Ordering::Release);
+                return Err(Error::Io {
+                    context: format!("fsync of {}", active.path.display()),
+                    source: e,
+                });
+            }
+        }
+        let base = state.next_offset;
+        let path = segment_path(&self.dir, base);
+        let file = open_segment_file(&path, true)?;
+        sync_dir(&self.dir)?;
+        tracing::debug!(partition = %self.name, base_offset = base, "rolled segment");
+        state.segments.push(Segment {
+            base_offset: base,
+            path,
+            file: Arc::new(file),
+            size: 0,
+            frames: Vec::new(),
+            last_append_ms: now_ms(),
+        });
+        Ok(())
+    }
+
+    /// Waits until every row below `end` is durable, sharing one fsync among concurrent callers.
+    pub fn sync_to(&self, end: u64) -> Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= end {
+            return Ok(());
+        }
+        self.check_poisoned()?;
+        let (target, file, path) = {
+            let state = self.state();
+            let active = state
+                .segments
+                .last()
+                .ok_or_else(|| Error::Internal("a partition has no active segment".into()))?;
+            (state.next_offset, Arc::clone(&active.file), active.path.clone())
+        };
+        if let Err(e) = file.sync_data() {
+            // After a failed fsync the kernel may have dropped dirty pages: nothing written
+            // since the last good sync can be trusted, so refuse further appends.
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(partition = %self.name, error = %e, "fsync failed; partition stopped");
+            return Err(Error::Io {
+                context: format!("fsync of {}", path.display()),
+                source: e,
+            });
+        }
+        *synced = target;
+        self.committed.store(target, Ordering::Release);
+        self.notifier.notify();
+        Ok(())
+    }
+
+    /// Appends `batch` durably and returns the offset of its first row.
+    pub fn append(&self, batch: &RecordBatch) -> Result<u64> {
+        let (base, end) = self.write(batch)?;
+        self.sync_to(end)?;
+        Ok(base)
+    }
+
+    /// Reads committed rows from offset `from` on, whole frames up to about `max_rows` rows.
+    ///
+    /// Returns `(offset of the first row, batch)` pairs. Reading below the start offset (rows
+    /// removed by retention) starts at the start offset; reading at or past the committed offset
+    /// returns nothing.
+    pub fn read(&self, from: u64, max_rows: usize) -> Result<Vec<(u64, RecordBatch)>> {
+        let committed = self.committed();
+        let mut wanted: Vec<(Arc<File>, FrameRef, PathBuf)> = Vec::new();
+        {
+            let state = self.state();
+            let first_seg = state
+                .segments
+                .partition_point(|s| s.end_offset() <= from)
+                .min(state.segments.len());
+            let mut rows = 0usize;
+            'outer: for seg in &state.segments[first_seg..] {
+                let start = seg
+                    .frames
+                    .partition_point(|f| f.base_offset + u64::from(f.rows) <= from);
+                for f in &seg.frames[start..] {
+                    if f.base_offset >= committed || rows >= max_rows {
+                        break 'outer;
+                    }
+                    rows += f.rows as usize;
+                    wanted.push((Arc::clone(&seg.file), *f, seg.path.clone()));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut buf = Vec::new();
+        for (file, f, path) in wanted {
+            buf.resize(f.len as usize, 0);
+            file.read_exact_at(&mut buf, f.pos)
+                .ctx(|| format!("reading {} at {}", path.display(), f.pos))?;
+            match frame::check(&buf) {
+                Some(meta) if meta.base_offset == f.base_offset => {}
+                _ => {
+                    return Err(Error::Corrupt(format!(
+                        "{}: frame at byte {} of {} changed on disk after it was written",
+                        self.name,
+                        f.pos,
+                        path.display()
+                    )));
+                }
+            }
+            let batch = frame::decode(&buf)?;
+            if from > f.base_offset {
+                let skip = (from - f.base_offset) as usize;
+                out.push((from, batch.slice(skip, batch.num_rows() - skip)));
+            } else {
+                out.push((f.base_offset, batch));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes closed segments past the retention limits; the active segment is never deleted.
+    ///
+    /// Returns the number of segments deleted.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        let mut state = self.state();
+        let mut deleted = 0;
+        let mut total: u64 = state.segments.iter().map(|s| s.size).sum();
+        while state.segments.len() > 1 {
+            let oldest = &state.segments[0];
+            let too_old = self
+                .config
+                .retention_ms
+                .is_some_and(|ms| oldest.last_append_ms < now_ms - ms);
+            let too_big = self.config.retention_bytes.is_some_and(|b| total > b);
+            if !(too_old || too_big) {
+                break;
+            }
+            let oldest = state.segments.remove(0);
+            fs::remove_file(&oldest.path).ctx(|| format!("deleting {}", oldest.path.display()))?;
+            total -= oldest.size;
+            deleted += 1;
+            tracing::info!(partition = %self.name, segment = oldest.base_offset, "retention deleted segment");
+        }
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+}
+
+/// Scans one segment; truncates a bad tail when it is the newest segment.
+fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<Segment> {
+    let path = segment_path(dir, base);
+    let file = open_segment_file(&path, false)?;
+    let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
+    let mut frames = Vec::new();
+    let mut pos = 0usize;
+    let mut expected = base;
+    let mut last_append_ms = file
+        .metadata()
+        .ok()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or_else(now_ms, |d| d.as_millis() as i64);
+    while let Some(FrameMeta {
+        base_offset,
+        rows,
+        append_ms,
+        len,
+    }) = frame::check(&bytes[pos..])
+    {
+        if base_offset != expected {
+            break;
+        }
+        frames.push(FrameRef {
+            base_offset,
+            rows,
+            pos: pos as u64,
+            len,
+        });
+        pos += len as usize;
+        expected += u64::from(rows);
+        last_append_ms = append_ms;
+    }
+    if pos < bytes.len() {
+        if !is_last {
+            return Err(Error::Corrupt(format!(
+                "{name}: closed segment {} is damaged at byte {pos} of {}",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        tracing::warn!(
+            partition = name,
+            segment = %path.display(),
+            valid_bytes = pos,
+            dropped_bytes = bytes.len() - pos,
+            "truncating a torn or corrupt tail (never acknowledged)"
+        );
+        file.set_len(pos as u64)
+            .ctx(|| format!("truncating {}", path.display()))?;
+        file.sync_all().ctx(|| format!("fsync of {}", path.display()))?;
+    }
+    Ok(Segment {
+        base_offset: base,
+        path,
+        file: Arc::new(file),
+        size: pos as u64,
+        frames,
+        last_append_ms,
+    })
+}

@@ -1,0 +1,249 @@
+//! Tests of the log: appends, reads, recovery from torn and corrupt tails, rolling and retention.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Int64Array, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+use super::*;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Utf8, true),
+    ]))
+}
+
+fn rows(keys: std::ops::Range<i64>) -> RecordBatch {
+    let k: Vec<i64> = keys.collect();
+    let v: Vec<String> = k.iter().map(|k| format!("value-{k}")).collect();
+    RecordBatch::try_new(
+        schema(),
+        vec![Arc::new(Int64Array::from(k)), Arc::new(StringArray::from(v))],
+    )
+    .expect("valid batch")
+}
+
+fn keys_in(p: &Partition) -> Vec<i64> {
+    p.read(0, usize::MAX)
+        .expect("read")
+        .iter()
+        .flat_map(|(_, b)| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64 keys")
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+fn open_one(dir: &Path, config: LogConfig) -> StreamLog {
+    StreamLog::open(dir, schema(), 1, None, config).expect("open")
+}
+
+#[test]
+fn appends_are_read_back_with_offsets() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = open_one(tmp.path(), LogConfig::default());
+    let p = &log.partitions()[0];
+    assert_eq!(p.append(&rows(0..3)).expect("append"), 0);
+    assert_eq!(p.append(&rows(3..5)).expect("append"), 3);
+    assert_eq!(p.committed(), 5);
+    let read = p.read(4, 10).expect("read");
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].0, 4);
+    assert_eq!(read[0].1.num_rows(), 1);
+    assert!(p.read(5, 10).expect("read at end").is_empty());
+    drop(log);
+    let log = open_one(tmp.path(), LogConfig::default());
+    assert_eq!(keys_in(&log.partitions()[0]), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn keyed_rows_land_in_their_partition() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = StreamLog::open(tmp.path(), schema(), 4, Some(0), LogConfig::default())
+        .expect("open");
+    let receipt = log.append(&[rows(0..100), rows(0..100)]).expect("append");
+    assert_eq!(receipt.rows(), 200);
+    let mut total = 0;
+    for p in log.partitions() {
+        let keys = keys_in(p);
+        total += keys.len();
+        let parts = partition_indices(&Int64Array::from(keys.clone()), 4).expect("partition");
+        assert!(parts.values().iter().all(|x| Some(x) == parts.values().first()));
+    }
+    assert_eq!(total, 200);
+}
+
+#[test]
+fn unkeyed_appends_go_round_robin() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = StreamLog::open(tmp.path(), schema(), 3, None, LogConfig::default()).expect("open");
+    for i in 0..6 {
+        log.append(&[rows(i..i + 1)]).expect("append");
+    }
+    assert_eq!(log.committed_offsets(), vec![2, 2, 2]);
+}
+
+#[test]
+fn not_null_is_enforced_and_nothing_is_appended() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+    let log = StreamLog::open(tmp.path(), Arc::clone(&schema), 1, None, LogConfig::default())
+        .expect("open");
+    let nullable = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+    let bad = RecordBatch::try_new(nullable, vec![Arc::new(Int64Array::from(vec![Some(1), None]))])
+        .expect("batch");
+    assert!(log.append(&[bad]).is_err());
+    assert_eq!(log.committed_offsets(), vec![0]);
+}
+
+/// Writes two frames, returns the segment bytes and where the second frame starts.
+fn two_frames(dir: &Path) -> (Vec<u8>, usize) {
+    let log = open_one(dir, LogConfig::default());
+    let p = &log.partitions()[0];
+    p.append(&rows(0..10)).expect("append");
+    let first_len = p.size_bytes() as usize;
+    p.append(&rows(10..15)).expect("append");
+    drop(log);
+    let bytes = fs::read(dir.join("0").join(format!("{:020}.log", 0))).expect("segment");
+    (bytes, first_len)
+}
+
+#[test]
+fn recovery_truncates_a_torn_tail_at_every_byte() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let (bytes, first_len) = two_frames(src.path());
+    for cut in first_len..bytes.len() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(tmp.path().join("0")).expect("mkdir");
+        let seg = tmp.path().join("0").join(format!("{:020}.log", 0));
+        fs::write(&seg, &bytes[..cut]).expect("write");
+        let log = open_one(tmp.path(), LogConfig::default());
+        let p = &log.partitions()[0];
+        assert_eq!(keys_in(p), (0..10).collect::<Vec<_>>(), "cut at {cut}");
+        assert_eq!(fs::metadata(&seg).expect("stat").len() as usize, first_len);
+        // The log goes on from the last good frame.
+        assert_eq!(p.append(&rows(10..11)).expect("append"), 10, "cut at {cut}");
+    }
+}
+
+#[test]
+fn recovery_drops_a_corrupt_last_frame() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let (bytes, first_len) = two_frames(src.path());
+    for byte in (first_len..bytes.len()).step_by(7) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(tmp.path().join("0")).expect("mkdir");
+        let mut bad = bytes.clone();
+        bad[byte] ^= 0x01;
+        fs::write(tmp.path().join("0").join(format!("{:020}.log", 0)), &bad).expect("write");
+        let log = open_one(tmp.path(), LogConfig::default());
+        assert_eq!(keys_in(&log.partitions()[0]), (0..10).collect::<Vec<_>>(), "flip at {byte}");
+    }
+    // Junk appended after valid frames is a torn tail too.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(tmp.path().join("0")).expect("mkdir");
+    let mut junk = bytes.clone();
+    junk.extend_from_slice(&[0xAB; 100]);
+    fs::write(tmp.path().join("0").join(format!("{:020}.log", 0)), &junk).expect("write");
+    let log = open_one(tmp.path(), LogConfig::default());
+    assert_eq!(keys_in(&log.partitions()[0]), (0..15).collect::<Vec<_>>());
+}
+
+#[test]
+fn damage_in_a_closed_segment_is_an_error() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 1,
+        ..LogConfig::default()
+    };
+    {
+        let log = open_one(tmp.path(), config);
+        for i in 0..3 {
+            log.partitions()[0].append(&rows(i * 5..i * 5 + 5)).expect("append");
+        }
+        assert_eq!(log.partitions()[0].segment_count(), 3);
+    }
+    let seg = tmp.path().join("0").join(format!("{:020}.log", 0));
+    let mut bytes = fs::read(&seg).expect("read");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xFF;
+    fs::write(&seg, bytes).expect("write");
+    let err = StreamLog::open(tmp.path(), schema(), 1, None, config).expect_err("corrupt");
+    assert!(matches!(err, Error::Corrupt(_)), "{err}");
+}
+
+#[test]
+fn segments_roll_and_retention_deletes_whole_closed_segments() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let probe = open_one(&tmp.path().join("probe"), LogConfig::default());
+    probe.partitions()[0].append(&rows(0..10)).expect("append");
+    let frame = probe.partitions()[0].size_bytes();
+    let config = LogConfig {
+        segment_bytes: frame * 2,
+        retention_ms: None,
+        retention_bytes: Some(frame * 4),
+    };
+    let log = open_one(&tmp.path().join("s"), config);
+    let p = &log.partitions()[0];
+    for i in 0..10 {
+        p.append(&rows(i * 10..i * 10 + 10)).expect("append");
+    }
+    assert_eq!(p.segment_count(), 5);
+    let deleted = log.enforce_retention().expect("retention");
+    assert!(deleted > 0);
+    assert!(p.size_bytes() <= frame * 4 + frame * 2);
+    let start = p.start_offset();
+    assert!(start > 0 && start % 20 == 0, "start {start}");
+    // Reading below the start begins at the start; nothing after it was lost.
+    assert_eq!(keys_in(p), (start as i64..100).collect::<Vec<_>>());
+    drop(log);
+    let log = open_one(&tmp.path().join("s"), config);
+    assert_eq!(log.partitions()[0].start_offset(), start);
+    assert_eq!(log.partitions()[0].committed(), 100);
+
+    let timed = LogConfig {
+        segment_bytes: frame * 2,
+        retention_ms: Some(60_000),
+        retention_bytes: None,
+    };
+    let log = open_one(&tmp.path().join("t"), timed);
+    for i in 0..4 {
+        log.partitions()[0].append(&rows(i * 10..i * 10 + 10)).expect("append");
+    }
+    assert_eq!(log.partitions()[0].enforce_retention(now_ms()).expect("now"), 0);
+    let deleted = log.partitions()[0]
+        .enforce_retention(now_ms() + 120_000)
+        .expect("later");
+    assert!(deleted > 0);
+    assert_eq!(log.partitions()[0].segment_count(), 1, "only the active segment stays");
+}
+
+#[test]
+fn concurrent_appends_share_fsyncs_and_lose_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(open_one(tmp.path(), LogConfig::default()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let k = t * 1000 + i;
+                    log.append(&[rows(k..k + 1)]).expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let mut keys = keys_in(&log.partitions()[0]);
+    assert_eq!(keys.len(), 400);
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 400);
+}

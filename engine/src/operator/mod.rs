@@ -1,0 +1,48 @@
+//! Streaming operators: synchronous, deterministic transformations of Arrow batches.
+//!
+//! The runtime owns all I/O and drives operators through [`Operator::process_batch`] and
+//! [`Operator::on_watermark`]; tests drive them directly with literal batches.
+
+mod filter;
+mod projection;
+mod tumble;
+mod window_aggregate;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+pub use filter::FilterOperator;
+pub use projection::ProjectionOperator;
+pub use tumble::TumbleOperator;
+pub use window_aggregate::{AggregateSpec, WindowAggregateOperator, WindowColumn};
+
+use crate::Result;
+
+/// A step of a continuous query.
+pub trait Operator: Send + std::fmt::Debug {
+    /// A short name for plans and logs.
+    fn name(&self) -> &'static str;
+
+    /// The schema of the batches this operator emits.
+    fn schema(&self) -> SchemaRef;
+
+    /// Consumes one input batch and returns the batches it produces right away.
+    fn process_batch(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>>;
+
+    /// Tells the operator that no event older than `watermark_ns` (nanoseconds since the epoch)
+    /// is still to come; returns what that completes (closed windows, for example).
+    fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
+        let _ = watermark_ns;
+        Ok(Vec::new())
+    }
+
+    /// Events that arrived after the watermark had closed their window, so far.
+    fn late_rows(&self) -> u64 {
+        0
+    }
+
+    /// One line describing the operator, for EXPLAIN.
+    fn explain(&self) -> String {
+        self.name().to_string()
+    }
+}

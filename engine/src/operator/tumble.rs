@@ -1,0 +1,142 @@
+//! Assigns each event its tumbling window: adds `window_start` and `window_end` columns.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+
+use super::Operator;
+use crate::watermark::unit_nanos;
+use crate::{Error, Result};
+
+/// The TUMBLE window assigner: windows of a fixed size, aligned to the epoch, that do not overlap.
+#[derive(Debug)]
+pub struct TumbleOperator {
+    time_index: usize,
+    /// Window size in units of the time column.
+    size: i64,
+    size_ns: i64,
+    time_type: DataType,
+    schema: SchemaRef,
+}
+
+impl TumbleOperator {
+    /// Windows of `size_ns` nanoseconds over timestamp column `time_index` of `input`.
+    pub fn try_new(input: &Schema, time_index: usize, size_ns: i64) -> Result<Self> {
+        let field = input.fields().get(time_index).ok_or_else(|| {
+            Error::InvalidArgument(format!("no column {time_index} for the window time"))
+        })?;
+        let DataType::Timestamp(unit, _) = field.data_type() else {
+            return Err(Error::InvalidArgument(format!(
+                "a window needs a timestamp column; {} is {}",
+                field.name(),
+                field.data_type()
+            )));
+        };
+        let unit = unit_nanos(*unit);
+        if size_ns <= 0 || size_ns % unit != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "a window size must be positive and a whole number of the time column's unit, \
+                 not {size_ns} ns"
+            )));
+        }
+        let mut fields: Vec<_> = input.fields().iter().cloned().collect();
+        let nullable = field.is_nullable();
+        fields.push(Arc::new(Field::new("window_start", field.data_type().clone(), nullable)));
+        fields.push(Arc::new(Field::new("window_end", field.data_type().clone(), nullable)));
+        Ok(Self {
+            time_index,
+            size: size_ns / unit,
+            size_ns,
+            time_type: field.data_type().clone(),
+            schema: Arc::new(Schema::new(fields)),
+        })
+    }
+
+    /// The window size in nanoseconds.
+    pub fn size_ns(&self) -> i64 {
+        self.size_ns
+    }
+}
+
+impl Operator for TumbleOperator {
+    fn name(&self) -> &'static str {
+        "TumbleWindow"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let ts = cast(batch.column(self.time_index), &DataType::Int64)?;
+        let size = self.size;
+        let starts = ts
+            .as_primitive::<Int64Type>()
+            .unary::<_, Int64Type>(|t| t - t.rem_euclid(size));
+        let ends = starts.unary::<_, Int64Type>(|s| s + size);
+        let starts: ArrayRef = cast(&starts, &self.time_type)?;
+        let ends: ArrayRef = cast(&ends, &self.time_type)?;
+        let mut columns = batch.columns().to_vec();
+        columns.push(starts);
+        columns.push(ends);
+        Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
+    }
+
+    fn explain(&self) -> String {
+        format!(
+            "TumbleWindow: time={} size={}",
+            self.schema.field(self.time_index).name(),
+            format_duration_ns(self.size_ns)
+        )
+    }
+}
+
+/// A duration for humans: `1m`, `10s`, `250ms`.
+pub(crate) fn format_duration_ns(ns: i64) -> String {
+    const UNITS: [(i64, &str); 6] = [
+        (86_400_000_000_000, "d"),
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+    ];
+    for (n, unit) in UNITS {
+        if ns % n == 0 && ns != 0 {
+            return format!("{}{unit}", ns / n);
+        }
+    }
+    format!("{ns}ns")
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::TimestampMillisecondArray;
+    use datafusion::arrow::datatypes::TimeUnit;
+
+    use super::*;
+
+    #[test]
+    fn assigns_epoch_aligned_windows_including_before_1970() {
+        let schema = Schema::new(vec![Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        )]);
+        let mut op = TumbleOperator::try_new(&schema, 0, 60_000_000_000).expect("valid");
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![Arc::new(TimestampMillisecondArray::from(vec![0, 59_999, 60_000, -1]))],
+        )
+        .expect("batch");
+        let out = op.process_batch(batch).expect("process");
+        let starts = cast(out[0].column(1), &DataType::Int64).expect("cast");
+        let ends = cast(out[0].column(2), &DataType::Int64).expect("cast");
+        assert_eq!(starts.as_primitive::<Int64Type>().values(), &[0, 0, 60_000, -60_000]);
+        assert_eq!(ends.as_primitive::<Int64Type>().values(), &[60_000, 60_000, 120_000, 0]);
+        assert!(out[0].column(1).null_count() == 0);
+    }
+}

@@ -1,0 +1,315 @@
+//! Grouped aggregation per event-time window, emitted once per window when the watermark passes
+//! its end (EMIT ON WINDOW CLOSE).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::Operator;
+use super::tumble::format_duration_ns;
+use crate::watermark::unit_nanos;
+use crate::{Error, Result};
+
+/// The input column that says which window a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowColumn {
+    /// The column holds the window's start.
+    Start(usize),
+    /// The column holds the window's end.
+    End(usize),
+}
+
+/// One aggregate of a window aggregation, with its `FILTER (WHERE ...)` clause if any.
+#[derive(Debug, Clone)]
+pub struct AggregateSpec {
+    /// The aggregate function and its argument expressions.
+    pub expr: Arc<AggregateFunctionExpr>,
+    /// Rows for which this is false or NULL do not feed the aggregate.
+    pub filter: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// The groups and accumulators of one open window.
+struct WindowState {
+    groups: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+impl std::fmt::Debug for WindowState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowState")
+            .field("groups", &self.groups.len())
+            .finish()
+    }
+}
+
+/// Aggregates rows per (window, group key) with DataFusion's vectorised group-by machinery.
+///
+/// State is held per open window only; a window's state is freed as soon as it is emitted. Rows
+/// whose window had already closed when they arrived are counted in [`Operator::late_rows`].
+#[derive(Debug)]
+pub struct WindowAggregateOperator {
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    group_names: Vec<String>,
+    group_schema: SchemaRef,
+    window: WindowColumn,
+    size_ns: i64,
+    unit_ns: i64,
+    aggregates: Vec<AggregateSpec>,
+    schema: SchemaRef,
+    /// Open windows by end time (ns), so that closing is a range split.
+    windows: BTreeMap<i64, WindowState>,
+    watermark: Option<i64>,
+    late_rows: u64,
+    group_ids: Vec<usize>,
+}
+
+impl WindowAggregateOperator {
+    /// A window aggregation over batches of `input`.
+    ///
+    /// `group_exprs` must include the window column; the output has the group columns followed
+    /// by one column per aggregate, with the types of `output`.
+    pub fn try_new(
+        input: &Schema,
+        group_exprs: Vec<(Arc<dyn PhysicalExpr>, String)>,
+        window: WindowColumn,
+        size_ns: i64,
+        aggregates: Vec<AggregateSpec>,
+        output: SchemaRef,
+    ) -> Result<Self> {
+        let index = match window {
+            WindowColumn::Start(i) | WindowColumn::End(i) => i,
+        };
+        let field = input.fields().get(index).ok_or_else(|| {
+            Error::InvalidArgument(format!("no window column {index} in {input}"))
+        })?;
+        let DataType::Timestamp(unit, _) = field.data_type() else {
+            return Err(Error::InvalidArgument(format!(
+                "window column {} must be a timestamp, not {}",
+                field.name(),
+                field.data_type()
+            )));
+        };
+        let group_fields = group_exprs
+            .iter()
+            .map(|(e, name)| Ok(Field::new(name, e.data_type(input)?, e.nullable(input)?)))
+            .collect::<Result<Vec<_>>>()?;
+        if output.fields().len() != group_exprs.len() + aggregates.len() {
+            return Err(Error::Internal(format!(
+                "window aggregate output has {} columns for {} groups and {} aggregates",
+                output.fields().len(),
+                group_exprs.len(),
+                aggregates.len()
+            )));
+        }
+        if aggregates.iter().any(|a| !a.expr.order_bys().is_empty()) {
+            return Err(Error::InvalidArgument(
+                "ordered aggregates (ORDER BY inside an aggregate) are not supported in windows yet"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            group_names: group_exprs.iter().map(|(_, n)| n.clone()).collect(),
+            group_exprs: group_exprs.into_iter().map(|(e, _)| e).collect(),
+            group_schema: Arc::new(Schema::new(group_fields)),
+            window,
+            size_ns,
+            unit_ns: unit_nanos(*unit),
+            aggregates,
+            schema: output,
+            windows: BTreeMap::new(),
+            watermark: None,
+            late_rows: 0,
+            group_ids: Vec::new(),
+        })
+    }
+
+    /// Number of windows currently open.
+    pub fn open_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    fn new_window(&self) -> Result<WindowState> {
+        let accumulators = self
+            .aggregates
+            .iter()
+            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+                if a.expr.groups_accumulator_supported() {
+                    Ok(a.expr.create_groups_accumulator()?)
+                } else {
+                    let expr = Arc::clone(&a.expr);
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        expr.create_accumulator()
+                    })))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(WindowState {
+            groups: new_group_values(Arc::clone(&self.group_schema), &GroupOrdering::None)?,
+            accumulators,
+        })
+    }
+
+    /// Window end (ns) of every row.
+    fn window_ends(&self, batch: &RecordBatch) -> Result<Int64Array> {
+        let (index, offset) = match self.window {
+            WindowColumn::Start(i) => (i, self.size_ns),
+            WindowColumn::End(i) => (i, 0),
+        };
+        let raw = cast(batch.column(index), &DataType::Int64)?;
+        let unit = self.unit_ns;
+        Ok(raw
+            .as_primitive::<Int64Type>()
+            .unary::<_, Int64Type>(|v| v.saturating_mul(unit).saturating_add(offset)))
+    }
+
+    fn update_window(
+        &mut self,
+        end: i64,
+        groups: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+    ) -> Result<()> {
+        if !self.windows.contains_key(&end) {
+            let state = self.new_window()?;
+            self.windows.insert(end, state);
+        }
+        let state = self
+            .windows
+            .get_mut(&end)
+            .ok_or_else(|| Error::Internal("window vanished during update".into()))?;
+        state.groups.intern(groups, &mut self.group_ids)?;
+        let total = state.groups.len();
+        for ((acc, args), filter) in state.accumulators.iter_mut().zip(args).zip(filters) {
+            acc.update_batch(args, &self.group_ids, filter.as_ref(), total)?;
+        }
+        Ok(())
+    }
+}
+
+impl Operator for WindowAggregateOperator {
+    fn name(&self) -> &'static str {
+        "WindowAggregate"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ends = self.window_ends(&batch)?;
+        let groups = self
+            .group_exprs
+            .iter()
+            .map(|e| e.evaluate(&batch)?.into_array(n))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let mut args = Vec::with_capacity(self.aggregates.len());
+        let mut filters = Vec::with_capacity(self.aggregates.len());
+        for a in &self.aggregates {
+            args.push(
+                a.expr
+                    .expressions()
+                    .iter()
+                    .map(|e| e.evaluate(&batch)?.into_array(n))
+                    .collect::<datafusion::error::Result<Vec<_>>>()?,
+            );
+            filters.push(match &a.filter {
+                Some(f) => Some(f.evaluate(&batch)?.into_array(n)?.as_boolean().clone()),
+                None => None,
+            });
+        }
+        let closed_up_to = self.watermark.unwrap_or(i64::MIN);
+        let values = ends.values();
+        let first = values[0];
+        let single = ends.null_count() == 0 && first > closed_up_to && values.iter().all(|&e| e == first);
+        if single {
+            return self.update_window(first, &groups, &args, &filters).map(|()| Vec::new());
+        }
+        // Rows of several windows (or late rows): route each window's rows separately.
+        let mut buckets: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, &end) in values.iter().enumerate() {
+            if ends.is_null(row) || end <= closed_up_to {
+                self.late_rows += 1;
+            } else {
+                buckets.entry(end).or_default().push(row as u32);
+            }
+        }
+        if self.late_rows > 0 {
+            tracing::debug!(late_rows = self.late_rows, "events arrived after their window closed");
+        }
+        for (end, rows) in buckets {
+            let idx = UInt32Array::from(rows);
+            let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                cols.iter().map(|c| Ok(take(c, &idx, None)?)).collect()
+            };
+            let g = pick(&groups)?;
+            let a = args.iter().map(|cols| pick(cols)).collect::<Result<Vec<_>>>()?;
+            let f = filters
+                .iter()
+                .map(|f| -> Result<Option<BooleanArray>> {
+                    Ok(match f {
+                        Some(f) => Some(take(f, &idx, None)?.as_boolean().clone()),
+                        None => None,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.update_window(end, &g, &a, &f)?;
+        }
+        Ok(Vec::new())
+    }
+
+    fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
+        let wm = self.watermark.map_or(watermark_ns, |w| w.max(watermark_ns));
+        self.watermark = Some(wm);
+        // Windows with end <= watermark are complete.
+        let open = self.windows.split_off(&wm.saturating_add(1));
+        let closed = std::mem::replace(&mut self.windows, open);
+        let mut out = Vec::with_capacity(closed.len());
+        for (_, mut state) in closed {
+            let mut columns = state.groups.emit(EmitTo::All)?;
+            for acc in &mut state.accumulators {
+                columns.push(acc.evaluate(EmitTo::All)?);
+            }
+            let columns = columns
+                .into_iter()
+                .zip(self.schema.fields())
+                .map(|(c, f)| {
+                    if c.data_type() == f.data_type() {
+                        Ok(c)
+                    } else {
+                        Ok(cast(&c, f.data_type())?)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        }
+        Ok(out)
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows
+    }
+
+    fn explain(&self) -> String {
+        let aggs: Vec<String> = self.aggregates.iter().map(|a| a.expr.name().to_string()).collect();
+        format!(
+            "WindowAggregate: state_key=[window, {}] aggregates=[{}] window_size={} emit=on window close",
+            self.group_names.join(", "),
+            aggs.join(", "),
+            format_duration_ns(self.size_ns)
+        )
+    }
+}

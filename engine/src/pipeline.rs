@@ -1,0 +1,98 @@
+//! A chain of operators that batches and watermarks flow through in order.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::operator::Operator;
+use crate::{Error, Result};
+
+/// Operators applied one after another; the output of one is the input of the next.
+#[derive(Debug)]
+pub struct Pipeline {
+    operators: Vec<Box<dyn Operator>>,
+    input: SchemaRef,
+}
+
+impl Pipeline {
+    /// A pipeline over batches of `input`; an empty one passes batches through.
+    pub fn new(input: SchemaRef, operators: Vec<Box<dyn Operator>>) -> Self {
+        Self { operators, input }
+    }
+
+    /// The schema of what comes out.
+    pub fn schema(&self) -> SchemaRef {
+        self.operators
+            .last()
+            .map_or_else(|| self.input.clone(), |op| op.schema())
+    }
+
+    /// The operators, first to last.
+    pub fn operators(&self) -> &[Box<dyn Operator>] {
+        &self.operators
+    }
+
+    fn push_from(&mut self, start: usize, mut batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        for op in &mut self.operators[start..] {
+            let mut next = Vec::with_capacity(batches.len());
+            for b in batches {
+                next.extend(op.process_batch(b)?);
+            }
+            batches = next;
+            if batches.is_empty() {
+                break;
+            }
+        }
+        Ok(batches)
+    }
+
+    /// Feeds one input batch through every operator.
+    pub fn process_batch(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        self.push_from(0, vec![batch])
+    }
+
+    /// Advances the watermark through the pipeline, in operator order, so that what one operator
+    /// releases reaches the next before the next sees the watermark.
+    pub fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
+        let mut pending: Vec<RecordBatch> = Vec::new();
+        for i in 0..self.operators.len() {
+            let mut out = Vec::new();
+            for b in std::mem::take(&mut pending) {
+                out.extend(self.operators[i].process_batch(b)?);
+            }
+            out.extend(self.operators[i].on_watermark(watermark_ns)?);
+            pending = out;
+        }
+        Ok(pending)
+    }
+
+    /// Late events counted by all operators.
+    pub fn late_rows(&self) -> u64 {
+        self.operators.iter().map(|o| o.late_rows()).sum()
+    }
+
+    /// One line per operator, last first (as EXPLAIN prints plans).
+    pub fn explain(&self) -> Vec<String> {
+        self.operators.iter().rev().map(|o| o.explain()).collect()
+    }
+
+    /// Checks that the pipeline starts from `input` and ends at `output` (same column types).
+    pub fn check_output(&self, output: &SchemaRef) -> Result<()> {
+        let got = self.schema();
+        let same = got.fields().len() == output.fields().len()
+            && got
+                .fields()
+                .iter()
+                .zip(output.fields())
+                .all(|(a, b)| a.data_type() == b.data_type());
+        if same {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!(
+                "pipeline produces {got} but its sink expects {output}"
+            )))
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Runs continuous queries: reads their source log, drives their pipeline, fills their results.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::log::StreamLog;
+use crate::pipeline::Pipeline;
+use crate::result_table::{Progress, ResultTable};
+use crate::watermark::{WatermarkTracker, max_event_time_ns};
+use crate::{Error, Result};
+
+/// Rows read from one partition per round, so that one busy partition cannot starve the others.
+const ROWS_PER_ROUND: usize = 64 * 1024;
+
+/// Everything a continuous query needs to run.
+#[derive(Debug)]
+pub struct QuerySpec {
+    /// The query's name (the view's), for logs.
+    pub name: String,
+    /// The stream it reads, every partition from the start.
+    pub source: Arc<StreamLog>,
+    /// The event-time column of the source, if it has one.
+    pub event_time: Option<usize>,
+    /// The watermark delay (ns): how far behind the largest event time the watermark stays.
+    pub delay_ns: i64,
+    /// The operators.
+    pub pipeline: Pipeline,
+    /// Where results go.
+    pub sink: Arc<ResultTable>,
+}
+
+/// A continuous query running on its own thread; dropping it stops the query.
+#[derive(Debug)]
+pub struct RunningQuery {
+    name: String,
+    stop: Arc<AtomicBool>,
+    source: Arc<StreamLog>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl RunningQuery {
+    /// Starts `spec` on a new thread.
+    pub fn spawn(spec: QuerySpec) -> Result<Self> {
+        spec.pipeline.check_output(spec.sink.schema())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = spec.name.clone();
+        let source = Arc::clone(&spec.source);
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name(format!("query-{}", spec.name))
+            .spawn(move || {
+                let sink = Arc::clone(&spec.sink);
+                let name = spec.name.clone();
+                if let Err(e) = run(spec, &flag) {
+                    tracing::error!(query = %name, error = %e, "continuous query stopped");
+                    let mut p = sink.progress();
+                    p.error = Some(e.to_string());
+                    sink.set_progress(p);
+                }
+            })
+            .map_err(|e| Error::Io {
+                context: format!("starting query thread {name}"),
+                source: e,
+            })?;
+        Ok(Self {
+            name,
+            stop,
+            source,
+            handle: Some(handle),
+        })
+    }
+
+    /// The query's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops the query and waits for its thread.
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.source.notifier().notify();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for RunningQuery {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
+    let partitions = spec.source.partitions().to_vec();
+    let mut offsets: Vec<u64> = partitions.iter().map(|p| p.start_offset()).collect();
+    let mut tracker = WatermarkTracker::new(partitions.len(), spec.delay_ns);
+    let mut last_watermark = None;
+    let notifier = Arc::clone(spec.source.notifier());
+    tracing::info!(query = %spec.name, partitions = partitions.len(), "continuous query started");
+    while !stop.load(Ordering::Acquire) {
+        let seen = notifier.generation();
+        let mut progressed = false;
+        for (p, partition) in partitions.iter().enumerate() {
+            for (offset, batch) in partition.read(offsets[p], ROWS_PER_ROUND)? {
+                offsets[p] = offset + batch.num_rows() as u64;
+                progressed = true;
+                if let Some(t) = spec.event_time {
+                    if let Some(max) = max_event_time_ns(batch.column(t).as_ref())? {
+                        tracker.observe(p, max);
+                    }
+                }
+                let out = spec.pipeline.process_batch(batch)?;
+                spec.sink.append(out);
+            }
+        }
+        let watermark = tracker.watermark();
+        if let Some(wm) = watermark {
+            if Some(wm) != last_watermark {
+                let out = spec.pipeline.on_watermark(wm)?;
+                spec.sink.append(out);
+                last_watermark = Some(wm);
+            }
+        }
+        spec.sink.set_progress(Progress {
+            offsets: offsets.clone(),
+            watermark_ns: watermark,
+            late_rows: spec.pipeline.late_rows(),
+            error: None,
+        });
+        if !progressed {
+            notifier.wait_past(seen, Duration::from_millis(500));
+        }
+    }
+    Ok(())
+}

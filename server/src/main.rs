@@ -1,0 +1,110 @@
+//! The `weir` binary: `weir serve` runs the Postgres wire server, `weir shell` the REPL.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "weir", version, about = "Weir: a continuous SQL engine over a durable partitioned log")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: Postgres wire protocol on --listen, data in --data-dir.
+    Serve {
+        /// Address to listen on (loopback only).
+        #[arg(long, default_value = "127.0.0.1:5433")]
+        listen: SocketAddr,
+        /// Data directory (created if missing).
+        #[arg(long, default_value = "./weir-data")]
+        data_dir: PathBuf,
+    },
+    /// Run the interactive shell on an embedded engine.
+    Shell {
+        /// Data directory (created if missing).
+        #[arg(long, default_value = "./weir-data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("WEIR_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weir: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { listen, data_dir } => runtime.block_on(serve(listen, data_dir)),
+        Command::Shell { data_dir } => runtime
+            .block_on(weir_shell::run(&data_dir))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(listen: SocketAddr, data_dir: PathBuf) -> Result<(), String> {
+    let config = weir_server::ServeConfig { listen, data_dir };
+    let server = weir_server::Server::bind(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = server.local_addr().map_err(|e| e.to_string())?;
+    let db = server.database().clone();
+    // Tests and scripts wait for this line.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "weir listening on {addr} (postgres wire), data in {}",
+        config.data_dir.display()
+    );
+    let _ = out.flush();
+    tokio::select! {
+        r = server.run() => r.map_err(|e| e.to_string()),
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            db.shutdown();
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,273 @@
+//! The pgwire handlers: startup, simple and extended query protocol, mapped onto `Session`.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use arrow_pg::datatypes::df::deserialize_parameters;
+use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
+use async_trait::async_trait;
+use futures::{Sink, StreamExt, stream};
+use pgwire::api::auth::{
+    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use weir_sql::datafusion::arrow::datatypes::Schema;
+use weir_sql::datafusion::arrow::record_batch::RecordBatch;
+use weir_sql::{Database, Output, Session};
+
+/// The only database name there is.
+pub const DATABASE: &str = "weir";
+
+fn pg_error(e: &weir_sql::Error) -> ErrorInfo {
+    ErrorInfo::new("ERROR".to_owned(), e.sqlstate().to_owned(), e.to_string())
+}
+
+fn user_error(e: weir_sql::Error) -> PgWireError {
+    PgWireError::UserError(Box::new(pg_error(&e)))
+}
+
+/// Turns a statement's output into a pgwire response, encoding rows as they stream.
+fn response(out: Output, format: &Format) -> PgWireResult<Response> {
+    match out {
+        Output::Rows { schema, stream } => {
+            let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
+            let f = Arc::clone(&fields);
+            let rows = stream
+                .map(move |batch: Result<RecordBatch, _>| {
+                    let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
+                        match batch {
+                            Ok(b) => encode_recordbatch(Arc::clone(&f), b),
+                            Err(e) => Box::new(std::iter::once(Err(user_error(e.into())))),
+                        };
+                    stream::iter(rows)
+                })
+                .flatten();
+            Ok(Response::Query(QueryResponse::new(fields, rows)))
+        }
+        Output::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
+        Output::Inserted(rows) => Ok(Response::Execution(
+            Tag::new("INSERT").with_oid(0).with_rows(rows as usize),
+        )),
+    }
+}
+
+/// Serves one database to every connection; each connection has its own session.
+#[derive(Debug)]
+pub struct Handler {
+    db: Database,
+    parser: Arc<NoopQueryParser>,
+}
+
+impl Handler {
+    fn session<C: ClientInfo>(&self, client: &C) -> Arc<Session> {
+        client
+            .session_extensions()
+            .get_or_insert_with(|| Session::new(self.db.clone()))
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Handler {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = self.session(client);
+        let mut responses = Vec::new();
+        for result in session.execute(query).await {
+            match result {
+                Ok(out) => responses.push(response(out, &Format::UnifiedText)?),
+                Err(e) => {
+                    tracing::debug!(error = %e, sqlstate = e.sqlstate(), "statement failed");
+                    responses.push(Response::Error(Box::new(pg_error(&e))));
+                }
+            }
+        }
+        Ok(responses)
+    }
+}
+
+fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<pgwire::api::results::FieldInfo>> {
+    arrow_schema_to_pg_fields(schema, format, None)
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Handler {
+    type Statement = String;
+    type QueryParser = NoopQueryParser;
+
+    fn query_parser(&self) -> Arc<Self::QueryParser> {
+        Arc::clone(&self.parser)
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        client: &mut C,
+        target: &StoredStatement<Self::Statement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let desc = self
+            .session(client)
+            .describe(&target.statement)
+            .await
+            .map_err(user_error)?;
+        let n = desc.params.len().max(target.parameter_types.len());
+        let mut params = Vec::with_capacity(n);
+        for i in 0..n {
+            let given = target.parameter_types.get(i).cloned().flatten();
+            let t = match (given, desc.params.get(i).cloned().flatten()) {
+                (Some(t), _) if t != Type::UNKNOWN => t,
+                (_, Some(dt)) => into_pg_type(&dt)?,
+                _ => Type::UNKNOWN,
+            };
+            params.push(t);
+        }
+        let fields = match &desc.columns {
+            Some(schema) => pg_fields(schema, &Format::UnifiedText)?,
+            None => Vec::new(),
+        };
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let desc = self
+            .session(client)
+            .describe(&portal.statement.statement)
+            .await
+            .map_err(user_error)?;
+        let fields = match &desc.columns {
+            Some(schema) => pg_fields(schema, &portal.result_column_format)?,
+            None => Vec::new(),
+        };
+        Ok(DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<Self::Statement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let session = self.session(client);
+        let sql = &portal.statement.statement;
+        let params = if portal.parameter_len() > 0 {
+            let desc = session.describe(sql).await.map_err(user_error)?;
+            let inferred: Vec<Option<&weir_sql::datafusion::arrow::datatypes::DataType>> =
+                desc.params.iter().map(Option::as_ref).collect();
+            Some(deserialize_parameters(portal, &inferred)?)
+        } else {
+            None
+        };
+        let out = session.execute_one(sql, params).await.map_err(user_error)?;
+        response(out, &portal.result_column_format)
+    }
+}
+
+/// Accepts the startup of a connection: trust authentication (loopback only), database `weir`.
+#[derive(Debug)]
+pub struct Startup {
+    parameters: DefaultServerParameterProvider,
+}
+
+#[async_trait]
+impl StartupHandler for Startup {
+    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
+            let db = client
+                .metadata()
+                .get("database")
+                .or_else(|| client.metadata().get("user"))
+                .cloned()
+                .unwrap_or_default();
+            if db != DATABASE {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "FATAL".to_owned(),
+                    "3D000".to_owned(),
+                    format!("database \"{db}\" does not exist; connect to database \"{DATABASE}\""),
+                ))));
+            }
+            finish_authentication(client, &self.parameters).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the handlers pgwire asks for.
+#[derive(Debug)]
+pub struct HandlerFactory {
+    handler: Arc<Handler>,
+    startup: Arc<Startup>,
+}
+
+impl HandlerFactory {
+    /// Handlers serving `db`.
+    pub fn new(db: Database) -> Self {
+        let parameters = DefaultServerParameterProvider {
+            server_version: format!("15.0 (Weir {})", env!("CARGO_PKG_VERSION")),
+            ..DefaultServerParameterProvider::default()
+        };
+        Self {
+            handler: Arc::new(Handler {
+                db,
+                parser: Arc::new(NoopQueryParser::new()),
+            }),
+            startup: Arc::new(Startup { parameters }),
+        }
+    }
+}
+
+impl PgWireServerHandlers for HandlerFactory {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::clone(&self.startup)
+    }
+}

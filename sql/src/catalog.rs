@@ -1,0 +1,196 @@
+//! The persistent catalog: which streams and materialized views exist, stored as JSON in the
+//! data directory and replaced atomically on every change.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use weir_engine::log::{LogConfig, sync_dir};
+
+use crate::{Error, Result};
+
+/// One column of a stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Column name (lower case unless quoted).
+    pub name: String,
+    /// The Arrow type, in Arrow's display form (`Int64`, `Timestamp(ns)`, `Utf8View`...).
+    pub data_type: String,
+    /// Whether NULL is allowed.
+    pub nullable: bool,
+}
+
+/// A stream's watermark declaration: `WATERMARK FOR column AS column - INTERVAL ...`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatermarkDef {
+    /// The event-time column.
+    pub column: String,
+    /// How far the watermark trails the largest event time seen, in nanoseconds.
+    pub delay_ns: i64,
+}
+
+/// A stream: a schema stored in the partitioned log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamDef {
+    /// Stream name.
+    pub name: String,
+    /// Columns in order.
+    pub columns: Vec<ColumnDef>,
+    /// Event time and watermark, if declared.
+    pub watermark: Option<WatermarkDef>,
+    /// Number of partitions.
+    pub partitions: u32,
+    /// The column whose hash picks a row's partition.
+    pub key: Option<String>,
+    /// Segment size in bytes.
+    pub segment_bytes: u64,
+    /// Time retention in milliseconds.
+    pub retention_ms: Option<i64>,
+    /// Size retention in bytes per partition.
+    pub retention_bytes: Option<u64>,
+}
+
+impl StreamDef {
+    /// The Arrow schema of the stream's rows.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        let fields = self
+            .columns
+            .iter()
+            .map(|c| {
+                let t = DataType::from_str(&c.data_type).map_err(|e| {
+                    Error::Internal(format!("catalog type {} does not parse: {e}", c.data_type))
+                })?;
+                Ok(Field::new(&c.name, t, c.nullable))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    /// Index of a column by name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    /// The log settings.
+    pub fn log_config(&self) -> LogConfig {
+        LogConfig {
+            segment_bytes: self.segment_bytes,
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+        }
+    }
+}
+
+/// A materialized view: its defining query, re-planned on every start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewDef {
+    /// View name.
+    pub name: String,
+    /// The SELECT that defines it.
+    pub query: String,
+}
+
+/// Everything the catalog holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogData {
+    /// Catalog format version.
+    pub version: u32,
+    /// Streams in creation order.
+    pub streams: Vec<StreamDef>,
+    /// Views in creation order.
+    pub views: Vec<ViewDef>,
+}
+
+/// The catalog file of a data directory.
+#[derive(Debug)]
+pub struct CatalogFile {
+    dir: PathBuf,
+}
+
+const FILE: &str = "catalog.json";
+
+impl CatalogFile {
+    /// The catalog of data directory `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Reads the catalog; an absent file is an empty catalog.
+    pub fn load(&self) -> Result<CatalogData> {
+        let path = self.dir.join(FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Internal(format!("catalog {} does not parse: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CatalogData {
+                version: 1,
+                ..CatalogData::default()
+            }),
+            Err(e) => Err(io_error(format!("reading {}", path.display()), e)),
+        }
+    }
+
+    /// Replaces the catalog atomically: write a temporary file, fsync, rename, fsync the directory.
+    pub fn store(&self, data: &CatalogData) -> Result<()> {
+        let tmp = self.dir.join(format!("{FILE}.tmp"));
+        let path = self.dir.join(FILE);
+        let bytes = serde_json::to_vec_pretty(data)
+            .map_err(|e| Error::Internal(format!("catalog does not serialise: {e}")))?;
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| io_error(format!("writing {}", path.display()), e))?;
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+}
+
+fn io_error(context: String, source: std::io::Error) -> Error {
+    Error::Engine(weir_engine::Error::Io { context, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::TimeUnit;
+
+    use super::*;
+
+    #[test]
+    fn round_trips_types_and_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = CatalogFile::new(tmp.path());
+        assert_eq!(file.load().expect("empty").streams.len(), 0);
+        let ts = DataType::Timestamp(TimeUnit::Nanosecond, None);
+        let def = StreamDef {
+            name: "s".into(),
+            columns: vec![ColumnDef {
+                name: "ts".into(),
+                data_type: ts.to_string(),
+                nullable: false,
+            }],
+            watermark: None,
+            partitions: 2,
+            key: None,
+            segment_bytes: 1,
+            retention_ms: None,
+            retention_bytes: None,
+        };
+        assert_eq!(def.schema().expect("schema").field(0).data_type(), &ts);
+        let data = CatalogData {
+            version: 1,
+            streams: vec![def],
+            views: vec![],
+        };
+        file.store(&data).expect("store");
+        assert_eq!(file.load().expect("load"), data);
+    }
+}

@@ -1,0 +1,377 @@
+//! A Weir database: a data directory holding the catalog, the streams' logs, and the running
+//! continuous queries of its materialized views.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use weir_engine::log::StreamLog;
+use weir_engine::result_table::ResultTable;
+use weir_engine::runtime::{QuerySpec, RunningQuery};
+
+use crate::catalog::{CatalogData, CatalogFile, StreamDef, ViewDef};
+use crate::planner::CompiledView;
+use crate::{Error, Result};
+
+/// How often retention runs.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A stream and its log.
+#[derive(Debug)]
+pub struct StreamEntry {
+    /// The catalog definition.
+    pub def: StreamDef,
+    /// The row schema.
+    pub schema: SchemaRef,
+    /// The partitioned log holding the rows.
+    pub log: Arc<StreamLog>,
+}
+
+/// A materialized view, its results and its running query.
+#[derive(Debug)]
+pub struct ViewEntry {
+    /// The catalog definition.
+    pub def: ViewDef,
+    /// The stream the view reads.
+    pub source: Arc<StreamEntry>,
+    /// The view's rows.
+    pub table: Arc<ResultTable>,
+    /// The operator plan, one line per step, sink first.
+    pub plan: Vec<String>,
+    query: Mutex<Option<RunningQuery>>,
+}
+
+impl ViewEntry {
+    fn stop(&self) {
+        if let Some(mut q) = self.query.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            q.stop();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    data: CatalogData,
+    streams: BTreeMap<String, Arc<StreamEntry>>,
+    views: BTreeMap<String, Arc<ViewEntry>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    catalog: CatalogFile,
+    state: Mutex<State>,
+    /// Held (locked) for the database's lifetime so that two processes never share a data dir.
+    _lock: File,
+}
+
+/// A handle to an open database; clones share it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+fn io(context: String, source: std::io::Error) -> Error {
+    Error::Engine(weir_engine::Error::Io { context, source })
+}
+
+/// Whether `name` can be a stream or view name (it becomes a directory name).
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::WrongObject {
+            sqlstate: "42602",
+            message: format!(
+                "invalid name \"{name}\": names of streams and views are up to 63 letters, digits and underscores"
+            ),
+        })
+    }
+}
+
+impl Database {
+    /// Opens (or creates) the database in `dir`: recovers every stream's log and restarts every
+    /// view's continuous query, which rebuilds the view by replaying its source from the start.
+    pub async fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir.join("streams"))
+            .map_err(|e| io(format!("creating data directory {}", dir.display()), e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path)
+            .map_err(|e| io(format!("creating {}", lock_path.display()), e))?;
+        lock.try_lock().map_err(|_| {
+            Error::Engine(weir_engine::Error::InvalidArgument(format!(
+                "data directory {} is in use by another Weir process",
+                dir.display()
+            )))
+        })?;
+        let catalog = CatalogFile::new(dir);
+        let data = catalog.load()?;
+        let db = Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                catalog,
+                state: Mutex::new(State::default()),
+                _lock: lock,
+            }),
+        };
+        {
+            let mut state = db.state();
+            for def in &data.streams {
+                let entry = db.open_stream(def.clone())?;
+                state.streams.insert(def.name.clone(), entry);
+            }
+            state.data = data.clone();
+        }
+        for def in data.views {
+            let compiled = crate::planner::compile_view(&db, &def.query).await;
+            match compiled {
+                Ok(compiled) => db.start_view(def, compiled)?,
+                Err(e) => {
+                    tracing::error!(view = %def.name, error = %e, "view does not compile after restart");
+                    return Err(Error::Internal(format!(
+                        "materialized view {} no longer compiles: {e}",
+                        def.name
+                    )));
+                }
+            }
+        }
+        let weak = Arc::downgrade(&db.inner);
+        std::thread::Builder::new()
+            .name("retention".into())
+            .spawn(move || retention_loop(&weak))
+            .map_err(|e| io("starting the retention thread".into(), e))?;
+        tracing::info!(dir = %dir.display(), "database open");
+        Ok(db)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    fn stream_dir(&self, name: &str) -> PathBuf {
+        self.inner.dir.join("streams").join(name)
+    }
+
+    fn open_stream(&self, def: StreamDef) -> Result<Arc<StreamEntry>> {
+        let schema = def.schema()?;
+        let key = match &def.key {
+            Some(k) => Some(def.column_index(k).ok_or_else(|| {
+                Error::Internal(format!("key column {k} of stream {} is missing", def.name))
+            })?),
+            None => None,
+        };
+        let log = StreamLog::open(
+            &self.stream_dir(&def.name),
+            Arc::clone(&schema),
+            def.partitions,
+            key,
+            def.log_config(),
+        )?;
+        Ok(Arc::new(StreamEntry {
+            def,
+            schema,
+            log: Arc::new(log),
+        }))
+    }
+
+    /// A stream by name.
+    pub fn stream(&self, name: &str) -> Option<Arc<StreamEntry>> {
+        self.state().streams.get(name).cloned()
+    }
+
+    /// A view by name.
+    pub fn view(&self, name: &str) -> Option<Arc<ViewEntry>> {
+        self.state().views.get(name).cloned()
+    }
+
+    /// All streams, by name.
+    pub fn streams(&self) -> Vec<Arc<StreamEntry>> {
+        self.state().streams.values().cloned().collect()
+    }
+
+    /// All views, by name.
+    pub fn views(&self) -> Vec<Arc<ViewEntry>> {
+        self.state().views.values().cloned().collect()
+    }
+
+    fn check_free(state: &State, name: &str) -> Result<()> {
+        if state.streams.contains_key(name) || state.views.contains_key(name) {
+            return Err(Error::DuplicateRelation(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Creates a stream: its log directories first, then the catalog entry, so that a crash in
+    /// between leaves at most an orphan directory (removed by the next CREATE of that name).
+    pub fn create_stream(&self, def: StreamDef) -> Result<()> {
+        check_name(&def.name)?;
+        let mut state = self.state();
+        Self::check_free(&state, &def.name)?;
+        let dir = self.stream_dir(&def.name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| io(format!("removing orphan {}", dir.display()), e))?;
+        }
+        let entry = self.open_stream(def.clone())?;
+        let mut data = state.data.clone();
+        data.streams.push(def.clone());
+        if let Err(e) = self.inner.catalog.store(&data) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        state.data = data;
+        state.streams.insert(def.name.clone(), entry);
+        tracing::info!(stream = %def.name, partitions = def.partitions, "stream created");
+        Ok(())
+    }
+
+    /// Drops a stream and its log; its views go too with `cascade`, else their existence is an error.
+    pub fn drop_stream(&self, name: &str, cascade: bool) -> Result<()> {
+        let mut state = self.state();
+        if !state.streams.contains_key(name) {
+            return Err(Error::UndefinedRelation(name.to_string()));
+        }
+        let dependents: Vec<String> = state
+            .views
+            .values()
+            .filter(|v| v.source.def.name == name)
+            .map(|v| v.def.name.clone())
+            .collect();
+        if !dependents.is_empty() && !cascade {
+            return Err(Error::WrongObject {
+                sqlstate: "2BP01",
+                message: format!(
+                    "cannot drop stream {name} because materialized view {} depends on it; \
+                     use DROP STREAM {name} CASCADE to drop the views too",
+                    dependents.join(", ")
+                ),
+            });
+        }
+        let mut data = state.data.clone();
+        data.streams.retain(|s| s.name != name);
+        data.views.retain(|v| !dependents.contains(&v.name));
+        self.inner.catalog.store(&data)?;
+        state.data = data;
+        for v in &dependents {
+            if let Some(view) = state.views.remove(v) {
+                view.stop();
+            }
+        }
+        state.streams.remove(name);
+        drop(state);
+        let dir = self.stream_dir(name);
+        fs::remove_dir_all(&dir).map_err(|e| io(format!("removing {}", dir.display()), e))?;
+        Ok(())
+    }
+
+    fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+        let table = Arc::new(ResultTable::new(compiled.pipeline.schema()));
+        let plan = compiled.explain(&def.name);
+        let source = compiled.source;
+        let (event_time, delay_ns) = match &source.def.watermark {
+            Some(w) => (source.def.column_index(&w.column), w.delay_ns),
+            None => (None, 0),
+        };
+        let query = RunningQuery::spawn(QuerySpec {
+            name: def.name.clone(),
+            source: Arc::clone(&source.log),
+            event_time,
+            delay_ns,
+            pipeline: compiled.pipeline,
+            sink: Arc::clone(&table),
+        })?;
+        let entry = Arc::new(ViewEntry {
+            def: def.clone(),
+            source,
+            table,
+            plan,
+            query: Mutex::new(Some(query)),
+        });
+        self.state().views.insert(def.name, entry);
+        Ok(())
+    }
+
+    /// Persists and starts a materialized view.
+    pub(crate) fn create_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+        check_name(&def.name)?;
+        {
+            let mut state = self.state();
+            Self::check_free(&state, &def.name)?;
+            let mut data = state.data.clone();
+            data.views.push(def.clone());
+            self.inner.catalog.store(&data)?;
+            state.data = data;
+        }
+        tracing::info!(view = %def.name, "materialized view created");
+        self.start_view(def, compiled)
+    }
+
+    /// Stops and forgets a materialized view.
+    pub fn drop_view(&self, name: &str) -> Result<()> {
+        let mut state = self.state();
+        if !state.views.contains_key(name) {
+            return Err(Error::UndefinedRelation(name.to_string()));
+        }
+        let mut data = state.data.clone();
+        data.views.retain(|v| v.name != name);
+        self.inner.catalog.store(&data)?;
+        state.data = data;
+        if let Some(view) = state.views.remove(name) {
+            drop(state);
+            view.stop();
+        }
+        Ok(())
+    }
+
+    /// Stops every continuous query (also done when the last handle is dropped).
+    pub fn shutdown(&self) {
+        for v in self.views() {
+            v.stop();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let views: Vec<_> = std::mem::take(
+            &mut self.state.lock().unwrap_or_else(|e| e.into_inner()).views,
+        )
+        .into_values()
+        .collect();
+        for v in views {
+            v.stop();
+        }
+    }
+}
+
+fn retention_loop(db: &Weak<Inner>) {
+    loop {
+        std::thread::sleep(RETENTION_INTERVAL);
+        let Some(inner) = db.upgrade() else { return };
+        let streams: Vec<_> = inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .streams
+            .values()
+            .filter(|s| s.def.retention_ms.is_some() || s.def.retention_bytes.is_some())
+            .cloned()
+            .collect();
+        drop(inner);
+        for s in streams {
+            if let Err(e) = s.log.enforce_retention() {
+                tracing::warn!(stream = %s.def.name, error = %e, "retention failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Weir's SQL layer: parsing, the catalog, planning streaming SQL into engine pipelines, and the
+//! [`Session`] API that the Postgres server and the shell use.
+
+pub mod catalog;
+pub mod database;
+pub mod error;
+pub mod parser;
+pub mod planner;
+pub mod session;
+pub mod tables;
+
+pub use database::Database;
+pub use error::{Error, Result};
+pub use session::{Description, Output, Session};
+
+/// Re-exported so that front ends use the same Arrow and DataFusion as the engine.
+pub use datafusion;

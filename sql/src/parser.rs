@@ -1,0 +1,255 @@
+//! Parsing of Weir's statements: standard SQL through sqlparser, plus the streaming extensions
+//! (`CREATE STREAM ... WATERMARK FOR ...`, `DROP STREAM`, `SHOW STREAMS`, `SHOW MATERIALIZED VIEWS`).
+
+use datafusion::sql::sqlparser::ast::{DataType, Expr, Ident, ObjectName, Statement, Value};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::sqlparser::tokenizer::Token;
+
+use crate::{Error, Result};
+
+/// A parsed statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeirStatement {
+    /// `CREATE STREAM`.
+    CreateStream(CreateStream),
+    /// `DROP STREAM [IF EXISTS] name [CASCADE]`.
+    DropStream {
+        /// The stream.
+        name: String,
+        /// Whether a missing stream is fine.
+        if_exists: bool,
+        /// Whether dependent views are dropped too.
+        cascade: bool,
+    },
+    /// `SHOW STREAMS`.
+    ShowStreams,
+    /// `SHOW MATERIALIZED VIEWS`.
+    ShowMaterializedViews,
+    /// Any standard statement.
+    Sql(Box<Statement>),
+}
+
+/// A column of `CREATE STREAM`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamColumn {
+    /// Normalised name.
+    pub name: String,
+    /// Declared SQL type.
+    pub data_type: DataType,
+    /// `NOT NULL` was given.
+    pub not_null: bool,
+}
+
+/// `CREATE STREAM [IF NOT EXISTS] name (columns..., WATERMARK FOR col AS expr) [WITH (k = v, ...)]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateStream {
+    /// Normalised stream name.
+    pub name: String,
+    /// `IF NOT EXISTS` was given.
+    pub if_not_exists: bool,
+    /// Columns in order.
+    pub columns: Vec<StreamColumn>,
+    /// `WATERMARK FOR column AS expr`.
+    pub watermark: Option<(String, Expr)>,
+    /// `WITH` options, keys lower case, values as written (quotes removed).
+    pub options: Vec<(String, String)>,
+}
+
+/// Unquoted identifiers fold to lower case, as in Postgres.
+pub fn normalize(ident: &Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The normalised last part of an object name (`public.clicks` is `clicks`).
+pub fn object_name(name: &ObjectName) -> Result<String> {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(normalize)
+        .ok_or_else(|| Error::Syntax(format!("invalid name {name}")))
+}
+
+fn is_word(token: &Token, word: &str) -> bool {
+    matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
+}
+
+/// Parses a string of `;`-separated statements.
+pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    let mut out = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if parser.peek_token().token == Token::EOF {
+            break;
+        }
+        let t0 = parser.peek_nth_token(0).token;
+        let t1 = parser.peek_nth_token(1).token;
+        let t2 = parser.peek_nth_token(2).token;
+        let stmt = if is_word(&t0, "CREATE") && is_word(&t1, "STREAM") {
+            parser.next_token();
+            parser.next_token();
+            WeirStatement::CreateStream(parse_create_stream(&mut parser)?)
+        } else if is_word(&t0, "DROP") && is_word(&t1, "STREAM") {
+            parser.next_token();
+            parser.next_token();
+            let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = object_name(&parser.parse_object_name(false)?)?;
+            let cascade = parser.parse_keyword(Keyword::CASCADE);
+            if !cascade {
+                parser.parse_keyword(Keyword::RESTRICT);
+            }
+            WeirStatement::DropStream {
+                name,
+                if_exists,
+                cascade,
+            }
+        } else if is_word(&t0, "SHOW") && is_word(&t1, "STREAMS") {
+            parser.next_token();
+            parser.next_token();
+            WeirStatement::ShowStreams
+        } else if is_word(&t0, "SHOW") && is_word(&t1, "MATERIALIZED") && is_word(&t2, "VIEWS") {
+            for _ in 0..3 {
+                parser.next_token();
+            }
+            WeirStatement::ShowMaterializedViews
+        } else {
+            WeirStatement::Sql(Box::new(parser.parse_statement()?))
+        };
+        out.push(stmt);
+        let next = parser.peek_token().token;
+        if !parser.consume_token(&Token::SemiColon) && next != Token::EOF {
+            return Err(Error::Syntax(format!(
+                "expected end of statement, found: {next}"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(&parser.parse_object_name(false)?)?;
+    parser.expect_token(&Token::LParen)?;
+    let mut columns = Vec::new();
+    let mut watermark = None;
+    loop {
+        if is_word(&parser.peek_token().token, "WATERMARK") {
+            parser.next_token();
+            parser.expect_keyword(Keyword::FOR)?;
+            let column = normalize(&parser.parse_identifier()?);
+            parser.expect_keyword(Keyword::AS)?;
+            let expr = parser.parse_expr()?;
+            if watermark.replace((column, expr)).is_some() {
+                return Err(Error::Syntax("a stream has at most one WATERMARK".into()));
+            }
+        } else {
+            let name = normalize(&parser.parse_identifier()?);
+            let data_type = parser.parse_data_type()?;
+            let mut not_null = false;
+            loop {
+                if parser.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
+                    not_null = true;
+                } else if !parser.parse_keyword(Keyword::NULL) {
+                    break;
+                }
+            }
+            columns.push(StreamColumn {
+                name,
+                data_type,
+                not_null,
+            });
+        }
+        if !parser.consume_token(&Token::Comma) {
+            parser.expect_token(&Token::RParen)?;
+            break;
+        }
+    }
+    let mut options = Vec::new();
+    if parser.parse_keyword(Keyword::WITH) {
+        parser.expect_token(&Token::LParen)?;
+        loop {
+            let key = match parser.next_token().token {
+                Token::Word(w) => normalize(&Ident {
+                    value: w.value,
+                    quote_style: w.quote_style,
+                    span: Default::default(),
+                }),
+                Token::SingleQuotedString(s) => s.to_lowercase(),
+                other => {
+                    return Err(Error::Syntax(format!("expected an option name, found: {other}")));
+                }
+            };
+            parser.expect_token(&Token::Eq)?;
+            let value = match parser.parse_expr()? {
+                Expr::Value(v) => match v.value {
+                    Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s,
+                    Value::Number(n, _) => n,
+                    Value::Boolean(b) => b.to_string(),
+                    other => other.to_string(),
+                },
+                Expr::Identifier(i) => i.value,
+                other => {
+                    return Err(Error::Syntax(format!(
+                        "option {key} takes a literal value, not {other}"
+                    )));
+                }
+            };
+            options.push((key, value));
+            if !parser.consume_token(&Token::Comma) {
+                parser.expect_token(&Token::RParen)?;
+                break;
+            }
+        }
+    }
+    Ok(CreateStream {
+        name,
+        if_not_exists,
+        columns,
+        watermark,
+        options,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_stream_with_watermark_and_options() {
+        let stmts = parse(
+            "CREATE STREAM Clicks (user_id BIGINT NOT NULL, url TEXT, ts TIMESTAMP,
+               WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)
+             WITH (partitions = 4, key = 'user_id'); SHOW STREAMS; show materialized views",
+        )
+        .expect("parses");
+        assert_eq!(stmts.len(), 3);
+        let WeirStatement::CreateStream(cs) = &stmts[0] else {
+            panic!("not a CREATE STREAM: {:?}", stmts[0]);
+        };
+        assert_eq!(cs.name, "clicks");
+        assert_eq!(cs.columns.len(), 3);
+        assert!(cs.columns[0].not_null);
+        assert_eq!(cs.watermark.as_ref().map(|w| w.0.as_str()), Some("ts"));
+        assert_eq!(
+            cs.options,
+            vec![("partitions".into(), "4".into()), ("key".into(), "user_id".into())]
+        );
+        assert_eq!(stmts[1], WeirStatement::ShowStreams);
+        assert_eq!(stmts[2], WeirStatement::ShowMaterializedViews);
+    }
+
+    #[test]
+    fn errors_are_syntax_errors() {
+        for bad in ["CREATE STREAM s (a BIGINT", "SELEC 1", "CREATE STREAM s (a) WITH", "SELECT 1 2"] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.sqlstate(), "42601", "{bad}: {e}");
+        }
+    }
+}

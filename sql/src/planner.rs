@@ -1,0 +1,289 @@
+//! Compiles the SELECT of a materialized view into an engine pipeline of incremental operators.
+//!
+//! DataFusion plans and optimises the query; this module walks the logical plan bottom-up and
+//! turns each node into an operator: the source stream's scan (with its `TUMBLE` window
+//! assigner), filters and projections as DataFusion physical expressions, and a grouped
+//! aggregate per window with DataFusion's accumulators. Whatever cannot be maintained
+//! incrementally is refused here, at CREATE time, with a reason.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
+use datafusion::sql::parser::Statement as DfStatement;
+use weir_engine::operator::{
+    AggregateSpec, FilterOperator, Operator, ProjectionOperator, WindowAggregateOperator,
+    WindowColumn,
+};
+use weir_engine::pipeline::Pipeline;
+
+use crate::database::{Database, StreamEntry};
+use crate::parser::{WeirStatement, parse};
+use crate::tables::{StreamTable, TumbleTable, ViewTable, provider_as};
+use crate::{Error, Result};
+
+/// A view's query, compiled and ready to run.
+#[derive(Debug)]
+pub struct CompiledView {
+    /// The stream the query reads.
+    pub source: Arc<StreamEntry>,
+    /// The operators.
+    pub pipeline: Pipeline,
+}
+
+impl CompiledView {
+    /// The operator plan for EXPLAIN, sink first.
+    pub fn explain(&self, view: &str) -> Vec<String> {
+        let mut lines = vec![format!("Sink: materialized view {view}")];
+        lines.extend(self.pipeline.explain());
+        let def = &self.source.def;
+        match &def.watermark {
+            Some(w) => lines.push(format!(
+                "Watermark: max({}) over all partitions - {}",
+                w.column,
+                humanize_ns(w.delay_ns)
+            )),
+            None => lines.push("Watermark: none (the stream declares no WATERMARK)".into()),
+        }
+        lines.push(format!(
+            "Source: stream {} ({} partitions, from the earliest offset)",
+            def.name, def.partitions
+        ));
+        lines
+    }
+}
+
+/// A duration for humans.
+pub(crate) fn humanize_ns(ns: i64) -> String {
+    match ns {
+        0 => "0s".into(),
+        n if n % 1_000_000_000 == 0 => format!("{}s", n / 1_000_000_000),
+        n if n % 1_000_000 == 0 => format!("{}ms", n / 1_000_000),
+        n => format!("{n}ns"),
+    }
+}
+
+/// Plans and compiles the SELECT `query` (SQL text) of a view.
+pub async fn compile_view(db: &Database, query: &str) -> Result<CompiledView> {
+    let stmts = parse(query)?;
+    let [WeirStatement::Sql(stmt)] = stmts.as_slice() else {
+        return Err(Error::Syntax(format!("a view is defined by one SELECT, not {query}")));
+    };
+    let ctx = crate::session::new_context(db);
+    let state = ctx.state();
+    compile_query_statement(&state, stmt.as_ref().clone()).await
+}
+
+/// Plans and compiles a SELECT statement.
+pub(crate) async fn compile_query_statement(
+    state: &SessionState,
+    stmt: datafusion::sql::sqlparser::ast::Statement,
+) -> Result<CompiledView> {
+    let plan = state
+        .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+        .await?;
+    let plan = state.optimize(&plan)?;
+    let built = build(&plan, state)?;
+    let source = built.source.ok_or_else(|| {
+        Error::NotSupported("a materialized view must read a stream".into())
+    })?;
+    let pipeline = Pipeline::new(Arc::clone(&source.schema), built.operators);
+    let names: Vec<&String> = plan.schema().fields().iter().map(|f| f.name()).collect();
+    let got: Vec<&String> = pipeline.schema().fields().iter().map(|f| f.name()).collect();
+    if names != got {
+        return Err(Error::Internal(format!(
+            "compiled view has columns {got:?} but the query has {names:?}"
+        )));
+    }
+    Ok(CompiledView { source, pipeline })
+}
+
+/// What a subtree compiles to.
+#[derive(Default)]
+struct Built {
+    source: Option<Arc<StreamEntry>>,
+    operators: Vec<Box<dyn Operator>>,
+    /// The window size when the rows carry `window_start` / `window_end`.
+    window_ns: Option<i64>,
+    aggregated: bool,
+}
+
+fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
+    Arc::new(plan.schema().as_arrow().clone())
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
+}
+
+fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let provider = source_as_provider(&scan.source)?;
+            if !scan.filters.is_empty() {
+                return Err(Error::Internal("a filter was pushed into a stream scan".into()));
+            }
+            let mut built = Built::default();
+            if let Some(t) = provider_as::<TumbleTable>(&provider) {
+                let def = &t.stream.def;
+                let time = &t.stream.schema.field(t.time_index).name().clone();
+                match &def.watermark {
+                    Some(w) if &w.column == time => {}
+                    Some(w) => {
+                        return Err(Error::NotSupported(format!(
+                            "TUMBLE over {time}, but stream {} has its watermark on {}; \
+                             window over the watermark column",
+                            def.name, w.column
+                        )));
+                    }
+                    None => {
+                        return Err(Error::NotSupported(format!(
+                            "stream {} has no watermark, so its windows would never close; \
+                             declare WATERMARK FOR {time} AS {time} - INTERVAL '...' in CREATE STREAM",
+                            def.name
+                        )));
+                    }
+                }
+                built.operators.push(Box::new(t.operator()?));
+                built.window_ns = Some(t.size_ns);
+                built.source = Some(Arc::clone(&t.stream));
+            } else if let Some(s) = provider_as::<StreamTable>(&provider) {
+                built.source = Some(s.entry());
+            } else if provider_as::<ViewTable>(&provider).is_some() {
+                return Err(unsupported("reading a materialized view from another view"));
+            } else {
+                return Err(unsupported(&format!("reading {}", scan.table_name)));
+            }
+            if let Some(projection) = &scan.projection {
+                let input = provider.schema();
+                let exprs = projection
+                    .iter()
+                    .map(|&i| {
+                        let name = input.field(i).name().clone();
+                        (Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>, name)
+                    })
+                    .collect();
+                built
+                    .operators
+                    .push(Box::new(ProjectionOperator::try_new(exprs, &input)?));
+            }
+            Ok(built)
+        }
+        LogicalPlan::SubqueryAlias(a) => build(&a.input, state),
+        LogicalPlan::Filter(f) => {
+            let mut built = build(&f.input, state)?;
+            let predicate = state.create_physical_expr(f.predicate.clone(), f.input.schema())?;
+            built
+                .operators
+                .push(Box::new(FilterOperator::try_new(predicate, arrow_schema(&f.input))?));
+            Ok(built)
+        }
+        LogicalPlan::Projection(p) => {
+            let mut built = build(&p.input, state)?;
+            let exprs = p
+                .expr
+                .iter()
+                .zip(p.schema.fields())
+                .map(|(e, f)| {
+                    Ok((
+                        state.create_physical_expr(e.clone(), p.input.schema())?,
+                        f.name().clone(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            built.operators.push(Box::new(ProjectionOperator::try_new(
+                exprs,
+                &arrow_schema(&p.input),
+            )?));
+            Ok(built)
+        }
+        LogicalPlan::Aggregate(agg) => {
+            let mut built = build(&agg.input, state)?;
+            if built.aggregated {
+                return Err(unsupported("an aggregate over an aggregate"));
+            }
+            let input_schema = agg.input.schema();
+            let mut window = None;
+            for e in &agg.group_expr {
+                match e {
+                    Expr::GroupingSet(_) => return Err(unsupported("GROUPING SETS / ROLLUP / CUBE")),
+                    Expr::Column(c) if c.name == "window_start" || c.name == "window_end" => {
+                        let i = input_schema.index_of_column(c)?;
+                        if window.is_none() || c.name == "window_start" {
+                            window = Some(if c.name == "window_start" {
+                                WindowColumn::Start(i)
+                            } else {
+                                WindowColumn::End(i)
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let (Some(window), Some(size_ns)) = (window, built.window_ns) else {
+                return Err(Error::NotSupported(
+                    "GROUP BY over a stream needs a window: read FROM TUMBLE(stream, time_column, INTERVAL '1' MINUTE) \
+                     and GROUP BY window_start, window_end (aggregates over a whole stream come later)"
+                        .into(),
+                ));
+            };
+            let input_arrow = arrow_schema(&agg.input);
+            let groups = agg
+                .group_expr
+                .iter()
+                .zip(agg.schema.fields())
+                .map(|(e, f)| {
+                    Ok((
+                        state.create_physical_expr(e.clone(), input_schema)?,
+                        f.name().clone(),
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let aggregates = agg
+                .aggr_expr
+                .iter()
+                .map(|e| {
+                    let (expr, filter, order) = create_aggregate_expr_and_maybe_filter(
+                        e,
+                        input_schema,
+                        &input_arrow,
+                        state.execution_props(),
+                    )?;
+                    if !order.is_empty() {
+                        return Err(unsupported("ORDER BY inside an aggregate"));
+                    }
+                    Ok(AggregateSpec { expr, filter })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            built.operators.push(Box::new(WindowAggregateOperator::try_new(
+                &input_arrow,
+                groups,
+                window,
+                size_ns,
+                aggregates,
+                arrow_schema(plan),
+            )?));
+            built.aggregated = true;
+            Ok(built)
+        }
+        LogicalPlan::Sort(_) => Err(Error::NotSupported(
+            "ORDER BY in a materialized view cannot be maintained over an unbounded stream; \
+             order when you query the view (SELECT ... FROM view ORDER BY ...)"
+                .into(),
+        )),
+        LogicalPlan::Join(_) => Err(unsupported("JOIN")),
+        LogicalPlan::Limit(_) => Err(unsupported("LIMIT")),
+        LogicalPlan::Distinct(_) => Err(unsupported("DISTINCT")),
+        LogicalPlan::Window(_) => Err(unsupported("a window function (OVER)")),
+        LogicalPlan::Union(_) => Err(unsupported("UNION")),
+        other => Err(unsupported(&format!(
+            "{}",
+            other.display().to_string().split(':').next().unwrap_or("this plan node")
+        ))),
+    }
+}

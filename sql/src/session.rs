@@ -1,0 +1,684 @@
+//! The `Session` API: what the Postgres server and the shell call to run statements.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::ParamValues;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::{SessionConfig, SessionContext};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr as SqlExpr, ObjectType, Statement, TableObject,
+};
+use futures::TryStreamExt;
+use weir_engine::log::supports_key_type;
+
+use crate::catalog::{ColumnDef, StreamDef, ViewDef, WatermarkDef};
+use crate::database::Database;
+use crate::parser::{CreateStream, WeirStatement, normalize, object_name, parse};
+use crate::planner::{compile_query_statement, humanize_ns};
+use crate::tables::{StreamTable, TumbleFunction, ViewTable, interval_ns};
+use crate::{Error, Result};
+
+/// The catalog and schema every object lives in.
+pub const CATALOG: &str = "weir";
+/// The schema every object lives in.
+pub const SCHEMA: &str = "public";
+
+/// What a statement returns.
+pub enum Output {
+    /// Rows, streamed.
+    Rows {
+        /// Their schema.
+        schema: SchemaRef,
+        /// The rows.
+        stream: SendableRecordBatchStream,
+    },
+    /// A command completed: its Postgres command tag (`CREATE STREAM`, `DROP STREAM`, ...).
+    Command(String),
+    /// An INSERT appended this many rows.
+    Inserted(u64),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rows { schema, .. } => write!(f, "Rows({schema})"),
+            Self::Command(tag) => write!(f, "Command({tag})"),
+            Self::Inserted(n) => write!(f, "Inserted({n})"),
+        }
+    }
+}
+
+impl Output {
+    /// Collects the rows of a `Rows` output (none for a command).
+    pub async fn collect(self) -> Result<Vec<RecordBatch>> {
+        match self {
+            Self::Rows { stream, .. } => Ok(stream.try_collect().await?),
+            Self::Command(_) | Self::Inserted(_) => Ok(Vec::new()),
+        }
+    }
+}
+
+/// What a statement will take and return, for the extended query protocol's Describe.
+#[derive(Debug, Clone)]
+pub struct Description {
+    /// Types of `$1`, `$2`, ... where they can be inferred.
+    pub params: Vec<Option<DataType>>,
+    /// The columns of the rows it returns; `None` for commands.
+    pub columns: Option<SchemaRef>,
+}
+
+/// A connection's session: runs statements against a [`Database`].
+pub struct Session {
+    db: Database,
+    ctx: SessionContext,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("db", &self.db.dir()).finish()
+    }
+}
+
+/// Resolves table names to the database's streams and views, as they are right now.
+#[derive(Debug)]
+struct WeirSchema {
+    db: Database,
+}
+
+#[async_trait]
+impl SchemaProvider for WeirSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.db.streams().iter().map(|s| s.def.name.clone()).collect();
+        names.extend(self.db.views().iter().map(|v| v.def.name.clone()));
+        names
+    }
+
+    async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
+        if let Some(s) = self.db.stream(name) {
+            return Ok(Some(Arc::new(StreamTable::new(s))));
+        }
+        Ok(self
+            .db
+            .view(name)
+            .map(|v| Arc::new(ViewTable::new(v)) as Arc<dyn TableProvider>))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.db.stream(name).is_some() || self.db.view(name).is_some()
+    }
+}
+
+/// A DataFusion context that sees the database's objects and Weir's table functions.
+pub(crate) fn new_context(db: &Database) -> SessionContext {
+    let config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG, SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true)
+        .with_target_partitions(2);
+    let ctx = SessionContext::new_with_config(config);
+    let catalog = MemoryCatalogProvider::new();
+    // Registering into a fresh in-memory catalog cannot fail.
+    let _ = catalog.register_schema(SCHEMA, Arc::new(WeirSchema { db: db.clone() }));
+    ctx.register_catalog(CATALOG, Arc::new(catalog));
+    ctx.register_udtf("tumble", Arc::new(TumbleFunction::new(db.clone())));
+    ctx
+}
+
+fn rows(schema: SchemaRef, batch: RecordBatch) -> Output {
+    let stream = futures::stream::iter(vec![Ok(batch)]);
+    Output::Rows {
+        schema: Arc::clone(&schema),
+        stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+    }
+}
+
+impl Session {
+    /// A new session on `db`.
+    pub fn new(db: Database) -> Self {
+        let ctx = new_context(&db);
+        Self { db, ctx }
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// Runs every statement in `sql`, in order, stopping at the first error (which is the last
+    /// element). Statements before the error keep their effect.
+    pub async fn execute(&self, sql: &str) -> Vec<Result<Output>> {
+        let stmts = match parse(sql) {
+            Ok(s) => s,
+            Err(e) => return vec![Err(e)],
+        };
+        let mut out = Vec::with_capacity(stmts.len());
+        for stmt in stmts {
+            let r = self.execute_statement(stmt, None).await;
+            let failed = r.is_err();
+            out.push(r);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Runs one statement with parameter values for `$1`, `$2`, ...
+    pub async fn execute_one(&self, sql: &str, params: Option<ParamValues>) -> Result<Output> {
+        let mut stmts = parse(sql)?;
+        match stmts.len() {
+            0 => Ok(Output::Command(String::new())),
+            1 => self.execute_statement(stmts.remove(0), params).await,
+            _ => Err(Error::Syntax(
+                "cannot run several statements in one prepared statement".into(),
+            )),
+        }
+    }
+
+    /// Describes one statement: its parameters and result columns.
+    pub async fn describe(&self, sql: &str) -> Result<Description> {
+        let mut stmts = parse(sql)?;
+        if stmts.len() > 1 {
+            return Err(Error::Syntax(
+                "cannot prepare several statements at once".into(),
+            ));
+        }
+        let Some(stmt) = stmts.pop() else {
+            return Ok(Description {
+                params: vec![],
+                columns: None,
+            });
+        };
+        match stmt {
+            WeirStatement::ShowStreams => Ok(Description {
+                params: vec![],
+                columns: Some(show_streams_schema()),
+            }),
+            WeirStatement::ShowMaterializedViews => Ok(Description {
+                params: vec![],
+                columns: Some(show_views_schema()),
+            }),
+            WeirStatement::Sql(s) if is_datafusion_statement(&s) => {
+                let returns_rows = matches!(*s, Statement::Query(_) | Statement::Explain { .. });
+                if matches!(&*s, Statement::Explain { statement, .. } if is_create_mv(statement)) {
+                    return Ok(Description {
+                        params: vec![],
+                        columns: Some(explain_schema()),
+                    });
+                }
+                let plan = self.plan(*s).await?;
+                let types = plan.get_parameter_types()?;
+                let mut params: Vec<(usize, Option<DataType>)> = types
+                    .into_iter()
+                    .filter_map(|(k, v)| {
+                        k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v))
+                    })
+                    .collect();
+                params.sort_by_key(|(i, _)| *i);
+                let n = params.last().map_or(0, |(i, _)| *i);
+                let mut ordered = vec![None; n];
+                for (i, t) in params {
+                    ordered[i - 1] = t;
+                }
+                Ok(Description {
+                    params: ordered,
+                    columns: returns_rows.then(|| Arc::new(plan.schema().as_arrow().clone())),
+                })
+            }
+            _ => Ok(Description {
+                params: vec![],
+                columns: None,
+            }),
+        }
+    }
+
+    async fn plan(&self, stmt: Statement) -> Result<LogicalPlan> {
+        Ok(self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+            .await?)
+    }
+
+    async fn run_plan(&self, plan: LogicalPlan, params: Option<ParamValues>) -> Result<Output> {
+        let plan = match params {
+            Some(p) => plan.with_param_values(p)?,
+            None => plan,
+        };
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        Ok(Output::Rows { schema, stream })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(db))
+            .await
+            .map_err(|e| Error::Internal(format!("a catalog task failed: {e}")))?
+    }
+
+    async fn execute_statement(&self, stmt: WeirStatement, params: Option<ParamValues>) -> Result<Output> {
+        match stmt {
+            WeirStatement::CreateStream(cs) => self.create_stream(cs).await,
+            WeirStatement::DropStream {
+                name,
+                if_exists,
+                cascade,
+            } => {
+                if self.db.stream(&name).is_none() && if_exists {
+                    return Ok(Output::Command("DROP STREAM".into()));
+                }
+                self.blocking(move |db| db.drop_stream(&name, cascade)).await?;
+                Ok(Output::Command("DROP STREAM".into()))
+            }
+            WeirStatement::ShowStreams => Ok(self.show_streams()?),
+            WeirStatement::ShowMaterializedViews => Ok(self.show_views()?),
+            WeirStatement::Sql(s) => self.execute_sql(*s, params).await,
+        }
+    }
+
+    async fn execute_sql(&self, stmt: Statement, params: Option<ParamValues>) -> Result<Output> {
+        match stmt {
+            Statement::CreateView(cv) => {
+                if !cv.materialized {
+                    return Err(Error::NotSupported(
+                        "plain views are not supported; use CREATE MATERIALIZED VIEW".into(),
+                    ));
+                }
+                if cv.or_replace || cv.or_alter {
+                    return Err(Error::NotSupported(
+                        "CREATE OR REPLACE of a materialized view is not supported; drop it first".into(),
+                    ));
+                }
+                if !cv.columns.is_empty() {
+                    return Err(Error::NotSupported(
+                        "a column list on CREATE MATERIALIZED VIEW is not supported; alias the columns in the SELECT".into(),
+                    ));
+                }
+                let name = object_name(&cv.name)?;
+                if cv.if_not_exists && (self.db.view(&name).is_some() || self.db.stream(&name).is_some()) {
+                    return Ok(Output::Command("CREATE MATERIALIZED VIEW".into()));
+                }
+                if self.db.view(&name).is_some() || self.db.stream(&name).is_some() {
+                    return Err(Error::DuplicateRelation(name));
+                }
+                let query = cv.query.to_string();
+                let compiled =
+                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query)).await?;
+                let def = ViewDef { name, query };
+                self.blocking(move |db| db.create_view(def, compiled)).await?;
+                Ok(Output::Command("CREATE MATERIALIZED VIEW".into()))
+            }
+            Statement::Drop {
+                object_type,
+                if_exists,
+                names,
+                cascade: _,
+                ..
+            } => match object_type {
+                ObjectType::MaterializedView => {
+                    for n in &names {
+                        let name = object_name(n)?;
+                        if self.db.view(&name).is_none() {
+                            if if_exists {
+                                continue;
+                            }
+                            return Err(Error::UndefinedRelation(name));
+                        }
+                        self.blocking(move |db| db.drop_view(&name)).await?;
+                    }
+                    Ok(Output::Command("DROP MATERIALIZED VIEW".into()))
+                }
+                ObjectType::Table => Err(Error::NotSupported(
+                    "DROP TABLE: streams are dropped with DROP STREAM name".into(),
+                )),
+                other => Err(Error::NotSupported(format!("DROP {other} is not supported"))),
+            },
+            Statement::Explain { statement, .. } if is_create_mv(&statement) => {
+                let Statement::CreateView(cv) = *statement else {
+                    return Err(Error::Internal("EXPLAIN of a view lost its statement".into()));
+                };
+                let name = object_name(&cv.name)?;
+                let compiled =
+                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query)).await?;
+                let lines = compiled.explain(&name);
+                let schema = explain_schema();
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(StringArray::from(lines)) as ArrayRef],
+                )?;
+                Ok(rows(schema, batch))
+            }
+            Statement::Insert(ins) => {
+                if let TableObject::TableName(name) = &ins.table {
+                    let name = object_name(name)?;
+                    if self.db.view(&name).is_some() {
+                        return Err(Error::WrongObject {
+                            sqlstate: "42809",
+                            message: format!(
+                                "cannot insert into materialized view {name}: its rows come from its query"
+                            ),
+                        });
+                    }
+                    if self.db.stream(&name).is_none() {
+                        return Err(Error::UndefinedRelation(name));
+                    }
+                }
+                let plan = self.plan(Statement::Insert(ins)).await?;
+                let out = self.run_plan(plan, params).await?.collect().await?;
+                let count: u64 = out
+                    .iter()
+                    .filter_map(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                            .map(|a| a.values().iter().sum::<u64>())
+                    })
+                    .sum();
+                Ok(Output::Inserted(count))
+            }
+            Statement::CreateTable(_) => Err(Error::NotSupported(
+                "CREATE TABLE is not supported yet; create an event stream with CREATE STREAM".into(),
+            )),
+            s if is_datafusion_statement(&s) => {
+                let is_query = matches!(s, Statement::Query(_) | Statement::Explain { .. });
+                let plan = self.plan(s).await?;
+                if is_query {
+                    self.run_plan(plan, params).await
+                } else {
+                    let _ = self.run_plan(plan, params).await?.collect().await?;
+                    Ok(Output::Command("SET".into()))
+                }
+            }
+            other => {
+                let text = other.to_string();
+                let words: Vec<&str> = text.split_whitespace().take(2).collect();
+                Err(Error::NotSupported(format!("{} is not supported", words.join(" "))))
+            }
+        }
+    }
+
+    async fn create_stream(&self, cs: CreateStream) -> Result<Output> {
+        if self.db.stream(&cs.name).is_some() || self.db.view(&cs.name).is_some() {
+            if cs.if_not_exists {
+                return Ok(Output::Command("CREATE STREAM".into()));
+            }
+            return Err(Error::DuplicateRelation(cs.name));
+        }
+        if cs.columns.is_empty() {
+            return Err(Error::Syntax("a stream needs at least one column".into()));
+        }
+        let def = self.stream_def(cs).await?;
+        self.blocking(move |db| db.create_stream(def)).await?;
+        Ok(Output::Command("CREATE STREAM".into()))
+    }
+
+    /// Resolves SQL types, the watermark and the options of a CREATE STREAM.
+    async fn stream_def(&self, cs: CreateStream) -> Result<StreamDef> {
+        let casts: Vec<String> = cs
+            .columns
+            .iter()
+            .map(|c| format!("CAST(NULL AS {})", c.data_type))
+            .collect();
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(&format!("SELECT {}", casts.join(", ")))
+            .await
+            .map_err(|e| Error::Datatype(format!("unsupported column type: {e}")))?;
+        let mut columns = Vec::with_capacity(cs.columns.len());
+        for (c, f) in cs.columns.iter().zip(plan.schema().fields()) {
+            if columns.iter().any(|x: &ColumnDef| x.name == c.name) {
+                return Err(Error::DuplicateRelation(format!("column {}", c.name)));
+            }
+            columns.push(ColumnDef {
+                name: c.name.clone(),
+                data_type: f.data_type().to_string(),
+                nullable: !c.not_null,
+            });
+        }
+        let watermark = match &cs.watermark {
+            None => None,
+            Some((column, expr)) => {
+                let Some(i) = columns.iter().position(|c| &c.name == column) else {
+                    return Err(Error::UndefinedColumn(format!(
+                        "watermark column \"{column}\" does not exist"
+                    )));
+                };
+                let t = plan.schema().field(i).data_type();
+                if !matches!(t, DataType::Timestamp(_, _)) {
+                    return Err(Error::Datatype(format!(
+                        "watermark column {column} must be a TIMESTAMP, not {t}"
+                    )));
+                }
+                // Event time drives windows: a row without one could never be placed.
+                columns[i].nullable = false;
+                let delay_ns = self.watermark_delay(column, expr).await?;
+                Some(WatermarkDef {
+                    column: column.clone(),
+                    delay_ns,
+                })
+            }
+        };
+        let mut def = StreamDef {
+            name: cs.name.clone(),
+            columns,
+            watermark,
+            partitions: 1,
+            key: None,
+            segment_bytes: weir_engine::log::LogConfig::default().segment_bytes,
+            retention_ms: None,
+            retention_bytes: None,
+        };
+        for (k, v) in &cs.options {
+            let int = |max: u64| -> Result<u64> {
+                v.parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| Error::WrongObject {
+                        sqlstate: "22023",
+                        message: format!("option {k} must be an integer from 1 to {max}, not {v}"),
+                    })
+            };
+            match k.as_str() {
+                "partitions" => def.partitions = int(1024)? as u32,
+                "key" => {
+                    let key = v.to_lowercase();
+                    let Some(i) = def.column_index(&key) else {
+                        return Err(Error::UndefinedColumn(format!(
+                            "key column \"{key}\" does not exist"
+                        )));
+                    };
+                    let t = plan.schema().field(i).data_type();
+                    if !supports_key_type(t) {
+                        return Err(Error::Datatype(format!(
+                            "a stream cannot be partitioned by column {key} of type {t}"
+                        )));
+                    }
+                    def.key = Some(key);
+                }
+                "segment_bytes" => def.segment_bytes = int(1 << 40)?,
+                "retention_ms" => def.retention_ms = Some(int(i64::MAX as u64)? as i64),
+                "retention_bytes" => def.retention_bytes = Some(int(u64::MAX)?),
+                other => {
+                    return Err(Error::WrongObject {
+                        sqlstate: "22023",
+                        message: format!(
+                            "unknown stream option {other}; known: partitions, key, segment_bytes, retention_ms, retention_bytes"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(def)
+    }
+
+    /// The delay of `WATERMARK FOR col AS col - INTERVAL '...'` (or `AS col`: no delay).
+    async fn watermark_delay(&self, column: &str, expr: &SqlExpr) -> Result<i64> {
+        let bad = || {
+            Error::Syntax(format!(
+                "WATERMARK FOR {column} AS must be {column} or {column} - INTERVAL '...', not {expr}"
+            ))
+        };
+        let is_col = |e: &SqlExpr| matches!(e, SqlExpr::Identifier(i) if normalize(i) == column);
+        match expr {
+            e if is_col(e) => Ok(0),
+            SqlExpr::BinaryOp {
+                left,
+                op: BinaryOperator::Minus,
+                right,
+            } if is_col(left) => {
+                let plan = self
+                    .ctx
+                    .state()
+                    .create_logical_plan(&format!("SELECT {right}"))
+                    .await?;
+                let LogicalPlan::Projection(p) = &plan else {
+                    return Err(bad());
+                };
+                let delay = p.expr.first().and_then(|e| match e {
+                    Expr::Alias(a) => interval_ns(&a.expr),
+                    e => interval_ns(e),
+                });
+                delay.filter(|d| *d >= 0).ok_or_else(bad)
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    fn show_streams(&self) -> Result<Output> {
+        let streams = self.db.streams();
+        let schema = show_streams_schema();
+        let mut name = Vec::new();
+        let mut parts = Vec::new();
+        let mut key = Vec::new();
+        let mut event_time = Vec::new();
+        let mut delay = Vec::new();
+        let mut row_count = Vec::new();
+        for s in &streams {
+            name.push(s.def.name.clone());
+            parts.push(s.def.partitions as i32);
+            key.push(s.def.key.clone());
+            event_time.push(s.def.watermark.as_ref().map(|w| w.column.clone()));
+            delay.push(s.def.watermark.as_ref().map(|w| humanize_ns(w.delay_ns)));
+            row_count.push(
+                s.log
+                    .partitions()
+                    .iter()
+                    .map(|p| (p.committed() - p.start_offset()) as i64)
+                    .sum::<i64>(),
+            );
+        }
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(name)),
+                Arc::new(Int32Array::from(parts)),
+                Arc::new(StringArray::from(key)),
+                Arc::new(StringArray::from(event_time)),
+                Arc::new(StringArray::from(delay)),
+                Arc::new(Int64Array::from(row_count)),
+            ],
+        )?;
+        Ok(rows(schema, batch))
+    }
+
+    fn show_views(&self) -> Result<Output> {
+        let views = self.db.views();
+        let schema = show_views_schema();
+        let mut name = Vec::new();
+        let mut source = Vec::new();
+        let mut row_count = Vec::new();
+        let mut watermark = Vec::new();
+        let mut late = Vec::new();
+        let mut status = Vec::new();
+        let mut definition = Vec::new();
+        for v in &views {
+            let p = v.table.progress();
+            name.push(v.def.name.clone());
+            source.push(v.source.def.name.clone());
+            row_count.push(v.table.num_rows() as i64);
+            watermark.push(p.watermark_ns.map(|ns| ns / 1000));
+            late.push(p.late_rows as i64);
+            status.push(match p.error {
+                Some(e) => format!("failed: {e}"),
+                None => "running".into(),
+            });
+            definition.push(v.def.query.clone());
+        }
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(name)),
+                Arc::new(StringArray::from(source)),
+                Arc::new(Int64Array::from(row_count)),
+                Arc::new(
+                    datafusion::arrow::array::TimestampMicrosecondArray::from(watermark),
+                ),
+                Arc::new(Int64Array::from(late)),
+                Arc::new(StringArray::from(status)),
+                Arc::new(StringArray::from(definition)),
+            ],
+        )?;
+        Ok(rows(schema, batch))
+    }
+}
+
+fn is_create_mv(s: &Statement) -> bool {
+    matches!(s, Statement::CreateView(cv) if cv.materialized)
+}
+
+/// Statements handed to DataFusion as they are.
+fn is_datafusion_statement(s: &Statement) -> bool {
+    matches!(
+        s,
+        Statement::Query(_)
+            | Statement::Insert(_)
+            | Statement::Explain { .. }
+            | Statement::Set(_)
+            | Statement::ShowVariable { .. }
+    )
+}
+
+fn show_streams_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("partitions", DataType::Int32, false),
+        Field::new("key", DataType::Utf8, true),
+        Field::new("event_time", DataType::Utf8, true),
+        Field::new("watermark_delay", DataType::Utf8, true),
+        Field::new("rows", DataType::Int64, false),
+    ]))
+}
+
+fn show_views_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("rows", DataType::Int64, false),
+        Field::new("watermark", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new("late_events", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("definition", DataType::Utf8, false),
+    ]))
+}
+
+fn explain_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("plan", DataType::Utf8, false)]))
+}

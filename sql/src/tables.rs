@@ -1,0 +1,337 @@
+//! DataFusion table providers over Weir objects: streams (read from the log, written by INSERT),
+//! `TUMBLE(...)` windowed streams, and materialized views.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session as DfSession, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{DataFusionError, ScalarValue, exec_err, not_impl_err, plan_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::TryStreamExt;
+use weir_engine::operator::{Operator, TumbleOperator};
+
+use crate::database::{Database, StreamEntry, ViewEntry};
+
+/// How long a read of a view waits for the view to catch up with its source.
+const VIEW_READ_WAIT: Duration = Duration::from_secs(10);
+
+fn external(e: impl Into<crate::Error>) -> DataFusionError {
+    DataFusionError::External(Box::new(e.into()))
+}
+
+async fn read_log(entry: Arc<StreamEntry>) -> datafusion::error::Result<Vec<Vec<RecordBatch>>> {
+    tokio::task::spawn_blocking(move || entry.log.read_all())
+        .await
+        .map_err(|e| DataFusionError::Internal(format!("log reader failed: {e}")))?
+        .map_err(external)
+}
+
+/// A stream as a table: a scan reads every committed row of every partition (one DataFusion
+/// partition per log partition); INSERT appends through the log.
+#[derive(Debug)]
+pub struct StreamTable {
+    entry: Arc<StreamEntry>,
+}
+
+impl StreamTable {
+    /// The table of a stream.
+    pub fn new(entry: Arc<StreamEntry>) -> Self {
+        Self { entry }
+    }
+
+    /// The stream.
+    pub fn entry(&self) -> Arc<StreamEntry> {
+        Arc::clone(&self.entry)
+    }
+}
+
+#[async_trait]
+impl TableProvider for StreamTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.entry.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let partitions = read_log(Arc::clone(&self.entry)).await?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &partitions,
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn DfSession,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return not_impl_err!("{insert_op} into a stream is not supported: streams are append-only");
+        }
+        Ok(Arc::new(DataSinkExec::new(
+            input,
+            Arc::new(LogSink {
+                entry: Arc::clone(&self.entry),
+            }),
+            None,
+        )))
+    }
+}
+
+/// Appends INSERTed rows to a stream's log: all of a statement's rows in one append, so a
+/// statement that fails appends nothing.
+#[derive(Debug)]
+struct LogSink {
+    entry: Arc<StreamEntry>,
+}
+
+impl DisplayAs for LogSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogSink: stream={}", self.entry.def.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for LogSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.entry.schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::error::Result<u64> {
+        // Collect first: a bad value anywhere fails the statement before anything is appended.
+        let batches: Vec<RecordBatch> = data.try_collect().await?;
+        let entry = Arc::clone(&self.entry);
+        let receipt = tokio::task::spawn_blocking(move || entry.log.append(&batches))
+            .await
+            .map_err(|e| DataFusionError::Internal(format!("log append failed: {e}")))?
+            .map_err(external)?;
+        Ok(receipt.rows())
+    }
+}
+
+/// `TUMBLE(stream, time_column, size)`: the stream's rows with `window_start` and `window_end`.
+#[derive(Debug)]
+pub struct TumbleTable {
+    /// The stream windowed.
+    pub stream: Arc<StreamEntry>,
+    /// Index of the time column in the stream.
+    pub time_index: usize,
+    /// Window size in nanoseconds.
+    pub size_ns: i64,
+    schema: SchemaRef,
+}
+
+impl TumbleTable {
+    /// Builds the windowing operator for this table.
+    pub fn operator(&self) -> weir_engine::Result<TumbleOperator> {
+        TumbleOperator::try_new(&self.stream.schema, self.time_index, self.size_ns)
+    }
+}
+
+#[async_trait]
+impl TableProvider for TumbleTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let partitions = read_log(Arc::clone(&self.stream)).await?;
+        let mut op = self.operator().map_err(external)?;
+        let windowed = partitions
+            .into_iter()
+            .map(|p| {
+                p.into_iter()
+                    .map(|b| op.process_batch(b))
+                    .collect::<weir_engine::Result<Vec<_>>>()
+                    .map(|v| v.into_iter().flatten().collect::<Vec<_>>())
+            })
+            .collect::<weir_engine::Result<Vec<_>>>()
+            .map_err(external)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &windowed,
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// The `tumble` table function.
+#[derive(Debug)]
+pub struct TumbleFunction {
+    db: Database,
+}
+
+impl TumbleFunction {
+    /// The function, resolving streams in `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+/// The name an argument names: a bare identifier or a string literal.
+fn name_arg(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Column(c) if c.relation.is_none() => Some(c.name.clone()),
+        Expr::Literal(ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)), _) => {
+            Some(s.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The length of an interval literal in nanoseconds; months are refused (not a fixed length).
+pub fn interval_ns(e: &Expr) -> Option<i64> {
+    let v = match e {
+        Expr::Literal(v, _) => v,
+        Expr::Alias(a) => return interval_ns(&a.expr),
+        _ => return None,
+    };
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => {
+            Some(i64::from(i.days) * 86_400_000_000_000 + i.nanoseconds)
+        }
+        ScalarValue::IntervalDayTime(Some(i)) => {
+            Some(i64::from(i.days) * 86_400_000_000_000 + i64::from(i.milliseconds) * 1_000_000)
+        }
+        _ => None,
+    }
+}
+
+impl TableFunctionImpl for TumbleFunction {
+    fn call_with_args(&self, args: TableFunctionArgs) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+        let exprs = args.exprs();
+        let [stream, time, size] = exprs else {
+            return plan_err!(
+                "TUMBLE takes (stream, time_column, INTERVAL size), got {} arguments",
+                exprs.len()
+            );
+        };
+        let Some(stream_name) = name_arg(stream) else {
+            return plan_err!("TUMBLE's first argument must name a stream, not {stream}");
+        };
+        let entry = self
+            .db
+            .stream(&stream_name)
+            .ok_or_else(|| external(crate::Error::UndefinedRelation(stream_name.clone())))?;
+        let Some(time_name) = name_arg(time) else {
+            return plan_err!("TUMBLE's second argument must name a timestamp column, not {time}");
+        };
+        let Some(time_index) = entry.def.column_index(&time_name) else {
+            return Err(external(crate::Error::UndefinedColumn(format!(
+                "column \"{time_name}\" does not exist in stream {stream_name}"
+            ))));
+        };
+        let Some(size_ns) = interval_ns(size).filter(|n| *n > 0) else {
+            return plan_err!(
+                "TUMBLE's size must be a positive INTERVAL of fixed length (no months), not {size}"
+            );
+        };
+        let op = TumbleOperator::try_new(&entry.schema, time_index, size_ns).map_err(external)?;
+        Ok(Arc::new(TumbleTable {
+            schema: op.schema(),
+            stream: entry,
+            time_index,
+            size_ns,
+        }))
+    }
+}
+
+/// A materialized view as a table. A scan first waits (briefly) until the view has processed
+/// everything committed to its source, so a SELECT after an INSERT sees that INSERT's effect.
+#[derive(Debug)]
+pub struct ViewTable {
+    entry: Arc<ViewEntry>,
+}
+
+impl ViewTable {
+    /// The table of a view.
+    pub fn new(entry: Arc<ViewEntry>) -> Self {
+        Self { entry }
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(self.entry.table.schema())
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let entry = Arc::clone(&self.entry);
+        let progress = tokio::task::spawn_blocking(move || {
+            let offsets = entry.source.log.committed_offsets();
+            entry.table.wait_for(&offsets, VIEW_READ_WAIT)
+        })
+        .await
+        .map_err(|e| DataFusionError::Internal(format!("view reader failed: {e}")))?;
+        if let Some(error) = progress.error {
+            return exec_err!(
+                "materialized view {} stopped on an error: {error}",
+                self.entry.def.name
+            );
+        }
+        let batches = self.entry.table.snapshot();
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// Keeps `Any` in scope for downcasts of providers.
+pub(crate) fn provider_as<T: 'static>(p: &Arc<dyn TableProvider>) -> Option<&T> {
+    (p.as_ref() as &dyn Any).downcast_ref::<T>()
+}
