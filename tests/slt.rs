@@ -66,7 +66,11 @@ impl AsyncDB for Weir {
                 let Output::Rows { schema, .. } = &rows else {
                     unreachable!("matched Rows above")
                 };
-                let types = schema.fields().iter().map(|f| column_type(f.data_type())).collect();
+                let types = schema
+                    .fields()
+                    .iter()
+                    .map(|f| column_type(f.data_type()))
+                    .collect();
                 let batches = rows.collect().await?;
                 let options = FormatOptions::default().with_null("NULL");
                 let mut out = Vec::new();
@@ -84,7 +88,11 @@ impl AsyncDB for Weir {
                                 .zip(b.columns())
                                 .map(|(f, c)| {
                                     let s = f.value(row).to_string();
-                                    if s.is_empty() && !c.is_null(row) { "(empty)".into() } else { s }
+                                    if s.is_empty() && !c.is_null(row) {
+                                        "(empty)".into()
+                                    } else {
+                                        s
+                                    }
                                 })
                                 .collect(),
                         );
@@ -94,6 +102,8 @@ impl AsyncDB for Weir {
             }
         }
     }
+
+    async fn shutdown(&mut self) {}
 
     fn engine_name(&self) -> &str {
         "weir"
@@ -126,12 +136,21 @@ async fn sqllogictests() {
         let conn_db = db.clone();
         let mut runner = sqllogictest::Runner::new(move || {
             let db = conn_db.clone();
-            async move { Ok(Weir { session: Session::new(db) }) }
+            async move {
+                Ok(Weir {
+                    session: Session::new(db),
+                })
+            }
         });
         if let Err(e) = runner.run_file_async(file).await {
             failures.push(format!("{}:\n{e}", file.display()));
         }
         db.shutdown();
     }
-    assert!(failures.is_empty(), "{} file(s) failed:\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }

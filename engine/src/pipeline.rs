@@ -31,7 +31,11 @@ impl Pipeline {
         &self.operators
     }
 
-    fn push_from(&mut self, start: usize, mut batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    fn push_from(
+        &mut self,
+        start: usize,
+        mut batches: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
         for op in &mut self.operators[start..] {
             let mut next = Vec::with_capacity(batches.len());
             for b in batches {

@@ -82,7 +82,10 @@ impl ResultTable {
 
     /// The query's progress.
     pub fn progress(&self) -> Progress {
-        self.progress.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until the query has processed every partition up to `offsets` (or stopped on an
@@ -95,7 +98,10 @@ impl ResultTable {
         let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let caught_up = p.offsets.len() == offsets.len()
-                && p.offsets.iter().zip(offsets).all(|(have, want)| have >= want);
+                && p.offsets
+                    .iter()
+                    .zip(offsets)
+                    .all(|(have, want)| have >= want);
             if caught_up || p.error.is_some() {
                 return p.clone();
             }

@@ -24,7 +24,10 @@ pub fn max_event_time_ns(column: &dyn Array) -> Result<Option<i64>> {
             column.data_type()
         )));
     };
-    let ns = cast(column, &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()))?;
+    let ns = cast(
+        column,
+        &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
+    )?;
     Ok(max(ns.as_primitive::<TimestampNanosecondType>()))
 }
 
@@ -84,7 +87,11 @@ mod tests {
         let mut t = WatermarkTracker::new(3, 10);
         assert_eq!(t.watermark(), None);
         t.observe(0, 100);
-        assert_eq!(t.watermark(), Some(90), "silent partitions do not hold it back");
+        assert_eq!(
+            t.watermark(),
+            Some(90),
+            "silent partitions do not hold it back"
+        );
         t.observe(1, 50);
         assert_eq!(t.watermark(), Some(90), "never moves backwards");
         t.observe(1, 200);

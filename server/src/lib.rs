@@ -56,10 +56,12 @@ impl Server {
             )));
         }
         let db = Database::open(&config.data_dir).await?;
-        let listener = TcpListener::bind(config.listen).await.map_err(|source| Error::Io {
-            context: format!("listening on {}", config.listen),
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("listening on {}", config.listen),
+                source,
+            })?;
         Ok(Self { listener, db })
     }
 

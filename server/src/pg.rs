@@ -101,7 +101,10 @@ impl SimpleQueryHandler for Handler {
     }
 }
 
-fn pg_fields(schema: &Schema, format: &Format) -> PgWireResult<Vec<pgwire::api::results::FieldInfo>> {
+fn pg_fields(
+    schema: &Schema,
+    format: &Format,
+) -> PgWireResult<Vec<pgwire::api::results::FieldInfo>> {
     arrow_schema_to_pg_fields(schema, format, None)
 }
 
@@ -206,7 +209,11 @@ pub struct Startup {
 
 #[async_trait]
 impl StartupHandler for Startup {
-    async fn on_startup<C>(&self, client: &mut C, message: PgWireFrontendMessage) -> PgWireResult<()>
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
@@ -244,10 +251,8 @@ pub struct HandlerFactory {
 impl HandlerFactory {
     /// Handlers serving `db`.
     pub fn new(db: Database) -> Self {
-        let parameters = DefaultServerParameterProvider {
-            server_version: format!("15.0 (Weir {})", env!("CARGO_PKG_VERSION")),
-            ..DefaultServerParameterProvider::default()
-        };
+        let mut parameters = DefaultServerParameterProvider::default();
+        parameters.server_version = format!("15.0 (Weir {})", env!("CARGO_PKG_VERSION"));
         Self {
             handler: Arc::new(Handler {
                 db,

@@ -69,7 +69,10 @@ pub fn render(batches: &[RecordBatch], schema: &datafusion::arrow::datatypes::Sc
             count += 1;
         }
     }
-    format!("{table}\n({count} row{})", if count == 1 { "" } else { "s" })
+    format!(
+        "{table}\n({count} row{})",
+        if count == 1 { "" } else { "s" }
+    )
 }
 
 async fn run_sql(session: &Session, sql: &str, out: &mut impl Write) -> std::io::Result<()> {
@@ -107,10 +110,18 @@ pub async fn run(data_dir: &Path) -> Result<(), Error> {
         let _ = editor.load_history(h);
     }
     let mut out = std::io::stdout();
-    writeln!(out, "Weir shell on {} — \\? for help, \\q to quit.", data_dir.display())?;
+    writeln!(
+        out,
+        "Weir shell on {} — \\? for help, \\q to quit.",
+        data_dir.display()
+    )?;
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "weir> " } else { "  ... " };
+        let prompt = if buffer.is_empty() {
+            "weir> "
+        } else {
+            "  ... "
+        };
         match editor.readline(prompt) {
             Ok(line) => {
                 let trimmed = line.trim();
@@ -118,7 +129,10 @@ pub async fn run(data_dir: &Path) -> Result<(), Error> {
                     match trimmed {
                         "\\q" => break,
                         "\\?" => writeln!(out, "{HELP}")?,
-                        "\\d" => run_sql(&session, "SHOW STREAMS; SHOW MATERIALIZED VIEWS;", &mut out).await?,
+                        "\\d" => {
+                            run_sql(&session, "SHOW STREAMS; SHOW MATERIALIZED VIEWS;", &mut out)
+                                .await?
+                        }
                         other => writeln!(out, "unknown command {other}; \\? lists commands")?,
                     }
                     continue;

@@ -220,7 +220,8 @@ impl Database {
         Self::check_free(&state, &def.name)?;
         let dir = self.stream_dir(&def.name);
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(|e| io(format!("removing orphan {}", dir.display()), e))?;
+            fs::remove_dir_all(&dir)
+                .map_err(|e| io(format!("removing orphan {}", dir.display()), e))?;
         }
         let entry = self.open_stream(def.clone())?;
         let mut data = state.data.clone();
@@ -343,11 +344,10 @@ impl Database {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let views: Vec<_> = std::mem::take(
-            &mut self.state.lock().unwrap_or_else(|e| e.into_inner()).views,
-        )
-        .into_values()
-        .collect();
+        let views: Vec<_> =
+            std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).views)
+                .into_values()
+                .collect();
         for v in views {
             v.stop();
         }

@@ -102,9 +102,10 @@ fn engine_sqlstate(e: &weir_engine::Error) -> &'static str {
 
 fn arrow_sqlstate(e: &ArrowError) -> &'static str {
     match e {
-        ArrowError::CastError(_) | ArrowError::ParseError(_) | ArrowError::InvalidArgumentError(_) => {
-            "22P02"
-        }
+        ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => "23502",
+        ArrowError::CastError(_)
+        | ArrowError::ParseError(_)
+        | ArrowError::InvalidArgumentError(_) => "22P02",
         ArrowError::DivideByZero => "22012",
         ArrowError::ArithmeticOverflow(_) => "22003",
         _ => "XX000",
@@ -144,13 +145,18 @@ mod tests {
         assert_eq!(Error::Syntax("x".into()).sqlstate(), "42601");
         assert_eq!(Error::UndefinedRelation("x".into()).sqlstate(), "42P01");
         let cast = DataFusionError::ArrowError(
-            Box::new(ArrowError::CastError("Cannot cast string 'x' to value of Int64 type".into())),
+            Box::new(ArrowError::CastError(
+                "Cannot cast string 'x' to value of Int64 type".into(),
+            )),
             None,
         );
         assert_eq!(Error::DataFusion(cast).sqlstate(), "22P02");
-        let ctx = DataFusionError::Context("while inserting".into(), Box::new(
-            DataFusionError::Plan("table 'weir.public.nope' not found".into()),
-        ));
+        let ctx = DataFusionError::Context(
+            "while inserting".into(),
+            Box::new(DataFusionError::Plan(
+                "table 'weir.public.nope' not found".into(),
+            )),
+        );
         assert_eq!(Error::DataFusion(ctx).sqlstate(), "42P01");
     }
 }

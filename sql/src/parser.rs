@@ -1,7 +1,11 @@
 //! Parsing of Weir's statements: standard SQL through sqlparser, plus the streaming extensions
 //! (`CREATE STREAM ... WATERMARK FOR ...`, `DROP STREAM`, `SHOW STREAMS`, `SHOW MATERIALIZED VIEWS`).
 
-use datafusion::sql::sqlparser::ast::{DataType, Expr, Ident, ObjectName, Statement, Value};
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    DataType, Expr, Ident, ObjectName, ObjectNamePart, Statement, Value, visit_relations_mut,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -75,6 +79,21 @@ pub fn object_name(name: &ObjectName) -> Result<String> {
         .ok_or_else(|| Error::Syntax(format!("invalid name {name}")))
 }
 
+/// Folds unquoted relation and table-function names to lower case, as Postgres does, so that
+/// `TUMBLE(...)` finds the `tumble` function.
+fn normalize_relations(stmt: &mut Statement) {
+    let _ = visit_relations_mut(stmt, |name: &mut ObjectName| {
+        for part in &mut name.0 {
+            if let ObjectNamePart::Identifier(ident) = part {
+                if ident.quote_style.is_none() {
+                    ident.value = ident.value.to_lowercase();
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 fn is_word(token: &Token, word: &str) -> bool {
     matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
@@ -103,7 +122,7 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
             let name = object_name(&parser.parse_object_name(false)?)?;
             let cascade = parser.parse_keyword(Keyword::CASCADE);
             if !cascade {
-                parser.parse_keyword(Keyword::RESTRICT);
+                let _ = parser.parse_keyword(Keyword::RESTRICT);
             }
             WeirStatement::DropStream {
                 name,
@@ -120,7 +139,9 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
             }
             WeirStatement::ShowMaterializedViews
         } else {
-            WeirStatement::Sql(Box::new(parser.parse_statement()?))
+            let mut stmt = parser.parse_statement()?;
+            normalize_relations(&mut stmt);
+            WeirStatement::Sql(Box::new(stmt))
         };
         out.push(stmt);
         let next = parser.peek_token().token;
@@ -176,14 +197,15 @@ fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {
         parser.expect_token(&Token::LParen)?;
         loop {
             let key = match parser.next_token().token {
-                Token::Word(w) => normalize(&Ident {
-                    value: w.value,
-                    quote_style: w.quote_style,
-                    span: Default::default(),
-                }),
+                Token::Word(w) => match w.quote_style {
+                    Some(_) => w.value,
+                    None => w.value.to_lowercase(),
+                },
                 Token::SingleQuotedString(s) => s.to_lowercase(),
                 other => {
-                    return Err(Error::Syntax(format!("expected an option name, found: {other}")));
+                    return Err(Error::Syntax(format!(
+                        "expected an option name, found: {other}"
+                    )));
                 }
             };
             parser.expect_token(&Token::Eq)?;
@@ -239,7 +261,10 @@ mod tests {
         assert_eq!(cs.watermark.as_ref().map(|w| w.0.as_str()), Some("ts"));
         assert_eq!(
             cs.options,
-            vec![("partitions".into(), "4".into()), ("key".into(), "user_id".into())]
+            vec![
+                ("partitions".into(), "4".into()),
+                ("key".into(), "user_id".into())
+            ]
         );
         assert_eq!(stmts[1], WeirStatement::ShowStreams);
         assert_eq!(stmts[2], WeirStatement::ShowMaterializedViews);
@@ -247,7 +272,12 @@ mod tests {
 
     #[test]
     fn errors_are_syntax_errors() {
-        for bad in ["CREATE STREAM s (a BIGINT", "SELEC 1", "CREATE STREAM s (a) WITH", "SELECT 1 2"] {
+        for bad in [
+            "CREATE STREAM s (a BIGINT",
+            "SELEC 1",
+            "CREATE STREAM s (a) WITH",
+            "SELECT 1 2",
+        ] {
             let e = parse(bad).expect_err(bad);
             assert_eq!(e.sqlstate(), "42601", "{bad}: {e}");
         }

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::execution::SessionState;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_planner::create_aggregate_expr_and_maybe_filter;
 use datafusion::sql::parser::Statement as DfStatement;
 use weir_engine::operator::{
     AggregateSpec, FilterOperator, Operator, ProjectionOperator, WindowAggregateOperator,
@@ -72,7 +73,9 @@ pub(crate) fn humanize_ns(ns: i64) -> String {
 pub async fn compile_view(db: &Database, query: &str) -> Result<CompiledView> {
     let stmts = parse(query)?;
     let [WeirStatement::Sql(stmt)] = stmts.as_slice() else {
-        return Err(Error::Syntax(format!("a view is defined by one SELECT, not {query}")));
+        return Err(Error::Syntax(format!(
+            "a view is defined by one SELECT, not {query}"
+        )));
     };
     let ctx = crate::session::new_context(db);
     let state = ctx.state();
@@ -89,12 +92,22 @@ pub(crate) async fn compile_query_statement(
         .await?;
     let plan = state.optimize(&plan)?;
     let built = build(&plan, state)?;
-    let source = built.source.ok_or_else(|| {
-        Error::NotSupported("a materialized view must read a stream".into())
-    })?;
+    let source = built
+        .source
+        .ok_or_else(|| Error::NotSupported("a materialized view must read a stream".into()))?;
     let pipeline = Pipeline::new(Arc::clone(&source.schema), built.operators);
-    let names: Vec<&String> = plan.schema().fields().iter().map(|f| f.name()).collect();
-    let got: Vec<&String> = pipeline.schema().fields().iter().map(|f| f.name()).collect();
+    let names: Vec<String> = plan
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let got: Vec<String> = pipeline
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     if names != got {
         return Err(Error::Internal(format!(
             "compiled view has columns {got:?} but the query has {names:?}"
@@ -126,7 +139,9 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
         LogicalPlan::TableScan(scan) => {
             let provider = source_as_provider(&scan.source)?;
             if !scan.filters.is_empty() {
-                return Err(Error::Internal("a filter was pushed into a stream scan".into()));
+                return Err(Error::Internal(
+                    "a filter was pushed into a stream scan".into(),
+                ));
             }
             let mut built = Built::default();
             if let Some(t) = provider_as::<TumbleTable>(&provider) {
@@ -165,7 +180,10 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
                     .iter()
                     .map(|&i| {
                         let name = input.field(i).name().clone();
-                        (Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>, name)
+                        (
+                            Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                            name,
+                        )
                     })
                     .collect();
                 built
@@ -178,9 +196,10 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
         LogicalPlan::Filter(f) => {
             let mut built = build(&f.input, state)?;
             let predicate = state.create_physical_expr(f.predicate.clone(), f.input.schema())?;
-            built
-                .operators
-                .push(Box::new(FilterOperator::try_new(predicate, arrow_schema(&f.input))?));
+            built.operators.push(Box::new(FilterOperator::try_new(
+                predicate,
+                arrow_schema(&f.input),
+            )?));
             Ok(built)
         }
         LogicalPlan::Projection(p) => {
@@ -211,7 +230,9 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
             let mut window = None;
             for e in &agg.group_expr {
                 match e {
-                    Expr::GroupingSet(_) => return Err(unsupported("GROUPING SETS / ROLLUP / CUBE")),
+                    Expr::GroupingSet(_) => {
+                        return Err(unsupported("GROUPING SETS / ROLLUP / CUBE"));
+                    }
                     Expr::Column(c) if c.name == "window_start" || c.name == "window_end" => {
                         let i = input_schema.index_of_column(c)?;
                         if window.is_none() || c.name == "window_start" {
@@ -248,26 +269,39 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
                 .aggr_expr
                 .iter()
                 .map(|e| {
-                    let (expr, filter, order) = create_aggregate_expr_and_maybe_filter(
+                    let planning = PhysicalPlanningContext::default();
+                    let name = match e {
+                        Expr::Alias(a) => a.name.clone(),
+                        e => e.schema_name().to_string(),
+                    };
+                    let lowered = LoweredAggregateBuilder::new(
                         e,
                         input_schema,
                         &input_arrow,
                         state.execution_props(),
-                    )?;
-                    if !order.is_empty() {
+                        &planning,
+                    )
+                    .with_name(name)
+                    .build()?;
+                    if !lowered.order_bys.is_empty() {
                         return Err(unsupported("ORDER BY inside an aggregate"));
                     }
-                    Ok(AggregateSpec { expr, filter })
+                    Ok(AggregateSpec {
+                        expr: lowered.aggregate,
+                        filter: lowered.filter,
+                    })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            built.operators.push(Box::new(WindowAggregateOperator::try_new(
-                &input_arrow,
-                groups,
-                window,
-                size_ns,
-                aggregates,
-                arrow_schema(plan),
-            )?));
+            built
+                .operators
+                .push(Box::new(WindowAggregateOperator::try_new(
+                    &input_arrow,
+                    groups,
+                    window,
+                    size_ns,
+                    aggregates,
+                    arrow_schema(plan),
+                )?));
             built.aggregated = true;
             Ok(built)
         }
@@ -283,7 +317,12 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
         LogicalPlan::Union(_) => Err(unsupported("UNION")),
         other => Err(unsupported(&format!(
             "{}",
-            other.display().to_string().split(':').next().unwrap_or("this plan node")
+            other
+                .display()
+                .to_string()
+                .split(':')
+                .next()
+                .unwrap_or("this plan node")
         ))),
     }
 }

@@ -1,6 +1,5 @@
 //! The `Session` API: what the Postgres server and the shell call to run statements.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -23,7 +22,7 @@ use crate::catalog::{ColumnDef, StreamDef, ViewDef, WatermarkDef};
 use crate::database::Database;
 use crate::parser::{CreateStream, WeirStatement, normalize, object_name, parse};
 use crate::planner::{compile_query_statement, humanize_ns};
-use crate::tables::{StreamTable, TumbleFunction, ViewTable, interval_ns};
+use crate::tables::{StreamTable, TumbleFunction, VIEW_READ_WAIT, ViewTable, interval_ns};
 use crate::{Error, Result};
 
 /// The catalog and schema every object lives in.
@@ -83,7 +82,9 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("db", &self.db.dir()).finish()
+        f.debug_struct("Session")
+            .field("db", &self.db.dir())
+            .finish()
     }
 }
 
@@ -95,12 +96,13 @@ struct WeirSchema {
 
 #[async_trait]
 impl SchemaProvider for WeirSchema {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.db.streams().iter().map(|s| s.def.name.clone()).collect();
+        let mut names: Vec<String> = self
+            .db
+            .streams()
+            .iter()
+            .map(|s| s.def.name.clone())
+            .collect();
         names.extend(self.db.views().iter().map(|v| v.def.name.clone()));
         names
     }
@@ -223,7 +225,10 @@ impl Session {
                 let mut params: Vec<(usize, Option<DataType>)> = types
                     .into_iter()
                     .filter_map(|(k, v)| {
-                        k.trim_start_matches('$').parse::<usize>().ok().map(|i| (i, v))
+                        k.trim_start_matches('$')
+                            .parse::<usize>()
+                            .ok()
+                            .map(|i| (i, v))
                     })
                     .collect();
                 params.sort_by_key(|(i, _)| *i);
@@ -273,7 +278,11 @@ impl Session {
             .map_err(|e| Error::Internal(format!("a catalog task failed: {e}")))?
     }
 
-    async fn execute_statement(&self, stmt: WeirStatement, params: Option<ParamValues>) -> Result<Output> {
+    async fn execute_statement(
+        &self,
+        stmt: WeirStatement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
         match stmt {
             WeirStatement::CreateStream(cs) => self.create_stream(cs).await,
             WeirStatement::DropStream {
@@ -284,11 +293,12 @@ impl Session {
                 if self.db.stream(&name).is_none() && if_exists {
                     return Ok(Output::Command("DROP STREAM".into()));
                 }
-                self.blocking(move |db| db.drop_stream(&name, cascade)).await?;
+                self.blocking(move |db| db.drop_stream(&name, cascade))
+                    .await?;
                 Ok(Output::Command("DROP STREAM".into()))
             }
             WeirStatement::ShowStreams => Ok(self.show_streams()?),
-            WeirStatement::ShowMaterializedViews => Ok(self.show_views()?),
+            WeirStatement::ShowMaterializedViews => self.show_views().await,
             WeirStatement::Sql(s) => self.execute_sql(*s, params).await,
         }
     }
@@ -303,7 +313,8 @@ impl Session {
                 }
                 if cv.or_replace || cv.or_alter {
                     return Err(Error::NotSupported(
-                        "CREATE OR REPLACE of a materialized view is not supported; drop it first".into(),
+                        "CREATE OR REPLACE of a materialized view is not supported; drop it first"
+                            .into(),
                     ));
                 }
                 if !cv.columns.is_empty() {
@@ -312,7 +323,9 @@ impl Session {
                     ));
                 }
                 let name = object_name(&cv.name)?;
-                if cv.if_not_exists && (self.db.view(&name).is_some() || self.db.stream(&name).is_some()) {
+                if cv.if_not_exists
+                    && (self.db.view(&name).is_some() || self.db.stream(&name).is_some())
+                {
                     return Ok(Output::Command("CREATE MATERIALIZED VIEW".into()));
                 }
                 if self.db.view(&name).is_some() || self.db.stream(&name).is_some() {
@@ -322,7 +335,8 @@ impl Session {
                 let compiled =
                     compile_query_statement(&self.ctx.state(), Statement::Query(cv.query)).await?;
                 let def = ViewDef { name, query };
-                self.blocking(move |db| db.create_view(def, compiled)).await?;
+                self.blocking(move |db| db.create_view(def, compiled))
+                    .await?;
                 Ok(Output::Command("CREATE MATERIALIZED VIEW".into()))
             }
             Statement::Drop {
@@ -348,11 +362,15 @@ impl Session {
                 ObjectType::Table => Err(Error::NotSupported(
                     "DROP TABLE: streams are dropped with DROP STREAM name".into(),
                 )),
-                other => Err(Error::NotSupported(format!("DROP {other} is not supported"))),
+                other => Err(Error::NotSupported(format!(
+                    "DROP {other} is not supported"
+                ))),
             },
             Statement::Explain { statement, .. } if is_create_mv(&statement) => {
                 let Statement::CreateView(cv) = *statement else {
-                    return Err(Error::Internal("EXPLAIN of a view lost its statement".into()));
+                    return Err(Error::Internal(
+                        "EXPLAIN of a view lost its statement".into(),
+                    ));
                 };
                 let name = object_name(&cv.name)?;
                 let compiled =
@@ -394,7 +412,8 @@ impl Session {
                 Ok(Output::Inserted(count))
             }
             Statement::CreateTable(_) => Err(Error::NotSupported(
-                "CREATE TABLE is not supported yet; create an event stream with CREATE STREAM".into(),
+                "CREATE TABLE is not supported yet; create an event stream with CREATE STREAM"
+                    .into(),
             )),
             s if is_datafusion_statement(&s) => {
                 let is_query = matches!(s, Statement::Query(_) | Statement::Explain { .. });
@@ -409,7 +428,10 @@ impl Session {
             other => {
                 let text = other.to_string();
                 let words: Vec<&str> = text.split_whitespace().take(2).collect();
-                Err(Error::NotSupported(format!("{} is not supported", words.join(" "))))
+                Err(Error::NotSupported(format!(
+                    "{} is not supported",
+                    words.join(" ")
+                )))
             }
         }
     }
@@ -434,7 +456,8 @@ impl Session {
         let casts: Vec<String> = cs
             .columns
             .iter()
-            .map(|c| format!("CAST(NULL AS {})", c.data_type))
+            .enumerate()
+            .map(|(i, c)| format!("CAST(NULL AS {}) AS c{i}", c.data_type))
             .collect();
         let plan = self
             .ctx
@@ -599,8 +622,21 @@ impl Session {
         Ok(rows(schema, batch))
     }
 
-    fn show_views(&self) -> Result<Output> {
+    async fn show_views(&self) -> Result<Output> {
         let views = self.db.views();
+        // Like a SELECT from a view, report each view as of everything committed to its source.
+        let waiting = views.clone();
+        let progress = tokio::task::spawn_blocking(move || {
+            waiting
+                .iter()
+                .map(|v| {
+                    let offsets = v.source.log.committed_offsets();
+                    v.table.wait_for(&offsets, VIEW_READ_WAIT)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("waiting for views failed: {e}")))?;
         let schema = show_views_schema();
         let mut name = Vec::new();
         let mut source = Vec::new();
@@ -609,8 +645,7 @@ impl Session {
         let mut late = Vec::new();
         let mut status = Vec::new();
         let mut definition = Vec::new();
-        for v in &views {
-            let p = v.table.progress();
+        for (v, p) in views.iter().zip(progress) {
             name.push(v.def.name.clone());
             source.push(v.source.def.name.clone());
             row_count.push(v.table.num_rows() as i64);
@@ -628,9 +663,9 @@ impl Session {
                 Arc::new(StringArray::from(name)),
                 Arc::new(StringArray::from(source)),
                 Arc::new(Int64Array::from(row_count)),
-                Arc::new(
-                    datafusion::arrow::array::TimestampMicrosecondArray::from(watermark),
-                ),
+                Arc::new(datafusion::arrow::array::TimestampMicrosecondArray::from(
+                    watermark,
+                )),
                 Arc::new(Int64Array::from(late)),
                 Arc::new(StringArray::from(status)),
                 Arc::new(StringArray::from(definition)),
@@ -672,7 +707,11 @@ fn show_views_schema() -> SchemaRef {
         Field::new("name", DataType::Utf8, false),
         Field::new("source", DataType::Utf8, false),
         Field::new("rows", DataType::Int64, false),
-        Field::new("watermark", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new(
+            "watermark",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
         Field::new("late_events", DataType::Int64, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("definition", DataType::Utf8, false),

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::{Session as DfSession, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::catalog::{
+    Session as DfSession, TableFunctionArgs, TableFunctionImpl, TableProvider,
+};
 use datafusion::common::{DataFusionError, ScalarValue, exec_err, not_impl_err, plan_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -23,7 +26,7 @@ use weir_engine::operator::{Operator, TumbleOperator};
 use crate::database::{Database, StreamEntry, ViewEntry};
 
 /// How long a read of a view waits for the view to catch up with its source.
-const VIEW_READ_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const VIEW_READ_WAIT: Duration = Duration::from_secs(10);
 
 fn external(e: impl Into<crate::Error>) -> DataFusionError {
     DataFusionError::External(Box::new(e.into()))
@@ -87,7 +90,9 @@ impl TableProvider for StreamTable {
         insert_op: InsertOp,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         if insert_op != InsertOp::Append {
-            return not_impl_err!("{insert_op} into a stream is not supported: streams are append-only");
+            return not_impl_err!(
+                "{insert_op} into a stream is not supported: streams are append-only"
+            );
         }
         Ok(Arc::new(DataSinkExec::new(
             input,
@@ -125,6 +130,12 @@ impl DataSink for LogSink {
     ) -> datafusion::error::Result<u64> {
         // Collect first: a bad value anywhere fails the statement before anything is appended.
         let batches: Vec<RecordBatch> = data.try_collect().await?;
+        // Parameters can arrive as a related type (Utf8 for a Utf8View column): cast to the
+        // stream's own types.
+        let batches = batches
+            .into_iter()
+            .map(|b| conform(&b, &self.entry.schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
         let entry = Arc::clone(&self.entry);
         let receipt = tokio::task::spawn_blocking(move || entry.log.append(&batches))
             .await
@@ -132,6 +143,32 @@ impl DataSink for LogSink {
             .map_err(external)?;
         Ok(receipt.rows())
     }
+}
+
+/// Casts `batch` to the stream's column types; NOT NULL is checked by the log on append.
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+    if batch.num_columns() != schema.fields().len() {
+        return exec_err!(
+            "INSERT produced {} columns for a stream of {}",
+            batch.num_columns(),
+            schema.fields().len()
+        );
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// `TUMBLE(stream, time_column, size)`: the stream's rows with `window_start` and `window_end`.
@@ -167,7 +204,10 @@ impl TableProvider for TumbleTable {
         &self,
         filters: &[&Expr],
     ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
     }
 
     async fn scan(
@@ -240,7 +280,10 @@ pub fn interval_ns(e: &Expr) -> Option<i64> {
 }
 
 impl TableFunctionImpl for TumbleFunction {
-    fn call_with_args(&self, args: TableFunctionArgs) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+    fn call_with_args(
+        &self,
+        args: TableFunctionArgs,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
         let [stream, time, size] = exprs else {
             return plan_err!(

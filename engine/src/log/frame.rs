@@ -43,7 +43,8 @@ pub(crate) fn encode(batch: &RecordBatch, append_ms: i64) -> Result<Vec<u8>> {
     out.extend_from_slice(&base_offset.to_le_bytes());
     out.extend_from_slice(&rows.to_le_bytes());
     out.extend_from_slice(&append_ms.to_le_bytes());
-    let options = IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+    let options =
+        IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
     {
         let mut writer = StreamWriter::try_new_with_options(&mut out, batch.schema_ref(), options)?;
         writer.write(batch)?;

@@ -159,7 +159,9 @@ impl StreamLog {
         config: LogConfig,
     ) -> Result<Self> {
         if partitions == 0 {
-            return Err(Error::InvalidArgument("a stream needs at least one partition".into()));
+            return Err(Error::InvalidArgument(
+                "a stream needs at least one partition".into(),
+            ));
         }
         if let Some(k) = key {
             let field = schema
@@ -176,9 +178,10 @@ impl StreamLog {
         }
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         let notifier = Arc::new(Notifier::default());
-        let name = dir
-            .file_name()
-            .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let partitions = (0..partitions)
             .map(|p| {
                 Partition::open(
@@ -345,7 +348,9 @@ impl StreamLog {
                 let mut out = Vec::new();
                 while from < end {
                     let chunk = p.read(from, 1 << 20)?;
-                    let Some((last_off, last)) = chunk.last() else { break };
+                    let Some((last_off, last)) = chunk.last() else {
+                        break;
+                    };
                     from = last_off + last.num_rows() as u64;
                     out.extend(chunk.into_iter().map(|(_, b)| b));
                 }

@@ -85,7 +85,12 @@ impl Partition {
     /// Recovery validates every frame; a torn or corrupt tail of the newest segment, which can
     /// only hold unacknowledged appends, is truncated. Damage anywhere else is reported as
     /// [`Error::Corrupt`] rather than silently dropping acknowledged data.
-    pub fn open(name: String, dir: &Path, config: LogConfig, notifier: Arc<Notifier>) -> Result<Self> {
+    pub fn open(
+        name: String,
+        dir: &Path,
+        config: LogConfig,
+        notifier: Arc<Notifier>,
+    ) -> Result<Self> {
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
@@ -96,7 +101,9 @@ impl Partition {
             };
             match stem.parse::<u64>() {
                 Ok(base) => bases.push(base),
-                Err(_) => tracing::warn!(file = ?entry.path(), "ignoring a file that is not a segment"),
+                Err(_) => {
+                    tracing::warn!(file = ?entry.path(), "ignoring a file that is not a segment")
+                }
             }
         }
         bases.sort_unstable();
@@ -257,7 +264,11 @@ impl Partition {
                 .segments
                 .last()
                 .ok_or_else(|| Error::Internal("a partition has no active segment".into()))?;
-            (state.next_offset, Arc::clone(&active.file), active.path.clone())
+            (
+                state.next_offset,
+                Arc::clone(&active.file),
+                active.path.clone(),
+            )
         };
         if let Err(e) = file.sync_data() {
             // After a failed fsync the kernel may have dropped dirty pages: nothing written
@@ -419,7 +430,8 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
         );
         file.set_len(pos as u64)
             .ctx(|| format!("truncating {}", path.display()))?;
-        file.sync_all().ctx(|| format!("fsync of {}", path.display()))?;
+        file.sync_all()
+            .ctx(|| format!("fsync of {}", path.display()))?;
     }
     Ok(Segment {
         base_offset: base,

@@ -19,7 +19,10 @@ fn rows(keys: std::ops::Range<i64>) -> RecordBatch {
     let v: Vec<String> = k.iter().map(|k| format!("value-{k}")).collect();
     RecordBatch::try_new(
         schema(),
-        vec![Arc::new(Int64Array::from(k)), Arc::new(StringArray::from(v))],
+        vec![
+            Arc::new(Int64Array::from(k)),
+            Arc::new(StringArray::from(v)),
+        ],
     )
     .expect("valid batch")
 }
@@ -64,8 +67,8 @@ fn appends_are_read_back_with_offsets() {
 #[test]
 fn keyed_rows_land_in_their_partition() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let log = StreamLog::open(tmp.path(), schema(), 4, Some(0), LogConfig::default())
-        .expect("open");
+    let log =
+        StreamLog::open(tmp.path(), schema(), 4, Some(0), LogConfig::default()).expect("open");
     let receipt = log.append(&[rows(0..100), rows(0..100)]).expect("append");
     assert_eq!(receipt.rows(), 200);
     let mut total = 0;
@@ -73,7 +76,12 @@ fn keyed_rows_land_in_their_partition() {
         let keys = keys_in(p);
         total += keys.len();
         let parts = partition_indices(&Int64Array::from(keys.clone()), 4).expect("partition");
-        assert!(parts.values().iter().all(|x| Some(x) == parts.values().first()));
+        assert!(
+            parts
+                .values()
+                .iter()
+                .all(|x| Some(x) == parts.values().first())
+        );
     }
     assert_eq!(total, 200);
 }
@@ -92,11 +100,20 @@ fn unkeyed_appends_go_round_robin() {
 fn not_null_is_enforced_and_nothing_is_appended() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
-    let log = StreamLog::open(tmp.path(), Arc::clone(&schema), 1, None, LogConfig::default())
-        .expect("open");
+    let log = StreamLog::open(
+        tmp.path(),
+        Arc::clone(&schema),
+        1,
+        None,
+        LogConfig::default(),
+    )
+    .expect("open");
     let nullable = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
-    let bad = RecordBatch::try_new(nullable, vec![Arc::new(Int64Array::from(vec![Some(1), None]))])
-        .expect("batch");
+    let bad = RecordBatch::try_new(
+        nullable,
+        vec![Arc::new(Int64Array::from(vec![Some(1), None]))],
+    )
+    .expect("batch");
     assert!(log.append(&[bad]).is_err());
     assert_eq!(log.committed_offsets(), vec![0]);
 }
@@ -142,7 +159,11 @@ fn recovery_drops_a_corrupt_last_frame() {
         bad[byte] ^= 0x01;
         fs::write(tmp.path().join("0").join(format!("{:020}.log", 0)), &bad).expect("write");
         let log = open_one(tmp.path(), LogConfig::default());
-        assert_eq!(keys_in(&log.partitions()[0]), (0..10).collect::<Vec<_>>(), "flip at {byte}");
+        assert_eq!(
+            keys_in(&log.partitions()[0]),
+            (0..10).collect::<Vec<_>>(),
+            "flip at {byte}"
+        );
     }
     // Junk appended after valid frames is a torn tail too.
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -164,7 +185,9 @@ fn damage_in_a_closed_segment_is_an_error() {
     {
         let log = open_one(tmp.path(), config);
         for i in 0..3 {
-            log.partitions()[0].append(&rows(i * 5..i * 5 + 5)).expect("append");
+            log.partitions()[0]
+                .append(&rows(i * 5..i * 5 + 5))
+                .expect("append");
         }
         assert_eq!(log.partitions()[0].segment_count(), 3);
     }
@@ -213,14 +236,25 @@ fn segments_roll_and_retention_deletes_whole_closed_segments() {
     };
     let log = open_one(&tmp.path().join("t"), timed);
     for i in 0..4 {
-        log.partitions()[0].append(&rows(i * 10..i * 10 + 10)).expect("append");
+        log.partitions()[0]
+            .append(&rows(i * 10..i * 10 + 10))
+            .expect("append");
     }
-    assert_eq!(log.partitions()[0].enforce_retention(now_ms()).expect("now"), 0);
+    assert_eq!(
+        log.partitions()[0]
+            .enforce_retention(now_ms())
+            .expect("now"),
+        0
+    );
     let deleted = log.partitions()[0]
         .enforce_retention(now_ms() + 120_000)
         .expect("later");
     assert!(deleted > 0);
-    assert_eq!(log.partitions()[0].segment_count(), 1, "only the active segment stays");
+    assert_eq!(
+        log.partitions()[0].segment_count(),
+        1,
+        "only the active segment stays"
+    );
 }
 
 #[test]

@@ -46,7 +46,11 @@ impl Operator for FilterOperator {
             .evaluate(&batch)?
             .into_array(batch.num_rows())?;
         let out = filter_record_batch(&batch, mask.as_boolean())?;
-        Ok(if out.num_rows() == 0 { Vec::new() } else { vec![out] })
+        Ok(if out.num_rows() == 0 {
+            Vec::new()
+        } else {
+            vec![out]
+        })
     }
 
     fn explain(&self) -> String {

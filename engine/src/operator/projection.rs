@@ -21,13 +21,7 @@ impl ProjectionOperator {
     pub fn try_new(exprs: Vec<(Arc<dyn PhysicalExpr>, String)>, input: &Schema) -> Result<Self> {
         let fields = exprs
             .iter()
-            .map(|(e, name)| {
-                Ok(Field::new(
-                    name,
-                    e.data_type(input)?,
-                    e.nullable(input)?,
-                ))
-            })
+            .map(|(e, name)| Ok(Field::new(name, e.data_type(input)?, e.nullable(input)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             exprs: exprs.into_iter().map(|(e, _)| e).collect(),

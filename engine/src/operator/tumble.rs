@@ -44,8 +44,16 @@ impl TumbleOperator {
         }
         let mut fields: Vec<_> = input.fields().iter().cloned().collect();
         let nullable = field.is_nullable();
-        fields.push(Arc::new(Field::new("window_start", field.data_type().clone(), nullable)));
-        fields.push(Arc::new(Field::new("window_end", field.data_type().clone(), nullable)));
+        fields.push(Arc::new(Field::new(
+            "window_start",
+            field.data_type().clone(),
+            nullable,
+        )));
+        fields.push(Arc::new(Field::new(
+            "window_end",
+            field.data_type().clone(),
+            nullable,
+        )));
         Ok(Self {
             time_index,
             size: size_ns / unit,
@@ -82,7 +90,10 @@ impl Operator for TumbleOperator {
         let mut columns = batch.columns().to_vec();
         columns.push(starts);
         columns.push(ends);
-        Ok(vec![RecordBatch::try_new(Arc::clone(&self.schema), columns)?])
+        Ok(vec![RecordBatch::try_new(
+            Arc::clone(&self.schema),
+            columns,
+        )?])
     }
 
     fn explain(&self) -> String {
@@ -129,14 +140,22 @@ mod tests {
         let mut op = TumbleOperator::try_new(&schema, 0, 60_000_000_000).expect("valid");
         let batch = RecordBatch::try_new(
             Arc::new(schema),
-            vec![Arc::new(TimestampMillisecondArray::from(vec![0, 59_999, 60_000, -1]))],
+            vec![Arc::new(TimestampMillisecondArray::from(vec![
+                0, 59_999, 60_000, -1,
+            ]))],
         )
         .expect("batch");
         let out = op.process_batch(batch).expect("process");
         let starts = cast(out[0].column(1), &DataType::Int64).expect("cast");
         let ends = cast(out[0].column(2), &DataType::Int64).expect("cast");
-        assert_eq!(starts.as_primitive::<Int64Type>().values(), &[0, 0, 60_000, -60_000]);
-        assert_eq!(ends.as_primitive::<Int64Type>().values(), &[60_000, 60_000, 120_000, 0]);
+        assert_eq!(
+            starts.as_primitive::<Int64Type>().values(),
+            &[0, 0, 60_000, -60_000]
+        );
+        assert_eq!(
+            ends.as_primitive::<Int64Type>().values(),
+            &[60_000, 60_000, 120_000, 0]
+        );
         assert!(out[0].column(1).null_count() == 0);
     }
 }

@@ -8,8 +8,8 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Arra
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
@@ -234,9 +234,12 @@ impl Operator for WindowAggregateOperator {
         let closed_up_to = self.watermark.unwrap_or(i64::MIN);
         let values = ends.values();
         let first = values[0];
-        let single = ends.null_count() == 0 && first > closed_up_to && values.iter().all(|&e| e == first);
+        let single =
+            ends.null_count() == 0 && first > closed_up_to && values.iter().all(|&e| e == first);
         if single {
-            return self.update_window(first, &groups, &args, &filters).map(|()| Vec::new());
+            return self
+                .update_window(first, &groups, &args, &filters)
+                .map(|()| Vec::new());
         }
         // Rows of several windows (or late rows): route each window's rows separately.
         let mut buckets: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
@@ -248,7 +251,10 @@ impl Operator for WindowAggregateOperator {
             }
         }
         if self.late_rows > 0 {
-            tracing::debug!(late_rows = self.late_rows, "events arrived after their window closed");
+            tracing::debug!(
+                late_rows = self.late_rows,
+                "events arrived after their window closed"
+            );
         }
         for (end, rows) in buckets {
             let idx = UInt32Array::from(rows);
@@ -256,7 +262,10 @@ impl Operator for WindowAggregateOperator {
                 cols.iter().map(|c| Ok(take(c, &idx, None)?)).collect()
             };
             let g = pick(&groups)?;
-            let a = args.iter().map(|cols| pick(cols)).collect::<Result<Vec<_>>>()?;
+            let a = args
+                .iter()
+                .map(|cols| pick(cols))
+                .collect::<Result<Vec<_>>>()?;
             let f = filters
                 .iter()
                 .map(|f| -> Result<Option<BooleanArray>> {
@@ -304,7 +313,11 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn explain(&self) -> String {
-        let aggs: Vec<String> = self.aggregates.iter().map(|a| a.expr.name().to_string()).collect();
+        let aggs: Vec<String> = self
+            .aggregates
+            .iter()
+            .map(|a| a.expr.name().to_string())
+            .collect();
         format!(
             "WindowAggregate: state_key=[window, {}] aggregates=[{}] window_size={} emit=on window close",
             self.group_names.join(", "),

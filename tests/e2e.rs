@@ -1,0 +1,408 @@
+//! End-to-end tests: the real `weir` binary on a free port, driven by tokio-postgres and psql,
+//! restarted cleanly and after SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+/// A running `weir serve`; killed when dropped.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("WEIR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("weir starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("weir prints its address");
+        let port = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("127.0.0.1:"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Self { child, port }
+    }
+
+    async fn client(&self) -> Client {
+        let (client, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={} user=weir dbname=weir", self.port),
+            NoTls,
+        )
+        .await
+        .expect("connects");
+        tokio::spawn(conn);
+        client
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let code = self.child.wait().expect("exits");
+        assert!(code.success(), "clean shutdown, got {code}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rows of a simple query as text, NULL as "NULL".
+async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+const CREATE_CLICKS: &str = "CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP, \
+    WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (partitions = 4, key = 'user_id')";
+const CREATE_VIEW: &str = "CREATE MATERIALIZED VIEW clicks_per_min AS \
+    SELECT window_start, window_end, user_id, COUNT(*) AS clicks \
+    FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE) GROUP BY window_start, window_end, user_id";
+
+#[tokio::test]
+async fn tour_over_the_wire_with_tokio_postgres() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("create stream");
+    let n = c
+        .execute(
+            "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), (2, '/b', '2026-01-01 00:00:30')",
+            &[],
+        )
+        .await
+        .expect("insert");
+    assert_eq!(n, 2);
+    c.batch_execute(CREATE_VIEW).await.expect("create view");
+    // Extended protocol with typed parameters.
+    let n = c
+        .execute(
+            "INSERT INTO clicks VALUES ($1, $2, '2026-01-01 00:01:10')",
+            &[&1i64, &"/c"],
+        )
+        .await
+        .expect("prepared insert");
+    assert_eq!(n, 1);
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT * FROM clicks_per_min ORDER BY window_start, user_id"
+        )
+        .await,
+        vec![
+            vec![
+                "2026-01-01 00:00:00.000000",
+                "2026-01-01 00:01:00.000000",
+                "1",
+                "1"
+            ],
+            vec![
+                "2026-01-01 00:00:00.000000",
+                "2026-01-01 00:01:00.000000",
+                "2",
+                "1"
+            ],
+        ]
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 3);
+    let by_user: i64 = c
+        .query_one("SELECT count(*) FROM clicks WHERE user_id = $1", &[&1i64])
+        .await
+        .expect("parameterised select")
+        .get(0);
+    assert_eq!(by_user, 2);
+    let streams = rows(&c, "SHOW STREAMS").await;
+    assert_eq!(
+        streams,
+        vec![vec!["clicks", "4", "user_id", "ts", "2s", "3"]]
+    );
+    let views = rows(&c, "SHOW MATERIALIZED VIEWS").await;
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0][0], "clicks_per_min");
+
+    // Errors carry their SQLSTATE and leave the connection usable.
+    let e = c
+        .simple_query("SELECT * FROM nope")
+        .await
+        .expect_err("unknown table");
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
+    let e = c.simple_query("SELEC 1").await.expect_err("syntax");
+    assert_eq!(e.code(), Some(&SqlState::SYNTAX_ERROR));
+    let e = c
+        .execute(
+            "INSERT INTO clicks VALUES (9, '/ok', '2026-01-01 00:00:09'), ('x', '/bad', '2026-01-01 00:00:09')",
+            &[],
+        )
+        .await
+        .expect_err("bad value");
+    assert_eq!(e.code(), Some(&SqlState::INVALID_TEXT_REPRESENTATION));
+    let e = c
+        .simple_query("CREATE MATERIALIZED VIEW s AS SELECT * FROM clicks ORDER BY ts")
+        .await
+        .expect_err("not incremental");
+    assert_eq!(e.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM clicks").await,
+        3,
+        "nothing half-applied"
+    );
+
+    // Several statements in one simple query stop at the first error.
+    let e = c
+        .batch_execute("INSERT INTO clicks VALUES (4, '/d', '2026-01-01 00:00:02'); SELECT * FROM nope; INSERT INTO clicks VALUES (5, '/e', '2026-01-01 00:00:02')")
+        .await
+        .expect_err("second statement fails");
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_TABLE));
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 4);
+
+    // A wrong database name is refused at startup.
+    let wrong = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={} user=weir dbname=other", server.port),
+        NoTls,
+    )
+    .await;
+    assert!(wrong.is_err());
+}
+
+#[tokio::test]
+async fn psql_runs_the_readme_tour() {
+    let psql = Command::new("psql").arg("--version").output();
+    assert!(
+        psql.is_ok_and(|o| o.status.success()),
+        "psql is required (apt-get install postgresql-client); .ci/run installs it"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let tour = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tour.sql");
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "weir",
+            "weir",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-f"])
+        .arg(&tour)
+        .output()
+        .expect("psql runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "psql failed:\n{stdout}\n{stderr}");
+    assert!(!stderr.contains("WARNING"), "psql warned: {stderr}");
+    for expected in [
+        "CREATE STREAM",
+        "INSERT 0 2",
+        "CREATE MATERIALIZED VIEW",
+        "INSERT 0 1",
+        " 2026-01-01 00:00:00.000000 | 2026-01-01 00:01:00.000000 |       1 |      1",
+        " 2026-01-01 00:00:00.000000 | 2026-01-01 00:01:00.000000 |       2 |      1",
+        "(2 rows)",
+        "     3",
+        " clicks |          4 | user_id | ts         | 2s              |    3",
+        " clicks_per_min | clicks ",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    // An error in psql shows its SQLSTATE-backed message and psql carries on.
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &server.port.to_string(),
+            "-U",
+            "weir",
+            "weir",
+        ])
+        .args([
+            "-v",
+            "VERBOSITY=verbose",
+            "-c",
+            "SELECT * FROM nope",
+            "-c",
+            "SELECT 41 + 1 AS answer",
+        ])
+        .output()
+        .expect("psql runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("42P01"), "{stderr}");
+    assert!(stdout.contains("42"), "{stdout}");
+}
+
+#[tokio::test]
+async fn restart_keeps_streams_rows_and_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("stream");
+    c.batch_execute(CREATE_VIEW).await.expect("view");
+    c.batch_execute(
+        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), (2, '/b', '2026-01-01 00:00:30'); \
+         INSERT INTO clicks VALUES (1, '/c', '2026-01-01 00:01:10')",
+    )
+    .await
+    .expect("inserts");
+    let before = rows(
+        &c,
+        "SELECT * FROM clicks_per_min ORDER BY window_start, user_id",
+    )
+    .await;
+    assert_eq!(before.len(), 2);
+    drop(c);
+    server.terminate();
+
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 3);
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT * FROM clicks_per_min ORDER BY window_start, user_id"
+        )
+        .await,
+        before
+    );
+    // A second server on the same data directory is refused.
+    let second = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use"));
+}
+
+#[tokio::test]
+async fn acknowledged_inserts_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let setup = server.client().await;
+    setup.batch_execute(CREATE_CLICKS).await.expect("stream");
+    setup.batch_execute(CREATE_VIEW).await.expect("view");
+    let acked = Arc::new(AtomicU64::new(0));
+    let writers = 4u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let client = server.client().await;
+        let acked = Arc::clone(&acked);
+        tasks.push(tokio::spawn(async move {
+            for i in 0u64.. {
+                let second = i % 3600;
+                let sql = format!(
+                    "INSERT INTO clicks VALUES ({w}, '/w{w}/{i}', TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{second}' SECOND)"
+                );
+                if client.execute(sql.as_str(), &[]).await.is_err() {
+                    break;
+                }
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    while acked.load(Ordering::SeqCst) < 200 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9();
+    for t in tasks {
+        t.await.expect("writer ends when the server dies");
+    }
+    let acknowledged = acked.load(Ordering::SeqCst) as i64;
+
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    let stored = count(&c, "SELECT count(*) FROM clicks").await;
+    assert!(
+        stored >= acknowledged && stored <= acknowledged + writers as i64,
+        "acknowledged {acknowledged}, stored {stored}"
+    );
+    // Every row is whole and distinct.
+    assert_eq!(
+        count(&c, "SELECT count(DISTINCT url) FROM clicks").await,
+        stored
+    );
+    // The recomputed view equals the batch query over the log for closed windows.
+    let view = rows(
+        &c,
+        "SELECT * FROM clicks_per_min ORDER BY window_start, user_id",
+    )
+    .await;
+    let batch = rows(
+        &c,
+        "WITH wm AS (SELECT max(ts) - INTERVAL '2' SECOND AS w FROM clicks) \
+         SELECT window_start, window_end, user_id, COUNT(*) AS clicks \
+         FROM TUMBLE(clicks, ts, INTERVAL '1' MINUTE) \
+         WHERE window_end <= (SELECT w FROM wm) \
+         GROUP BY window_start, window_end, user_id ORDER BY window_start, user_id",
+    )
+    .await;
+    assert_eq!(view, batch);
+}
+
+#[test]
+fn non_loopback_addresses_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
