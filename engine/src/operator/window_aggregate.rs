@@ -326,3 +326,109 @@ impl Operator for WindowAggregateOperator {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, TimestampSecondArray};
+    use datafusion::arrow::datatypes::TimeUnit;
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::{Column, lit};
+
+    use super::*;
+
+    /// Input: (window_start: Timestamp(s), key: Int64, value: Int64).
+    fn input() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("window_start", DataType::Timestamp(TimeUnit::Second, None), false),
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]))
+    }
+
+    fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(TimestampSecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+            ],
+        )
+        .expect("batch")
+    }
+
+    /// COUNT(*) and SUM(v) per (window_start, k) over 10-second windows.
+    fn operator() -> WindowAggregateOperator {
+        let schema = input();
+        let count = AggregateExprBuilder::new(count_udaf(), vec![lit(1i64)])
+            .schema(Arc::clone(&schema))
+            .alias("n")
+            .build()
+            .expect("count");
+        let sum = AggregateExprBuilder::new(sum_udaf(), vec![Arc::new(Column::new("v", 2))])
+            .schema(Arc::clone(&schema))
+            .alias("total")
+            .build()
+            .expect("sum");
+        let output = Arc::new(Schema::new(vec![
+            Field::new("window_start", DataType::Timestamp(TimeUnit::Second, None), false),
+            Field::new("k", DataType::Int64, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("total", DataType::Int64, true),
+        ]));
+        WindowAggregateOperator::try_new(
+            &schema,
+            vec![
+                (Arc::new(Column::new("window_start", 0)), "window_start".into()),
+                (Arc::new(Column::new("k", 1)), "k".into()),
+            ],
+            WindowColumn::Start(0),
+            10_000_000_000,
+            vec![
+                AggregateSpec { expr: Arc::new(count), filter: None },
+                AggregateSpec { expr: Arc::new(sum), filter: None },
+            ],
+            output,
+        )
+        .expect("operator")
+    }
+
+    fn rows(batches: &[RecordBatch]) -> Vec<(i64, i64, i64, i64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let ws = cast(b.column(0), &DataType::Int64).expect("cast");
+            let ws = ws.as_primitive::<Int64Type>();
+            let k = b.column(1).as_primitive::<Int64Type>();
+            let n = b.column(2).as_primitive::<Int64Type>();
+            let t = b.column(3).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                out.push((ws.value(i), k.value(i), n.value(i), t.value(i)));
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn emits_each_window_once_when_the_watermark_passes_its_end() {
+        let mut op = operator();
+        assert!(op.process_batch(batch(&[(0, 1, 5), (0, 2, 7), (10, 1, 1)])).expect("p").is_empty());
+        assert!(op.process_batch(batch(&[(0, 1, 3)])).expect("p").is_empty());
+        assert_eq!(op.open_windows(), 2);
+        assert!(op.on_watermark(9 * S).expect("wm").is_empty(), "window [0,10) still open");
+        let out = op.on_watermark(10 * S).expect("wm");
+        assert_eq!(rows(&out), vec![(0, 1, 2, 8), (0, 2, 1, 7)]);
+        assert_eq!(op.open_windows(), 1, "the closed window's state is freed");
+        assert!(op.on_watermark(10 * S).expect("wm").is_empty(), "never emitted twice");
+        // A row for the closed window is late: counted, not aggregated.
+        assert!(op.process_batch(batch(&[(0, 1, 100), (10, 1, 2)])).expect("p").is_empty());
+        assert_eq!(op.late_rows(), 1);
+        let out = op.on_watermark(25 * S).expect("wm");
+        assert_eq!(rows(&out), vec![(10, 1, 2, 3)]);
+        assert_eq!(op.open_windows(), 0);
+    }
+}
