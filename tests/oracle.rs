@@ -44,7 +44,12 @@ async fn text_rows(session: &Session, sql: &str) -> Vec<String> {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
             .collect();
         for r in 0..b.num_rows() {
-            rows.push(f.iter().map(|f| f.value(r).to_string()).collect::<Vec<_>>().join("|"));
+            rows.push(
+                f.iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
         }
     }
     rows.sort();
@@ -59,7 +64,14 @@ fn insert_sql(events: &[Event]) -> String {
     format!("INSERT INTO events VALUES {}", values.join(", "))
 }
 
-async fn check(events: Vec<Event>, disorder_ms: i64, cuts: Vec<usize>, partitions: u32, window_ms: i64, view_first: bool) {
+async fn check(
+    events: Vec<Event>,
+    disorder_ms: i64,
+    cuts: Vec<usize>,
+    partitions: u32,
+    window_ms: i64,
+    view_first: bool,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(dir.path()).await.expect("open");
     let s = Session::new(db.clone());

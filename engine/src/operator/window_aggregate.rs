@@ -341,7 +341,11 @@ mod tests {
     /// Input: (window_start: Timestamp(s), key: Int64, value: Int64).
     fn input() -> SchemaRef {
         Arc::new(Schema::new(vec![
-            Field::new("window_start", DataType::Timestamp(TimeUnit::Second, None), false),
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Second, None),
+                false,
+            ),
             Field::new("k", DataType::Int64, false),
             Field::new("v", DataType::Int64, false),
         ]))
@@ -351,9 +355,15 @@ mod tests {
         RecordBatch::try_new(
             input(),
             vec![
-                Arc::new(TimestampSecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                Arc::new(TimestampSecondArray::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
             ],
         )
         .expect("batch")
@@ -373,7 +383,11 @@ mod tests {
             .build()
             .expect("sum");
         let output = Arc::new(Schema::new(vec![
-            Field::new("window_start", DataType::Timestamp(TimeUnit::Second, None), false),
+            Field::new(
+                "window_start",
+                DataType::Timestamp(TimeUnit::Second, None),
+                false,
+            ),
             Field::new("k", DataType::Int64, false),
             Field::new("n", DataType::Int64, false),
             Field::new("total", DataType::Int64, true),
@@ -381,14 +395,23 @@ mod tests {
         WindowAggregateOperator::try_new(
             &schema,
             vec![
-                (Arc::new(Column::new("window_start", 0)), "window_start".into()),
+                (
+                    Arc::new(Column::new("window_start", 0)),
+                    "window_start".into(),
+                ),
                 (Arc::new(Column::new("k", 1)), "k".into()),
             ],
             WindowColumn::Start(0),
             10_000_000_000,
             vec![
-                AggregateSpec { expr: Arc::new(count), filter: None },
-                AggregateSpec { expr: Arc::new(sum), filter: None },
+                AggregateSpec {
+                    expr: Arc::new(count),
+                    filter: None,
+                },
+                AggregateSpec {
+                    expr: Arc::new(sum),
+                    filter: None,
+                },
             ],
             output,
         )
@@ -416,16 +439,30 @@ mod tests {
     #[test]
     fn emits_each_window_once_when_the_watermark_passes_its_end() {
         let mut op = operator();
-        assert!(op.process_batch(batch(&[(0, 1, 5), (0, 2, 7), (10, 1, 1)])).expect("p").is_empty());
+        assert!(
+            op.process_batch(batch(&[(0, 1, 5), (0, 2, 7), (10, 1, 1)]))
+                .expect("p")
+                .is_empty()
+        );
         assert!(op.process_batch(batch(&[(0, 1, 3)])).expect("p").is_empty());
         assert_eq!(op.open_windows(), 2);
-        assert!(op.on_watermark(9 * S).expect("wm").is_empty(), "window [0,10) still open");
+        assert!(
+            op.on_watermark(9 * S).expect("wm").is_empty(),
+            "window [0,10) still open"
+        );
         let out = op.on_watermark(10 * S).expect("wm");
         assert_eq!(rows(&out), vec![(0, 1, 2, 8), (0, 2, 1, 7)]);
         assert_eq!(op.open_windows(), 1, "the closed window's state is freed");
-        assert!(op.on_watermark(10 * S).expect("wm").is_empty(), "never emitted twice");
+        assert!(
+            op.on_watermark(10 * S).expect("wm").is_empty(),
+            "never emitted twice"
+        );
         // A row for the closed window is late: counted, not aggregated.
-        assert!(op.process_batch(batch(&[(0, 1, 100), (10, 1, 2)])).expect("p").is_empty());
+        assert!(
+            op.process_batch(batch(&[(0, 1, 100), (10, 1, 2)]))
+                .expect("p")
+                .is_empty()
+        );
         assert_eq!(op.late_rows(), 1);
         let out = op.on_watermark(25 * S).expect("wm");
         assert_eq!(rows(&out), vec![(10, 1, 2, 3)]);

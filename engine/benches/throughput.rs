@@ -1,0 +1,219 @@
+//! Throughput of the log and of a windowed aggregation, in events per second, and peak memory.
+//!
+//! Run with `cargo bench -p weir-engine --bench throughput`. Sizes can be changed with
+//! `WEIR_BENCH_EVENTS` (default 10 000 000).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray, TimestampNanosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::functions_aggregate::count::count_udaf;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+use datafusion::physical_expr::expressions::{Column, lit};
+use weir_engine::log::{LogConfig, StreamLog};
+use weir_engine::operator::{
+    AggregateSpec, Operator, TumbleOperator, WindowAggregateOperator, WindowColumn,
+};
+use weir_engine::pipeline::Pipeline;
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("url", DataType::Utf8, true),
+        Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), false),
+    ]))
+}
+
+/// `rows` events from event number `start`: 10 000 users, one event per 0.1 ms.
+fn events(start: i64, rows: i64) -> RecordBatch {
+    let ids: Vec<i64> = (start..start + rows).map(|i| (i * 7919) % 10_000).collect();
+    let urls: Vec<String> = (start..start + rows)
+        .map(|i| format!("/page/{}", i % 100))
+        .collect();
+    let ts: Vec<i64> = (start..start + rows)
+        .map(|i| 1_767_225_600_000_000_000 + i * 100_000)
+        .collect();
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(ids)),
+            Arc::new(StringArray::from(urls)),
+            Arc::new(TimestampNanosecondArray::from(ts)),
+        ],
+    )
+    .expect("valid batch")
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn report(what: &str, events: u64, seconds: f64) {
+    let rate = events as f64 / seconds;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = std::io::Write::write_fmt(
+        &mut out,
+        format_args!(
+            "{what:<48} {events:>11} events {seconds:>7.2} s {rate:>13.0} events/s  peak RSS {:.0} MiB\n",
+            peak_rss_mib()
+        ),
+    );
+}
+
+fn bench_log_batches(total: i64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log =
+        StreamLog::open(dir.path(), schema(), 4, Some(0), LogConfig::default()).expect("open");
+    let batch_rows = 8192;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < total {
+        let n = batch_rows.min(total - done);
+        log.append(&[events(done, n)]).expect("append");
+        done += n;
+    }
+    report(
+        "log append, 8192-row batches, 4 partitions",
+        total as u64,
+        started.elapsed().as_secs_f64(),
+    );
+    let started = Instant::now();
+    let read: usize = log
+        .read_all()
+        .expect("read")
+        .iter()
+        .flatten()
+        .map(|b| b.num_rows())
+        .sum();
+    report(
+        "log read back (decode all partitions)",
+        read as u64,
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+fn bench_log_small_appends(threads: usize, per_thread: i64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Arc::new(
+        StreamLog::open(dir.path(), schema(), 1, None, LogConfig::default()).expect("open"),
+    );
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    log.append(&[events(t as i64 * per_thread + i, 1)])
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread");
+    }
+    report(
+        &format!("log append, 1-row appends, {threads} writers (group commit)"),
+        (threads as i64 * per_thread) as u64,
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+fn bench_tumble_count(total: i64) {
+    let input = schema();
+    let tumble = TumbleOperator::try_new(&input, 2, 60_000_000_000).expect("tumble");
+    let windowed = tumble.schema();
+    let count = AggregateExprBuilder::new(count_udaf(), vec![lit(1i64)])
+        .schema(Arc::clone(&windowed))
+        .alias("clicks")
+        .build()
+        .expect("count");
+    let sum = AggregateExprBuilder::new(sum_udaf(), vec![Arc::new(Column::new("user_id", 0))])
+        .schema(Arc::clone(&windowed))
+        .alias("total")
+        .build()
+        .expect("sum");
+    let output = Arc::new(Schema::new(vec![
+        Field::new(
+            "window_start",
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            false,
+        ),
+        Field::new("user_id", DataType::Int64, false),
+        Field::new("clicks", DataType::Int64, false),
+        Field::new("total", DataType::Int64, true),
+    ]));
+    let agg = WindowAggregateOperator::try_new(
+        &windowed,
+        vec![
+            (
+                Arc::new(Column::new("window_start", 3)),
+                "window_start".into(),
+            ),
+            (Arc::new(Column::new("user_id", 0)), "user_id".into()),
+        ],
+        WindowColumn::Start(3),
+        60_000_000_000,
+        vec![
+            AggregateSpec {
+                expr: Arc::new(count),
+                filter: None,
+            },
+            AggregateSpec {
+                expr: Arc::new(sum),
+                filter: None,
+            },
+        ],
+        output,
+    )
+    .expect("aggregate");
+    let mut pipeline = Pipeline::new(input, vec![Box::new(tumble), Box::new(agg)]);
+    let batch_rows = 8192;
+    let batches: Vec<RecordBatch> = (0..total / batch_rows)
+        .map(|i| events(i * batch_rows, batch_rows))
+        .collect();
+    let started = Instant::now();
+    let mut emitted = 0;
+    for b in batches {
+        let wm = datafusion::arrow::compute::max(
+            b.column(2)
+                .as_any()
+                .downcast_ref::<TimestampNanosecondArray>()
+                .expect("ts"),
+        )
+        .expect("non-empty");
+        emitted += pipeline.process_batch(b).expect("process").len();
+        emitted += pipeline
+            .on_watermark(wm - 2_000_000_000)
+            .expect("watermark")
+            .len();
+    }
+    report(
+        "TUMBLE 1m, COUNT+SUM by 10k users (operators)",
+        (total / batch_rows * batch_rows) as u64,
+        started.elapsed().as_secs_f64(),
+    );
+    assert!(emitted > 0);
+}
+
+fn main() {
+    let total: i64 = std::env::var("WEIR_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    bench_tumble_count(total);
+    bench_log_batches(total / 5);
+    bench_log_small_appends(8, 2_000);
+}
