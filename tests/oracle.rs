@@ -1,5 +1,5 @@
 //! The correctness oracle, as a property test: for random events with bounded disorder, random
-//! INSERT batch splits, partition counts and window sizes, a continuous TUMBLE view holds exactly
+//! INSERT batch splits, partition counts and TUMBLE / HOP windows, a continuous view holds exactly
 //! what the same query returns in batch (DataFusion over the log) for the windows the watermark
 //! has closed, and no closed window is emitted twice.
 
@@ -69,7 +69,7 @@ async fn check(
     disorder_ms: i64,
     cuts: Vec<usize>,
     partitions: u32,
-    window_ms: i64,
+    window: String,
     view_first: bool,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -82,9 +82,9 @@ async fn check(
     );
     let query = format!(
         "SELECT window_start, window_end, k, COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, \
-         MAX(v) AS hi, AVG(v) AS mean, COUNT(*) FILTER (WHERE v > 0) AS positive \
-         FROM TUMBLE(events, ts, INTERVAL '{window_ms} milliseconds') \
-         GROUP BY window_start, window_end, k"
+         MAX(v) AS hi, AVG(v) AS mean, COUNT(*) FILTER (WHERE v > 0) AS positive, \
+         COUNT(DISTINCT v % 5) AS residues \
+         FROM {window} GROUP BY window_start, window_end, k"
     );
     for r in s.execute(&create).await {
         r.expect("create stream");
@@ -129,6 +129,21 @@ async fn check(
     db.shutdown();
 }
 
+/// The window clause: TUMBLE, or HOP with a slide of a whole fraction of the size.
+fn window() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec![100i64, 250, 1000, 5000, 60_000]),
+        0i64..4,
+    )
+        .prop_map(|(size, hop)| match hop {
+            0 => format!("TUMBLE(events, ts, INTERVAL '{size} milliseconds')"),
+            d => format!(
+                "HOP(events, ts, INTERVAL '{} milliseconds', INTERVAL '{size} milliseconds')",
+                size / (d + 1)
+            ),
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -138,10 +153,10 @@ proptest! {
     fn incremental_tumble_equals_batch(
         (events, disorder) in events(),
         cuts in prop::collection::vec(0usize..120, 0..8),
-        window_ms in prop::sample::select(vec![100i64, 250, 1000, 5000, 60_000]),
+        window in window(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check(events, disorder, cuts, 1, window_ms, true));
+        rt.block_on(check(events, disorder, cuts, 1, window, true));
     }
 
     /// The replay path: events are in the log (over several partitions) before the view starts.
@@ -150,9 +165,9 @@ proptest! {
         (events, disorder) in events(),
         cuts in prop::collection::vec(0usize..120, 0..8),
         partitions in 1u32..5,
-        window_ms in prop::sample::select(vec![100i64, 250, 1000, 5000, 60_000]),
+        window in window(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check(events, disorder, cuts, partitions, window_ms, false));
+        rt.block_on(check(events, disorder, cuts, partitions, window, false));
     }
 }

@@ -25,7 +25,7 @@ use weir_engine::pipeline::Pipeline;
 
 use crate::database::{Database, StreamEntry};
 use crate::parser::{WeirStatement, parse};
-use crate::tables::{StreamTable, TumbleTable, ViewTable, provider_as};
+use crate::tables::{StreamTable, ViewTable, WindowTable, provider_as};
 use crate::{Error, Result};
 
 /// A view's query, compiled and ready to run.
@@ -144,14 +144,14 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
                 ));
             }
             let mut built = Built::default();
-            if let Some(t) = provider_as::<TumbleTable>(&provider) {
+            if let Some(t) = provider_as::<WindowTable>(&provider) {
                 let def = &t.stream.def;
                 let time = &t.stream.schema.field(t.time_index).name().clone();
                 match &def.watermark {
                     Some(w) if &w.column == time => {}
                     Some(w) => {
                         return Err(Error::NotSupported(format!(
-                            "TUMBLE over {time}, but stream {} has its watermark on {}; \
+                            "a window over {time}, but stream {} has its watermark on {}; \
                              window over the watermark column",
                             def.name, w.column
                         )));
@@ -164,8 +164,8 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
                         )));
                     }
                 }
-                built.operators.push(Box::new(t.operator()?));
-                built.window_ns = Some(t.size_ns);
+                built.operators.push(t.operator()?);
+                built.window_ns = Some(t.spec.size_ns());
                 built.source = Some(Arc::clone(&t.stream));
             } else if let Some(s) = provider_as::<StreamTable>(&provider) {
                 built.source = Some(s.entry());

@@ -8,6 +8,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -22,7 +23,7 @@ use crate::catalog::{ColumnDef, StreamDef, ViewDef, WatermarkDef};
 use crate::database::Database;
 use crate::parser::{CreateStream, WeirStatement, normalize, object_name, parse};
 use crate::planner::{compile_query_statement, humanize_ns};
-use crate::tables::{StreamTable, TumbleFunction, VIEW_READ_WAIT, ViewTable, interval_ns};
+use crate::tables::{StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction, interval_ns};
 use crate::{Error, Result};
 
 /// The catalog and schema every object lives in.
@@ -129,12 +130,28 @@ pub(crate) fn new_context(db: &Database) -> SessionContext {
         .with_create_default_catalog_and_schema(false)
         .with_information_schema(true)
         .with_target_partitions(2);
-    let ctx = SessionContext::new_with_config(config);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    // Rewriting COUNT(DISTINCT x) into a two-level aggregation suits batch plans, but a window
+    // aggregate keeps distinct values in its accumulators instead, so the rule stays off.
+    let rules = state
+        .optimizers()
+        .iter()
+        .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        .cloned()
+        .collect();
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_optimizer_rules(rules)
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     let catalog = MemoryCatalogProvider::new();
     // Registering into a fresh in-memory catalog cannot fail.
     let _ = catalog.register_schema(SCHEMA, Arc::new(WeirSchema { db: db.clone() }));
     ctx.register_catalog(CATALOG, Arc::new(catalog));
-    ctx.register_udtf("tumble", Arc::new(TumbleFunction::new(db.clone())));
+    ctx.register_udtf("tumble", Arc::new(WindowFunction::tumble(db.clone())));
+    ctx.register_udtf("hop", Arc::new(WindowFunction::hop(db.clone())));
     ctx
 }
 

@@ -21,7 +21,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::TryStreamExt;
-use weir_engine::operator::{Operator, TumbleOperator};
+use weir_engine::operator::{HopOperator, Operator, TumbleOperator};
 
 use crate::database::{Database, StreamEntry, ViewEntry};
 
@@ -171,27 +171,64 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> datafusion::error::Result
     )?)
 }
 
-/// `TUMBLE(stream, time_column, size)`: the stream's rows with `window_start` and `window_end`.
+/// Which windows a window table function assigns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// `TUMBLE(stream, time, size)`.
+    Tumble {
+        /// Window size in nanoseconds.
+        size_ns: i64,
+    },
+    /// `HOP(stream, time, slide, size)`.
+    Hop {
+        /// Distance between window starts in nanoseconds.
+        slide_ns: i64,
+        /// Window size in nanoseconds.
+        size_ns: i64,
+    },
+}
+
+impl WindowSpec {
+    /// The window size in nanoseconds.
+    pub fn size_ns(&self) -> i64 {
+        match self {
+            Self::Tumble { size_ns } | Self::Hop { size_ns, .. } => *size_ns,
+        }
+    }
+}
+
+/// A window table function applied to a stream: its rows with `window_start` and `window_end`.
 #[derive(Debug)]
-pub struct TumbleTable {
+pub struct WindowTable {
     /// The stream windowed.
     pub stream: Arc<StreamEntry>,
     /// Index of the time column in the stream.
     pub time_index: usize,
-    /// Window size in nanoseconds.
-    pub size_ns: i64,
+    /// The windows.
+    pub spec: WindowSpec,
     schema: SchemaRef,
 }
 
-impl TumbleTable {
-    /// Builds the windowing operator for this table.
-    pub fn operator(&self) -> weir_engine::Result<TumbleOperator> {
-        TumbleOperator::try_new(&self.stream.schema, self.time_index, self.size_ns)
+impl WindowTable {
+    /// Builds the window assigner for this table.
+    pub fn operator(&self) -> weir_engine::Result<Box<dyn Operator>> {
+        let schema = &self.stream.schema;
+        Ok(match self.spec {
+            WindowSpec::Tumble { size_ns } => {
+                Box::new(TumbleOperator::try_new(schema, self.time_index, size_ns)?)
+            }
+            WindowSpec::Hop { slide_ns, size_ns } => Box::new(HopOperator::try_new(
+                schema,
+                self.time_index,
+                slide_ns,
+                size_ns,
+            )?),
+        })
     }
 }
 
 #[async_trait]
-impl TableProvider for TumbleTable {
+impl TableProvider for WindowTable {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
@@ -237,16 +274,22 @@ impl TableProvider for TumbleTable {
     }
 }
 
-/// The `tumble` table function.
+/// The window table functions: `tumble` and `hop`.
 #[derive(Debug)]
-pub struct TumbleFunction {
+pub struct WindowFunction {
     db: Database,
+    hop: bool,
 }
 
-impl TumbleFunction {
-    /// The function, resolving streams in `db`.
-    pub fn new(db: Database) -> Self {
-        Self { db }
+impl WindowFunction {
+    /// `TUMBLE(stream, time_column, size)`, resolving streams in `db`.
+    pub fn tumble(db: Database) -> Self {
+        Self { db, hop: false }
+    }
+
+    /// `HOP(stream, time_column, slide, size)`, resolving streams in `db`.
+    pub fn hop(db: Database) -> Self {
+        Self { db, hop: true }
     }
 }
 
@@ -279,45 +322,64 @@ pub fn interval_ns(e: &Expr) -> Option<i64> {
     }
 }
 
-impl TableFunctionImpl for TumbleFunction {
+impl TableFunctionImpl for WindowFunction {
     fn call_with_args(
         &self,
         args: TableFunctionArgs,
     ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
-        let [stream, time, size] = exprs else {
-            return plan_err!(
-                "TUMBLE takes (stream, time_column, INTERVAL size), got {} arguments",
-                exprs.len()
-            );
+        let (name, usage) = if self.hop {
+            (
+                "HOP",
+                "HOP(stream, time_column, INTERVAL slide, INTERVAL size)",
+            )
+        } else {
+            ("TUMBLE", "TUMBLE(stream, time_column, INTERVAL size)")
         };
+        let expected = if self.hop { 4 } else { 3 };
+        if exprs.len() != expected {
+            return plan_err!("{name} takes {usage}, got {} arguments", exprs.len());
+        }
+        let (stream, time) = (&exprs[0], &exprs[1]);
         let Some(stream_name) = name_arg(stream) else {
-            return plan_err!("TUMBLE's first argument must name a stream, not {stream}");
+            return plan_err!("{name}'s first argument must name a stream, not {stream}");
         };
         let entry = self
             .db
             .stream(&stream_name)
             .ok_or_else(|| external(crate::Error::UndefinedRelation(stream_name.clone())))?;
         let Some(time_name) = name_arg(time) else {
-            return plan_err!("TUMBLE's second argument must name a timestamp column, not {time}");
+            return plan_err!("{name}'s second argument must name a timestamp column, not {time}");
         };
         let Some(time_index) = entry.def.column_index(&time_name) else {
             return Err(external(crate::Error::UndefinedColumn(format!(
                 "column \"{time_name}\" does not exist in stream {stream_name}"
             ))));
         };
-        let Some(size_ns) = interval_ns(size).filter(|n| *n > 0) else {
-            return plan_err!(
-                "TUMBLE's size must be a positive INTERVAL of fixed length (no months), not {size}"
-            );
+        let duration = |e: &Expr, what: &str| {
+            interval_ns(e).filter(|n| *n > 0).ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "{name}'s {what} must be a positive INTERVAL of fixed length (no months), not {e}"
+                ))
+            })
         };
-        let op = TumbleOperator::try_new(&entry.schema, time_index, size_ns).map_err(external)?;
-        Ok(Arc::new(TumbleTable {
-            schema: op.schema(),
+        let spec = if self.hop {
+            let slide_ns = duration(&exprs[2], "slide")?;
+            let size_ns = duration(&exprs[3], "size")?;
+            WindowSpec::Hop { slide_ns, size_ns }
+        } else {
+            WindowSpec::Tumble {
+                size_ns: duration(&exprs[2], "size")?,
+            }
+        };
+        let mut table = WindowTable {
+            schema: Arc::clone(&entry.schema),
             stream: entry,
             time_index,
-            size_ns,
-        }))
+            spec,
+        };
+        table.schema = table.operator().map_err(external)?.schema();
+        Ok(Arc::new(table))
     }
 }
 

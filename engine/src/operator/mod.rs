@@ -4,6 +4,7 @@
 //! [`Operator::on_watermark`]; tests drive them directly with literal batches.
 
 mod filter;
+mod hop;
 mod projection;
 mod tumble;
 mod window_aggregate;
@@ -12,6 +13,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 pub use filter::FilterOperator;
+pub use hop::HopOperator;
 pub use projection::ProjectionOperator;
 pub use tumble::TumbleOperator;
 pub use window_aggregate::{AggregateSpec, WindowAggregateOperator, WindowColumn};
