@@ -78,7 +78,7 @@ async fn check(
     let create = format!(
         "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, \
          WATERMARK FOR ts AS ts - INTERVAL '{disorder_ms} milliseconds') \
-         WITH (partitions = {partitions}, key = 'k')"
+         WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
     );
     let query = format!(
         "SELECT window_start, window_end, k, COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, \
@@ -93,6 +93,23 @@ async fn check(
     if view_first {
         for r in s.execute(&create_view).await {
             r.expect("create view");
+        }
+    }
+    if view_first && partitions > 1 {
+        // A partition that has never had data does not hold the watermark back, so its first
+        // events could already be late when they arrive after another partition's. Give every
+        // key one event at the earliest time first, as a live stream would have had.
+        let first = events
+            .iter()
+            .map(|e| e.2)
+            .min()
+            .expect("at least one event");
+        let mut keys: Vec<i64> = events.iter().map(|e| e.0).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let seeds: Vec<Event> = keys.into_iter().map(|k| (k, 0, first)).collect();
+        for r in s.execute(&insert_sql(&seeds)).await {
+            r.expect("seed insert");
         }
     }
     let mut start = 0;
@@ -114,15 +131,35 @@ async fn check(
         }
     }
     let view = text_rows(&s, "SELECT * FROM v").await;
-    let batch = text_rows(
-        &s,
-        &format!(
-            "SELECT * FROM ({query}) WHERE window_end <= \
-             (SELECT max(ts) - INTERVAL '{disorder_ms} milliseconds' FROM events)"
-        ),
-    )
-    .await;
-    assert_eq!(view, batch, "view differs from batch");
+    // No partition goes idle here, so once the view has caught up its watermark is the
+    // smallest partition maximum minus the delay; the batch query uses the same.
+    let watermark = text_rows(&s, "SHOW MATERIALIZED VIEWS").await;
+    let watermark = watermark[0]
+        .split('|')
+        .nth(3)
+        .expect("watermark column")
+        .to_string();
+    let closed = if watermark == "NULL" {
+        "false".to_string()
+    } else {
+        format!("window_end <= TIMESTAMP '{watermark}'")
+    };
+    let batch = text_rows(&s, &format!("SELECT * FROM ({query}) WHERE {closed}")).await;
+    assert!(
+        view == batch,
+        "view ({} rows) differs from batch ({} rows)\nonly in view: {:?}\nonly in batch: {:?}",
+        view.len(),
+        batch.len(),
+        view.iter()
+            .filter(|r| !batch.contains(r))
+            .take(5)
+            .collect::<Vec<_>>(),
+        batch
+            .iter()
+            .filter(|r| !view.contains(r))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
     let mut distinct = view.clone();
     distinct.dedup();
     assert_eq!(distinct.len(), view.len(), "a window was emitted twice");
@@ -147,21 +184,22 @@ fn window() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// The incremental path: the view exists first and sees the events in INSERT batches. With
-    /// one partition, arrival order is event order up to the declared disorder, so nothing is late.
+    /// The incremental path: the view exists first and sees the events in INSERT batches. Within
+    /// a partition, arrival order is event order up to the declared disorder, so nothing is late.
     #[test]
-    fn incremental_tumble_equals_batch(
+    fn incremental_windows_equal_batch(
         (events, disorder) in events(),
         cuts in prop::collection::vec(0usize..120, 0..8),
+        partitions in 1u32..5,
         window in window(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check(events, disorder, cuts, 1, window, true));
+        rt.block_on(check(events, disorder, cuts, partitions, window, true));
     }
 
     /// The replay path: events are in the log (over several partitions) before the view starts.
     #[test]
-    fn replayed_tumble_equals_batch(
+    fn replayed_windows_equal_batch(
         (events, disorder) in events(),
         cuts in prop::collection::vec(0usize..120, 0..8),
         partitions in 1u32..5,

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::log::StreamLog;
 use crate::pipeline::Pipeline;
@@ -25,6 +25,8 @@ pub struct QuerySpec {
     pub event_time: Option<usize>,
     /// The watermark delay (ns): how far behind the largest event time the watermark stays.
     pub delay_ns: i64,
+    /// After this long without data, a partition stops holding the watermark back.
+    pub idle_timeout: Duration,
     /// The operators.
     pub pipeline: Pipeline,
     /// Where results go.
@@ -96,7 +98,9 @@ impl Drop for RunningQuery {
 fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
     let partitions = spec.source.partitions().to_vec();
     let mut offsets: Vec<u64> = partitions.iter().map(|p| p.start_offset()).collect();
-    let mut tracker = WatermarkTracker::new(partitions.len(), spec.delay_ns);
+    let mut tracker = WatermarkTracker::new(partitions.len(), spec.delay_ns, spec.idle_timeout);
+    // Wake up often enough to notice partitions going idle.
+    let tick = (spec.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
     let mut last_watermark = None;
     let notifier = Arc::clone(spec.source.notifier());
     tracing::info!(query = %spec.name, partitions = partitions.len(), "continuous query started");
@@ -109,14 +113,14 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
                 progressed = true;
                 if let Some(t) = spec.event_time {
                     if let Some(max) = max_event_time_ns(batch.column(t).as_ref())? {
-                        tracker.observe(p, max);
+                        tracker.observe(p, max, Instant::now());
                     }
                 }
                 let out = spec.pipeline.process_batch(batch)?;
                 spec.sink.append(out);
             }
         }
-        let watermark = tracker.watermark();
+        let watermark = tracker.watermark(Instant::now());
         if let Some(wm) = watermark {
             if Some(wm) != last_watermark {
                 let out = spec.pipeline.on_watermark(wm)?;
@@ -131,7 +135,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
             error: None,
         });
         if !progressed {
-            notifier.wait_past(seen, Duration::from_millis(500));
+            notifier.wait_past(seen, tick);
         }
     }
     Ok(())

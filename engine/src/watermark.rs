@@ -1,4 +1,6 @@
-//! Event-time watermarks: the largest event time seen, minus the stream's declared delay.
+//! Event-time watermarks: per partition, combined as the minimum over active partitions.
+
+use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::{cast, max};
@@ -31,44 +33,59 @@ pub fn max_event_time_ns(column: &dyn Array) -> Result<Option<i64>> {
     Ok(max(ns.as_primitive::<TimestampNanosecondType>()))
 }
 
+#[derive(Debug, Clone, Copy)]
+struct PartitionState {
+    max_event_ns: i64,
+    last_data: Instant,
+}
+
 /// Tracks the watermark of a source with several partitions.
 ///
-/// The watermark is the largest event time delivered by any partition minus the declared delay,
-/// so a partition that never received data does not hold windows open; it never moves
-/// backwards. Events further behind than the delay are late. The per-partition maxima are kept
-/// so that a per-partition policy (minimum over active partitions, with idleness) can replace
-/// the maximum without changing callers.
+/// A partition's watermark is the largest event time it has delivered minus the declared delay.
+/// The source's watermark is the minimum over active partitions: a partition that never
+/// delivered data, or delivered none for `idle_timeout`, does not hold it back. When every
+/// partition is idle, the largest partition watermark wins, so windows still close once input
+/// stops. The watermark never moves backwards.
 #[derive(Debug, Clone)]
 pub struct WatermarkTracker {
     delay_ns: i64,
-    max_seen: Vec<Option<i64>>,
+    idle_timeout: Duration,
+    partitions: Vec<Option<PartitionState>>,
     current: Option<i64>,
 }
 
 impl WatermarkTracker {
-    /// A tracker for `partitions` partitions and the given delay.
-    pub fn new(partitions: usize, delay_ns: i64) -> Self {
+    /// A tracker for `partitions` partitions, the given delay and idle timeout.
+    pub fn new(partitions: usize, delay_ns: i64, idle_timeout: Duration) -> Self {
         Self {
             delay_ns,
-            max_seen: vec![None; partitions],
+            idle_timeout,
+            partitions: vec![None; partitions],
             current: None,
         }
     }
 
-    /// Records that `partition` delivered events up to `max_event_ns`.
-    pub fn observe(&mut self, partition: usize, max_event_ns: i64) {
-        if let Some(slot) = self.max_seen.get_mut(partition) {
-            *slot = Some(slot.map_or(max_event_ns, |m| m.max(max_event_ns)));
+    /// Records that `partition` delivered events up to `max_event_ns` at `now`.
+    pub fn observe(&mut self, partition: usize, max_event_ns: i64, now: Instant) {
+        if let Some(slot) = self.partitions.get_mut(partition) {
+            let max_event_ns = slot.map_or(max_event_ns, |s| s.max_event_ns.max(max_event_ns));
+            *slot = Some(PartitionState {
+                max_event_ns,
+                last_data: now,
+            });
         }
     }
 
-    /// The current watermark in nanoseconds, if any partition has delivered data.
-    pub fn watermark(&mut self) -> Option<i64> {
-        let candidate = self
-            .max_seen
-            .iter()
-            .flatten()
-            .max()
+    /// The watermark at `now` in nanoseconds, once any partition has delivered data.
+    pub fn watermark(&mut self, now: Instant) -> Option<i64> {
+        let seen = self.partitions.iter().flatten();
+        let active = seen
+            .clone()
+            .filter(|s| now.saturating_duration_since(s.last_data) < self.idle_timeout)
+            .map(|s| s.max_event_ns)
+            .min();
+        let candidate = active
+            .or_else(|| seen.map(|s| s.max_event_ns).max())
             .map(|m| m.saturating_sub(self.delay_ns));
         self.current = match (self.current, candidate) {
             (Some(c), Some(n)) => Some(c.max(n)),
@@ -83,19 +100,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn largest_event_time_minus_delay_and_monotonic() {
-        let mut t = WatermarkTracker::new(3, 10);
-        assert_eq!(t.watermark(), None);
-        t.observe(0, 100);
+    fn minimum_over_active_partitions_idle_ones_excluded_never_backwards() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut t = WatermarkTracker::new(3, 10, Duration::from_secs(5));
+        assert_eq!(t.watermark(t0), None);
+        t.observe(0, 100, t0);
         assert_eq!(
-            t.watermark(),
+            t.watermark(t0),
             Some(90),
             "silent partitions do not hold it back"
         );
-        t.observe(1, 50);
-        assert_eq!(t.watermark(), Some(90), "never moves backwards");
-        t.observe(1, 200);
-        t.observe(0, 150);
-        assert_eq!(t.watermark(), Some(190));
+        t.observe(1, 50, t0);
+        assert_eq!(t.watermark(t0), Some(90), "never moves backwards");
+        t.observe(1, 200, t0 + s);
+        t.observe(0, 150, t0 + s);
+        assert_eq!(
+            t.watermark(t0 + s),
+            Some(140),
+            "the slowest active partition"
+        );
+        t.observe(1, 300, t0 + 4 * s);
+        assert_eq!(t.watermark(t0 + 4 * s), Some(140));
+        assert_eq!(t.watermark(t0 + 7 * s), Some(290), "partition 0 went idle");
+        assert_eq!(
+            t.watermark(t0 + 60 * s),
+            Some(290),
+            "all idle: the largest wins"
+        );
     }
 }

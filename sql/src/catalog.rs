@@ -52,6 +52,16 @@ pub struct StreamDef {
     pub retention_ms: Option<i64>,
     /// Size retention in bytes per partition.
     pub retention_bytes: Option<u64>,
+    /// After this many milliseconds without data a partition stops holding the watermark back.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+/// How long a partition may stay silent before the watermark moves on without it.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5_000;
+
+fn default_idle_timeout_ms() -> u64 {
+    DEFAULT_IDLE_TIMEOUT_MS
 }
 
 impl StreamDef {
@@ -183,6 +193,7 @@ mod tests {
             segment_bytes: 1,
             retention_ms: None,
             retention_bytes: None,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
         };
         assert_eq!(def.schema().expect("schema").field(0).data_type(), &ts);
         let data = CatalogData {

@@ -288,6 +288,7 @@ impl Database {
             source: Arc::clone(&source.log),
             event_time,
             delay_ns,
+            idle_timeout: Duration::from_millis(source.def.idle_timeout_ms),
             pipeline: compiled.pipeline,
             sink: Arc::clone(&table),
         })?;

@@ -45,9 +45,10 @@ impl CompiledView {
         let def = &self.source.def;
         match &def.watermark {
             Some(w) => lines.push(format!(
-                "Watermark: max({}) over all partitions - {}",
+                "Watermark: max({}) - {} per partition, min over active partitions (idle after {}ms)",
                 w.column,
-                humanize_ns(w.delay_ns)
+                humanize_ns(w.delay_ns),
+                def.idle_timeout_ms
             )),
             None => lines.push("Watermark: none (the stream declares no WATERMARK)".into()),
         }

@@ -19,7 +19,7 @@ use datafusion::sql::sqlparser::ast::{
 use futures::TryStreamExt;
 use weir_engine::log::supports_key_type;
 
-use crate::catalog::{ColumnDef, StreamDef, ViewDef, WatermarkDef};
+use crate::catalog::{ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, ViewDef, WatermarkDef};
 use crate::database::Database;
 use crate::parser::{CreateStream, WeirStatement, normalize, object_name, parse};
 use crate::planner::{compile_query_statement, humanize_ns};
@@ -525,6 +525,7 @@ impl Session {
             segment_bytes: weir_engine::log::LogConfig::default().segment_bytes,
             retention_ms: None,
             retention_bytes: None,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
         };
         for (k, v) in &cs.options {
             let int = |max: u64| -> Result<u64> {
@@ -556,11 +557,12 @@ impl Session {
                 "segment_bytes" => def.segment_bytes = int(1 << 40)?,
                 "retention_ms" => def.retention_ms = Some(int(i64::MAX as u64)? as i64),
                 "retention_bytes" => def.retention_bytes = Some(int(u64::MAX)?),
+                "idle_timeout_ms" => def.idle_timeout_ms = int(u64::MAX)?,
                 other => {
                     return Err(Error::WrongObject {
                         sqlstate: "22023",
                         message: format!(
-                            "unknown stream option {other}; known: partitions, key, segment_bytes, retention_ms, retention_bytes"
+                            "unknown stream option {other}; known: partitions, key, segment_bytes, retention_ms, retention_bytes, idle_timeout_ms"
                         ),
                     });
                 }
