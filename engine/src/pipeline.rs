@@ -77,6 +77,11 @@ impl Pipeline {
         self.operators.iter().map(|o| o.late_rows()).sum()
     }
 
+    /// Late input rows of every operator since the last call, with the operator's input schema.
+    pub fn take_late(&mut self) -> Vec<RecordBatch> {
+        self.operators.iter_mut().flat_map(|o| o.take_late()).collect()
+    }
+
     /// One line per operator, last first (as EXPLAIN prints plans).
     pub fn explain(&self) -> Vec<String> {
         self.operators.iter().rev().map(|o| o.explain()).collect()

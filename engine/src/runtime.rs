@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::json::LineDelimitedWriter;
+
 use crate::log::StreamLog;
 use crate::pipeline::Pipeline;
 use crate::result_table::{Progress, ResultTable};
@@ -31,6 +35,42 @@ pub struct QuerySpec {
     pub pipeline: Pipeline,
     /// Where results go.
     pub sink: Arc<ResultTable>,
+    /// Where late events go, one row each (see [`late_events_schema`]).
+    pub late: Arc<ResultTable>,
+}
+
+/// The schema of a query's late events: the query, the watermark the event arrived behind,
+/// and the event (the row as the windowed aggregate saw it) as a JSON object.
+pub fn late_events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("view", DataType::Utf8, false),
+        Field::new("watermark", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new("event", DataType::Utf8, false),
+    ]))
+}
+
+/// Renders late rows as rows of [`late_events_schema`].
+fn late_events(view: &str, watermark_ns: Option<i64>, rows: &[RecordBatch]) -> Result<RecordBatch> {
+    let mut json = Vec::new();
+    {
+        let mut writer = LineDelimitedWriter::new(&mut json);
+        for b in rows {
+            writer.write(b)?;
+        }
+        writer.finish()?;
+    }
+    let json = String::from_utf8(json)
+        .map_err(|e| Error::Internal(format!("the JSON writer produced invalid UTF-8: {e}")))?;
+    let events: StringArray = json.lines().map(Some).collect();
+    let n = events.len();
+    Ok(RecordBatch::try_new(
+        late_events_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![view; n])),
+            Arc::new(TimestampMicrosecondArray::from(vec![watermark_ns.map(|w| w / 1000); n])),
+            Arc::new(events),
+        ],
+    )?)
 }
 
 /// A continuous query running on its own thread; dropping it stops the query.
@@ -118,6 +158,10 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
                 }
                 let out = spec.pipeline.process_batch(batch)?;
                 spec.sink.append(out);
+                let late = spec.pipeline.take_late();
+                if !late.is_empty() {
+                    spec.late.append(vec![late_events(&spec.name, last_watermark, &late)?]);
+                }
             }
         }
         let watermark = tracker.watermark(Instant::now());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_engine::log::StreamLog;
 use weir_engine::result_table::ResultTable;
-use weir_engine::runtime::{QuerySpec, RunningQuery};
+use weir_engine::runtime::{QuerySpec, RunningQuery, late_events_schema};
 
 use crate::catalog::{CatalogData, CatalogFile, StreamDef, ViewDef};
 use crate::planner::CompiledView;
@@ -39,6 +39,8 @@ pub struct ViewEntry {
     pub source: Arc<StreamEntry>,
     /// The view's rows.
     pub table: Arc<ResultTable>,
+    /// Events that arrived after their window had closed.
+    pub late: Arc<ResultTable>,
     /// The operator plan, one line per step, sink first.
     pub plan: Vec<String>,
     query: Mutex<Option<RunningQuery>>,
@@ -80,6 +82,12 @@ fn io(context: String, source: std::io::Error) -> Error {
 
 /// Whether `name` can be a stream or view name (it becomes a directory name).
 fn check_name(name: &str) -> Result<()> {
+    if name.starts_with("weir_") {
+        return Err(Error::WrongObject {
+            sqlstate: "42939",
+            message: format!("\"{name}\": names starting with weir_ are reserved for system relations"),
+        });
+    }
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -277,6 +285,7 @@ impl Database {
 
     fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
         let table = Arc::new(ResultTable::new(compiled.pipeline.schema()));
+        let late = Arc::new(ResultTable::new(late_events_schema()));
         let plan = compiled.explain(&def.name);
         let source = compiled.source;
         let (event_time, delay_ns) = match &source.def.watermark {
@@ -291,11 +300,13 @@ impl Database {
             idle_timeout: Duration::from_millis(source.def.idle_timeout_ms),
             pipeline: compiled.pipeline,
             sink: Arc::clone(&table),
+            late: Arc::clone(&late),
         })?;
         let entry = Arc::new(ViewEntry {
             def: def.clone(),
             source,
             table,
+            late,
             plan,
             query: Mutex::new(Some(query)),
         });

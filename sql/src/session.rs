@@ -23,7 +23,9 @@ use crate::catalog::{ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, ViewDef, Wat
 use crate::database::Database;
 use crate::parser::{CreateStream, WeirStatement, normalize, object_name, parse};
 use crate::planner::{compile_query_statement, humanize_ns};
-use crate::tables::{StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction, interval_ns};
+use crate::tables::{
+    LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction, interval_ns,
+};
 use crate::{Error, Result};
 
 /// The catalog and schema every object lives in.
@@ -112,6 +114,9 @@ impl SchemaProvider for WeirSchema {
         if let Some(s) = self.db.stream(name) {
             return Ok(Some(Arc::new(StreamTable::new(s))));
         }
+        if name == LATE_EVENTS {
+            return Ok(Some(Arc::new(LateEventsTable::new(self.db.clone()))));
+        }
         Ok(self
             .db
             .view(name)
@@ -119,7 +124,7 @@ impl SchemaProvider for WeirSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.db.stream(name).is_some() || self.db.view(name).is_some()
+        self.db.stream(name).is_some() || self.db.view(name).is_some() || name == LATE_EVENTS
     }
 }
 

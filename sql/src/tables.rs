@@ -440,3 +440,58 @@ impl TableProvider for ViewTable {
 pub(crate) fn provider_as<T: 'static>(p: &Arc<dyn TableProvider>) -> Option<&T> {
     (p.as_ref() as &dyn Any).downcast_ref::<T>()
 }
+
+/// `weir_late_events`: every view's late events (view, watermark, event as JSON), read after
+/// each view has caught up with its source.
+#[derive(Debug)]
+pub struct LateEventsTable {
+    db: Database,
+}
+
+impl LateEventsTable {
+    /// The relation over `db`'s views.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+/// The name of the late-events relation.
+pub const LATE_EVENTS: &str = "weir_late_events";
+
+#[async_trait]
+impl TableProvider for LateEventsTable {
+    fn schema(&self) -> SchemaRef {
+        weir_engine::runtime::late_events_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let views = self.db.views();
+        let batches = tokio::task::spawn_blocking(move || {
+            views
+                .iter()
+                .flat_map(|v| {
+                    let offsets = v.source.log.committed_offsets();
+                    v.table.wait_for(&offsets, VIEW_READ_WAIT);
+                    v.late.snapshot()
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| DataFusionError::Internal(format!("late events reader failed: {e}")))?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}

@@ -43,6 +43,11 @@ pub trait Operator: Send + std::fmt::Debug {
         0
     }
 
+    /// Hands over the late input rows seen since the last call (rows of this operator's input).
+    fn take_late(&mut self) -> Vec<RecordBatch> {
+        Vec::new()
+    }
+
     /// One line describing the operator, for EXPLAIN.
     fn explain(&self) -> String {
         self.name().to_string()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::compute::{cast, take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -70,6 +70,7 @@ pub struct WindowAggregateOperator {
     windows: BTreeMap<i64, WindowState>,
     watermark: Option<i64>,
     late_rows: u64,
+    late: Vec<RecordBatch>,
     group_ids: Vec<usize>,
 }
 
@@ -129,6 +130,7 @@ impl WindowAggregateOperator {
             windows: BTreeMap::new(),
             watermark: None,
             late_rows: 0,
+            late: Vec::new(),
             group_ids: Vec::new(),
         })
     }
@@ -243,18 +245,19 @@ impl Operator for WindowAggregateOperator {
         }
         // Rows of several windows (or late rows): route each window's rows separately.
         let mut buckets: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut late = Vec::new();
         for (row, &end) in values.iter().enumerate() {
             if ends.is_null(row) || end <= closed_up_to {
-                self.late_rows += 1;
+                late.push(row as u32);
             } else {
                 buckets.entry(end).or_default().push(row as u32);
             }
         }
-        if self.late_rows > 0 {
-            tracing::debug!(
-                late_rows = self.late_rows,
-                "events arrived after their window closed"
-            );
+        if !late.is_empty() {
+            self.late_rows += late.len() as u64;
+            tracing::debug!(late = late.len(), "events arrived after their window closed");
+            self.late
+                .push(take_record_batch(&batch, &UInt32Array::from(late))?);
         }
         for (end, rows) in buckets {
             let idx = UInt32Array::from(rows);
@@ -310,6 +313,10 @@ impl Operator for WindowAggregateOperator {
 
     fn late_rows(&self) -> u64 {
         self.late_rows
+    }
+
+    fn take_late(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.late)
     }
 
     fn explain(&self) -> String {
