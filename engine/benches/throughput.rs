@@ -14,7 +14,7 @@ use datafusion::physical_expr::aggregate::AggregateExprBuilder;
 use datafusion::physical_expr::expressions::{Column, lit};
 use weir_engine::log::{LogConfig, StreamLog};
 use weir_engine::operator::{
-    AggregateSpec, Operator, TumbleOperator, WindowAggregateOperator, WindowColumn,
+    AggregateSpec, Emit, Operator, TumbleOperator, WindowAggregateOperator, WindowColumn,
 };
 use weir_engine::pipeline::Pipeline;
 
@@ -164,7 +164,7 @@ fn bench_tumble_count(total: i64) {
             ),
             (Arc::new(Column::new("user_id", 0)), "user_id".into()),
         ],
-        WindowColumn::Start(3),
+        Some(WindowColumn::Start(3)),
         60_000_000_000,
         vec![
             AggregateSpec {
@@ -177,6 +177,7 @@ fn bench_tumble_count(total: i64) {
             },
         ],
         output,
+        Emit::OnWindowClose,
     )
     .expect("aggregate");
     let mut pipeline = Pipeline::new(input, vec![Box::new(tumble), Box::new(agg)]);

@@ -79,7 +79,10 @@ impl Pipeline {
 
     /// Late input rows of every operator since the last call, with the operator's input schema.
     pub fn take_late(&mut self) -> Vec<RecordBatch> {
-        self.operators.iter_mut().flat_map(|o| o.take_late()).collect()
+        self.operators
+            .iter_mut()
+            .flat_map(|o| o.take_late())
+            .collect()
     }
 
     /// One line per operator, last first (as EXPLAIN prints plans).

@@ -1,10 +1,16 @@
 //! The contents of a materialized view, and how far its query has read.
 
-use std::sync::{Condvar, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+
+use crate::{Error, Result};
 
 /// How far a continuous query has got.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -19,24 +25,127 @@ pub struct Progress {
     pub error: Option<String>,
 }
 
-/// An append-only table of results (closed windows are final, so results only ever grow).
+/// The rows of a view: appended (closed windows are final) or upserted by a key (results that
+/// change: EMIT ON UPDATE, aggregates over a whole stream).
+#[derive(Debug)]
+enum Rows {
+    Append(Vec<RecordBatch>),
+    Keyed(KeyedRows),
+}
+
+/// The latest row per key, as chunks of emitted batches plus where each key's row is.
+struct KeyedRows {
+    key: Vec<usize>,
+    converter: RowConverter,
+    chunks: Vec<RecordBatch>,
+    live: HashMap<OwnedRow, (usize, usize)>,
+}
+
+impl std::fmt::Debug for KeyedRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedRows")
+            .field("key", &self.key)
+            .field("rows", &self.live.len())
+            .finish()
+    }
+}
+
+/// Chunks kept before superseded rows are dropped by a compaction.
+const MAX_CHUNKS: usize = 64;
+
+impl KeyedRows {
+    fn upsert(&mut self, batch: RecordBatch) -> Result<()> {
+        let keys: Vec<ArrayRef> = self
+            .key
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        let rows = self.converter.convert_columns(&keys)?;
+        let chunk = self.chunks.len();
+        for (i, row) in rows.iter().enumerate() {
+            self.live.insert(row.owned(), (chunk, i));
+        }
+        self.chunks.push(batch);
+        if self.chunks.len() > MAX_CHUNKS {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn current(&self) -> Result<Vec<RecordBatch>> {
+        let mut picks: Vec<Vec<u32>> = vec![Vec::new(); self.chunks.len()];
+        for &(chunk, row) in self.live.values() {
+            picks[chunk].push(row as u32);
+        }
+        picks
+            .into_iter()
+            .enumerate()
+            .filter(|(_, rows)| !rows.is_empty())
+            .map(|(chunk, mut rows)| {
+                rows.sort_unstable();
+                Ok(take_record_batch(
+                    &self.chunks[chunk],
+                    &UInt32Array::from(rows),
+                )?)
+            })
+            .collect()
+    }
+
+    /// Drops superseded rows so memory follows the number of keys, not of updates.
+    fn compact(&mut self) -> Result<()> {
+        let Some(first) = self.chunks.first() else {
+            return Ok(());
+        };
+        let merged = concat_batches(&first.schema(), &self.current()?)?;
+        self.chunks.clear();
+        self.live.clear();
+        self.upsert(merged)
+    }
+}
+
+/// A view's result rows and how far its query has read.
 #[derive(Debug)]
 pub struct ResultTable {
     schema: SchemaRef,
-    batches: RwLock<Vec<RecordBatch>>,
+    rows: RwLock<Rows>,
     progress: Mutex<Progress>,
     advanced: Condvar,
 }
 
 impl ResultTable {
-    /// An empty table.
+    /// An empty append-only table.
     pub fn new(schema: SchemaRef) -> Self {
         Self {
             schema,
-            batches: RwLock::new(Vec::new()),
+            rows: RwLock::new(Rows::Append(Vec::new())),
             progress: Mutex::new(Progress::default()),
             advanced: Condvar::new(),
         }
+    }
+
+    /// An empty table that keeps the latest row per value of the `key` columns.
+    pub fn keyed(schema: SchemaRef, key: Vec<usize>) -> Result<Self> {
+        let fields = key
+            .iter()
+            .map(|&i| {
+                schema
+                    .fields()
+                    .get(i)
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .ok_or_else(|| Error::Internal(format!("key column {i} is out of range")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            rows: RwLock::new(Rows::Keyed(KeyedRows {
+                key,
+                converter: RowConverter::new(fields)?,
+                chunks: Vec::new(),
+                live: HashMap::new(),
+            })),
+            schema,
+            progress: Mutex::new(Progress::default()),
+            advanced: Condvar::new(),
+        })
     }
 
     /// The schema of the rows.
@@ -44,34 +153,32 @@ impl ResultTable {
         &self.schema
     }
 
-    /// Adds result rows.
-    pub fn append(&self, batches: Vec<RecordBatch>) {
-        let batches: Vec<_> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        if batches.is_empty() {
-            return;
+    /// Adds result rows (or, for a keyed table, replaces the rows with the same keys).
+    pub fn append(&self, batches: Vec<RecordBatch>) -> Result<()> {
+        let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            match &mut *rows {
+                Rows::Append(all) => all.push(b),
+                Rows::Keyed(keyed) => keyed.upsert(b)?,
+            }
         }
-        self.batches
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(batches);
+        Ok(())
     }
 
-    /// The rows as of now (cheap: batches are reference counted).
-    pub fn snapshot(&self) -> Vec<RecordBatch> {
-        self.batches
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The rows as of now.
+    pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
+        match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => Ok(all.clone()),
+            Rows::Keyed(keyed) => keyed.current(),
+        }
     }
 
     /// Number of result rows.
     pub fn num_rows(&self) -> usize {
-        self.batches
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(RecordBatch::num_rows)
-            .sum()
+        match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => all.iter().map(RecordBatch::num_rows).sum(),
+            Rows::Keyed(keyed) => keyed.live.len(),
+        }
     }
 
     /// Publishes the query's progress and wakes waiters.
@@ -115,5 +222,73 @@ impl ResultTable {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(rows: &[(i64, i64)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+            ],
+        )
+        .expect("batch")
+    }
+
+    fn contents(t: &ResultTable) -> Vec<(i64, i64)> {
+        let mut out: Vec<(i64, i64)> = t
+            .snapshot()
+            .expect("snapshot")
+            .iter()
+            .flat_map(|b| {
+                let k = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("k")
+                    .clone();
+                let v = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("v")
+                    .clone();
+                (0..b.num_rows()).map(move |i| (k.value(i), v.value(i)))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn keyed_tables_keep_the_latest_row_per_key_and_compact() {
+        let t = ResultTable::keyed(batch(&[]).schema(), vec![0]).expect("keyed");
+        t.append(vec![batch(&[(1, 10), (2, 20)])]).expect("append");
+        t.append(vec![batch(&[(1, 11)])]).expect("append");
+        assert_eq!(contents(&t), vec![(1, 11), (2, 20)]);
+        for i in 0..(3 * MAX_CHUNKS as i64) {
+            t.append(vec![batch(&[(i % 5, i)])]).expect("append");
+        }
+        let n = 3 * MAX_CHUNKS as i64;
+        let mut expected: Vec<(i64, i64)> = (n - 5..n).map(|i| (i % 5, i)).collect();
+        expected.sort_unstable();
+        assert_eq!(contents(&t), expected);
+        assert_eq!(t.num_rows(), 5);
     }
 }

@@ -44,7 +44,11 @@ pub struct QuerySpec {
 pub fn late_events_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("view", DataType::Utf8, false),
-        Field::new("watermark", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        Field::new(
+            "watermark",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
         Field::new("event", DataType::Utf8, false),
     ]))
 }
@@ -67,7 +71,11 @@ fn late_events(view: &str, watermark_ns: Option<i64>, rows: &[RecordBatch]) -> R
         late_events_schema(),
         vec![
             Arc::new(StringArray::from(vec![view; n])),
-            Arc::new(TimestampMicrosecondArray::from(vec![watermark_ns.map(|w| w / 1000); n])),
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                watermark_ns
+                    .map(|w| w / 1000);
+                n
+            ])),
             Arc::new(events),
         ],
     )?)
@@ -157,10 +165,11 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
                     }
                 }
                 let out = spec.pipeline.process_batch(batch)?;
-                spec.sink.append(out);
+                spec.sink.append(out)?;
                 let late = spec.pipeline.take_late();
                 if !late.is_empty() {
-                    spec.late.append(vec![late_events(&spec.name, last_watermark, &late)?]);
+                    spec.late
+                        .append(vec![late_events(&spec.name, last_watermark, &late)?])?;
                 }
             }
         }
@@ -168,7 +177,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
         if let Some(wm) = watermark {
             if Some(wm) != last_watermark {
                 let out = spec.pipeline.on_watermark(wm)?;
-                spec.sink.append(out);
+                spec.sink.append(out)?;
                 last_watermark = Some(wm);
             }
         }

@@ -102,6 +102,9 @@ pub struct ViewDef {
     pub name: String,
     /// The SELECT that defines it.
     pub query: String,
+    /// `EMIT ON UPDATE` was given: results as they change rather than per closed window.
+    #[serde(default)]
+    pub emit_on_update: bool,
 }
 
 /// Everything the catalog holds.

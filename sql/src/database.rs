@@ -85,7 +85,9 @@ fn check_name(name: &str) -> Result<()> {
     if name.starts_with("weir_") {
         return Err(Error::WrongObject {
             sqlstate: "42939",
-            message: format!("\"{name}\": names starting with weir_ are reserved for system relations"),
+            message: format!(
+                "\"{name}\": names starting with weir_ are reserved for system relations"
+            ),
         });
     }
     let ok = !name.is_empty()
@@ -137,7 +139,7 @@ impl Database {
             state.data = data.clone();
         }
         for def in data.views {
-            let compiled = crate::planner::compile_view(&db, &def.query).await;
+            let compiled = crate::planner::compile_view(&db, &def).await;
             match compiled {
                 Ok(compiled) => db.start_view(def, compiled)?,
                 Err(e) => {
@@ -284,7 +286,10 @@ impl Database {
     }
 
     fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
-        let table = Arc::new(ResultTable::new(compiled.pipeline.schema()));
+        let table = Arc::new(match &compiled.key {
+            None => ResultTable::new(compiled.pipeline.schema()),
+            Some(key) => ResultTable::keyed(compiled.pipeline.schema(), key.clone())?,
+        });
         let late = Arc::new(ResultTable::new(late_events_schema()));
         let plan = compiled.explain(&def.name);
         let source = compiled.source;

@@ -33,6 +33,59 @@ pub enum WeirStatement {
     ShowMaterializedViews,
     /// Any standard statement.
     Sql(Box<Statement>),
+    /// `CREATE MATERIALIZED VIEW ... EMIT ON ...` (or its EXPLAIN) with an explicit emit mode.
+    Emit(Box<Statement>, EmitMode),
+}
+
+/// The `EMIT ON ...` clause of a materialized view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitMode {
+    /// `EMIT ON WINDOW CLOSE`: each window once, when the watermark passes its end.
+    OnWindowClose,
+    /// `EMIT ON UPDATE`: results as they change, open windows included.
+    OnUpdate,
+}
+
+/// Removes `EMIT ON UPDATE` / `EMIT ON WINDOW CLOSE` clauses (outside parentheses) and returns
+/// them with the number of the (non-empty) statement they belong to.
+fn take_emit_clauses(tokens: Vec<TokenWithSpan>) -> (Vec<TokenWithSpan>, Vec<(usize, EmitMode)>) {
+    let mut out = Vec::with_capacity(tokens.len());
+    let mut found = Vec::new();
+    let mut depth = 0usize;
+    let mut statement = 0usize;
+    let mut statement_has_tokens = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i].token;
+        let word = |k: usize, w: &str| tokens.get(i + k).is_some_and(|x| is_word(&x.token, w));
+        if depth == 0 && word(0, "EMIT") && word(1, "ON") {
+            if word(2, "UPDATE") {
+                found.push((statement, EmitMode::OnUpdate));
+                i += 3;
+                continue;
+            }
+            if word(2, "WINDOW") && word(3, "CLOSE") {
+                found.push((statement, EmitMode::OnWindowClose));
+                i += 4;
+                continue;
+            }
+        }
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::SemiColon if depth == 0 => {
+                if statement_has_tokens {
+                    statement += 1;
+                }
+                statement_has_tokens = false;
+            }
+            Token::EOF => {}
+            _ => statement_has_tokens = true,
+        }
+        out.push(tokens[i].clone());
+        i += 1;
+    }
+    (out, found)
 }
 
 /// A column of `CREATE STREAM`.
@@ -167,8 +220,8 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| Error::Syntax(e.to_string()))?;
-    let mut parser =
-        Parser::new(&dialect).with_tokens_with_locations(rewrite_flink_windows(tokens));
+    let (tokens, emits) = take_emit_clauses(rewrite_flink_windows(tokens));
+    let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut out = Vec::new();
     loop {
         while parser.consume_token(&Token::SemiColon) {}
@@ -208,8 +261,27 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         } else {
             let mut stmt = parser.parse_statement()?;
             normalize_relations(&mut stmt);
-            WeirStatement::Sql(Box::new(stmt))
+            match emits.iter().find(|(n, _)| *n == out.len()) {
+                None => WeirStatement::Sql(Box::new(stmt)),
+                Some(&(_, mode)) => {
+                    let creates_view =
+                        |s: &Statement| matches!(s, Statement::CreateView(cv) if cv.materialized);
+                    let ok = creates_view(&stmt)
+                        || matches!(&stmt, Statement::Explain { statement, .. } if creates_view(statement));
+                    if !ok {
+                        return Err(Error::Syntax(
+                            "EMIT ON ... belongs at the end of CREATE MATERIALIZED VIEW".into(),
+                        ));
+                    }
+                    WeirStatement::Emit(Box::new(stmt), mode)
+                }
+            }
         };
+        if !matches!(stmt, WeirStatement::Emit(..)) && emits.iter().any(|(n, _)| *n == out.len()) {
+            return Err(Error::Syntax(
+                "EMIT ON ... belongs at the end of CREATE MATERIALIZED VIEW".into(),
+            ));
+        }
         out.push(stmt);
         let next = parser.peek_token().token;
         if !parser.consume_token(&Token::SemiColon) && next != Token::EOF {
@@ -350,6 +422,30 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(flink, ours);
+    }
+
+    #[test]
+    fn emit_clauses_belong_to_their_view() {
+        let stmts = parse(
+            "SELECT 1;; CREATE MATERIALIZED VIEW v AS SELECT a FROM t GROUP BY a EMIT ON UPDATE; \
+             CREATE MATERIALIZED VIEW w AS SELECT (1) FROM t emit on window close",
+        )
+        .expect("parses");
+        assert!(matches!(stmts[0], WeirStatement::Sql(_)));
+        assert!(matches!(
+            stmts[1],
+            WeirStatement::Emit(_, EmitMode::OnUpdate)
+        ));
+        assert!(matches!(
+            stmts[2],
+            WeirStatement::Emit(_, EmitMode::OnWindowClose)
+        ));
+        for bad in [
+            "SELECT 1 EMIT ON UPDATE",
+            "CREATE STREAM s (a BIGINT) EMIT ON UPDATE",
+        ] {
+            assert_eq!(parse(bad).expect_err(bad).sqlstate(), "42601", "{bad}");
+        }
     }
 
     #[test]

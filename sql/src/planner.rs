@@ -18,13 +18,14 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::sql::parser::Statement as DfStatement;
 use weir_engine::operator::{
-    AggregateSpec, FilterOperator, Operator, ProjectionOperator, WindowAggregateOperator,
+    AggregateSpec, Emit, FilterOperator, Operator, ProjectionOperator, WindowAggregateOperator,
     WindowColumn,
 };
 use weir_engine::pipeline::Pipeline;
 
+use crate::catalog::ViewDef;
 use crate::database::{Database, StreamEntry};
-use crate::parser::{WeirStatement, parse};
+use crate::parser::{EmitMode, WeirStatement, parse};
 use crate::tables::{StreamTable, ViewTable, WindowTable, provider_as};
 use crate::{Error, Result};
 
@@ -35,12 +36,28 @@ pub struct CompiledView {
     pub source: Arc<StreamEntry>,
     /// The operators.
     pub pipeline: Pipeline,
+    /// For results that change (EMIT ON UPDATE, aggregates over a whole stream), the output
+    /// columns that identify a row; `None` for append-only results.
+    pub key: Option<Vec<usize>>,
 }
 
 impl CompiledView {
     /// The operator plan for EXPLAIN, sink first.
     pub fn explain(&self, view: &str) -> Vec<String> {
-        let mut lines = vec![format!("Sink: materialized view {view}")];
+        let mut lines = vec![match &self.key {
+            None => format!("Sink: materialized view {view} (append-only)"),
+            Some(key) => {
+                let schema = self.pipeline.schema();
+                let names: Vec<&str> = key
+                    .iter()
+                    .map(|&i| schema.field(i).name().as_str())
+                    .collect();
+                format!(
+                    "Sink: materialized view {view} (upsert by {})",
+                    names.join(", ")
+                )
+            }
+        }];
         lines.extend(self.pipeline.explain());
         let def = &self.source.def;
         match &def.watermark {
@@ -70,29 +87,32 @@ pub(crate) fn humanize_ns(ns: i64) -> String {
     }
 }
 
-/// Plans and compiles the SELECT `query` (SQL text) of a view.
-pub async fn compile_view(db: &Database, query: &str) -> Result<CompiledView> {
-    let stmts = parse(query)?;
+/// Plans and compiles the query of a view from its catalog definition.
+pub async fn compile_view(db: &Database, def: &ViewDef) -> Result<CompiledView> {
+    let stmts = parse(&def.query)?;
     let [WeirStatement::Sql(stmt)] = stmts.as_slice() else {
         return Err(Error::Syntax(format!(
-            "a view is defined by one SELECT, not {query}"
+            "a view is defined by one SELECT, not {}",
+            def.query
         )));
     };
     let ctx = crate::session::new_context(db);
     let state = ctx.state();
-    compile_query_statement(&state, stmt.as_ref().clone()).await
+    let emit = def.emit_on_update.then_some(EmitMode::OnUpdate);
+    compile_query_statement(&state, stmt.as_ref().clone(), emit).await
 }
 
-/// Plans and compiles a SELECT statement.
+/// Plans and compiles a SELECT statement; `emit` is the view's explicit EMIT clause.
 pub(crate) async fn compile_query_statement(
     state: &SessionState,
     stmt: datafusion::sql::sqlparser::ast::Statement,
+    emit: Option<EmitMode>,
 ) -> Result<CompiledView> {
     let plan = state
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
     let plan = state.optimize(&plan)?;
-    let built = build(&plan, state)?;
+    let built = build(&plan, state, emit)?;
     let source = built
         .source
         .ok_or_else(|| Error::NotSupported("a materialized view must read a stream".into()))?;
@@ -114,7 +134,11 @@ pub(crate) async fn compile_query_statement(
             "compiled view has columns {got:?} but the query has {names:?}"
         )));
     }
-    Ok(CompiledView { source, pipeline })
+    Ok(CompiledView {
+        source,
+        pipeline,
+        key: built.key,
+    })
 }
 
 /// What a subtree compiles to.
@@ -125,6 +149,8 @@ struct Built {
     /// The window size when the rows carry `window_start` / `window_end`.
     window_ns: Option<i64>,
     aggregated: bool,
+    /// Set once results are upserts: the output columns of the group key.
+    key: Option<Vec<usize>>,
 }
 
 fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
@@ -135,7 +161,7 @@ fn unsupported(what: &str) -> Error {
     Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
 }
 
-fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
+fn build(plan: &LogicalPlan, state: &SessionState, emit: Option<EmitMode>) -> Result<Built> {
     match plan {
         LogicalPlan::TableScan(scan) => {
             let provider = source_as_provider(&scan.source)?;
@@ -193,9 +219,17 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
             }
             Ok(built)
         }
-        LogicalPlan::SubqueryAlias(a) => build(&a.input, state),
+        LogicalPlan::SubqueryAlias(a) => build(&a.input, state, emit),
         LogicalPlan::Filter(f) => {
-            let mut built = build(&f.input, state)?;
+            let mut built = build(&f.input, state, emit)?;
+            if built.key.is_some() {
+                return Err(Error::NotSupported(
+                    "HAVING (or WHERE over an aggregate) is not supported yet for results that \
+                     change (EMIT ON UPDATE, or GROUP BY without a window): a group that stops \
+                     matching would have to leave the view"
+                        .into(),
+                ));
+            }
             let predicate = state.create_physical_expr(f.predicate.clone(), f.input.schema())?;
             built.operators.push(Box::new(FilterOperator::try_new(
                 predicate,
@@ -204,7 +238,27 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
             Ok(built)
         }
         LogicalPlan::Projection(p) => {
-            let mut built = build(&p.input, state)?;
+            let mut built = build(&p.input, state, emit)?;
+            if let Some(key) = &built.key {
+                let input = p.input.schema();
+                let position = |k: usize| {
+                    p.expr.iter().position(|e| {
+                        let e = match e {
+                            Expr::Alias(a) => a.expr.as_ref(),
+                            e => e,
+                        };
+                        matches!(e, Expr::Column(c) if input.index_of_column(c).ok() == Some(k))
+                    })
+                };
+                let mapped: Option<Vec<usize>> = key.iter().map(|&k| position(k)).collect();
+                built.key = Some(mapped.ok_or_else(|| {
+                    Error::NotSupported(
+                        "results that change (EMIT ON UPDATE, or GROUP BY without a window) must \
+                         select every GROUP BY column, so that each row can be updated in place"
+                            .into(),
+                    )
+                })?);
+            }
             let exprs = p
                 .expr
                 .iter()
@@ -223,9 +277,15 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
             Ok(built)
         }
         LogicalPlan::Aggregate(agg) => {
-            let mut built = build(&agg.input, state)?;
+            let mut built = build(&agg.input, state, emit)?;
             if built.aggregated {
                 return Err(unsupported("an aggregate over an aggregate"));
+            }
+            if agg.group_expr.is_empty() {
+                return Err(unsupported(
+                    "an aggregate over a whole stream without GROUP BY (group by a column, or by \
+                     window_start, window_end of a TUMBLE or HOP)",
+                ));
             }
             let input_schema = agg.input.schema();
             let mut window = None;
@@ -247,12 +307,18 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
                     _ => {}
                 }
             }
-            let (Some(window), Some(size_ns)) = (window, built.window_ns) else {
-                return Err(Error::NotSupported(
-                    "GROUP BY over a stream needs a window: read FROM TUMBLE(stream, time_column, INTERVAL '1' MINUTE) \
-                     and GROUP BY window_start, window_end (aggregates over a whole stream come later)"
-                        .into(),
-                ));
+            let window = window.filter(|_| built.window_ns.is_some());
+            let size_ns = built.window_ns.unwrap_or(0);
+            let mode = match (window, emit) {
+                (None, Some(EmitMode::OnWindowClose)) => {
+                    return Err(Error::NotSupported(
+                        "EMIT ON WINDOW CLOSE needs a window: read FROM TUMBLE(...) or HOP(...) \
+                         and GROUP BY window_start, window_end"
+                            .into(),
+                    ));
+                }
+                (None, _) | (Some(_), Some(EmitMode::OnUpdate)) => Emit::OnUpdate,
+                (Some(_), _) => Emit::OnWindowClose,
             };
             let input_arrow = arrow_schema(&agg.input);
             let groups = agg
@@ -302,8 +368,12 @@ fn build(plan: &LogicalPlan, state: &SessionState) -> Result<Built> {
                     size_ns,
                     aggregates,
                     arrow_schema(plan),
+                    mode,
                 )?));
             built.aggregated = true;
+            if mode == Emit::OnUpdate {
+                built.key = Some((0..agg.group_expr.len()).collect());
+            }
             Ok(built)
         }
         LogicalPlan::Sort(_) => Err(Error::NotSupported(

@@ -21,10 +21,11 @@ use weir_engine::log::supports_key_type;
 
 use crate::catalog::{ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, ViewDef, WatermarkDef};
 use crate::database::Database;
-use crate::parser::{CreateStream, WeirStatement, normalize, object_name, parse};
+use crate::parser::{CreateStream, EmitMode, WeirStatement, normalize, object_name, parse};
 use crate::planner::{compile_query_statement, humanize_ns};
 use crate::tables::{
-    LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction, interval_ns,
+    LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction,
+    interval_ns,
 };
 use crate::{Error, Result};
 
@@ -321,11 +322,17 @@ impl Session {
             }
             WeirStatement::ShowStreams => Ok(self.show_streams()?),
             WeirStatement::ShowMaterializedViews => self.show_views().await,
-            WeirStatement::Sql(s) => self.execute_sql(*s, params).await,
+            WeirStatement::Sql(s) => self.execute_sql(*s, params, None).await,
+            WeirStatement::Emit(s, mode) => self.execute_sql(*s, params, Some(mode)).await,
         }
     }
 
-    async fn execute_sql(&self, stmt: Statement, params: Option<ParamValues>) -> Result<Output> {
+    async fn execute_sql(
+        &self,
+        stmt: Statement,
+        params: Option<ParamValues>,
+        emit: Option<EmitMode>,
+    ) -> Result<Output> {
         match stmt {
             Statement::CreateView(cv) => {
                 if !cv.materialized {
@@ -355,8 +362,13 @@ impl Session {
                 }
                 let query = cv.query.to_string();
                 let compiled =
-                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query)).await?;
-                let def = ViewDef { name, query };
+                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), emit)
+                        .await?;
+                let def = ViewDef {
+                    name,
+                    query,
+                    emit_on_update: emit == Some(EmitMode::OnUpdate),
+                };
                 self.blocking(move |db| db.create_view(def, compiled))
                     .await?;
                 Ok(Output::Command("CREATE MATERIALIZED VIEW".into()))
@@ -396,7 +408,8 @@ impl Session {
                 };
                 let name = object_name(&cv.name)?;
                 let compiled =
-                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query)).await?;
+                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), emit)
+                        .await?;
                 let lines = compiled.explain(&name);
                 let schema = explain_schema();
                 let batch = RecordBatch::try_new(

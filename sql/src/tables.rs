@@ -427,7 +427,7 @@ impl TableProvider for ViewTable {
                 self.entry.def.name
             );
         }
-        let batches = self.entry.table.snapshot();
+        let batches = self.entry.table.snapshot().map_err(external)?;
         Ok(MemorySourceConfig::try_new_exec(
             &[batches],
             self.schema(),
@@ -477,17 +477,17 @@ impl TableProvider for LateEventsTable {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let views = self.db.views();
         let batches = tokio::task::spawn_blocking(move || {
-            views
-                .iter()
-                .flat_map(|v| {
-                    let offsets = v.source.log.committed_offsets();
-                    v.table.wait_for(&offsets, VIEW_READ_WAIT);
-                    v.late.snapshot()
-                })
-                .collect::<Vec<_>>()
+            let mut all = Vec::new();
+            for v in &views {
+                let offsets = v.source.log.committed_offsets();
+                v.table.wait_for(&offsets, VIEW_READ_WAIT);
+                all.extend(v.late.snapshot()?);
+            }
+            Ok::<_, weir_engine::Error>(all)
         })
         .await
-        .map_err(|e| DataFusionError::Internal(format!("late events reader failed: {e}")))?;
+        .map_err(|e| DataFusionError::Internal(format!("late events reader failed: {e}")))?
+        .map_err(external)?;
         Ok(MemorySourceConfig::try_new_exec(
             &[batches],
             self.schema(),

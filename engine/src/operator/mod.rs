@@ -16,7 +16,7 @@ pub use filter::FilterOperator;
 pub use hop::HopOperator;
 pub use projection::ProjectionOperator;
 pub use tumble::TumbleOperator;
-pub use window_aggregate::{AggregateSpec, WindowAggregateOperator, WindowColumn};
+pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
 
 use crate::Result;
 

@@ -29,6 +29,17 @@ pub enum WindowColumn {
     End(usize),
 }
 
+/// When an aggregation publishes results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Emit {
+    /// Each window once, final, when the watermark passes its end (append-only output).
+    #[default]
+    OnWindowClose,
+    /// After every input batch, the current result of every window the batch touched; each
+    /// output row replaces the earlier row with the same group key (upsert output).
+    OnUpdate,
+}
+
 /// One aggregate of a window aggregation, with its `FILTER (WHERE ...)` clause if any.
 #[derive(Debug, Clone)]
 pub struct AggregateSpec {
@@ -61,7 +72,9 @@ pub struct WindowAggregateOperator {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     group_names: Vec<String>,
     group_schema: SchemaRef,
-    window: WindowColumn,
+    /// `None` for an aggregation over the whole stream (one window that never closes).
+    window: Option<WindowColumn>,
+    emit: Emit,
     size_ns: i64,
     unit_ns: i64,
     aggregates: Vec<AggregateSpec>,
@@ -77,28 +90,39 @@ pub struct WindowAggregateOperator {
 impl WindowAggregateOperator {
     /// A window aggregation over batches of `input`.
     ///
-    /// `group_exprs` must include the window column; the output has the group columns followed
-    /// by one column per aggregate, with the types of `output`.
+    /// `group_exprs` must include the window column, if there is one; without one the
+    /// aggregation covers the whole stream and must emit on update. The output has the group
+    /// columns followed by one column per aggregate, with the types of `output`.
     pub fn try_new(
         input: &Schema,
         group_exprs: Vec<(Arc<dyn PhysicalExpr>, String)>,
-        window: WindowColumn,
+        window: Option<WindowColumn>,
         size_ns: i64,
         aggregates: Vec<AggregateSpec>,
         output: SchemaRef,
+        emit: Emit,
     ) -> Result<Self> {
-        let index = match window {
-            WindowColumn::Start(i) | WindowColumn::End(i) => i,
-        };
-        let field = input.fields().get(index).ok_or_else(|| {
-            Error::InvalidArgument(format!("no window column {index} in {input}"))
-        })?;
-        let DataType::Timestamp(unit, _) = field.data_type() else {
-            return Err(Error::InvalidArgument(format!(
-                "window column {} must be a timestamp, not {}",
-                field.name(),
-                field.data_type()
-            )));
+        let unit_ns = match window {
+            Some(WindowColumn::Start(index) | WindowColumn::End(index)) => {
+                let field = input.fields().get(index).ok_or_else(|| {
+                    Error::InvalidArgument(format!("no window column {index} in {input}"))
+                })?;
+                let DataType::Timestamp(unit, _) = field.data_type() else {
+                    return Err(Error::InvalidArgument(format!(
+                        "window column {} must be a timestamp, not {}",
+                        field.name(),
+                        field.data_type()
+                    )));
+                };
+                unit_nanos(*unit)
+            }
+            None if emit == Emit::OnWindowClose => {
+                return Err(Error::InvalidArgument(
+                    "an aggregation without a window never closes, so it must emit on update"
+                        .into(),
+                ));
+            }
+            None => 1,
         };
         let group_fields = group_exprs
             .iter()
@@ -123,8 +147,9 @@ impl WindowAggregateOperator {
             group_exprs: group_exprs.into_iter().map(|(e, _)| e).collect(),
             group_schema: Arc::new(Schema::new(group_fields)),
             window,
+            emit,
             size_ns,
-            unit_ns: unit_nanos(*unit),
+            unit_ns,
             aggregates,
             schema: output,
             windows: BTreeMap::new(),
@@ -161,11 +186,78 @@ impl WindowAggregateOperator {
         })
     }
 
-    /// Window end (ns) of every row.
+    /// Builds an output batch from group and aggregate columns, casting to the output types.
+    fn output_batch(&self, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+        let columns = columns
+            .into_iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    Ok(cast(&c, f.data_type())?)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+    }
+
+    /// In [`Emit::OnUpdate`] mode, the current rows of the windows ending at `ends`.
+    fn emit_updates(&mut self, ends: impl IntoIterator<Item = i64>) -> Result<Vec<RecordBatch>> {
+        if self.emit != Emit::OnUpdate {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for end in ends {
+            let columns = self.current_values(end)?;
+            out.push(self.output_batch(columns)?);
+        }
+        Ok(out)
+    }
+
+    /// The group keys and current aggregate values of one window, leaving its state as it was.
+    ///
+    /// DataFusion's group-by structures only hand out values by draining, so this drains and
+    /// rebuilds: group keys are re-interned in order (so group ids stay the same) and each
+    /// accumulator's intermediate state is merged into a fresh accumulator to keep and another
+    /// to evaluate. The cost is proportional to the window's groups.
+    fn current_values(&mut self, end: i64) -> Result<Vec<ArrayRef>> {
+        let mut fresh = self.new_window()?;
+        let mut evaluators = self.new_window()?.accumulators;
+        let state = self
+            .windows
+            .get_mut(&end)
+            .ok_or_else(|| Error::Internal("updated window vanished".into()))?;
+        let keys = state.groups.emit(EmitTo::All)?;
+        let n = keys.first().map_or(0, |k| k.len());
+        fresh.groups.intern(&keys, &mut self.group_ids)?;
+        if self.group_ids.iter().enumerate().any(|(i, g)| *g != i) {
+            return Err(Error::Internal(
+                "re-interned group keys changed their ids".into(),
+            ));
+        }
+        let mut columns = keys;
+        for ((acc, kept), eval) in state
+            .accumulators
+            .iter_mut()
+            .zip(fresh.accumulators.iter_mut())
+            .zip(evaluators.iter_mut())
+        {
+            let partial = acc.state(EmitTo::All)?;
+            kept.merge_batch(&partial, &self.group_ids, n)?;
+            eval.merge_batch(&partial, &self.group_ids, n)?;
+            columns.push(eval.evaluate(EmitTo::All)?);
+        }
+        *state = fresh;
+        Ok(columns)
+    }
+
+    /// Window end (ns) of every row; `i64::MAX` (never closes) without a window.
     fn window_ends(&self, batch: &RecordBatch) -> Result<Int64Array> {
         let (index, offset) = match self.window {
-            WindowColumn::Start(i) => (i, self.size_ns),
-            WindowColumn::End(i) => (i, 0),
+            Some(WindowColumn::Start(i)) => (i, self.size_ns),
+            Some(WindowColumn::End(i)) => (i, 0),
+            None => return Ok(Int64Array::from_value(i64::MAX, batch.num_rows())),
         };
         let raw = cast(batch.column(index), &DataType::Int64)?;
         let unit = self.unit_ns;
@@ -239,9 +331,8 @@ impl Operator for WindowAggregateOperator {
         let single =
             ends.null_count() == 0 && first > closed_up_to && values.iter().all(|&e| e == first);
         if single {
-            return self
-                .update_window(first, &groups, &args, &filters)
-                .map(|()| Vec::new());
+            self.update_window(first, &groups, &args, &filters)?;
+            return self.emit_updates([first]);
         }
         // Rows of several windows (or late rows): route each window's rows separately.
         let mut buckets: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
@@ -255,10 +346,14 @@ impl Operator for WindowAggregateOperator {
         }
         if !late.is_empty() {
             self.late_rows += late.len() as u64;
-            tracing::debug!(late = late.len(), "events arrived after their window closed");
+            tracing::debug!(
+                late = late.len(),
+                "events arrived after their window closed"
+            );
             self.late
                 .push(take_record_batch(&batch, &UInt32Array::from(late))?);
         }
+        let touched: Vec<i64> = buckets.keys().copied().collect();
         for (end, rows) in buckets {
             let idx = UInt32Array::from(rows);
             let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
@@ -280,7 +375,7 @@ impl Operator for WindowAggregateOperator {
                 .collect::<Result<Vec<_>>>()?;
             self.update_window(end, &g, &a, &f)?;
         }
-        Ok(Vec::new())
+        self.emit_updates(touched)
     }
 
     fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
@@ -290,24 +385,16 @@ impl Operator for WindowAggregateOperator {
         let open = self.windows.split_off(&wm.saturating_add(1));
         let closed = std::mem::replace(&mut self.windows, open);
         let mut out = Vec::with_capacity(closed.len());
-        for (_, mut state) in closed {
-            let mut columns = state.groups.emit(EmitTo::All)?;
-            for acc in &mut state.accumulators {
-                columns.push(acc.evaluate(EmitTo::All)?);
+        if self.emit == Emit::OnWindowClose {
+            for (_, mut state) in closed {
+                let mut columns = state.groups.emit(EmitTo::All)?;
+                for acc in &mut state.accumulators {
+                    columns.push(acc.evaluate(EmitTo::All)?);
+                }
+                out.push(self.output_batch(columns)?);
             }
-            let columns = columns
-                .into_iter()
-                .zip(self.schema.fields())
-                .map(|(c, f)| {
-                    if c.data_type() == f.data_type() {
-                        Ok(c)
-                    } else {
-                        Ok(cast(&c, f.data_type())?)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
         }
+        // On update, a closed window's final values were emitted with its last update.
         Ok(out)
     }
 
@@ -325,12 +412,23 @@ impl Operator for WindowAggregateOperator {
             .iter()
             .map(|a| a.expr.name().to_string())
             .collect();
-        format!(
-            "WindowAggregate: state_key=[window, {}] aggregates=[{}] window_size={} emit=on window close",
-            self.group_names.join(", "),
-            aggs.join(", "),
-            format_duration_ns(self.size_ns)
-        )
+        let emit = match self.emit {
+            Emit::OnWindowClose => "on window close",
+            Emit::OnUpdate => "on update",
+        };
+        match self.window {
+            Some(_) => format!(
+                "WindowAggregate: state_key=[window, {}] aggregates=[{}] window_size={} emit={emit}",
+                self.group_names.join(", "),
+                aggs.join(", "),
+                format_duration_ns(self.size_ns)
+            ),
+            None => format!(
+                "UpdatingAggregate: state_key=[{}] aggregates=[{}] emit={emit}",
+                self.group_names.join(", "),
+                aggs.join(", ")
+            ),
+        }
     }
 }
 
@@ -377,7 +475,7 @@ mod tests {
     }
 
     /// COUNT(*) and SUM(v) per (window_start, k) over 10-second windows.
-    fn operator() -> WindowAggregateOperator {
+    fn operator(emit: Emit) -> WindowAggregateOperator {
         let schema = input();
         let count = AggregateExprBuilder::new(count_udaf(), vec![lit(1i64)])
             .schema(Arc::clone(&schema))
@@ -408,7 +506,7 @@ mod tests {
                 ),
                 (Arc::new(Column::new("k", 1)), "k".into()),
             ],
-            WindowColumn::Start(0),
+            Some(WindowColumn::Start(0)),
             10_000_000_000,
             vec![
                 AggregateSpec {
@@ -421,6 +519,7 @@ mod tests {
                 },
             ],
             output,
+            emit,
         )
         .expect("operator")
     }
@@ -445,7 +544,7 @@ mod tests {
 
     #[test]
     fn emits_each_window_once_when_the_watermark_passes_its_end() {
-        let mut op = operator();
+        let mut op = operator(Emit::OnWindowClose);
         assert!(
             op.process_batch(batch(&[(0, 1, 5), (0, 2, 7), (10, 1, 1)]))
                 .expect("p")
@@ -474,5 +573,27 @@ mod tests {
         let out = op.on_watermark(25 * S).expect("wm");
         assert_eq!(rows(&out), vec![(10, 1, 2, 3)]);
         assert_eq!(op.open_windows(), 0);
+    }
+
+    #[test]
+    fn on_update_emits_current_values_and_keeps_state() {
+        let mut op = operator(Emit::OnUpdate);
+        let out = op
+            .process_batch(batch(&[(0, 1, 5), (0, 2, 7), (10, 1, 1)]))
+            .expect("p");
+        assert_eq!(rows(&out), vec![(0, 1, 1, 5), (0, 2, 1, 7), (10, 1, 1, 1)]);
+        let out = op.process_batch(batch(&[(0, 1, 3)])).expect("p");
+        assert_eq!(
+            rows(&out),
+            vec![(0, 1, 2, 8), (0, 2, 1, 7)],
+            "the touched window, all groups"
+        );
+        let out = op.process_batch(batch(&[(0, 1, 1), (0, 3, 2)])).expect("p");
+        assert_eq!(rows(&out), vec![(0, 1, 3, 9), (0, 2, 1, 7), (0, 3, 1, 2)]);
+        assert!(
+            op.on_watermark(10 * S).expect("wm").is_empty(),
+            "final values already out"
+        );
+        assert_eq!(op.open_windows(), 1, "closed windows are freed");
     }
 }
