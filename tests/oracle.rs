@@ -89,13 +89,21 @@ async fn check(
     partitions: u32,
     window: String,
     view_first: bool,
+    lateness: bool,
 ) {
+    // With allowed lateness, the watermark delay covers half the disorder and the lateness the
+    // rest: nothing is late, and windows closed early are corrected in place.
+    let (delay_ms, lateness_ms) = if lateness {
+        (disorder_ms / 2, disorder_ms - disorder_ms / 2)
+    } else {
+        (disorder_ms, 0)
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(dir.path()).await.expect("open");
     let s = Session::new(db.clone());
     let create = format!(
         "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, \
-         WATERMARK FOR ts AS ts - INTERVAL '{disorder_ms} milliseconds') \
+         WATERMARK FOR ts AS ts - INTERVAL '{delay_ms} milliseconds') \
          WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
     );
     let query = format!(
@@ -107,7 +115,13 @@ async fn check(
     for r in s.execute(&create).await {
         r.expect("create stream");
     }
-    let create_view = format!("CREATE MATERIALIZED VIEW v AS {query}");
+    let create_view = if lateness {
+        format!(
+            "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '{lateness_ms} milliseconds') AS {query}"
+        )
+    } else {
+        format!("CREATE MATERIALIZED VIEW v AS {query}")
+    };
     if view_first {
         for r in s.execute(&create_view).await {
             r.expect("create view");
@@ -196,9 +210,10 @@ proptest! {
         cuts in prop::collection::vec(0usize..120, 0..8),
         partitions in 1u32..5,
         window in window(),
+        lateness in any::<bool>(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check(events, disorder, cuts, partitions, window, true));
+        rt.block_on(check(events, disorder, cuts, partitions, window, true, lateness));
     }
 
     /// The replay path: events are in the log (over several partitions) before the view starts.
@@ -210,7 +225,7 @@ proptest! {
         window in window(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check(events, disorder, cuts, partitions, window, false));
+        rt.block_on(check(events, disorder, cuts, partitions, window, false, false));
     }
 }
 

@@ -105,6 +105,9 @@ pub struct ViewDef {
     /// `EMIT ON UPDATE` was given: results as they change rather than per closed window.
     #[serde(default)]
     pub emit_on_update: bool,
+    /// `WITH (allowed_lateness = ...)`: how long after its end a window still takes late events.
+    #[serde(default)]
+    pub allowed_lateness_ns: i64,
 }
 
 /// Everything the catalog holds.

@@ -87,6 +87,15 @@ pub(crate) fn humanize_ns(ns: i64) -> String {
     }
 }
 
+/// How a view publishes results, from its EMIT clause and WITH options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewOptions {
+    /// The explicit `EMIT ON ...` clause.
+    pub emit: Option<EmitMode>,
+    /// How long after its end a window still takes late events, in nanoseconds.
+    pub allowed_lateness_ns: i64,
+}
+
 /// Plans and compiles the query of a view from its catalog definition.
 pub async fn compile_view(db: &Database, def: &ViewDef) -> Result<CompiledView> {
     let stmts = parse(&def.query)?;
@@ -98,21 +107,30 @@ pub async fn compile_view(db: &Database, def: &ViewDef) -> Result<CompiledView> 
     };
     let ctx = crate::session::new_context(db);
     let state = ctx.state();
-    let emit = def.emit_on_update.then_some(EmitMode::OnUpdate);
-    compile_query_statement(&state, stmt.as_ref().clone(), emit).await
+    let options = ViewOptions {
+        emit: def.emit_on_update.then_some(EmitMode::OnUpdate),
+        allowed_lateness_ns: def.allowed_lateness_ns,
+    };
+    compile_query_statement(&state, stmt.as_ref().clone(), options).await
 }
 
-/// Plans and compiles a SELECT statement; `emit` is the view's explicit EMIT clause.
+/// Plans and compiles a SELECT statement with the view's options.
 pub(crate) async fn compile_query_statement(
     state: &SessionState,
     stmt: datafusion::sql::sqlparser::ast::Statement,
-    emit: Option<EmitMode>,
+    options: ViewOptions,
 ) -> Result<CompiledView> {
     let plan = state
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
     let plan = state.optimize(&plan)?;
-    let built = build(&plan, state, emit)?;
+    let built = build(&plan, state, options)?;
+    if options.allowed_lateness_ns > 0 && built.window_ns.is_none() {
+        return Err(Error::NotSupported(
+            "allowed_lateness applies to windowed aggregates (TUMBLE or HOP with GROUP BY window_start)"
+                .into(),
+        ));
+    }
     let source = built
         .source
         .ok_or_else(|| Error::NotSupported("a materialized view must read a stream".into()))?;
@@ -161,7 +179,8 @@ fn unsupported(what: &str) -> Error {
     Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
 }
 
-fn build(plan: &LogicalPlan, state: &SessionState, emit: Option<EmitMode>) -> Result<Built> {
+fn build(plan: &LogicalPlan, state: &SessionState, options: ViewOptions) -> Result<Built> {
+    let emit = options.emit;
     match plan {
         LogicalPlan::TableScan(scan) => {
             let provider = source_as_provider(&scan.source)?;
@@ -219,9 +238,9 @@ fn build(plan: &LogicalPlan, state: &SessionState, emit: Option<EmitMode>) -> Re
             }
             Ok(built)
         }
-        LogicalPlan::SubqueryAlias(a) => build(&a.input, state, emit),
+        LogicalPlan::SubqueryAlias(a) => build(&a.input, state, options),
         LogicalPlan::Filter(f) => {
-            let mut built = build(&f.input, state, emit)?;
+            let mut built = build(&f.input, state, options)?;
             if built.key.is_some() {
                 return Err(Error::NotSupported(
                     "HAVING (or WHERE over an aggregate) is not supported yet for results that \
@@ -238,7 +257,7 @@ fn build(plan: &LogicalPlan, state: &SessionState, emit: Option<EmitMode>) -> Re
             Ok(built)
         }
         LogicalPlan::Projection(p) => {
-            let mut built = build(&p.input, state, emit)?;
+            let mut built = build(&p.input, state, options)?;
             if let Some(key) = &built.key {
                 let input = p.input.schema();
                 let position = |k: usize| {
@@ -277,7 +296,7 @@ fn build(plan: &LogicalPlan, state: &SessionState, emit: Option<EmitMode>) -> Re
             Ok(built)
         }
         LogicalPlan::Aggregate(agg) => {
-            let mut built = build(&agg.input, state, emit)?;
+            let mut built = build(&agg.input, state, options)?;
             if built.aggregated {
                 return Err(unsupported("an aggregate over an aggregate"));
             }
@@ -359,21 +378,28 @@ fn build(plan: &LogicalPlan, state: &SessionState, emit: Option<EmitMode>) -> Re
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            built
-                .operators
-                .push(Box::new(WindowAggregateOperator::try_new(
-                    &input_arrow,
-                    groups,
-                    window,
-                    size_ns,
-                    aggregates,
-                    arrow_schema(plan),
-                    mode,
-                )?));
-            built.aggregated = true;
-            if mode == Emit::OnUpdate {
+            let mut operator = WindowAggregateOperator::try_new(
+                &input_arrow,
+                groups,
+                window,
+                size_ns,
+                aggregates,
+                arrow_schema(plan),
+                mode,
+            )?;
+            if window.is_some() {
+                operator = operator.with_allowed_lateness(options.allowed_lateness_ns);
+            } else if options.allowed_lateness_ns > 0 {
+                return Err(Error::NotSupported(
+                    "allowed_lateness applies to windowed aggregates (GROUP BY window_start)"
+                        .into(),
+                ));
+            }
+            if operator.upserts() {
                 built.key = Some((0..agg.group_expr.len()).collect());
             }
+            built.operators.push(Box::new(operator));
+            built.aggregated = true;
             Ok(built)
         }
         LogicalPlan::Sort(_) => Err(Error::NotSupported(

@@ -14,7 +14,8 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr as SqlExpr, ObjectType, Statement, TableObject,
+    BinaryOperator, CreateTableOptions, Expr as SqlExpr, ObjectType, SqlOption, Statement,
+    TableObject, Value,
 };
 use futures::TryStreamExt;
 use weir_engine::log::supports_key_type;
@@ -22,7 +23,7 @@ use weir_engine::log::supports_key_type;
 use crate::catalog::{ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, ViewDef, WatermarkDef};
 use crate::database::Database;
 use crate::parser::{CreateStream, EmitMode, WeirStatement, normalize, object_name, parse};
-use crate::planner::{compile_query_statement, humanize_ns};
+use crate::planner::{ViewOptions, compile_query_statement, humanize_ns};
 use crate::tables::{
     LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction,
     interval_ns,
@@ -361,13 +362,15 @@ impl Session {
                     return Err(Error::DuplicateRelation(name));
                 }
                 let query = cv.query.to_string();
+                let options = self.view_options(&cv.options, emit).await?;
                 let compiled =
-                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), emit)
+                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), options)
                         .await?;
                 let def = ViewDef {
                     name,
                     query,
                     emit_on_update: emit == Some(EmitMode::OnUpdate),
+                    allowed_lateness_ns: options.allowed_lateness_ns,
                 };
                 self.blocking(move |db| db.create_view(def, compiled))
                     .await?;
@@ -407,8 +410,9 @@ impl Session {
                     ));
                 };
                 let name = object_name(&cv.name)?;
+                let options = self.view_options(&cv.options, emit).await?;
                 let compiled =
-                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), emit)
+                    compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), options)
                         .await?;
                 let lines = compiled.explain(&name);
                 let schema = explain_schema();
@@ -587,6 +591,78 @@ impl Session {
             }
         }
         Ok(def)
+    }
+
+    /// The `WITH (...)` options of CREATE MATERIALIZED VIEW.
+    async fn view_options(
+        &self,
+        options: &CreateTableOptions,
+        emit: Option<EmitMode>,
+    ) -> Result<ViewOptions> {
+        let mut out = ViewOptions {
+            emit,
+            allowed_lateness_ns: 0,
+        };
+        let list = match options {
+            CreateTableOptions::None => return Ok(out),
+            CreateTableOptions::With(l)
+            | CreateTableOptions::Options(l)
+            | CreateTableOptions::Plain(l)
+            | CreateTableOptions::TableProperties(l) => l,
+        };
+        for option in list {
+            let SqlOption::KeyValue { key, value } = option else {
+                return Err(Error::Syntax(format!(
+                    "expected name = value, not {option}"
+                )));
+            };
+            match normalize(key).as_str() {
+                "allowed_lateness" => {
+                    let text = match value {
+                        SqlExpr::Value(v) => match &v.value {
+                            Value::SingleQuotedString(s) => {
+                                format!("INTERVAL '{}'", s.replace('\'', "''"))
+                            }
+                            other => other.to_string(),
+                        },
+                        other => other.to_string(),
+                    };
+                    out.allowed_lateness_ns = self
+                        .interval_of(&text)
+                        .await
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| Error::WrongObject {
+                            sqlstate: "22023",
+                            message: format!(
+                                "allowed_lateness must be a fixed, non-negative interval such as '10 seconds', not {value}"
+                            ),
+                        })?;
+                }
+                other => {
+                    return Err(Error::WrongObject {
+                        sqlstate: "22023",
+                        message: format!(
+                            "unknown materialized view option {other}; known: allowed_lateness"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The length in nanoseconds of an interval expression, if it is one of fixed length.
+    async fn interval_of(&self, sql: &str) -> Option<i64> {
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(&format!("SELECT {sql}"))
+            .await
+            .ok()?;
+        let LogicalPlan::Projection(p) = &plan else {
+            return None;
+        };
+        p.expr.first().and_then(interval_ns)
     }
 
     /// The delay of `WATERMARK FOR col AS col - INTERVAL '...'` (or `AS col`: no delay).

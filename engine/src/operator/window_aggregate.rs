@@ -82,12 +82,27 @@ pub struct WindowAggregateOperator {
     /// Open windows by end time (ns), so that closing is a range split.
     windows: BTreeMap<i64, WindowState>,
     watermark: Option<i64>,
+    /// How long after its end a window still takes late events (and re-emits its result).
+    lateness_ns: i64,
     late_rows: u64,
     late: Vec<RecordBatch>,
     group_ids: Vec<usize>,
 }
 
 impl WindowAggregateOperator {
+    /// Keeps each window's state for `lateness_ns` after the watermark passes its end: events
+    /// arriving in that time update the window and its result is emitted again, replacing the
+    /// earlier one (so the output becomes upserts by group key).
+    pub fn with_allowed_lateness(mut self, lateness_ns: i64) -> Self {
+        self.lateness_ns = lateness_ns.max(0);
+        self
+    }
+
+    /// Whether output rows replace earlier rows with the same group key (rather than append).
+    pub fn upserts(&self) -> bool {
+        self.emit == Emit::OnUpdate || self.lateness_ns > 0
+    }
+
     /// A window aggregation over batches of `input`.
     ///
     /// `group_exprs` must include the window column, if there is one; without one the
@@ -154,6 +169,7 @@ impl WindowAggregateOperator {
             schema: output,
             windows: BTreeMap::new(),
             watermark: None,
+            lateness_ns: 0,
             late_rows: 0,
             late: Vec::new(),
             group_ids: Vec::new(),
@@ -202,13 +218,15 @@ impl WindowAggregateOperator {
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
-    /// In [`Emit::OnUpdate`] mode, the current rows of the windows ending at `ends`.
+    /// The current rows of the windows ending at `ends` that were just updated: all of them in
+    /// [`Emit::OnUpdate`] mode, else those already emitted once (late corrections).
     fn emit_updates(&mut self, ends: impl IntoIterator<Item = i64>) -> Result<Vec<RecordBatch>> {
-        if self.emit != Emit::OnUpdate {
-            return Ok(Vec::new());
-        }
+        let closed_up_to = self.watermark.unwrap_or(i64::MIN);
         let mut out = Vec::new();
         for end in ends {
+            if self.emit == Emit::OnWindowClose && end > closed_up_to {
+                continue;
+            }
             let columns = self.current_values(end)?;
             out.push(self.output_batch(columns)?);
         }
@@ -325,7 +343,10 @@ impl Operator for WindowAggregateOperator {
                 None => None,
             });
         }
-        let closed_up_to = self.watermark.unwrap_or(i64::MIN);
+        // Windows past their allowed lateness have no state any more: their rows are late.
+        let closed_up_to = self
+            .watermark
+            .map_or(i64::MIN, |w| w.saturating_sub(self.lateness_ns));
         let values = ends.values();
         let first = values[0];
         let single =
@@ -379,14 +400,32 @@ impl Operator for WindowAggregateOperator {
     }
 
     fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
-        let wm = self.watermark.map_or(watermark_ns, |w| w.max(watermark_ns));
+        let previous = self.watermark.unwrap_or(i64::MIN);
+        let wm = previous.max(watermark_ns);
         self.watermark = Some(wm);
-        // Windows with end <= watermark are complete.
-        let open = self.windows.split_off(&wm.saturating_add(1));
-        let closed = std::mem::replace(&mut self.windows, open);
-        let mut out = Vec::with_capacity(closed.len());
+        let mut out = Vec::new();
+        let expire = wm.saturating_sub(self.lateness_ns);
+        if self.emit == Emit::OnWindowClose && self.lateness_ns > 0 {
+            // Newly closed windows that stay open for late events: emit, keep the state.
+            let retained: Vec<i64> = self
+                .windows
+                .range(previous.saturating_add(1)..=wm)
+                .map(|(end, _)| *end)
+                .filter(|end| *end > expire)
+                .collect();
+            for end in retained {
+                let columns = self.current_values(end)?;
+                out.push(self.output_batch(columns)?);
+            }
+        }
+        // Windows past their allowed lateness are final: emit those not emitted yet, free all.
+        let kept = self.windows.split_off(&expire.saturating_add(1));
+        let expired = std::mem::replace(&mut self.windows, kept);
         if self.emit == Emit::OnWindowClose {
-            for (_, mut state) in closed {
+            for (end, mut state) in expired {
+                if end <= previous {
+                    continue;
+                }
                 let mut columns = state.groups.emit(EmitTo::All)?;
                 for acc in &mut state.accumulators {
                     columns.push(acc.evaluate(EmitTo::All)?);
@@ -394,7 +433,7 @@ impl Operator for WindowAggregateOperator {
                 out.push(self.output_batch(columns)?);
             }
         }
-        // On update, a closed window's final values were emitted with its last update.
+        // On update, a window's final values went out with its last update.
         Ok(out)
     }
 
@@ -416,9 +455,14 @@ impl Operator for WindowAggregateOperator {
             Emit::OnWindowClose => "on window close",
             Emit::OnUpdate => "on update",
         };
+        let lateness = if self.lateness_ns > 0 {
+            format!(" allowed_lateness={}", format_duration_ns(self.lateness_ns))
+        } else {
+            String::new()
+        };
         match self.window {
             Some(_) => format!(
-                "WindowAggregate: state_key=[window, {}] aggregates=[{}] window_size={} emit={emit}",
+                "WindowAggregate: state_key=[window, {}] aggregates=[{}] window_size={} emit={emit}{lateness}",
                 self.group_names.join(", "),
                 aggs.join(", "),
                 format_duration_ns(self.size_ns)
@@ -595,5 +639,39 @@ mod tests {
             "final values already out"
         );
         assert_eq!(op.open_windows(), 1, "closed windows are freed");
+    }
+
+    #[test]
+    fn allowed_lateness_reemits_corrected_windows_then_frees_them() {
+        let mut op = operator(Emit::OnWindowClose).with_allowed_lateness(5 * S);
+        assert!(op.upserts());
+        assert!(op.process_batch(batch(&[(0, 1, 5)])).expect("p").is_empty());
+        let out = op.on_watermark(10 * S).expect("wm");
+        assert_eq!(
+            rows(&out),
+            vec![(0, 1, 1, 5)],
+            "emitted when the watermark passes the end"
+        );
+        // Within the allowed lateness: the window is corrected and emitted again.
+        let out = op.process_batch(batch(&[(0, 1, 2), (0, 2, 1)])).expect("p");
+        assert_eq!(rows(&out), vec![(0, 1, 2, 7), (0, 2, 1, 1)]);
+        assert_eq!(op.late_rows(), 0);
+        assert!(
+            op.on_watermark(14 * S).expect("wm").is_empty(),
+            "nothing new to emit"
+        );
+        assert_eq!(op.open_windows(), 1);
+        assert!(
+            op.on_watermark(15 * S).expect("wm").is_empty(),
+            "already emitted: just freed"
+        );
+        assert_eq!(op.open_windows(), 0);
+        // Past the allowed lateness the event is late.
+        assert!(
+            op.process_batch(batch(&[(0, 1, 100)]))
+                .expect("p")
+                .is_empty()
+        );
+        assert_eq!(op.late_rows(), 1);
     }
 }
