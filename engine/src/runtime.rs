@@ -157,6 +157,15 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
         let mut progressed = false;
         for (p, partition) in partitions.iter().enumerate() {
             for (offset, batch) in partition.read(offsets[p], ROWS_PER_ROUND)? {
+                if offset > offsets[p] {
+                    // Retention removed rows this query had not read yet.
+                    tracing::warn!(
+                        query = %spec.name,
+                        partition = p,
+                        skipped = offset - offsets[p],
+                        "rows were deleted by retention before the query read them"
+                    );
+                }
                 offsets[p] = offset + batch.num_rows() as u64;
                 progressed = true;
                 if let Some(t) = spec.event_time {

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod database;
 pub mod error;
+pub mod functions;
 pub mod parser;
 pub mod planner;
 pub mod session;

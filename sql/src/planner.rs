@@ -369,7 +369,9 @@ fn build(plan: &LogicalPlan, state: &SessionState, options: ViewOptions) -> Resu
                     )
                     .with_name(name)
                     .build()?;
-                    if !lowered.order_bys.is_empty() {
+                    if !lowered.order_bys.is_empty()
+                        && !lowered.aggregate.fun().supports_within_group_clause()
+                    {
                         return Err(unsupported("ORDER BY inside an aggregate"));
                     }
                     Ok(AggregateSpec {

@@ -10,7 +10,7 @@ use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
@@ -22,6 +22,7 @@ use weir_engine::log::supports_key_type;
 
 use crate::catalog::{ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, ViewDef, WatermarkDef};
 use crate::database::Database;
+use crate::functions::ModFunction;
 use crate::parser::{CreateStream, EmitMode, WeirStatement, normalize, object_name, parse};
 use crate::planner::{ViewOptions, compile_query_statement, humanize_ns};
 use crate::tables::{
@@ -159,6 +160,7 @@ pub(crate) fn new_context(db: &Database) -> SessionContext {
     ctx.register_catalog(CATALOG, Arc::new(catalog));
     ctx.register_udtf("tumble", Arc::new(WindowFunction::tumble(db.clone())));
     ctx.register_udtf("hop", Arc::new(WindowFunction::hop(db.clone())));
+    ctx.register_udf(ScalarUDF::from(ModFunction::new()));
     ctx
 }
 

@@ -151,13 +151,18 @@ impl WindowAggregateOperator {
                 aggregates.len()
             )));
         }
-        if aggregates.iter().any(|a| !a.expr.order_bys().is_empty()) {
+        // Ordered-set aggregates (percentiles: WITHIN GROUP (ORDER BY x)) name a column with
+        // their ORDER BY and do not depend on input order; other ordered aggregates do.
+        if aggregates
+            .iter()
+            .any(|a| !a.expr.order_bys().is_empty() && !a.expr.fun().supports_within_group_clause())
+        {
             return Err(Error::InvalidArgument(
                 "ordered aggregates (ORDER BY inside an aggregate) are not supported in windows yet"
                     .into(),
             ));
         }
-        Ok(Self {
+        let operator = Self {
             group_names: group_exprs.iter().map(|(_, n)| n.clone()).collect(),
             group_exprs: group_exprs.into_iter().map(|(e, _)| e).collect(),
             group_schema: Arc::new(Schema::new(group_fields)),
@@ -173,7 +178,16 @@ impl WindowAggregateOperator {
             late_rows: 0,
             late: Vec::new(),
             group_ids: Vec::new(),
-        })
+        };
+        // Accumulators are created per window as windows open; create one set now so that an
+        // aggregate that cannot run on these types fails here, at CREATE time, not later.
+        operator.new_window()?;
+        for a in &operator.aggregates {
+            if !a.expr.groups_accumulator_supported() {
+                a.expr.create_accumulator()?;
+            }
+        }
+        Ok(operator)
     }
 
     /// Number of windows currently open.
