@@ -64,6 +64,22 @@ fn insert_sql(events: &[Event]) -> String {
     format!("INSERT INTO events VALUES {}", values.join(", "))
 }
 
+/// INSERTs `events` in one statement per stretch between the `cuts`.
+async fn insert_in_batches(s: &Session, events: &[Event], mut cuts: Vec<usize>) {
+    let mut start = 0;
+    cuts.push(events.len());
+    cuts.sort_unstable();
+    for cut in cuts {
+        let cut = cut.min(events.len());
+        if cut > start {
+            for r in s.execute(&insert_sql(&events[start..cut])).await {
+                r.expect("insert");
+            }
+            start = cut;
+        }
+    }
+}
+
 /// A partition that has never had data does not hold the watermark back, so its first events
 /// could already be late when they arrive after another partition's. Give every key one event at
 /// the earliest time first, as a live stream would have had.
@@ -130,19 +146,7 @@ async fn check(
     if view_first && partitions > 1 {
         seed(&s, &events).await;
     }
-    let mut start = 0;
-    let mut cuts = cuts;
-    cuts.push(events.len());
-    cuts.sort_unstable();
-    for cut in cuts {
-        let cut = cut.min(events.len());
-        if cut > start {
-            for r in s.execute(&insert_sql(&events[start..cut])).await {
-                r.expect("insert");
-            }
-            start = cut;
-        }
-    }
+    insert_in_batches(&s, &events, cuts).await;
     if !view_first {
         for r in s.execute(&create_view).await {
             r.expect("create view");
@@ -256,19 +260,7 @@ async fn check_updating(events: Vec<Event>, cuts: Vec<usize>, partitions: u32, q
     if partitions > 1 {
         seed(&s, &events).await;
     }
-    let mut start = 0;
-    let mut cuts = cuts;
-    cuts.push(events.len());
-    cuts.sort_unstable();
-    for cut in cuts {
-        let cut = cut.min(events.len());
-        if cut > start {
-            for r in s.execute(&insert_sql(&events[start..cut])).await {
-                r.expect("insert");
-            }
-            start = cut;
-        }
-    }
+    insert_in_batches(&s, &events, cuts).await;
     let view = text_rows(&s, "SELECT * FROM v").await;
     let batch = text_rows(&s, &query).await;
     assert!(

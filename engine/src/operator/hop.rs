@@ -4,12 +4,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, Int64Array};
 use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use super::Operator;
-use super::tumble::format_duration_ns;
-use crate::watermark::unit_nanos;
+use super::tumble::{format_duration_ns, windowed_schema};
 use crate::{Error, Result};
 
 /// The HOP window assigner: windows of `size` starting every `slide`, aligned to the epoch, so
@@ -29,17 +28,7 @@ pub struct HopOperator {
 impl HopOperator {
     /// Windows of `size_ns` every `slide_ns` over timestamp column `time_index` of `input`.
     pub fn try_new(input: &Schema, time_index: usize, slide_ns: i64, size_ns: i64) -> Result<Self> {
-        let field = input.fields().get(time_index).ok_or_else(|| {
-            Error::InvalidArgument(format!("no column {time_index} for the window time"))
-        })?;
-        let DataType::Timestamp(unit, _) = field.data_type() else {
-            return Err(Error::InvalidArgument(format!(
-                "a window needs a timestamp column; {} is {}",
-                field.name(),
-                field.data_type()
-            )));
-        };
-        let unit = unit_nanos(*unit);
+        let (schema, time_type, unit) = windowed_schema(input, time_index)?;
         if slide_ns <= 0 || size_ns <= 0 || slide_ns % unit != 0 || size_ns % unit != 0 {
             return Err(Error::InvalidArgument(
                 "HOP's slide and size must be positive and whole numbers of the time column's unit"
@@ -52,26 +41,14 @@ impl HopOperator {
                 size_ns / slide_ns
             )));
         }
-        let mut fields: Vec<_> = input.fields().iter().cloned().collect();
-        let nullable = field.is_nullable();
-        fields.push(Arc::new(Field::new(
-            "window_start",
-            field.data_type().clone(),
-            nullable,
-        )));
-        fields.push(Arc::new(Field::new(
-            "window_end",
-            field.data_type().clone(),
-            nullable,
-        )));
         Ok(Self {
             time_index,
             slide: slide_ns / unit,
             size: size_ns / unit,
             slide_ns,
             size_ns,
-            time_type: field.data_type().clone(),
-            schema: Arc::new(Schema::new(fields)),
+            time_type,
+            schema,
         })
     }
 }
@@ -136,7 +113,7 @@ impl Operator for HopOperator {
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::array::TimestampSecondArray;
-    use datafusion::arrow::datatypes::TimeUnit;
+    use datafusion::arrow::datatypes::{Field, TimeUnit};
 
     use super::*;
 

@@ -25,41 +25,19 @@ pub struct TumbleOperator {
 impl TumbleOperator {
     /// Windows of `size_ns` nanoseconds over timestamp column `time_index` of `input`.
     pub fn try_new(input: &Schema, time_index: usize, size_ns: i64) -> Result<Self> {
-        let field = input.fields().get(time_index).ok_or_else(|| {
-            Error::InvalidArgument(format!("no column {time_index} for the window time"))
-        })?;
-        let DataType::Timestamp(unit, _) = field.data_type() else {
-            return Err(Error::InvalidArgument(format!(
-                "a window needs a timestamp column; {} is {}",
-                field.name(),
-                field.data_type()
-            )));
-        };
-        let unit = unit_nanos(*unit);
+        let (schema, time_type, unit) = windowed_schema(input, time_index)?;
         if size_ns <= 0 || size_ns % unit != 0 {
             return Err(Error::InvalidArgument(format!(
                 "a window size must be positive and a whole number of the time column's unit, \
                  not {size_ns} ns"
             )));
         }
-        let mut fields: Vec<_> = input.fields().iter().cloned().collect();
-        let nullable = field.is_nullable();
-        fields.push(Arc::new(Field::new(
-            "window_start",
-            field.data_type().clone(),
-            nullable,
-        )));
-        fields.push(Arc::new(Field::new(
-            "window_end",
-            field.data_type().clone(),
-            nullable,
-        )));
         Ok(Self {
             time_index,
             size: size_ns / unit,
             size_ns,
-            time_type: field.data_type().clone(),
-            schema: Arc::new(Schema::new(fields)),
+            time_type,
+            schema,
         })
     }
 
@@ -103,6 +81,38 @@ impl Operator for TumbleOperator {
             format_duration_ns(self.size_ns)
         )
     }
+}
+
+/// The schema a window assigner outputs: `input` plus `window_start` and `window_end` of the
+/// time column's type; also that type and its unit in nanoseconds.
+pub(crate) fn windowed_schema(
+    input: &Schema,
+    time_index: usize,
+) -> Result<(SchemaRef, DataType, i64)> {
+    let field = input.fields().get(time_index).ok_or_else(|| {
+        Error::InvalidArgument(format!("no column {time_index} for the window time"))
+    })?;
+    let DataType::Timestamp(unit, _) = field.data_type() else {
+        return Err(Error::InvalidArgument(format!(
+            "a window needs a timestamp column; {} is {}",
+            field.name(),
+            field.data_type()
+        )));
+    };
+    let time_type = field.data_type().clone();
+    let nullable = field.is_nullable();
+    let mut fields: Vec<_> = input.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(
+        "window_start",
+        time_type.clone(),
+        nullable,
+    )));
+    fields.push(Arc::new(Field::new(
+        "window_end",
+        time_type.clone(),
+        nullable,
+    )));
+    Ok((Arc::new(Schema::new(fields)), time_type, unit_nanos(*unit)))
 }
 
 /// A duration for humans: `1m`, `10s`, `250ms`.
