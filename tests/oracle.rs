@@ -314,3 +314,99 @@ proptest! {
         rt.block_on(check_updating(events, cuts, partitions, query));
     }
 }
+
+/// SESSION windows against a batch query that numbers sessions with window functions.
+async fn check_sessions(
+    events: Vec<Event>,
+    disorder_ms: i64,
+    cuts: Vec<usize>,
+    partitions: u32,
+    gap_ms: i64,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).await.expect("open");
+    let s = Session::new(db.clone());
+    let create = format!(
+        "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '{disorder_ms} milliseconds') \
+         WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
+    );
+    for r in s.execute(&create).await {
+        r.expect("create stream");
+    }
+    let view = format!(
+        "CREATE MATERIALIZED VIEW v AS SELECT k, window_start, window_end, COUNT(*) AS n, \
+         SUM(v) AS total, MAX(v) AS hi FROM SESSION(events, ts, INTERVAL '{gap_ms} milliseconds') \
+         GROUP BY k, window_start, window_end"
+    );
+    for r in s.execute(&view).await {
+        r.expect("create view");
+    }
+    if partitions > 1 {
+        seed(&s, &events).await;
+    }
+    insert_in_batches(&s, &events, cuts).await;
+    let view = text_rows(&s, "SELECT * FROM v").await;
+    let watermark = text_rows(&s, "SHOW MATERIALIZED VIEWS").await;
+    let watermark = watermark[0]
+        .split('|')
+        .nth(3)
+        .expect("watermark column")
+        .to_string();
+    let closed = if watermark == "NULL" {
+        "false".to_string()
+    } else {
+        format!("window_end <= TIMESTAMP '{watermark}'")
+    };
+    let gap = format!("INTERVAL '{gap_ms} milliseconds'");
+    let batch = text_rows(
+        &s,
+        &format!(
+            "WITH marked AS (
+               SELECT k, v, ts, CASE WHEN LAG(ts) OVER (PARTITION BY k ORDER BY ts) IS NULL
+                   OR ts >= LAG(ts) OVER (PARTITION BY k ORDER BY ts) + {gap} THEN 1 ELSE 0 END AS fresh
+               FROM events),
+             numbered AS (
+               SELECT k, v, ts, SUM(fresh) OVER (PARTITION BY k ORDER BY ts, fresh DESC
+                   ROWS UNBOUNDED PRECEDING) AS sid FROM marked),
+             sessions AS (
+               SELECT k, MIN(ts) AS window_start, MAX(ts) + {gap} AS window_end, COUNT(*) AS n,
+                      SUM(v) AS total, MAX(v) AS hi
+               FROM numbered GROUP BY k, sid)
+             SELECT * FROM sessions WHERE {closed}"
+        ),
+    )
+    .await;
+    assert!(
+        view == batch,
+        "view ({} rows) differs from batch ({} rows)\nonly in view: {:?}\nonly in batch: {:?}",
+        view.len(),
+        batch.len(),
+        view.iter()
+            .filter(|r| !batch.contains(r))
+            .take(5)
+            .collect::<Vec<_>>(),
+        batch
+            .iter()
+            .filter(|r| !view.contains(r))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    db.shutdown();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Sessions per key, with disorder, batch splits and partitions, equal the batch sessions.
+    #[test]
+    fn sessions_equal_batch(
+        (events, disorder) in events(),
+        cuts in prop::collection::vec(0usize..120, 0..8),
+        partitions in 1u32..5,
+        gap_ms in prop::sample::select(vec![50i64, 200, 1000, 5000]),
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(check_sessions(events, disorder, cuts, partitions, gap_ms));
+    }
+}

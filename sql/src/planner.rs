@@ -18,15 +18,15 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::sql::parser::Statement as DfStatement;
 use weir_engine::operator::{
-    AggregateSpec, Emit, FilterOperator, Operator, ProjectionOperator, WindowAggregateOperator,
-    WindowColumn,
+    AggregateSpec, Emit, FilterOperator, Operator, ProjectionOperator, SessionAggregateOperator,
+    SessionColumn, WindowAggregateOperator, WindowColumn,
 };
 use weir_engine::pipeline::Pipeline;
 
 use crate::catalog::ViewDef;
 use crate::database::{Database, StreamEntry};
 use crate::parser::{EmitMode, WeirStatement, parse};
-use crate::tables::{StreamTable, ViewTable, WindowTable, provider_as};
+use crate::tables::{StreamTable, ViewTable, WindowSpec, WindowTable, provider_as};
 use crate::{Error, Result};
 
 /// A view's query, compiled and ready to run.
@@ -125,6 +125,12 @@ pub(crate) async fn compile_query_statement(
         .await?;
     let plan = state.optimize(&plan)?;
     let built = build(&plan, state, options)?;
+    if built.session_gap_ns.is_some() && !built.aggregated {
+        return Err(Error::NotSupported(
+            "SESSION windows need an aggregate: GROUP BY window_start, window_end and the session key"
+                .into(),
+        ));
+    }
     if options.allowed_lateness_ns > 0 && built.window_ns.is_none() {
         return Err(Error::NotSupported(
             "allowed_lateness applies to windowed aggregates (TUMBLE or HOP with GROUP BY window_start)"
@@ -166,6 +172,8 @@ struct Built {
     operators: Vec<Box<dyn Operator>>,
     /// The window size when the rows carry `window_start` / `window_end`.
     window_ns: Option<i64>,
+    /// The gap when the rows come from SESSION(...).
+    session_gap_ns: Option<i64>,
     aggregated: bool,
     /// Set once results are upserts: the output columns of the group key.
     key: Option<Vec<usize>>,
@@ -177,6 +185,95 @@ fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
 
 fn unsupported(what: &str) -> Error {
     Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
+}
+
+/// The physical aggregate expressions of an Aggregate node.
+fn aggregate_specs(
+    agg: &datafusion::logical_expr::Aggregate,
+    state: &SessionState,
+) -> Result<Vec<AggregateSpec>> {
+    let input_schema = agg.input.schema();
+    let input_arrow = arrow_schema(&agg.input);
+    agg.aggr_expr
+        .iter()
+        .map(|e| {
+            let planning = PhysicalPlanningContext::default();
+            let name = match e {
+                Expr::Alias(a) => a.name.clone(),
+                e => e.schema_name().to_string(),
+            };
+            let lowered = LoweredAggregateBuilder::new(
+                e,
+                input_schema,
+                &input_arrow,
+                state.execution_props(),
+                &planning,
+            )
+            .with_name(name)
+            .build()?;
+            if !lowered.order_bys.is_empty()
+                && !lowered.aggregate.fun().supports_within_group_clause()
+            {
+                return Err(unsupported("ORDER BY inside an aggregate"));
+            }
+            Ok(AggregateSpec {
+                expr: lowered.aggregate,
+                filter: lowered.filter,
+            })
+        })
+        .collect()
+}
+
+/// GROUP BY over SESSION(...): the group columns other than the window's are the session key.
+fn build_session_aggregate(
+    mut built: Built,
+    agg: &datafusion::logical_expr::Aggregate,
+    plan: &LogicalPlan,
+    state: &SessionState,
+    options: ViewOptions,
+    gap_ns: i64,
+) -> Result<Built> {
+    if options.emit == Some(EmitMode::OnUpdate) || options.allowed_lateness_ns > 0 {
+        return Err(unsupported(
+            "EMIT ON UPDATE or allowed_lateness with SESSION windows",
+        ));
+    }
+    let input_schema = agg.input.schema();
+    let mut keys = Vec::new();
+    let mut layout = Vec::new();
+    let mut start_index = None;
+    for e in &agg.group_expr {
+        match e {
+            Expr::Column(c) if c.name == "window_start" => {
+                start_index = Some(input_schema.index_of_column(c)?);
+                layout.push(SessionColumn::Start);
+            }
+            Expr::Column(c) if c.name == "window_end" => layout.push(SessionColumn::End),
+            e => {
+                layout.push(SessionColumn::Key(keys.len()));
+                keys.push(state.create_physical_expr(e.clone(), input_schema)?);
+            }
+        }
+    }
+    let Some(start_index) = start_index else {
+        return Err(Error::NotSupported(
+            "a SESSION window aggregate must GROUP BY window_start (and the session key)".into(),
+        ));
+    };
+    let aggregates = aggregate_specs(agg, state)?;
+    built
+        .operators
+        .push(Box::new(SessionAggregateOperator::try_new(
+            &arrow_schema(&agg.input),
+            keys,
+            layout,
+            start_index,
+            gap_ns,
+            aggregates,
+            arrow_schema(plan),
+        )?));
+    built.aggregated = true;
+    Ok(built)
 }
 
 fn build(plan: &LogicalPlan, state: &SessionState, options: ViewOptions) -> Result<Built> {
@@ -211,7 +308,10 @@ fn build(plan: &LogicalPlan, state: &SessionState, options: ViewOptions) -> Resu
                     }
                 }
                 built.operators.push(t.operator()?);
-                built.window_ns = Some(t.spec.size_ns());
+                built.window_ns = t.spec.size_ns();
+                if let WindowSpec::Session { gap_ns } = t.spec {
+                    built.session_gap_ns = Some(gap_ns);
+                }
                 built.source = Some(Arc::clone(&t.stream));
             } else if let Some(s) = provider_as::<StreamTable>(&provider) {
                 built.source = Some(s.entry());
@@ -326,6 +426,9 @@ fn build(plan: &LogicalPlan, state: &SessionState, options: ViewOptions) -> Resu
                     _ => {}
                 }
             }
+            if let Some(gap_ns) = built.session_gap_ns {
+                return build_session_aggregate(built, agg, plan, state, options, gap_ns);
+            }
             let window = window.filter(|_| built.window_ns.is_some());
             let size_ns = built.window_ns.unwrap_or(0);
             let mode = match (window, emit) {
@@ -351,35 +454,7 @@ fn build(plan: &LogicalPlan, state: &SessionState, options: ViewOptions) -> Resu
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let aggregates = agg
-                .aggr_expr
-                .iter()
-                .map(|e| {
-                    let planning = PhysicalPlanningContext::default();
-                    let name = match e {
-                        Expr::Alias(a) => a.name.clone(),
-                        e => e.schema_name().to_string(),
-                    };
-                    let lowered = LoweredAggregateBuilder::new(
-                        e,
-                        input_schema,
-                        &input_arrow,
-                        state.execution_props(),
-                        &planning,
-                    )
-                    .with_name(name)
-                    .build()?;
-                    if !lowered.order_bys.is_empty()
-                        && !lowered.aggregate.fun().supports_within_group_clause()
-                    {
-                        return Err(unsupported("ORDER BY inside an aggregate"));
-                    }
-                    Ok(AggregateSpec {
-                        expr: lowered.aggregate,
-                        filter: lowered.filter,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let aggregates = aggregate_specs(agg, state)?;
             let mut operator = WindowAggregateOperator::try_new(
                 &input_arrow,
                 groups,

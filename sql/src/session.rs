@@ -160,6 +160,7 @@ pub(crate) fn new_context(db: &Database) -> SessionContext {
     ctx.register_catalog(CATALOG, Arc::new(catalog));
     ctx.register_udtf("tumble", Arc::new(WindowFunction::tumble(db.clone())));
     ctx.register_udtf("hop", Arc::new(WindowFunction::hop(db.clone())));
+    ctx.register_udtf("session", Arc::new(WindowFunction::session(db.clone())));
     ctx.register_udf(ScalarUDF::from(ModFunction::new()));
     ctx
 }

@@ -21,7 +21,7 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::TryStreamExt;
-use weir_engine::operator::{HopOperator, Operator, TumbleOperator};
+use weir_engine::operator::{HopOperator, Operator, SessionOperator, TumbleOperator};
 
 use crate::database::{Database, StreamEntry, ViewEntry};
 
@@ -179,6 +179,11 @@ pub enum WindowSpec {
         /// Window size in nanoseconds.
         size_ns: i64,
     },
+    /// `SESSION(stream, time, gap)`: per group key, sessions end after `gap` without events.
+    Session {
+        /// The gap in nanoseconds.
+        gap_ns: i64,
+    },
     /// `HOP(stream, time, slide, size)`.
     Hop {
         /// Distance between window starts in nanoseconds.
@@ -189,10 +194,11 @@ pub enum WindowSpec {
 }
 
 impl WindowSpec {
-    /// The window size in nanoseconds.
-    pub fn size_ns(&self) -> i64 {
+    /// The window size in nanoseconds; `None` for sessions, whose length varies.
+    pub fn size_ns(&self) -> Option<i64> {
         match self {
-            Self::Tumble { size_ns } | Self::Hop { size_ns, .. } => *size_ns,
+            Self::Tumble { size_ns } | Self::Hop { size_ns, .. } => Some(*size_ns),
+            Self::Session { .. } => None,
         }
     }
 }
@@ -223,6 +229,9 @@ impl WindowTable {
                 slide_ns,
                 size_ns,
             )?),
+            WindowSpec::Session { gap_ns } => {
+                Box::new(SessionOperator::try_new(schema, self.time_index, gap_ns)?)
+            }
         })
     }
 }
@@ -254,6 +263,12 @@ impl TableProvider for WindowTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if let WindowSpec::Session { .. } = self.spec {
+            return not_impl_err!(
+                "SESSION windows are formed per GROUP BY key, so they exist only in continuous \
+                 views; in a batch query, number sessions with LAG(ts) OVER (PARTITION BY key ORDER BY ts)"
+            );
+        }
         let partitions = read_log(Arc::clone(&self.stream)).await?;
         let mut op = self.operator().map_err(external)?;
         let windowed = partitions
@@ -278,18 +293,39 @@ impl TableProvider for WindowTable {
 #[derive(Debug)]
 pub struct WindowFunction {
     db: Database,
-    hop: bool,
+    kind: WindowKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowKind {
+    Tumble,
+    Hop,
+    Session,
 }
 
 impl WindowFunction {
     /// `TUMBLE(stream, time_column, size)`, resolving streams in `db`.
     pub fn tumble(db: Database) -> Self {
-        Self { db, hop: false }
+        Self {
+            db,
+            kind: WindowKind::Tumble,
+        }
     }
 
     /// `HOP(stream, time_column, slide, size)`, resolving streams in `db`.
     pub fn hop(db: Database) -> Self {
-        Self { db, hop: true }
+        Self {
+            db,
+            kind: WindowKind::Hop,
+        }
+    }
+
+    /// `SESSION(stream, time_column, gap)`, resolving streams in `db`.
+    pub fn session(db: Database) -> Self {
+        Self {
+            db,
+            kind: WindowKind::Session,
+        }
     }
 }
 
@@ -328,15 +364,15 @@ impl TableFunctionImpl for WindowFunction {
         args: TableFunctionArgs,
     ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
         let exprs = args.exprs();
-        let (name, usage) = if self.hop {
-            (
+        let (name, usage, expected) = match self.kind {
+            WindowKind::Tumble => ("TUMBLE", "TUMBLE(stream, time_column, INTERVAL size)", 3),
+            WindowKind::Hop => (
                 "HOP",
                 "HOP(stream, time_column, INTERVAL slide, INTERVAL size)",
-            )
-        } else {
-            ("TUMBLE", "TUMBLE(stream, time_column, INTERVAL size)")
+                4,
+            ),
+            WindowKind::Session => ("SESSION", "SESSION(stream, time_column, INTERVAL gap)", 3),
         };
-        let expected = if self.hop { 4 } else { 3 };
         if exprs.len() != expected {
             return plan_err!("{name} takes {usage}, got {} arguments", exprs.len());
         }
@@ -363,14 +399,18 @@ impl TableFunctionImpl for WindowFunction {
                 ))
             })
         };
-        let spec = if self.hop {
-            let slide_ns = duration(&exprs[2], "slide")?;
-            let size_ns = duration(&exprs[3], "size")?;
-            WindowSpec::Hop { slide_ns, size_ns }
-        } else {
-            WindowSpec::Tumble {
-                size_ns: duration(&exprs[2], "size")?,
+        let spec = match self.kind {
+            WindowKind::Hop => {
+                let slide_ns = duration(&exprs[2], "slide")?;
+                let size_ns = duration(&exprs[3], "size")?;
+                WindowSpec::Hop { slide_ns, size_ns }
             }
+            WindowKind::Tumble => WindowSpec::Tumble {
+                size_ns: duration(&exprs[2], "size")?,
+            },
+            WindowKind::Session => WindowSpec::Session {
+                gap_ns: duration(&exprs[2], "gap")?,
+            },
         };
         let mut table = WindowTable {
             schema: Arc::clone(&entry.schema),

@@ -6,6 +6,7 @@
 mod filter;
 mod hop;
 mod projection;
+mod session;
 mod tumble;
 mod window_aggregate;
 
@@ -15,6 +16,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 pub use filter::FilterOperator;
 pub use hop::HopOperator;
 pub use projection::ProjectionOperator;
+pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
 pub use tumble::TumbleOperator;
 pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
 
