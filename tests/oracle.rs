@@ -64,6 +64,38 @@ fn insert_sql(events: &[Event]) -> String {
     format!("INSERT INTO events VALUES {}", values.join(", "))
 }
 
+/// A predicate selecting the windows view `v` has closed: those ending at or before its
+/// watermark. No partition goes idle in these tests, so once the view has caught up its
+/// watermark is the smallest partition maximum minus the delay.
+async fn closed_windows(s: &Session) -> String {
+    let views = text_rows(s, "SHOW MATERIALIZED VIEWS").await;
+    let watermark = views[0].split('|').nth(3).expect("watermark column");
+    if watermark == "NULL" {
+        "false".to_string()
+    } else {
+        format!("window_end <= TIMESTAMP '{watermark}'")
+    }
+}
+
+/// Asserts equal row sets, reporting a few differences rather than both sets whole.
+fn assert_same(view: &[String], batch: &[String]) {
+    assert!(
+        view == batch,
+        "view ({} rows) differs from batch ({} rows)\nonly in view: {:?}\nonly in batch: {:?}",
+        view.len(),
+        batch.len(),
+        view.iter()
+            .filter(|r| !batch.contains(r))
+            .take(5)
+            .collect::<Vec<_>>(),
+        batch
+            .iter()
+            .filter(|r| !view.contains(r))
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+}
+
 /// INSERTs `events` in one statement per stretch between the `cuts`.
 async fn insert_in_batches(s: &Session, events: &[Event], mut cuts: Vec<usize>) {
     let mut start = 0;
@@ -153,35 +185,9 @@ async fn check(
         }
     }
     let view = text_rows(&s, "SELECT * FROM v").await;
-    // No partition goes idle here, so once the view has caught up its watermark is the
-    // smallest partition maximum minus the delay; the batch query uses the same.
-    let watermark = text_rows(&s, "SHOW MATERIALIZED VIEWS").await;
-    let watermark = watermark[0]
-        .split('|')
-        .nth(3)
-        .expect("watermark column")
-        .to_string();
-    let closed = if watermark == "NULL" {
-        "false".to_string()
-    } else {
-        format!("window_end <= TIMESTAMP '{watermark}'")
-    };
+    let closed = closed_windows(&s).await;
     let batch = text_rows(&s, &format!("SELECT * FROM ({query}) WHERE {closed}")).await;
-    assert!(
-        view == batch,
-        "view ({} rows) differs from batch ({} rows)\nonly in view: {:?}\nonly in batch: {:?}",
-        view.len(),
-        batch.len(),
-        view.iter()
-            .filter(|r| !batch.contains(r))
-            .take(5)
-            .collect::<Vec<_>>(),
-        batch
-            .iter()
-            .filter(|r| !view.contains(r))
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    assert_same(&view, &batch);
     let mut distinct = view.clone();
     distinct.dedup();
     assert_eq!(distinct.len(), view.len(), "a window was emitted twice");
@@ -263,21 +269,7 @@ async fn check_updating(events: Vec<Event>, cuts: Vec<usize>, partitions: u32, q
     insert_in_batches(&s, &events, cuts).await;
     let view = text_rows(&s, "SELECT * FROM v").await;
     let batch = text_rows(&s, &query).await;
-    assert!(
-        view == batch,
-        "view ({} rows) differs from batch ({} rows)\nonly in view: {:?}\nonly in batch: {:?}",
-        view.len(),
-        batch.len(),
-        view.iter()
-            .filter(|r| !batch.contains(r))
-            .take(5)
-            .collect::<Vec<_>>(),
-        batch
-            .iter()
-            .filter(|r| !view.contains(r))
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    assert_same(&view, &batch);
     db.shutdown();
 }
 
@@ -347,17 +339,7 @@ async fn check_sessions(
     }
     insert_in_batches(&s, &events, cuts).await;
     let view = text_rows(&s, "SELECT * FROM v").await;
-    let watermark = text_rows(&s, "SHOW MATERIALIZED VIEWS").await;
-    let watermark = watermark[0]
-        .split('|')
-        .nth(3)
-        .expect("watermark column")
-        .to_string();
-    let closed = if watermark == "NULL" {
-        "false".to_string()
-    } else {
-        format!("window_end <= TIMESTAMP '{watermark}'")
-    };
+    let closed = closed_windows(&s).await;
     let gap = format!("INTERVAL '{gap_ms} milliseconds'");
     let batch = text_rows(
         &s,
@@ -377,21 +359,7 @@ async fn check_sessions(
         ),
     )
     .await;
-    assert!(
-        view == batch,
-        "view ({} rows) differs from batch ({} rows)\nonly in view: {:?}\nonly in batch: {:?}",
-        view.len(),
-        batch.len(),
-        view.iter()
-            .filter(|r| !batch.contains(r))
-            .take(5)
-            .collect::<Vec<_>>(),
-        batch
-            .iter()
-            .filter(|r| !view.contains(r))
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+    assert_same(&view, &batch);
     db.shutdown();
 }
 

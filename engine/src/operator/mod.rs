@@ -10,6 +10,10 @@ mod session;
 mod tumble;
 mod window_aggregate;
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -54,4 +58,45 @@ pub trait Operator: Send + std::fmt::Debug {
     fn explain(&self) -> String {
         self.name().to_string()
     }
+}
+
+/// Evaluates every aggregate's arguments and `FILTER` mask over `batch`.
+pub(crate) fn aggregate_inputs(
+    aggregates: &[AggregateSpec],
+    batch: &RecordBatch,
+) -> Result<(Vec<Vec<ArrayRef>>, Vec<Option<BooleanArray>>)> {
+    let n = batch.num_rows();
+    let mut args = Vec::with_capacity(aggregates.len());
+    let mut filters = Vec::with_capacity(aggregates.len());
+    for a in aggregates {
+        args.push(
+            a.expr
+                .expressions()
+                .iter()
+                .map(|e| e.evaluate(batch)?.into_array(n))
+                .collect::<datafusion::error::Result<Vec<_>>>()?,
+        );
+        filters.push(match &a.filter {
+            Some(f) => Some(f.evaluate(batch)?.into_array(n)?.as_boolean().clone()),
+            None => None,
+        });
+    }
+    Ok((args, filters))
+}
+
+/// A batch of `schema` from `columns`, casting those whose type differs (accumulators may
+/// produce a related type, e.g. a different timestamp unit).
+pub(crate) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                Ok(cast(&c, f.data_type())?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
 use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -14,7 +14,7 @@ use datafusion::logical_expr::Accumulator;
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::tumble::{format_duration_ns, windowed_schema};
-use super::{AggregateSpec, Operator};
+use super::{AggregateSpec, Operator, aggregate_inputs, batch_of};
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
 
@@ -224,21 +224,7 @@ impl Operator for SessionAggregateOperator {
             .map(|k| k.evaluate(&batch)?.into_array(n))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
         let rows = self.converter.convert_columns(&key_columns)?;
-        let mut args = Vec::with_capacity(self.aggregates.len());
-        let mut filters: Vec<Option<BooleanArray>> = Vec::with_capacity(self.aggregates.len());
-        for a in &self.aggregates {
-            args.push(
-                a.expr
-                    .expressions()
-                    .iter()
-                    .map(|e| e.evaluate(&batch)?.into_array(n))
-                    .collect::<datafusion::error::Result<Vec<_>>>()?,
-            );
-            filters.push(match &a.filter {
-                Some(f) => Some(f.evaluate(&batch)?.into_array(n)?.as_boolean().clone()),
-                None => None,
-            });
-        }
+        let (args, filters) = aggregate_inputs(&self.aggregates, &batch)?;
         // Events in event-time order per batch, so a session grows forward where it can.
         let mut order: Vec<usize> = (0..n).filter(|&i| starts.is_valid(i)).collect();
         order.sort_by_key(|&i| starts.value(i));
@@ -357,21 +343,7 @@ impl Operator for SessionAggregateOperator {
         for v in values {
             columns.push(ScalarValue::iter_to_array(v)?);
         }
-        let columns = columns
-            .into_iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    Ok(cast(&c, f.data_type())?)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(vec![RecordBatch::try_new(
-            Arc::clone(&self.schema),
-            columns,
-        )?])
+        Ok(vec![batch_of(&self.schema, columns)?])
     }
 
     fn late_rows(&self) -> u64 {

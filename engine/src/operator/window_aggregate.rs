@@ -15,8 +15,8 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
-use super::Operator;
 use super::tumble::format_duration_ns;
+use super::{Operator, aggregate_inputs, batch_of};
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
 
@@ -216,22 +216,6 @@ impl WindowAggregateOperator {
         })
     }
 
-    /// Builds an output batch from group and aggregate columns, casting to the output types.
-    fn output_batch(&self, columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-        let columns = columns
-            .into_iter()
-            .zip(self.schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    Ok(cast(&c, f.data_type())?)
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
-    }
-
     /// The current rows of the windows ending at `ends` that were just updated: all of them in
     /// [`Emit::OnUpdate`] mode, else those already emitted once (late corrections).
     fn emit_updates(&mut self, ends: impl IntoIterator<Item = i64>) -> Result<Vec<RecordBatch>> {
@@ -242,7 +226,7 @@ impl WindowAggregateOperator {
                 continue;
             }
             let columns = self.current_values(end)?;
-            out.push(self.output_batch(columns)?);
+            out.push(batch_of(&self.schema, columns)?);
         }
         Ok(out)
     }
@@ -342,21 +326,7 @@ impl Operator for WindowAggregateOperator {
             .iter()
             .map(|e| e.evaluate(&batch)?.into_array(n))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let mut args = Vec::with_capacity(self.aggregates.len());
-        let mut filters = Vec::with_capacity(self.aggregates.len());
-        for a in &self.aggregates {
-            args.push(
-                a.expr
-                    .expressions()
-                    .iter()
-                    .map(|e| e.evaluate(&batch)?.into_array(n))
-                    .collect::<datafusion::error::Result<Vec<_>>>()?,
-            );
-            filters.push(match &a.filter {
-                Some(f) => Some(f.evaluate(&batch)?.into_array(n)?.as_boolean().clone()),
-                None => None,
-            });
-        }
+        let (args, filters) = aggregate_inputs(&self.aggregates, &batch)?;
         // Windows past their allowed lateness have no state any more: their rows are late.
         let closed_up_to = self
             .watermark
@@ -429,7 +399,7 @@ impl Operator for WindowAggregateOperator {
                 .collect();
             for end in retained {
                 let columns = self.current_values(end)?;
-                out.push(self.output_batch(columns)?);
+                out.push(batch_of(&self.schema, columns)?);
             }
         }
         // Windows past their allowed lateness are final: emit those not emitted yet, free all.
@@ -444,7 +414,7 @@ impl Operator for WindowAggregateOperator {
                 for acc in &mut state.accumulators {
                     columns.push(acc.evaluate(EmitTo::All)?);
                 }
-                out.push(self.output_batch(columns)?);
+                out.push(batch_of(&self.schema, columns)?);
             }
         }
         // On update, a window's final values went out with its last update.
