@@ -61,7 +61,9 @@ impl AsyncDB for Weir {
         }
         match last {
             None | Some(Output::Command(_)) => Ok(DBOutput::StatementComplete(0)),
-            Some(Output::Inserted(n)) => Ok(DBOutput::StatementComplete(n)),
+            Some(Output::Inserted(n) | Output::Modified(_, n)) => {
+                Ok(DBOutput::StatementComplete(n))
+            }
             Some(rows @ Output::Rows { .. }) => {
                 let Output::Rows { schema, .. } = &rows else {
                     unreachable!("matched Rows above")

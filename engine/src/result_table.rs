@@ -72,6 +72,18 @@ impl KeyedRows {
         Ok(())
     }
 
+    fn delete(&mut self, batch: &RecordBatch) -> Result<()> {
+        let keys: Vec<ArrayRef> = self
+            .key
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        for row in self.converter.convert_columns(&keys)?.iter() {
+            self.live.remove(&row.owned());
+        }
+        Ok(())
+    }
+
     fn current(&self) -> Result<Vec<RecordBatch>> {
         let mut picks: Vec<Vec<u32>> = vec![Vec::new(); self.chunks.len()];
         for &(chunk, row) in self.live.values() {
@@ -163,6 +175,43 @@ impl ResultTable {
             }
         }
         Ok(())
+    }
+
+    /// Removes the rows whose keys appear in `batch` (a keyed table's schema; only the key
+    /// columns are read). An append-only table refuses.
+    pub fn delete(&self, batch: &RecordBatch) -> Result<()> {
+        match &mut *self.rows.write().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(_) => Err(Error::Internal(
+                "delete from an append-only result table".into(),
+            )),
+            Rows::Keyed(keyed) => keyed.delete(batch),
+        }
+    }
+
+    /// Whether a row with each of these keys (columns in key order) exists.
+    pub fn contains_keys(&self, keys: &[ArrayRef]) -> Result<Vec<bool>> {
+        Ok(self.lookup(keys)?.1.iter().map(Option::is_some).collect())
+    }
+
+    /// Looks up rows by key (columns in key order): the table's chunks, and per key the
+    /// `(chunk, row)` of its row if there is one, ready for Arrow's `interleave`.
+    pub fn lookup(
+        &self,
+        keys: &[ArrayRef],
+    ) -> Result<(Vec<RecordBatch>, Vec<Option<(usize, usize)>>)> {
+        match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(_) => Err(Error::Internal(
+                "lookup in an append-only result table".into(),
+            )),
+            Rows::Keyed(keyed) => {
+                let rows = keyed.converter.convert_columns(keys)?;
+                let found = rows
+                    .iter()
+                    .map(|r| keyed.live.get(&r.owned()).copied())
+                    .collect();
+                Ok((keyed.chunks.clone(), found))
+            }
+        }
     }
 
     /// The rows as of now.

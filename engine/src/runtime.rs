@@ -9,8 +9,9 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray, TimestampMicrose
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::json::LineDelimitedWriter;
 
+use crate::dataflow::Dataflow;
+use crate::log::Notifier;
 use crate::log::StreamLog;
-use crate::pipeline::Pipeline;
 use crate::result_table::{Progress, ResultTable};
 use crate::watermark::{WatermarkTracker, max_event_time_ns};
 use crate::{Error, Result};
@@ -18,21 +19,28 @@ use crate::{Error, Result};
 /// Rows read from one partition per round, so that one busy partition cannot starve the others.
 const ROWS_PER_ROUND: usize = 64 * 1024;
 
-/// Everything a continuous query needs to run.
-#[derive(Debug)]
-pub struct QuerySpec {
-    /// The query's name (the view's), for logs.
-    pub name: String,
-    /// The stream it reads, every partition from the start.
-    pub source: Arc<StreamLog>,
+/// A stream a continuous query reads, and how its watermark is made.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// The stream, read in every partition from the start.
+    pub log: Arc<StreamLog>,
     /// The event-time column of the source, if it has one.
     pub event_time: Option<usize>,
     /// The watermark delay (ns): how far behind the largest event time the watermark stays.
     pub delay_ns: i64,
     /// After this long without data, a partition stops holding the watermark back.
     pub idle_timeout: Duration,
+}
+
+/// Everything a continuous query needs to run.
+#[derive(Debug)]
+pub struct QuerySpec {
+    /// The query's name (the view's), for logs.
+    pub name: String,
+    /// The streams it reads; [`Dataflow::Source`] nodes refer to them by position.
+    pub sources: Vec<SourceSpec>,
     /// The operators.
-    pub pipeline: Pipeline,
+    pub dataflow: Dataflow,
     /// Where results go.
     pub sink: Arc<ResultTable>,
     /// Where late events go, one row each (see [`late_events_schema`]).
@@ -86,24 +94,37 @@ fn late_events(view: &str, watermark_ns: Option<i64>, rows: &[RecordBatch]) -> R
 pub struct RunningQuery {
     name: String,
     stop: Arc<AtomicBool>,
-    source: Arc<StreamLog>,
+    wake: Arc<Notifier>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl RunningQuery {
     /// Starts `spec` on a new thread.
     pub fn spawn(spec: QuerySpec) -> Result<Self> {
-        spec.pipeline.check_output(spec.sink.schema())?;
+        spec.dataflow.check_output(spec.sink.schema())?;
+        if spec.dataflow.source_count() > spec.sources.len() {
+            return Err(Error::Internal(format!(
+                "query {} reads source {} of {}; this is a bug",
+                spec.name,
+                spec.dataflow.source_count() - 1,
+                spec.sources.len()
+            )));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let name = spec.name.clone();
-        let source = Arc::clone(&spec.source);
+        // One notifier wakes the query when any of its sources commits rows.
+        let wake = Arc::new(Notifier::default());
+        for s in &spec.sources {
+            s.log.notifier().forward_to(&wake);
+        }
         let flag = Arc::clone(&stop);
+        let thread_wake = Arc::clone(&wake);
         let handle = std::thread::Builder::new()
             .name(format!("query-{}", spec.name))
             .spawn(move || {
                 let sink = Arc::clone(&spec.sink);
                 let name = spec.name.clone();
-                if let Err(e) = run(spec, &flag) {
+                if let Err(e) = run(spec, &flag, &thread_wake) {
                     tracing::error!(query = %name, error = %e, "continuous query stopped");
                     let mut p = sink.progress();
                     p.error = Some(e.to_string());
@@ -117,7 +138,7 @@ impl RunningQuery {
         Ok(Self {
             name,
             stop,
-            source,
+            wake,
             handle: Some(handle),
         })
     }
@@ -130,7 +151,7 @@ impl RunningQuery {
     /// Stops the query and waits for its thread.
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        self.source.notifier().notify();
+        self.wake.notify();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -143,61 +164,100 @@ impl Drop for RunningQuery {
     }
 }
 
-fn run(mut spec: QuerySpec, stop: &AtomicBool) -> Result<()> {
-    let partitions = spec.source.partitions().to_vec();
-    let mut offsets: Vec<u64> = partitions.iter().map(|p| p.start_offset()).collect();
-    let mut tracker = WatermarkTracker::new(partitions.len(), spec.delay_ns, spec.idle_timeout);
+/// One source as the query reads it.
+struct SourceState {
+    spec: SourceSpec,
+    offsets: Vec<u64>,
+    tracker: WatermarkTracker,
+}
+
+fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
+    let mut sources: Vec<SourceState> = spec
+        .sources
+        .iter()
+        .map(|s| SourceState {
+            offsets: s
+                .log
+                .partitions()
+                .iter()
+                .map(|p| p.start_offset())
+                .collect(),
+            tracker: WatermarkTracker::new(s.log.partitions().len(), s.delay_ns, s.idle_timeout),
+            spec: s.clone(),
+        })
+        .collect();
     // Wake up often enough to notice partitions going idle.
-    let tick = (spec.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let idle = sources
+        .iter()
+        .map(|s| s.spec.idle_timeout)
+        .min()
+        .unwrap_or(Duration::from_secs(5));
+    let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    let mut last_watermarks: Vec<Option<i64>> = vec![None; sources.len()];
     let mut last_watermark = None;
-    let notifier = Arc::clone(spec.source.notifier());
-    tracing::info!(query = %spec.name, partitions = partitions.len(), "continuous query started");
+    tracing::info!(query = %spec.name, sources = sources.len(), "continuous query started");
     while !stop.load(Ordering::Acquire) {
-        let seen = notifier.generation();
+        let seen = wake.generation();
         let mut progressed = false;
-        for (p, partition) in partitions.iter().enumerate() {
-            for (offset, batch) in partition.read(offsets[p], ROWS_PER_ROUND)? {
-                if offset > offsets[p] {
-                    // Retention removed rows this query had not read yet.
-                    tracing::warn!(
-                        query = %spec.name,
-                        partition = p,
-                        skipped = offset - offsets[p],
-                        "rows were deleted by retention before the query read them"
-                    );
-                }
-                offsets[p] = offset + batch.num_rows() as u64;
-                progressed = true;
-                if let Some(t) = spec.event_time {
-                    if let Some(max) = max_event_time_ns(batch.column(t).as_ref())? {
-                        tracker.observe(p, max, Instant::now());
+        for (s, source) in sources.iter_mut().enumerate() {
+            let partitions = source.spec.log.partitions().to_vec();
+            for (p, partition) in partitions.iter().enumerate() {
+                for (offset, batch) in partition.read(source.offsets[p], ROWS_PER_ROUND)? {
+                    if offset > source.offsets[p] {
+                        // Retention removed rows this query had not read yet.
+                        tracing::warn!(
+                            query = %spec.name,
+                            source = s,
+                            partition = p,
+                            skipped = offset - source.offsets[p],
+                            "rows were deleted by retention before the query read them"
+                        );
+                    }
+                    source.offsets[p] = offset + batch.num_rows() as u64;
+                    progressed = true;
+                    if let Some(t) = source.spec.event_time {
+                        if let Some(max) = max_event_time_ns(batch.column(t).as_ref())? {
+                            source.tracker.observe(p, max, Instant::now());
+                        }
+                    }
+                    let out = spec.dataflow.process_batch(s, &batch)?;
+                    spec.sink.append(out)?;
+                    let late = spec.dataflow.take_late();
+                    if !late.is_empty() {
+                        spec.late
+                            .append(vec![late_events(&spec.name, last_watermark, &late)?])?;
                     }
                 }
-                let out = spec.pipeline.process_batch(batch)?;
-                spec.sink.append(out)?;
-                let late = spec.pipeline.take_late();
-                if !late.is_empty() {
-                    spec.late
-                        .append(vec![late_events(&spec.name, last_watermark, &late)?])?;
-                }
             }
         }
-        let watermark = tracker.watermark(Instant::now());
-        if let Some(wm) = watermark {
-            if Some(wm) != last_watermark {
-                let out = spec.pipeline.on_watermark(wm)?;
-                spec.sink.append(out)?;
-                last_watermark = Some(wm);
+        let now = Instant::now();
+        let watermarks: Vec<Option<i64>> = sources
+            .iter_mut()
+            .map(|s| s.tracker.watermark(now))
+            .collect();
+        if watermarks != last_watermarks {
+            let out = spec.dataflow.on_watermark(&watermarks)?;
+            spec.sink.append(out)?;
+            let late = spec.dataflow.take_late();
+            if !late.is_empty() {
+                spec.late
+                    .append(vec![late_events(&spec.name, last_watermark, &late)?])?;
             }
+            last_watermarks = watermarks.clone();
         }
+        let watermark = watermarks
+            .iter()
+            .copied()
+            .try_fold(i64::MAX, |m, w| w.map(|w| m.min(w)));
+        last_watermark = watermark.or(last_watermark);
         spec.sink.set_progress(Progress {
-            offsets: offsets.clone(),
+            offsets: sources.iter().flat_map(|s| s.offsets.clone()).collect(),
             watermark_ns: watermark,
-            late_rows: spec.pipeline.late_rows(),
+            late_rows: spec.dataflow.late_rows(),
             error: None,
         });
         if !progressed {
-            notifier.wait_past(seen, tick);
+            wake.wait_past(seen, tick);
         }
     }
     Ok(())

@@ -59,6 +59,9 @@ fn response(out: Output, format: &Format) -> PgWireResult<Response> {
         Output::Inserted(rows) => Ok(Response::Execution(
             Tag::new("INSERT").with_oid(0).with_rows(rows as usize),
         )),
+        Output::Modified(command, rows) => Ok(Response::Execution(
+            Tag::new(command).with_rows(rows as usize),
+        )),
     }
 }
 

@@ -90,6 +90,7 @@ async fn run_sql(session: &Session, sql: &str, out: &mut impl Write) -> std::io:
             }
             Ok(Output::Command(tag)) => writeln!(out, "{tag}")?,
             Ok(Output::Inserted(n)) => writeln!(out, "INSERT 0 {n}")?,
+            Ok(Output::Modified(command, n)) => writeln!(out, "{command} {n}")?,
             Err(e) => writeln!(out, "ERROR {}: {e}", e.sqlstate())?,
         }
     }

@@ -67,17 +67,7 @@ fn default_idle_timeout_ms() -> u64 {
 impl StreamDef {
     /// The Arrow schema of the stream's rows.
     pub fn schema(&self) -> Result<SchemaRef> {
-        let fields = self
-            .columns
-            .iter()
-            .map(|c| {
-                let t = DataType::from_str(&c.data_type).map_err(|e| {
-                    Error::Internal(format!("catalog type {} does not parse: {e}", c.data_type))
-                })?;
-                Ok(Field::new(&c.name, t, c.nullable))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Arc::new(Schema::new(fields)))
+        columns_schema(&self.columns)
     }
 
     /// Index of a column by name.
@@ -110,6 +100,52 @@ pub struct ViewDef {
     pub allowed_lateness_ns: i64,
 }
 
+/// A table of reference data: rows inserted, updated and deleted by primary key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDef {
+    /// Table name.
+    pub name: String,
+    /// Columns in order.
+    pub columns: Vec<ColumnDef>,
+    /// The primary key columns, in key order.
+    pub primary_key: Vec<String>,
+}
+
+impl TableDef {
+    /// The Arrow schema of the table's rows.
+    pub fn schema(&self) -> Result<SchemaRef> {
+        columns_schema(&self.columns)
+    }
+
+    /// Indexes of the primary key columns.
+    pub fn key_indexes(&self) -> Result<Vec<usize>> {
+        self.primary_key
+            .iter()
+            .map(|k| {
+                self.columns
+                    .iter()
+                    .position(|c| &c.name == k)
+                    .ok_or_else(|| {
+                        Error::Internal(format!("key column {k} of table {} is missing", self.name))
+                    })
+            })
+            .collect()
+    }
+}
+
+fn columns_schema(columns: &[ColumnDef]) -> Result<SchemaRef> {
+    let fields = columns
+        .iter()
+        .map(|c| {
+            let t = DataType::from_str(&c.data_type).map_err(|e| {
+                Error::Internal(format!("catalog type {} does not parse: {e}", c.data_type))
+            })?;
+            Ok(Field::new(&c.name, t, c.nullable))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(Schema::new(fields)))
+}
+
 /// Everything the catalog holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogData {
@@ -119,6 +155,9 @@ pub struct CatalogData {
     pub streams: Vec<StreamDef>,
     /// Views in creation order.
     pub views: Vec<ViewDef>,
+    /// Reference tables in creation order.
+    #[serde(default)]
+    pub tables: Vec<TableDef>,
 }
 
 /// The catalog file of a data directory.
@@ -206,6 +245,7 @@ mod tests {
             version: 1,
             streams: vec![def],
             views: vec![],
+            tables: vec![],
         };
         file.store(&data).expect("store");
         assert_eq!(file.load().expect("load"), data);

@@ -10,10 +10,11 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use weir_engine::log::StreamLog;
 use weir_engine::result_table::ResultTable;
-use weir_engine::runtime::{QuerySpec, RunningQuery, late_events_schema};
+use weir_engine::runtime::{QuerySpec, RunningQuery, SourceSpec, late_events_schema};
 
-use crate::catalog::{CatalogData, CatalogFile, StreamDef, ViewDef};
+use crate::catalog::{CatalogData, CatalogFile, StreamDef, TableDef, ViewDef};
 use crate::planner::CompiledView;
+use crate::ref_table::TableEntry;
 use crate::{Error, Result};
 
 /// How often retention runs.
@@ -35,8 +36,10 @@ pub struct StreamEntry {
 pub struct ViewEntry {
     /// The catalog definition.
     pub def: ViewDef,
-    /// The stream the view reads.
-    pub source: Arc<StreamEntry>,
+    /// The streams the view reads, in the order of its query's sources.
+    pub sources: Vec<Arc<StreamEntry>>,
+    /// The tables the view looks rows up in.
+    pub tables: Vec<String>,
     /// The view's rows.
     pub table: Arc<ResultTable>,
     /// Events that arrived after their window had closed.
@@ -47,6 +50,19 @@ pub struct ViewEntry {
 }
 
 impl ViewEntry {
+    /// The committed offsets of every source, in the order the view's progress reports them.
+    pub fn source_offsets(&self) -> Vec<u64> {
+        self.sources
+            .iter()
+            .flat_map(|s| s.log.committed_offsets())
+            .collect()
+    }
+
+    /// Whether the view reads stream `name`.
+    pub fn reads(&self, name: &str) -> bool {
+        self.sources.iter().any(|s| s.def.name == name)
+    }
+
     fn stop(&self) {
         if let Some(mut q) = self.query.lock().unwrap_or_else(|e| e.into_inner()).take() {
             q.stop();
@@ -59,6 +75,7 @@ struct State {
     data: CatalogData,
     streams: BTreeMap<String, Arc<StreamEntry>>,
     views: BTreeMap<String, Arc<ViewEntry>>,
+    tables: BTreeMap<String, Arc<TableEntry>>,
 }
 
 #[derive(Debug)]
@@ -109,6 +126,8 @@ impl Database {
     /// Opens (or creates) the database in `dir`: recovers every stream's log and restarts every
     /// view's continuous query, which rebuilds the view by replaying its source from the start.
     pub async fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir.join("tables"))
+            .map_err(|e| io(format!("creating data directory {}", dir.display()), e))?;
         fs::create_dir_all(dir.join("streams"))
             .map_err(|e| io(format!("creating data directory {}", dir.display()), e))?;
         let lock_path = dir.join("LOCK");
@@ -135,6 +154,10 @@ impl Database {
             for def in &data.streams {
                 let entry = db.open_stream(def.clone())?;
                 state.streams.insert(def.name.clone(), entry);
+            }
+            for def in &data.tables {
+                let entry = TableEntry::open(&db.table_dir(&def.name), def.clone())?;
+                state.tables.insert(def.name.clone(), Arc::new(entry));
             }
             state.data = data.clone();
         }
@@ -173,6 +196,10 @@ impl Database {
         self.inner.dir.join("streams").join(name)
     }
 
+    fn table_dir(&self, name: &str) -> PathBuf {
+        self.inner.dir.join("tables").join(name)
+    }
+
     fn open_stream(&self, def: StreamDef) -> Result<Arc<StreamEntry>> {
         let schema = def.schema()?;
         let key = match &def.key {
@@ -205,6 +232,24 @@ impl Database {
         self.state().views.get(name).cloned()
     }
 
+    /// A reference table by name.
+    pub fn table(&self, name: &str) -> Option<Arc<TableEntry>> {
+        self.state().tables.get(name).cloned()
+    }
+
+    /// All reference tables, by name.
+    pub fn tables(&self) -> Vec<Arc<TableEntry>> {
+        self.state().tables.values().cloned().collect()
+    }
+
+    /// Whether a stream, view or table is called `name`.
+    pub fn exists(&self, name: &str) -> bool {
+        let state = self.state();
+        state.streams.contains_key(name)
+            || state.views.contains_key(name)
+            || state.tables.contains_key(name)
+    }
+
     /// All streams, by name.
     pub fn streams(&self) -> Vec<Arc<StreamEntry>> {
         self.state().streams.values().cloned().collect()
@@ -216,7 +261,10 @@ impl Database {
     }
 
     fn check_free(state: &State, name: &str) -> Result<()> {
-        if state.streams.contains_key(name) || state.views.contains_key(name) {
+        if state.streams.contains_key(name)
+            || state.views.contains_key(name)
+            || state.tables.contains_key(name)
+        {
             return Err(Error::DuplicateRelation(name.to_string()));
         }
         Ok(())
@@ -255,7 +303,7 @@ impl Database {
         let dependents: Vec<String> = state
             .views
             .values()
-            .filter(|v| v.source.def.name == name)
+            .filter(|v| v.reads(name))
             .map(|v| v.def.name.clone())
             .collect();
         if !dependents.is_empty() && !cascade {
@@ -286,30 +334,40 @@ impl Database {
     }
 
     fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+        let schema = compiled.dataflow.schema();
         let table = Arc::new(match &compiled.key {
-            None => ResultTable::new(compiled.pipeline.schema()),
-            Some(key) => ResultTable::keyed(compiled.pipeline.schema(), key.clone())?,
+            None => ResultTable::new(schema),
+            Some(key) => ResultTable::keyed(schema, key.clone())?,
         });
         let late = Arc::new(ResultTable::new(late_events_schema()));
         let plan = compiled.explain(&def.name);
-        let source = compiled.source;
-        let (event_time, delay_ns) = match &source.def.watermark {
-            Some(w) => (source.def.column_index(&w.column), w.delay_ns),
-            None => (None, 0),
-        };
+        let sources: Vec<SourceSpec> = compiled
+            .sources
+            .iter()
+            .map(|s| {
+                let (event_time, delay_ns) = match &s.def.watermark {
+                    Some(w) => (s.def.column_index(&w.column), w.delay_ns),
+                    None => (None, 0),
+                };
+                SourceSpec {
+                    log: Arc::clone(&s.log),
+                    event_time,
+                    delay_ns,
+                    idle_timeout: Duration::from_millis(s.def.idle_timeout_ms),
+                }
+            })
+            .collect();
         let query = RunningQuery::spawn(QuerySpec {
             name: def.name.clone(),
-            source: Arc::clone(&source.log),
-            event_time,
-            delay_ns,
-            idle_timeout: Duration::from_millis(source.def.idle_timeout_ms),
-            pipeline: compiled.pipeline,
+            sources,
+            dataflow: compiled.dataflow,
             sink: Arc::clone(&table),
             late: Arc::clone(&late),
         })?;
         let entry = Arc::new(ViewEntry {
             def: def.clone(),
-            source,
+            sources: compiled.sources,
+            tables: compiled.tables.iter().map(|t| t.def.name.clone()).collect(),
             table,
             late,
             plan,
@@ -348,6 +406,68 @@ impl Database {
             drop(state);
             view.stop();
         }
+        Ok(())
+    }
+
+    /// Creates a reference table: its log first, then the catalog entry.
+    pub fn create_table(&self, def: TableDef) -> Result<()> {
+        check_name(&def.name)?;
+        let mut state = self.state();
+        Self::check_free(&state, &def.name)?;
+        let dir = self.table_dir(&def.name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .map_err(|e| io(format!("removing orphan {}", dir.display()), e))?;
+        }
+        let entry = TableEntry::open(&dir, def.clone())?;
+        let mut data = state.data.clone();
+        data.tables.push(def.clone());
+        if let Err(e) = self.inner.catalog.store(&data) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        state.data = data;
+        state.tables.insert(def.name.clone(), Arc::new(entry));
+        tracing::info!(table = %def.name, "table created");
+        Ok(())
+    }
+
+    /// Drops a reference table; views that join it go too with `cascade`, else they are an error.
+    pub fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
+        let mut state = self.state();
+        if !state.tables.contains_key(name) {
+            return Err(Error::UndefinedRelation(name.to_string()));
+        }
+        let dependents: Vec<String> = state
+            .views
+            .values()
+            .filter(|v| v.tables.iter().any(|t| t == name))
+            .map(|v| v.def.name.clone())
+            .collect();
+        if !dependents.is_empty() && !cascade {
+            return Err(Error::WrongObject {
+                sqlstate: "2BP01",
+                message: format!(
+                    "cannot drop table {name} because materialized view {} depends on it; \
+                     use DROP TABLE {name} CASCADE to drop the views too",
+                    dependents.join(", ")
+                ),
+            });
+        }
+        let mut data = state.data.clone();
+        data.tables.retain(|t| t.name != name);
+        data.views.retain(|v| !dependents.contains(&v.name));
+        self.inner.catalog.store(&data)?;
+        state.data = data;
+        for v in &dependents {
+            if let Some(view) = state.views.remove(v) {
+                view.stop();
+            }
+        }
+        state.tables.remove(name);
+        drop(state);
+        let dir = self.table_dir(name);
+        fs::remove_dir_all(&dir).map_err(|e| io(format!("removing {}", dir.display()), e))?;
         Ok(())
     }
 

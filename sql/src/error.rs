@@ -47,10 +47,30 @@ pub enum Error {
     Engine(#[from] weir_engine::Error),
     /// A DataFusion error (planning, execution).
     #[error(transparent)]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(DataFusionError),
     /// A broken invariant (XX000).
     #[error("internal error: {0}; this is a bug")]
     Internal(String),
+}
+
+impl From<DataFusionError> for Error {
+    /// Unwraps Weir's own errors that travelled through DataFusion (from a table provider, for
+    /// example), so that their message and SQLSTATE reach the client unchanged.
+    fn from(e: DataFusionError) -> Self {
+        match e {
+            DataFusionError::Context(context, inner) => match Self::from(*inner) {
+                Self::DataFusion(inner) => {
+                    Self::DataFusion(DataFusionError::Context(context, Box::new(inner)))
+                }
+                own => own,
+            },
+            DataFusionError::External(inner) => match inner.downcast::<Error>() {
+                Ok(own) => *own,
+                Err(other) => Self::DataFusion(DataFusionError::External(other)),
+            },
+            e => Self::DataFusion(e),
+        }
+    }
 }
 
 impl From<ArrowError> for Error {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod functions;
 pub mod parser;
 pub mod planner;
+pub mod ref_table;
 pub mod session;
 pub mod tables;
 

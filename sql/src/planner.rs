@@ -17,25 +17,30 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::sql::parser::Statement as DfStatement;
+use weir_engine::dataflow::Dataflow;
 use weir_engine::operator::{
-    AggregateSpec, Emit, FilterOperator, Operator, ProjectionOperator, SessionAggregateOperator,
-    SessionColumn, WindowAggregateOperator, WindowColumn,
+    AggregateSpec, BinaryOperator, Emit, FilterOperator, JoinInput, LookupJoinOperator, Operator,
+    ProjectionOperator, SessionAggregateOperator, SessionColumn, StreamJoinOperator,
+    WindowAggregateOperator, WindowColumn,
 };
 use weir_engine::pipeline::Pipeline;
 
 use crate::catalog::ViewDef;
 use crate::database::{Database, StreamEntry};
 use crate::parser::{EmitMode, WeirStatement, parse};
+use crate::ref_table::{RefTable, TableEntry};
 use crate::tables::{StreamTable, ViewTable, WindowSpec, WindowTable, provider_as};
 use crate::{Error, Result};
 
 /// A view's query, compiled and ready to run.
 #[derive(Debug)]
 pub struct CompiledView {
-    /// The stream the query reads.
-    pub source: Arc<StreamEntry>,
+    /// The streams the query reads; the dataflow's sources by position.
+    pub sources: Vec<Arc<StreamEntry>>,
+    /// The reference tables it looks rows up in.
+    pub tables: Vec<Arc<TableEntry>>,
     /// The operators.
-    pub pipeline: Pipeline,
+    pub dataflow: Dataflow,
     /// For results that change (EMIT ON UPDATE, aggregates over a whole stream), the output
     /// columns that identify a row; `None` for append-only results.
     pub key: Option<Vec<usize>>,
@@ -47,7 +52,7 @@ impl CompiledView {
         let mut lines = vec![match &self.key {
             None => format!("Sink: materialized view {view} (append-only)"),
             Some(key) => {
-                let schema = self.pipeline.schema();
+                let schema = self.dataflow.schema();
                 let names: Vec<&str> = key
                     .iter()
                     .map(|&i| schema.field(i).name().as_str())
@@ -58,21 +63,29 @@ impl CompiledView {
                 )
             }
         }];
-        lines.extend(self.pipeline.explain());
-        let def = &self.source.def;
-        match &def.watermark {
-            Some(w) => lines.push(format!(
-                "Watermark: max({}) - {} per partition, min over active partitions (idle after {}ms)",
-                w.column,
-                humanize_ns(w.delay_ns),
-                def.idle_timeout_ms
-            )),
-            None => lines.push("Watermark: none (the stream declares no WATERMARK)".into()),
-        }
-        lines.push(format!(
-            "Source: stream {} ({} partitions, from the earliest offset)",
-            def.name, def.partitions
-        ));
+        let source_lines = |i: usize| -> Vec<String> {
+            let Some(source) = self.sources.get(i) else {
+                return vec![format!("Source: #{i} (missing; this is a bug)")];
+            };
+            let def = &source.def;
+            let watermark = match &def.watermark {
+                Some(w) => format!(
+                    "Watermark: max({}) - {} per partition, min over active partitions (idle after {}ms)",
+                    w.column,
+                    humanize_ns(w.delay_ns),
+                    def.idle_timeout_ms
+                ),
+                None => "Watermark: none (the stream declares no WATERMARK)".into(),
+            };
+            vec![
+                watermark,
+                format!(
+                    "Source: stream {} ({} partitions, from the earliest offset)",
+                    def.name, def.partitions
+                ),
+            ]
+        };
+        lines.extend(self.dataflow.explain(&source_lines));
         lines
     }
 }
@@ -124,30 +137,39 @@ pub(crate) async fn compile_query_statement(
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
     let plan = state.optimize(&plan)?;
-    let built = build(&plan, state, options)?;
+    let mut planner = Planner {
+        state,
+        options,
+        sources: Vec::new(),
+        tables: Vec::new(),
+    };
+    let built = planner.build(&plan)?;
     if built.session_gap_ns.is_some() && !built.aggregated {
         return Err(Error::NotSupported(
             "SESSION windows need an aggregate: GROUP BY window_start, window_end and the session key"
                 .into(),
         ));
     }
-    if options.allowed_lateness_ns > 0 && built.window_ns.is_none() {
+    if options.allowed_lateness_ns > 0 && !built.windowed_aggregate {
         return Err(Error::NotSupported(
             "allowed_lateness applies to windowed aggregates (TUMBLE or HOP with GROUP BY window_start)"
                 .into(),
         ));
     }
-    let source = built
-        .source
-        .ok_or_else(|| Error::NotSupported("a materialized view must read a stream".into()))?;
-    let pipeline = Pipeline::new(Arc::clone(&source.schema), built.operators);
+    if planner.sources.is_empty() {
+        return Err(Error::NotSupported(
+            "a materialized view must read a stream".into(),
+        ));
+    }
+    let key = built.key.clone();
+    let dataflow = built.into_dataflow();
     let names: Vec<String> = plan
         .schema()
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let got: Vec<String> = pipeline
+    let got: Vec<String> = dataflow
         .schema()
         .fields()
         .iter()
@@ -155,28 +177,73 @@ pub(crate) async fn compile_query_statement(
         .collect();
     if names != got {
         return Err(Error::Internal(format!(
-            "compiled view has columns {got:?} but the query has {names:?}"
+            "compiled view has columns {got:?} but the query has {names:?}; this is a bug"
         )));
     }
     Ok(CompiledView {
-        source,
-        pipeline,
-        key: built.key,
+        sources: planner.sources,
+        tables: planner.tables,
+        dataflow,
+        key,
     })
 }
 
+/// What a column's values say about time, relative to the watermark: the property that lets
+/// windows close and join state be freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeColumn {
+    /// The stream's event time: rows still to come are at or after the watermark.
+    EventTime,
+    /// The start of windows of this size: rows still to come start after `watermark - size`.
+    WindowStart { size_ns: i64 },
+    /// The end of windows of this size: rows still to come end after the watermark.
+    WindowEnd { size_ns: i64 },
+}
+
+impl TimeColumn {
+    /// How far behind the watermark rows still to come can be in this column.
+    fn lag_ns(self) -> i64 {
+        match self {
+            Self::EventTime | Self::WindowEnd { .. } => 0,
+            Self::WindowStart { size_ns } => size_ns,
+        }
+    }
+}
+
+/// Where the rows of a subtree come from.
+enum Base {
+    /// A source stream, by position in the query's sources.
+    Source(usize),
+    /// A join of two subtrees.
+    Join(Dataflow, Dataflow, Box<dyn BinaryOperator>),
+}
+
 /// What a subtree compiles to.
-#[derive(Default)]
 struct Built {
-    source: Option<Arc<StreamEntry>>,
+    base: Base,
+    /// The schema of the rows `base` delivers.
+    input: SchemaRef,
+    /// Operators over `base`'s rows, first to last.
     operators: Vec<Box<dyn Operator>>,
-    /// The window size when the rows carry `window_start` / `window_end`.
-    window_ns: Option<i64>,
+    /// Per output column, what it says about time.
+    times: Vec<Option<TimeColumn>>,
     /// The gap when the rows come from SESSION(...).
     session_gap_ns: Option<i64>,
     aggregated: bool,
+    /// A windowed aggregate (TUMBLE or HOP) is in this subtree.
+    windowed_aggregate: bool,
     /// Set once results are upserts: the output columns of the group key.
     key: Option<Vec<usize>>,
+}
+
+impl Built {
+    fn into_dataflow(self) -> Dataflow {
+        let pipeline = Pipeline::new(self.input, self.operators);
+        match self.base {
+            Base::Source(source) => Dataflow::Source { source, pipeline },
+            Base::Join(left, right, join) => Dataflow::join(left, right, join, pipeline),
+        }
+    }
 }
 
 fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
@@ -185,6 +252,17 @@ fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
 
 fn unsupported(what: &str) -> Error {
     Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
+}
+
+/// The column an expression reads, looking through aliases and casts.
+fn column_of(e: &Expr) -> Option<&datafusion::common::Column> {
+    match e {
+        Expr::Column(c) => Some(c),
+        Expr::Alias(a) => column_of(&a.expr),
+        Expr::Cast(c) => column_of(&c.expr),
+        Expr::TryCast(c) => column_of(&c.expr),
+        _ => None,
+    }
 }
 
 /// The physical aggregate expressions of an Aggregate node.
@@ -224,279 +302,790 @@ fn aggregate_specs(
         .collect()
 }
 
-/// GROUP BY over SESSION(...): the group columns other than the window's are the session key.
-fn build_session_aggregate(
-    mut built: Built,
-    agg: &datafusion::logical_expr::Aggregate,
-    plan: &LogicalPlan,
-    state: &SessionState,
-    options: ViewOptions,
-    gap_ns: i64,
-) -> Result<Built> {
-    if options.emit == Some(EmitMode::OnUpdate) || options.allowed_lateness_ns > 0 {
-        return Err(unsupported(
-            "EMIT ON UPDATE or allowed_lateness with SESSION windows",
-        ));
-    }
-    let input_schema = agg.input.schema();
-    let mut keys = Vec::new();
-    let mut layout = Vec::new();
-    let mut start_index = None;
-    for e in &agg.group_expr {
-        match e {
-            Expr::Column(c) if c.name == "window_start" => {
-                start_index = Some(input_schema.index_of_column(c)?);
-                layout.push(SessionColumn::Start);
-            }
-            Expr::Column(c) if c.name == "window_end" => layout.push(SessionColumn::End),
-            e => {
-                layout.push(SessionColumn::Key(keys.len()));
-                keys.push(state.create_physical_expr(e.clone(), input_schema)?);
-            }
-        }
-    }
-    let Some(start_index) = start_index else {
-        return Err(Error::NotSupported(
-            "a SESSION window aggregate must GROUP BY window_start (and the session key)".into(),
-        ));
-    };
-    let aggregates = aggregate_specs(agg, state)?;
-    built
-        .operators
-        .push(Box::new(SessionAggregateOperator::try_new(
-            &arrow_schema(&agg.input),
-            keys,
-            layout,
-            start_index,
-            gap_ns,
-            aggregates,
-            arrow_schema(plan),
-        )?));
-    built.aggregated = true;
-    Ok(built)
+/// A time condition between the join's inputs: `left.a - right.b` lies within `[low, high]`
+/// (either bound may be missing).
+#[derive(Debug, Clone, Copy)]
+struct TimeBound {
+    left: usize,
+    right: usize,
+    low: Option<i64>,
+    high: Option<i64>,
 }
 
-fn build(plan: &LogicalPlan, state: &SessionState, options: ViewOptions) -> Result<Built> {
-    let emit = options.emit;
-    match plan {
-        LogicalPlan::TableScan(scan) => {
-            let provider = source_as_provider(&scan.source)?;
-            if !scan.filters.is_empty() {
-                return Err(Error::Internal(
-                    "a filter was pushed into a stream scan".into(),
-                ));
-            }
-            let mut built = Built::default();
-            if let Some(t) = provider_as::<WindowTable>(&provider) {
-                let def = &t.stream.def;
-                let time = &t.stream.schema.field(t.time_index).name().clone();
-                match &def.watermark {
-                    Some(w) if &w.column == time => {}
-                    Some(w) => {
-                        return Err(Error::NotSupported(format!(
-                            "a window over {time}, but stream {} has its watermark on {}; \
-                             window over the watermark column",
-                            def.name, w.column
-                        )));
-                    }
-                    None => {
-                        return Err(Error::NotSupported(format!(
-                            "stream {} has no watermark, so its windows would never close; \
-                             declare WATERMARK FOR {time} AS {time} - INTERVAL '...' in CREATE STREAM",
-                            def.name
-                        )));
-                    }
-                }
-                built.operators.push(t.operator()?);
-                built.window_ns = t.spec.size_ns();
-                if let WindowSpec::Session { gap_ns } = t.spec {
-                    built.session_gap_ns = Some(gap_ns);
-                }
-                built.source = Some(Arc::clone(&t.stream));
-            } else if let Some(s) = provider_as::<StreamTable>(&provider) {
-                built.source = Some(s.entry());
-            } else if provider_as::<ViewTable>(&provider).is_some() {
-                return Err(unsupported("reading a materialized view from another view"));
-            } else {
-                return Err(unsupported(&format!("reading {}", scan.table_name)));
-            }
-            if let Some(projection) = &scan.projection {
-                let input = provider.schema();
-                let exprs = projection
-                    .iter()
-                    .map(|&i| {
-                        let name = input.field(i).name().clone();
-                        (
-                            Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
-                            name,
-                        )
-                    })
-                    .collect();
-                built
-                    .operators
-                    .push(Box::new(ProjectionOperator::try_new(exprs, &input)?));
-            }
-            Ok(built)
+/// `column + offset` where `column` is a time column of one of the join's inputs.
+fn time_term(e: &Expr, schema: &datafusion::common::DFSchema) -> Option<(usize, i64)> {
+    use datafusion::logical_expr::Operator as Op;
+    match e {
+        Expr::BinaryExpr(b) if matches!(b.op, Op::Plus | Op::Minus) => {
+            let (col, offset) = time_term(&b.left, schema)?;
+            let n = interval_ns(&b.right)?;
+            Some((
+                col,
+                if b.op == Op::Plus {
+                    offset + n
+                } else {
+                    offset - n
+                },
+            ))
         }
-        LogicalPlan::SubqueryAlias(a) => build(&a.input, state, options),
-        LogicalPlan::Filter(f) => {
-            let mut built = build(&f.input, state, options)?;
-            if built.key.is_some() {
-                return Err(Error::NotSupported(
-                    "HAVING (or WHERE over an aggregate) is not supported yet for results that \
-                     change (EMIT ON UPDATE, or GROUP BY without a window): a group that stops \
-                     matching would have to leave the view"
-                        .into(),
-                ));
-            }
-            let predicate = state.create_physical_expr(f.predicate.clone(), f.input.schema())?;
-            built.operators.push(Box::new(FilterOperator::try_new(
-                predicate,
-                arrow_schema(&f.input),
-            )?));
-            Ok(built)
+        e => {
+            let c = column_of(e)?;
+            Some((schema.index_of_column(c).ok()?, 0))
         }
-        LogicalPlan::Projection(p) => {
-            let mut built = build(&p.input, state, options)?;
-            if let Some(key) = &built.key {
-                let input = p.input.schema();
-                let position = |k: usize| {
-                    p.expr.iter().position(|e| {
-                        let e = match e {
-                            Expr::Alias(a) => a.expr.as_ref(),
-                            e => e,
-                        };
-                        matches!(e, Expr::Column(c) if input.index_of_column(c).ok() == Some(k))
-                    })
+    }
+}
+
+/// A constant interval in nanoseconds (days count as 24 hours; months are refused).
+fn interval_ns(e: &Expr) -> Option<i64> {
+    use datafusion::common::ScalarValue;
+    match e {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(v.days as i64 * 86_400_000_000_000 + v.nanoseconds)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(v.days as i64 * 86_400_000_000_000 + v.milliseconds as i64 * 1_000_000)
+        }
+        Expr::Cast(c) => interval_ns(&c.expr),
+        _ => None,
+    }
+}
+
+/// Splits a conjunction.
+fn conjuncts(e: &Expr, out: &mut Vec<Expr>) {
+    use datafusion::logical_expr::Operator as Op;
+    match e {
+        Expr::BinaryExpr(b) if b.op == Op::And => {
+            conjuncts(&b.left, out);
+            conjuncts(&b.right, out);
+        }
+        Expr::Between(b) if !b.negated => {
+            out.push(b.expr.as_ref().clone().gt_eq(b.low.as_ref().clone()));
+            out.push(b.expr.as_ref().clone().lt_eq(b.high.as_ref().clone()));
+        }
+        e => out.push(e.clone()),
+    }
+}
+
+/// The time conditions among `conditions` (over the join's schema, left columns first).
+fn time_bounds(
+    conditions: &[Expr],
+    schema: &datafusion::common::DFSchema,
+    left_width: usize,
+    times: &[Option<TimeColumn>],
+) -> Vec<TimeBound> {
+    use datafusion::logical_expr::Operator as Op;
+    let mut bounds = Vec::new();
+    for c in conditions {
+        let Expr::BinaryExpr(b) = c else { continue };
+        let op = match b.op {
+            Op::Eq | Op::Lt | Op::LtEq | Op::Gt | Op::GtEq => b.op,
+            _ => continue,
+        };
+        let (Some((a, oa)), Some((z, oz))) =
+            (time_term(&b.left, schema), time_term(&b.right, schema))
+        else {
+            continue;
+        };
+        if times.get(a).copied().flatten().is_none() || times.get(z).copied().flatten().is_none() {
+            continue;
+        }
+        // a + oa  op  z + oz, with a and z on different sides.
+        let (l, r, lo, diff_op) = if a < left_width && z >= left_width {
+            (a, z - left_width, oz - oa, op)
+        } else if z < left_width && a >= left_width {
+            (z, a - left_width, oa - oz, op.swap().unwrap_or(op))
+        } else {
+            continue;
+        };
+        // Now: left.l  diff_op  right.r + lo.
+        let (low, high) = match diff_op {
+            Op::Eq => (Some(lo), Some(lo)),
+            Op::Lt | Op::LtEq => (None, Some(lo)),
+            _ => (Some(lo), None),
+        };
+        bounds.push(TimeBound {
+            left: l,
+            right: r,
+            low,
+            high,
+        });
+    }
+    bounds
+}
+
+/// Compiles a logical plan bottom-up, collecting the sources and tables it reads.
+struct Planner<'a> {
+    state: &'a SessionState,
+    options: ViewOptions,
+    sources: Vec<Arc<StreamEntry>>,
+    tables: Vec<Arc<TableEntry>>,
+}
+
+/// A reference table as one side of a join: the table, the scan's columns, and filters on it.
+struct TableSide {
+    table: Arc<TableEntry>,
+    /// The table's columns the join sees, in order.
+    projection: Vec<usize>,
+    /// Conditions on the table's rows (over its full schema, qualified by `name`).
+    filters: Vec<Expr>,
+    name: datafusion::common::TableReference,
+}
+
+impl Planner<'_> {
+    fn source_index(&mut self, stream: &Arc<StreamEntry>) -> usize {
+        match self
+            .sources
+            .iter()
+            .position(|s| s.def.name == stream.def.name)
+        {
+            Some(i) => i,
+            None => {
+                self.sources.push(Arc::clone(stream));
+                self.sources.len() - 1
+            }
+        }
+    }
+
+    /// The reference table `plan` scans, if it is (an alias of) a scan of one, maybe filtered.
+    fn table_side(plan: &LogicalPlan) -> Result<Option<TableSide>> {
+        match plan {
+            LogicalPlan::SubqueryAlias(a) => Self::table_side(&a.input),
+            LogicalPlan::Filter(f) => Ok(Self::table_side(&f.input)?.map(|mut t| {
+                t.filters.push(f.predicate.clone());
+                t
+            })),
+            LogicalPlan::Projection(p) => {
+                let Some(mut t) = Self::table_side(&p.input)? else {
+                    return Ok(None);
                 };
-                let mapped: Option<Vec<usize>> = key.iter().map(|&k| position(k)).collect();
-                built.key = Some(mapped.ok_or_else(|| {
-                    Error::NotSupported(
-                        "results that change (EMIT ON UPDATE, or GROUP BY without a window) must \
-                         select every GROUP BY column, so that each row can be updated in place"
-                            .into(),
-                    )
-                })?);
-            }
-            let exprs = p
-                .expr
-                .iter()
-                .zip(p.schema.fields())
-                .map(|(e, f)| {
-                    Ok((
-                        state.create_physical_expr(e.clone(), p.input.schema())?,
-                        f.name().clone(),
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            built.operators.push(Box::new(ProjectionOperator::try_new(
-                exprs,
-                &arrow_schema(&p.input),
-            )?));
-            Ok(built)
-        }
-        LogicalPlan::Aggregate(agg) => {
-            let mut built = build(&agg.input, state, options)?;
-            if built.aggregated {
-                return Err(unsupported("an aggregate over an aggregate"));
-            }
-            if agg.group_expr.is_empty() {
-                return Err(unsupported(
-                    "an aggregate over a whole stream without GROUP BY (group by a column, or by \
-                     window_start, window_end of a TUMBLE or HOP)",
-                ));
-            }
-            let input_schema = agg.input.schema();
-            let mut window = None;
-            for e in &agg.group_expr {
-                match e {
-                    Expr::GroupingSet(_) => {
-                        return Err(unsupported("GROUPING SETS / ROLLUP / CUBE"));
-                    }
-                    Expr::Column(c) if c.name == "window_start" || c.name == "window_end" => {
-                        let i = input_schema.index_of_column(c)?;
-                        if window.is_none() || c.name == "window_start" {
-                            window = Some(if c.name == "window_start" {
-                                WindowColumn::Start(i)
-                            } else {
-                                WindowColumn::End(i)
-                            });
-                        }
-                    }
-                    _ => {}
+                let input = p.input.schema();
+                let mut projection = Vec::with_capacity(p.expr.len());
+                for e in &p.expr {
+                    let Expr::Column(c) = e else { return Ok(None) };
+                    let i = input.index_of_column(c)?;
+                    projection.push(t.projection[i]);
                 }
+                t.projection = projection;
+                Ok(Some(t))
             }
-            if let Some(gap_ns) = built.session_gap_ns {
-                return build_session_aggregate(built, agg, plan, state, options, gap_ns);
+            LogicalPlan::TableScan(scan) => {
+                let provider = source_as_provider(&scan.source)?;
+                let Some(t) = provider_as::<RefTable>(&provider) else {
+                    return Ok(None);
+                };
+                let table = t.entry();
+                let projection = scan
+                    .projection
+                    .clone()
+                    .unwrap_or_else(|| (0..table.schema.fields().len()).collect());
+                Ok(Some(TableSide {
+                    table,
+                    projection,
+                    filters: scan.filters.clone(),
+                    name: scan.table_name.clone(),
+                }))
             }
-            let window = window.filter(|_| built.window_ns.is_some());
-            let size_ns = built.window_ns.unwrap_or(0);
-            let mode = match (window, emit) {
-                (None, Some(EmitMode::OnWindowClose)) => {
+            _ => Ok(None),
+        }
+    }
+
+    fn build(&mut self, plan: &LogicalPlan) -> Result<Built> {
+        match plan {
+            LogicalPlan::TableScan(scan) => self.build_scan(scan),
+            LogicalPlan::SubqueryAlias(a) => self.build(&a.input),
+            LogicalPlan::Filter(f) => {
+                let mut built = self.build(&f.input)?;
+                if built.key.is_some() {
                     return Err(Error::NotSupported(
-                        "EMIT ON WINDOW CLOSE needs a window: read FROM TUMBLE(...) or HOP(...) \
-                         and GROUP BY window_start, window_end"
+                        "HAVING (or WHERE over an aggregate) is not supported yet for results that \
+                         change (EMIT ON UPDATE, or GROUP BY without a window): a group that stops \
+                         matching would have to leave the view"
                             .into(),
                     ));
                 }
-                (None, _) | (Some(_), Some(EmitMode::OnUpdate)) => Emit::OnUpdate,
-                (Some(_), _) => Emit::OnWindowClose,
+                let predicate = self
+                    .state
+                    .create_physical_expr(f.predicate.clone(), f.input.schema())?;
+                built.operators.push(Box::new(FilterOperator::try_new(
+                    predicate,
+                    arrow_schema(&f.input),
+                )?));
+                Ok(built)
+            }
+            LogicalPlan::Projection(p) => self.build_projection(p),
+            LogicalPlan::Aggregate(agg) => self.build_aggregate(agg, plan),
+            LogicalPlan::Join(join) => self.build_join(join),
+            LogicalPlan::Sort(_) => Err(Error::NotSupported(
+                "ORDER BY in a materialized view cannot be maintained over an unbounded stream; \
+                 order when you query the view (SELECT ... FROM view ORDER BY ...)"
+                    .into(),
+            )),
+            LogicalPlan::Limit(_) => Err(Error::NotSupported(
+                "LIMIT in a materialized view cannot be maintained over an unbounded stream; \
+                 apply it when you query the view (SELECT ... FROM view LIMIT n)"
+                    .into(),
+            )),
+            LogicalPlan::Distinct(_) => Err(unsupported(
+                "DISTINCT (write GROUP BY over the columns instead)",
+            )),
+            LogicalPlan::Window(_) => Err(unsupported("a window function (OVER)")),
+            LogicalPlan::Union(_) => Err(unsupported("UNION")),
+            other => Err(unsupported(
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this plan node"),
+            )),
+        }
+    }
+
+    fn build_scan(&mut self, scan: &datafusion::logical_expr::TableScan) -> Result<Built> {
+        let provider = source_as_provider(&scan.source)?;
+        if !scan.filters.is_empty() {
+            return Err(Error::Internal(
+                "a filter was pushed into a stream scan; this is a bug".into(),
+            ));
+        }
+        let (source, input, mut operators, mut times, session_gap_ns) = if let Some(t) =
+            provider_as::<WindowTable>(&provider)
+        {
+            let def = &t.stream.def;
+            let time = t.stream.schema.field(t.time_index).name().clone();
+            match &def.watermark {
+                Some(w) if w.column == time => {}
+                Some(w) => {
+                    return Err(Error::NotSupported(format!(
+                        "a window over {time}, but stream {} has its watermark on {}; \
+                             window over the watermark column",
+                        def.name, w.column
+                    )));
+                }
+                None => {
+                    return Err(Error::NotSupported(format!(
+                        "stream {} has no watermark, so its windows would never close; \
+                             declare WATERMARK FOR {time} AS {time} - INTERVAL '...' in CREATE STREAM",
+                        def.name
+                    )));
+                }
+            }
+            let operator = t.operator()?;
+            let width = operator.schema().fields().len();
+            let mut times = vec![None; width];
+            times[t.time_index] = Some(TimeColumn::EventTime);
+            if let Some(size_ns) = t.spec.size_ns() {
+                times[width - 2] = Some(TimeColumn::WindowStart { size_ns });
+                times[width - 1] = Some(TimeColumn::WindowEnd { size_ns });
+            }
+            let gap = match t.spec {
+                WindowSpec::Session { gap_ns } => Some(gap_ns),
+                _ => None,
             };
-            let input_arrow = arrow_schema(&agg.input);
-            let groups = agg
-                .group_expr
+            (
+                self.source_index(&t.stream),
+                Arc::clone(&t.stream.schema),
+                vec![operator],
+                times,
+                gap,
+            )
+        } else if let Some(s) = provider_as::<StreamTable>(&provider) {
+            let entry = s.entry();
+            let mut times = vec![None; entry.schema.fields().len()];
+            if let Some(i) = entry
+                .def
+                .watermark
+                .as_ref()
+                .and_then(|w| entry.def.column_index(&w.column))
+            {
+                times[i] = Some(TimeColumn::EventTime);
+            }
+            (
+                self.source_index(&entry),
+                Arc::clone(&entry.schema),
+                Vec::new(),
+                times,
+                None,
+            )
+        } else if provider_as::<ViewTable>(&provider).is_some() {
+            return Err(unsupported("reading a materialized view from another view"));
+        } else if provider_as::<RefTable>(&provider).is_some() {
+            return Err(Error::NotSupported(format!(
+                "{} is a table: a continuous query reads a stream, and joins tables to it \
+                     (FROM stream JOIN {} ON stream.column = {}.primary_key)",
+                scan.table_name, scan.table_name, scan.table_name
+            )));
+        } else {
+            return Err(unsupported(&format!("reading {}", scan.table_name)));
+        };
+        if let Some(projection) = &scan.projection {
+            let built_schema = operators
+                .last()
+                .map_or_else(|| Arc::clone(&input), |o| o.schema());
+            let exprs = projection
                 .iter()
-                .zip(agg.schema.fields())
-                .map(|(e, f)| {
-                    Ok((
-                        state.create_physical_expr(e.clone(), input_schema)?,
-                        f.name().clone(),
-                    ))
+                .map(|&i| {
+                    let name = built_schema.field(i).name().clone();
+                    (
+                        Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                        name,
+                    )
                 })
-                .collect::<Result<Vec<_>>>()?;
-            let aggregates = aggregate_specs(agg, state)?;
-            let mut operator = WindowAggregateOperator::try_new(
-                &input_arrow,
-                groups,
-                window,
-                size_ns,
+                .collect();
+            let op = ProjectionOperator::try_new(exprs, &built_schema)?;
+            times = projection.iter().map(|&i| times[i]).collect();
+            operators.push(Box::new(op));
+        }
+        Ok(Built {
+            base: Base::Source(source),
+            input,
+            operators,
+            times,
+            session_gap_ns,
+            aggregated: false,
+            windowed_aggregate: false,
+            key: None,
+        })
+    }
+
+    fn build_projection(&mut self, p: &datafusion::logical_expr::Projection) -> Result<Built> {
+        let mut built = self.build(&p.input)?;
+        let input = p.input.schema();
+        let source_index = |e: &Expr| -> Option<usize> {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            match e {
+                Expr::Column(c) => input.index_of_column(c).ok(),
+                _ => None,
+            }
+        };
+        if let Some(key) = &built.key {
+            let position = |k: usize| p.expr.iter().position(|e| source_index(e) == Some(k));
+            let mapped: Option<Vec<usize>> = key.iter().map(|&k| position(k)).collect();
+            built.key = Some(mapped.ok_or_else(|| {
+                Error::NotSupported(
+                    "results that change (EMIT ON UPDATE, or GROUP BY without a window) must \
+                     select every GROUP BY column, so that each row can be updated in place"
+                        .into(),
+                )
+            })?);
+        }
+        built.times = p
+            .expr
+            .iter()
+            .map(|e| source_index(e).and_then(|i| built.times.get(i).copied().flatten()))
+            .collect();
+        let exprs = p
+            .expr
+            .iter()
+            .zip(p.schema.fields())
+            .map(|(e, f)| {
+                Ok((
+                    self.state.create_physical_expr(e.clone(), input)?,
+                    f.name().clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        built.operators.push(Box::new(ProjectionOperator::try_new(
+            exprs,
+            &arrow_schema(&p.input),
+        )?));
+        Ok(built)
+    }
+
+    /// GROUP BY over SESSION(...): the group columns other than the window's are the session key.
+    fn build_session_aggregate(
+        &self,
+        mut built: Built,
+        agg: &datafusion::logical_expr::Aggregate,
+        plan: &LogicalPlan,
+        gap_ns: i64,
+    ) -> Result<Built> {
+        if self.options.emit == Some(EmitMode::OnUpdate) || self.options.allowed_lateness_ns > 0 {
+            return Err(unsupported(
+                "EMIT ON UPDATE or allowed_lateness with SESSION windows",
+            ));
+        }
+        let input_schema = agg.input.schema();
+        let mut keys = Vec::new();
+        let mut layout = Vec::new();
+        let mut start_index = None;
+        for e in &agg.group_expr {
+            match e {
+                Expr::Column(c) if c.name == "window_start" => {
+                    start_index = Some(input_schema.index_of_column(c)?);
+                    layout.push(SessionColumn::Start);
+                }
+                Expr::Column(c) if c.name == "window_end" => layout.push(SessionColumn::End),
+                e => {
+                    layout.push(SessionColumn::Key(keys.len()));
+                    keys.push(self.state.create_physical_expr(e.clone(), input_schema)?);
+                }
+            }
+        }
+        let Some(start_index) = start_index else {
+            return Err(Error::NotSupported(
+                "a SESSION window aggregate must GROUP BY window_start (and the session key)"
+                    .into(),
+            ));
+        };
+        let aggregates = aggregate_specs(agg, self.state)?;
+        built
+            .operators
+            .push(Box::new(SessionAggregateOperator::try_new(
+                &arrow_schema(&agg.input),
+                keys,
+                layout,
+                start_index,
+                gap_ns,
                 aggregates,
                 arrow_schema(plan),
-                mode,
-            )?;
-            if window.is_some() {
-                operator = operator.with_allowed_lateness(options.allowed_lateness_ns);
-            } else if options.allowed_lateness_ns > 0 {
+            )?));
+        built.aggregated = true;
+        built.session_gap_ns = None;
+        built.times = vec![None; plan.schema().fields().len()];
+        Ok(built)
+    }
+
+    fn build_aggregate(
+        &mut self,
+        agg: &datafusion::logical_expr::Aggregate,
+        plan: &LogicalPlan,
+    ) -> Result<Built> {
+        let mut built = self.build(&agg.input)?;
+        if built.key.is_some() {
+            return Err(unsupported(
+                "an aggregate over results that change (EMIT ON UPDATE, allowed_lateness, or GROUP BY without a window)",
+            ));
+        }
+        if agg.group_expr.is_empty() {
+            return Err(unsupported(
+                "an aggregate over a whole stream without GROUP BY (group by a column, or by \
+                 window_start, window_end of a TUMBLE or HOP)",
+            ));
+        }
+        if let Some(gap_ns) = built.session_gap_ns {
+            return self.build_session_aggregate(built, agg, plan, gap_ns);
+        }
+        let input_schema = agg.input.schema();
+        // The window: a group column holding window starts (preferred) or ends.
+        let mut window = None;
+        let mut size_ns = 0;
+        let mut out_times = vec![None; plan.schema().fields().len()];
+        for (g, e) in agg.group_expr.iter().enumerate() {
+            if let Expr::GroupingSet(_) = e {
+                return Err(unsupported("GROUPING SETS / ROLLUP / CUBE"));
+            }
+            let Expr::Column(c) = e else { continue };
+            let i = input_schema.index_of_column(c)?;
+            match built.times.get(i).copied().flatten() {
+                Some(t @ TimeColumn::WindowStart { size_ns: s }) => {
+                    window = Some(WindowColumn::Start(i));
+                    size_ns = s;
+                    out_times[g] = Some(t);
+                }
+                Some(t @ TimeColumn::WindowEnd { size_ns: s }) => {
+                    if !matches!(window, Some(WindowColumn::Start(_))) {
+                        window = Some(WindowColumn::End(i));
+                        size_ns = s;
+                    }
+                    out_times[g] = Some(t);
+                }
+                _ => {}
+            }
+        }
+        let emit = self.options.emit;
+        let mode = match (window, emit) {
+            (None, Some(EmitMode::OnWindowClose)) => {
                 return Err(Error::NotSupported(
-                    "allowed_lateness applies to windowed aggregates (GROUP BY window_start)"
+                    "EMIT ON WINDOW CLOSE needs a window: read FROM TUMBLE(...) or HOP(...) \
+                     and GROUP BY window_start, window_end"
                         .into(),
                 ));
             }
-            if operator.upserts() {
-                built.key = Some((0..agg.group_expr.len()).collect());
-            }
-            built.operators.push(Box::new(operator));
-            built.aggregated = true;
-            Ok(built)
+            (None, _) | (Some(_), Some(EmitMode::OnUpdate)) => Emit::OnUpdate,
+            (Some(_), _) => Emit::OnWindowClose,
+        };
+        let input_arrow = arrow_schema(&agg.input);
+        let groups = agg
+            .group_expr
+            .iter()
+            .zip(agg.schema.fields())
+            .map(|(e, f)| {
+                Ok((
+                    self.state.create_physical_expr(e.clone(), input_schema)?,
+                    f.name().clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let aggregates = aggregate_specs(agg, self.state)?;
+        let mut operator = WindowAggregateOperator::try_new(
+            &input_arrow,
+            groups,
+            window,
+            size_ns,
+            aggregates,
+            arrow_schema(plan),
+            mode,
+        )?;
+        if window.is_some() {
+            operator = operator.with_allowed_lateness(self.options.allowed_lateness_ns);
+            built.windowed_aggregate = true;
+        } else if self.options.allowed_lateness_ns > 0 {
+            return Err(Error::NotSupported(
+                "allowed_lateness applies to windowed aggregates (GROUP BY window_start)".into(),
+            ));
         }
-        LogicalPlan::Sort(_) => Err(Error::NotSupported(
-            "ORDER BY in a materialized view cannot be maintained over an unbounded stream; \
-             order when you query the view (SELECT ... FROM view ORDER BY ...)"
-                .into(),
-        )),
-        LogicalPlan::Join(_) => Err(unsupported("JOIN")),
-        LogicalPlan::Limit(_) => Err(unsupported("LIMIT")),
-        LogicalPlan::Distinct(_) => Err(unsupported("DISTINCT")),
-        LogicalPlan::Window(_) => Err(unsupported("a window function (OVER)")),
-        LogicalPlan::Union(_) => Err(unsupported("UNION")),
-        other => Err(unsupported(&format!(
-            "{}",
-            other
-                .display()
-                .to_string()
-                .split(':')
-                .next()
-                .unwrap_or("this plan node")
-        ))),
+        if operator.upserts() {
+            built.key = Some((0..agg.group_expr.len()).collect());
+        }
+        built.operators.push(Box::new(operator));
+        built.aggregated = true;
+        built.times = out_times;
+        Ok(built)
+    }
+
+    fn build_join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Built> {
+        use datafusion::logical_expr::JoinType;
+        if join.null_equality == datafusion::common::NullEquality::NullEqualsNull {
+            return Err(unsupported("a join where NULL keys match"));
+        }
+        let left_side = Self::table_side(&join.left)?;
+        let right_side = Self::table_side(&join.right)?;
+        match (left_side, right_side) {
+            (Some(_), Some(_)) => Err(Error::NotSupported(
+                "a continuous query joining two tables has no stream to follow; join a stream to the tables"
+                    .into(),
+            )),
+            (None, Some(table)) => self.build_lookup_join(join, table, false),
+            (Some(table), None) => self.build_lookup_join(join, table, true),
+            (None, None) => {
+                if join.join_type != JoinType::Inner {
+                    return Err(unsupported(&format!(
+                        "a {} join of two streams (only inner joins)",
+                        join.join_type
+                    )));
+                }
+                self.build_stream_join(join)
+            }
+        }
+    }
+
+    /// `stream JOIN table ON stream.x = table.primary_key`: each event with the table's row.
+    fn build_lookup_join(
+        &mut self,
+        join: &datafusion::logical_expr::Join,
+        table: TableSide,
+        table_first: bool,
+    ) -> Result<Built> {
+        use datafusion::logical_expr::JoinType;
+        let keep_unmatched = match (join.join_type, table_first) {
+            (JoinType::Inner, _) => false,
+            (JoinType::Left, false) | (JoinType::Right, true) => true,
+            (t, _) => {
+                return Err(unsupported(&format!(
+                    "a {t} join of a stream and a table (inner, or stream LEFT JOIN table)"
+                )));
+            }
+        };
+        let stream_plan = if table_first { &join.right } else { &join.left };
+        let mut built = self.build(stream_plan)?;
+        if built.key.is_some() {
+            return Err(unsupported(
+                "a lookup join of results that change (EMIT ON UPDATE or GROUP BY without a window)",
+            ));
+        }
+        let entry = Arc::clone(&table.table);
+        let table_schema = if table_first {
+            join.left.schema()
+        } else {
+            join.right.schema()
+        };
+        let mut keys: Vec<Option<Arc<dyn PhysicalExpr>>> = vec![None; entry.key.len()];
+        for (l, r) in &join.on {
+            let (stream_expr, table_expr) = if table_first { (r, l) } else { (l, r) };
+            let column = column_of(table_expr)
+                .and_then(|c| table_schema.index_of_column(c).ok())
+                .map(|i| table.projection[i]);
+            let Some(position) = column.and_then(|c| entry.key.iter().position(|&k| k == c)) else {
+                return Err(Error::NotSupported(format!(
+                    "a stream joins table {} on its primary key ({}); {table_expr} is not part of it",
+                    entry.def.name,
+                    entry.def.primary_key.join(", ")
+                )));
+            };
+            keys[position] = Some(
+                self.state
+                    .create_physical_expr(stream_expr.clone(), stream_plan.schema())?,
+            );
+        }
+        let keys: Vec<Arc<dyn PhysicalExpr>> =
+            keys.into_iter().collect::<Option<_>>().ok_or_else(|| {
+                Error::NotSupported(format!(
+                    "a stream joins table {} on its whole primary key ({}) with equalities",
+                    entry.def.name,
+                    entry.def.primary_key.join(", ")
+                ))
+            })?;
+        // Conditions on the table alone decide which table rows can match.
+        let table_filter = match table.filters.iter().cloned().reduce(Expr::and) {
+            None => None,
+            Some(f) => {
+                let schema = datafusion::common::DFSchema::try_from_qualified_schema(
+                    table.name.clone(),
+                    &entry.schema,
+                )?;
+                Some(self.state.create_physical_expr(f, &schema)?)
+            }
+        };
+        if keep_unmatched && join.filter.is_some() {
+            return Err(unsupported(
+                "a condition across the stream and the table in a LEFT JOIN (use an inner join)",
+            ));
+        }
+        let after: Vec<Expr> = join.filter.iter().cloned().collect();
+        let output = Arc::new(join.schema.as_arrow().clone());
+        let op = LookupJoinOperator::try_new(
+            entry.def.name.clone(),
+            keys,
+            Arc::clone(&entry.rows),
+            table_filter,
+            table.projection.clone(),
+            keep_unmatched,
+            table_first,
+            Arc::clone(&output),
+        )?;
+        built.operators.push(Box::new(op));
+        let table_times = vec![None; table.projection.len()];
+        built.times = if table_first {
+            table_times.into_iter().chain(built.times).collect()
+        } else {
+            built.times.into_iter().chain(table_times).collect()
+        };
+        if let Some(predicate) = after.into_iter().reduce(Expr::and) {
+            let predicate = self.state.create_physical_expr(predicate, &join.schema)?;
+            built
+                .operators
+                .push(Box::new(FilterOperator::try_new(predicate, output)?));
+        }
+        if !self.tables.iter().any(|t| t.def.name == entry.def.name) {
+            self.tables.push(entry);
+        }
+        Ok(built)
+    }
+
+    /// A join of two streams, bounded in time by window columns or an interval condition.
+    fn build_stream_join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Built> {
+        let left = self.build(&join.left)?;
+        let right = self.build(&join.right)?;
+        if left.key.is_some() || right.key.is_some() {
+            return Err(unsupported(
+                "a join of results that change (EMIT ON UPDATE, allowed_lateness, or GROUP BY without a window)",
+            ));
+        }
+        if left.session_gap_ns.is_some() || right.session_gap_ns.is_some() {
+            return Err(unsupported("a join of SESSION windows"));
+        }
+        let left_width = join.left.schema().fields().len();
+        let schema = join.schema.as_ref();
+        let times: Vec<Option<TimeColumn>> =
+            left.times.iter().chain(&right.times).copied().collect();
+        let mut conditions: Vec<Expr> = join
+            .on
+            .iter()
+            .map(|(l, r)| l.clone().eq(r.clone()))
+            .collect();
+        if let Some(f) = &join.filter {
+            conjuncts(f, &mut conditions);
+        }
+        let bounds = time_bounds(&conditions, schema, left_width, &times);
+        let lag = |i: usize| times[i].map_or(0, TimeColumn::lag_ns);
+        // A left row at a can meet right rows with b <= a - low; those still to come have
+        // b >= watermark - lag(b). So it is kept while a - low + lag(b) >= watermark.
+        let left_keep = bounds
+            .iter()
+            .filter_map(|b| b.low.map(|low| (b.left, lag(left_width + b.right) - low)))
+            .min_by_key(|&(_, offset)| offset);
+        // A right row at b meets left rows with a <= b + high; those to come have
+        // a >= watermark - lag(a).
+        let right_keep = bounds
+            .iter()
+            .filter_map(|b| b.high.map(|high| (b.right, high + lag(b.left))))
+            .min_by_key(|&(_, offset)| offset);
+        let (Some((left_column, left_offset)), Some((right_column, right_offset))) =
+            (left_keep, right_keep)
+        else {
+            return Err(Error::NotSupported(
+                "this join of two streams would keep every row forever: bound it in time. \
+                 Join windowed inputs on their window (a.window_start = b.window_start AND \
+                 a.window_end = b.window_end), or bound the event times \
+                 (a.ts BETWEEN b.ts - INTERVAL '1' MINUTE AND b.ts)"
+                    .into(),
+            ));
+        };
+        let left_schema = join.left.schema();
+        let right_schema = join.right.schema();
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for (l, r) in &join.on {
+            left_keys.push(self.state.create_physical_expr(l.clone(), left_schema)?);
+            right_keys.push(self.state.create_physical_expr(r.clone(), right_schema)?);
+        }
+        let filter = match &join.filter {
+            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
+            None => None,
+        };
+        let left_time = TimeColumn::lag_ns(times[left_column].unwrap_or(TimeColumn::EventTime));
+        let right_time =
+            TimeColumn::lag_ns(times[left_width + right_column].unwrap_or(TimeColumn::EventTime));
+        let op = StreamJoinOperator::try_new(
+            JoinInput {
+                keys: left_keys,
+                time: left_column,
+                time_lag_ns: left_time,
+                expiry_column: left_column,
+                expiry_offset_ns: left_offset,
+            },
+            JoinInput {
+                keys: right_keys,
+                time: right_column,
+                time_lag_ns: right_time,
+                expiry_column: right_column,
+                expiry_offset_ns: right_offset,
+            },
+            &Arc::new(left_schema.as_arrow().clone()),
+            filter,
+            Arc::new(join.schema.as_arrow().clone()),
+        )?;
+        // Window columns equated across the join keep their meaning in the output: a match is
+        // emitted when its later row arrives, which is never behind the watermark.
+        let mut out_times = vec![None; times.len()];
+        for b in &bounds {
+            if b.low == Some(0) && b.high == Some(0) {
+                let r = left_width + b.right;
+                if matches!(
+                    times[b.left],
+                    Some(TimeColumn::WindowEnd { .. } | TimeColumn::WindowStart { .. })
+                ) {
+                    out_times[b.left] = times[b.left];
+                    out_times[r] = times[r];
+                }
+            }
+        }
+        let windowed_aggregate = left.windowed_aggregate || right.windowed_aggregate;
+        let aggregated = left.aggregated || right.aggregated;
+        let input = Arc::new(join.schema.as_arrow().clone());
+        Ok(Built {
+            base: Base::Join(left.into_dataflow(), right.into_dataflow(), Box::new(op)),
+            input,
+            operators: Vec::new(),
+            times: out_times,
+            session_gap_ns: None,
+            aggregated,
+            windowed_aggregate,
+            key: None,
+        })
     }
 }

@@ -10,7 +10,7 @@ use datafusion::common::ParamValues;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
+use datafusion::logical_expr::{DdlStatement, Expr, LogicalPlan, ScalarUDF};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
@@ -20,11 +20,14 @@ use datafusion::sql::sqlparser::ast::{
 use futures::TryStreamExt;
 use weir_engine::log::supports_key_type;
 
-use crate::catalog::{ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, ViewDef, WatermarkDef};
+use crate::catalog::{
+    ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, TableDef, ViewDef, WatermarkDef,
+};
 use crate::database::Database;
 use crate::functions::ModFunction;
 use crate::parser::{CreateStream, EmitMode, WeirStatement, normalize, object_name, parse};
 use crate::planner::{ViewOptions, compile_query_statement, humanize_ns};
+use crate::ref_table::RefTable;
 use crate::tables::{
     LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction,
     interval_ns,
@@ -49,6 +52,8 @@ pub enum Output {
     Command(String),
     /// An INSERT appended this many rows.
     Inserted(u64),
+    /// An UPDATE or DELETE (the command) changed this many rows.
+    Modified(&'static str, u64),
 }
 
 impl std::fmt::Debug for Output {
@@ -57,6 +62,7 @@ impl std::fmt::Debug for Output {
             Self::Rows { schema, .. } => write!(f, "Rows({schema})"),
             Self::Command(tag) => write!(f, "Command({tag})"),
             Self::Inserted(n) => write!(f, "Inserted({n})"),
+            Self::Modified(c, n) => write!(f, "{c}({n})"),
         }
     }
 }
@@ -66,7 +72,7 @@ impl Output {
     pub async fn collect(self) -> Result<Vec<RecordBatch>> {
         match self {
             Self::Rows { stream, .. } => Ok(stream.try_collect().await?),
-            Self::Command(_) | Self::Inserted(_) => Ok(Vec::new()),
+            Self::Command(_) | Self::Inserted(_) | Self::Modified(..) => Ok(Vec::new()),
         }
     }
 }
@@ -110,6 +116,7 @@ impl SchemaProvider for WeirSchema {
             .map(|s| s.def.name.clone())
             .collect();
         names.extend(self.db.views().iter().map(|v| v.def.name.clone()));
+        names.extend(self.db.tables().iter().map(|t| t.def.name.clone()));
         names
     }
 
@@ -120,6 +127,9 @@ impl SchemaProvider for WeirSchema {
         if name == LATE_EVENTS {
             return Ok(Some(Arc::new(LateEventsTable::new(self.db.clone()))));
         }
+        if let Some(t) = self.db.table(name) {
+            return Ok(Some(Arc::new(RefTable::new(t))));
+        }
         Ok(self
             .db
             .view(name)
@@ -127,7 +137,7 @@ impl SchemaProvider for WeirSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.db.stream(name).is_some() || self.db.view(name).is_some() || name == LATE_EVENTS
+        self.db.exists(name) || name == LATE_EVENTS
     }
 }
 
@@ -383,7 +393,7 @@ impl Session {
                 object_type,
                 if_exists,
                 names,
-                cascade: _,
+                cascade,
                 ..
             } => match object_type {
                 ObjectType::MaterializedView => {
@@ -399,9 +409,28 @@ impl Session {
                     }
                     Ok(Output::Command("DROP MATERIALIZED VIEW".into()))
                 }
-                ObjectType::Table => Err(Error::NotSupported(
-                    "DROP TABLE: streams are dropped with DROP STREAM name".into(),
-                )),
+                ObjectType::Table => {
+                    for n in &names {
+                        let name = object_name(n)?;
+                        if self.db.stream(&name).is_some() {
+                            return Err(Error::WrongObject {
+                                sqlstate: "42809",
+                                message: format!(
+                                    "{name} is a stream: drop it with DROP STREAM {name}"
+                                ),
+                            });
+                        }
+                        if self.db.table(&name).is_none() {
+                            if if_exists {
+                                continue;
+                            }
+                            return Err(Error::UndefinedRelation(name));
+                        }
+                        self.blocking(move |db| db.drop_table(&name, cascade))
+                            .await?;
+                    }
+                    Ok(Output::Command("DROP TABLE".into()))
+                }
                 other => Err(Error::NotSupported(format!(
                     "DROP {other} is not supported"
                 ))),
@@ -436,7 +465,7 @@ impl Session {
                             ),
                         });
                     }
-                    if self.db.stream(&name).is_none() {
+                    if self.db.stream(&name).is_none() && self.db.table(&name).is_none() {
                         return Err(Error::UndefinedRelation(name));
                     }
                 }
@@ -453,10 +482,56 @@ impl Session {
                     .sum();
                 Ok(Output::Inserted(count))
             }
-            Statement::CreateTable(_) => Err(Error::NotSupported(
-                "CREATE TABLE is not supported yet; create an event stream with CREATE STREAM"
-                    .into(),
-            )),
+            Statement::CreateTable(ct) => {
+                let name = object_name(&ct.name)?;
+                if self.db.exists(&name) {
+                    if ct.if_not_exists {
+                        return Ok(Output::Command("CREATE TABLE".into()));
+                    }
+                    return Err(Error::DuplicateRelation(name));
+                }
+                let def = self.table_def(name, Statement::CreateTable(ct)).await?;
+                self.blocking(move |db| db.create_table(def)).await?;
+                Ok(Output::Command("CREATE TABLE".into()))
+            }
+            Statement::Update(_) | Statement::Delete(_) => {
+                let command = if matches!(stmt, Statement::Update(_)) {
+                    "UPDATE"
+                } else {
+                    "DELETE"
+                };
+                if let Some(name) = dml_target(&stmt) {
+                    if self.db.stream(&name).is_some() {
+                        return Err(Error::WrongObject {
+                            sqlstate: "0A000",
+                            message: format!(
+                                "{command} on stream {name} is not supported: streams are append-only logs of events; \
+                                 keep reference data that changes in a table (CREATE TABLE ... PRIMARY KEY)"
+                            ),
+                        });
+                    }
+                    if self.db.view(&name).is_some() {
+                        return Err(Error::WrongObject {
+                            sqlstate: "42809",
+                            message: format!(
+                                "cannot {command} materialized view {name}: its rows come from its query"
+                            ),
+                        });
+                    }
+                }
+                let plan = self.plan(stmt).await?;
+                let out = self.run_plan(plan, params).await?.collect().await?;
+                let count: u64 = out
+                    .iter()
+                    .filter_map(|b| {
+                        b.column(0)
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                            .map(|a| a.values().iter().sum::<u64>())
+                    })
+                    .sum();
+                Ok(Output::Modified(command, count))
+            }
             s if is_datafusion_statement(&s) => {
                 let is_query = matches!(s, Statement::Query(_) | Statement::Explain { .. });
                 let plan = self.plan(s).await?;
@@ -476,6 +551,56 @@ impl Session {
                 )))
             }
         }
+    }
+
+    /// Resolves the columns and primary key of a CREATE TABLE.
+    async fn table_def(&self, name: String, stmt: Statement) -> Result<TableDef> {
+        let plan = self.plan(stmt).await?;
+        let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(ct)) = plan else {
+            return Err(Error::NotSupported(
+                "this form of CREATE TABLE is not supported; write CREATE TABLE name (columns..., PRIMARY KEY (...))"
+                    .into(),
+            ));
+        };
+        if !matches!(ct.input.as_ref(), LogicalPlan::EmptyRelation(_)) {
+            return Err(Error::NotSupported(
+                "CREATE TABLE AS is not supported; create the table, then INSERT INTO it".into(),
+            ));
+        }
+        if ct.or_replace || ct.temporary {
+            return Err(Error::NotSupported(
+                "CREATE OR REPLACE / TEMPORARY tables are not supported".into(),
+            ));
+        }
+        let schema = ct.input.schema();
+        let mut key = None;
+        for c in ct.constraints.iter() {
+            if let datafusion::common::Constraint::PrimaryKey(k) = c {
+                key = Some(k.clone());
+            }
+        }
+        let Some(key) = key else {
+            return Err(Error::Syntax(format!(
+                "table {name} needs a PRIMARY KEY: rows are updated, deleted and joined by it"
+            )));
+        };
+        let mut columns: Vec<ColumnDef> = Vec::new();
+        for (i, f) in schema.fields().iter().enumerate() {
+            if columns.iter().any(|c| &c.name == f.name()) {
+                return Err(Error::DuplicateRelation(format!("column {}", f.name())));
+            }
+            columns.push(ColumnDef {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable() && !key.contains(&i),
+            });
+        }
+        let primary_key = key.iter().map(|&i| columns[i].name.clone()).collect();
+        Ok(TableDef {
+            name,
+            columns,
+            primary_key,
+        })
     }
 
     async fn create_stream(&self, cs: CreateStream) -> Result<Output> {
@@ -746,7 +871,7 @@ impl Session {
             waiting
                 .iter()
                 .map(|v| {
-                    let offsets = v.source.log.committed_offsets();
+                    let offsets = v.source_offsets();
                     v.table.wait_for(&offsets, VIEW_READ_WAIT)
                 })
                 .collect::<Vec<_>>()
@@ -763,7 +888,14 @@ impl Session {
         let mut definition = Vec::new();
         for (v, p) in views.iter().zip(progress) {
             name.push(v.def.name.clone());
-            source.push(v.source.def.name.clone());
+            source.push(
+                v.sources
+                    .iter()
+                    .map(|s| s.def.name.as_str())
+                    .chain(v.tables.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
             row_count.push(v.table.num_rows() as i64);
             watermark.push(p.watermark_ns.map(|ns| ns / 1000));
             late.push(p.late_rows as i64);
@@ -788,6 +920,22 @@ impl Session {
             ],
         )?;
         Ok(rows(schema, batch))
+    }
+}
+
+/// The table an UPDATE or DELETE changes.
+fn dml_target(s: &Statement) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{FromTable, TableFactor};
+    let relation = match s {
+        Statement::Update(u) => &u.table.relation,
+        Statement::Delete(d) => match &d.from {
+            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => &t.first()?.relation,
+        },
+        _ => return None,
+    };
+    match relation {
+        TableFactor::Table { name, .. } => object_name(name).ok(),
+        _ => None,
     }
 }
 

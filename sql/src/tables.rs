@@ -456,7 +456,7 @@ impl TableProvider for ViewTable {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let entry = Arc::clone(&self.entry);
         let progress = tokio::task::spawn_blocking(move || {
-            let offsets = entry.source.log.committed_offsets();
+            let offsets = entry.source_offsets();
             entry.table.wait_for(&offsets, VIEW_READ_WAIT)
         })
         .await
@@ -519,7 +519,7 @@ impl TableProvider for LateEventsTable {
         let batches = tokio::task::spawn_blocking(move || {
             let mut all = Vec::new();
             for v in &views {
-                let offsets = v.source.log.committed_offsets();
+                let offsets = v.source_offsets();
                 v.table.wait_for(&offsets, VIEW_READ_WAIT);
                 all.extend(v.late.snapshot()?);
             }

@@ -81,14 +81,34 @@ impl Default for LogConfig {
 pub struct Notifier {
     generation: Mutex<u64>,
     changed: Condvar,
+    /// Notifiers signalled along with this one (a query reading several streams waits on one).
+    forward: Mutex<Vec<std::sync::Weak<Notifier>>>,
 }
 
 impl Notifier {
     /// Signals that something changed.
     pub fn notify(&self) {
-        let mut g = self.generation.lock().unwrap_or_else(|e| e.into_inner());
-        *g += 1;
-        self.changed.notify_all();
+        {
+            let mut g = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+            *g += 1;
+            self.changed.notify_all();
+        }
+        let mut forward = self.forward.lock().unwrap_or_else(|e| e.into_inner());
+        forward.retain(|w| match w.upgrade() {
+            Some(n) => {
+                n.notify();
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// From now on, every signal of this notifier also signals `other` (until `other` is dropped).
+    pub fn forward_to(&self, other: &Arc<Notifier>) {
+        self.forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(other));
     }
 
     /// The current generation, to pass to [`Notifier::wait_past`].

@@ -5,8 +5,10 @@
 
 mod filter;
 mod hop;
+mod lookup_join;
 mod projection;
 mod session;
+mod stream_join;
 mod tumble;
 mod window_aggregate;
 
@@ -19,8 +21,10 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 pub use filter::FilterOperator;
 pub use hop::HopOperator;
+pub use lookup_join::LookupJoinOperator;
 pub use projection::ProjectionOperator;
 pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
+pub use stream_join::{JoinInput, StreamJoinOperator};
 pub use tumble::TumbleOperator;
 pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
 
@@ -58,6 +62,37 @@ pub trait Operator: Send + std::fmt::Debug {
     fn explain(&self) -> String {
         self.name().to_string()
     }
+}
+
+/// Which input of a two-input operator a batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first (left) input.
+    Left,
+    /// The second (right) input.
+    Right,
+}
+
+/// A step of a continuous query with two inputs (a join); driven like [`Operator`].
+pub trait BinaryOperator: Send + std::fmt::Debug {
+    /// The schema of the batches this operator emits.
+    fn schema(&self) -> SchemaRef;
+
+    /// Consumes one batch of input `side` and returns what it produces right away.
+    fn process_batch(&mut self, side: Side, batch: RecordBatch) -> Result<Vec<RecordBatch>>;
+
+    /// Tells the operator that both inputs have delivered everything up to `watermark_ns`: each
+    /// input's rows still to come lie at or after the watermark in its time column.
+    fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>>;
+
+    /// Input rows that arrived behind the watermark, so far.
+    fn late_rows(&self) -> u64;
+
+    /// Hands over the late input rows seen since the last call.
+    fn take_late(&mut self) -> Vec<RecordBatch>;
+
+    /// One line describing the operator, for EXPLAIN.
+    fn explain(&self) -> String;
 }
 
 /// Evaluates every aggregate's arguments and `FILTER` mask over `batch`.

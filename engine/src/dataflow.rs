@@ -1,0 +1,242 @@
+//! A continuous query's operators as a tree: pipelines over sources, joined by two-input operators.
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::Result;
+use crate::operator::{BinaryOperator, Side};
+use crate::pipeline::Pipeline;
+
+/// One node of a query's operator tree; the root's output is the query's result.
+#[derive(Debug)]
+pub enum Dataflow {
+    /// Rows of source number `source` (an index into the query's sources), through `pipeline`.
+    Source {
+        /// Which of the query's sources feeds this pipeline.
+        source: usize,
+        /// The operators applied to the source's rows.
+        pipeline: Pipeline,
+    },
+    /// The outputs of two subtrees combined by `join`, then `pipeline`.
+    Join {
+        /// The first input.
+        left: Box<Dataflow>,
+        /// The second input.
+        right: Box<Dataflow>,
+        /// The two-input operator.
+        join: Box<dyn BinaryOperator>,
+        /// The operators applied to the join's output.
+        pipeline: Pipeline,
+        /// The watermark last passed to `join`.
+        watermark: Option<i64>,
+    },
+}
+
+impl Dataflow {
+    /// A single pipeline over source 0.
+    pub fn single(pipeline: Pipeline) -> Self {
+        Self::Source {
+            source: 0,
+            pipeline,
+        }
+    }
+
+    /// `join` over `left` and `right`, followed by `pipeline` (over the join's output).
+    pub fn join(
+        left: Dataflow,
+        right: Dataflow,
+        join: Box<dyn BinaryOperator>,
+        pipeline: Pipeline,
+    ) -> Self {
+        Self::Join {
+            left: Box::new(left),
+            right: Box::new(right),
+            join,
+            pipeline,
+            watermark: None,
+        }
+    }
+
+    /// The schema of the rows this node emits.
+    pub fn schema(&self) -> SchemaRef {
+        self.pipeline().schema()
+    }
+
+    /// The pipeline at the top of this node.
+    pub fn pipeline(&self) -> &Pipeline {
+        match self {
+            Self::Source { pipeline, .. } | Self::Join { pipeline, .. } => pipeline,
+        }
+    }
+
+    /// The highest source number used, plus one.
+    pub fn source_count(&self) -> usize {
+        match self {
+            Self::Source { source, .. } => source + 1,
+            Self::Join { left, right, .. } => left.source_count().max(right.source_count()),
+        }
+    }
+
+    /// Feeds one batch of source `source` to every pipeline reading it.
+    pub fn process_batch(
+        &mut self,
+        source: usize,
+        batch: &RecordBatch,
+    ) -> Result<Vec<RecordBatch>> {
+        match self {
+            Self::Source {
+                source: s,
+                pipeline,
+            } => {
+                if *s == source {
+                    pipeline.process_batch(batch.clone())
+                } else {
+                    Ok(Vec::new())
+                }
+            }
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                let mut joined = Vec::new();
+                for b in left.process_batch(source, batch)? {
+                    joined.extend(join.process_batch(Side::Left, b)?);
+                }
+                for b in right.process_batch(source, batch)? {
+                    joined.extend(join.process_batch(Side::Right, b)?);
+                }
+                let mut out = Vec::new();
+                for b in joined {
+                    out.extend(pipeline.process_batch(b)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// This node's watermark given every source's: a join's is the smaller of its inputs'.
+    pub fn watermark(&self, sources: &[Option<i64>]) -> Option<i64> {
+        match self {
+            Self::Source { source, .. } => sources.get(*source).copied().flatten(),
+            Self::Join { left, right, .. } => {
+                Some(left.watermark(sources)?.min(right.watermark(sources)?))
+            }
+        }
+    }
+
+    /// Passes every source's current watermark down the tree: each input's releases reach the
+    /// join before the join sees the watermark, and so on up.
+    pub fn on_watermark(&mut self, sources: &[Option<i64>]) -> Result<Vec<RecordBatch>> {
+        let own = self.watermark(sources);
+        match self {
+            Self::Source { pipeline, .. } => match own {
+                Some(w) => pipeline.on_watermark(w),
+                None => Ok(Vec::new()),
+            },
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                watermark,
+            } => {
+                let mut joined = Vec::new();
+                for b in left.on_watermark(sources)? {
+                    joined.extend(join.process_batch(Side::Left, b)?);
+                }
+                for b in right.on_watermark(sources)? {
+                    joined.extend(join.process_batch(Side::Right, b)?);
+                }
+                let mut out = Vec::new();
+                for b in joined {
+                    out.extend(pipeline.process_batch(b)?);
+                }
+                if let Some(w) = own.filter(|&w| *watermark != Some(w)) {
+                    *watermark = Some(w);
+                    for b in join.on_watermark(w)? {
+                        out.extend(pipeline.process_batch(b)?);
+                    }
+                    out.extend(pipeline.on_watermark(w)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Late rows counted by every operator.
+    pub fn late_rows(&self) -> u64 {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.late_rows(),
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => left.late_rows() + right.late_rows() + join.late_rows() + pipeline.late_rows(),
+        }
+    }
+
+    /// Late input rows of every operator since the last call.
+    pub fn take_late(&mut self) -> Vec<RecordBatch> {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.take_late(),
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                let mut late = left.take_late();
+                late.extend(right.take_late());
+                late.extend(join.take_late());
+                late.extend(pipeline.take_late());
+                late
+            }
+        }
+    }
+
+    /// The operator tree for EXPLAIN, top first; `source` names source number `i`.
+    pub fn explain(&self, source: &dyn Fn(usize) -> Vec<String>) -> Vec<String> {
+        match self {
+            Self::Source {
+                source: s,
+                pipeline,
+            } => {
+                let mut lines = pipeline.explain();
+                lines.extend(source(*s));
+                lines
+            }
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                let mut lines = pipeline.explain();
+                lines.push(join.explain());
+                for (name, input) in [("left", left), ("right", right)] {
+                    let sub = input.explain(source);
+                    for (i, l) in sub.into_iter().enumerate() {
+                        lines.push(if i == 0 {
+                            format!("  {name}: {l}")
+                        } else {
+                            format!("    {l}")
+                        });
+                    }
+                }
+                lines
+            }
+        }
+    }
+
+    /// Checks that the tree ends at `output` (same column types).
+    pub fn check_output(&self, output: &SchemaRef) -> Result<()> {
+        self.pipeline().check_output(output)
+    }
+}

@@ -1,0 +1,475 @@
+//! Reference tables (`CREATE TABLE ... PRIMARY KEY`): rows inserted, updated and deleted by key,
+//! kept durably as a log of changes and in memory as the latest row per key, for lookup joins.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
+use datafusion::arrow::compute::{and, cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::{DFSchema, DataFusionError, not_impl_err};
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::TryStreamExt;
+use weir_engine::log::{LogConfig, StreamLog};
+use weir_engine::result_table::ResultTable;
+
+use crate::catalog::TableDef;
+use crate::{Error, Result};
+
+/// The column that marks a change in a table's log as a deletion.
+const DELETED: &str = "weir_deleted";
+
+/// A reference table: its definition, change log and current rows.
+#[derive(Debug)]
+pub struct TableEntry {
+    /// The catalog definition.
+    pub def: TableDef,
+    /// The schema of the table's rows.
+    pub schema: SchemaRef,
+    /// The primary key columns.
+    pub key: Vec<usize>,
+    log: StreamLog,
+    /// The latest row per key.
+    pub rows: Arc<ResultTable>,
+    /// Serialises changes, so that a change's checks and its effect see the same rows.
+    write: Mutex<()>,
+}
+
+fn unique_violation(message: String) -> Error {
+    Error::WrongObject {
+        sqlstate: "23505",
+        message,
+    }
+}
+
+impl TableEntry {
+    /// Opens the table stored in `dir`, replaying its changes.
+    pub fn open(dir: &Path, def: TableDef) -> Result<Self> {
+        let schema = def.schema()?;
+        let key = def.key_indexes()?;
+        let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(DELETED, DataType::Boolean, false));
+        let log = StreamLog::open(
+            dir,
+            Arc::new(Schema::new(fields)),
+            1,
+            None,
+            LogConfig::default(),
+        )?;
+        let rows = Arc::new(ResultTable::keyed(Arc::clone(&schema), key.clone())?);
+        let entry = Self {
+            def,
+            schema,
+            key,
+            log,
+            rows,
+            write: Mutex::new(()),
+        };
+        for partition in entry.log.read_all()? {
+            for batch in partition {
+                entry.replay(&batch)?;
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Applies one logged change batch to the in-memory rows, in row order.
+    fn replay(&self, batch: &RecordBatch) -> Result<()> {
+        let width = self.schema.fields().len();
+        let deleted = batch.column(width).as_boolean().clone();
+        let rows =
+            RecordBatch::try_new(Arc::clone(&self.schema), batch.columns()[..width].to_vec())?;
+        // Runs of inserts and deletes, so that the order of changes within the batch holds.
+        let mut start = 0;
+        while start < rows.num_rows() {
+            let kind = deleted.value(start);
+            let mut end = start + 1;
+            while end < rows.num_rows() && deleted.value(end) == kind {
+                end += 1;
+            }
+            let run = rows.slice(start, end - start);
+            if kind {
+                self.rows.delete(&run)?;
+            } else {
+                self.rows.append(vec![run])?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Logs `rows` (of the table's schema) as upserts or deletions, durably, then applies them.
+    fn log_change(&self, rows: RecordBatch, deleted: bool) -> Result<u64> {
+        let n = rows.num_rows();
+        if n == 0 {
+            return Ok(0);
+        }
+        let mut columns = rows.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![deleted; n])));
+        let logged = RecordBatch::try_new(Arc::clone(self.log.schema()), columns)?;
+        self.log.append(&[logged])?;
+        if deleted {
+            self.rows.delete(&rows)?;
+        } else {
+            self.rows.append(vec![rows])?;
+        }
+        Ok(n as u64)
+    }
+
+    fn key_columns(&self, rows: &RecordBatch) -> Vec<ArrayRef> {
+        self.key
+            .iter()
+            .map(|&k| Arc::clone(rows.column(k)))
+            .collect()
+    }
+
+    fn describe_key(&self, rows: &RecordBatch, row: usize) -> String {
+        let names: Vec<&str> = self
+            .key
+            .iter()
+            .map(|&k| self.schema.field(k).name().as_str())
+            .collect();
+        let values: Vec<String> = self
+            .key
+            .iter()
+            .map(|&k| {
+                datafusion::arrow::util::display::array_value_to_string(rows.column(k), row)
+                    .unwrap_or_else(|_| "?".into())
+            })
+            .collect();
+        format!("({})=({})", names.join(", "), values.join(", "))
+    }
+
+    /// Inserts new rows: every key must be new (and not repeated), or nothing is inserted.
+    pub fn insert(&self, rows: RecordBatch) -> Result<u64> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let keys = self.key_columns(&rows);
+        for (i, f) in self.key.iter().map(|&k| self.schema.field(k)).enumerate() {
+            if keys[i].null_count() > 0 {
+                return Err(Error::WrongObject {
+                    sqlstate: "23502",
+                    message: format!(
+                        "null value in column \"{}\" of table {} violates not-null constraint (it is part of the primary key)",
+                        f.name(),
+                        self.def.name
+                    ),
+                });
+            }
+        }
+        let converter = RowConverter::new(
+            keys.iter()
+                .map(|k| SortField::new(k.data_type().clone()))
+                .collect(),
+        )?;
+        let converted = converter.convert_columns(&keys)?;
+        let mut seen = HashSet::with_capacity(rows.num_rows());
+        for (i, r) in converted.iter().enumerate() {
+            if !seen.insert(r) {
+                return Err(unique_violation(format!(
+                    "duplicate key value violates the primary key of table {}: key {} appears twice in this statement",
+                    self.def.name,
+                    self.describe_key(&rows, i)
+                )));
+            }
+        }
+        if let Some(i) = self.rows.contains_keys(&keys)?.iter().position(|&b| b) {
+            return Err(unique_violation(format!(
+                "duplicate key value violates the primary key of table {}: key {} already exists (UPDATE it instead)",
+                self.def.name,
+                self.describe_key(&rows, i)
+            )));
+        }
+        self.log_change(rows, false)
+    }
+
+    /// Runs `change` over the current rows while no other change can interleave; it returns the
+    /// rows to upsert or to delete.
+    pub fn modify(
+        &self,
+        change: impl FnOnce(&[RecordBatch]) -> Result<Option<(RecordBatch, bool)>>,
+    ) -> Result<u64> {
+        let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        match change(&self.rows.snapshot()?)? {
+            Some((rows, deleted)) => self.log_change(rows, deleted),
+            None => Ok(0),
+        }
+    }
+}
+
+/// A reference table as a DataFusion table: scans see the current rows; INSERT, UPDATE and
+/// DELETE change them.
+#[derive(Debug)]
+pub struct RefTable {
+    entry: Arc<TableEntry>,
+}
+
+impl RefTable {
+    /// The provider of a table.
+    pub fn new(entry: Arc<TableEntry>) -> Self {
+        Self { entry }
+    }
+
+    /// The table.
+    pub fn entry(&self) -> Arc<TableEntry> {
+        Arc::clone(&self.entry)
+    }
+}
+
+fn external(e: impl Into<Error>) -> DataFusionError {
+    DataFusionError::External(Box::new(e.into()))
+}
+
+/// A one-row plan answering how many rows a statement changed.
+fn count_plan(n: u64) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(UInt64Array::from(vec![n]))],
+    )?;
+    Ok(MemorySourceConfig::try_new_exec(
+        &[vec![batch]],
+        schema,
+        None,
+    )?)
+}
+
+/// Which of `rows` satisfy every filter (NULL counts as no).
+fn matching(
+    filters: &[Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    rows: &RecordBatch,
+) -> Result<BooleanArray> {
+    let n = rows.num_rows();
+    let mut mask = BooleanArray::from(vec![true; n]);
+    for f in filters {
+        let m = f.evaluate(rows)?.into_array(n)?;
+        mask = and(&mask, m.as_boolean())?;
+    }
+    // NULL means the row does not match.
+    Ok(mask.iter().map(|v| Some(v == Some(true))).collect())
+}
+
+/// Casts each column to the table's type (values may come as a related type).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast(c, f.data_type()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
+impl RefTable {
+    fn physical(
+        &self,
+        state: &dyn DfSession,
+        exprs: &[Expr],
+    ) -> datafusion::error::Result<Vec<Arc<dyn datafusion::physical_expr::PhysicalExpr>>> {
+        let df_schema = DFSchema::try_from(Arc::clone(&self.entry.schema))?;
+        exprs
+            .iter()
+            .map(|e| state.create_physical_expr(e.clone(), &df_schema))
+            .collect()
+    }
+
+    async fn modify(
+        &self,
+        change: impl FnOnce(&[RecordBatch]) -> Result<Option<(RecordBatch, bool)>> + Send + 'static,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let entry = Arc::clone(&self.entry);
+        let n = tokio::task::spawn_blocking(move || entry.modify(change))
+            .await
+            .map_err(|e| DataFusionError::Internal(format!("table change failed: {e}")))?
+            .map_err(external)?;
+        count_plan(n)
+    }
+}
+
+#[async_trait]
+impl TableProvider for RefTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.entry.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let rows = self.entry.rows.snapshot().map_err(external)?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[rows],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn DfSession,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return not_impl_err!("{insert_op} into a table is not supported; use UPDATE");
+        }
+        Ok(Arc::new(DataSinkExec::new(
+            input,
+            Arc::new(TableSink {
+                entry: Arc::clone(&self.entry),
+            }),
+            None,
+        )))
+    }
+
+    async fn delete_from(
+        &self,
+        state: &dyn DfSession,
+        filters: Vec<Expr>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let filters = self.physical(state, &filters)?;
+        self.modify(move |current| {
+            let mut gone = Vec::new();
+            for b in current {
+                let m = matching(&filters, b)?;
+                gone.push(filter_record_batch(b, &m)?);
+            }
+            let Some(first) = gone.first() else {
+                return Ok(None);
+            };
+            let gone = datafusion::arrow::compute::concat_batches(&first.schema(), &gone)?;
+            Ok(Some((gone, true)))
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        state: &dyn DfSession,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let schema = Arc::clone(&self.entry.schema);
+        let mut new_values: Vec<Option<Arc<dyn datafusion::physical_expr::PhysicalExpr>>> =
+            vec![None; schema.fields().len()];
+        for (name, e) in &assignments {
+            let i = schema.index_of(name)?;
+            if self.entry.key.contains(&i) {
+                return Err(external(Error::NotSupported(format!(
+                    "UPDATE of primary key column {name} is not supported; DELETE the row and INSERT it with the new key"
+                ))));
+            }
+            new_values[i] = Some(self.physical(state, std::slice::from_ref(e))?.remove(0));
+        }
+        let filters = self.physical(state, &filters)?;
+        self.modify(move |current| {
+            let mut changed = Vec::new();
+            for b in current {
+                let m = matching(&filters, b)?;
+                let rows = filter_record_batch(b, &m)?;
+                if rows.num_rows() == 0 {
+                    continue;
+                }
+                let n = rows.num_rows();
+                let columns = new_values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        None => Ok(Arc::clone(rows.column(i))),
+                        Some(e) => Ok(e.evaluate(&rows)?.into_array(n)?),
+                    })
+                    .collect::<Result<Vec<ArrayRef>>>()?;
+                let columns = columns
+                    .into_iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| cast(&c, f.data_type()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let updated = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+                changed.push(updated);
+            }
+            if changed.is_empty() {
+                return Ok(None);
+            }
+            let changed = datafusion::arrow::compute::concat_batches(&schema, &changed)?;
+            Ok(Some((changed, false)))
+        })
+        .await
+    }
+}
+
+/// Inserts the rows of an INSERT into a table: all or nothing.
+#[derive(Debug)]
+struct TableSink {
+    entry: Arc<TableEntry>,
+}
+
+impl DisplayAs for TableSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TableSink: table={}", self.entry.def.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for TableSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.entry.schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> datafusion::error::Result<u64> {
+        let batches: Vec<RecordBatch> = data.try_collect().await?;
+        let batches = batches
+            .iter()
+            .map(|b| conform(b, &self.entry.schema))
+            .collect::<Result<Vec<_>>>()
+            .map_err(external)?;
+        let Some(first) = batches.first() else {
+            return Ok(0);
+        };
+        let rows = datafusion::arrow::compute::concat_batches(&first.schema(), &batches)?;
+        // The table's own schema (with its NOT NULL flags) is checked when the change is logged.
+        let rows = RecordBatch::try_new(Arc::clone(&self.entry.schema), rows.columns().to_vec())
+            .map_err(|e| {
+                external(Error::WrongObject {
+                    sqlstate: "23502",
+                    message: format!("table {}: {e}", self.entry.def.name),
+                })
+            })?;
+        let entry = Arc::clone(&self.entry);
+        tokio::task::spawn_blocking(move || entry.insert(rows))
+            .await
+            .map_err(|e| DataFusionError::Internal(format!("table insert failed: {e}")))?
+            .map_err(external)
+    }
+}
