@@ -4,7 +4,8 @@
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
-    DataType, Expr, Ident, ObjectName, ObjectNamePart, Statement, Value, visit_relations_mut,
+    DataType, Expr, FunctionArg, FunctionArgExpr, Ident, ObjectName, ObjectNamePart, Statement,
+    TableAlias, TableFactor, Value, VisitMut, VisitorMut, visit_relations_mut,
 };
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -145,6 +146,44 @@ fn normalize_relations(stmt: &mut Statement) {
         }
         ControlFlow::<()>::Continue(())
     });
+    let _ = stmt.visit(&mut AliasWindows);
+}
+
+/// Names an unaliased window function in FROM after the stream it windows, as RisingWave does:
+/// in `FROM HOP(bid, ...)` the columns are `bid.auction`, `bid.window_start`, ...
+struct AliasWindows;
+
+impl VisitorMut for AliasWindows {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            name,
+            alias: alias @ None,
+            args: Some(args),
+            ..
+        } = factor
+        {
+            let function = name
+                .0
+                .last()
+                .and_then(|p| p.as_ident())
+                .map(|i| i.value.as_str());
+            if matches!(function, Some("tumble" | "hop" | "session")) {
+                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(stream)))) =
+                    args.args.first()
+                {
+                    *alias = Some(TableAlias {
+                        explicit: true,
+                        name: stream.clone(),
+                        columns: Vec::new(),
+                        at: None,
+                    });
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 fn is_word(token: &Token, word: &str) -> bool {

@@ -153,11 +153,14 @@ pub(crate) fn new_context(db: &Database) -> SessionContext {
         .with_default_features()
         .build();
     // Rewriting COUNT(DISTINCT x) into a two-level aggregation suits batch plans, but a window
-    // aggregate keeps distinct values in its accumulators instead, so the rule stays off.
+    // aggregate keeps distinct values in its accumulators instead, so that rule stays off.
     let rules = state
         .optimizers()
         .iter()
         .filter(|r| r.name() != "single_distinct_aggregation_to_group_by")
+        // Turning inner joins into semi joins (or dropping them) suits batch plans; a stream
+        // join keeps its inner form, whose state rules the planner knows.
+        .filter(|r| r.name() != "eliminate_join")
         .cloned()
         .collect();
     let state = SessionStateBuilder::new_from_existing(state)
