@@ -201,8 +201,11 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
         let mut progressed = false;
         for (s, source) in sources.iter_mut().enumerate() {
             let partitions = source.spec.log.partitions().to_vec();
+            let ends = source.spec.log.snapshot_offsets();
             for (p, partition) in partitions.iter().enumerate() {
-                for (offset, batch) in partition.read(source.offsets[p], ROWS_PER_ROUND)? {
+                for (offset, batch) in
+                    partition.read_until(source.offsets[p], ends[p], ROWS_PER_ROUND)?
+                {
                     if offset > source.offsets[p] {
                         // Retention removed rows this query had not read yet.
                         tracing::warn!(

@@ -42,7 +42,7 @@ mod partitioner;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -164,6 +164,9 @@ pub struct StreamLog {
     partitions: Vec<Arc<Partition>>,
     round_robin: AtomicUsize,
     notifier: Arc<Notifier>,
+    /// Appends hold it shared until every partition they wrote is committed; a snapshot of
+    /// the offsets holds it exclusively, so that it sees each append whole or not at all.
+    visibility: RwLock<()>,
 }
 
 impl StreamLog {
@@ -220,6 +223,7 @@ impl StreamLog {
             key,
             partitions,
             round_robin: AtomicUsize::new(0),
+            visibility: RwLock::new(()),
             notifier,
         })
     }
@@ -249,6 +253,15 @@ impl StreamLog {
         self.partitions.iter().map(|p| p.committed()).collect()
     }
 
+    /// The committed offsets of every partition at one moment between appends: an append
+    /// that spans several partitions is in it whole or not at all. Readers that stay within a
+    /// snapshot never see one partition of an append without the others (which could move a
+    /// watermark past rows still to come in the others).
+    pub fn snapshot_offsets(&self) -> Vec<u64> {
+        let _appends_done = self.visibility.write().unwrap_or_else(|e| e.into_inner());
+        self.committed_offsets()
+    }
+
     /// Appends `batches` durably and atomically per partition (each partition gets one frame).
     ///
     /// Returns only after every row is fsynced. The batches must have the stream's column types.
@@ -258,6 +271,7 @@ impl StreamLog {
             return Ok(AppendReceipt::default());
         }
         let parts = self.split(&batch)?;
+        let _visible_together = self.visibility.read().unwrap_or_else(|e| e.into_inner());
         let mut written = Vec::with_capacity(parts.len());
         for (p, part) in parts {
             let (base, end) = self.partitions[p as usize].write(&part)?;

@@ -299,7 +299,18 @@ impl Partition {
     /// removed by retention) starts at the start offset; reading at or past the committed offset
     /// returns nothing.
     pub fn read(&self, from: u64, max_rows: usize) -> Result<Vec<(u64, RecordBatch)>> {
-        let committed = self.committed();
+        self.read_until(from, self.committed(), max_rows)
+    }
+
+    /// Like [`Partition::read`], but only rows below `until` (itself capped at the committed
+    /// offset): a reader that took a consistent snapshot of a stream's offsets stays within it.
+    pub fn read_until(
+        &self,
+        from: u64,
+        until: u64,
+        max_rows: usize,
+    ) -> Result<Vec<(u64, RecordBatch)>> {
+        let committed = self.committed().min(until);
         let mut wanted: Vec<(Arc<File>, FrameRef, PathBuf)> = Vec::new();
         {
             let state = self.state();

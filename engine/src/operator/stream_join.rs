@@ -64,6 +64,8 @@ pub struct StreamJoinOperator {
     key_types: Vec<DataType>,
     filter: Option<Arc<dyn PhysicalExpr>>,
     schema: SchemaRef,
+    /// Columns of the right input (the output's last ones).
+    right_width: usize,
     watermark: Option<i64>,
     late: Vec<RecordBatch>,
     late_rows: u64,
@@ -107,6 +109,15 @@ impl StreamJoinOperator {
             .iter()
             .map(|k| Ok(k.data_type(left_schema)?))
             .collect::<Result<Vec<_>>>()?;
+        let right_width = output
+            .fields()
+            .len()
+            .checked_sub(left_schema.fields().len())
+            .ok_or_else(|| {
+                Error::Internal(
+                    "a join's output is narrower than its left input; this is a bug".into(),
+                )
+            })?;
         let converter = if key_types.is_empty() {
             None
         } else {
@@ -121,6 +132,7 @@ impl StreamJoinOperator {
             key_types,
             filter,
             schema: output,
+            right_width,
             watermark: None,
             late: Vec::new(),
             late_rows: 0,
@@ -391,13 +403,19 @@ impl BinaryOperator for StreamJoinOperator {
             .zip(keys(1))
             .map(|(l, r)| format!("{l} = {r}"))
             .collect();
+        let left_width = self.schema.fields().len() - self.right_width;
         let keep = |s: usize| {
             let i = &self.inputs[s];
-            format!(
-                "column {} + {}",
-                i.expiry_column,
-                format_duration_ns(i.expiry_offset_ns)
-            )
+            let column = self
+                .schema
+                .fields()
+                .get(i.expiry_column + if s == 0 { 0 } else { left_width })
+                .map_or("?", |f| f.name().as_str());
+            match i.expiry_offset_ns {
+                0 => column.to_string(),
+                n if n < 0 => format!("{column} - {}", format_duration_ns(-n)),
+                n => format!("{column} + {}", format_duration_ns(n)),
+            }
         };
         format!(
             "StreamJoin: inner on [{}]{}; state: left rows until the watermark passes {}, right rows until it passes {}",
