@@ -239,8 +239,9 @@ proptest! {
     }
 }
 
-/// Results that change: EMIT ON UPDATE over windows, or GROUP BY without a window. After all
-/// events, the view equals the batch query over every window (open or closed) and every group.
+/// Results that change: EMIT ON UPDATE over windows, GROUP BY without a window (with or without
+/// HAVING), or no GROUP BY at all. After all events, the view equals the batch query over every
+/// window (open or closed) and every group.
 async fn check_updating(events: Vec<Event>, cuts: Vec<usize>, partitions: u32, query: String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(dir.path()).await.expect("open");
@@ -274,16 +275,20 @@ async fn check_updating(events: Vec<Event>, cuts: Vec<usize>, partitions: u32, q
 }
 
 fn updating_query() -> impl Strategy<Value = String> {
-    (window(), any::<bool>()).prop_map(|(window, windowed)| {
+    (window(), 0u8..4).prop_map(|(window, shape)| {
         let aggregates = "COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
                           COUNT(DISTINCT v % 5) AS residues";
-        if windowed {
-            format!(
+        match shape {
+            0 => format!(
                 "SELECT window_start, window_end, k, {aggregates} FROM {window} \
                  GROUP BY window_start, window_end, k"
-            )
-        } else {
-            format!("SELECT k, {aggregates} FROM events GROUP BY k")
+            ),
+            1 => format!("SELECT k, {aggregates} FROM events GROUP BY k"),
+            // Groups enter and leave the view as they pass and stop passing HAVING.
+            2 => format!(
+                "SELECT k, {aggregates} FROM events GROUP BY k HAVING COUNT(*) > 3 AND SUM(v) < 40"
+            ),
+            _ => format!("SELECT {aggregates} FROM events"),
         }
     })
 }

@@ -235,8 +235,9 @@ impl Dataflow {
         }
     }
 
-    /// Checks that the tree ends at `output` (same column types).
-    pub fn check_output(&self, output: &SchemaRef) -> Result<()> {
-        self.pipeline().check_output(output)
+    /// Checks that the tree ends at `output` (same column types), plus `extra` trailing columns
+    /// that the sink consumes itself.
+    pub fn check_output(&self, output: &SchemaRef, extra: usize) -> Result<()> {
+        self.pipeline().check_output(output, extra)
     }
 }

@@ -90,10 +90,11 @@ impl Pipeline {
         self.operators.iter().rev().map(|o| o.explain()).collect()
     }
 
-    /// Checks that the pipeline starts from `input` and ends at `output` (same column types).
-    pub fn check_output(&self, output: &SchemaRef) -> Result<()> {
+    /// Checks that the pipeline ends at `output` (same column types), plus `extra` trailing
+    /// columns that the sink consumes itself.
+    pub fn check_output(&self, output: &SchemaRef, extra: usize) -> Result<()> {
         let got = self.schema();
-        let same = got.fields().len() == output.fields().len()
+        let same = got.fields().len() == output.fields().len() + extra
             && got
                 .fields()
                 .iter()

@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{ArrayRef, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
@@ -36,9 +36,27 @@ enum Rows {
 /// The latest row per key, as chunks of emitted batches plus where each key's row is.
 struct KeyedRows {
     key: Vec<usize>,
-    converter: RowConverter,
+    /// `None` without key columns: the table holds a single row (an aggregate without GROUP BY).
+    converter: Option<RowConverter>,
     chunks: Vec<RecordBatch>,
     live: HashMap<OwnedRow, (usize, usize)>,
+    /// Incoming batches carry one more, last, boolean column: false deletes the row's key.
+    visibility: bool,
+}
+
+/// The key of every row of a table without key columns.
+fn single_key() -> OwnedRow {
+    static KEY: std::sync::OnceLock<OwnedRow> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let converter = RowConverter::new(vec![SortField::new(DataType::Boolean)])
+            .expect("a boolean row converter");
+        converter
+            .convert_columns(&[Arc::new(BooleanArray::from(vec![true])) as ArrayRef])
+            .expect("one boolean row")
+            .row(0)
+            .owned()
+    })
+    .clone()
 }
 
 impl std::fmt::Debug for KeyedRows {
@@ -54,16 +72,54 @@ impl std::fmt::Debug for KeyedRows {
 const MAX_CHUNKS: usize = 64;
 
 impl KeyedRows {
+    /// The keys of `columns` (in key order).
+    fn keys_of(&self, columns: &[ArrayRef], n: usize) -> Result<Vec<OwnedRow>> {
+        match &self.converter {
+            None => Ok(vec![single_key(); n]),
+            Some(c) => Ok(c
+                .convert_columns(columns)?
+                .iter()
+                .map(|r| r.owned())
+                .collect()),
+        }
+    }
+
     fn upsert(&mut self, batch: RecordBatch) -> Result<()> {
+        let (batch, visible) = if self.visibility {
+            let last = batch.num_columns() - 1;
+            let visible = batch.column(last).as_boolean().clone();
+            let mut schema: Vec<_> = batch.schema().fields().iter().cloned().collect();
+            schema.pop();
+            let rows = RecordBatch::try_new(
+                Arc::new(Schema::new(schema)),
+                batch.columns()[..last].to_vec(),
+            )?;
+            (rows, Some(visible))
+        } else {
+            (batch, None)
+        };
+        self.put(batch, visible)
+    }
+
+    /// Upserts the rows of `batch`, or removes the keys of those `visible` says are gone.
+    fn put(&mut self, batch: RecordBatch, visible: Option<BooleanArray>) -> Result<()> {
         let keys: Vec<ArrayRef> = self
             .key
             .iter()
             .map(|&i| Arc::clone(batch.column(i)))
             .collect();
-        let rows = self.converter.convert_columns(&keys)?;
+        let rows = self.keys_of(&keys, batch.num_rows())?;
         let chunk = self.chunks.len();
-        for (i, row) in rows.iter().enumerate() {
-            self.live.insert(row.owned(), (chunk, i));
+        for (i, row) in rows.into_iter().enumerate() {
+            // A row that no longer passes HAVING leaves the table.
+            if visible
+                .as_ref()
+                .is_some_and(|v| !(v.is_valid(i) && v.value(i)))
+            {
+                self.live.remove(&row);
+            } else {
+                self.live.insert(row, (chunk, i));
+            }
         }
         self.chunks.push(batch);
         if self.chunks.len() > MAX_CHUNKS {
@@ -78,8 +134,8 @@ impl KeyedRows {
             .iter()
             .map(|&i| Arc::clone(batch.column(i)))
             .collect();
-        for row in self.converter.convert_columns(&keys)?.iter() {
-            self.live.remove(&row.owned());
+        for row in self.keys_of(&keys, batch.num_rows())? {
+            self.live.remove(&row);
         }
         Ok(())
     }
@@ -111,7 +167,7 @@ impl KeyedRows {
         let merged = concat_batches(&first.schema(), &self.current()?)?;
         self.chunks.clear();
         self.live.clear();
-        self.upsert(merged)
+        self.put(merged, None)
     }
 }
 
@@ -147,17 +203,38 @@ impl ResultTable {
                     .ok_or_else(|| Error::Internal(format!("key column {i} is out of range")))
             })
             .collect::<Result<Vec<_>>>()?;
+        let converter = if fields.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(fields)?)
+        };
         Ok(Self {
             rows: RwLock::new(Rows::Keyed(KeyedRows {
                 key,
-                converter: RowConverter::new(fields)?,
+                converter,
                 chunks: Vec::new(),
                 live: HashMap::new(),
+                visibility: false,
             })),
             schema,
             progress: Mutex::new(Progress::default()),
             advanced: Condvar::new(),
         })
+    }
+
+    /// A keyed table whose incoming batches carry one more, last, boolean column: rows with
+    /// false there remove their key (a group that stopped passing HAVING), the others upsert.
+    pub fn keyed_with_visibility(schema: SchemaRef, key: Vec<usize>) -> Result<Self> {
+        let table = Self::keyed(schema, key)?;
+        if let Rows::Keyed(k) = &mut *table.rows.write().unwrap_or_else(|e| e.into_inner()) {
+            k.visibility = true;
+        }
+        Ok(table)
+    }
+
+    /// Whether incoming batches carry a visibility column (see [`Self::keyed_with_visibility`]).
+    pub fn has_visibility(&self) -> bool {
+        matches!(&*self.rows.read().unwrap_or_else(|e| e.into_inner()), Rows::Keyed(k) if k.visibility)
     }
 
     /// The schema of the rows.
@@ -204,10 +281,11 @@ impl ResultTable {
                 "lookup in an append-only result table".into(),
             )),
             Rows::Keyed(keyed) => {
-                let rows = keyed.converter.convert_columns(keys)?;
-                let found = rows
+                let n = keys.first().map_or(0, |k| k.len());
+                let found = keyed
+                    .keys_of(keys, n)?
                     .iter()
-                    .map(|r| keyed.live.get(&r.owned()).copied())
+                    .map(|r| keyed.live.get(r).copied())
                     .collect();
                 Ok((keyed.chunks.clone(), found))
             }

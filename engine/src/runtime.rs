@@ -101,7 +101,8 @@ pub struct RunningQuery {
 impl RunningQuery {
     /// Starts `spec` on a new thread.
     pub fn spawn(spec: QuerySpec) -> Result<Self> {
-        spec.dataflow.check_output(spec.sink.schema())?;
+        spec.dataflow
+            .check_output(spec.sink.schema(), usize::from(spec.sink.has_visibility()))?;
         if spec.dataflow.source_count() > spec.sources.len() {
             return Err(Error::Internal(format!(
                 "query {} reads source {} of {}; this is a bug",

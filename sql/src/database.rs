@@ -334,9 +334,12 @@ impl Database {
     }
 
     fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
-        let schema = compiled.dataflow.schema();
+        let schema = compiled.schema();
         let table = Arc::new(match &compiled.key {
             None => ResultTable::new(schema),
+            Some(key) if compiled.visibility => {
+                ResultTable::keyed_with_visibility(schema, key.clone())?
+            }
             Some(key) => ResultTable::keyed(schema, key.clone())?,
         });
         let late = Arc::new(ResultTable::new(late_events_schema()));

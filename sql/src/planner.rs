@@ -44,9 +44,23 @@ pub struct CompiledView {
     /// For results that change (EMIT ON UPDATE, aggregates over a whole stream), the output
     /// columns that identify a row; `None` for append-only results.
     pub key: Option<Vec<usize>>,
+    /// The dataflow's last column says whether an upserted row passes HAVING; it is not part
+    /// of the view.
+    pub visibility: bool,
 }
 
 impl CompiledView {
+    /// The view's schema (without the visibility column).
+    pub fn schema(&self) -> SchemaRef {
+        let schema = self.dataflow.schema();
+        if !self.visibility {
+            return schema;
+        }
+        let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+        fields.pop();
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+    }
+
     /// The operator plan for EXPLAIN, sink first.
     pub fn explain(&self, view: &str) -> Vec<String> {
         let mut lines = vec![match &self.key {
@@ -162,6 +176,7 @@ pub(crate) async fn compile_query_statement(
         ));
     }
     let key = built.key.clone();
+    let visibility = built.visibility;
     let dataflow = built.into_dataflow();
     let names: Vec<String> = plan
         .schema()
@@ -169,12 +184,15 @@ pub(crate) async fn compile_query_statement(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    let got: Vec<String> = dataflow
+    let mut got: Vec<String> = dataflow
         .schema()
         .fields()
         .iter()
         .map(|f| f.name().clone())
         .collect();
+    if visibility {
+        got.pop();
+    }
     if names != got {
         return Err(Error::Internal(format!(
             "compiled view has columns {got:?} but the query has {names:?}; this is a bug"
@@ -185,6 +203,7 @@ pub(crate) async fn compile_query_statement(
         tables: planner.tables,
         dataflow,
         key,
+        visibility,
     })
 }
 
@@ -234,7 +253,12 @@ struct Built {
     windowed_aggregate: bool,
     /// Set once results are upserts: the output columns of the group key.
     key: Option<Vec<usize>>,
+    /// Upserts carry one more, last, column: whether the row passes HAVING (else it leaves).
+    visibility: bool,
 }
+
+/// The name of the column that says whether an upserted row passes HAVING.
+const VISIBLE: &str = "weir_visible";
 
 impl Built {
     fn into_dataflow(self) -> Dataflow {
@@ -495,17 +519,14 @@ impl Planner<'_> {
             LogicalPlan::SubqueryAlias(a) => self.build(&a.input),
             LogicalPlan::Filter(f) => {
                 let mut built = self.build(&f.input)?;
-                if built.key.is_some() {
-                    return Err(Error::NotSupported(
-                        "HAVING (or WHERE over an aggregate) is not supported yet for results that \
-                         change (EMIT ON UPDATE, or GROUP BY without a window): a group that stops \
-                         matching would have to leave the view"
-                            .into(),
-                    ));
-                }
                 let predicate = self
                     .state
                     .create_physical_expr(f.predicate.clone(), f.input.schema())?;
+                if built.key.is_some() {
+                    // Over results that change, a group that stops matching must leave the
+                    // view: compute the condition as a column that the view's table obeys.
+                    return self.push_visibility(built, &f.input, predicate);
+                }
                 built.operators.push(Box::new(FilterOperator::try_new(
                     predicate,
                     arrow_schema(&f.input),
@@ -539,6 +560,58 @@ impl Planner<'_> {
                     .unwrap_or("this plan node"),
             )),
         }
+    }
+
+    /// The schema the operators see for `plan`'s rows: with the visibility column if any.
+    fn physical_schema(plan: &LogicalPlan, built: &Built) -> SchemaRef {
+        let schema = arrow_schema(plan);
+        if !built.visibility {
+            return schema;
+        }
+        let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+            VISIBLE,
+            datafusion::arrow::datatypes::DataType::Boolean,
+            true,
+        )));
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+    }
+
+    /// HAVING over upserts: every column passes through, plus whether the row passes (and
+    /// passed any earlier HAVING).
+    fn push_visibility(
+        &self,
+        mut built: Built,
+        input: &LogicalPlan,
+        predicate: Arc<dyn PhysicalExpr>,
+    ) -> Result<Built> {
+        use datafusion::physical_expr::expressions::BinaryExpr;
+        let schema = Self::physical_schema(input, &built);
+        let width = input.schema().fields().len();
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..width)
+            .map(|i| {
+                let name = schema.field(i).name().clone();
+                (
+                    Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                    name,
+                )
+            })
+            .collect();
+        let visible = if built.visibility {
+            Arc::new(BinaryExpr::new(
+                Arc::new(Column::new(VISIBLE, width)),
+                datafusion::logical_expr::Operator::And,
+                predicate,
+            )) as Arc<dyn PhysicalExpr>
+        } else {
+            predicate
+        };
+        exprs.push((visible, VISIBLE.to_string()));
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
+        built.visibility = true;
+        Ok(built)
     }
 
     fn build_scan(&mut self, scan: &datafusion::logical_expr::TableScan) -> Result<Built> {
@@ -645,6 +718,7 @@ impl Planner<'_> {
             aggregated: false,
             windowed_aggregate: false,
             key: None,
+            visibility: false,
         })
     }
 
@@ -677,7 +751,7 @@ impl Planner<'_> {
             .iter()
             .map(|e| source_index(e).and_then(|i| built.times.get(i).copied().flatten()))
             .collect();
-        let exprs = p
+        let mut exprs = p
             .expr
             .iter()
             .zip(p.schema.fields())
@@ -688,10 +762,14 @@ impl Planner<'_> {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        built.operators.push(Box::new(ProjectionOperator::try_new(
-            exprs,
-            &arrow_schema(&p.input),
-        )?));
+        if built.visibility {
+            let width = input.fields().len();
+            exprs.push((Arc::new(Column::new(VISIBLE, width)), VISIBLE.to_string()));
+        }
+        let schema = Self::physical_schema(&p.input, &built);
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
         Ok(built)
     }
 
@@ -761,10 +839,7 @@ impl Planner<'_> {
             ));
         }
         if agg.group_expr.is_empty() {
-            return Err(unsupported(
-                "an aggregate over a whole stream without GROUP BY (group by a column, or by \
-                 window_start, window_end of a TUMBLE or HOP)",
-            ));
+            return self.build_global_aggregate(built, agg, plan);
         }
         if let Some(gap_ns) = built.session_gap_ns {
             return self.build_session_aggregate(built, agg, plan, gap_ns);
@@ -844,6 +919,71 @@ impl Planner<'_> {
         built.operators.push(Box::new(operator));
         built.aggregated = true;
         built.times = out_times;
+        Ok(built)
+    }
+
+    /// An aggregate without GROUP BY: one row, updated as events arrive. It runs as a grouped
+    /// aggregate over one constant group whose column is then dropped.
+    fn build_global_aggregate(
+        &self,
+        mut built: Built,
+        agg: &datafusion::logical_expr::Aggregate,
+        plan: &LogicalPlan,
+    ) -> Result<Built> {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        if built.session_gap_ns.is_some() {
+            return Err(Error::NotSupported(
+                "a SESSION window aggregate must GROUP BY window_start (and the session key)"
+                    .into(),
+            ));
+        }
+        if self.options.emit == Some(EmitMode::OnWindowClose) {
+            return Err(Error::NotSupported(
+                "EMIT ON WINDOW CLOSE needs a window: read FROM TUMBLE(...) or HOP(...) \
+                 and GROUP BY window_start, window_end"
+                    .into(),
+            ));
+        }
+        if self.options.allowed_lateness_ns > 0 {
+            return Err(Error::NotSupported(
+                "allowed_lateness applies to windowed aggregates (GROUP BY window_start)".into(),
+            ));
+        }
+        const ALL: &str = "weir_all";
+        let output = arrow_schema(plan);
+        let mut fields = vec![Arc::new(Field::new(ALL, DataType::Int64, false))];
+        fields.extend(output.fields().iter().cloned());
+        let with_group = Arc::new(Schema::new(fields));
+        let group: Arc<dyn PhysicalExpr> = datafusion::physical_expr::expressions::lit(
+            datafusion::common::ScalarValue::Int64(Some(0)),
+        );
+        let operator = WindowAggregateOperator::try_new(
+            &arrow_schema(&agg.input),
+            vec![(group, ALL.to_string())],
+            None,
+            0,
+            aggregate_specs(agg, self.state)?,
+            Arc::clone(&with_group),
+            Emit::OnUpdate,
+        )?;
+        built.operators.push(Box::new(operator));
+        let exprs = output
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                (
+                    Arc::new(Column::new(f.name(), i + 1)) as Arc<dyn PhysicalExpr>,
+                    f.name().clone(),
+                )
+            })
+            .collect();
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &with_group)?));
+        built.key = Some(Vec::new());
+        built.aggregated = true;
+        built.times = vec![None; output.fields().len()];
         Ok(built)
     }
 
@@ -1086,6 +1226,7 @@ impl Planner<'_> {
             aggregated,
             windowed_aggregate,
             key: None,
+            visibility: false,
         })
     }
 }
