@@ -40,6 +40,8 @@ pub struct ViewEntry {
     pub sources: Vec<Arc<StreamEntry>>,
     /// The tables the view looks rows up in.
     pub tables: Vec<String>,
+    /// The views whose queries this view includes.
+    pub views: Vec<String>,
     /// The view's rows.
     pub table: Arc<ResultTable>,
     /// Events that arrived after their window had closed.
@@ -371,6 +373,7 @@ impl Database {
             def: def.clone(),
             sources: compiled.sources,
             tables: compiled.tables.iter().map(|t| t.def.name.clone()).collect(),
+            views: compiled.views.clone(),
             table,
             late,
             plan,
@@ -395,18 +398,38 @@ impl Database {
         self.start_view(def, compiled)
     }
 
-    /// Stops and forgets a materialized view.
-    pub fn drop_view(&self, name: &str) -> Result<()> {
+    /// Stops and forgets a materialized view; views that read it go too with `cascade`, else
+    /// they are an error.
+    pub fn drop_view(&self, name: &str, cascade: bool) -> Result<()> {
         let mut state = self.state();
         if !state.views.contains_key(name) {
             return Err(Error::UndefinedRelation(name.to_string()));
         }
+        let dependents: Vec<String> = state
+            .views
+            .values()
+            .filter(|v| v.views.iter().any(|d| d == name))
+            .map(|v| v.def.name.clone())
+            .collect();
+        if !dependents.is_empty() && !cascade {
+            return Err(Error::WrongObject {
+                sqlstate: "2BP01",
+                message: format!(
+                    "cannot drop materialized view {name} because materialized view {} depends on it; \
+                     use DROP MATERIALIZED VIEW {name} CASCADE to drop them too",
+                    dependents.join(", ")
+                ),
+            });
+        }
+        let mut gone = dependents;
+        gone.push(name.to_string());
         let mut data = state.data.clone();
-        data.views.retain(|v| v.name != name);
+        data.views.retain(|v| !gone.contains(&v.name));
         self.inner.catalog.store(&data)?;
         state.data = data;
-        if let Some(view) = state.views.remove(name) {
-            drop(state);
+        let stopped: Vec<_> = gone.iter().filter_map(|v| state.views.remove(v)).collect();
+        drop(state);
+        for view in stopped {
             view.stop();
         }
         Ok(())

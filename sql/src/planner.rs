@@ -6,6 +6,7 @@
 //! aggregate per window with DataFusion's accumulators. Whatever cannot be maintained
 //! incrementally is refused here, at CREATE time, with a reason.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -26,10 +27,10 @@ use weir_engine::operator::{
 use weir_engine::pipeline::Pipeline;
 
 use crate::catalog::ViewDef;
-use crate::database::{Database, StreamEntry};
+use crate::database::{Database, StreamEntry, ViewEntry};
 use crate::parser::{EmitMode, WeirStatement, parse};
 use crate::ref_table::{RefTable, TableEntry};
-use crate::tables::{StreamTable, ViewTable, WindowSpec, WindowTable, provider_as};
+use crate::tables::{StreamTable, ViewTable, WindowInput, WindowSpec, WindowTable, provider_as};
 use crate::{Error, Result};
 
 /// A view's query, compiled and ready to run.
@@ -39,6 +40,8 @@ pub struct CompiledView {
     pub sources: Vec<Arc<StreamEntry>>,
     /// The reference tables it looks rows up in.
     pub tables: Vec<Arc<TableEntry>>,
+    /// The materialized views whose queries it includes (it reads their rows as a stream).
+    pub views: Vec<String>,
     /// The operators.
     pub dataflow: Dataflow,
     /// For results that change (EMIT ON UPDATE, aggregates over a whole stream), the output
@@ -141,6 +144,68 @@ pub async fn compile_view(db: &Database, def: &ViewDef) -> Result<CompiledView> 
     compile_query_statement(&state, stmt.as_ref().clone(), options).await
 }
 
+/// The optimised logical plan of a view's query, and its options.
+async fn plan_view_query(
+    state: &SessionState,
+    def: &ViewDef,
+) -> Result<(LogicalPlan, ViewOptions)> {
+    let stmts = parse(&def.query)?;
+    let [WeirStatement::Sql(stmt)] = stmts.as_slice() else {
+        return Err(Error::Syntax(format!(
+            "a view is defined by one SELECT, not {}",
+            def.query
+        )));
+    };
+    let plan = state
+        .statement_to_plan(DfStatement::Statement(stmt.clone()))
+        .await?;
+    let options = ViewOptions {
+        emit: def.emit_on_update.then_some(EmitMode::OnUpdate),
+        allowed_lateness_ns: def.allowed_lateness_ns,
+    };
+    Ok((state.optimize(&plan)?, options))
+}
+
+/// The materialized views `plan` reads (directly or windowed).
+fn referenced_views(plan: &LogicalPlan) -> Result<Vec<Arc<ViewEntry>>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut views = Vec::new();
+    plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            let provider = source_as_provider(&scan.source)?;
+            if let Some(v) = provider_as::<ViewTable>(&provider) {
+                views.push(v.entry());
+            } else if let Some(WindowTable {
+                input: WindowInput::View(v),
+                ..
+            }) = provider_as::<WindowTable>(&provider)
+            {
+                views.push(Arc::clone(v));
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(views)
+}
+
+/// Plans every view `plan` reads, and the views those read, and so on.
+async fn plan_views(
+    state: &SessionState,
+    plan: &LogicalPlan,
+) -> Result<HashMap<String, (LogicalPlan, ViewOptions)>> {
+    let mut planned = HashMap::new();
+    let mut todo = referenced_views(plan)?;
+    while let Some(view) = todo.pop() {
+        if planned.contains_key(&view.def.name) {
+            continue;
+        }
+        let (plan, options) = plan_view_query(state, &view.def).await?;
+        todo.extend(referenced_views(&plan)?);
+        planned.insert(view.def.name.clone(), (plan, options));
+    }
+    Ok(planned)
+}
+
 /// Plans and compiles a SELECT statement with the view's options.
 pub(crate) async fn compile_query_statement(
     state: &SessionState,
@@ -151,11 +216,14 @@ pub(crate) async fn compile_query_statement(
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
     let plan = state.optimize(&plan)?;
+    let view_plans = plan_views(state, &plan).await?;
     let mut planner = Planner {
         state,
         options,
         sources: Vec::new(),
         tables: Vec::new(),
+        view_plans,
+        views: Vec::new(),
     };
     let built = planner.build(&plan)?;
     if built.session_gap_ns.is_some() && !built.aggregated {
@@ -201,6 +269,7 @@ pub(crate) async fn compile_query_statement(
     Ok(CompiledView {
         sources: planner.sources,
         tables: planner.tables,
+        views: planner.views,
         dataflow,
         key,
         visibility,
@@ -443,6 +512,10 @@ struct Planner<'a> {
     options: ViewOptions,
     sources: Vec<Arc<StreamEntry>>,
     tables: Vec<Arc<TableEntry>>,
+    /// The plans (and options) of the views this query reads, by name.
+    view_plans: HashMap<String, (LogicalPlan, ViewOptions)>,
+    /// The views compiled into this query.
+    views: Vec<String>,
 }
 
 /// A reference table as one side of a join: the table, the scan's columns, and filters on it.
@@ -614,6 +687,116 @@ impl Planner<'_> {
         Ok(built)
     }
 
+    /// A stream's rows, with its event-time column marked.
+    fn stream_base(&mut self, entry: &Arc<StreamEntry>) -> Built {
+        let mut times = vec![None; entry.schema.fields().len()];
+        if let Some(i) = entry
+            .def
+            .watermark
+            .as_ref()
+            .and_then(|w| entry.def.column_index(&w.column))
+        {
+            times[i] = Some(TimeColumn::EventTime);
+        }
+        Built {
+            base: Base::Source(self.source_index(entry)),
+            input: Arc::clone(&entry.schema),
+            operators: Vec::new(),
+            times,
+            session_gap_ns: None,
+            aggregated: false,
+            windowed_aggregate: false,
+            key: None,
+            visibility: false,
+        }
+    }
+
+    /// Another materialized view's query, compiled into this one (a derived stream).
+    fn inline_view(&mut self, view: &Arc<ViewEntry>) -> Result<Built> {
+        let name = &view.def.name;
+        let (plan, options) = self.view_plans.get(name).cloned().ok_or_else(|| {
+            Error::Internal(format!(
+                "view {name} was not planned before compiling; this is a bug"
+            ))
+        })?;
+        let saved = std::mem::replace(&mut self.options, options);
+        let built = self.build(&plan);
+        self.options = saved;
+        if !self.views.contains(name) {
+            self.views.push(name.clone());
+        }
+        built
+    }
+
+    /// The rows a window function windows, then the window assigner.
+    fn build_window(&mut self, t: &WindowTable) -> Result<Built> {
+        let time = t.input_schema.field(t.time_index).name().clone();
+        let mut built = match &t.input {
+            WindowInput::Stream(stream) => {
+                let def = &stream.def;
+                match &def.watermark {
+                    Some(w) if w.column == time => {}
+                    Some(w) => {
+                        return Err(Error::NotSupported(format!(
+                            "a window over {time}, but stream {} has its watermark on {}; \
+                             window over the watermark column",
+                            def.name, w.column
+                        )));
+                    }
+                    None => {
+                        return Err(Error::NotSupported(format!(
+                            "stream {} has no watermark, so its windows would never close; \
+                             declare WATERMARK FOR {time} AS {time} - INTERVAL '...' in CREATE STREAM",
+                            def.name
+                        )));
+                    }
+                }
+                self.stream_base(stream)
+            }
+            WindowInput::View(view) => {
+                let built = self.inline_view(view)?;
+                if built.key.is_some() {
+                    return Err(Error::NotSupported(format!(
+                        "a window over view {}, whose rows change (EMIT ON UPDATE, allowed_lateness, \
+                         or GROUP BY without a window); window over a view whose rows only append",
+                        view.def.name
+                    )));
+                }
+                match built.times.get(t.time_index).copied().flatten() {
+                    Some(TimeColumn::EventTime | TimeColumn::WindowEnd { .. }) => {}
+                    _ => {
+                        return Err(Error::NotSupported(format!(
+                            "a window over column {time} of view {}, which does not follow the \
+                             watermark; window over the event time it passes through from its \
+                             stream, or over window_end of its windows",
+                            view.def.name
+                        )));
+                    }
+                }
+                built
+            }
+        };
+        if built.session_gap_ns.is_some() {
+            return Err(unsupported("a window over SESSION windows"));
+        }
+        let operator = t.operator()?;
+        let width = operator.schema().fields().len();
+        built.times.resize(width, None);
+        built.times[t.time_index] = Some(TimeColumn::EventTime);
+        if let Some(size_ns) = t.spec.size_ns() {
+            built.times[width - 2] = Some(TimeColumn::WindowStart { size_ns });
+            built.times[width - 1] = Some(TimeColumn::WindowEnd { size_ns });
+        } else {
+            built.times[width - 2] = None;
+            built.times[width - 1] = None;
+        }
+        if let WindowSpec::Session { gap_ns } = t.spec {
+            built.session_gap_ns = Some(gap_ns);
+        }
+        built.operators.push(operator);
+        Ok(built)
+    }
+
     fn build_scan(&mut self, scan: &datafusion::logical_expr::TableScan) -> Result<Built> {
         let provider = source_as_provider(&scan.source)?;
         if !scan.filters.is_empty() {
@@ -621,105 +804,60 @@ impl Planner<'_> {
                 "a filter was pushed into a stream scan; this is a bug".into(),
             ));
         }
-        let (source, input, mut operators, mut times, session_gap_ns) = if let Some(t) =
-            provider_as::<WindowTable>(&provider)
-        {
-            let def = &t.stream.def;
-            let time = t.stream.schema.field(t.time_index).name().clone();
-            match &def.watermark {
-                Some(w) if w.column == time => {}
-                Some(w) => {
-                    return Err(Error::NotSupported(format!(
-                        "a window over {time}, but stream {} has its watermark on {}; \
-                             window over the watermark column",
-                        def.name, w.column
-                    )));
-                }
-                None => {
-                    return Err(Error::NotSupported(format!(
-                        "stream {} has no watermark, so its windows would never close; \
-                             declare WATERMARK FOR {time} AS {time} - INTERVAL '...' in CREATE STREAM",
-                        def.name
-                    )));
-                }
-            }
-            let operator = t.operator()?;
-            let width = operator.schema().fields().len();
-            let mut times = vec![None; width];
-            times[t.time_index] = Some(TimeColumn::EventTime);
-            if let Some(size_ns) = t.spec.size_ns() {
-                times[width - 2] = Some(TimeColumn::WindowStart { size_ns });
-                times[width - 1] = Some(TimeColumn::WindowEnd { size_ns });
-            }
-            let gap = match t.spec {
-                WindowSpec::Session { gap_ns } => Some(gap_ns),
-                _ => None,
-            };
-            (
-                self.source_index(&t.stream),
-                Arc::clone(&t.stream.schema),
-                vec![operator],
-                times,
-                gap,
-            )
+        let mut built = if let Some(t) = provider_as::<WindowTable>(&provider) {
+            self.build_window(t)?
         } else if let Some(s) = provider_as::<StreamTable>(&provider) {
-            let entry = s.entry();
-            let mut times = vec![None; entry.schema.fields().len()];
-            if let Some(i) = entry
-                .def
-                .watermark
-                .as_ref()
-                .and_then(|w| entry.def.column_index(&w.column))
-            {
-                times[i] = Some(TimeColumn::EventTime);
-            }
-            (
-                self.source_index(&entry),
-                Arc::clone(&entry.schema),
-                Vec::new(),
-                times,
-                None,
-            )
-        } else if provider_as::<ViewTable>(&provider).is_some() {
-            return Err(unsupported("reading a materialized view from another view"));
+            self.stream_base(&s.entry())
+        } else if let Some(v) = provider_as::<ViewTable>(&provider) {
+            self.inline_view(&v.entry())?
         } else if provider_as::<RefTable>(&provider).is_some() {
             return Err(Error::NotSupported(format!(
                 "{} is a table: a continuous query reads a stream, and joins tables to it \
-                     (FROM stream JOIN {} ON stream.column = {}.primary_key)",
+                 (FROM stream JOIN {} ON stream.column = {}.primary_key)",
                 scan.table_name, scan.table_name, scan.table_name
             )));
         } else {
             return Err(unsupported(&format!("reading {}", scan.table_name)));
         };
         if let Some(projection) = &scan.projection {
-            let built_schema = operators
+            let schema = built
+                .operators
                 .last()
-                .map_or_else(|| Arc::clone(&input), |o| o.schema());
-            let exprs = projection
+                .map_or_else(|| Arc::clone(&built.input), |o| o.schema());
+            let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
                 .iter()
                 .map(|&i| {
-                    let name = built_schema.field(i).name().clone();
+                    let name = schema.field(i).name().clone();
                     (
                         Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
                         name,
                     )
                 })
                 .collect();
-            let op = ProjectionOperator::try_new(exprs, &built_schema)?;
-            times = projection.iter().map(|&i| times[i]).collect();
-            operators.push(Box::new(op));
+            if let Some(key) = &built.key {
+                let mapped: Option<Vec<usize>> = key
+                    .iter()
+                    .map(|k| projection.iter().position(|p| p == k))
+                    .collect();
+                built.key = Some(mapped.ok_or_else(|| {
+                    Error::NotSupported(
+                        "reading a view whose rows change needs every column of its key".into(),
+                    )
+                })?);
+            }
+            if built.visibility {
+                let last = schema.fields().len() - 1;
+                exprs.push((Arc::new(Column::new(VISIBLE, last)), VISIBLE.to_string()));
+            }
+            built.times = projection
+                .iter()
+                .map(|&i| built.times.get(i).copied().flatten())
+                .collect();
+            built
+                .operators
+                .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
         }
-        Ok(Built {
-            base: Base::Source(source),
-            input,
-            operators,
-            times,
-            session_gap_ns,
-            aggregated: false,
-            windowed_aggregate: false,
-            key: None,
-            visibility: false,
-        })
+        Ok(built)
     }
 
     fn build_projection(&mut self, p: &datafusion::logical_expr::Projection) -> Result<Built> {

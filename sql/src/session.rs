@@ -408,7 +408,8 @@ impl Session {
                             }
                             return Err(Error::UndefinedRelation(name));
                         }
-                        self.blocking(move |db| db.drop_view(&name)).await?;
+                        self.blocking(move |db| db.drop_view(&name, cascade))
+                            .await?;
                     }
                     Ok(Output::Command("DROP MATERIALIZED VIEW".into()))
                 }

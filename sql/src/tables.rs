@@ -203,12 +203,24 @@ impl WindowSpec {
     }
 }
 
-/// A window table function applied to a stream: its rows with `window_start` and `window_end`.
+/// What a window table function windows.
+#[derive(Debug, Clone)]
+pub enum WindowInput {
+    /// A stream's rows.
+    Stream(Arc<StreamEntry>),
+    /// The rows of a materialized view (a derived stream).
+    View(Arc<ViewEntry>),
+}
+
+/// A window table function applied to a stream or view: its rows with `window_start` and
+/// `window_end`.
 #[derive(Debug)]
 pub struct WindowTable {
-    /// The stream windowed.
-    pub stream: Arc<StreamEntry>,
-    /// Index of the time column in the stream.
+    /// What is windowed.
+    pub input: WindowInput,
+    /// The schema of the rows windowed.
+    pub input_schema: SchemaRef,
+    /// Index of the time column in the input.
     pub time_index: usize,
     /// The windows.
     pub spec: WindowSpec,
@@ -218,7 +230,7 @@ pub struct WindowTable {
 impl WindowTable {
     /// Builds the window assigner for this table.
     pub fn operator(&self) -> weir_engine::Result<Box<dyn Operator>> {
-        let schema = &self.stream.schema;
+        let schema = &self.input_schema;
         Ok(match self.spec {
             WindowSpec::Tumble { size_ns } => {
                 Box::new(TumbleOperator::try_new(schema, self.time_index, size_ns)?)
@@ -269,7 +281,10 @@ impl TableProvider for WindowTable {
                  views; in a batch query, number sessions with LAG(ts) OVER (PARTITION BY key ORDER BY ts)"
             );
         }
-        let partitions = read_log(Arc::clone(&self.stream)).await?;
+        let partitions = match &self.input {
+            WindowInput::Stream(stream) => read_log(Arc::clone(stream)).await?,
+            WindowInput::View(view) => vec![read_view(Arc::clone(view)).await?],
+        };
         let mut op = self.operator().map_err(external)?;
         let windowed = partitions
             .into_iter()
@@ -380,16 +395,34 @@ impl TableFunctionImpl for WindowFunction {
         let Some(stream_name) = name_arg(stream) else {
             return plan_err!("{name}'s first argument must name a stream, not {stream}");
         };
-        let entry = self
-            .db
-            .stream(&stream_name)
-            .ok_or_else(|| external(crate::Error::UndefinedRelation(stream_name.clone())))?;
+        let (input, input_schema) = if let Some(entry) = self.db.stream(&stream_name) {
+            let schema = Arc::clone(&entry.schema);
+            (WindowInput::Stream(entry), schema)
+        } else if let Some(view) = self.db.view(&stream_name) {
+            let schema = Arc::clone(view.table.schema());
+            (WindowInput::View(view), schema)
+        } else {
+            return Err(external(crate::Error::UndefinedRelation(
+                stream_name.clone(),
+            )));
+        };
         let Some(time_name) = name_arg(time) else {
             return plan_err!("{name}'s second argument must name a timestamp column, not {time}");
         };
-        let Some(time_index) = entry.def.column_index(&time_name) else {
+        for column in ["window_start", "window_end"] {
+            if input_schema.index_of(column).is_ok() {
+                return Err(external(crate::Error::WrongObject {
+                    sqlstate: "42701",
+                    message: format!(
+                        "{stream_name} already has a column {column}, which {name} adds; \
+                         rename it in {stream_name} ({column} AS ...)"
+                    ),
+                }));
+            }
+        }
+        let Ok(time_index) = input_schema.index_of(&time_name) else {
             return Err(external(crate::Error::UndefinedColumn(format!(
-                "column \"{time_name}\" does not exist in stream {stream_name}"
+                "column \"{time_name}\" does not exist in {stream_name}"
             ))));
         };
         let duration = |e: &Expr, what: &str| {
@@ -413,14 +446,33 @@ impl TableFunctionImpl for WindowFunction {
             },
         };
         let mut table = WindowTable {
-            schema: Arc::clone(&entry.schema),
-            stream: entry,
+            schema: Arc::clone(&input_schema),
+            input,
+            input_schema,
             time_index,
             spec,
         };
         table.schema = table.operator().map_err(external)?.schema();
         Ok(Arc::new(table))
     }
+}
+
+/// A view's rows once it has processed everything committed to its sources (waiting briefly).
+async fn read_view(entry: Arc<ViewEntry>) -> datafusion::error::Result<Vec<RecordBatch>> {
+    let waiting = Arc::clone(&entry);
+    let progress = tokio::task::spawn_blocking(move || {
+        let offsets = waiting.source_offsets();
+        waiting.table.wait_for(&offsets, VIEW_READ_WAIT)
+    })
+    .await
+    .map_err(|e| DataFusionError::Internal(format!("view reader failed: {e}")))?;
+    if let Some(error) = progress.error {
+        return exec_err!(
+            "materialized view {} stopped on an error: {error}",
+            entry.def.name
+        );
+    }
+    entry.table.snapshot().map_err(external)
 }
 
 /// A materialized view as a table. A scan first waits (briefly) until the view has processed
@@ -434,6 +486,11 @@ impl ViewTable {
     /// The table of a view.
     pub fn new(entry: Arc<ViewEntry>) -> Self {
         Self { entry }
+    }
+
+    /// The view.
+    pub fn entry(&self) -> Arc<ViewEntry> {
+        Arc::clone(&self.entry)
     }
 }
 
@@ -454,20 +511,7 @@ impl TableProvider for ViewTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let entry = Arc::clone(&self.entry);
-        let progress = tokio::task::spawn_blocking(move || {
-            let offsets = entry.source_offsets();
-            entry.table.wait_for(&offsets, VIEW_READ_WAIT)
-        })
-        .await
-        .map_err(|e| DataFusionError::Internal(format!("view reader failed: {e}")))?;
-        if let Some(error) = progress.error {
-            return exec_err!(
-                "materialized view {} stopped on an error: {error}",
-                self.entry.def.name
-            );
-        }
-        let batches = self.entry.table.snapshot().map_err(external)?;
+        let batches = read_view(Arc::clone(&self.entry)).await?;
         Ok(MemorySourceConfig::try_new_exec(
             &[batches],
             self.schema(),
