@@ -473,3 +473,84 @@ impl DataSink for TableSink {
             .map_err(external)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+
+    use super::*;
+    use crate::catalog::ColumnDef;
+
+    fn def() -> TableDef {
+        TableDef {
+            name: "users".into(),
+            columns: vec![
+                ColumnDef {
+                    name: "id".into(),
+                    data_type: DataType::Int64.to_string(),
+                    nullable: false,
+                },
+                ColumnDef {
+                    name: "name".into(),
+                    data_type: DataType::Utf8.to_string(),
+                    nullable: true,
+                },
+            ],
+            primary_key: vec!["id".into()],
+        }
+    }
+
+    fn rows(schema: &SchemaRef, ids: &[i64], names: &[&str]) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(StringArray::from(names.to_vec())),
+            ],
+        )
+        .expect("rows")
+    }
+
+    fn contents(entry: &TableEntry) -> Vec<(i64, String)> {
+        let mut out = Vec::new();
+        for b in entry.rows.snapshot().expect("snapshot") {
+            let ids = b
+                .column(0)
+                .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let names = b.column(1).as_string::<i32>();
+            for i in 0..b.num_rows() {
+                out.push((ids.value(i), names.value(i).to_string()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn changes_survive_a_reopen_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entry = TableEntry::open(dir.path(), def()).expect("open");
+        let schema = Arc::clone(&entry.schema);
+        entry
+            .insert(rows(&schema, &[1, 2, 3], &["a", "b", "c"]))
+            .expect("insert");
+        assert!(entry.insert(rows(&schema, &[4, 2], &["d", "x"])).is_err());
+        entry
+            .modify(|_| Ok(Some((rows(&schema, &[2], &["B"]), false))))
+            .expect("update");
+        entry
+            .modify(|_| Ok(Some((rows(&schema, &[1], &["a"]), true))))
+            .expect("delete");
+        entry
+            .insert(rows(&schema, &[1], &["again"]))
+            .expect("insert after delete");
+        let before = contents(&entry);
+        assert_eq!(
+            before,
+            vec![(1, "again".into()), (2, "B".into()), (3, "c".into())]
+        );
+        drop(entry);
+        let reopened = TableEntry::open(dir.path(), def()).expect("reopen");
+        assert_eq!(contents(&reopened), before);
+    }
+}
