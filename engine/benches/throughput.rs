@@ -209,12 +209,72 @@ fn bench_tumble_count(total: i64) {
     assert!(emitted > 0);
 }
 
+/// An interval join of two streams of `total` events each: the same users, the right side
+/// 3.7 ms later, matched within one second (state: about one second of each side).
+fn bench_interval_join(total: i64) {
+    use datafusion::logical_expr::Operator as Op;
+    use datafusion::physical_expr::expressions::BinaryExpr;
+    use weir_engine::operator::{BinaryOperator, JoinInput, Side, StreamJoinOperator};
+    let input = schema();
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.extend(input.fields().iter().map(|f| f.as_ref().clone()));
+    let output = Arc::new(Schema::new(fields));
+    let side = |offset_ns: i64| JoinInput {
+        keys: vec![Arc::new(Column::new("user_id", 0))],
+        time: 2,
+        time_lag_ns: 0,
+        expiry_column: 2,
+        expiry_offset_ns: offset_ns,
+    };
+    // right.ts >= left.ts; the one-second bound is what frees state.
+    let filter = Arc::new(BinaryExpr::new(
+        Arc::new(Column::new("ts", 5)),
+        Op::GtEq,
+        Arc::new(Column::new("ts", 2)),
+    ));
+    let mut join =
+        StreamJoinOperator::try_new(side(1_000_000_000), side(0), &input, Some(filter), output)
+            .expect("join");
+    let batch_rows = 8192;
+    let lefts: Vec<RecordBatch> = (0..total / batch_rows)
+        .map(|i| events(i * batch_rows, batch_rows))
+        .collect();
+    let rights: Vec<RecordBatch> = (0..total / batch_rows)
+        .map(|i| events(i * batch_rows + 37, batch_rows))
+        .collect();
+    let started = Instant::now();
+    let mut matches = 0;
+    for (l, r) in lefts.into_iter().zip(rights) {
+        let wm = datafusion::arrow::compute::max(
+            l.column(2)
+                .as_any()
+                .downcast_ref::<TimestampNanosecondArray>()
+                .expect("ts"),
+        )
+        .expect("non-empty");
+        for b in join.process_batch(Side::Left, l).expect("left") {
+            matches += b.num_rows();
+        }
+        for b in join.process_batch(Side::Right, r).expect("right") {
+            matches += b.num_rows();
+        }
+        join.on_watermark(wm - 2_000_000_000).expect("watermark");
+    }
+    report(
+        "interval join on user_id within 1s (operator)",
+        2 * (total / batch_rows * batch_rows) as u64,
+        started.elapsed().as_secs_f64(),
+    );
+    assert!(matches > 0);
+}
+
 fn main() {
     let total: i64 = std::env::var("WEIR_BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
     bench_tumble_count(total);
+    bench_interval_join(total / 5);
     bench_log_batches(total / 5);
     bench_log_small_appends(8, 2_000);
 }

@@ -1,14 +1,15 @@
 //! Joins two append-only inputs (window joins, interval joins), keeping each input's rows only
 //! while a row still to come from the other input could match them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
 use datafusion::arrow::compute::{cast, filter, filter_record_batch, interleave, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::tumble::format_duration_ns;
@@ -32,36 +33,71 @@ pub struct JoinInput {
     pub expiry_offset_ns: i64,
 }
 
-/// One batch of stored rows with their evaluated keys and expiry times.
+/// One batch of stored rows with their keys (in row format) and when it can go.
 #[derive(Debug)]
 struct Chunk {
     batch: RecordBatch,
-    keys: Vec<ArrayRef>,
-    expiry: Vec<i64>,
+    keys: Option<Rows>,
+    /// The largest expiry time of its rows: the chunk goes once the watermark passes it.
+    expiry: i64,
 }
 
-/// The stored rows of one input, indexed by key.
+/// The stored rows of one input, indexed by the hash of their key.
 #[derive(Debug, Default)]
 struct Stored {
-    chunks: Vec<Chunk>,
-    index: HashMap<OwnedRow, Vec<(usize, usize)>>,
+    /// Chunks by id; ids below `first` are gone, `None` marks one dropped out of order.
+    chunks: VecDeque<Option<Chunk>>,
+    first: usize,
+    /// Key hash to `(chunk id, row)`; entries of dropped chunks are skipped and compacted away.
+    index: HashMap<u64, Vec<(usize, u32)>>,
+    entries: usize,
     rows: usize,
+}
+
+impl Stored {
+    fn chunk(&self, id: usize) -> Option<&Chunk> {
+        id.checked_sub(self.first)
+            .and_then(|i| self.chunks.get(i))
+            .and_then(Option::as_ref)
+    }
+
+    /// Drops the index entries of dropped chunks once they outnumber the live ones.
+    fn compact_index(&mut self) {
+        if self.entries <= 2 * self.rows + 4096 {
+            return;
+        }
+        let first = self.first;
+        let chunks = &self.chunks;
+        let live = |id: usize| {
+            id.checked_sub(first)
+                .and_then(|i| chunks.get(i))
+                .is_some_and(Option::is_some)
+        };
+        self.index.retain(|_, hits| {
+            hits.retain(|&(c, _)| live(c));
+            !hits.is_empty()
+        });
+        self.entries = self.index.values().map(Vec::len).sum();
+    }
 }
 
 /// A symmetric hash join of two append-only inputs whose matches are bounded in time.
 ///
 /// Each arriving row is matched against the rows stored from the other input and then stored
-/// itself; a stored row is dropped once the watermark shows that nothing still to come from
-/// the other input can match it (an equality of window columns, or an interval condition
-/// between time columns, decided by the planner). The output is append-only and final: every
-/// match is emitted once, when its second row arrives. Rows that arrive behind the watermark are
-/// late: counted and handed over, not joined, because their partners may already be gone.
+/// itself. The keys and the filter decide every match; the time bound (an equality of window
+/// columns, or an interval condition between time columns, decided by the planner) only says
+/// when stored rows can go: a batch of them is dropped once the watermark shows that nothing
+/// still to come from the other input can match any of its rows. The output is append-only and
+/// final: every match is emitted once, when its second row arrives. Rows that arrive behind the
+/// watermark are late: counted and handed over, not joined, because their partners may already
+/// be gone.
 #[derive(Debug)]
 pub struct StreamJoinOperator {
     inputs: [JoinInput; 2],
     stored: [Stored; 2],
     converter: Option<RowConverter>,
     key_types: Vec<DataType>,
+    hasher: RandomState,
     filter: Option<Arc<dyn PhysicalExpr>>,
     schema: SchemaRef,
     /// Columns of the right input (the output's last ones).
@@ -130,6 +166,7 @@ impl StreamJoinOperator {
             stored: [Stored::default(), Stored::default()],
             converter,
             key_types,
+            hasher: RandomState::default(),
             filter,
             schema: output,
             right_width,
@@ -157,73 +194,75 @@ impl StreamJoinOperator {
             .collect()
     }
 
-    fn key_rows(&self, keys: &[ArrayRef], n: usize) -> Result<Vec<Option<OwnedRow>>> {
-        let Some(converter) = &self.converter else {
-            return Ok(vec![None; n]);
-        };
-        let rows = converter.convert_columns(keys)?;
-        Ok((0..n).map(|i| Some(rows.row(i).owned())).collect())
-    }
-
-    fn rebuild_index(&mut self, side: usize) -> Result<()> {
-        let mut index: HashMap<OwnedRow, Vec<(usize, usize)>> = HashMap::new();
-        let mut rows = 0;
-        for (c, chunk) in self.stored[side].chunks.iter().enumerate() {
-            let n = chunk.batch.num_rows();
-            rows += n;
-            for (r, key) in self.key_rows(&chunk.keys, n)?.into_iter().enumerate() {
-                index
-                    .entry(key.unwrap_or_else(empty_row))
-                    .or_default()
-                    .push((c, r));
-            }
+    /// Per row, the hash of its key (all zero without keys).
+    fn hashes(&self, keys: &[ArrayRef], n: usize) -> Result<Vec<u64>> {
+        let mut hashes = vec![0; n];
+        if !keys.is_empty() {
+            create_hashes(keys, &self.hasher, &mut hashes)?;
         }
-        self.stored[side].index = index;
-        self.stored[side].rows = rows;
-        Ok(())
+        Ok(hashes)
     }
 
-    /// Matches `batch` (of input `side`) against the other input's stored rows.
+    /// Matches rows `usable` of `batch` (of input `side`) against the other input's rows.
     fn probe(
         &self,
         side: usize,
         batch: &RecordBatch,
-        keys: &[Option<OwnedRow>],
+        keys: Option<&Rows>,
+        hashes: &[u64],
         usable: &[bool],
     ) -> Result<Option<RecordBatch>> {
         let other = &self.stored[1 - side];
         let mut this_rows = Vec::new();
-        let mut picks = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
+        let mut picks: Vec<(usize, u32)> = Vec::new();
+        for (i, h) in hashes.iter().enumerate() {
             if !usable[i] {
                 continue;
             }
-            let key = key.clone().unwrap_or_else(empty_row);
-            if let Some(hits) = other.index.get(&key) {
-                for &hit in hits {
+            let Some(hits) = other.index.get(h) else {
+                continue;
+            };
+            for &(c, r) in hits {
+                let Some(chunk) = other.chunk(c) else {
+                    continue;
+                };
+                let same = match (keys, &chunk.keys) {
+                    (Some(k), Some(ck)) => k.row(i) == ck.row(r as usize),
+                    _ => true,
+                };
+                if same {
                     this_rows.push(i as u32);
-                    picks.push(hit);
+                    picks.push((c, r));
                 }
             }
         }
         if this_rows.is_empty() {
             return Ok(None);
         }
+        // The picked chunks, numbered densely for `interleave`.
+        let mut used: Vec<usize> = picks.iter().map(|p| p.0).collect();
+        used.sort_unstable();
+        used.dedup();
+        let positions: Vec<(usize, usize)> = picks
+            .iter()
+            .map(|&(c, r)| (used.binary_search(&c).unwrap_or_default(), r as usize))
+            .collect();
+        let chunks: Vec<&RecordBatch> = used
+            .iter()
+            .filter_map(|&c| other.chunk(c).map(|ch| &ch.batch))
+            .collect();
         let this_rows = UInt32Array::from(this_rows);
         let this_columns = batch
             .columns()
             .iter()
             .map(|c| Ok(take(c, &this_rows, None)?))
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let width = other.chunks.first().map_or(0, |c| c.batch.num_columns());
+        let width = chunks.first().map_or(0, |b| b.num_columns());
         let other_columns = (0..width)
             .map(|col| {
-                let sources: Vec<&dyn Array> = other
-                    .chunks
-                    .iter()
-                    .map(|c| c.batch.column(col).as_ref())
-                    .collect();
-                Ok(interleave(&sources, &picks)?)
+                let sources: Vec<&dyn Array> =
+                    chunks.iter().map(|b| b.column(col).as_ref()).collect();
+                Ok(interleave(&sources, &positions)?)
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
         let columns = if side == 0 {
@@ -241,21 +280,6 @@ impl StreamJoinOperator {
         };
         Ok((joined.num_rows() > 0).then_some(joined))
     }
-}
-
-/// The key of every row when the join has no equality keys (an interval condition only).
-fn empty_row() -> OwnedRow {
-    static EMPTY: std::sync::OnceLock<OwnedRow> = std::sync::OnceLock::new();
-    EMPTY
-        .get_or_init(|| {
-            let converter =
-                RowConverter::new(vec![SortField::new(DataType::Boolean)]).expect("boolean rows");
-            let rows = converter
-                .convert_columns(&[Arc::new(BooleanArray::from(vec![true])) as ArrayRef])
-                .expect("one boolean row");
-            rows.row(0).owned()
-        })
-        .clone()
 }
 
 impl BinaryOperator for StreamJoinOperator {
@@ -278,66 +302,79 @@ impl BinaryOperator for StreamJoinOperator {
             .into_iter()
             .map(|t| t.saturating_add(input.expiry_offset_ns))
             .collect();
+        let lag = input.time_lag_ns;
         let keys = self.keys_of(s, &batch)?;
         let late: Vec<bool> = times
             .iter()
-            .map(|&t| {
-                self.watermark
-                    .is_some_and(|w| t < w.saturating_sub(input.time_lag_ns))
-            })
+            .map(|&t| self.watermark.is_some_and(|w| t < w.saturating_sub(lag)))
             .collect();
         // SQL equality never matches NULL keys, so such rows can neither match nor be matched.
         let usable: Vec<bool> = (0..n)
             .map(|i| !late[i] && keys.iter().all(|k| !k.is_null(i)))
             .collect();
         if late.iter().any(|&l| l) {
-            let mask = BooleanArray::from(late.clone());
-            let rows = filter_record_batch(&batch, &mask)?;
+            let rows = filter_record_batch(&batch, &BooleanArray::from(late))?;
             self.late_rows += rows.num_rows() as u64;
             self.late.push(rows);
         }
-        let key_rows = self.key_rows(&keys, n)?;
-        let out = self.probe(s, &batch, &key_rows, &usable)?;
+        let key_rows = match &self.converter {
+            Some(c) => Some(c.convert_columns(&keys)?),
+            None => None,
+        };
+        let hashes = self.hashes(&keys, n)?;
+        let out = self.probe(s, &batch, key_rows.as_ref(), &hashes, &usable)?;
         // Keep what a later row of the other input could still match.
         let keep: Vec<bool> = (0..n)
             .map(|i| usable[i] && self.watermark.is_none_or(|w| expiry[i] >= w))
             .collect();
         let kept = keep.iter().filter(|&&k| k).count();
         if kept > 0 {
-            let (batch, keys, expiry) = if kept == n {
-                (batch, keys, expiry)
+            let (batch, keys, hashes, expiry) = if kept == n {
+                (batch, key_rows, hashes, expiry)
             } else {
                 let mask = BooleanArray::from(keep.clone());
-                let keys = keys
-                    .iter()
-                    .map(|k| Ok(filter(k, &mask)?))
-                    .collect::<Result<Vec<_>>>()?;
-                let expiry = expiry
+                let pick = |v: &[i64]| -> Vec<i64> {
+                    v.iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(e, _)| *e)
+                        .collect()
+                };
+                let hashes: Vec<u64> = hashes
                     .iter()
                     .zip(&keep)
                     .filter(|(_, k)| **k)
-                    .map(|(e, _)| *e)
+                    .map(|(h, _)| *h)
                     .collect();
-                (filter_record_batch(&batch, &mask)?, keys, expiry)
+                let key_rows = match &self.converter {
+                    Some(c) => {
+                        let kept_keys = keys
+                            .iter()
+                            .map(|k| Ok(filter(k, &mask)?))
+                            .collect::<Result<Vec<_>>>()?;
+                        Some(c.convert_columns(&kept_keys)?)
+                    }
+                    None => None,
+                };
+                (
+                    filter_record_batch(&batch, &mask)?,
+                    key_rows,
+                    hashes,
+                    pick(&expiry),
+                )
             };
-            let chunk = self.stored[s].chunks.len();
-            for (r, key) in self
-                .key_rows(&keys, batch.num_rows())?
-                .into_iter()
-                .enumerate()
-            {
-                self.stored[s]
-                    .index
-                    .entry(key.unwrap_or_else(empty_row))
-                    .or_default()
-                    .push((chunk, r));
+            let stored = &mut self.stored[s];
+            let id = stored.first + stored.chunks.len();
+            for (r, h) in hashes.iter().enumerate() {
+                stored.index.entry(*h).or_default().push((id, r as u32));
             }
-            self.stored[s].rows += batch.num_rows();
-            self.stored[s].chunks.push(Chunk {
+            stored.entries += hashes.len();
+            stored.rows += batch.num_rows();
+            stored.chunks.push_back(Some(Chunk {
                 batch,
                 keys,
-                expiry,
-            });
+                expiry: expiry.into_iter().max().unwrap_or(i64::MIN),
+            }));
         }
         Ok(out.into_iter().collect())
     }
@@ -347,41 +384,19 @@ impl BinaryOperator for StreamJoinOperator {
             return Ok(Vec::new());
         }
         self.watermark = Some(watermark_ns);
-        for s in 0..2 {
-            let mut changed = false;
-            let chunks = std::mem::take(&mut self.stored[s].chunks);
-            let mut kept = Vec::with_capacity(chunks.len());
-            for chunk in chunks {
-                if chunk.expiry.iter().all(|&e| e >= watermark_ns) {
-                    kept.push(chunk);
-                    continue;
+        for stored in &mut self.stored {
+            let mut dropped = 0;
+            for slot in stored.chunks.iter_mut() {
+                if slot.as_ref().is_some_and(|c| c.expiry < watermark_ns) {
+                    dropped += slot.take().map_or(0, |c| c.batch.num_rows());
                 }
-                changed = true;
-                let keep: Vec<bool> = chunk.expiry.iter().map(|&e| e >= watermark_ns).collect();
-                if !keep.iter().any(|&k| k) {
-                    continue;
-                }
-                let mask = BooleanArray::from(keep.clone());
-                kept.push(Chunk {
-                    batch: filter_record_batch(&chunk.batch, &mask)?,
-                    keys: chunk
-                        .keys
-                        .iter()
-                        .map(|k| Ok(filter(k, &mask)?))
-                        .collect::<Result<Vec<_>>>()?,
-                    expiry: chunk
-                        .expiry
-                        .iter()
-                        .zip(&keep)
-                        .filter(|(_, k)| **k)
-                        .map(|(e, _)| *e)
-                        .collect(),
-                });
             }
-            self.stored[s].chunks = kept;
-            if changed {
-                self.rebuild_index(s)?;
+            while matches!(stored.chunks.front(), Some(None)) {
+                stored.chunks.pop_front();
+                stored.first += 1;
             }
+            stored.rows -= dropped;
+            stored.compact_index();
         }
         Ok(Vec::new())
     }
@@ -538,7 +553,10 @@ mod tests {
     #[test]
     fn the_watermark_frees_closed_windows_and_later_rows_are_late() {
         let (mut op, l, r) = window_join();
-        op.process_batch(Side::Left, batch(&l, &[(Some(1), 10), (Some(1), 20)]))
+        // State goes a batch at a time, once every row of the batch has expired.
+        op.process_batch(Side::Left, batch(&l, &[(Some(1), 10)]))
+            .expect("left");
+        op.process_batch(Side::Left, batch(&l, &[(Some(1), 20)]))
             .expect("left");
         op.on_watermark(15).expect("watermark");
         assert_eq!(op.stored_rows(), [1, 0]);
