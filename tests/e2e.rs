@@ -413,3 +413,85 @@ fn non_loopback_addresses_are_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+/// Runs psql against `server` with `args`; returns (success, stdout, stderr).
+fn psql(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .args(["-X", "-h", "127.0.0.1", "-p", &server.port.to_string()])
+        .args(["-U", "weir", "weir", "-v", "ON_ERROR_STOP=1"])
+        .args(args)
+        .output()
+        .expect("psql runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn copy_loads_files_all_or_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT NOT NULL, url TEXT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (partitions = 2, key = 'user_id')",
+        )
+        .await
+        .expect("create stream");
+    // psql's \copy of a CSV file with a header.
+    let good = dir.path().join("good.csv");
+    let mut csv = String::from("user_id,url,ts\n");
+    for i in 0..1000 {
+        csv.push_str(&format!(
+            "{},\"/p,{}\",2026-01-01 00:00:{:02}\n",
+            i % 7,
+            i,
+            i % 60
+        ));
+    }
+    std::fs::write(&good, csv).expect("write csv");
+    let copy = format!(
+        "\\copy clicks FROM '{}' WITH (FORMAT csv, HEADER)",
+        good.display()
+    );
+    let (ok, stdout, stderr) = psql(&server, &["-c", &copy]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("COPY 1000"), "{stdout}");
+    // A bad line fails the whole file, naming the line; psql's session carries on.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "user_id,url,ts\n1,/a,2026-01-01 00:00:01\n2,/b,not a time\n",
+    )
+    .expect("write csv");
+    let copy = format!(
+        "\\copy clicks FROM '{}' WITH (FORMAT csv, HEADER)",
+        bad.display()
+    );
+    let (ok, _, stderr) = psql(&server, &["-c", &copy]);
+    assert!(!ok);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert_eq!(count(&client, "SELECT count(*) FROM clicks").await, 1000);
+    // tokio-postgres' COPY IN, in text format.
+    let sink = client
+        .copy_in("COPY clicks FROM STDIN")
+        .await
+        .expect("copy in starts");
+    futures::pin_mut!(sink);
+    use futures::SinkExt;
+    sink.send(bytes::Bytes::from_static(
+        b"7\t/x\t2026-01-01 00:01:00\n8\t\\N\t2026-01-01 00:01:01\n",
+    ))
+    .await
+    .expect("data");
+    let n = sink.finish().await.expect("copy done");
+    assert_eq!(n, 2);
+    assert_eq!(count(&client, "SELECT count(*) FROM clicks").await, 1002);
+    assert_eq!(
+        count(&client, "SELECT count(*) FROM clicks WHERE url IS NULL").await,
+        1
+    );
+}

@@ -55,12 +55,29 @@ impl AsyncDB for Weir {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, SltError> {
+        // As in a psql script, the data of a COPY ... FROM STDIN follows its statement.
+        let (sql, copy_data) = match sql.find(";\n") {
+            Some(end) if sql.to_uppercase().starts_with("COPY ") => {
+                (&sql[..=end], Some(sql[end + 2..].as_bytes().to_vec()))
+            }
+            _ => (sql, None),
+        };
         let mut last = None;
         for r in self.session.execute(sql).await {
             last = Some(r?);
         }
+        let copy = match &last {
+            Some(Output::CopyIn(copy)) => Some(copy.clone()),
+            _ => None,
+        };
+        if let (Some(copy), Some(data)) = (copy, copy_data) {
+            let n = self.session.copy_data(&copy, data).await?;
+            return Ok(DBOutput::StatementComplete(n));
+        }
         match last {
-            None | Some(Output::Command(_)) => Ok(DBOutput::StatementComplete(0)),
+            None | Some(Output::Command(_) | Output::CopyIn(_)) => {
+                Ok(DBOutput::StatementComplete(0))
+            }
             Some(Output::Inserted(n) | Output::Modified(_, n)) => {
                 Ok(DBOutput::StatementComplete(n))
             }

@@ -1,27 +1,30 @@
 //! The pgwire handlers: startup, simple and extended query protocol, mapped onto `Session`.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
-use futures::{Sink, StreamExt, stream};
+use futures::{Sink, SinkExt, StreamExt, stream};
 use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
+use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
-    DescribePortalResponse, DescribeStatementResponse, QueryResponse, Response, Tag,
+    CopyResponse, DescribePortalResponse, DescribeStatementResponse, QueryResponse, Response, Tag,
 };
 use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+use weir_sql::copy::CopyIn;
 use weir_sql::datafusion::arrow::datatypes::Schema;
 use weir_sql::datafusion::arrow::record_batch::RecordBatch;
 use weir_sql::{Database, Output, Session};
@@ -62,6 +65,31 @@ fn response(out: Output, format: &Format) -> PgWireResult<Response> {
         Output::Modified(command, rows) => Ok(Response::Execution(
             Tag::new(command).with_rows(rows as usize),
         )),
+        Output::CopyIn(copy) => Ok(Response::CopyIn(CopyResponse::new(
+            0,
+            copy.columns.len(),
+            stream::empty(),
+        ))),
+    }
+}
+
+/// The COPY FROM STDIN a connection is receiving data for, and the data so far.
+#[derive(Debug, Default)]
+struct PendingCopy(Mutex<Option<(CopyIn, Vec<u8>)>>);
+
+impl PendingCopy {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(CopyIn, Vec<u8>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Remembers a COPY FROM STDIN that is about to receive data on this connection.
+fn expect_copy<C: ClientInfo>(client: &C, out: &Output) {
+    if let Output::CopyIn(copy) = out {
+        let pending = client
+            .session_extensions()
+            .get_or_insert_with(PendingCopy::default);
+        *pending.lock() = Some((copy.clone(), Vec::new()));
     }
 }
 
@@ -93,7 +121,10 @@ impl SimpleQueryHandler for Handler {
         let mut responses = Vec::new();
         for result in session.execute(query).await {
             match result {
-                Ok(out) => responses.push(response(out, &Format::UnifiedText)?),
+                Ok(out) => {
+                    expect_copy(client, &out);
+                    responses.push(response(out, &Format::UnifiedText)?);
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, sqlstate = e.sqlstate(), "statement failed");
                     responses.push(Response::Error(Box::new(pg_error(&e))));
@@ -200,7 +231,75 @@ impl ExtendedQueryHandler for Handler {
             None
         };
         let out = session.execute_one(sql, params).await.map_err(user_error)?;
+        expect_copy(client, &out);
         response(out, &portal.result_column_format)
+    }
+}
+
+#[async_trait]
+impl CopyHandler for Handler {
+    async fn on_copy_data<C>(&self, client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pending = client
+            .session_extensions()
+            .get_or_insert_with(PendingCopy::default);
+        if let Some((_, data)) = pending.lock().as_mut() {
+            data.extend_from_slice(&copy_data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pending = client
+            .session_extensions()
+            .get_or_insert_with(PendingCopy::default);
+        let taken = pending.lock().take();
+        let Some((copy, data)) = taken else {
+            return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".to_owned(),
+                "08P01".to_owned(),
+                "COPY data ended, but no COPY FROM STDIN was running".to_owned(),
+            ))));
+        };
+        let rows = self
+            .session(client)
+            .copy_data(&copy, data)
+            .await
+            .map_err(user_error)?;
+        let tag = Tag::new("COPY").with_rows(rows as usize);
+        client
+            .send(PgWireBackendMessage::CommandComplete(tag.into()))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let pending = client
+            .session_extensions()
+            .get_or_insert_with(PendingCopy::default);
+        pending.lock().take();
+        PgWireError::UserError(Box::new(ErrorInfo::new(
+            "ERROR".to_owned(),
+            "57014".to_owned(),
+            format!(
+                "COPY from stdin failed: {}; nothing was loaded",
+                fail.message
+            ),
+        )))
     }
 }
 
@@ -272,6 +371,10 @@ impl PgWireServerHandlers for HandlerFactory {
     }
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::clone(&self.handler)
+    }
+
+    fn copy_handler(&self) -> Arc<impl CopyHandler> {
         Arc::clone(&self.handler)
     }
 

@@ -75,7 +75,29 @@ pub fn render(batches: &[RecordBatch], schema: &datafusion::arrow::datatypes::Sc
     )
 }
 
-async fn run_sql(session: &Session, sql: &str, out: &mut impl Write) -> std::io::Result<()> {
+/// Reads the data of a `COPY ... FROM STDIN` from the terminal, up to a line `\.` (as psql does).
+fn read_copy_data(editor: &mut DefaultEditor, out: &mut impl Write) -> std::io::Result<Vec<u8>> {
+    writeln!(
+        out,
+        "Enter data to be copied followed by a newline.\nEnd with a backslash and a period on a line by itself, or an EOF signal."
+    )?;
+    let mut data = Vec::new();
+    while let Ok(line) = editor.readline(">> ") {
+        if line == "\\." {
+            break;
+        }
+        data.extend_from_slice(line.as_bytes());
+        data.push(b'\n');
+    }
+    Ok(data)
+}
+
+async fn run_sql(
+    session: &Session,
+    sql: &str,
+    out: &mut impl Write,
+    mut editor: Option<&mut DefaultEditor>,
+) -> std::io::Result<()> {
     for result in session.execute(sql).await {
         match result {
             Ok(Output::Rows { schema, stream }) => {
@@ -91,6 +113,17 @@ async fn run_sql(session: &Session, sql: &str, out: &mut impl Write) -> std::io:
             Ok(Output::Command(tag)) => writeln!(out, "{tag}")?,
             Ok(Output::Inserted(n)) => writeln!(out, "INSERT 0 {n}")?,
             Ok(Output::Modified(command, n)) => writeln!(out, "{command} {n}")?,
+            Ok(Output::CopyIn(copy)) => {
+                let Some(editor) = editor.as_deref_mut() else {
+                    writeln!(out, "ERROR: COPY FROM STDIN needs the terminal")?;
+                    continue;
+                };
+                let data = read_copy_data(editor, out)?;
+                match session.copy_data(&copy, data).await {
+                    Ok(n) => writeln!(out, "COPY {n}")?,
+                    Err(e) => writeln!(out, "ERROR {}: {e}", e.sqlstate())?,
+                }
+            }
             Err(e) => writeln!(out, "ERROR {}: {e}", e.sqlstate())?,
         }
     }
@@ -131,8 +164,13 @@ pub async fn run(data_dir: &Path) -> Result<(), Error> {
                         "\\q" => break,
                         "\\?" => writeln!(out, "{HELP}")?,
                         "\\d" => {
-                            run_sql(&session, "SHOW STREAMS; SHOW MATERIALIZED VIEWS;", &mut out)
-                                .await?
+                            run_sql(
+                                &session,
+                                "SHOW STREAMS; SHOW MATERIALIZED VIEWS;",
+                                &mut out,
+                                None,
+                            )
+                            .await?
                         }
                         other => writeln!(out, "unknown command {other}; \\? lists commands")?,
                     }
@@ -142,7 +180,7 @@ pub async fn run(data_dir: &Path) -> Result<(), Error> {
                 buffer.push('\n');
                 if is_complete(&buffer) {
                     let _ = editor.add_history_entry(buffer.trim());
-                    run_sql(&session, &buffer, &mut out).await?;
+                    run_sql(&session, &buffer, &mut out, Some(&mut editor)).await?;
                     buffer.clear();
                 }
             }

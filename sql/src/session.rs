@@ -23,6 +23,7 @@ use weir_engine::log::supports_key_type;
 use crate::catalog::{
     ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, TableDef, ViewDef, WatermarkDef,
 };
+use crate::copy::{self, CopyIn};
 use crate::database::Database;
 use crate::functions::ModFunction;
 use crate::parser::{CreateStream, EmitMode, WeirStatement, normalize, object_name, parse};
@@ -54,6 +55,8 @@ pub enum Output {
     Inserted(u64),
     /// An UPDATE or DELETE (the command) changed this many rows.
     Modified(&'static str, u64),
+    /// A `COPY ... FROM STDIN` waits for its data: hand it to [`Session::copy_data`].
+    CopyIn(CopyIn),
 }
 
 impl std::fmt::Debug for Output {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for Output {
             Self::Command(tag) => write!(f, "Command({tag})"),
             Self::Inserted(n) => write!(f, "Inserted({n})"),
             Self::Modified(c, n) => write!(f, "{c}({n})"),
+            Self::CopyIn(c) => write!(f, "CopyIn({})", c.target),
         }
     }
 }
@@ -72,7 +76,9 @@ impl Output {
     pub async fn collect(self) -> Result<Vec<RecordBatch>> {
         match self {
             Self::Rows { stream, .. } => Ok(stream.try_collect().await?),
-            Self::Command(_) | Self::Inserted(_) | Self::Modified(..) => Ok(Vec::new()),
+            Self::Command(_) | Self::Inserted(_) | Self::Modified(..) | Self::CopyIn(_) => {
+                Ok(Vec::new())
+            }
         }
     }
 }
@@ -498,6 +504,29 @@ impl Session {
                 self.blocking(move |db| db.create_table(def)).await?;
                 Ok(Output::Command("CREATE TABLE".into()))
             }
+            Statement::Copy { .. } => {
+                let db = self.db.clone();
+                let copy = copy::copy_in(&stmt, |name| {
+                    let schema = if let Some(s) = db.stream(name) {
+                        Arc::clone(&s.schema)
+                    } else if let Some(t) = db.table(name) {
+                        Arc::clone(&t.schema)
+                    } else {
+                        return None;
+                    };
+                    Some(schema.fields().iter().map(|f| f.name().clone()).collect())
+                })?;
+                if self.db.view(&copy.target).is_some() {
+                    return Err(Error::WrongObject {
+                        sqlstate: "42809",
+                        message: format!(
+                            "cannot copy into materialized view {}: its rows come from its query",
+                            copy.target
+                        ),
+                    });
+                }
+                Ok(Output::CopyIn(copy))
+            }
             Statement::Update(_) | Statement::Delete(_) => {
                 let command = if matches!(stmt, Statement::Update(_)) {
                     "UPDATE"
@@ -555,6 +584,32 @@ impl Session {
                 )))
             }
         }
+    }
+
+    /// Loads the data of a `COPY ... FROM STDIN` (everything the client sent): all rows in one
+    /// append, or none and an error naming the first bad line. Returns the rows loaded.
+    pub async fn copy_data(&self, copy: &CopyIn, data: Vec<u8>) -> Result<u64> {
+        let name = copy.target.clone();
+        if let Some(stream) = self.db.stream(&name) {
+            let batch = copy::parse(copy, &stream.schema, &data)?;
+            let entry = Arc::clone(&stream);
+            let receipt = tokio::task::spawn_blocking(move || entry.log.append(&[batch]))
+                .await
+                .map_err(|e| Error::Internal(format!("COPY append failed: {e}")))??;
+            return Ok(receipt.rows());
+        }
+        if let Some(table) = self.db.table(&name) {
+            let batch = copy::parse(copy, &table.schema, &data)?;
+            let batch = RecordBatch::try_new(Arc::clone(&table.schema), batch.columns().to_vec())
+                .map_err(|e| Error::WrongObject {
+                sqlstate: "23502",
+                message: format!("COPY into {name}: {e}"),
+            })?;
+            return tokio::task::spawn_blocking(move || table.insert(batch))
+                .await
+                .map_err(|e| Error::Internal(format!("COPY insert failed: {e}")))?;
+        }
+        Err(Error::UndefinedRelation(name))
     }
 
     /// Resolves the columns and primary key of a CREATE TABLE.

@@ -1,0 +1,434 @@
+//! `COPY name FROM STDIN`: rows in Postgres' text or CSV format, loaded atomically into a stream
+//! or table (all rows in one append, or none and an error naming the bad line).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringArray, new_null_array};
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::FormatOptions;
+use datafusion::sql::sqlparser::ast::{
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement,
+};
+
+use crate::parser::{normalize, object_name};
+use crate::{Error, Result};
+
+/// How the rows of a COPY are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// Postgres' text format: tab-separated, `\N` for NULL, backslash escapes.
+    Text,
+    /// CSV: comma-separated, quoted with `"`, empty unquoted fields are NULL.
+    Csv,
+}
+
+/// A `COPY ... FROM STDIN` waiting for its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    /// The stream or table loaded.
+    pub target: String,
+    /// The columns the data holds, in order (all columns when the COPY names none).
+    pub columns: Vec<String>,
+    /// The data format.
+    pub format: CopyFormat,
+    /// The first line is a header, skipped.
+    pub header: bool,
+    /// The field separator.
+    pub delimiter: u8,
+    /// The text that stands for NULL.
+    pub null: String,
+}
+
+fn bad_option(what: String) -> Error {
+    Error::NotSupported(format!("COPY option {what} is not supported"))
+}
+
+/// The COPY FROM STDIN described by `stmt`, with the target's column names; other COPY forms
+/// are refused with what works instead.
+pub(crate) fn copy_in(
+    stmt: &Statement,
+    all_columns: impl Fn(&str) -> Option<Vec<String>>,
+) -> Result<CopyIn> {
+    let Statement::Copy {
+        source,
+        to,
+        target,
+        options,
+        legacy_options,
+        ..
+    } = stmt
+    else {
+        return Err(Error::Internal(
+            "not a COPY statement; this is a bug".into(),
+        ));
+    };
+    let CopySource::Table {
+        table_name,
+        columns,
+    } = source
+    else {
+        return Err(Error::NotSupported(
+            "COPY (query) is not supported; run the query".into(),
+        ));
+    };
+    if *to || *target != CopyTarget::Stdin {
+        return Err(Error::NotSupported(
+            "only COPY name FROM STDIN is supported (psql's \\copy sends a file that way); \
+             to read rows out, SELECT them"
+                .into(),
+        ));
+    }
+    let name = object_name(table_name)?;
+    let all = all_columns(&name).ok_or_else(|| Error::UndefinedRelation(name.clone()))?;
+    let columns: Vec<String> = if columns.is_empty() {
+        all.clone()
+    } else {
+        columns.iter().map(normalize).collect()
+    };
+    for c in &columns {
+        if !all.contains(c) {
+            return Err(Error::UndefinedColumn(format!(
+                "column \"{c}\" of relation {name} does not exist"
+            )));
+        }
+    }
+    let mut copy = CopyIn {
+        target: name,
+        columns,
+        format: CopyFormat::Text,
+        header: false,
+        delimiter: b'\t',
+        null: "\\N".into(),
+    };
+    let mut delimiter = None;
+    let mut null = None;
+    for o in options {
+        match o {
+            CopyOption::Format(f) => {
+                copy.format = match f.value.to_lowercase().as_str() {
+                    "text" => CopyFormat::Text,
+                    "csv" => CopyFormat::Csv,
+                    other => return Err(bad_option(format!("FORMAT {other}"))),
+                }
+            }
+            CopyOption::Header(h) => copy.header = *h,
+            CopyOption::Delimiter(d) => delimiter = Some(*d),
+            CopyOption::Null(n) => null = Some(n.clone()),
+            CopyOption::Quote('"') | CopyOption::Freeze(_) => {}
+            other => return Err(bad_option(other.to_string())),
+        }
+    }
+    for o in legacy_options {
+        match o {
+            CopyLegacyOption::Csv(csv) => {
+                copy.format = CopyFormat::Csv;
+                for c in csv {
+                    match c {
+                        CopyLegacyCsvOption::Header => copy.header = true,
+                        CopyLegacyCsvOption::Quote('"') => {}
+                        other => return Err(bad_option(other.to_string())),
+                    }
+                }
+            }
+            CopyLegacyOption::Header => copy.header = true,
+            CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
+            CopyLegacyOption::Null(n) => null = Some(n.clone()),
+            other => return Err(bad_option(other.to_string())),
+        }
+    }
+    if copy.format == CopyFormat::Csv {
+        copy.delimiter = b',';
+        copy.null = String::new();
+    }
+    if let Some(d) = delimiter {
+        if !d.is_ascii() || d == '\n' || d == '\r' {
+            return Err(bad_option(format!(
+                "DELIMITER {d:?} (a single ASCII character)"
+            )));
+        }
+        copy.delimiter = d as u8;
+    }
+    if let Some(n) = null {
+        copy.null = n;
+    }
+    Ok(copy)
+}
+
+/// One data row: its fields (`None` for NULL) and the line it started on.
+struct Row {
+    line: u64,
+    fields: Vec<Option<String>>,
+}
+
+fn line_error(line: u64, message: impl std::fmt::Display) -> Error {
+    Error::WrongObject {
+        sqlstate: "22P04",
+        message: format!("COPY: line {line}: {message}"),
+    }
+}
+
+/// Undoes the backslash escapes of the text format.
+fn unescape(field: &str, line: u64) -> Result<String> {
+    if !field.contains('\\') {
+        return Ok(field.to_string());
+    }
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('v') => out.push('\u{b}'),
+            Some(other) => out.push(other),
+            None => return Err(line_error(line, "a field ends with a lone backslash")),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_text(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let delimiter = copy.delimiter as char;
+    let body = data.strip_suffix('\n').unwrap_or(data);
+    if body.is_empty() {
+        return Ok(rows);
+    }
+    for (i, line) in body.split('\n').enumerate() {
+        let number = i as u64 + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line == "\\." {
+            break;
+        }
+        if i == 0 && copy.header {
+            continue;
+        }
+        let fields = line
+            .split(delimiter)
+            .map(|f| {
+                if f == copy.null {
+                    Ok(None)
+                } else {
+                    unescape(f, number).map(Some)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rows.push(Row {
+            line: number,
+            fields,
+        });
+    }
+    Ok(rows)
+}
+
+fn parse_csv(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(copy.header)
+        .delimiter(copy.delimiter)
+        .flexible(true)
+        .from_reader(data.as_bytes());
+    let mut rows = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let line = reader.position().line();
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => {
+                let line = e.position().map_or(line, csv::Position::line);
+                return Err(line_error(line, e));
+            }
+        }
+        let line = record.position().map_or(line, csv::Position::line);
+        if record.len() == 1 && record.get(0) == Some(b"\\.") {
+            break;
+        }
+        // A field equal to the NULL text (empty by default) is NULL. Postgres reads a quoted
+        // empty string ("") as an empty string; the csv crate does not report quoting, so here
+        // it is NULL too.
+        let fields = record
+            .iter()
+            .map(|f| {
+                let s = std::str::from_utf8(f).map_err(|_| line_error(line, "invalid UTF-8"))?;
+                Ok(if s == copy.null {
+                    None
+                } else {
+                    Some(s.to_string())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        rows.push(Row { line, fields });
+    }
+    Ok(rows)
+}
+
+/// Parses `data` into a batch of `schema` (the target's columns; those the COPY does not name
+/// are NULL). Any bad row fails the whole COPY with its line number.
+pub(crate) fn parse(copy: &CopyIn, schema: &SchemaRef, data: &[u8]) -> Result<RecordBatch> {
+    let data = std::str::from_utf8(data).map_err(|e| {
+        let line = data[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64
+            + 1;
+        line_error(line, "invalid UTF-8")
+    })?;
+    let rows = match copy.format {
+        CopyFormat::Text => parse_text(copy, data)?,
+        CopyFormat::Csv => parse_csv(copy, data)?,
+    };
+    let width = copy.columns.len();
+    for r in &rows {
+        if r.fields.len() != width {
+            return Err(line_error(
+                r.line,
+                format!(
+                    "expected {width} fields ({}), found {}",
+                    copy.columns.join(", "),
+                    r.fields.len()
+                ),
+            ));
+        }
+    }
+    let n = rows.len();
+    let options = CastOptions {
+        safe: false,
+        format_options: FormatOptions::default(),
+    };
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let Some(position) = copy.columns.iter().position(|c| c == f.name()) else {
+                return Ok(new_null_array(f.data_type(), n));
+            };
+            let text: StringArray = rows
+                .iter()
+                .map(|r| r.fields[position].as_deref())
+                .collect();
+            if !f.is_nullable() {
+                if let Some(r) = rows.iter().find(|r| r.fields[position].is_none()) {
+                    return Err(Error::WrongObject {
+                        sqlstate: "23502",
+                        message: format!(
+                            "COPY: line {}: null value in column \"{}\" violates not-null constraint",
+                            r.line,
+                            f.name()
+                        ),
+                    });
+                }
+            }
+            if f.data_type() == &DataType::Utf8 {
+                return Ok(Arc::new(text) as ArrayRef);
+            }
+            cast_with_options(&text, f.data_type(), &options).map_err(|e| {
+                // Find the first value that does not convert, for its line number.
+                let bad = rows.iter().find(|r| {
+                    r.fields[position].as_deref().is_some_and(|v| {
+                        cast_with_options(&StringArray::from(vec![v]), f.data_type(), &options)
+                            .is_err()
+                    })
+                });
+                match bad {
+                    Some(r) => line_error(
+                        r.line,
+                        format!(
+                            "invalid value {:?} for column {} of type {}",
+                            r.fields[position].as_deref().unwrap_or_default(),
+                            f.name(),
+                            f.data_type()
+                        ),
+                    ),
+                    None => Error::from(e),
+                }
+            })
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let nullable: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let batch = RecordBatch::try_new(
+        Arc::new(datafusion::arrow::datatypes::Schema::new(nullable)),
+        columns,
+    )?;
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+        ]))
+    }
+
+    fn copy(format: CopyFormat, header: bool) -> CopyIn {
+        CopyIn {
+            target: "t".into(),
+            columns: vec!["id".into(), "name".into(), "ts".into()],
+            format,
+            header,
+            delimiter: if format == CopyFormat::Csv {
+                b','
+            } else {
+                b'\t'
+            },
+            null: if format == CopyFormat::Csv {
+                String::new()
+            } else {
+                "\\N".into()
+            },
+        }
+    }
+
+    #[test]
+    fn text_format_with_nulls_and_escapes() {
+        let data =
+            "1\tada\t2026-01-01 00:00:01\n2\t\\N\t\\N\n3\ttab\\there\t2026-01-01 00:00:03\n\\.\n";
+        let b = parse(&copy(CopyFormat::Text, false), &schema(), data.as_bytes()).expect("parse");
+        assert_eq!(b.num_rows(), 3);
+        assert!(b.column(1).is_null(1));
+        let names = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("strings");
+        assert_eq!(names.value(2), "tab\there");
+    }
+
+    #[test]
+    fn csv_with_header_quotes_and_a_bad_line() {
+        let data = "id,name,ts\n1,\"a, b\",2026-01-01 00:00:01\n2,,\n";
+        let b = parse(&copy(CopyFormat::Csv, true), &schema(), data.as_bytes()).expect("parse");
+        assert_eq!(b.num_rows(), 2);
+        assert!(b.column(1).is_null(1));
+        let bad = "id,name,ts\n1,a,2026-01-01 00:00:01\nx,b,2026-01-01 00:00:02\n";
+        let e = parse(&copy(CopyFormat::Csv, true), &schema(), bad.as_bytes()).expect_err("bad id");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        assert_eq!(e.sqlstate(), "22P04");
+        let short = "1,a\n";
+        let e = parse(&copy(CopyFormat::Csv, false), &schema(), short.as_bytes())
+            .expect_err("missing field");
+        assert!(e.to_string().contains("line 1: expected 3 fields"), "{e}");
+        let null_id = ",a,\n";
+        let e = parse(&copy(CopyFormat::Csv, false), &schema(), null_id.as_bytes())
+            .expect_err("null id");
+        assert_eq!(e.sqlstate(), "23502");
+    }
+}
