@@ -65,6 +65,8 @@ fn response(out: Output, format: &Format) -> PgWireResult<Response> {
         Output::Modified(command, rows) => Ok(Response::Execution(
             Tag::new(command).with_rows(rows as usize),
         )),
+        Output::Transaction(true, tag) => Ok(Response::TransactionStart(Tag::new(tag))),
+        Output::Transaction(false, tag) => Ok(Response::TransactionEnd(Tag::new(tag))),
         Output::CopyIn(copy) => Ok(Response::CopyIn(CopyResponse::new(
             0,
             copy.columns.len(),

@@ -113,6 +113,7 @@ async fn run_sql(
             Ok(Output::Command(tag)) => writeln!(out, "{tag}")?,
             Ok(Output::Inserted(n)) => writeln!(out, "INSERT 0 {n}")?,
             Ok(Output::Modified(command, n)) => writeln!(out, "{command} {n}")?,
+            Ok(Output::Transaction(_, tag)) => writeln!(out, "{tag}")?,
             Ok(Output::CopyIn(copy)) => {
                 let Some(editor) = editor.as_deref_mut() else {
                     writeln!(out, "ERROR: COPY FROM STDIN needs the terminal")?;

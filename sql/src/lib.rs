@@ -7,9 +7,11 @@ pub mod database;
 pub mod error;
 pub mod functions;
 pub mod parser;
+mod pg_compat;
 pub mod planner;
 pub mod ref_table;
 pub mod session;
+pub mod settings;
 pub mod tables;
 
 pub use database::Database;

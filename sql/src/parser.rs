@@ -253,8 +253,37 @@ fn rewrite_flink_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     out
 }
 
-/// Parses a string of `;`-separated statements.
+/// Whether `sql` looks like a client's catalog query (psql's `\d`, a driver's metadata call, a
+/// BI tool's table picker): those go through datafusion-pg-catalog's rewrites of Postgres-only
+/// syntax (`OPERATOR(pg_catalog.~)`, `::regclass`, `COLLATE`, ...).
+fn is_catalog_query(sql: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    let starts = lower.trim_start();
+    (starts.starts_with("select") || starts.starts_with("with"))
+        && (lower.contains("pg_")
+            || lower.contains("information_schema")
+            || lower.contains("current_user")
+            || lower.contains("session_user"))
+}
+
+fn compatibility_parser() -> &'static datafusion_pg_catalog::sql::PostgresCompatibilityParser {
+    static PARSER: std::sync::OnceLock<datafusion_pg_catalog::sql::PostgresCompatibilityParser> =
+        std::sync::OnceLock::new();
+    PARSER.get_or_init(datafusion_pg_catalog::sql::PostgresCompatibilityParser::new)
+}
+
+/// Parses a string of `;`-separated statements, Weir's own (`CREATE STREAM`, ...) and standard
+/// ones.
 pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
+    if is_catalog_query(sql) {
+        let sql = crate::pg_compat::rewrite_client_sql(sql);
+        if let Ok(stmts) = compatibility_parser().parse(&sql) {
+            return Ok(stmts
+                .into_iter()
+                .map(|s| WeirStatement::Sql(Box::new(s)))
+                .collect());
+        }
+    }
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()

@@ -135,7 +135,7 @@ pub async fn compile_view(db: &Database, def: &ViewDef) -> Result<CompiledView> 
             def.query
         )));
     };
-    let ctx = crate::session::new_context(db);
+    let ctx = crate::session::new_context(db, &crate::settings::Settings::default());
     let state = ctx.state();
     let options = ViewOptions {
         emit: def.emit_on_update.then_some(EmitMode::OnUpdate),

@@ -29,6 +29,7 @@ use crate::functions::ModFunction;
 use crate::parser::{CreateStream, EmitMode, WeirStatement, normalize, object_name, parse};
 use crate::planner::{ViewOptions, compile_query_statement, humanize_ns};
 use crate::ref_table::RefTable;
+use crate::settings::Settings;
 use crate::tables::{
     LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction,
     interval_ns,
@@ -57,6 +58,8 @@ pub enum Output {
     Modified(&'static str, u64),
     /// A `COPY ... FROM STDIN` waits for its data: hand it to [`Session::copy_data`].
     CopyIn(CopyIn),
+    /// `BEGIN` (true) or `COMMIT` / `ROLLBACK` (false), with the command tag.
+    Transaction(bool, &'static str),
 }
 
 impl std::fmt::Debug for Output {
@@ -67,6 +70,7 @@ impl std::fmt::Debug for Output {
             Self::Inserted(n) => write!(f, "Inserted({n})"),
             Self::Modified(c, n) => write!(f, "{c}({n})"),
             Self::CopyIn(c) => write!(f, "CopyIn({})", c.target),
+            Self::Transaction(_, tag) => write!(f, "Transaction({tag})"),
         }
     }
 }
@@ -76,9 +80,11 @@ impl Output {
     pub async fn collect(self) -> Result<Vec<RecordBatch>> {
         match self {
             Self::Rows { stream, .. } => Ok(stream.try_collect().await?),
-            Self::Command(_) | Self::Inserted(_) | Self::Modified(..) | Self::CopyIn(_) => {
-                Ok(Vec::new())
-            }
+            Self::Command(_)
+            | Self::Inserted(_)
+            | Self::Modified(..)
+            | Self::CopyIn(_)
+            | Self::Transaction(..) => Ok(Vec::new()),
         }
     }
 }
@@ -96,6 +102,9 @@ pub struct Description {
 pub struct Session {
     db: Database,
     ctx: SessionContext,
+    settings: Settings,
+    /// Statements that changed data since `BEGIN`, while a transaction block is open.
+    transaction: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -148,7 +157,7 @@ impl SchemaProvider for WeirSchema {
 }
 
 /// A DataFusion context that sees the database's objects and Weir's table functions.
-pub(crate) fn new_context(db: &Database) -> SessionContext {
+pub(crate) fn new_context(db: &Database, settings: &Settings) -> SessionContext {
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -181,6 +190,11 @@ pub(crate) fn new_context(db: &Database) -> SessionContext {
     ctx.register_udtf("hop", Arc::new(WindowFunction::hop(db.clone())));
     ctx.register_udtf("session", Arc::new(WindowFunction::session(db.clone())));
     ctx.register_udf(ScalarUDF::from(ModFunction::new()));
+    // pg_catalog and the Postgres functions that psql, drivers and BI tools introspect with.
+    crate::pg_compat::install(&ctx, CATALOG, db);
+    for f in crate::settings::functions(settings) {
+        ctx.register_udf(f);
+    }
     ctx
 }
 
@@ -195,8 +209,19 @@ fn rows(schema: SchemaRef, batch: RecordBatch) -> Output {
 impl Session {
     /// A new session on `db`.
     pub fn new(db: Database) -> Self {
-        let ctx = new_context(&db);
-        Self { db, ctx }
+        let settings = Settings::default();
+        let ctx = new_context(&db, &settings);
+        Self {
+            db,
+            ctx,
+            settings,
+            transaction: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The session's Postgres settings (`SET` / `SHOW`).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The database.
@@ -258,6 +283,29 @@ impl Session {
                 params: vec![],
                 columns: Some(show_views_schema()),
             }),
+            WeirStatement::Sql(s)
+                if matches!(&*s, Statement::ShowVariable { variable }
+                    if variable.len() == 1 && !variable[0].value.contains('.')) =>
+            {
+                let Statement::ShowVariable { variable } = *s else {
+                    return Err(Error::Internal(
+                        "SHOW lost its variable; this is a bug".into(),
+                    ));
+                };
+                let name = variable[0].value.to_ascii_lowercase();
+                let fields = if name == "all" {
+                    vec![
+                        Field::new("name", DataType::Utf8, false),
+                        Field::new("setting", DataType::Utf8, false),
+                    ]
+                } else {
+                    vec![Field::new(&name, DataType::Utf8, false)]
+                };
+                Ok(Description {
+                    params: vec![],
+                    columns: Some(Arc::new(Schema::new(fields))),
+                })
+            }
             WeirStatement::Sql(s) if is_datafusion_statement(&s) => {
                 let returns_rows = matches!(*s, Statement::Query(_) | Statement::Explain { .. });
                 if matches!(&*s, Statement::Explain { statement, .. } if is_create_mv(statement)) {
@@ -324,7 +372,31 @@ impl Session {
             .map_err(|e| Error::Internal(format!("a catalog task failed: {e}")))?
     }
 
+    /// Counts a statement that changed data, for ROLLBACK's refusal inside a transaction block.
+    fn note_change(&self) {
+        if let Some(n) = self
+            .transaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            *n += 1;
+        }
+    }
+
     async fn execute_statement(
+        &self,
+        stmt: WeirStatement,
+        params: Option<ParamValues>,
+    ) -> Result<Output> {
+        let out = self.run_statement(stmt, params).await?;
+        if matches!(out, Output::Inserted(_) | Output::Modified(..)) {
+            self.note_change();
+        }
+        Ok(out)
+    }
+
+    async fn run_statement(
         &self,
         stmt: WeirStatement,
         params: Option<ParamValues>,
@@ -357,6 +429,87 @@ impl Session {
         emit: Option<EmitMode>,
     ) -> Result<Output> {
         match stmt {
+            Statement::StartTransaction { .. } => {
+                *self.transaction.lock().unwrap_or_else(|e| e.into_inner()) = Some(0);
+                Ok(Output::Transaction(true, "BEGIN"))
+            }
+            Statement::Commit { .. } => {
+                self.transaction
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                Ok(Output::Transaction(false, "COMMIT"))
+            }
+            Statement::Rollback { .. } => {
+                let changed = self
+                    .transaction
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or(0);
+                if changed > 0 {
+                    return Err(Error::WrongObject {
+                        sqlstate: "0A000",
+                        message: format!(
+                            "ROLLBACK cannot undo the {changed} statement(s) since BEGIN that changed data: \
+                             Weir commits every statement when it completes"
+                        ),
+                    });
+                }
+                Ok(Output::Transaction(false, "ROLLBACK"))
+            }
+            Statement::Set(set) if !is_datafusion_setting(&set) => {
+                use datafusion::sql::sqlparser::ast::Set;
+                match set {
+                    Set::SingleAssignment {
+                        variable, values, ..
+                    } => {
+                        let value: Vec<String> = values.iter().map(setting_value).collect();
+                        let name = variable.to_string();
+                        if value.len() == 1 && value[0].eq_ignore_ascii_case("default") {
+                            self.settings.reset(&name);
+                        } else {
+                            self.settings.set(&name, &value.join(", "));
+                        }
+                    }
+                    Set::SetTimeZone { value, .. } => {
+                        self.settings.set("timezone", &setting_value(&value));
+                    }
+                    other => {
+                        tracing::debug!(statement = %other, "SET accepted without effect");
+                    }
+                }
+                Ok(Output::Command("SET".into()))
+            }
+            Statement::ShowVariable { variable }
+                if !variable.iter().any(|v| v.value.contains('.')) && variable.len() == 1 =>
+            {
+                let name = variable[0].value.to_ascii_lowercase();
+                let (schema, columns): (SchemaRef, Vec<ArrayRef>) = if name == "all" {
+                    let all = self.settings.all();
+                    (
+                        Arc::new(Schema::new(vec![
+                            Field::new("name", DataType::Utf8, false),
+                            Field::new("setting", DataType::Utf8, false),
+                        ])),
+                        vec![
+                            Arc::new(StringArray::from_iter_values(all.iter().map(|(k, _)| k))),
+                            Arc::new(StringArray::from_iter_values(all.iter().map(|(_, v)| v))),
+                        ],
+                    )
+                } else {
+                    let value = self.settings.get(&name).ok_or_else(|| Error::WrongObject {
+                        sqlstate: "42704",
+                        message: format!("unrecognized configuration parameter \"{name}\""),
+                    })?;
+                    (
+                        Arc::new(Schema::new(vec![Field::new(&name, DataType::Utf8, false)])),
+                        vec![Arc::new(StringArray::from(vec![value]))],
+                    )
+                };
+                let batch = RecordBatch::try_new(Arc::clone(&schema), columns)?;
+                Ok(rows(schema, batch))
+            }
             Statement::CreateView(cv) => {
                 if !cv.materialized {
                     return Err(Error::NotSupported(
@@ -589,6 +742,7 @@ impl Session {
     /// Loads the data of a `COPY ... FROM STDIN` (everything the client sent): all rows in one
     /// append, or none and an error naming the first bad line. Returns the rows loaded.
     pub async fn copy_data(&self, copy: &CopyIn, data: Vec<u8>) -> Result<u64> {
+        self.note_change();
         let name = copy.target.clone();
         if let Some(stream) = self.db.stream(&name) {
             let batch = copy::parse(copy, &stream.schema, &data)?;
@@ -995,6 +1149,24 @@ fn dml_target(s: &Statement) -> Option<String> {
     match relation {
         TableFactor::Table { name, .. } => object_name(name).ok(),
         _ => None,
+    }
+}
+
+/// Whether a SET names one of DataFusion's own settings (`datafusion.execution...`).
+fn is_datafusion_setting(set: &datafusion::sql::sqlparser::ast::Set) -> bool {
+    use datafusion::sql::sqlparser::ast::Set;
+    matches!(set, Set::SingleAssignment { variable, .. } if variable.to_string().contains('.'))
+}
+
+/// A SET value as text: `'ISO'`, `ISO`, `5`, `on` all read as they are written.
+fn setting_value(e: &SqlExpr) -> String {
+    match e {
+        SqlExpr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        SqlExpr::Identifier(i) => i.value.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -1,0 +1,267 @@
+//! What Postgres clients introspect: `pg_catalog` (from datafusion-pg-catalog), with Weir's
+//! materialized views shown as such, and the few functions and query shapes psql needs beyond it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{SchemaProvider, Session as DfSession, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::context::SessionContext;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::physical_plan::ExecutionPlan;
+
+use crate::database::Database;
+
+/// psql 15 queries that DataFusion cannot run as sent, and the equivalent Weir runs instead.
+const CLIENT_REWRITES: &[(&str, &str)] = &[
+    // \d+: storage options (with ARRAY(subquery) over TOAST's), which Weir's relations never have.
+    (
+        "pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')",
+        "''",
+    ),
+];
+
+/// Rewrites the client queries listed in [`CLIENT_REWRITES`].
+pub(crate) fn rewrite_client_sql(sql: &str) -> std::borrow::Cow<'_, str> {
+    let mut out = std::borrow::Cow::Borrowed(sql);
+    for (from, to) in CLIENT_REWRITES {
+        if out.contains(from) {
+            out = std::borrow::Cow::Owned(out.replace(from, to));
+        }
+    }
+    out
+}
+
+/// A function of one argument that is always true (`pg_function_is_visible(oid)` and kin:
+/// everything in Weir is visible).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AlwaysTrue {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for AlwaysTrue {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(vec![
+            true;
+            args.number_rows
+        ]))))
+    }
+}
+
+/// A function that returns the same value for every row, whatever its arguments
+/// (`pg_get_function_result` over a `pg_proc` that lists no user functions, sizes Weir does
+/// not report through the catalog, ...).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Constant {
+    name: &'static str,
+    value: ScalarValue,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Constant {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(self.value.data_type())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Array(
+            self.value.to_array_of_size(args.number_rows)?,
+        ))
+    }
+}
+
+/// A size as Postgres' `pg_size_pretty` prints it: bytes, then kB, MB, GB, TB (rounded, 1024 each).
+fn size_pretty(bytes: i64) -> String {
+    let mut value = bytes;
+    for unit in ["bytes", "kB", "MB", "GB", "TB"] {
+        if value.abs() < 10 * 1024 || unit == "TB" {
+            return format!("{value} {unit}");
+        }
+        value = (value + 512) / 1024;
+    }
+    format!("{value} PB")
+}
+
+/// `pg_catalog` with `pg_class` showing materialized views as `relkind = 'm'` (every view in
+/// Weir is materialized), so psql's `\dm` lists them and `\d` calls them materialized views.
+#[derive(Debug)]
+struct WeirPgCatalog {
+    inner: Arc<dyn SchemaProvider>,
+    db: Database,
+}
+
+#[async_trait]
+impl SchemaProvider for WeirPgCatalog {
+    fn table_names(&self) -> Vec<String> {
+        self.inner.table_names()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        let table = self.inner.table(name).await?;
+        Ok(match table {
+            Some(t) if name == "pg_class" => Some(Arc::new(PgClass {
+                inner: t,
+                db: self.db.clone(),
+            })),
+            other => other,
+        })
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.inner.table_exist(name)
+    }
+}
+
+#[derive(Debug)]
+struct PgClass {
+    inner: Arc<dyn TableProvider>,
+    db: Database,
+}
+
+#[async_trait]
+impl TableProvider for PgClass {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, None, &[], None).await?;
+        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+        let schema = self.schema();
+        let (Ok(kind), Ok(name)) = (schema.index_of("relkind"), schema.index_of("relname")) else {
+            return Ok(MemorySourceConfig::try_new_exec(
+                &[batches],
+                schema,
+                projection.cloned(),
+            )?);
+        };
+        let views: Vec<String> = self.db.views().iter().map(|v| v.def.name.clone()).collect();
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let kinds = b.column(kind).as_string::<i32>();
+                let names = b.column(name).as_string::<i32>();
+                let fixed: StringArray = (0..b.num_rows())
+                    .map(|i| {
+                        if kinds.is_null(i) {
+                            None
+                        } else if kinds.value(i) == "v"
+                            && !names.is_null(i)
+                            && views.iter().any(|v| v == names.value(i))
+                        {
+                            Some("m")
+                        } else {
+                            Some(kinds.value(i))
+                        }
+                    })
+                    .collect();
+                let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+                columns[kind] = Arc::new(fixed);
+                RecordBatch::try_new(b.schema(), columns)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            schema,
+            projection.cloned(),
+        )?)
+    }
+}
+
+/// Installs `pg_catalog` and the Postgres functions clients use into `ctx` (catalog `catalog`).
+pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Database) {
+    if let Err(e) = datafusion_pg_catalog::setup_pg_catalog(
+        ctx,
+        catalog,
+        datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+    ) {
+        tracing::error!(error = %e, "pg_catalog could not be set up; catalog queries will fail");
+        return;
+    }
+    if let Some(c) = ctx.catalog(catalog) {
+        if let Some(inner) = c.schema("pg_catalog") {
+            let _ = c.register_schema(
+                "pg_catalog",
+                Arc::new(WeirPgCatalog {
+                    inner,
+                    db: db.clone(),
+                }),
+            );
+        }
+    }
+    let text = |v: Option<&str>| ScalarValue::Utf8(v.map(str::to_string));
+    for (name, value) in [
+        ("pg_get_function_result", text(Some(""))),
+        ("pg_get_function_arguments", text(Some(""))),
+        ("pg_get_function_identity_arguments", text(Some(""))),
+        ("obj_description", text(None)),
+        ("col_description", text(None)),
+        ("shobj_description", text(None)),
+        ("pg_get_viewdef", text(None)),
+        ("pg_table_size", ScalarValue::Int64(None)),
+        ("pg_database_size", ScalarValue::Int64(None)),
+        ("pg_indexes_size", ScalarValue::Int64(None)),
+    ] {
+        ctx.register_udf(ScalarUDF::from(Constant {
+            name,
+            value,
+            signature: Signature::variadic_any(Volatility::Stable),
+        }));
+    }
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "pg_size_pretty",
+        vec![DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let sizes = arrays[0].as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let pretty: StringArray = sizes.iter().map(|v| v.map(size_pretty)).collect();
+            Ok(ColumnarValue::Array(Arc::new(pretty)))
+        }),
+    ));
+    for name in ["pg_function_is_visible", "pg_type_is_visible"] {
+        ctx.register_udf(ScalarUDF::from(AlwaysTrue {
+            name,
+            signature: Signature::any(1, Volatility::Stable),
+        }));
+    }
+}
