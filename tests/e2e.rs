@@ -495,3 +495,93 @@ async fn copy_loads_files_all_or_nothing() {
         1
     );
 }
+
+#[tokio::test]
+async fn psql_describes_streams_tables_and_views() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (ok, stdout, stderr) = psql(
+        &server,
+        &[
+            "-c",
+            "CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)",
+            "-c",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT)",
+            "-c",
+            "CREATE MATERIALIZED VIEW per_user AS SELECT user_id, COUNT(*) AS n FROM clicks GROUP BY user_id",
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let expect = |command: &str, wanted: &[&str]| {
+        let (ok, stdout, stderr) = psql(&server, &["-c", command]);
+        assert!(ok, "{command}: {stdout}\n{stderr}");
+        for w in wanted {
+            assert!(stdout.contains(w), "{command}: missing {w:?} in\n{stdout}");
+        }
+    };
+    expect(
+        "\\d",
+        &[
+            " public | clicks   | table",
+            " public | per_user | materialized view",
+            " public | users    | table",
+        ],
+    );
+    expect("\\dt", &["clicks", "users", "(2 rows)"]);
+    expect("\\dm", &["per_user", "(1 row)"]);
+    expect(
+        "\\d clicks",
+        &[
+            "Table \"public.clicks\"",
+            " user_id | bigint",
+            " ts      | timestamp without time zone |           | not null",
+        ],
+    );
+    expect(
+        "\\d+ users",
+        &["Table \"public.users\"", " id     | bigint"],
+    );
+    expect(
+        "\\d per_user",
+        &["Materialized view \"public.per_user\"", " n       | bigint"],
+    );
+    expect("\\dn", &["public"]);
+    expect("\\l", &["weir"]);
+    expect("\\df", &["List of functions"]);
+    expect("SELECT version()", &["PostgreSQL 15"]);
+    expect(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+        &["clicks", "per_user", "users"],
+    );
+    // Settings drivers read and write, and transaction blocks of statements that each commit.
+    let client = server.client().await;
+    client
+        .batch_execute("SET application_name = 'e2e'; SET DateStyle = 'ISO, MDY'")
+        .await
+        .expect("set");
+    let rows = client
+        .query("SELECT current_setting('application_name')", &[])
+        .await
+        .expect("current_setting");
+    assert_eq!(rows[0].get::<_, String>(0), "e2e");
+    let rows = client
+        .simple_query("SHOW standard_conforming_strings")
+        .await
+        .expect("show");
+    let value = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(value.as_deref(), Some("on"));
+    client
+        .batch_execute("BEGIN; INSERT INTO users VALUES (1, 'ada'); COMMIT")
+        .await
+        .expect("transaction block");
+    let err = client
+        .batch_execute("BEGIN; INSERT INTO users VALUES (2, 'bob'); ROLLBACK")
+        .await
+        .expect_err("rollback of a committed insert is refused");
+    assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
+    assert_eq!(count(&client, "SELECT count(*) FROM users").await, 2);
+}
