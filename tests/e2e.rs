@@ -585,3 +585,93 @@ async fn psql_describes_streams_tables_and_views() {
     assert_eq!(err.code(), Some(&SqlState::FEATURE_NOT_SUPPORTED));
     assert_eq!(count(&client, "SELECT count(*) FROM users").await, 2);
 }
+
+#[tokio::test]
+async fn psql_prints_subscriptions_live_and_ctrl_c_cancels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND); \
+             CREATE MATERIALIZED VIEW per_user AS SELECT user_id, COUNT(*) AS n FROM clicks GROUP BY user_id; \
+             INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01')",
+        )
+        .await
+        .expect("setup");
+    // psql on a terminal (util-linux `script` gives it one), as a user runs it: it prints each
+    // row as it arrives, and Ctrl-C on the terminal cancels.
+    let psql_command = format!(
+        "psql -X -h 127.0.0.1 -p {} -U weir weir -c 'COPY (SUBSCRIBE per_user) TO STDOUT'",
+        server.port
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &psql_command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("script runs psql");
+    let mut terminal = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line.trim_end_matches('\r').to_string()).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |what: &str| {
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("psql printed no {what}"))
+    };
+    // The current rows first, as they are (watermark, diff, columns)...
+    let first = wait_line("snapshot row");
+    assert!(first.ends_with("\t1\t1\t1"), "{first:?}");
+    // ...then each change as it happens, while the COPY is still running.
+    client
+        .batch_execute("INSERT INTO clicks VALUES (1, '/b', '2026-01-01 00:00:02')")
+        .await
+        .expect("insert");
+    let delete = wait_line("delete");
+    let insert = wait_line("insert");
+    assert!(delete.ends_with("\t-1\t1\t1"), "{delete:?}");
+    assert!(insert.ends_with("\t1\t1\t2"), "{insert:?}");
+    // Ctrl-C: psql sends a CancelRequest; the server ends the COPY with 57014.
+    std::io::Write::write_all(&mut terminal, b"\x03").expect("ctrl-c");
+    let rest: Vec<String> = (0..3)
+        .filter_map(|_| rx.recv_timeout(Duration::from_secs(20)).ok())
+        .collect();
+    assert!(
+        rest.iter().any(|l| l.contains("canceling statement")),
+        "{rest:?}"
+    );
+    drop(terminal);
+    let _ = child.wait();
+    // Drivers read subscriptions through cursors, inside a transaction block.
+    client
+        .batch_execute("BEGIN; DECLARE c CURSOR FOR SUBSCRIBE per_user")
+        .await
+        .expect("declare");
+    let rows = client.query("FETCH ALL c", &[]).await.expect("fetch");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>("n"), 2);
+    client
+        .batch_execute("INSERT INTO clicks VALUES (2, '/c', '2026-01-01 00:00:03')")
+        .await
+        .expect("insert");
+    let rows = client
+        .query("FETCH 10 c WITH (timeout = '5s')", &[])
+        .await
+        .expect("fetch waits for the change");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i64>("weir_diff"), 1);
+    assert_eq!(rows[0].get::<_, i64>("user_id"), 2);
+    client
+        .batch_execute("CLOSE c; COMMIT")
+        .await
+        .expect("close");
+}

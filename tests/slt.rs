@@ -75,9 +75,13 @@ impl AsyncDB for Weir {
             return Ok(DBOutput::StatementComplete(n));
         }
         match last {
-            None | Some(Output::Command(_) | Output::CopyIn(_) | Output::Transaction(..)) => {
-                Ok(DBOutput::StatementComplete(0))
-            }
+            None
+            | Some(
+                Output::Command(_)
+                | Output::CopyIn(_)
+                | Output::CopyOut { .. }
+                | Output::Transaction(..),
+            ) => Ok(DBOutput::StatementComplete(0)),
             Some(Output::Inserted(n) | Output::Modified(_, n)) => {
                 Ok(DBOutput::StatementComplete(n))
             }

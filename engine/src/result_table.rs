@@ -1,11 +1,12 @@
 //! The contents of a materialized view, and how far its query has read.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
+use datafusion::arrow::array::make_comparator;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::compute::{SortOptions, concat_batches, interleave, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -84,7 +85,7 @@ impl KeyedRows {
         }
     }
 
-    fn upsert(&mut self, batch: RecordBatch) -> Result<()> {
+    fn upsert(&mut self, batch: RecordBatch, changes: Option<&mut Vec<Change>>) -> Result<()> {
         let (batch, visible) = if self.visibility {
             let last = batch.num_columns() - 1;
             let visible = batch.column(last).as_boolean().clone();
@@ -98,11 +99,17 @@ impl KeyedRows {
         } else {
             (batch, None)
         };
-        self.put(batch, visible)
+        self.put(batch, visible, changes)
     }
 
-    /// Upserts the rows of `batch`, or removes the keys of those `visible` says are gone.
-    fn put(&mut self, batch: RecordBatch, visible: Option<BooleanArray>) -> Result<()> {
+    /// Upserts the rows of `batch`, or removes the keys of those `visible` says are gone; with
+    /// `changes`, also says what changed, in order (a replaced row is a delete then an insert).
+    fn put(
+        &mut self,
+        batch: RecordBatch,
+        visible: Option<BooleanArray>,
+        changes: Option<&mut Vec<Change>>,
+    ) -> Result<()> {
         let keys: Vec<ArrayRef> = self
             .key
             .iter()
@@ -110,20 +117,87 @@ impl KeyedRows {
             .collect();
         let rows = self.keys_of(&keys, batch.num_rows())?;
         let chunk = self.chunks.len();
+        self.chunks.push(batch);
+        let mut steps: Vec<(i64, (usize, usize))> = Vec::new();
+        let track = changes.is_some();
         for (i, row) in rows.into_iter().enumerate() {
             // A row that no longer passes HAVING leaves the table.
-            if visible
+            let old = if visible
                 .as_ref()
                 .is_some_and(|v| !(v.is_valid(i) && v.value(i)))
             {
-                self.live.remove(&row);
+                self.live.remove(&row)
             } else {
+                if track {
+                    match self.live.get(&row) {
+                        // An update to the same values is no change.
+                        Some(&p) if self.same_row(p, (chunk, i))? => {}
+                        Some(&p) => {
+                            steps.push((-1, p));
+                            steps.push((1, (chunk, i)));
+                        }
+                        None => steps.push((1, (chunk, i))),
+                    }
+                }
                 self.live.insert(row, (chunk, i));
+                None
+            };
+            if track {
+                steps.extend(old.map(|p| (-1, p)));
             }
         }
-        self.chunks.push(batch);
+        if let Some(changes) = changes {
+            self.describe(&steps, changes)?;
+        }
         if self.chunks.len() > MAX_CHUNKS {
             self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Whether two stored rows hold the same values.
+    fn same_row(&self, a: (usize, usize), b: (usize, usize)) -> Result<bool> {
+        let (x, y) = (&self.chunks[a.0], &self.chunks[b.0]);
+        for c in 0..x.num_columns() {
+            let cmp = make_comparator(
+                x.column(c).as_ref(),
+                y.column(c).as_ref(),
+                SortOptions::default(),
+            )?;
+            if cmp(a.1, b.1) != std::cmp::Ordering::Equal {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Turns `(diff, (chunk, row))` steps into change batches, one per run of equal diffs.
+    fn describe(&self, steps: &[(i64, (usize, usize))], changes: &mut Vec<Change>) -> Result<()> {
+        let Some(first) = self.chunks.first() else {
+            return Ok(());
+        };
+        let schema = first.schema();
+        let mut start = 0;
+        while start < steps.len() {
+            let diff = steps[start].0;
+            let mut end = start + 1;
+            while end < steps.len() && steps[end].0 == diff {
+                end += 1;
+            }
+            let picks: Vec<(usize, usize)> = steps[start..end].iter().map(|s| s.1).collect();
+            let columns = (0..schema.fields().len())
+                .map(|c| {
+                    let sources: Vec<&dyn Array> =
+                        self.chunks.iter().map(|b| b.column(c).as_ref()).collect();
+                    Ok(interleave(&sources, &picks)?)
+                })
+                .collect::<Result<Vec<ArrayRef>>>()?;
+            changes.push(Change {
+                diff,
+                rows: RecordBatch::try_new(Arc::clone(&schema), columns)?,
+                watermark_ns: None,
+            });
+            start = end;
         }
         Ok(())
     }
@@ -167,7 +241,7 @@ impl KeyedRows {
         let merged = concat_batches(&first.schema(), &self.current()?)?;
         self.chunks.clear();
         self.live.clear();
-        self.put(merged, None)
+        self.put(merged, None, None)
     }
 }
 
@@ -178,6 +252,79 @@ pub struct ResultTable {
     rows: RwLock<Rows>,
     progress: Mutex<Progress>,
     advanced: Condvar,
+    subscribers: Mutex<Vec<Weak<Subscriber>>>,
+}
+
+/// One change to a result table: rows inserted (`diff` 1) or deleted (`diff` -1).
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// 1 for inserted rows, -1 for deleted ones.
+    pub diff: i64,
+    /// The rows, with the table's columns.
+    pub rows: RecordBatch,
+    /// The query's watermark when the change was made.
+    pub watermark_ns: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    changes: VecDeque<Change>,
+    rows: usize,
+    overflowed: bool,
+}
+
+/// A live feed of a result table's changes, buffered up to a bound: a subscriber that falls
+/// further behind is cut off (and told so) rather than slowing the query down.
+#[derive(Debug)]
+pub struct Subscriber {
+    pending: Mutex<Pending>,
+    wake: tokio::sync::Notify,
+    max_rows: usize,
+}
+
+impl Subscriber {
+    fn push(&self, change: Change) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.overflowed {
+            return;
+        }
+        p.rows += change.rows.num_rows();
+        if p.rows > self.max_rows {
+            p.overflowed = true;
+            p.changes.clear();
+        } else {
+            p.changes.push_back(change);
+        }
+        drop(p);
+        self.wake.notify_one();
+    }
+
+    /// The next change, if one is waiting; an error once the subscriber fell too far behind.
+    pub fn try_next(&self) -> Result<Option<Change>> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.overflowed {
+            return Err(Error::InvalidArgument(format!(
+                "the subscriber fell more than {} rows behind the view and was cut off; subscribe again",
+                self.max_rows
+            )));
+        }
+        let next = p.changes.pop_front();
+        if let Some(c) = &next {
+            p.rows -= c.rows.num_rows();
+        }
+        Ok(next)
+    }
+
+    /// Waits for the next change.
+    pub async fn next(&self) -> Result<Change> {
+        loop {
+            let notified = self.wake.notified();
+            if let Some(c) = self.try_next()? {
+                return Ok(c);
+            }
+            notified.await;
+        }
+    }
 }
 
 impl ResultTable {
@@ -188,6 +335,7 @@ impl ResultTable {
             rows: RwLock::new(Rows::Append(Vec::new())),
             progress: Mutex::new(Progress::default()),
             advanced: Condvar::new(),
+            subscribers: Mutex::new(Vec::new()),
         }
     }
 
@@ -219,6 +367,7 @@ impl ResultTable {
             schema,
             progress: Mutex::new(Progress::default()),
             advanced: Condvar::new(),
+            subscribers: Mutex::new(Vec::new()),
         })
     }
 
@@ -245,13 +394,58 @@ impl ResultTable {
     /// Adds result rows (or, for a keyed table, replaces the rows with the same keys).
     pub fn append(&self, batches: Vec<RecordBatch>) -> Result<()> {
         let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subscribers.retain(|s| s.strong_count() > 0);
+        let mut changes = (!subscribers.is_empty()).then(Vec::new);
         for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
             match &mut *rows {
-                Rows::Append(all) => all.push(b),
-                Rows::Keyed(keyed) => keyed.upsert(b)?,
+                Rows::Append(all) => {
+                    if let Some(c) = changes.as_mut() {
+                        c.push(Change {
+                            diff: 1,
+                            rows: b.clone(),
+                            watermark_ns: None,
+                        });
+                    }
+                    all.push(b);
+                }
+                Rows::Keyed(keyed) => keyed.upsert(b, changes.as_mut())?,
+            }
+        }
+        if let Some(changes) = changes {
+            let watermark_ns = self.progress().watermark_ns;
+            for mut change in changes {
+                change.watermark_ns = watermark_ns;
+                // Rows in the feed have the table's schema (names as the view declares them).
+                change.rows =
+                    RecordBatch::try_new(Arc::clone(&self.schema), change.rows.columns().to_vec())?;
+                for s in subscribers.iter().filter_map(Weak::upgrade) {
+                    s.push(change.clone());
+                }
             }
         }
         Ok(())
+    }
+
+    /// The rows as of now and a feed of every change after them, taken together so that no
+    /// change is missed or seen twice. The feed buffers at most `max_rows` rows.
+    pub fn subscribe(&self, max_rows: usize) -> Result<(Vec<RecordBatch>, Arc<Subscriber>)> {
+        let rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        let snapshot = match &*rows {
+            Rows::Append(all) => all.clone(),
+            Rows::Keyed(keyed) => keyed.current()?,
+        };
+        let subscriber = Arc::new(Subscriber {
+            pending: Mutex::new(Pending::default()),
+            wake: tokio::sync::Notify::new(),
+            max_rows,
+        });
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::downgrade(&subscriber));
+        drop(rows);
+        Ok((snapshot, subscriber))
     }
 
     /// Removes the rows whose keys appear in `batch` (a keyed table's schema; only the key
@@ -417,5 +611,38 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(contents(&t), expected);
         assert_eq!(t.num_rows(), 5);
+    }
+
+    fn pairs(b: &RecordBatch) -> Vec<(i64, i64)> {
+        let k = b
+            .column(0)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let v = b
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        (0..b.num_rows())
+            .map(|i| (k.value(i), v.value(i)))
+            .collect()
+    }
+
+    #[test]
+    fn subscribers_see_the_snapshot_then_every_change_in_order() {
+        let t = ResultTable::keyed(batch(&[]).schema(), vec![0]).expect("keyed");
+        t.append(vec![batch(&[(1, 10)])]).expect("append");
+        let (snapshot, feed) = t.subscribe(100).expect("subscribe");
+        assert_eq!(
+            snapshot.iter().flat_map(pairs).collect::<Vec<_>>(),
+            vec![(1, 10)]
+        );
+        t.append(vec![batch(&[(1, 11), (2, 20)])]).expect("append");
+        let mut seen = Vec::new();
+        while let Some(c) = feed.try_next().expect("within bounds") {
+            seen.extend(pairs(&c.rows).into_iter().map(|p| (c.diff, p)));
+        }
+        assert_eq!(seen, vec![(-1, (1, 10)), (1, (1, 11)), (1, (2, 20))]);
+        // A subscriber that falls too far behind is cut off with an error.
+        let big: Vec<(i64, i64)> = (0..200).map(|i| (i, i)).collect();
+        t.append(vec![batch(&big)]).expect("append");
+        assert!(feed.try_next().is_err());
     }
 }

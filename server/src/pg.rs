@@ -11,6 +11,7 @@ use pgwire::api::auth::{
     DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
     save_startup_parameters_to_metadata,
 };
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::copy::CopyHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
@@ -19,9 +20,12 @@ use pgwire::api::results::{
 };
 use pgwire::api::stmt::{NoopQueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireServerHandlers, Type};
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
+    PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
-use pgwire::messages::copy::{CopyData, CopyDone, CopyFail};
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use weir_sql::copy::CopyIn;
@@ -67,12 +71,67 @@ fn response(out: Output, format: &Format) -> PgWireResult<Response> {
         )),
         Output::Transaction(true, tag) => Ok(Response::TransactionStart(Tag::new(tag))),
         Output::Transaction(false, tag) => Ok(Response::TransactionEnd(Tag::new(tag))),
+        Output::CopyOut { columns, stream } => Ok(Response::CopyOut(CopyResponse::new(
+            0,
+            columns,
+            stream.map(|r| {
+                r.map(|lines| CopyData::new(lines.into()))
+                    .map_err(user_error)
+            }),
+        ))),
         Output::CopyIn(copy) => Ok(Response::CopyIn(CopyResponse::new(
             0,
             copy.columns.len(),
             stream::empty(),
         ))),
     }
+}
+
+/// Streams `COPY ... TO STDOUT` data, flushing every chunk; ends with CopyDone and the tag.
+async fn copy_out_live<C>(
+    client: &mut C,
+    columns: usize,
+    mut stream: futures::stream::BoxStream<'static, weir_sql::Result<Vec<u8>>>,
+) -> Result<(), weir_sql::Error>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+{
+    let closed = |e: C::Error| weir_sql::Error::Internal(format!("client connection: {e:?}"));
+    let response = CopyOutResponse::new(0, columns as i16, vec![0; columns]);
+    client
+        .send(PgWireBackendMessage::CopyOutResponse(response))
+        .await
+        .map_err(closed)?;
+    let mut rows = 0usize;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(lines) => {
+                rows += lines.iter().filter(|&&b| b == b'\n').count();
+                client
+                    .send(PgWireBackendMessage::CopyData(CopyData::new(lines.into())))
+                    .await
+                    .map_err(closed)?;
+            }
+            Err(e) => {
+                client
+                    .send(PgWireBackendMessage::CopyFail(CopyFail::new(e.to_string())))
+                    .await
+                    .map_err(closed)?;
+                return Err(e);
+            }
+        }
+    }
+    client
+        .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await
+        .map_err(closed)?;
+    let tag = Tag::new("COPY").with_rows(rows);
+    client
+        .send(PgWireBackendMessage::CommandComplete(tag.into()))
+        .await
+        .map_err(closed)?;
+    Ok(())
 }
 
 /// The COPY FROM STDIN a connection is receiving data for, and the data so far.
@@ -123,6 +182,14 @@ impl SimpleQueryHandler for Handler {
         let mut responses = Vec::new();
         for result in session.execute(query).await {
             match result {
+                Ok(Output::CopyOut { columns, stream }) => {
+                    // Sent here rather than as a response so that every change is flushed as it
+                    // happens; a CancelRequest drops this future, and the subscription with it.
+                    if let Err(e) = copy_out_live(client, columns, stream).await {
+                        responses.push(Response::Error(Box::new(pg_error(&e))));
+                        break;
+                    }
+                }
                 Ok(out) => {
                     expect_copy(client, &out);
                     responses.push(response(out, &Format::UnifiedText)?);
@@ -309,6 +376,8 @@ impl CopyHandler for Handler {
 #[derive(Debug)]
 pub struct Startup {
     parameters: DefaultServerParameterProvider,
+    connections: Arc<ConnectionManager>,
+    keys: RandomPidSecretKeyGenerator,
 }
 
 #[async_trait]
@@ -339,6 +408,15 @@ impl StartupHandler for Startup {
                     format!("database \"{db}\" does not exist; connect to database \"{DATABASE}\""),
                 ))));
             }
+            // A key for CancelRequest (psql's Ctrl-C): registered so that the cancel handler
+            // can interrupt this connection's running statement.
+            let (pid, secret) = self.keys.generate(client);
+            client.set_pid_and_secret_key(pid, secret.clone());
+            let (handle, guard) = self.connections.register(pid, secret);
+            client
+                .session_extensions()
+                .insert::<Arc<ConnectionHandle>>(handle);
+            client.session_extensions().insert::<ConnectionGuard>(guard);
             finish_authentication(client, &self.parameters).await?;
         }
         Ok(())
@@ -350,11 +428,13 @@ impl StartupHandler for Startup {
 pub struct HandlerFactory {
     handler: Arc<Handler>,
     startup: Arc<Startup>,
+    cancel: Arc<DefaultCancelHandler>,
 }
 
 impl HandlerFactory {
     /// Handlers serving `db`.
     pub fn new(db: Database) -> Self {
+        let connections = Arc::new(ConnectionManager::new());
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = format!("15.0 (Weir {})", env!("CARGO_PKG_VERSION"));
         Self {
@@ -362,7 +442,12 @@ impl HandlerFactory {
                 db,
                 parser: Arc::new(NoopQueryParser::new()),
             }),
-            startup: Arc::new(Startup { parameters }),
+            startup: Arc::new(Startup {
+                parameters,
+                connections: Arc::clone(&connections),
+                keys: RandomPidSecretKeyGenerator::default(),
+            }),
+            cancel: Arc::new(DefaultCancelHandler::new(connections)),
         }
     }
 }
@@ -374,6 +459,10 @@ impl PgWireServerHandlers for HandlerFactory {
 
     fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
         Arc::clone(&self.handler)
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::clone(&self.cancel)
     }
 
     fn copy_handler(&self) -> Arc<impl CopyHandler> {

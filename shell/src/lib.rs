@@ -114,6 +114,29 @@ async fn run_sql(
             Ok(Output::Inserted(n)) => writeln!(out, "INSERT 0 {n}")?,
             Ok(Output::Modified(command, n)) => writeln!(out, "{command} {n}")?,
             Ok(Output::Transaction(_, tag)) => writeln!(out, "{tag}")?,
+            Ok(Output::CopyOut { mut stream, .. }) => {
+                // Live rows until the subscription ends or Ctrl-C.
+                use futures::StreamExt;
+                loop {
+                    tokio::select! {
+                        next = stream.next() => match next {
+                            Some(Ok(lines)) => {
+                                out.write_all(&lines)?;
+                                out.flush()?;
+                            }
+                            Some(Err(e)) => {
+                                writeln!(out, "ERROR {}: {e}", e.sqlstate())?;
+                                break;
+                            }
+                            None => break,
+                        },
+                        _ = tokio::signal::ctrl_c() => {
+                            writeln!(out, "(cancelled)")?;
+                            break;
+                        }
+                    }
+                }
+            }
             Ok(Output::CopyIn(copy)) => {
                 let Some(editor) = editor.as_deref_mut() else {
                     writeln!(out, "ERROR: COPY FROM STDIN needs the terminal")?;

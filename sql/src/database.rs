@@ -335,7 +335,15 @@ impl Database {
         Ok(())
     }
 
-    fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+    /// Starts `compiled` as a running query named `name`: its result table, its late events
+    /// and the query thread.
+    fn spawn_query(
+        name: &str,
+        compiled: &mut Option<CompiledView>,
+    ) -> Result<(Arc<ResultTable>, Arc<ResultTable>, RunningQuery)> {
+        let compiled = compiled.take().ok_or_else(|| {
+            Error::Internal("a compiled view started twice; this is a bug".into())
+        })?;
         let schema = compiled.schema();
         let table = Arc::new(match &compiled.key {
             None => ResultTable::new(schema),
@@ -345,7 +353,6 @@ impl Database {
             Some(key) => ResultTable::keyed(schema, key.clone())?,
         });
         let late = Arc::new(ResultTable::new(late_events_schema()));
-        let plan = compiled.explain(&def.name);
         let sources: Vec<SourceSpec> = compiled
             .sources
             .iter()
@@ -363,17 +370,37 @@ impl Database {
             })
             .collect();
         let query = RunningQuery::spawn(QuerySpec {
-            name: def.name.clone(),
+            name: name.to_string(),
             sources,
             dataflow: compiled.dataflow,
             sink: Arc::clone(&table),
             late: Arc::clone(&late),
         })?;
+        Ok((table, late, query))
+    }
+
+    /// Runs a query that is in no catalog (the query of `SUBSCRIBE (SELECT ...)`) until the
+    /// returned handle is dropped; returns its result table too.
+    pub(crate) fn start_temporary(
+        &self,
+        name: &str,
+        compiled: CompiledView,
+    ) -> Result<(Arc<ResultTable>, RunningQuery)> {
+        let (table, _late, query) = Self::spawn_query(name, &mut Some(compiled))?;
+        Ok((table, query))
+    }
+
+    fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+        let plan = compiled.explain(&def.name);
+        let sources = compiled.sources.clone();
+        let tables: Vec<String> = compiled.tables.iter().map(|t| t.def.name.clone()).collect();
+        let views = compiled.views.clone();
+        let (table, late, query) = Self::spawn_query(&def.name, &mut Some(compiled))?;
         let entry = Arc::new(ViewEntry {
             def: def.clone(),
-            sources: compiled.sources,
-            tables: compiled.tables.iter().map(|t| t.def.name.clone()).collect(),
-            views: compiled.views.clone(),
+            sources,
+            tables,
+            views,
             table,
             late,
             plan,

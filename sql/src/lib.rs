@@ -12,6 +12,7 @@ pub mod planner;
 pub mod ref_table;
 pub mod session;
 pub mod settings;
+pub mod subscribe;
 pub mod tables;
 
 pub use database::Database;

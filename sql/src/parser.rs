@@ -36,6 +36,43 @@ pub enum WeirStatement {
     Sql(Box<Statement>),
     /// `CREATE MATERIALIZED VIEW ... EMIT ON ...` (or its EXPLAIN) with an explicit emit mode.
     Emit(Box<Statement>, EmitMode),
+    /// `SUBSCRIBE [TO] view | (query)`, also inside `COPY (...) TO STDOUT` and
+    /// `DECLARE c CURSOR FOR ...`.
+    Subscribe {
+        /// What is followed.
+        target: SubscribeTarget,
+        /// How rows are delivered.
+        output: SubscribeOutput,
+    },
+    /// `FETCH [FORWARD] [n | ALL] [FROM | IN] cursor [WITH (timeout = 'interval')]`.
+    Fetch {
+        /// The cursor.
+        cursor: String,
+        /// At most this many rows; `None` for ALL.
+        count: Option<u64>,
+        /// How long to wait for a first row of a subscription; `None` waits until one comes.
+        timeout: Option<std::time::Duration>,
+    },
+}
+
+/// What a SUBSCRIBE follows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscribeTarget {
+    /// A materialized view, by name.
+    View(String),
+    /// A query, run as a temporary continuous query for as long as the subscription lasts.
+    Query(Box<Statement>),
+}
+
+/// How a SUBSCRIBE's rows reach the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscribeOutput {
+    /// As the rows of a statement that never ends (until cancelled).
+    Rows,
+    /// `COPY (SUBSCRIBE ...) TO STDOUT`: as COPY data, line by line as changes happen.
+    Copy,
+    /// `DECLARE name CURSOR FOR SUBSCRIBE ...`: read with `FETCH n name`.
+    Cursor(String),
 }
 
 /// The `EMIT ON ...` clause of a materialized view.
@@ -317,6 +354,51 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
                 if_exists,
                 cascade,
             }
+        } else if is_word(&t0, "SUBSCRIBE") {
+            parser.next_token();
+            WeirStatement::Subscribe {
+                target: parse_subscribe_target(&mut parser)?,
+                output: SubscribeOutput::Rows,
+            }
+        } else if is_word(&t0, "COPY") && t1 == Token::LParen && is_word(&t2, "SUBSCRIBE") {
+            for _ in 0..3 {
+                parser.next_token();
+            }
+            let target = parse_subscribe_target(&mut parser)?;
+            parser.expect_token(&Token::RParen)?;
+            parser.expect_keyword(Keyword::TO)?;
+            if !is_word(&parser.next_token().token, "STDOUT") {
+                return Err(Error::Syntax("COPY (SUBSCRIBE ...) goes TO STDOUT".into()));
+            }
+            // Options (FORMAT text) are accepted; the rows are always text.
+            if parser.parse_keyword(Keyword::WITH) {
+                parser.expect_token(&Token::LParen)?;
+                let mut depth = 1;
+                while depth > 0 {
+                    match parser.next_token().token {
+                        Token::LParen => depth += 1,
+                        Token::RParen => depth -= 1,
+                        Token::EOF => return Err(Error::Syntax("unclosed WITH (".into())),
+                        _ => {}
+                    }
+                }
+            }
+            WeirStatement::Subscribe {
+                target,
+                output: SubscribeOutput::Copy,
+            }
+        } else if let Some(skip) = declare_subscribe(&parser) {
+            parser.next_token();
+            let name = normalize(&parser.parse_identifier()?);
+            for _ in 0..skip {
+                parser.next_token();
+            }
+            WeirStatement::Subscribe {
+                target: parse_subscribe_target(&mut parser)?,
+                output: SubscribeOutput::Cursor(name),
+            }
+        } else if is_word(&t0, "FETCH") {
+            parse_fetch(&mut parser)?
         } else if is_word(&t0, "SHOW") && is_word(&t1, "STREAMS") {
             parser.next_token();
             parser.next_token();
@@ -359,6 +441,113 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         }
     }
     Ok(out)
+}
+
+/// `[TO] name` or `[TO] (query)` after SUBSCRIBE.
+fn parse_subscribe_target(parser: &mut Parser<'_>) -> Result<SubscribeTarget> {
+    let _ = parser.parse_keyword(Keyword::TO);
+    if parser.consume_token(&Token::LParen) {
+        let query = parser.parse_query()?;
+        parser.expect_token(&Token::RParen)?;
+        let mut stmt = Statement::Query(query);
+        normalize_relations(&mut stmt);
+        Ok(SubscribeTarget::Query(Box::new(stmt)))
+    } else {
+        Ok(SubscribeTarget::View(object_name(
+            &parser.parse_object_name(false)?,
+        )?))
+    }
+}
+
+/// For `DECLARE name [options] CURSOR [WITH[OUT] HOLD] FOR SUBSCRIBE ...`, how many tokens
+/// follow the name up to SUBSCRIBE.
+fn declare_subscribe(parser: &Parser<'_>) -> Option<usize> {
+    if !is_word(&parser.peek_nth_token(0).token, "DECLARE") {
+        return None;
+    }
+    for k in 2..10 {
+        let t = parser.peek_nth_token(k).token;
+        if is_word(&t, "FOR") {
+            return is_word(&parser.peek_nth_token(k + 1).token, "SUBSCRIBE").then_some(k);
+        }
+        if matches!(t, Token::EOF | Token::SemiColon) {
+            return None;
+        }
+    }
+    None
+}
+
+/// `FETCH [FORWARD | NEXT] [n | ALL] [FROM | IN] cursor [WITH (timeout = '...')]`.
+fn parse_fetch(parser: &mut Parser<'_>) -> Result<WeirStatement> {
+    parser.next_token();
+    let mut count = Some(1);
+    if is_word(&parser.peek_token().token, "FORWARD") || is_word(&parser.peek_token().token, "NEXT")
+    {
+        parser.next_token();
+    }
+    match parser.peek_token().token {
+        Token::Number(n, _) => {
+            parser.next_token();
+            count = Some(
+                n.parse::<u64>()
+                    .map_err(|_| Error::Syntax(format!("FETCH takes a row count, not {n}")))?,
+            );
+        }
+        Token::Word(w) if w.value.eq_ignore_ascii_case("ALL") => {
+            parser.next_token();
+            count = None;
+        }
+        _ => {}
+    }
+    let _ = parser.parse_keyword(Keyword::FROM) || parser.parse_keyword(Keyword::IN);
+    let cursor = normalize(&parser.parse_identifier()?);
+    let mut timeout = None;
+    if parser.parse_keyword(Keyword::WITH) {
+        parser.expect_token(&Token::LParen)?;
+        if !is_word(&parser.next_token().token, "TIMEOUT") {
+            return Err(Error::Syntax(
+                "FETCH ... WITH takes (timeout = 'interval')".into(),
+            ));
+        }
+        let _ = parser.consume_token(&Token::Eq);
+        let text = match parser.next_token().token {
+            Token::SingleQuotedString(s) => s,
+            Token::Number(n, _) => format!("{n} seconds"),
+            other => {
+                return Err(Error::Syntax(format!(
+                    "FETCH timeout takes an interval such as '1s', not {other}"
+                )));
+            }
+        };
+        parser.expect_token(&Token::RParen)?;
+        timeout = Some(parse_duration(&text).ok_or_else(|| {
+            Error::Syntax(format!(
+                "FETCH timeout '{text}' is not an interval such as '500ms' or '2 seconds'"
+            ))
+        })?);
+    }
+    Ok(WeirStatement::Fetch {
+        cursor,
+        count,
+        timeout,
+    })
+}
+
+/// A short duration: `500ms`, `2s`, `2 seconds`, `1 minute`, `0`.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim().to_ascii_lowercase();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "" | "s" | "sec" | "second" | "seconds" => n,
+        "ms" | "millisecond" | "milliseconds" => n / 1000.0,
+        "m" | "min" | "minute" | "minutes" => n * 60.0,
+        _ => return None,
+    };
+    (seconds >= 0.0).then(|| std::time::Duration::from_secs_f64(seconds))
 }
 
 fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {

@@ -1,5 +1,6 @@
 //! The `Session` API: what the Postgres server and the shell call to run statements.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -26,10 +27,14 @@ use crate::catalog::{
 use crate::copy::{self, CopyIn};
 use crate::database::Database;
 use crate::functions::ModFunction;
-use crate::parser::{CreateStream, EmitMode, WeirStatement, normalize, object_name, parse};
+use crate::parser::{
+    CreateStream, EmitMode, SubscribeOutput, SubscribeTarget, WeirStatement, normalize,
+    object_name, parse,
+};
 use crate::planner::{ViewOptions, compile_query_statement, humanize_ns};
 use crate::ref_table::RefTable;
 use crate::settings::Settings;
+use crate::subscribe::{Cursor, Subscription, copy_text};
 use crate::tables::{
     LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction,
     interval_ns,
@@ -60,6 +65,13 @@ pub enum Output {
     CopyIn(CopyIn),
     /// `BEGIN` (true) or `COMMIT` / `ROLLBACK` (false), with the command tag.
     Transaction(bool, &'static str),
+    /// `COPY (SUBSCRIBE ...) TO STDOUT`: lines of COPY text data, as changes happen.
+    CopyOut {
+        /// Columns per line.
+        columns: usize,
+        /// The data; it ends only with an error (the subscriber fell behind) or when dropped.
+        stream: futures::stream::BoxStream<'static, Result<Vec<u8>>>,
+    },
 }
 
 impl std::fmt::Debug for Output {
@@ -71,6 +83,7 @@ impl std::fmt::Debug for Output {
             Self::Modified(c, n) => write!(f, "{c}({n})"),
             Self::CopyIn(c) => write!(f, "CopyIn({})", c.target),
             Self::Transaction(_, tag) => write!(f, "Transaction({tag})"),
+            Self::CopyOut { columns, .. } => write!(f, "CopyOut({columns} columns)"),
         }
     }
 }
@@ -84,6 +97,7 @@ impl Output {
             | Self::Inserted(_)
             | Self::Modified(..)
             | Self::CopyIn(_)
+            | Self::CopyOut { .. }
             | Self::Transaction(..) => Ok(Vec::new()),
         }
     }
@@ -105,6 +119,8 @@ pub struct Session {
     settings: Settings,
     /// Statements that changed data since `BEGIN`, while a transaction block is open.
     transaction: std::sync::Mutex<Option<u64>>,
+    /// Open cursors, by name.
+    cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -216,7 +232,51 @@ impl Session {
             ctx,
             settings,
             transaction: std::sync::Mutex::new(None),
+            cursors: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Follows a view (or a query, run for as long as the subscription lasts) from its current
+    /// rows on: first the rows as of everything committed now, then every change.
+    pub async fn subscribe(&self, target: SubscribeTarget) -> Result<Subscription> {
+        let (table, query, offsets, sources) = match target {
+            SubscribeTarget::View(name) => {
+                let view = self
+                    .db
+                    .view(&name)
+                    .ok_or_else(|| Error::UndefinedRelation(name.clone()))?;
+                (
+                    Arc::clone(&view.table),
+                    None,
+                    view.source_offsets(),
+                    Vec::new(),
+                )
+            }
+            SubscribeTarget::Query(stmt) => {
+                let compiled =
+                    compile_query_statement(&self.ctx.state(), *stmt, ViewOptions::default())
+                        .await?;
+                let sources = compiled.sources.clone();
+                let offsets: Vec<u64> = sources
+                    .iter()
+                    .flat_map(|s| s.log.committed_offsets())
+                    .collect();
+                let (table, query) = self.db.start_temporary("subscribe", compiled)?;
+                (table, Some(query), offsets, sources)
+            }
+        };
+        let waiting = Arc::clone(&table);
+        let progress =
+            tokio::task::spawn_blocking(move || waiting.wait_for(&offsets, VIEW_READ_WAIT))
+                .await
+                .map_err(|e| Error::Internal(format!("subscription wait failed: {e}")))?;
+        drop(sources);
+        if let Some(error) = progress.error {
+            return Err(Error::Internal(format!(
+                "the query stopped on an error: {error}"
+            )));
+        }
+        Subscription::start(table, query)
     }
 
     /// The session's Postgres settings (`SET` / `SHOW`).
@@ -279,6 +339,17 @@ impl Session {
                 params: vec![],
                 columns: Some(show_streams_schema()),
             }),
+            WeirStatement::Fetch { cursor, .. } => {
+                let cursors = self.cursors.lock().await;
+                let c = cursors.get(&cursor).ok_or_else(|| Error::WrongObject {
+                    sqlstate: "34000",
+                    message: format!("cursor \"{cursor}\" does not exist"),
+                })?;
+                Ok(Description {
+                    params: vec![],
+                    columns: Some(c.schema()),
+                })
+            }
             WeirStatement::ShowMaterializedViews => Ok(Description {
                 params: vec![],
                 columns: Some(show_views_schema()),
@@ -402,6 +473,62 @@ impl Session {
         params: Option<ParamValues>,
     ) -> Result<Output> {
         match stmt {
+            WeirStatement::Subscribe { target, output } => {
+                let sub = self.subscribe(target).await?;
+                match output {
+                    SubscribeOutput::Rows => {
+                        let schema = sub.schema();
+                        let stream = futures::stream::unfold(Some(sub), |state| async move {
+                            let mut sub = state?;
+                            match sub.next().await {
+                                Ok(b) => Some((Ok(b), Some(sub))),
+                                Err(e) => Some((Err(e.into()), None)),
+                            }
+                        });
+                        Ok(Output::Rows {
+                            schema: Arc::clone(&schema),
+                            stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+                        })
+                    }
+                    SubscribeOutput::Copy => {
+                        let columns = sub.schema().fields().len();
+                        let stream = futures::stream::unfold(Some(sub), |state| async move {
+                            let mut sub = state?;
+                            match sub.next().await.and_then(|b| copy_text(&b)) {
+                                Ok(lines) => Some((Ok(lines), Some(sub))),
+                                Err(e) => Some((Err(e), None)),
+                            }
+                        });
+                        Ok(Output::CopyOut {
+                            columns,
+                            stream: Box::pin(stream),
+                        })
+                    }
+                    SubscribeOutput::Cursor(name) => {
+                        self.cursors.lock().await.insert(
+                            name,
+                            Cursor::Subscription {
+                                subscription: Box::new(sub),
+                                held: Default::default(),
+                            },
+                        );
+                        Ok(Output::Command("DECLARE CURSOR".into()))
+                    }
+                }
+            }
+            WeirStatement::Fetch {
+                cursor,
+                count,
+                timeout,
+            } => {
+                let mut cursors = self.cursors.lock().await;
+                let c = cursors.get_mut(&cursor).ok_or_else(|| Error::WrongObject {
+                    sqlstate: "34000",
+                    message: format!("cursor \"{cursor}\" does not exist"),
+                })?;
+                let batch = c.fetch(count, timeout).await?;
+                Ok(rows(batch.schema(), batch))
+            }
             WeirStatement::CreateStream(cs) => self.create_stream(cs).await,
             WeirStatement::DropStream {
                 name,
@@ -429,6 +556,53 @@ impl Session {
         emit: Option<EmitMode>,
     ) -> Result<Output> {
         match stmt {
+            Statement::Declare { stmts } => {
+                let [declare] = stmts.as_slice() else {
+                    return Err(Error::NotSupported(
+                        "DECLARE of several cursors at once".into(),
+                    ));
+                };
+                let (Some(query), Some(name)) = (&declare.for_query, declare.names.first()) else {
+                    return Err(Error::NotSupported(
+                        "DECLARE declares cursors here: DECLARE name CURSOR FOR SELECT ... (or SUBSCRIBE ...)"
+                            .into(),
+                    ));
+                };
+                let name = normalize(name);
+                let plan = self.plan(Statement::Query(query.clone())).await?;
+                let out = self.run_plan(plan, params).await?;
+                let Output::Rows { schema, stream } = out else {
+                    return Err(Error::Internal(
+                        "a query returned no rows; this is a bug".into(),
+                    ));
+                };
+                let batches: Vec<RecordBatch> = stream.try_collect().await?;
+                self.cursors.lock().await.insert(
+                    name,
+                    Cursor::Rows {
+                        schema,
+                        batches: batches.into(),
+                    },
+                );
+                Ok(Output::Command("DECLARE CURSOR".into()))
+            }
+            Statement::Close { cursor } => {
+                use datafusion::sql::sqlparser::ast::CloseCursor;
+                let mut cursors = self.cursors.lock().await;
+                match cursor {
+                    CloseCursor::All => cursors.clear(),
+                    CloseCursor::Specific { name } => {
+                        let name = normalize(&name);
+                        if cursors.remove(&name).is_none() {
+                            return Err(Error::WrongObject {
+                                sqlstate: "34000",
+                                message: format!("cursor \"{name}\" does not exist"),
+                            });
+                        }
+                    }
+                }
+                Ok(Output::Command("CLOSE CURSOR".into()))
+            }
             Statement::StartTransaction { .. } => {
                 *self.transaction.lock().unwrap_or_else(|e| e.into_inner()) = Some(0);
                 Ok(Output::Transaction(true, "BEGIN"))
