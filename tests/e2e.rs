@@ -19,9 +19,17 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &["--listen", "127.0.0.1:0"], &[])
+    }
+
+    /// `weir serve` with extra arguments and environment variables.
+    fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg("serve")
+            .args(args)
+            .arg("--data-dir")
             .arg(dir)
+            .envs(env.iter().copied())
             .env("WEIR_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -39,7 +47,8 @@ impl Server {
             .expect("weir prints its address");
         let port = line
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("127.0.0.1:"))
+            .nth(3)
+            .and_then(|addr| addr.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
         Self { child, port }
@@ -408,6 +417,7 @@ fn non_loopback_addresses_are_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_weir"))
         .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.path())
+        .env_remove("WEIR_PASSWORD")
         .output()
         .expect("runs");
     assert!(!out.status.success());
@@ -674,4 +684,86 @@ async fn psql_prints_subscriptions_live_and_ctrl_c_cancels() {
         .batch_execute("CLOSE c; COMMIT")
         .await
         .expect("close");
+}
+
+#[tokio::test]
+async fn passwords_and_tls_guard_other_addresses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is required (apt-get install openssl); .ci/run installs it");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let users = dir.path().join("users");
+    std::fs::write(&users, "# who may connect\nada:lovelace\n").expect("users file");
+    let data = dir.path().join("data");
+    let server = Server::start_with(
+        &data,
+        &[
+            "--listen",
+            "0.0.0.0:0",
+            "--users",
+            users.to_str().expect("utf-8 path"),
+            "--tls-cert",
+            cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            key.to_str().expect("utf-8 path"),
+        ],
+        &[("WEIR_PASSWORD", "hunter2")],
+    );
+    let connect = |user: &str, password: &str| {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=weir",
+            server.port
+        );
+        async move {
+            match tokio_postgres::connect(&conninfo, NoTls).await {
+                Ok((client, conn)) => {
+                    tokio::spawn(conn);
+                    Ok(client)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    // SCRAM-SHA-256 with the users file and with --password / WEIR_PASSWORD (user weir).
+    let ada = connect("ada", "lovelace").await.expect("ada logs in");
+    assert_eq!(count(&ada, "SELECT 41 + 1").await, 42);
+    connect("weir", "hunter2").await.expect("weir logs in");
+    for (user, password) in [("ada", "wrong"), ("nobody", "lovelace")] {
+        let err = connect(user, password)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} with {password} must be refused"));
+        assert_eq!(err.code(), Some(&SqlState::INVALID_PASSWORD), "{err}");
+    }
+    // psql over TLS.
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=ada dbname=weir sslmode=require",
+            server.port
+        ))
+        .args(["-X", "-c", "\\conninfo"])
+        .env("PGPASSWORD", "lovelace")
+        .output()
+        .expect("psql runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("SSL connection"), "{stdout}");
 }

@@ -1,5 +1,6 @@
 //! Weir's Postgres wire server: every connection gets a `weir_sql::Session`.
 
+pub mod auth;
 pub mod pg;
 
 use std::net::SocketAddr;
@@ -16,6 +17,10 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// The data directory.
     pub data_dir: PathBuf,
+    /// Who may connect; `None` trusts every connection (allowed on loopback only).
+    pub users: Option<Arc<auth::Users>>,
+    /// TLS certificate chain and private key (PEM), to accept encrypted connections.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// Errors that stop the server from starting.
@@ -39,22 +44,38 @@ pub enum Error {
 }
 
 /// A server bound to its address, ready to [`Server::run`].
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     db: Database,
+    users: Option<Arc<auth::Users>>,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("passwords", &self.users.is_some())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Server {
     /// Opens the database and binds the listener.
     pub async fn bind(config: &ServeConfig) -> Result<Self, Error> {
-        if !config.listen.ip().is_loopback() {
+        if !config.listen.ip().is_loopback() && config.users.is_none() {
             return Err(Error::Config(format!(
-                "refusing to listen on {}: Weir accepts connections without a password, so it \
-                 listens on loopback addresses only (password authentication is not built yet)",
+                "refusing to listen on {} without passwords: only loopback connections are \
+                 trusted. Give users with --users FILE (name:password lines) or --password \
+                 (user weir), and they log in with SCRAM-SHA-256",
                 config.listen
             )));
         }
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(auth::tls_acceptor(cert, key)?),
+            None => None,
+        };
         let db = Database::open(&config.data_dir).await?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -62,7 +83,12 @@ impl Server {
                 context: format!("listening on {}", config.listen),
                 source,
             })?;
-        Ok(Self { listener, db })
+        Ok(Self {
+            listener,
+            db,
+            users: config.users.clone(),
+            tls,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -80,7 +106,7 @@ impl Server {
 
     /// Accepts connections until the task is dropped.
     pub async fn run(self) -> Result<(), Error> {
-        let factory = Arc::new(pg::HandlerFactory::new(self.db.clone()));
+        let factory = Arc::new(pg::HandlerFactory::new(self.db.clone(), self.users.clone()));
         loop {
             let (socket, peer) = match self.listener.accept().await {
                 Ok(x) => x,
@@ -92,9 +118,10 @@ impl Server {
                 }
             };
             let factory = Arc::clone(&factory);
+            let tls = self.tls.clone();
             tokio::spawn(async move {
                 tracing::debug!(%peer, "connection");
-                if let Err(e) = pgwire::tokio::process_socket(socket, None, factory).await {
+                if let Err(e) = pgwire::tokio::process_socket(socket, tls, factory).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             });

@@ -23,12 +23,25 @@ struct Cli {
 enum Command {
     /// Run the server: Postgres wire protocol on --listen, data in --data-dir.
     Serve {
-        /// Address to listen on (loopback only).
+        /// Address to listen on. Without --users or --password only loopback is allowed.
         #[arg(long, default_value = "127.0.0.1:5433")]
         listen: SocketAddr,
         /// Data directory (created if missing).
         #[arg(long, default_value = "./weir-data")]
         data_dir: PathBuf,
+        /// Users who may connect, one `name:password` per line; they log in with SCRAM-SHA-256.
+        #[arg(long)]
+        users: Option<PathBuf>,
+        /// A password for user `weir` (better: the WEIR_PASSWORD environment variable, which
+        /// other processes cannot see); requires SCRAM-SHA-256 logins.
+        #[arg(long)]
+        password: Option<String>,
+        /// TLS certificate chain (PEM); with --tls-key, clients can connect with sslmode=require.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Run the interactive shell on an embedded engine.
     Shell {
@@ -57,7 +70,26 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve { listen, data_dir } => runtime.block_on(serve(listen, data_dir)),
+        Command::Serve {
+            listen,
+            data_dir,
+            users,
+            password,
+            tls_cert,
+            tls_key,
+        } => {
+            let password = password.or_else(|| std::env::var("WEIR_PASSWORD").ok());
+            let tls = tls_cert.zip(tls_key);
+            match load_users(users, password) {
+                Ok(users) => runtime.block_on(serve(weir_server::ServeConfig {
+                    listen,
+                    data_dir,
+                    users,
+                    tls,
+                })),
+                Err(e) => Err(e),
+            }
+        }
         Command::Shell { data_dir } => runtime
             .block_on(weir_shell::run(&data_dir))
             .map_err(|e| e.to_string()),
@@ -71,8 +103,22 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(listen: SocketAddr, data_dir: PathBuf) -> Result<(), String> {
-    let config = weir_server::ServeConfig { listen, data_dir };
+/// The users from --users and --password (user `weir`), if any.
+fn load_users(
+    file: Option<PathBuf>,
+    password: Option<String>,
+) -> Result<Option<std::sync::Arc<weir_server::auth::Users>>, String> {
+    let mut users = match &file {
+        Some(path) => weir_server::auth::Users::load(path).map_err(|e| e.to_string())?,
+        None => weir_server::auth::Users::default(),
+    };
+    if let Some(p) = password.filter(|p| !p.is_empty()) {
+        users.add("weir", &p).map_err(|e| e.to_string())?;
+    }
+    Ok((!users.is_empty()).then(|| std::sync::Arc::new(users)))
+}
+
+async fn serve(config: weir_server::ServeConfig) -> Result<(), String> {
     let server = weir_server::Server::bind(&config)
         .await
         .map_err(|e| e.to_string())?;

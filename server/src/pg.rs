@@ -7,9 +7,11 @@ use arrow_pg::datatypes::df::deserialize_parameters;
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch, into_pg_type};
 use async_trait::async_trait;
 use futures::{Sink, SinkExt, StreamExt, stream};
+use pgwire::api::auth::sasl::SASLAuthStartupHandler;
+use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::api::auth::{
-    DefaultServerParameterProvider, StartupHandler, finish_authentication, protocol_negotiation,
-    save_startup_parameters_to_metadata,
+    AuthSource, DefaultServerParameterProvider, StartupHandler, finish_authentication,
+    protocol_negotiation, save_startup_parameters_to_metadata,
 };
 use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::copy::CopyHandler;
@@ -29,6 +31,8 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use weir_sql::copy::CopyIn;
+
+use crate::auth::Users;
 use weir_sql::datafusion::arrow::datatypes::Schema;
 use weir_sql::datafusion::arrow::record_batch::RecordBatch;
 use weir_sql::{Database, Output, Session};
@@ -372,12 +376,32 @@ impl CopyHandler for Handler {
     }
 }
 
-/// Accepts the startup of a connection: trust authentication (loopback only), database `weir`.
-#[derive(Debug)]
+/// Accepts the startup of a connection to database `weir`: trusted, or with a SCRAM-SHA-256
+/// password when the server has users. A fresh one serves each connection.
 pub struct Startup {
     parameters: DefaultServerParameterProvider,
     connections: Arc<ConnectionManager>,
-    keys: RandomPidSecretKeyGenerator,
+    keys: Arc<RandomPidSecretKeyGenerator>,
+    /// The SCRAM exchange, when passwords are required.
+    scram: Option<SASLAuthStartupHandler<DefaultServerParameterProvider>>,
+}
+
+impl Debug for Startup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Startup")
+            .field("passwords", &self.scram.is_some())
+            .finish()
+    }
+}
+
+fn server_parameters() -> DefaultServerParameterProvider {
+    let mut parameters = DefaultServerParameterProvider::default();
+    parameters.server_version = format!(
+        "{} (Weir {})",
+        weir_sql::settings::PG_VERSION,
+        env!("CARGO_PKG_VERSION")
+    );
+    parameters
 }
 
 #[async_trait]
@@ -388,17 +412,15 @@ impl StartupHandler for Startup {
         message: PgWireFrontendMessage,
     ) -> PgWireResult<()>
     where
-        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let PgWireFrontendMessage::Startup(ref startup) = message {
-            protocol_negotiation(client, startup).await?;
-            save_startup_parameters_to_metadata(client, startup);
-            let db = client
-                .metadata()
+            let db = startup
+                .parameters
                 .get("database")
-                .or_else(|| client.metadata().get("user"))
+                .or_else(|| startup.parameters.get("user"))
                 .cloned()
                 .unwrap_or_default();
             if db != DATABASE {
@@ -408,6 +430,13 @@ impl StartupHandler for Startup {
                     format!("database \"{db}\" does not exist; connect to database \"{DATABASE}\""),
                 ))));
             }
+        }
+        if let Some(scram) = &self.scram {
+            return scram.on_startup(client, message).await;
+        }
+        if let PgWireFrontendMessage::Startup(ref startup) = message {
+            protocol_negotiation(client, startup).await?;
+            save_startup_parameters_to_metadata(client, startup);
             // A key for CancelRequest (psql's Ctrl-C): registered so that the cancel handler
             // can interrupt this connection's running statement.
             let (pid, secret) = self.keys.generate(client);
@@ -427,27 +456,25 @@ impl StartupHandler for Startup {
 #[derive(Debug)]
 pub struct HandlerFactory {
     handler: Arc<Handler>,
-    startup: Arc<Startup>,
+    connections: Arc<ConnectionManager>,
+    keys: Arc<RandomPidSecretKeyGenerator>,
+    users: Option<Arc<Users>>,
     cancel: Arc<DefaultCancelHandler>,
 }
 
 impl HandlerFactory {
-    /// Handlers serving `db`.
-    pub fn new(db: Database) -> Self {
+    /// Handlers serving `db`; with `users`, every connection logs in with SCRAM-SHA-256.
+    pub fn new(db: Database, users: Option<Arc<Users>>) -> Self {
         let connections = Arc::new(ConnectionManager::new());
-        let mut parameters = DefaultServerParameterProvider::default();
-        parameters.server_version = format!("15.0 (Weir {})", env!("CARGO_PKG_VERSION"));
         Self {
             handler: Arc::new(Handler {
                 db,
                 parser: Arc::new(NoopQueryParser::new()),
             }),
-            startup: Arc::new(Startup {
-                parameters,
-                connections: Arc::clone(&connections),
-                keys: RandomPidSecretKeyGenerator::default(),
-            }),
-            cancel: Arc::new(DefaultCancelHandler::new(connections)),
+            keys: Arc::new(RandomPidSecretKeyGenerator::default()),
+            cancel: Arc::new(DefaultCancelHandler::new(Arc::clone(&connections))),
+            connections,
+            users,
         }
     }
 }
@@ -470,6 +497,17 @@ impl PgWireServerHandlers for HandlerFactory {
     }
 
     fn startup_handler(&self) -> Arc<impl StartupHandler> {
-        Arc::clone(&self.startup)
+        let scram = self.users.as_ref().map(|users| {
+            SASLAuthStartupHandler::new(Arc::new(server_parameters()))
+                .with_scram(ScramAuth::new(Arc::clone(users) as Arc<dyn AuthSource>))
+                .with_pid_secret_key_generator(Arc::clone(&self.keys) as _)
+                .with_connection_manager(Arc::clone(&self.connections))
+        });
+        Arc::new(Startup {
+            parameters: server_parameters(),
+            connections: Arc::clone(&self.connections),
+            keys: Arc::clone(&self.keys),
+            scram,
+        })
     }
 }
