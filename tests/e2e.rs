@@ -767,3 +767,40 @@ async fn passwords_and_tls_guard_other_addresses() {
     );
     assert!(stdout.contains("SSL connection"), "{stdout}");
 }
+
+/// Runs a client program against a fresh server; it prints `ok ...` lines and exits 0.
+fn run_client(program: &str, args: &[&str], install_hint: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let out = Command::new(program)
+        .args(args)
+        .arg(server.port.to_string())
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required ({install_hint}): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{program} failed ({install_hint}):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("ok "), "{stdout}");
+}
+
+#[test]
+fn python_drivers_psycopg_psycopg2_asyncpg_sqlalchemy() {
+    run_client(
+        "python3",
+        &["python_drivers.py"],
+        "pip install -r tests/clients/requirements.txt; .ci/run does",
+    );
+}
+
+#[test]
+fn node_postgres() {
+    run_client(
+        "node",
+        &["node/node_pg.js"],
+        "cd tests/clients/node && npm ci; .ci/run does",
+    );
+}

@@ -317,7 +317,10 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         if let Ok(stmts) = compatibility_parser().parse(&sql) {
             return Ok(stmts
                 .into_iter()
-                .map(|s| WeirStatement::Sql(Box::new(s)))
+                .map(|mut s| {
+                    crate::pg_compat::rewrite_statement(&mut s);
+                    WeirStatement::Sql(Box::new(s))
+                })
                 .collect());
         }
     }

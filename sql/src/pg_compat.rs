@@ -16,6 +16,8 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement, VisitMut, VisitorMut};
+use std::ops::ControlFlow;
 
 use crate::database::Database;
 
@@ -37,6 +39,82 @@ pub(crate) fn rewrite_client_sql(sql: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     out
+}
+
+/// Rewrites `LIKE pattern ESCAPE 'c'` (SQLAlchemy writes `NOT LIKE 'pg/_' || '%' ESCAPE '/'`)
+/// into the backslash escapes DataFusion knows, when the pattern is constant text.
+struct LikeEscapes;
+
+fn constant_text(e: &SqlExpr) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value};
+    match e {
+        SqlExpr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(s.clone()),
+            _ => None,
+        },
+        SqlExpr::BinaryOp {
+            left,
+            op: BinaryOperator::StringConcat,
+            right,
+        } => Some(constant_text(left)? + &constant_text(right)?),
+        SqlExpr::Nested(inner) => constant_text(inner),
+        _ => None,
+    }
+}
+
+impl VisitorMut for LikeEscapes {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::Value;
+        let (SqlExpr::Like {
+            pattern,
+            escape_char,
+            ..
+        }
+        | SqlExpr::ILike {
+            pattern,
+            escape_char,
+            ..
+        }) = expr
+        else {
+            return ControlFlow::Continue(());
+        };
+        let Some(escape) = escape_char.as_ref().and_then(|v| match &v.value {
+            Value::SingleQuotedString(c) if c.chars().count() == 1 => c.chars().next(),
+            _ => None,
+        }) else {
+            return ControlFlow::Continue(());
+        };
+        if escape == '\\' {
+            return ControlFlow::Continue(());
+        }
+        let Some(text) = constant_text(pattern) else {
+            return ControlFlow::Continue(());
+        };
+        let mut out = String::with_capacity(text.len());
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c == escape {
+                out.push('\\');
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            } else if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
+            }
+        }
+        **pattern = SqlExpr::Value(Value::SingleQuotedString(out).into());
+        *escape_char = None;
+        ControlFlow::Continue(())
+    }
+}
+
+/// Applies Weir's rewrites of client catalog queries to a parsed statement.
+pub(crate) fn rewrite_statement(stmt: &mut Statement) {
+    let _ = stmt.visit(&mut LikeEscapes);
 }
 
 /// A function of one argument that is always true (`pg_function_is_visible(oid)` and kin:
@@ -95,6 +173,83 @@ impl ScalarUDFImpl for Constant {
         Ok(ColumnarValue::Array(
             self.value.to_array_of_size(args.number_rows)?,
         ))
+    }
+}
+
+/// `json_build_object(key, value, ...)`: a JSON object as text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonBuildObject {
+    signature: Signature,
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl ScalarUDFImpl for JsonBuildObject {
+    fn name(&self) -> &str {
+        "json_build_object"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        if arrays.len() % 2 != 0 {
+            return datafusion::common::plan_err!(
+                "json_build_object takes key, value pairs, got {} arguments",
+                arrays.len()
+            );
+        }
+        let options = FormatOptions::default();
+        let formatters = arrays
+            .iter()
+            .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out: StringArray = (0..args.number_rows)
+            .map(|row| {
+                let fields: Vec<String> = arrays
+                    .chunks(2)
+                    .zip(formatters.chunks(2))
+                    .map(|(pair, f)| {
+                        let key = json_string(&f[0].value(row).to_string());
+                        let value = if pair[1].is_null(row) {
+                            "null".to_string()
+                        } else if pair[1].data_type().is_numeric()
+                            || pair[1].data_type() == &DataType::Boolean
+                        {
+                            f[1].value(row).to_string()
+                        } else {
+                            json_string(&f[1].value(row).to_string())
+                        };
+                        format!("{key}: {value}")
+                    })
+                    .collect();
+                Some(format!("{{{}}}", fields.join(", ")))
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 
@@ -236,6 +391,7 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Database) {
         ("col_description", text(None)),
         ("shobj_description", text(None)),
         ("pg_get_viewdef", text(None)),
+        ("pg_get_serial_sequence", text(None)),
         ("pg_table_size", ScalarValue::Int64(None)),
         ("pg_database_size", ScalarValue::Int64(None)),
         ("pg_indexes_size", ScalarValue::Int64(None)),
@@ -246,6 +402,9 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Database) {
             signature: Signature::variadic_any(Volatility::Stable),
         }));
     }
+    ctx.register_udf(ScalarUDF::from(JsonBuildObject {
+        signature: Signature::variadic_any(Volatility::Immutable),
+    }));
     ctx.register_udf(datafusion::logical_expr::create_udf(
         "pg_size_pretty",
         vec![DataType::Int64],
@@ -258,7 +417,11 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Database) {
             Ok(ColumnarValue::Array(Arc::new(pretty)))
         }),
     ));
-    for name in ["pg_function_is_visible", "pg_type_is_visible"] {
+    for name in [
+        "pg_function_is_visible",
+        "pg_type_is_visible",
+        "pg_collation_is_visible",
+    ] {
         ctx.register_udf(ScalarUDF::from(AlwaysTrue {
             name,
             signature: Signature::any(1, Volatility::Stable),

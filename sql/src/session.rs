@@ -354,16 +354,14 @@ impl Session {
                 params: vec![],
                 columns: Some(show_views_schema()),
             }),
-            WeirStatement::Sql(s)
-                if matches!(&*s, Statement::ShowVariable { variable }
-                    if variable.len() == 1 && !variable[0].value.contains('.')) =>
+            WeirStatement::Sql(s) if matches!(&*s, Statement::ShowVariable { variable } if is_pg_setting(variable)) =>
             {
                 let Statement::ShowVariable { variable } = *s else {
                     return Err(Error::Internal(
                         "SHOW lost its variable; this is a bug".into(),
                     ));
                 };
-                let name = variable[0].value.to_ascii_lowercase();
+                let name = setting_name(&variable);
                 let fields = if name == "all" {
                     vec![
                         Field::new("name", DataType::Utf8, false),
@@ -603,6 +601,10 @@ impl Session {
                 }
                 Ok(Output::Command("CLOSE CURSOR".into()))
             }
+            // Drivers and pools reset sessions with these; prepared statements live in the
+            // wire protocol's portal store, and there is nothing else to discard.
+            Statement::Deallocate { .. } => Ok(Output::Command("DEALLOCATE".into())),
+            Statement::Discard { .. } => Ok(Output::Command("DISCARD ALL".into())),
             Statement::StartTransaction { .. } => {
                 *self.transaction.lock().unwrap_or_else(|e| e.into_inner()) = Some(0);
                 Ok(Output::Transaction(true, "BEGIN"))
@@ -655,10 +657,8 @@ impl Session {
                 }
                 Ok(Output::Command("SET".into()))
             }
-            Statement::ShowVariable { variable }
-                if !variable.iter().any(|v| v.value.contains('.')) && variable.len() == 1 =>
-            {
-                let name = variable[0].value.to_ascii_lowercase();
+            Statement::ShowVariable { variable } if is_pg_setting(&variable) => {
+                let name = setting_name(&variable);
                 let (schema, columns): (SchemaRef, Vec<ArrayRef>) = if name == "all" {
                     let all = self.settings.all();
                     (
@@ -1323,6 +1323,25 @@ fn dml_target(s: &Statement) -> Option<String> {
     match relation {
         TableFactor::Table { name, .. } => object_name(name).ok(),
         _ => None,
+    }
+}
+
+/// Whether SHOW names a Postgres setting (not one of DataFusion's dotted ones).
+fn is_pg_setting(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> bool {
+    !variable.is_empty() && !variable.iter().any(|v| v.value.contains('.'))
+}
+
+/// The setting a SHOW names: `SHOW TRANSACTION ISOLATION LEVEL` and `SHOW TIME ZONE` are the
+/// SQL-standard spellings of `transaction_isolation` and `timezone`.
+fn setting_name(variable: &[datafusion::sql::sqlparser::ast::Ident]) -> String {
+    let words: Vec<String> = variable
+        .iter()
+        .map(|v| v.value.to_ascii_lowercase())
+        .collect();
+    match words.join(" ").as_str() {
+        "transaction isolation level" => "transaction_isolation".into(),
+        "time zone" => "timezone".into(),
+        other => other.replace(' ', "_"),
     }
 }
 
