@@ -804,3 +804,31 @@ fn node_postgres() {
         "cd tests/clients/node && npm ci; .ci/run does",
     );
 }
+
+#[test]
+fn pgjdbc_with_database_metadata() {
+    let jar = "/usr/share/java/postgresql.jar";
+    assert!(
+        Path::new(jar).exists(),
+        "{jar} is required (apt-get install libpostgresql-jdbc-java); .ci/run installs it"
+    );
+    let classes = tempfile::tempdir().expect("tempdir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/jdbc/WeirJdbc.java");
+    let out = Command::new("javac")
+        .arg("-d")
+        .arg(classes.path())
+        .arg(&source)
+        .output()
+        .expect("javac is required (apt-get install default-jdk-headless); .ci/run installs it");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let classpath = format!("{}:{jar}", classes.path().display());
+    run_client(
+        "java",
+        &["-cp", &classpath, "WeirJdbc"],
+        "a JDK and libpostgresql-jdbc-java; .ci/run installs them",
+    );
+}
