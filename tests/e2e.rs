@@ -832,3 +832,76 @@ fn pgjdbc_with_database_metadata() {
         "a JDK and libpostgresql-jdbc-java; .ci/run installs them",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_connections_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let setup = server.client().await;
+    setup
+        .batch_execute(
+            "CREATE STREAM hits (conn BIGINT, i BIGINT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) WITH (partitions = 4, key = 'conn'); \
+             CREATE MATERIALIZED VIEW per_conn AS SELECT conn, COUNT(*) AS n FROM hits GROUP BY conn",
+        )
+        .await
+        .expect("setup");
+    let mut tasks = Vec::new();
+    for c in 0..100i64 {
+        let client = server.client().await;
+        tasks.push(tokio::spawn(async move {
+            match c % 3 {
+                // Writers: prepared inserts.
+                0 => {
+                    let insert = client
+                        .prepare("INSERT INTO hits VALUES ($1, $2, '2026-01-01 00:00:01')")
+                        .await
+                        .expect("prepare");
+                    for i in 0..20i64 {
+                        client.execute(&insert, &[&c, &i]).await.expect("insert");
+                    }
+                }
+                // Readers: batch queries and view reads.
+                1 => {
+                    for _ in 0..5 {
+                        let n = count(&client, "SELECT count(*) FROM hits").await;
+                        assert!(n >= 0);
+                        let rows = client
+                            .query("SELECT conn, n FROM per_conn", &[])
+                            .await
+                            .expect("view");
+                        assert!(rows.iter().all(|r| r.get::<_, i64>("n") <= 20));
+                    }
+                }
+                // Subscribers: a cursor on the view, fetched with a timeout.
+                _ => {
+                    client
+                        .batch_execute("BEGIN; DECLARE s CURSOR FOR SUBSCRIBE per_conn")
+                        .await
+                        .expect("declare");
+                    for _ in 0..3 {
+                        client
+                            .query("FETCH 100 s WITH (timeout = '200ms')", &[])
+                            .await
+                            .expect("fetch");
+                    }
+                    client
+                        .batch_execute("CLOSE s; COMMIT")
+                        .await
+                        .expect("close");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a connection's work");
+    }
+    // Every write of the 34 writers is there, in the stream and in the view.
+    assert_eq!(count(&setup, "SELECT count(*) FROM hits").await, 34 * 20);
+    let rows = setup
+        .query("SELECT conn, n FROM per_conn", &[])
+        .await
+        .expect("view");
+    assert_eq!(rows.len(), 34);
+    assert!(rows.iter().all(|r| r.get::<_, i64>("n") == 20));
+}
