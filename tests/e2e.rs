@@ -905,3 +905,149 @@ async fn a_hundred_connections_at_once() {
     assert_eq!(rows.len(), 34);
     assert!(rows.iter().all(|r| r.get::<_, i64>("n") == 20));
 }
+
+/// `weir shell` on a pseudo-terminal (util-linux `script`), typed into like a user would.
+struct ShellPty {
+    child: Child,
+    input: std::process::ChildStdin,
+    screen: Arc<std::sync::Mutex<String>>,
+}
+
+impl ShellPty {
+    fn start(args: &[&str]) -> Self {
+        let command = std::iter::once(env!("CARGO_BIN_EXE_weir").to_string())
+            .chain(std::iter::once("shell".to_string()))
+            .chain(args.iter().map(|a| format!("'{a}'")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut child = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .env("WEIR_LOG", "warn")
+            .env("HOME", std::env::temp_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("script (util-linux) runs the shell");
+        let input = child.stdin.take().expect("stdin");
+        let mut output = child.stdout.take().expect("stdout");
+        let screen = Arc::new(std::sync::Mutex::new(String::new()));
+        let shared = Arc::clone(&screen);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut output, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).replace('\r', "");
+                shared.lock().expect("screen").push_str(&text);
+            }
+        });
+        Self {
+            child,
+            input,
+            screen,
+        }
+    }
+
+    /// Types `text` (a line: add `\r` to press Enter).
+    fn send(&mut self, text: &str) {
+        std::io::Write::write_all(&mut self.input, text.as_bytes()).expect("type");
+        std::io::Write::flush(&mut self.input).expect("flush");
+    }
+
+    /// Waits until the screen shows `text` after everything seen so far; returns what came.
+    fn expect(&mut self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            {
+                let mut screen = self.screen.lock().expect("screen");
+                if let Some(i) = screen.find(text) {
+                    let seen = screen[..i + text.len()].to_string();
+                    screen.drain(..i + text.len());
+                    return seen;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the shell never showed {text:?}; it showed:\n{screen}"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ShellPty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a user does in the shell, embedded or connected: the same steps, the same results.
+fn shell_session(shell: &mut ShellPty) {
+    shell.expect("weir> ");
+    // A statement over two lines: the shell waits for the `;`.
+    shell.send("CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP,\r");
+    shell.send("  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);\r");
+    shell.expect("CREATE STREAM");
+    shell.send("CREATE MATERIALIZED VIEW per_user AS SELECT user_id, COUNT(*) AS n FROM clicks GROUP BY user_id;\r");
+    shell.expect("CREATE MATERIALIZED VIEW");
+    shell.expect("weir> ");
+    shell.send("INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), (2, '/b', '2026-01-01 00:00:02');\r");
+    shell.expect("INSERT 0 2");
+    shell.expect("weir> ");
+    // Tab completes keywords (and names).
+    shell.send("SEL");
+    shell.send("\t");
+    shell.expect("SELECT");
+    shell.send(" user_id, n FROM per_");
+    shell.send("\t");
+    shell.expect("per_user");
+    shell.send(" ORDER BY user_id;\r");
+    let table = shell.expect("(2 rows)");
+    assert!(table.contains("│ 1       ┆ 1 │"), "{table}");
+    shell.send("\\x\r");
+    shell.expect("Expanded display is on.");
+    shell.send("SELECT COUNT(*) AS total FROM clicks;\r");
+    shell.expect("total | 2");
+    shell.send("\\x\r");
+    shell.expect("Expanded display is off.");
+    shell.send("\\timing\r");
+    shell.expect("Timing is on.");
+    shell.send("SELECT 1 AS one;\r");
+    shell.expect("Time: ");
+    shell.send("\\d per_user\r");
+    shell.expect("user_id");
+    // Errors in one line, and the shell goes on.
+    shell.send("SELECT * FROM nope;\r");
+    shell.expect("ERROR 42P01");
+    // SUBSCRIBE shows the view, updated in place, until Ctrl-C.
+    shell.send("SUBSCRIBE per_user;\r");
+    shell.expect("2 rows | ");
+    std::thread::sleep(Duration::from_millis(300));
+    shell.send("\x03");
+    shell.expect("(stopped)");
+    shell.send("SELECT 41 + 1 AS answer;\r");
+    shell.expect("42");
+    shell.send("\\q\r");
+}
+
+#[test]
+fn the_shell_embedded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path").to_string();
+    let mut shell = ShellPty::start(&["--data-dir", &data]);
+    shell_session(&mut shell);
+}
+
+#[tokio::test]
+async fn the_shell_connected_to_a_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let url = format!("postgres://weir@127.0.0.1:{}/weir", server.port);
+    let mut shell = ShellPty::start(&["--connect", &url]);
+    tokio::task::spawn_blocking(move || shell_session(&mut shell))
+        .await
+        .expect("shell session");
+}

@@ -45,9 +45,12 @@ enum Command {
     },
     /// Run the interactive shell on an embedded engine.
     Shell {
-        /// Data directory (created if missing).
+        /// Data directory of the embedded engine (created if missing).
         #[arg(long, default_value = "./weir-data")]
         data_dir: PathBuf,
+        /// Talk to a running server instead: postgres://user@host:port/weir
+        #[arg(long)]
+        connect: Option<String>,
     },
 }
 
@@ -90,8 +93,8 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
-        Command::Shell { data_dir } => runtime
-            .block_on(weir_shell::run(&data_dir))
+        Command::Shell { data_dir, connect } => runtime
+            .block_on(weir_shell::run(&weir_shell::Options { data_dir, connect }))
             .map_err(|e| e.to_string()),
     };
     match result {

@@ -98,8 +98,27 @@ fn response(out: Output, format: &Format) -> PgWireResult<Response> {
 async fn copy_out_live<C>(
     client: &mut C,
     columns: usize,
-    mut stream: futures::stream::BoxStream<'static, weir_sql::Result<Vec<u8>>>,
+    stream: futures::stream::BoxStream<'static, weir_sql::Result<Vec<u8>>>,
 ) -> Result<(), weir_sql::Error>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+{
+    let rows = copy_out_stream(client, columns, stream).await?;
+    let tag = Tag::new("COPY").with_rows(rows);
+    client
+        .send(PgWireBackendMessage::CommandComplete(tag.into()))
+        .await
+        .map_err(|e| weir_sql::Error::Internal(format!("client connection: {e:?}")))?;
+    Ok(())
+}
+
+/// Sends CopyOutResponse, the data (flushing every chunk) and CopyDone; returns the rows sent.
+async fn copy_out_stream<C>(
+    client: &mut C,
+    columns: usize,
+    mut stream: futures::stream::BoxStream<'static, weir_sql::Result<Vec<u8>>>,
+) -> Result<usize, weir_sql::Error>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
     C::Error: Debug,
@@ -133,12 +152,7 @@ where
         .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
         .await
         .map_err(closed)?;
-    let tag = Tag::new("COPY").with_rows(rows);
-    client
-        .send(PgWireBackendMessage::CommandComplete(tag.into()))
-        .await
-        .map_err(closed)?;
-    Ok(())
+    Ok(rows)
 }
 
 /// The COPY FROM STDIN a connection is receiving data for, and the data so far.
@@ -339,6 +353,13 @@ impl ExtendedQueryHandler for Handler {
             None
         };
         let out = session.execute_one(sql, params).await.map_err(user_error)?;
+        if let Output::CopyOut { columns, stream } = out {
+            // Streamed here so that each change is flushed as it happens (see the simple path).
+            let rows = copy_out_stream(client, columns, stream)
+                .await
+                .map_err(user_error)?;
+            return Ok(Response::Execution(Tag::new("COPY").with_rows(rows)));
+        }
         expect_copy(client, &out);
         response(out, &portal.result_column_format)
     }

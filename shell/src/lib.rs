@@ -1,16 +1,27 @@
-//! The Weir shell: a line-editing REPL over an embedded engine.
+//! The Weir shell: a line-editing REPL over an embedded engine or a Weir server.
 
+pub mod backend;
+
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-use rustyline::DefaultEditor;
+use futures::StreamExt;
+use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
-use weir_sql::{Database, Output, Session};
+use rustyline::highlight::Highlighter;
+use rustyline::hint::Hinter;
+use rustyline::history::DefaultHistory;
+use rustyline::validate::{ValidationContext, ValidationResult, Validator};
+use rustyline::{Context, Editor, Helper};
+use weir_sql::{Database, Session};
+
+use crate::backend::{Backend, Live, Reply};
 
 /// What stops the shell.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +29,9 @@ pub enum Error {
     /// The database did not open.
     #[error(transparent)]
     Sql(#[from] weir_sql::Error),
+    /// The server could not be reached.
+    #[error("cannot connect: {0}")]
+    Connect(String),
     /// The terminal failed.
     #[error("terminal: {0}")]
     Readline(#[from] ReadlineError),
@@ -26,12 +40,101 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// How the shell runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The data directory of the embedded engine.
+    pub data_dir: PathBuf,
+    /// A server to talk to instead (`postgres://user@host:port/db`).
+    pub connect: Option<String>,
+}
+
 const HELP: &str = "\
-Statements end with ';' and may span lines.
-  \\d      list streams and materialized views
-  \\q      quit (or Ctrl-D)
-  \\?      this help
-Ctrl-C discards the statement being typed.";
+Statements end with ';' and may span lines. Tab completes keywords and names.
+  \\d [NAME]   streams and materialized views, or NAME's columns
+  \\dt         streams and tables      \\dv  materialized views
+  \\timing     show how long each statement takes (toggle)
+  \\x          expanded rows, one field per line (toggle)
+  \\i FILE     run the statements in FILE
+  \\o [FILE]   send results to FILE (none: back to the terminal)
+  \\q          quit (or Ctrl-D)       \\?  this help
+SUBSCRIBE view; shows the view as a table updated in place until Ctrl-C.
+Ctrl-C discards the statement being typed, or stops a running one.";
+
+const KEYWORDS: &[&str] = &[
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "GROUP BY",
+    "HAVING",
+    "ORDER BY",
+    "LIMIT",
+    "JOIN",
+    "LEFT JOIN",
+    "ON",
+    "AND",
+    "OR",
+    "NOT",
+    "AS",
+    "INSERT INTO",
+    "VALUES",
+    "UPDATE",
+    "SET",
+    "DELETE FROM",
+    "CREATE STREAM",
+    "CREATE TABLE",
+    "CREATE MATERIALIZED VIEW",
+    "DROP STREAM",
+    "DROP TABLE",
+    "DROP MATERIALIZED VIEW",
+    "SHOW STREAMS",
+    "SHOW MATERIALIZED VIEWS",
+    "EXPLAIN",
+    "SUBSCRIBE",
+    "COPY",
+    "WATERMARK FOR",
+    "INTERVAL",
+    "TUMBLE",
+    "HOP",
+    "SESSION",
+    "WINDOW_START",
+    "WINDOW_END",
+    "EMIT ON WINDOW CLOSE",
+    "EMIT ON UPDATE",
+    "WITH",
+    "PARTITIONS",
+    "KEY",
+    "PRIMARY KEY",
+    "TIMESTAMP",
+    "BIGINT",
+    "INT",
+    "TEXT",
+    "VARCHAR",
+    "DOUBLE",
+    "BOOLEAN",
+    "COUNT",
+    "SUM",
+    "AVG",
+    "MIN",
+    "MAX",
+    "DISTINCT",
+    "CASCADE",
+    "BETWEEN",
+    "NULL",
+    "IS",
+    "IN",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "END",
+    "DECLARE",
+    "CURSOR",
+    "FETCH",
+    "CLOSE",
+    "BEGIN",
+    "COMMIT",
+];
 
 /// Whether `sql` is one or more complete statements: it tokenizes (no open quote) and its last
 /// token is `;`.
@@ -47,39 +150,211 @@ pub fn is_complete(sql: &str) -> bool {
     }
 }
 
-/// Renders batches as an aligned table.
-pub fn render(batches: &[RecordBatch], schema: &datafusion::arrow::datatypes::Schema) -> String {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(schema.fields().iter().map(|f| f.name().clone()));
-    let options = FormatOptions::default().with_null("NULL");
-    let mut count = 0usize;
-    for batch in batches {
-        let formatters: Vec<_> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        if formatters.len() != batch.num_columns() {
-            continue;
+/// Completion, and multi-line input that ends at `;`.
+struct ShellHelper {
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+impl Completer for ShellHelper {
+    type Candidate = Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        let start = line[..pos]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let word = &line[start..pos];
+        if word.is_empty() {
+            return Ok((start, Vec::new()));
         }
-        for row in 0..batch.num_rows() {
-            table.add_row(formatters.iter().map(|f| f.value(row).to_string()));
-            count += 1;
+        let lower = word.to_lowercase();
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut candidates: Vec<Pair> = KEYWORDS
+            .iter()
+            .filter(|k| k.to_lowercase().starts_with(&lower))
+            .map(|k| {
+                let text = if word.chars().all(|c| c.is_lowercase() || !c.is_alphabetic()) {
+                    k.to_lowercase()
+                } else {
+                    (*k).to_string()
+                };
+                Pair {
+                    display: text.clone(),
+                    replacement: text,
+                }
+            })
+            .chain(
+                names
+                    .iter()
+                    .filter(|n| n.starts_with(&lower))
+                    .map(|n| Pair {
+                        display: n.clone(),
+                        replacement: n.clone(),
+                    }),
+            )
+            .collect();
+        candidates.dedup_by(|a, b| a.replacement == b.replacement);
+        Ok((start, candidates))
+    }
+}
+
+impl Hinter for ShellHelper {
+    type Hint = String;
+}
+
+impl Highlighter for ShellHelper {}
+
+impl Validator for ShellHelper {
+    fn validate(&self, ctx: &mut ValidationContext<'_>) -> rustyline::Result<ValidationResult> {
+        let input = ctx.input();
+        let trimmed = input.trim();
+        if trimmed.is_empty() || trimmed.starts_with('\\') || is_complete(input) {
+            Ok(ValidationResult::Valid(None))
+        } else {
+            Ok(ValidationResult::Incomplete)
         }
     }
+}
+
+impl Helper for ShellHelper {}
+
+/// Renders rows as an aligned table with a row count.
+pub fn render(columns: &[String], rows: &[Vec<String>]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(columns);
+    for r in rows {
+        table.add_row(r);
+    }
     format!(
-        "{table}\n({count} row{})",
-        if count == 1 { "" } else { "s" }
+        "{table}\n({} row{})",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
     )
 }
 
-/// Reads the data of a `COPY ... FROM STDIN` from the terminal, up to a line `\.` (as psql does).
-fn read_copy_data(editor: &mut DefaultEditor, out: &mut impl Write) -> std::io::Result<Vec<u8>> {
-    writeln!(
-        out,
-        "Enter data to be copied followed by a newline.\nEnd with a backslash and a period on a line by itself, or an EOF signal."
+/// Renders rows one field per line, as psql's `\x`.
+pub fn render_expanded(columns: &[String], rows: &[Vec<String>]) -> String {
+    let width = columns.iter().map(|c| c.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        out.push_str(&format!("-[ RECORD {} ]-\n", i + 1));
+        for (c, v) in columns.iter().zip(r) {
+            out.push_str(&format!("{c:<width$} | {v}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "({} row{})",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// Where results go, and how they look.
+struct Screen {
+    out: Box<dyn Write + Send>,
+    timing: bool,
+    expanded: bool,
+}
+
+impl Screen {
+    fn line(&mut self, text: &str) -> std::io::Result<()> {
+        writeln!(self.out, "{text}")?;
+        self.out.flush()
+    }
+}
+
+/// Shows a live feed until it ends or Ctrl-C: a table updated in place for a subscription
+/// (the newest rows first, with the watermark and the rate of changes), or lines as they come.
+async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
+    let Live {
+        columns,
+        mut rows,
+        table,
+        cancel,
+    } = live;
+    let started = Instant::now();
+    let mut changes = 0u64;
+    let mut current: HashMap<Vec<String>, i64> = HashMap::new();
+    let mut watermark = String::from("none yet");
+    loop {
+        tokio::select! {
+            next = rows.next() => match next {
+                Some(Ok(batch)) => {
+                    if !table {
+                        for r in batch {
+                            screen.line(&r.join("\t"))?;
+                        }
+                        continue;
+                    }
+                    for r in batch {
+                        changes += 1;
+                        let diff: i64 = r.get(1).and_then(|d| d.parse().ok()).unwrap_or(0);
+                        if let Some(w) = r.first().filter(|w| w.as_str() != "NULL") {
+                            watermark = w.clone();
+                        }
+                        let key: Vec<String> = r.into_iter().skip(2).collect();
+                        let n = current.entry(key.clone()).or_insert(0);
+                        *n += diff;
+                        if *n <= 0 {
+                            current.remove(&key);
+                        }
+                    }
+                    let mut shown: Vec<Vec<String>> = current
+                        .iter()
+                        .flat_map(|(r, &n)| std::iter::repeat_n(r.clone(), n.max(0) as usize))
+                        .collect();
+                    shown.sort_by(|a, b| b.cmp(a));
+                    let total = shown.len();
+                    shown.truncate(20);
+                    let rate = changes as f64 / started.elapsed().as_secs_f64().max(0.001);
+                    let view_columns: Vec<String> = columns.iter().skip(2).cloned().collect();
+                    let mut table = Table::new();
+                    table.load_preset(UTF8_FULL_CONDENSED);
+                    table.set_header(&view_columns);
+                    for r in &shown {
+                        table.add_row(r);
+                    }
+                    // Clear the screen and draw the view as it is now.
+                    write!(screen.out, "\x1b[2J\x1b[H")?;
+                    screen.line(&format!(
+                        "watermark {watermark} | {total} rows | {changes} changes, {rate:.1}/s | Ctrl-C stops"
+                    ))?;
+                    screen.line(&table.to_string())?;
+                }
+                Some(Err(e)) => {
+                    screen.line(&e.replace('\n', " "))?;
+                    return Ok(());
+                }
+                None => return Ok(()),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(cancel) = cancel {
+                    // Stop it on the server too, and read to the end of the feed, so that the
+                    // connection is ready for the next statement.
+                    let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                    let drain = async { while let Some(Ok(_)) = rows.next().await {} };
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+                }
+                screen.line("(stopped)")?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Reads a COPY's data from the terminal up to a line `\.`, as psql does.
+fn read_copy_data(
+    editor: &mut Editor<ShellHelper, DefaultHistory>,
+    screen: &mut Screen,
+) -> std::io::Result<Vec<u8>> {
+    screen.line(
+        "Enter data to be copied followed by a newline.\nEnd with a backslash and a period on a line by itself, or an EOF signal.",
     )?;
     let mut data = Vec::new();
     while let Ok(line) = editor.readline(">> ") {
@@ -92,123 +367,222 @@ fn read_copy_data(editor: &mut DefaultEditor, out: &mut impl Write) -> std::io::
     Ok(data)
 }
 
+/// Runs `sql` and shows what it returns.
 async fn run_sql(
-    session: &Session,
+    backend: &Backend,
     sql: &str,
-    out: &mut impl Write,
-    mut editor: Option<&mut DefaultEditor>,
+    screen: &mut Screen,
+    mut editor: Option<&mut Editor<ShellHelper, DefaultHistory>>,
+    mut copy_data: Option<Vec<u8>>,
 ) -> std::io::Result<()> {
-    for result in session.execute(sql).await {
-        match result {
-            Ok(Output::Rows { schema, stream }) => {
-                let output = Output::Rows {
-                    schema: schema.clone(),
-                    stream,
+    let started = Instant::now();
+    for reply in backend.run(sql).await {
+        match reply {
+            Reply::Table { columns, rows } => {
+                let text = if screen.expanded {
+                    render_expanded(&columns, &rows)
+                } else {
+                    render(&columns, &rows)
                 };
-                match output.collect().await {
-                    Ok(batches) => writeln!(out, "{}", render(&batches, &schema))?,
-                    Err(e) => writeln!(out, "ERROR {}: {e}", e.sqlstate())?,
-                }
+                screen.line(&text)?;
             }
-            Ok(Output::Command(tag)) => writeln!(out, "{tag}")?,
-            Ok(Output::Inserted(n)) => writeln!(out, "INSERT 0 {n}")?,
-            Ok(Output::Modified(command, n)) => writeln!(out, "{command} {n}")?,
-            Ok(Output::Transaction(_, tag)) => writeln!(out, "{tag}")?,
-            Ok(Output::CopyOut { mut stream, .. }) => {
-                // Live rows until the subscription ends or Ctrl-C.
-                use futures::StreamExt;
-                loop {
-                    tokio::select! {
-                        next = stream.next() => match next {
-                            Some(Ok(lines)) => {
-                                out.write_all(&lines)?;
-                                out.flush()?;
-                            }
-                            Some(Err(e)) => {
-                                writeln!(out, "ERROR {}: {e}", e.sqlstate())?;
-                                break;
-                            }
-                            None => break,
-                        },
-                        _ = tokio::signal::ctrl_c() => {
-                            writeln!(out, "(cancelled)")?;
-                            break;
-                        }
-                    }
-                }
-            }
-            Ok(Output::CopyIn(copy)) => {
-                let Some(editor) = editor.as_deref_mut() else {
-                    writeln!(out, "ERROR: COPY FROM STDIN needs the terminal")?;
-                    continue;
+            Reply::Tag(tag) => screen.line(&tag)?,
+            Reply::Error(e) => screen.line(&e.replace('\n', " "))?,
+            Reply::Live(live) => show_live(live, screen).await?,
+            Reply::CopyIn(copy) => {
+                let data = match (copy_data.take(), editor.as_deref_mut()) {
+                    (Some(data), _) => data,
+                    (None, Some(editor)) => read_copy_data(editor, screen)?,
+                    (None, None) => Vec::new(),
                 };
-                let data = read_copy_data(editor, out)?;
-                match session.copy_data(&copy, data).await {
-                    Ok(n) => writeln!(out, "COPY {n}")?,
-                    Err(e) => writeln!(out, "ERROR {}: {e}", e.sqlstate())?,
+                match backend.copy_in(copy, data).await {
+                    Ok(n) => screen.line(&format!("COPY {n}"))?,
+                    Err(e) => screen.line(&e.replace('\n', " "))?,
                 }
             }
-            Err(e) => writeln!(out, "ERROR {}: {e}", e.sqlstate())?,
         }
     }
+    if screen.timing {
+        screen.line(&format!(
+            "Time: {:.3} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ))?;
+    }
     Ok(())
+}
+
+/// Runs the statements of a file; COPY FROM STDIN takes the lines after it up to `\.`.
+async fn run_file(backend: &Backend, path: &Path, screen: &mut Screen) -> std::io::Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => return screen.line(&format!("\\i {}: {e}", path.display())),
+    };
+    let mut statement = String::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if statement.trim().is_empty() && line.trim().starts_with("--") {
+            continue;
+        }
+        statement.push_str(line);
+        statement.push('\n');
+        if !is_complete(&statement) {
+            continue;
+        }
+        let upper = statement.to_ascii_uppercase();
+        let data = if upper.trim_start().starts_with("COPY") && upper.contains("FROM STDIN") {
+            let mut data = Vec::new();
+            for l in lines.by_ref() {
+                if l == "\\." {
+                    break;
+                }
+                data.extend_from_slice(l.as_bytes());
+                data.push(b'\n');
+            }
+            Some(data)
+        } else {
+            None
+        };
+        run_sql(backend, &statement, screen, None, data).await?;
+        statement.clear();
+    }
+    Ok(())
+}
+
+/// Runs a meta-command; returns false to quit.
+async fn meta(
+    command: &str,
+    backend: &Backend,
+    screen: &mut Screen,
+    names: &Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<bool> {
+    let mut parts = command.split_whitespace();
+    let name = parts.next().unwrap_or_default();
+    let arg = parts.next();
+    let quote = |s: &str| s.replace('\'', "''");
+    match (name, arg) {
+        ("\\q", _) => return Ok(false),
+        ("\\?", _) => screen.line(HELP)?,
+        ("\\timing", _) => {
+            screen.timing = !screen.timing;
+            screen.line(&format!(
+                "Timing is {}.",
+                if screen.timing { "on" } else { "off" }
+            ))?;
+        }
+        ("\\x", _) => {
+            screen.expanded = !screen.expanded;
+            screen.line(&format!(
+                "Expanded display is {}.",
+                if screen.expanded { "on" } else { "off" }
+            ))?;
+        }
+        ("\\d", None) => {
+            run_sql(
+                backend,
+                "SHOW STREAMS; SHOW MATERIALIZED VIEWS;",
+                screen,
+                None,
+                None,
+            )
+            .await?
+        }
+        ("\\d", Some(relation)) => {
+            let sql = format!(
+                "SELECT column_name AS \"column\", data_type AS \"type\", is_nullable AS \"nullable\" \
+                 FROM information_schema.columns WHERE table_schema = 'public' \
+                 AND table_name = '{}' ORDER BY ordinal_position;",
+                quote(relation)
+            );
+            run_sql(backend, &sql, screen, None, None).await?;
+        }
+        ("\\dt", _) => {
+            let sql = "SELECT table_name AS name FROM information_schema.tables \
+                       WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1;";
+            run_sql(backend, sql, screen, None, None).await?;
+        }
+        ("\\dv" | "\\dm", _) => {
+            run_sql(backend, "SHOW MATERIALIZED VIEWS;", screen, None, None).await?
+        }
+        ("\\i", Some(file)) => run_file(backend, Path::new(file), screen).await?,
+        ("\\o", file) => match file {
+            None => {
+                screen.out = Box::new(std::io::stdout());
+            }
+            Some(path) => match std::fs::File::create(path) {
+                Ok(f) => screen.out = Box::new(f),
+                Err(e) => screen.line(&format!("\\o {path}: {e}"))?,
+            },
+        },
+        (other, _) => screen.line(&format!("unknown command {other}; \\? lists commands"))?,
+    }
+    if name.starts_with("\\i") {
+        *names.lock().unwrap_or_else(|e| e.into_inner()) = backend.names().await;
+    }
+    Ok(true)
 }
 
 fn history_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".weir_history"))
 }
 
-/// Runs the shell on the database in `data_dir` until `\q` or end of input.
-pub async fn run(data_dir: &Path) -> Result<(), Error> {
-    let db = Database::open(data_dir).await?;
-    let session = Session::new(db.clone());
-    let mut editor = DefaultEditor::new()?;
+/// Runs the shell until `\q` or end of input.
+pub async fn run(options: &Options) -> Result<(), Error> {
+    let (backend, db, place) = match &options.connect {
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| Error::Connect(format!("{url}: {e}")))?;
+            tokio::spawn(connection);
+            (Backend::Remote(client), None, url.clone())
+        }
+        None => {
+            let db = Database::open(&options.data_dir).await?;
+            let session = Session::new(db.clone());
+            (
+                Backend::Embedded(session),
+                Some(db),
+                options.data_dir.display().to_string(),
+            )
+        }
+    };
+    let names = Arc::new(Mutex::new(backend.names().await));
+    let mut editor: Editor<ShellHelper, DefaultHistory> = Editor::new()?;
+    editor.set_helper(Some(ShellHelper {
+        names: Arc::clone(&names),
+    }));
     let history = history_path();
     if let Some(h) = &history {
         let _ = editor.load_history(h);
     }
-    let mut out = std::io::stdout();
-    writeln!(
-        out,
-        "Weir shell on {} — \\? for help, \\q to quit.",
-        data_dir.display()
-    )?;
-    let mut buffer = String::new();
+    let mut screen = Screen {
+        out: Box::new(std::io::stdout()),
+        timing: false,
+        expanded: false,
+    };
+    screen.line(&format!(
+        "Weir shell on {place} — \\? for help, \\q to quit."
+    ))?;
     loop {
-        let prompt = if buffer.is_empty() {
-            "weir> "
-        } else {
-            "  ... "
-        };
-        match editor.readline(prompt) {
+        match editor.readline("weir> ") {
             Ok(line) => {
                 let trimmed = line.trim();
-                if buffer.is_empty() && trimmed.starts_with('\\') {
-                    match trimmed {
-                        "\\q" => break,
-                        "\\?" => writeln!(out, "{HELP}")?,
-                        "\\d" => {
-                            run_sql(
-                                &session,
-                                "SHOW STREAMS; SHOW MATERIALIZED VIEWS;",
-                                &mut out,
-                                None,
-                            )
-                            .await?
-                        }
-                        other => writeln!(out, "unknown command {other}; \\? lists commands")?,
+                if trimmed.is_empty() {
+                    continue;
+                }
+                let _ = editor.add_history_entry(trimmed);
+                if trimmed.starts_with('\\') {
+                    if !meta(trimmed, &backend, &mut screen, &names).await? {
+                        break;
                     }
                     continue;
                 }
-                buffer.push_str(&line);
-                buffer.push('\n');
-                if is_complete(&buffer) {
-                    let _ = editor.add_history_entry(buffer.trim());
-                    run_sql(&session, &buffer, &mut out, Some(&mut editor)).await?;
-                    buffer.clear();
+                run_sql(&backend, &line, &mut screen, Some(&mut editor), None).await?;
+                let upper = trimmed.to_ascii_uppercase();
+                if upper.starts_with("CREATE") || upper.starts_with("DROP") {
+                    *names.lock().unwrap_or_else(|e| e.into_inner()) = backend.names().await;
                 }
             }
-            Err(ReadlineError::Interrupted) => buffer.clear(),
+            Err(ReadlineError::Interrupted) => {}
             Err(ReadlineError::Eof) => break,
             Err(e) => return Err(e.into()),
         }
@@ -216,7 +590,9 @@ pub async fn run(data_dir: &Path) -> Result<(), Error> {
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
-    db.shutdown();
+    if let Some(db) = db {
+        db.shutdown();
+    }
     Ok(())
 }
 
@@ -231,5 +607,17 @@ mod tests {
         assert!(!is_complete("SELECT 1"));
         assert!(!is_complete("SELECT ';"));
         assert!(is_complete("SELECT ';';"));
+    }
+
+    #[test]
+    fn expanded_rows_put_one_field_per_line() {
+        let text = render_expanded(
+            &["a".into(), "long_name".into()],
+            &[vec!["1".into(), "x".into()]],
+        );
+        assert_eq!(
+            text,
+            "-[ RECORD 1 ]-\na         | 1\nlong_name | x\n(1 row)"
+        );
     }
 }
