@@ -392,10 +392,11 @@ impl Backend {
         }
     }
 
-    /// Names for completion: streams, views, tables and their columns.
+    /// Names for completion: streams, views, tables, their columns, and functions.
     pub async fn names(&self) -> Vec<String> {
         let sql = "SELECT table_name, column_name FROM information_schema.columns \
-                   WHERE table_schema = 'public'";
+                   WHERE table_schema = 'public'; \
+                   SELECT DISTINCT routine_name FROM information_schema.routines";
         let mut names = Vec::new();
         for reply in self.run(sql).await {
             if let Reply::Table { rows, .. } = reply {

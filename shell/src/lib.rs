@@ -226,6 +226,10 @@ impl Helper for ShellHelper {}
 pub fn render(columns: &[String], rows: &[Vec<String>]) -> String {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
+    // Wide rows wrap to the terminal's width, when the terminal says how wide it is.
+    if table.width().is_some_and(|w| w >= 40) {
+        table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    }
     table.set_header(columns);
     for r in rows {
         table.add_row(r);
