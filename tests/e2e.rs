@@ -1051,3 +1051,96 @@ async fn the_shell_connected_to_a_server() {
         .await
         .expect("shell session");
 }
+
+#[tokio::test]
+async fn every_type_round_trips_in_text_and_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE STREAM t (b BOOLEAN, s SMALLINT, i INT, l BIGINT, r REAL, d DOUBLE PRECISION, \
+             n DECIMAL(10, 2), v VARCHAR, x TEXT, day DATE, ts TIMESTAMP, tz TIMESTAMPTZ, by BYTEA)",
+        )
+        .await
+        .expect("create");
+    let ts = chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+        .and_then(|d| d.and_hms_micro_opt(3, 4, 5, 678_901))
+        .expect("a time");
+    let tz = chrono::DateTime::<chrono::Utc>::from_naive_utc_and_offset(ts, chrono::Utc);
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 2).expect("a day");
+    // Binary parameters in, binary results out (tokio-postgres' extended protocol).
+    client
+        .execute(
+            "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, 12.34, $7, $8, $9, $10, $11, $12)",
+            &[
+                &true,
+                &7i16,
+                &-8i32,
+                &9_000_000_000i64,
+                &1.5f32,
+                &-2.25f64,
+                &"vär",
+                &"tab\there",
+                &day,
+                &ts,
+                &tz,
+                &vec![0u8, 1, 255],
+            ],
+        )
+        .await
+        .expect("insert");
+    client
+        .execute(
+            "INSERT INTO t VALUES (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+            &[],
+        )
+        .await
+        .expect("insert nulls");
+    let row = client
+        .query_one("SELECT * FROM t WHERE b", &[])
+        .await
+        .expect("binary row");
+    assert!(row.get::<_, bool>("b"));
+    assert_eq!(row.get::<_, i16>("s"), 7);
+    assert_eq!(row.get::<_, i32>("i"), -8);
+    assert_eq!(row.get::<_, i64>("l"), 9_000_000_000);
+    assert_eq!(row.get::<_, f32>("r"), 1.5);
+    assert_eq!(row.get::<_, f64>("d"), -2.25);
+    assert_eq!(row.get::<_, String>("v"), "vär");
+    assert_eq!(row.get::<_, String>("x"), "tab\there");
+    assert_eq!(row.get::<_, chrono::NaiveDate>("day"), day);
+    assert_eq!(row.get::<_, chrono::NaiveDateTime>("ts"), ts);
+    assert_eq!(row.get::<_, chrono::DateTime<chrono::Utc>>("tz"), tz);
+    assert_eq!(row.get::<_, Vec<u8>>("by"), vec![0u8, 1, 255]);
+    let nulls = client
+        .query_one("SELECT * FROM t WHERE b IS NULL", &[])
+        .await
+        .expect("null row");
+    for i in 0..nulls.len() {
+        assert!(
+            nulls.try_get::<_, Option<String>>(i).is_err()
+                || nulls.get::<_, Option<String>>(i).is_none()
+        );
+    }
+    // Text results (the simple protocol), as psql sees them.
+    let text = rows(&client, "SELECT * FROM t WHERE b").await;
+    assert_eq!(
+        text[0],
+        [
+            "t",
+            "7",
+            "-8",
+            "9000000000",
+            "1.5",
+            "-2.25",
+            "12.34",
+            "vär",
+            "tab\there",
+            "2026-01-02",
+            "2026-01-02 03:04:05.678901",
+            "2026-01-02 03:04:05.678901+00",
+            "\\x0001ff",
+        ]
+    );
+}

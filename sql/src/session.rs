@@ -178,7 +178,9 @@ pub(crate) fn new_context(db: &Database, settings: &Settings) -> SessionContext 
         .with_default_catalog_and_schema(CATALOG, SCHEMA)
         .with_create_default_catalog_and_schema(false)
         .with_information_schema(true)
-        .with_target_partitions(2);
+        .with_target_partitions(2)
+        // TIMESTAMPTZ columns are UTC instants, as Postgres stores them.
+        .set_str("datafusion.execution.time_zone", "+00:00");
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
