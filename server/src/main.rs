@@ -43,6 +43,27 @@ enum Command {
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Generate events into a running server's streams (created if missing).
+    Gen {
+        /// What to generate.
+        #[arg(value_enum)]
+        kind: weir_server::generate::Kind,
+        /// The stream (tweets, sensors, transactions; Nexmark writes person, auction and bid).
+        #[arg(long)]
+        stream: Option<String>,
+        /// Events per second (event time follows the clock); without it, as fast as possible.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Stop after this many events; without it, run until stopped.
+        #[arg(long)]
+        events: Option<u64>,
+        /// The random seed: the same seed makes the same events.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The server.
+        #[arg(long, default_value = "postgres://weir@127.0.0.1:5433/weir")]
+        connect: String,
+    },
     /// Run the interactive shell on an embedded engine.
     Shell {
         /// Data directory of the embedded engine (created if missing).
@@ -93,6 +114,23 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             }
         }
+        Command::Gen {
+            kind,
+            stream,
+            rate,
+            events,
+            seed,
+            connect,
+        } => runtime.block_on(weir_server::generate::run(
+            weir_server::generate::GenOptions {
+                kind,
+                stream,
+                rate,
+                events,
+                seed,
+                connect,
+            },
+        )),
         Command::Shell { data_dir, connect } => runtime
             .block_on(weir_shell::run(&weir_shell::Options { data_dir, connect }))
             .map_err(|e| e.to_string()),
