@@ -1144,3 +1144,73 @@ async fn every_type_round_trips_in_text_and_binary() {
         ]
     );
 }
+
+/// `weir gen KIND --events N` against `server`.
+fn generate(server: &Server, kind: &str, events: u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["gen", kind, "--events", &events.to_string(), "--seed", "7"])
+        .args([
+            "--connect",
+            &format!("postgres://weir@127.0.0.1:{}/weir", server.port),
+        ])
+        .output()
+        .expect("weir gen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("{events} events in")),
+        "a progress line"
+    );
+}
+
+#[tokio::test]
+async fn the_examples_run_on_generated_events() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    for kind in ["tweets", "transactions", "sensors"] {
+        generate(&server, kind, 100_000);
+    }
+    let client = server.client().await;
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let run = |file: &str| {
+        let path = examples.join(file);
+        let (ok, stdout, stderr) = psql(&server, &["-f", path.to_str().expect("utf-8 path")]);
+        assert!(ok, "{file}: {stdout}\n{stderr}");
+        stdout
+    };
+    // Trending hashtags: the Zipf head leads, and every trend row compares consecutive windows.
+    let out = run("hashtags.sql");
+    assert!(out.contains(" #tag0   |"), "{out}");
+    assert_eq!(out.matches("(5 rows)").count(), 2, "{out}");
+    let trends = count(
+        &client,
+        "SELECT count(*) FROM hashtag_trends t JOIN hashtag_counts c \
+         ON t.hashtag = c.hashtag AND t.window_end = c.window_end AND t.n = c.n",
+    )
+    .await;
+    assert_eq!(
+        trends,
+        count(&client, "SELECT count(*) FROM hashtag_trends").await
+    );
+    // The windowed counts equal the batch query over the closed windows.
+    let closed = count(
+        &client,
+        "SELECT count(*) FROM (SELECT hashtag, window_start, window_end, COUNT(*) AS n \
+         FROM HOP(tweets, ts, INTERVAL '5' SECOND, INTERVAL '1' MINUTE) \
+         GROUP BY hashtag, window_start, window_end \
+         HAVING window_end <= (SELECT max(window_end) FROM hashtag_counts) \
+         EXCEPT SELECT * FROM hashtag_counts)",
+    )
+    .await;
+    assert_eq!(closed, 0);
+    // Fraud: bursts of payments and cards abroad are found.
+    let out = run("fraud.sql");
+    assert_eq!(out.matches("(5 rows)").count(), 2, "{out}");
+    assert!(count(&client, "SELECT count(*) FROM busy_cards").await > 0);
+    // Sensors: spikes stand out with z-scores above 3.
+    let out = run("sensors.sql");
+    assert_eq!(out.matches("(5 rows)").count(), 2, "{out}");
+}
