@@ -1,6 +1,7 @@
 //! Weir's Postgres wire server: every connection gets a `weir_sql::Session`.
 
 pub mod auth;
+pub mod bench;
 pub mod generate;
 pub mod pg;
 

@@ -64,6 +64,21 @@ enum Command {
         #[arg(long, default_value = "postgres://weir@127.0.0.1:5433/weir")]
         connect: String,
     },
+    /// Benchmarks: `weir bench nexmark` loads Nexmark events and times each query's catch-up.
+    Bench {
+        /// The benchmark (nexmark).
+        #[arg(value_parser = ["nexmark"])]
+        suite: String,
+        /// Events to load (persons, auctions and bids together).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Queries to run, comma-separated (q0,q1,q2,q5,q7,q8); all by default.
+        #[arg(long, value_delimiter = ',')]
+        query: Vec<String>,
+        /// Where to write the table as CSV.
+        #[arg(long, default_value = "bench-nexmark.csv")]
+        csv: PathBuf,
+    },
     /// Run the interactive shell on an embedded engine.
     Shell {
         /// Data directory of the embedded engine (created if missing).
@@ -129,6 +144,18 @@ fn main() -> ExitCode {
                 events,
                 seed,
                 connect,
+            },
+        )),
+        Command::Bench {
+            suite: _,
+            events,
+            query,
+            csv,
+        } => runtime.block_on(weir_server::bench::nexmark(
+            weir_server::bench::BenchOptions {
+                events,
+                queries: query,
+                csv,
             },
         )),
         Command::Shell { data_dir, connect } => runtime

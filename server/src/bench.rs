@@ -1,0 +1,183 @@
+//! `weir bench nexmark`: loads generated Nexmark events into an embedded engine's log, then
+//! measures how fast each query catches up from the log into its view, and peak memory.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use weir_sql::{Database, Output, Session};
+
+use crate::generate::{BASE_MICROS, Generator, Kind, streams};
+
+/// The Nexmark queries, in the form Weir's tests check against batch (RisingWave's).
+pub const QUERIES: &[(&str, &str)] = &[
+    (
+        "q0",
+        "SELECT auction, bidder, price, dateTime, extra FROM bid",
+    ),
+    (
+        "q1",
+        "SELECT auction, bidder, 0.908 * price AS price, dateTime, extra FROM bid",
+    ),
+    (
+        "q2",
+        "SELECT auction, price FROM bid WHERE MOD(auction, 123) = 0",
+    ),
+    (
+        "q5",
+        "SELECT AuctionBids.auction, AuctionBids.num FROM (
+           SELECT bid.auction, count(*) AS num, window_start AS starttime
+           FROM HOP(bid, dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+           GROUP BY window_start, bid.auction) AS AuctionBids
+         JOIN (
+           SELECT max(CountBids.num) AS maxn, CountBids.starttime_c FROM (
+             SELECT count(*) AS num, window_start AS starttime_c
+             FROM HOP(bid, dateTime, INTERVAL '2' SECOND, INTERVAL '10' SECOND)
+             GROUP BY bid.auction, window_start) AS CountBids
+           GROUP BY CountBids.starttime_c) AS MaxBids
+         ON AuctionBids.starttime = MaxBids.starttime_c AND AuctionBids.num >= MaxBids.maxn",
+    ),
+    (
+        "q7",
+        "SELECT B.auction, B.price, B.bidder, B.dateTime FROM bid B
+         JOIN (SELECT MAX(price) AS maxprice, window_end AS date_time
+               FROM TUMBLE(bid, dateTime, INTERVAL '10' SECOND) GROUP BY window_end) B1
+           ON B.price = B1.maxprice
+         WHERE B.dateTime BETWEEN B1.date_time - INTERVAL '10' SECOND AND B1.date_time",
+    ),
+    (
+        "q8",
+        "SELECT P.id, P.name, P.starttime FROM (
+           SELECT id, name, window_start AS starttime, window_end AS endtime
+           FROM TUMBLE(person, dateTime, INTERVAL '10' SECOND)
+           GROUP BY id, name, window_start, window_end) P
+         JOIN (
+           SELECT seller, window_start AS starttime, window_end AS endtime
+           FROM TUMBLE(auction, dateTime, INTERVAL '10' SECOND)
+           GROUP BY seller, window_start, window_end) A
+         ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
+    ),
+];
+
+/// How `weir bench nexmark` runs.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Events to load (all three streams together).
+    pub events: u64,
+    /// Queries to run (names from [`QUERIES`]); empty runs all.
+    pub queries: Vec<String>,
+    /// Where the CSV goes.
+    pub csv: PathBuf,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+async fn execute(session: &Session, sql: &str) -> Result<Output, String> {
+    let mut outs = session.execute(sql).await;
+    match outs.pop() {
+        Some(Ok(o)) => Ok(o),
+        Some(Err(e)) => Err(format!("{sql}: {e}")),
+        None => Err(format!("{sql}: no result")),
+    }
+}
+
+/// Runs the benchmark; prints a table and writes it as CSV.
+pub async fn nexmark(options: BenchOptions) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary data dir: {e}"))?;
+    let db = Database::open(dir.path())
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = Session::new(db.clone());
+    let streams = streams(Kind::Nexmark, None);
+    for (_, create) in &streams {
+        execute(&session, create).await?;
+    }
+    // Load: COPY, the path INSERT and clients take, in batches of 100 000 events.
+    let mut generator = Generator::new(Kind::Nexmark, 42, BASE_MICROS, 100.0);
+    let mut buffers = vec![String::new(); streams.len()];
+    let started = Instant::now();
+    while generator.count < options.events {
+        let n = 100_000.min(options.events - generator.count);
+        generator.fill(n, &mut buffers);
+        for ((name, _), rows) in streams.iter().zip(buffers.iter_mut()) {
+            if rows.is_empty() {
+                continue;
+            }
+            let Output::CopyIn(copy) =
+                execute(&session, &format!("COPY {name} FROM STDIN")).await?
+            else {
+                return Err("COPY did not start".into());
+            };
+            session
+                .copy_data(&copy, std::mem::take(rows).into_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    let mut out = std::io::stdout();
+    let mut csv = String::from("query,events,seconds,events_per_second,view_rows,peak_rss_mib\n");
+    let _ = writeln!(
+        out,
+        "{:<6} {:>11} {:>9} {:>14} {:>10} {:>14}",
+        "query", "events", "seconds", "events/s", "view rows", "peak RSS MiB"
+    );
+    let mut line = |name: &str, events: u64, secs: f64, rows: u64| {
+        let rate = events as f64 / secs.max(1e-9);
+        let rss = peak_rss_mib();
+        let _ = writeln!(
+            out,
+            "{name:<6} {events:>11} {secs:>9.2} {rate:>14.0} {rows:>10} {rss:>14.0}"
+        );
+        csv.push_str(&format!(
+            "{name},{events},{secs:.3},{rate:.0},{rows},{rss:.0}\n"
+        ));
+    };
+    line("load", options.events, load_secs, 0);
+    for (name, sql) in QUERIES {
+        if !options.queries.is_empty() && !options.queries.iter().any(|q| q == name) {
+            continue;
+        }
+        let started = Instant::now();
+        execute(
+            &session,
+            &format!("CREATE MATERIALIZED VIEW {name} AS {sql}"),
+        )
+        .await?;
+        let view = db
+            .view(name)
+            .ok_or_else(|| format!("view {name} is missing"))?;
+        let offsets = view.source_offsets();
+        let waiting = std::sync::Arc::clone(&view);
+        let progress = tokio::task::spawn_blocking(move || {
+            waiting.table.wait_for(&offsets, Duration::from_secs(3600))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = progress.error {
+            return Err(format!("{name} stopped: {e}"));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        // Events the query read: every row of the streams it reads.
+        let events: u64 = view
+            .sources
+            .iter()
+            .map(|s| s.log.committed_offsets().iter().sum::<u64>())
+            .sum();
+        line(name, events, secs, view.table.num_rows() as u64);
+        execute(&session, &format!("DROP MATERIALIZED VIEW {name}")).await?;
+    }
+    std::fs::write(&options.csv, csv).map_err(|e| format!("{}: {e}", options.csv.display()))?;
+    let _ = writeln!(out, "written to {}", options.csv.display());
+    db.shutdown();
+    Ok(())
+}
