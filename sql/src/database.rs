@@ -72,6 +72,13 @@ impl ViewEntry {
     }
 }
 
+/// The relations that own a directory of rows.
+#[derive(Debug, Clone, Copy)]
+enum Relation {
+    Stream,
+    Table,
+}
+
 #[derive(Debug, Default)]
 struct State {
     data: CatalogData,
@@ -298,40 +305,78 @@ impl Database {
 
     /// Drops a stream and its log; its views go too with `cascade`, else their existence is an error.
     pub fn drop_stream(&self, name: &str, cascade: bool) -> Result<()> {
+        self.drop_relation(
+            Relation::Stream,
+            name,
+            cascade,
+            |v| v.reads(name),
+            &self.stream_dir(name),
+        )
+    }
+
+    /// Drops a stream or table and its directory, with the views that depend on it when
+    /// `cascade` (else their existence is an error). The catalog changes first: if storing it
+    /// fails, nothing has changed.
+    fn drop_relation(
+        &self,
+        kind: Relation,
+        name: &str,
+        cascade: bool,
+        depends: impl Fn(&ViewEntry) -> bool,
+        dir: &Path,
+    ) -> Result<()> {
         let mut state = self.state();
-        if !state.streams.contains_key(name) {
+        let exists = match kind {
+            Relation::Stream => state.streams.contains_key(name),
+            Relation::Table => state.tables.contains_key(name),
+        };
+        if !exists {
             return Err(Error::UndefinedRelation(name.to_string()));
         }
         let dependents: Vec<String> = state
             .views
             .values()
-            .filter(|v| v.reads(name))
+            .filter(|v| depends(v))
             .map(|v| v.def.name.clone())
             .collect();
         if !dependents.is_empty() && !cascade {
+            let word = match kind {
+                Relation::Stream => "stream",
+                Relation::Table => "table",
+            };
             return Err(Error::WrongObject {
                 sqlstate: "2BP01",
                 message: format!(
-                    "cannot drop stream {name} because materialized view {} depends on it; \
-                     use DROP STREAM {name} CASCADE to drop the views too",
-                    dependents.join(", ")
+                    "cannot drop {word} {name} because materialized view {} depends on it; \
+                     use DROP {} {name} CASCADE to drop the views too",
+                    dependents.join(", "),
+                    word.to_uppercase()
                 ),
             });
         }
         let mut data = state.data.clone();
-        data.streams.retain(|s| s.name != name);
+        match kind {
+            Relation::Stream => data.streams.retain(|s| s.name != name),
+            Relation::Table => data.tables.retain(|t| t.name != name),
+        }
         data.views.retain(|v| !dependents.contains(&v.name));
         self.inner.catalog.store(&data)?;
         state.data = data;
+        match kind {
+            Relation::Stream => {
+                state.streams.remove(name);
+            }
+            Relation::Table => {
+                state.tables.remove(name);
+            }
+        }
         for v in &dependents {
             if let Some(view) = state.views.remove(v) {
                 view.stop();
             }
         }
-        state.streams.remove(name);
         drop(state);
-        let dir = self.stream_dir(name);
-        fs::remove_dir_all(&dir).map_err(|e| io(format!("removing {}", dir.display()), e))?;
+        fs::remove_dir_all(dir).map_err(|e| io(format!("removing {}", dir.display()), e))?;
         Ok(())
     }
 
@@ -487,41 +532,13 @@ impl Database {
 
     /// Drops a reference table; views that join it go too with `cascade`, else they are an error.
     pub fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
-        let mut state = self.state();
-        if !state.tables.contains_key(name) {
-            return Err(Error::UndefinedRelation(name.to_string()));
-        }
-        let dependents: Vec<String> = state
-            .views
-            .values()
-            .filter(|v| v.tables.iter().any(|t| t == name))
-            .map(|v| v.def.name.clone())
-            .collect();
-        if !dependents.is_empty() && !cascade {
-            return Err(Error::WrongObject {
-                sqlstate: "2BP01",
-                message: format!(
-                    "cannot drop table {name} because materialized view {} depends on it; \
-                     use DROP TABLE {name} CASCADE to drop the views too",
-                    dependents.join(", ")
-                ),
-            });
-        }
-        let mut data = state.data.clone();
-        data.tables.retain(|t| t.name != name);
-        data.views.retain(|v| !dependents.contains(&v.name));
-        self.inner.catalog.store(&data)?;
-        state.data = data;
-        for v in &dependents {
-            if let Some(view) = state.views.remove(v) {
-                view.stop();
-            }
-        }
-        state.tables.remove(name);
-        drop(state);
-        let dir = self.table_dir(name);
-        fs::remove_dir_all(&dir).map_err(|e| io(format!("removing {}", dir.display()), e))?;
-        Ok(())
+        self.drop_relation(
+            Relation::Table,
+            name,
+            cascade,
+            |v| v.tables.iter().any(|t| t == name),
+            &self.table_dir(name),
+        )
     }
 
     /// Stops every continuous query (also done when the last handle is dropped).

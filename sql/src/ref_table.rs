@@ -262,25 +262,6 @@ fn matching(
     Ok(mask.iter().map(|v| Some(v == Some(true))).collect())
 }
 
-/// Casts each column to the table's type (values may come as a related type).
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
-    let columns = batch
-        .columns()
-        .iter()
-        .zip(schema.fields())
-        .map(|(c, f)| cast(c, f.data_type()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_nullable(true))
-        .collect();
-    Ok(RecordBatch::try_new(
-        Arc::new(Schema::new(fields)),
-        columns,
-    )?)
-}
-
 impl RefTable {
     fn physical(
         &self,
@@ -451,9 +432,8 @@ impl DataSink for TableSink {
         let batches: Vec<RecordBatch> = data.try_collect().await?;
         let batches = batches
             .iter()
-            .map(|b| conform(b, &self.entry.schema))
-            .collect::<Result<Vec<_>>>()
-            .map_err(external)?;
+            .map(|b| crate::tables::conform(b, &self.entry.schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
         let Some(first) = batches.first() else {
             return Ok(0);
         };

@@ -810,15 +810,7 @@ impl Session {
                 }
                 let plan = self.plan(Statement::Insert(ins)).await?;
                 let out = self.run_plan(plan, params).await?.collect().await?;
-                let count: u64 = out
-                    .iter()
-                    .filter_map(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                            .map(|a| a.values().iter().sum::<u64>())
-                    })
-                    .sum();
+                let count = affected_rows(&out);
                 Ok(Output::Inserted(count))
             }
             Statement::CreateTable(ct) => {
@@ -883,15 +875,7 @@ impl Session {
                 }
                 let plan = self.plan(stmt).await?;
                 let out = self.run_plan(plan, params).await?.collect().await?;
-                let count: u64 = out
-                    .iter()
-                    .filter_map(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                            .map(|a| a.values().iter().sum::<u64>())
-                    })
-                    .sum();
+                let count = affected_rows(&out);
                 Ok(Output::Modified(command, count))
             }
             s if is_datafusion_statement(&s) => {
@@ -1326,6 +1310,18 @@ fn dml_target(s: &Statement) -> Option<String> {
         TableFactor::Table { name, .. } => object_name(name).ok(),
         _ => None,
     }
+}
+
+/// The row count a DML plan returns (one `count` column of UInt64).
+fn affected_rows(out: &[RecordBatch]) -> u64 {
+    out.iter()
+        .filter_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                .map(|a| a.values().iter().sum::<u64>())
+        })
+        .sum()
 }
 
 /// Whether SHOW names a Postgres setting (not one of DataFusion's dotted ones).

@@ -145,8 +145,12 @@ impl DataSink for LogSink {
     }
 }
 
-/// Casts `batch` to the stream's column types; NOT NULL is checked by the log on append.
-fn conform(batch: &RecordBatch, schema: &SchemaRef) -> datafusion::error::Result<RecordBatch> {
+/// Casts `batch` to the column types of `schema` (values may come as a related type, Utf8 for a
+/// Utf8View column); NOT NULL is checked where the rows are stored.
+pub(crate) fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> datafusion::error::Result<RecordBatch> {
     if batch.num_columns() != schema.fields().len() {
         return exec_err!(
             "INSERT produced {} columns for a stream of {}",
