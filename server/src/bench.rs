@@ -68,6 +68,10 @@ pub struct BenchOptions {
     pub queries: Vec<String>,
     /// Where the CSV goes.
     pub csv: PathBuf,
+    /// For the latency run: events per second, held for `latency_seconds`.
+    pub latency_rate: u64,
+    /// How long the latency run lasts (0 skips it).
+    pub latency_seconds: u64,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -88,6 +92,81 @@ async fn execute(session: &Session, sql: &str) -> Result<Output, String> {
         Some(Err(e)) => Err(format!("{sql}: {e}")),
         None => Err(format!("{sql}: no result")),
     }
+}
+
+/// End-to-end latency under a steady input rate: from an append acknowledged (COPY of one 10 ms
+/// batch of events) to the view (q2) having processed it, at `latency_rate` events per second.
+/// Returns p50, p99 and max in milliseconds.
+async fn latency(
+    session: &Session,
+    db: &Database,
+    generator: &mut Generator,
+    options: &BenchOptions,
+) -> Result<(f64, f64, f64), String> {
+    let (name, sql) = QUERIES
+        .iter()
+        .find(|(n, _)| *n == "q2")
+        .ok_or("q2 is missing")?;
+    execute(
+        session,
+        &format!("CREATE MATERIALIZED VIEW lat_{name} AS {sql}"),
+    )
+    .await?;
+    let view = db
+        .view(&format!("lat_{name}"))
+        .ok_or("the latency view is missing")?;
+    // Let it catch up with what is in the log first.
+    let offsets = view.source_offsets();
+    let waiting = std::sync::Arc::clone(&view);
+    tokio::task::spawn_blocking(move || {
+        waiting.table.wait_for(&offsets, Duration::from_secs(3600))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    // A watcher thread times each acknowledged batch until the view has it.
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u64>, Instant)>();
+    let watched = std::sync::Arc::clone(&view);
+    let watcher = std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        for (offsets, acked) in rx {
+            watched.table.wait_for(&offsets, Duration::from_secs(60));
+            samples.push(acked.elapsed().as_secs_f64() * 1000.0);
+        }
+        samples
+    });
+    let per_tick = (options.latency_rate / 100).max(1);
+    let ticks = options.latency_seconds * 100;
+    let started = Instant::now();
+    let streams = streams(Kind::Nexmark, None);
+    let mut buffers = vec![String::new(); streams.len()];
+    for tick in 0..ticks {
+        generator.fill(per_tick, &mut buffers);
+        // Only bids reach q2; persons and auctions are dropped to keep the rate on the bid stream.
+        for b in buffers.iter_mut().take(2) {
+            b.clear();
+        }
+        let rows = std::mem::take(&mut buffers[2]);
+        let Output::CopyIn(copy) = execute(session, "COPY bid FROM STDIN").await? else {
+            return Err("COPY did not start".into());
+        };
+        session
+            .copy_data(&copy, rows.into_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tx.send((view.source_offsets(), Instant::now()));
+        let due = Duration::from_millis((tick + 1) * 10);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    drop(tx);
+    let mut samples = watcher.join().map_err(|_| "the latency watcher failed")?;
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    if samples.is_empty() {
+        return Err("no latency samples".into());
+    }
+    Ok((pick(0.5), pick(0.99), pick(1.0)))
 }
 
 /// Runs the benchmark; prints a table and writes it as CSV.
@@ -175,6 +254,21 @@ pub async fn nexmark(options: BenchOptions) -> Result<(), String> {
             .sum();
         line(name, events, secs, view.table.num_rows() as u64);
         execute(&session, &format!("DROP MATERIALIZED VIEW {name}")).await?;
+    }
+    if options.latency_seconds > 0 {
+        let (p50, p99, max) = latency(&session, &db, &mut generator, &options).await?;
+        let _ = writeln!(
+            out,
+            "latency of q2 at {} events/s for {}s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            options.latency_rate, options.latency_seconds, p50, p99, max
+        );
+        csv.push_str(&format!(
+            "latency_q2_p50_ms,{},{},{p50:.2},,\nlatency_q2_p99_ms,{},{},{p99:.2},,\n",
+            options.latency_rate,
+            options.latency_seconds,
+            options.latency_rate,
+            options.latency_seconds
+        ));
     }
     std::fs::write(&options.csv, csv).map_err(|e| format!("{}: {e}", options.csv.display()))?;
     let _ = writeln!(out, "written to {}", options.csv.display());

@@ -78,6 +78,12 @@ enum Command {
         /// Where to write the table as CSV.
         #[arg(long, default_value = "bench-nexmark.csv")]
         csv: PathBuf,
+        /// Events per second for the end-to-end latency run.
+        #[arg(long, default_value_t = 100_000)]
+        latency_rate: u64,
+        /// Seconds of the latency run (0 skips it).
+        #[arg(long, default_value_t = 10)]
+        latency_seconds: u64,
     },
     /// Run the interactive shell on an embedded engine.
     Shell {
@@ -151,11 +157,15 @@ fn main() -> ExitCode {
             events,
             query,
             csv,
+            latency_rate,
+            latency_seconds,
         } => runtime.block_on(weir_server::bench::nexmark(
             weir_server::bench::BenchOptions {
                 events,
                 queries: query,
                 csv,
+                latency_rate,
+                latency_seconds,
             },
         )),
         Command::Shell { data_dir, connect } => runtime
