@@ -94,8 +94,9 @@ async fn execute(session: &Session, sql: &str) -> Result<Output, String> {
     }
 }
 
-/// End-to-end latency under a steady input rate: from an append acknowledged (COPY of one 10 ms
-/// batch of events) to the view (q2) having processed it, at `latency_rate` events per second.
+/// End-to-end latency under a steady input rate: from a COPY of one 10 ms batch of events being
+/// sent (so the append and its fsync count) to the view (q2) having processed it, at
+/// `latency_rate` events per second. The view usually has the rows before the COPY returns.
 /// Returns p50, p99 and max in milliseconds.
 async fn latency(
     session: &Session,
@@ -128,9 +129,9 @@ async fn latency(
     let watched = std::sync::Arc::clone(&view);
     let watcher = std::thread::spawn(move || {
         let mut samples = Vec::new();
-        for (offsets, acked) in rx {
+        for (offsets, sent) in rx {
             watched.table.wait_for(&offsets, Duration::from_secs(60));
-            samples.push(acked.elapsed().as_secs_f64() * 1000.0);
+            samples.push(sent.elapsed().as_secs_f64() * 1000.0);
         }
         samples
     });
@@ -146,6 +147,7 @@ async fn latency(
             b.clear();
         }
         let rows = std::mem::take(&mut buffers[2]);
+        let sent = Instant::now();
         let Output::CopyIn(copy) = execute(session, "COPY bid FROM STDIN").await? else {
             return Err("COPY did not start".into());
         };
@@ -153,7 +155,7 @@ async fn latency(
             .copy_data(&copy, rows.into_bytes())
             .await
             .map_err(|e| e.to_string())?;
-        let _ = tx.send((view.source_offsets(), Instant::now()));
+        let _ = tx.send((view.source_offsets(), sent));
         let due = Duration::from_millis((tick + 1) * 10);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
