@@ -352,6 +352,95 @@ async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
     }
 }
 
+/// The view a `CREATE MATERIALIZED VIEW` statement creates.
+fn created_view(sql: &str) -> Option<String> {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(8)
+        .map(|w| w.to_lowercase())
+        .collect();
+    if words.len() < 4 || words[..3] != ["create", "materialized", "view"] {
+        return None;
+    }
+    let name = if words[3] == "if" {
+        words.get(6)?
+    } else {
+        &words[3]
+    };
+    let name = name.split(['(', ';']).next()?.trim_matches('"');
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Events as people read them: 950, 12.3k, 4.1M.
+fn human(n: f64) -> String {
+    match n {
+        n if n >= 1e6 => format!("{:.1}M", n / 1e6),
+        n if n >= 1e4 => format!("{:.1}k", n / 1e3),
+        n => format!("{n:.0}"),
+    }
+}
+
+/// While a new view catches up on its sources' backlog: a progress bar with the events
+/// processed, the rate and the time left, until it has caught up or Ctrl-C leaves it running.
+async fn show_progress(backend: &Backend, view: &str, screen: &mut Screen) -> std::io::Result<()> {
+    let query = format!(
+        "SELECT processed, committed FROM weir_view_progress WHERE view = '{}'",
+        view.replace('\'', "''")
+    );
+    let started = Instant::now();
+    let mut shown = false;
+    loop {
+        let mut state = None;
+        for reply in backend.run(&query).await {
+            if let Reply::Table { rows, .. } = reply {
+                state = rows.first().and_then(|r| {
+                    Some((
+                        r.first()?.parse::<f64>().ok()?,
+                        r.get(1)?.parse::<f64>().ok()?,
+                    ))
+                });
+            }
+        }
+        let Some((done, total)) = state else {
+            return Ok(());
+        };
+        if done >= total {
+            if shown {
+                write!(screen.out, "\r{:<78}\r", "")?;
+                screen.line(&format!("caught up: {} events", human(total)))?;
+            }
+            return Ok(());
+        }
+        let secs = started.elapsed().as_secs_f64();
+        // A backlog that takes under half a second needs no bar.
+        if secs >= 0.5 {
+            shown = true;
+            let fraction = done / total.max(1.0);
+            let filled = (fraction * 30.0) as usize;
+            let rate = done / secs.max(1e-3);
+            let left = (total - done) / rate.max(1.0);
+            write!(
+                screen.out,
+                "\r[{}{}] {} / {} events, {}/s, {:.0}s left  ",
+                "#".repeat(filled),
+                ".".repeat(30 - filled.min(30)),
+                human(done),
+                human(total),
+                human(rate),
+                left
+            )?;
+            screen.out.flush()?;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                screen.line("\n(the view goes on catching up in the background)")?;
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Reads a COPY's data from the terminal up to a line `\.`, as psql does.
 fn read_copy_data(
     editor: &mut Editor<ShellHelper, DefaultHistory>,
@@ -581,6 +670,9 @@ pub async fn run(options: &Options) -> Result<(), Error> {
                     continue;
                 }
                 run_sql(&backend, &line, &mut screen, Some(&mut editor), None).await?;
+                if let Some(view) = created_view(trimmed) {
+                    show_progress(&backend, &view, &mut screen).await?;
+                }
                 let upper = trimmed.to_ascii_uppercase();
                 if upper.starts_with("CREATE") || upper.starts_with("DROP") {
                     *names.lock().unwrap_or_else(|e| e.into_inner()) = backend.names().await;
@@ -611,6 +703,20 @@ mod tests {
         assert!(!is_complete("SELECT 1"));
         assert!(!is_complete("SELECT ';"));
         assert!(is_complete("SELECT ';';"));
+    }
+
+    #[test]
+    fn the_view_a_statement_creates() {
+        assert_eq!(
+            created_view("CREATE MATERIALIZED VIEW v AS SELECT 1;").as_deref(),
+            Some("v")
+        );
+        assert_eq!(
+            created_view("create materialized view if not exists Per_User as select").as_deref(),
+            Some("per_user")
+        );
+        assert_eq!(created_view("CREATE STREAM s (a INT);"), None);
+        assert_eq!(human(4_100_000.0), "4.1M");
     }
 
     #[test]

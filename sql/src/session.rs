@@ -36,8 +36,8 @@ use crate::ref_table::RefTable;
 use crate::settings::Settings;
 use crate::subscribe::{Cursor, Subscription, copy_text};
 use crate::tables::{
-    LATE_EVENTS, LateEventsTable, StreamTable, VIEW_READ_WAIT, ViewTable, WindowFunction,
-    interval_ns,
+    LATE_EVENTS, LateEventsTable, StreamTable, VIEW_PROGRESS, VIEW_READ_WAIT, ViewProgressTable,
+    ViewTable, WindowFunction, interval_ns,
 };
 use crate::{Error, Result};
 
@@ -158,6 +158,9 @@ impl SchemaProvider for WeirSchema {
         if name == LATE_EVENTS {
             return Ok(Some(Arc::new(LateEventsTable::new(self.db.clone()))));
         }
+        if name == VIEW_PROGRESS {
+            return Ok(Some(Arc::new(ViewProgressTable::new(self.db.clone()))));
+        }
         if let Some(t) = self.db.table(name) {
             return Ok(Some(Arc::new(RefTable::new(t))));
         }
@@ -168,7 +171,7 @@ impl SchemaProvider for WeirSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.db.exists(name) || name == LATE_EVENTS
+        self.db.exists(name) || name == LATE_EVENTS || name == VIEW_PROGRESS
     }
 }
 

@@ -583,3 +583,81 @@ impl TableProvider for LateEventsTable {
         )?)
     }
 }
+
+/// The name of the relation of each view's progress through its sources.
+pub const VIEW_PROGRESS: &str = "weir_view_progress";
+
+/// `weir_view_progress`: per view, the events it has processed, the events committed to its
+/// sources (their difference is its backlog) and its watermark; read as is, without waiting.
+#[derive(Debug)]
+pub struct ViewProgressTable {
+    db: Database,
+}
+
+impl ViewProgressTable {
+    /// The relation over `db`'s views.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    fn progress_schema() -> SchemaRef {
+        use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+        Arc::new(Schema::new(vec![
+            Field::new("view", DataType::Utf8, false),
+            Field::new("processed", DataType::Int64, false),
+            Field::new("committed", DataType::Int64, false),
+            Field::new(
+                "watermark",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            ),
+        ]))
+    }
+}
+
+#[async_trait]
+impl TableProvider for ViewProgressTable {
+    fn schema(&self) -> SchemaRef {
+        Self::progress_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+        let views = self.db.views();
+        let mut names = Vec::new();
+        let mut processed = Vec::new();
+        let mut committed = Vec::new();
+        let mut watermarks = Vec::new();
+        for v in &views {
+            let p = v.table.progress();
+            names.push(v.def.name.clone());
+            processed.push(p.offsets.iter().sum::<u64>() as i64);
+            committed.push(v.source_offsets().iter().sum::<u64>() as i64);
+            watermarks.push(p.watermark_ns.map(|w| w / 1000));
+        }
+        let batch = RecordBatch::try_new(
+            self.schema(),
+            vec![
+                Arc::new(StringArray::from(names)),
+                Arc::new(Int64Array::from(processed)),
+                Arc::new(Int64Array::from(committed)),
+                Arc::new(TimestampMicrosecondArray::from(watermarks)),
+            ],
+        )?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
