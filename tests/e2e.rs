@@ -1214,3 +1214,33 @@ async fn the_examples_run_on_generated_events() {
     let out = run("sensors.sql");
     assert_eq!(out.matches("(5 rows)").count(), 2, "{out}");
 }
+
+#[tokio::test]
+async fn grafana_pickers_and_time_series() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP); \
+             INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:10'), (2, '/b', '2026-01-01 00:00:50'), \
+             (1, '/c', '2026-01-01 00:01:30')",
+        )
+        .await
+        .expect("setup");
+    let grafana = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients/grafana");
+    let query = |file: &str| std::fs::read_to_string(grafana.join(file)).expect("query file");
+    let tables = rows(&client, &query("table_picker.sql")).await;
+    assert_eq!(tables, vec![vec!["clicks".to_string()]]);
+    let columns = rows(&client, &query("column_picker.sql")).await;
+    let names: Vec<&str> = columns.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["user_id", "url", "ts"]);
+    let series = rows(&client, &query("time_series.sql")).await;
+    assert_eq!(
+        series,
+        vec![
+            vec!["1767225600.0".to_string(), "2".to_string()],
+            vec!["1767225660.0".to_string(), "1".to_string()],
+        ]
+    );
+}

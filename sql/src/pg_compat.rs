@@ -23,6 +23,13 @@ use crate::database::Database;
 
 /// psql 15 queries that DataFusion cannot run as sent, and the equivalent Weir runs instead.
 const CLIENT_REWRITES: &[(&str, &str)] = &[
+    // Grafana's table and column pickers: the schemas on the search_path, computed with
+    // generate_series over array bounds, which DataFusion cannot plan from a subquery. Weir has
+    // one schema.
+    (
+        r#"SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END FROM generate_series( array_lower(string_to_array(current_setting('search_path'),','),1), array_upper(string_to_array(current_setting('search_path'),','),1) ) as i, string_to_array(current_setting('search_path'),',') s"#,
+        "SELECT 'public'",
+    ),
     // \d+: storage options (with ARRAY(subquery) over TOAST's), which Weir's relations never have.
     (
         "pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')",
@@ -30,15 +37,27 @@ const CLIENT_REWRITES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Rewrites the client queries listed in [`CLIENT_REWRITES`].
+/// Runs of whitespace as one space, so that patterns match however a client lays out its SQL.
+fn collapse_whitespace(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Rewrites the client queries listed in [`CLIENT_REWRITES`] (matched with whitespace
+/// collapsed; a query that matches none is returned as it is).
 pub(crate) fn rewrite_client_sql(sql: &str) -> std::borrow::Cow<'_, str> {
-    let mut out = std::borrow::Cow::Borrowed(sql);
+    let collapsed = collapse_whitespace(sql);
+    let mut out = None::<String>;
     for (from, to) in CLIENT_REWRITES {
-        if out.contains(from) {
-            out = std::borrow::Cow::Owned(out.replace(from, to));
+        let from = collapse_whitespace(from);
+        let current = out.as_deref().unwrap_or(&collapsed);
+        if current.contains(&from) {
+            out = Some(current.replace(&from, to));
         }
     }
-    out
+    match out {
+        Some(rewritten) => std::borrow::Cow::Owned(rewritten),
+        None => std::borrow::Cow::Borrowed(sql),
+    }
 }
 
 /// Rewrites `LIKE pattern ESCAPE 'c'` (SQLAlchemy writes `NOT LIKE 'pg/_' || '%' ESCAPE '/'`)
