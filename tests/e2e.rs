@@ -224,32 +224,16 @@ async fn tour_over_the_wire_with_tokio_postgres() {
 
 #[tokio::test]
 async fn psql_runs_the_readme_tour() {
-    let psql = Command::new("psql").arg("--version").output();
+    let version = Command::new("psql").arg("--version").output();
     assert!(
-        psql.is_ok_and(|o| o.status.success()),
+        version.is_ok_and(|o| o.status.success()),
         "psql is required (apt-get install postgresql-client); .ci/run installs it"
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
     let tour = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tour.sql");
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &server.port.to_string(),
-            "-U",
-            "weir",
-            "weir",
-        ])
-        .args(["-v", "ON_ERROR_STOP=1", "-f"])
-        .arg(&tour)
-        .output()
-        .expect("psql runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "psql failed:\n{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = psql(&server, &["-f", tour.to_str().expect("utf-8 path")]);
+    assert!(ok, "psql failed:\n{stdout}\n{stderr}");
     assert!(!stderr.contains("WARNING"), "psql warned: {stderr}");
     for expected in [
         "CREATE STREAM",
