@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, StringArray, new_null_array};
-use datafusion::arrow::compute::{CastOptions, cast_with_options};
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::FormatOptions;
@@ -270,6 +270,34 @@ fn parse_csv(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// A BYTEA column from COPY text: `\x` then hex digits, as Postgres writes and reads it.
+fn bytea(rows: &[Row], position: usize, name: &str, data_type: &DataType) -> Result<ArrayRef> {
+    let mut values: Vec<Option<Vec<u8>>> = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(text) = r.fields[position].as_deref() else {
+            values.push(None);
+            continue;
+        };
+        let hex = text.strip_prefix("\\x").ok_or_else(|| {
+            line_error(
+                r.line,
+                format!("column {name} is BYTEA: write its value as \\x followed by hex digits"),
+            )
+        })?;
+        let bytes = (0..hex.len())
+            .step_by(2)
+            .map(|i| {
+                hex.get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| line_error(r.line, format!("invalid hex in BYTEA column {name}")))?;
+        values.push(Some(bytes));
+    }
+    let array = datafusion::arrow::array::BinaryArray::from_iter(values);
+    Ok(cast(&array, data_type)?)
+}
+
 /// Parses `data` into a batch of `schema` (the target's columns; those the COPY does not name
 /// are NULL). Any bad row fails the whole COPY with its line number.
 pub(crate) fn parse(copy: &CopyIn, schema: &SchemaRef, data: &[u8]) -> Result<RecordBatch> {
@@ -328,6 +356,9 @@ pub(crate) fn parse(copy: &CopyIn, schema: &SchemaRef, data: &[u8]) -> Result<Re
             }
             if f.data_type() == &DataType::Utf8 {
                 return Ok(Arc::new(text) as ArrayRef);
+            }
+            if matches!(f.data_type(), DataType::Binary | DataType::LargeBinary) {
+                return bytea(&rows, position, f.name(), f.data_type());
             }
             cast_with_options(&text, f.data_type(), &options).map_err(|e| {
                 // Find the first value that does not convert, for its line number.

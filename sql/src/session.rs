@@ -811,6 +811,8 @@ impl Session {
                         return Err(Error::UndefinedRelation(name));
                     }
                 }
+                let mut ins = ins;
+                self.decode_bytea_literals(&mut ins);
                 let plan = self.plan(Statement::Insert(ins)).await?;
                 let out = self.run_plan(plan, params).await?.collect().await?;
                 let count = affected_rows(&out);
@@ -927,6 +929,66 @@ impl Session {
                 .map_err(|e| Error::Internal(format!("COPY insert failed: {e}")))?;
         }
         Err(Error::UndefinedRelation(name))
+    }
+
+    /// Postgres reads a text literal for a BYTEA column as hex (`'\x00ff'`); DataFusion would
+    /// store the text's own bytes. Such literals in INSERT ... VALUES become `decode(..., 'hex')`.
+    fn decode_bytea_literals(&self, ins: &mut datafusion::sql::sqlparser::ast::Insert) {
+        use datafusion::sql::sqlparser::ast::{SetExpr, Value};
+        let TableObject::TableName(name) = &ins.table else {
+            return;
+        };
+        let Ok(name) = object_name(name) else { return };
+        let schema = match (self.db.stream(&name), self.db.table(&name)) {
+            (Some(s), _) => Arc::clone(&s.schema),
+            (None, Some(t)) => Arc::clone(&t.schema),
+            (None, None) => return,
+        };
+        let targets: Vec<Option<usize>> = if ins.columns.is_empty() {
+            (0..schema.fields().len()).map(Some).collect()
+        } else {
+            ins.columns
+                .iter()
+                .map(|c| object_name(c).ok().and_then(|c| schema.index_of(&c).ok()))
+                .collect()
+        };
+        let is_binary = |i: usize| {
+            targets.get(i).copied().flatten().is_some_and(|c| {
+                matches!(
+                    schema.field(c).data_type(),
+                    DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+                )
+            })
+        };
+        let Some(source) = ins.source.as_mut() else {
+            return;
+        };
+        let SetExpr::Values(values) = source.body.as_mut() else {
+            return;
+        };
+        for row in &mut values.rows {
+            for (i, e) in row.iter_mut().enumerate() {
+                let SqlExpr::Value(v) = e else { continue };
+                let Value::SingleQuotedString(text) = &v.value else {
+                    continue;
+                };
+                let Some(hex) = text.strip_prefix("\\x") else {
+                    continue;
+                };
+                if !is_binary(i) {
+                    continue;
+                }
+                let call = format!("decode('{}', 'hex')", hex.replace('\'', ""));
+                if let Ok(expr) = datafusion::sql::sqlparser::parser::Parser::new(
+                    &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+                )
+                .try_with_sql(&call)
+                .and_then(|mut p| p.parse_expr())
+                {
+                    *e = expr;
+                }
+            }
+        }
     }
 
     /// Resolves the columns and primary key of a CREATE TABLE.
