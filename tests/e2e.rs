@@ -1228,3 +1228,48 @@ async fn grafana_pickers_and_time_series() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_never_holds_ingestion_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let writer = server.client().await;
+    writer
+        .batch_execute(
+            "CREATE STREAM events (id BIGINT, ts TIMESTAMP); \
+             CREATE MATERIALIZED VIEW everything AS SELECT id FROM events",
+        )
+        .await
+        .expect("setup");
+    // A subscriber that reads nothing, with a small buffer.
+    let reader = server.client().await;
+    reader
+        .batch_execute(
+            "SET subscribe_buffer_rows = 1000; BEGIN; DECLARE c CURSOR FOR SUBSCRIBE everything",
+        )
+        .await
+        .expect("subscribe");
+    // Ingestion and the view go on at full speed past the subscriber's bound...
+    let values: Vec<String> = (0..5000)
+        .map(|i| format!("({i}, '2026-01-01 00:00:00')"))
+        .collect();
+    writer
+        .batch_execute(&format!("INSERT INTO events VALUES {}", values.join(", ")))
+        .await
+        .expect("insert");
+    assert_eq!(
+        count(&writer, "SELECT count(*) FROM everything").await,
+        5000
+    );
+    // ...and the subscriber is told it fell behind, with SQLSTATE 54000.
+    let err = reader
+        .query("FETCH ALL c", &[])
+        .await
+        .expect_err("the subscriber was cut off");
+    assert_eq!(err.code(), Some(&SqlState::PROGRAM_LIMIT_EXCEEDED), "{err}");
+    assert!(
+        err.as_db_error()
+            .is_some_and(|e| e.message().contains("fell more than 1000 rows behind")),
+        "{err}"
+    );
+}

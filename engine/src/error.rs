@@ -28,6 +28,9 @@ pub enum Error {
     /// so only a restart (which recovers from what is on disk) may continue.
     #[error("partition {0} stopped after an fsync failure; restart Weir to recover")]
     Poisoned(String),
+    /// A bound on resources was reached (a subscriber fell too far behind, for example).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// An Arrow error.
     #[error(transparent)]
     Arrow(#[from] ArrowError),

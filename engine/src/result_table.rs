@@ -303,7 +303,7 @@ impl Subscriber {
     pub fn try_next(&self) -> Result<Option<Change>> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.overflowed {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::LimitExceeded(format!(
                 "the subscriber fell more than {} rows behind the view and was cut off; subscribe again",
                 self.max_rows
             )));

@@ -281,7 +281,13 @@ impl Session {
                 "the query stopped on an error: {error}"
             )));
         }
-        Subscription::start(table, query)
+        let buffer_rows = self
+            .settings
+            .get("subscribe_buffer_rows")
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(crate::subscribe::SUBSCRIBER_BUFFER_ROWS);
+        Subscription::start(table, query, buffer_rows)
     }
 
     /// The session's Postgres settings (`SET` / `SHOW`).

@@ -43,6 +43,8 @@ fn defaults() -> BTreeMap<String, String> {
         ("server_version_num", "150000"),
         ("standard_conforming_strings", "on"),
         ("statement_timeout", "0"),
+        // Weir's: how many rows a subscriber may fall behind before it is cut off.
+        ("subscribe_buffer_rows", "1000000"),
         ("timezone", "UTC"),
         ("transaction_isolation", "read committed"),
         ("transaction_read_only", "off"),

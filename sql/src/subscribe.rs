@@ -15,7 +15,8 @@ use weir_engine::runtime::RunningQuery;
 
 use crate::{Error, Result};
 
-/// Rows a subscriber may fall behind by before it is cut off.
+/// Rows a subscriber may fall behind by before it is cut off, unless the session's
+/// `subscribe_buffer_rows` setting says otherwise.
 pub const SUBSCRIBER_BUFFER_ROWS: usize = 1_000_000;
 
 /// A subscription to a view's changes.
@@ -45,8 +46,12 @@ fn subscription_schema(view: &Schema) -> SchemaRef {
 
 impl Subscription {
     /// Follows `table` from its current rows on (the caller has let it catch up).
-    pub(crate) fn start(table: Arc<ResultTable>, query: Option<RunningQuery>) -> Result<Self> {
-        let (snapshot, feed) = table.subscribe(SUBSCRIBER_BUFFER_ROWS)?;
+    pub(crate) fn start(
+        table: Arc<ResultTable>,
+        query: Option<RunningQuery>,
+        buffer_rows: usize,
+    ) -> Result<Self> {
+        let (snapshot, feed) = table.subscribe(buffer_rows)?;
         Ok(Self {
             schema: subscription_schema(table.schema()),
             table,
