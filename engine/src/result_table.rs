@@ -283,17 +283,21 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    fn push(&self, change: Change) {
+    /// Queues the changes of one append together, so that a reader never sees half of them
+    /// (the delete of an update without its insert).
+    fn push(&self, changes: &[Change]) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if p.overflowed {
             return;
         }
-        p.rows += change.rows.num_rows();
-        if p.rows > self.max_rows {
-            p.overflowed = true;
-            p.changes.clear();
-        } else {
-            p.changes.push_back(change);
+        for change in changes {
+            p.rows += change.rows.num_rows();
+            if p.rows > self.max_rows {
+                p.overflowed = true;
+                p.changes.clear();
+                break;
+            }
+            p.changes.push_back(change.clone());
         }
         drop(p);
         self.wake.notify_one();
@@ -414,14 +418,22 @@ impl ResultTable {
         }
         if let Some(changes) = changes {
             let watermark_ns = self.progress().watermark_ns;
-            for mut change in changes {
-                change.watermark_ns = watermark_ns;
-                // Rows in the feed have the table's schema (names as the view declares them).
-                change.rows =
-                    RecordBatch::try_new(Arc::clone(&self.schema), change.rows.columns().to_vec())?;
-                for s in subscribers.iter().filter_map(Weak::upgrade) {
-                    s.push(change.clone());
-                }
+            let changes = changes
+                .into_iter()
+                .map(|c| {
+                    // Rows in the feed have the table's schema (names as the view declares them).
+                    Ok(Change {
+                        diff: c.diff,
+                        rows: RecordBatch::try_new(
+                            Arc::clone(&self.schema),
+                            c.rows.columns().to_vec(),
+                        )?,
+                        watermark_ns,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for s in subscribers.iter().filter_map(Weak::upgrade) {
+                s.push(&changes);
             }
         }
         Ok(())
