@@ -1006,6 +1006,10 @@ fn shell_session(shell: &mut ShellPty) {
     // Errors in one line, and the shell goes on.
     shell.send("SELECT * FROM nope;\r");
     shell.expect("ERROR 42P01");
+    // A syntax error points at its place in the statement.
+    shell.send("SELECT 1 +;\r");
+    shell.expect("ERROR 42601");
+    shell.expect("LINE 1: SELECT 1 +;");
     // SUBSCRIBE shows the view, updated in place, until Ctrl-C.
     shell.send("SUBSCRIBE per_user;\r");
     shell.expect("2 rows | ");

@@ -259,6 +259,27 @@ pub fn render_expanded(columns: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// For an error that names a position (`... at Line: 2, Column: 8`), the statement's line with
+/// a caret under that column.
+fn point_at(sql: &str, error: &str) -> Option<String> {
+    let number_after = |label: &str| -> Option<usize> {
+        let start = error.find(label)? + label.len();
+        let digits: String = error[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let line = number_after("Line: ")?;
+    let column = number_after("Column: ")?;
+    let text = sql.lines().nth(line.checked_sub(1)?)?;
+    let caret = " ".repeat(column.saturating_sub(1).min(text.chars().count())) + "^";
+    Some(format!(
+        "LINE {line}: {text}\n{}{caret}",
+        " ".repeat(format!("LINE {line}: ").len())
+    ))
+}
+
 /// Where results go, and how they look.
 struct Screen {
     out: Box<dyn Write + Send>,
@@ -480,7 +501,12 @@ async fn run_sql(
                 screen.line(&text)?;
             }
             Reply::Tag(tag) => screen.line(&tag)?,
-            Reply::Error(e) => screen.line(&e.replace('\n', " "))?,
+            Reply::Error(e) => {
+                screen.line(&e.replace('\n', " "))?;
+                if let Some(pointer) = point_at(sql, &e) {
+                    screen.line(&pointer)?;
+                }
+            }
             Reply::Live(live) => show_live(live, screen).await?,
             Reply::CopyIn(copy) => {
                 let data = match (copy_data.take(), editor.as_deref_mut()) {
@@ -703,6 +729,17 @@ mod tests {
         assert!(!is_complete("SELECT 1"));
         assert!(!is_complete("SELECT ';"));
         assert!(is_complete("SELECT ';';"));
+    }
+
+    #[test]
+    fn errors_point_at_their_position() {
+        let sql = "SELECT a,\n  FROM WHERE x;";
+        let e = "ERROR 42601: syntax error: Expected: an expression, found: WHERE at Line: 2, Column: 8";
+        assert_eq!(
+            point_at(sql, e).as_deref(),
+            Some("LINE 2:   FROM WHERE x;\n               ^")
+        );
+        assert_eq!(point_at(sql, "ERROR 42P01: no such table"), None);
     }
 
     #[test]
