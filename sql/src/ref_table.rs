@@ -7,19 +7,17 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt64Array};
-use datafusion::arrow::compute::{and, cast, filter_record_batch};
+use datafusion::arrow::compute::{and, cast, concat_batches, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::common::{DFSchema, DataFusionError, not_impl_err};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
-use datafusion::datasource::sink::{DataSink, DataSinkExec};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
-use futures::TryStreamExt;
+use datafusion::physical_plan::ExecutionPlan;
 use weir_engine::log::{LogConfig, StreamLog};
 use weir_engine::result_table::ResultTable;
 
@@ -322,13 +320,25 @@ impl TableProvider for RefTable {
         if insert_op != InsertOp::Append {
             return not_impl_err!("{insert_op} into a table is not supported; use UPDATE");
         }
-        Ok(Arc::new(DataSinkExec::new(
-            input,
-            Arc::new(TableSink {
-                entry: Arc::clone(&self.entry),
-            }),
-            None,
-        )))
+        let entry = Arc::clone(&self.entry);
+        let sink = crate::tables::InsertSink::new(
+            format!("table {}", entry.def.name),
+            Arc::clone(&entry.schema),
+            move |batches| {
+                let Some(first) = batches.first() else {
+                    return Ok(0);
+                };
+                let rows = concat_batches(&first.schema(), &batches)?;
+                // The table's own schema (its NOT NULL flags) is checked here.
+                let rows = RecordBatch::try_new(Arc::clone(&entry.schema), rows.columns().to_vec())
+                    .map_err(|e| Error::WrongObject {
+                        sqlstate: "23502",
+                        message: format!("table {}: {e}", entry.def.name),
+                    })?;
+                entry.insert(rows)
+            },
+        );
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 
     async fn delete_from(
@@ -403,54 +413,6 @@ impl TableProvider for RefTable {
             Ok(Some((changed, false)))
         })
         .await
-    }
-}
-
-/// Inserts the rows of an INSERT into a table: all or nothing.
-#[derive(Debug)]
-struct TableSink {
-    entry: Arc<TableEntry>,
-}
-
-impl DisplayAs for TableSink {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TableSink: table={}", self.entry.def.name)
-    }
-}
-
-#[async_trait]
-impl DataSink for TableSink {
-    fn schema(&self) -> &SchemaRef {
-        &self.entry.schema
-    }
-
-    async fn write_all(
-        &self,
-        data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
-    ) -> datafusion::error::Result<u64> {
-        let batches: Vec<RecordBatch> = data.try_collect().await?;
-        let batches = batches
-            .iter()
-            .map(|b| crate::tables::conform(b, &self.entry.schema))
-            .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let Some(first) = batches.first() else {
-            return Ok(0);
-        };
-        let rows = datafusion::arrow::compute::concat_batches(&first.schema(), &batches)?;
-        // The table's own schema (with its NOT NULL flags) is checked when the change is logged.
-        let rows = RecordBatch::try_new(Arc::clone(&self.entry.schema), rows.columns().to_vec())
-            .map_err(|e| {
-                external(Error::WrongObject {
-                    sqlstate: "23502",
-                    message: format!("table {}: {e}", self.entry.def.name),
-                })
-            })?;
-        let entry = Arc::clone(&self.entry);
-        tokio::task::spawn_blocking(move || entry.insert(rows))
-            .await
-            .map_err(|e| DataFusionError::Internal(format!("table insert failed: {e}")))?
-            .map_err(external)
     }
 }
 

@@ -94,33 +94,56 @@ impl TableProvider for StreamTable {
                 "{insert_op} into a stream is not supported: streams are append-only"
             );
         }
-        Ok(Arc::new(DataSinkExec::new(
-            input,
-            Arc::new(LogSink {
-                entry: Arc::clone(&self.entry),
-            }),
-            None,
-        )))
+        let entry = Arc::clone(&self.entry);
+        let sink = InsertSink::new(
+            format!("stream {}", entry.def.name),
+            Arc::clone(&entry.schema),
+            move |batches| Ok(entry.log.append(&batches)?.rows()),
+        );
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
 }
 
-/// Appends INSERTed rows to a stream's log: all of a statement's rows in one append, so a
-/// statement that fails appends nothing.
-#[derive(Debug)]
-struct LogSink {
-    entry: Arc<StreamEntry>,
+/// Writes an INSERT's rows: collected whole and cast to the target's types, then written in one
+/// step by `write` on a blocking thread, so that a statement that fails writes nothing.
+pub(crate) struct InsertSink {
+    /// What is written to, for plans (`stream clicks`).
+    label: String,
+    schema: SchemaRef,
+    write: Arc<dyn Fn(Vec<RecordBatch>) -> crate::Result<u64> + Send + Sync>,
 }
 
-impl DisplayAs for LogSink {
+impl InsertSink {
+    /// A sink into `label` with `schema`, writing through `write`.
+    pub(crate) fn new(
+        label: String,
+        schema: SchemaRef,
+        write: impl Fn(Vec<RecordBatch>) -> crate::Result<u64> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            label,
+            schema,
+            write: Arc::new(write),
+        }
+    }
+}
+
+impl std::fmt::Debug for InsertSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InsertSink({})", self.label)
+    }
+}
+
+impl DisplayAs for InsertSink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LogSink: stream={}", self.entry.def.name)
+        write!(f, "InsertSink: {}", self.label)
     }
 }
 
 #[async_trait]
-impl DataSink for LogSink {
+impl DataSink for InsertSink {
     fn schema(&self) -> &SchemaRef {
-        &self.entry.schema
+        &self.schema
     }
 
     async fn write_all(
@@ -128,20 +151,18 @@ impl DataSink for LogSink {
         data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> datafusion::error::Result<u64> {
-        // Collect first: a bad value anywhere fails the statement before anything is appended.
+        // Collect first: a bad value anywhere fails the statement before anything is written.
         let batches: Vec<RecordBatch> = data.try_collect().await?;
-        // Parameters can arrive as a related type (Utf8 for a Utf8View column): cast to the
-        // stream's own types.
+        // Parameters can arrive as a related type (Utf8 for a Utf8View column).
         let batches = batches
-            .into_iter()
-            .map(|b| conform(&b, &self.entry.schema))
+            .iter()
+            .map(|b| conform(b, &self.schema))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
-        let entry = Arc::clone(&self.entry);
-        let receipt = tokio::task::spawn_blocking(move || entry.log.append(&batches))
+        let write = Arc::clone(&self.write);
+        tokio::task::spawn_blocking(move || write(batches))
             .await
-            .map_err(|e| DataFusionError::Internal(format!("log append failed: {e}")))?
-            .map_err(external)?;
-        Ok(receipt.rows())
+            .map_err(|e| DataFusionError::Internal(format!("write failed: {e}")))?
+            .map_err(external)
     }
 }
 
