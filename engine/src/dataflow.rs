@@ -7,6 +7,24 @@ use crate::Result;
 use crate::operator::{BinaryOperator, Side};
 use crate::pipeline::Pipeline;
 
+/// Feeds what the inputs of a join produced into the join, and what it joins through `pipeline`.
+fn join_inputs(
+    join: &mut dyn BinaryOperator,
+    pipeline: &mut Pipeline,
+    from_left: Vec<RecordBatch>,
+    from_right: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for (side, batches) in [(Side::Left, from_left), (Side::Right, from_right)] {
+        for b in batches {
+            for joined in join.process_batch(side, b)? {
+                out.extend(pipeline.process_batch(joined)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// One node of a query's operator tree; the root's output is the query's result.
 #[derive(Debug)]
 pub enum Dataflow {
@@ -101,18 +119,9 @@ impl Dataflow {
                 pipeline,
                 ..
             } => {
-                let mut joined = Vec::new();
-                for b in left.process_batch(source, batch)? {
-                    joined.extend(join.process_batch(Side::Left, b)?);
-                }
-                for b in right.process_batch(source, batch)? {
-                    joined.extend(join.process_batch(Side::Right, b)?);
-                }
-                let mut out = Vec::new();
-                for b in joined {
-                    out.extend(pipeline.process_batch(b)?);
-                }
-                Ok(out)
+                let from_left = left.process_batch(source, batch)?;
+                let from_right = right.process_batch(source, batch)?;
+                join_inputs(join.as_mut(), pipeline, from_left, from_right)
             }
         }
     }
@@ -143,17 +152,9 @@ impl Dataflow {
                 pipeline,
                 watermark,
             } => {
-                let mut joined = Vec::new();
-                for b in left.on_watermark(sources)? {
-                    joined.extend(join.process_batch(Side::Left, b)?);
-                }
-                for b in right.on_watermark(sources)? {
-                    joined.extend(join.process_batch(Side::Right, b)?);
-                }
-                let mut out = Vec::new();
-                for b in joined {
-                    out.extend(pipeline.process_batch(b)?);
-                }
+                let from_left = left.on_watermark(sources)?;
+                let from_right = right.on_watermark(sources)?;
+                let mut out = join_inputs(join.as_mut(), pipeline, from_left, from_right)?;
                 if let Some(w) = own.filter(|&w| *watermark != Some(w)) {
                     *watermark = Some(w);
                     for b in join.on_watermark(w)? {

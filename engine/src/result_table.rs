@@ -4,8 +4,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::make_comparator;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::array::{DynComparator, make_comparator};
 use datafusion::arrow::compute::{SortOptions, concat_batches, interleave, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
@@ -69,6 +69,36 @@ impl std::fmt::Debug for KeyedRows {
     }
 }
 
+/// Whether stored row `old` holds the same values as row `new` of the newest chunk; the
+/// comparators of `old`'s chunk are made on first use and kept in `cache`.
+fn same_values(
+    cache: &mut HashMap<usize, Vec<DynComparator>>,
+    chunks: &[RecordBatch],
+    old: (usize, usize),
+    new: (usize, usize),
+) -> Result<bool> {
+    let comparators = match cache.entry(old.0) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let (x, y) = (&chunks[old.0], &chunks[new.0]);
+            e.insert(
+                (0..x.num_columns())
+                    .map(|c| {
+                        make_comparator(
+                            x.column(c).as_ref(),
+                            y.column(c).as_ref(),
+                            SortOptions::default(),
+                        )
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?,
+            )
+        }
+    };
+    Ok(comparators
+        .iter()
+        .all(|cmp| cmp(old.1, new.1) == std::cmp::Ordering::Equal))
+}
+
 /// Chunks kept before superseded rows are dropped by a compaction.
 const MAX_CHUNKS: usize = 64;
 
@@ -120,6 +150,8 @@ impl KeyedRows {
         self.chunks.push(batch);
         let mut steps: Vec<(i64, (usize, usize))> = Vec::new();
         let track = changes.is_some();
+        // Column comparators per stored chunk against the new batch, made once per put.
+        let mut comparators: HashMap<usize, Vec<DynComparator>> = HashMap::new();
         for (i, row) in rows.into_iter().enumerate() {
             // A row that no longer passes HAVING leaves the table.
             let old = if visible
@@ -131,7 +163,8 @@ impl KeyedRows {
                 if track {
                     match self.live.get(&row) {
                         // An update to the same values is no change.
-                        Some(&p) if self.same_row(p, (chunk, i))? => {}
+                        Some(&p) if same_values(&mut comparators, &self.chunks, p, (chunk, i))? => {
+                        }
                         Some(&p) => {
                             steps.push((-1, p));
                             steps.push((1, (chunk, i)));
@@ -153,22 +186,6 @@ impl KeyedRows {
             self.compact()?;
         }
         Ok(())
-    }
-
-    /// Whether two stored rows hold the same values.
-    fn same_row(&self, a: (usize, usize), b: (usize, usize)) -> Result<bool> {
-        let (x, y) = (&self.chunks[a.0], &self.chunks[b.0]);
-        for c in 0..x.num_columns() {
-            let cmp = make_comparator(
-                x.column(c).as_ref(),
-                y.column(c).as_ref(),
-                SortOptions::default(),
-            )?;
-            if cmp(a.1, b.1) != std::cmp::Ordering::Equal {
-                return Ok(false);
-            }
-        }
-        Ok(true)
     }
 
     /// Turns `(diff, (chunk, row))` steps into change batches, one per run of equal diffs.
@@ -652,6 +669,9 @@ mod tests {
             seen.extend(pairs(&c.rows).into_iter().map(|p| (c.diff, p)));
         }
         assert_eq!(seen, vec![(-1, (1, 10)), (1, (1, 11)), (1, (2, 20))]);
+        // The same values again are no change.
+        t.append(vec![batch(&[(2, 20)])]).expect("append");
+        assert!(feed.try_next().expect("within bounds").is_none());
         // A subscriber that falls too far behind is cut off with an error.
         let big: Vec<(i64, i64)> = (0..200).map(|i| (i, i)).collect();
         t.append(vec![batch(&big)]).expect("append");
