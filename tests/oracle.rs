@@ -2,6 +2,7 @@
 //! INSERT batch splits, partition counts and TUMBLE / HOP / SESSION windows (and joins of two
 //! streams), a continuous view holds exactly what the same query returns in batch (DataFusion
 //! over the log) for the windows the watermark has closed, and no closed window is emitted twice.
+//! Most cases also restart the database part-way, so views resume from their checkpoints.
 
 use proptest::prelude::*;
 use weir_sql::datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -112,6 +113,38 @@ async fn insert_in_batches(s: &Session, events: &[Event], mut cuts: Vec<usize>) 
     }
 }
 
+/// Closes the database (each view writes a final checkpoint as its query stops) and opens it
+/// again, as a restart of Weir does.
+async fn reopen(dir: &std::path::Path, db: Database, s: Session) -> (Database, Session) {
+    db.shutdown();
+    drop(s);
+    drop(db);
+    let db = Database::open(dir).await.expect("reopen");
+    let s = Session::new(db.clone());
+    (db, s)
+}
+
+/// INSERTs `events` as [`insert_in_batches`] does, restarting the database after the first
+/// `restart` events (when given): views resume from their checkpoints.
+async fn insert_with_restart(
+    dir: &std::path::Path,
+    db: Database,
+    s: Session,
+    events: &[Event],
+    cuts: Vec<usize>,
+    restart: Option<usize>,
+) -> (Database, Session) {
+    let Some(r) = restart.map(|r| r.min(events.len())) else {
+        insert_in_batches(&s, events, cuts).await;
+        return (db, s);
+    };
+    let (before, after): (Vec<usize>, Vec<usize>) = cuts.into_iter().partition(|&c| c <= r);
+    insert_in_batches(&s, &events[..r], before).await;
+    let (db, s) = reopen(dir, db, s).await;
+    insert_in_batches(&s, &events[r..], after.into_iter().map(|c| c - r).collect()).await;
+    (db, s)
+}
+
 /// A partition that has never had data does not hold the watermark back, so its first events
 /// could already be late when they arrive after another partition's. Give every key one event at
 /// the earliest time first, as a live stream would have had.
@@ -138,6 +171,7 @@ async fn check(
     window: String,
     view_first: bool,
     lateness: bool,
+    restart: Option<usize>,
 ) {
     // With allowed lateness, the watermark delay covers half the disorder and the lateness the
     // rest: nothing is late, and windows closed early are corrected in place.
@@ -178,7 +212,7 @@ async fn check(
     if view_first && partitions > 1 {
         seed(&s, &events).await;
     }
-    insert_in_batches(&s, &events, cuts).await;
+    let (db, s) = insert_with_restart(dir.path(), db, s, &events, cuts, restart).await;
     if !view_first {
         for r in s.execute(&create_view).await {
             r.expect("create view");
@@ -221,9 +255,10 @@ proptest! {
         partitions in 1u32..5,
         window in window(),
         lateness in any::<bool>(),
+        restart in prop::option::of(0usize..120),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check(events, disorder, cuts, partitions, window, true, lateness));
+        rt.block_on(check(events, disorder, cuts, partitions, window, true, lateness, restart));
     }
 
     /// The replay path: events are in the log (over several partitions) before the view starts.
@@ -235,14 +270,20 @@ proptest! {
         window in window(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check(events, disorder, cuts, partitions, window, false, false));
+        rt.block_on(check(events, disorder, cuts, partitions, window, false, false, None));
     }
 }
 
 /// Results that change: EMIT ON UPDATE over windows, GROUP BY without a window (with or without
 /// HAVING), or no GROUP BY at all. After all events, the view equals the batch query over every
 /// window (open or closed) and every group.
-async fn check_updating(events: Vec<Event>, cuts: Vec<usize>, partitions: u32, query: String) {
+async fn check_updating(
+    events: Vec<Event>,
+    cuts: Vec<usize>,
+    partitions: u32,
+    query: String,
+    restart: Option<usize>,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(dir.path()).await.expect("open");
     let s = Session::new(db.clone());
@@ -267,7 +308,7 @@ async fn check_updating(events: Vec<Event>, cuts: Vec<usize>, partitions: u32, q
     if partitions > 1 {
         seed(&s, &events).await;
     }
-    insert_in_batches(&s, &events, cuts).await;
+    let (db, s) = insert_with_restart(dir.path(), db, s, &events, cuts, restart).await;
     let view = text_rows(&s, "SELECT * FROM v").await;
     let batch = text_rows(&s, &query).await;
     assert_same(&view, &batch);
@@ -304,11 +345,12 @@ proptest! {
         cuts in prop::collection::vec(0usize..120, 0..8),
         partitions in 1u32..5,
         query in updating_query(),
+        restart in prop::option::of(0usize..120),
     ) {
         let mut events = events;
         events.sort_by_key(|e| e.2);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check_updating(events, cuts, partitions, query));
+        rt.block_on(check_updating(events, cuts, partitions, query, restart));
     }
 }
 
@@ -319,6 +361,7 @@ async fn check_sessions(
     cuts: Vec<usize>,
     partitions: u32,
     gap_ms: i64,
+    restart: Option<usize>,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(dir.path()).await.expect("open");
@@ -342,7 +385,7 @@ async fn check_sessions(
     if partitions > 1 {
         seed(&s, &events).await;
     }
-    insert_in_batches(&s, &events, cuts).await;
+    let (db, s) = insert_with_restart(dir.path(), db, s, &events, cuts, restart).await;
     let view = text_rows(&s, "SELECT * FROM v").await;
     let closed = closed_windows(&s).await;
     let gap = format!("INTERVAL '{gap_ms} milliseconds'");
@@ -378,9 +421,10 @@ proptest! {
         cuts in prop::collection::vec(0usize..120, 0..8),
         partitions in 1u32..5,
         gap_ms in prop::sample::select(vec![50i64, 200, 1000, 5000]),
+        restart in prop::option::of(0usize..120),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check_sessions(events, disorder, cuts, partitions, gap_ms));
+        rt.block_on(check_sessions(events, disorder, cuts, partitions, gap_ms, restart));
     }
 }
 
@@ -418,6 +462,7 @@ async fn check_join(
     partitions: u32,
     kind: u8,
     size_ms: i64,
+    restart: Option<usize>,
 ) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::open(dir.path()).await.expect("open");
@@ -476,7 +521,20 @@ async fn check_join(
             }
         }
     }
-    insert_interleaved(&s, &a, &b, &cuts).await;
+    let (db, s) = match restart {
+        None => {
+            insert_interleaved(&s, &a, &b, &cuts).await;
+            (db, s)
+        }
+        Some(r) => {
+            // Both streams up to the same point in the sequence they were split from.
+            let (ra, rb) = ((r / 2).min(a.len()), (r / 2).min(b.len()));
+            insert_interleaved(&s, &a[..ra], &b[..rb], &cuts).await;
+            let (db, s) = reopen(dir.path(), db, s).await;
+            insert_interleaved(&s, &a[ra..], &b[rb..], &cuts).await;
+            (db, s)
+        }
+    };
     let view = text_rows(&s, "SELECT * FROM v").await;
     let batch = if kind == 2 {
         let closed = closed_windows(&s).await;
@@ -505,6 +563,7 @@ proptest! {
         partitions in 1u32..4,
         kind in 0u8..3,
         size_ms in prop::sample::select(vec![100i64, 500, 2000]),
+        restart in prop::option::of(0usize..120),
     ) {
         // Two streams from one sequence (alternate events), so both keep within the disorder.
         let a: Vec<Event> = events.iter().step_by(2).copied().collect();
@@ -513,6 +572,6 @@ proptest! {
             b => b,
         };
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        rt.block_on(check_join((a, b), disorder, cuts, partitions, kind, size_ms));
+        rt.block_on(check_join((a, b), disorder, cuts, partitions, kind, size_ms, restart));
     }
 }

@@ -3,9 +3,10 @@
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-use crate::Result;
+use crate::checkpoint::OperatorState;
 use crate::operator::{BinaryOperator, Side};
 use crate::pipeline::Pipeline;
+use crate::{Error, Result};
 
 /// Feeds what the inputs of a join produced into the join, and what it joins through `pipeline`.
 fn join_inputs(
@@ -197,6 +198,53 @@ impl Dataflow {
                 late.extend(join.take_late());
                 late.extend(pipeline.take_late());
                 late
+            }
+        }
+    }
+
+    /// Appends the state of every operator in the tree (inputs before the join above them).
+    pub fn snapshot(&mut self, out: &mut Vec<OperatorState>) -> Result<()> {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.snapshot(out),
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                watermark,
+            } => {
+                left.snapshot(out)?;
+                right.snapshot(out)?;
+                let mut state = join.snapshot()?;
+                state.values.push(*watermark);
+                out.push(state);
+                pipeline.snapshot(out)
+            }
+        }
+    }
+
+    /// Restores the tree from `parts`, in the order [`Dataflow::snapshot`] wrote them.
+    pub fn restore(&mut self, parts: &mut dyn Iterator<Item = OperatorState>) -> Result<()> {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.restore(parts),
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                watermark,
+            } => {
+                left.restore(parts)?;
+                right.restore(parts)?;
+                let mut state = parts.next().ok_or_else(|| {
+                    Error::Corrupt("checkpoint has fewer operator states than the plan".into())
+                })?;
+                *watermark = state
+                    .values
+                    .pop()
+                    .ok_or_else(|| Error::Corrupt("checkpoint lacks a join's watermark".into()))?;
+                join.restore(state)?;
+                pipeline.restore(parts)
             }
         }
     }

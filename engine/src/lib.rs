@@ -3,6 +3,7 @@
 //! The engine knows no SQL. The SQL layer (`weir-sql`) plans queries into [`pipeline::Pipeline`]s of
 //! [`operator::Operator`]s and hands them to [`runtime`] together with the [`log`] they read.
 
+pub mod checkpoint;
 pub mod dataflow;
 pub mod error;
 pub mod log;

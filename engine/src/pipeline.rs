@@ -3,6 +3,7 @@
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use crate::checkpoint::OperatorState;
 use crate::operator::Operator;
 use crate::{Error, Result};
 
@@ -83,6 +84,25 @@ impl Pipeline {
             .iter_mut()
             .flat_map(|o| o.take_late())
             .collect()
+    }
+
+    /// Appends every operator's state, first to last.
+    pub fn snapshot(&mut self, out: &mut Vec<OperatorState>) -> Result<()> {
+        for op in &mut self.operators {
+            out.push(op.snapshot()?);
+        }
+        Ok(())
+    }
+
+    /// Restores every operator from `parts`, in the order [`Pipeline::snapshot`] wrote them.
+    pub fn restore(&mut self, parts: &mut dyn Iterator<Item = OperatorState>) -> Result<()> {
+        for op in &mut self.operators {
+            let state = parts.next().ok_or_else(|| {
+                Error::Corrupt("checkpoint has fewer operator states than the plan".into())
+            })?;
+            op.restore(state)?;
+        }
+        Ok(())
     }
 
     /// One line per operator, last first (as EXPLAIN prints plans).

@@ -24,6 +24,10 @@ pub struct Progress {
     pub late_rows: u64,
     /// Set when the query stopped on an error.
     pub error: Option<String>,
+    /// Per source partition (as `offsets`), the offset from which the query's oldest kept
+    /// checkpoint replays: the log must keep everything from there. `None` while the query has
+    /// no checkpoint, when a restart would replay from the start.
+    pub checkpoint_offsets: Option<Vec<u64>>,
 }
 
 /// The rows of a view: appended (closed windows are final) or upserted by a key (results that
@@ -521,6 +525,19 @@ impl ResultTable {
             Rows::Append(all) => Ok(all.clone()),
             Rows::Keyed(keyed) => keyed.current(),
         }
+    }
+
+    /// Puts back rows from [`ResultTable::snapshot`] (of a table made the same way) into an
+    /// empty table, as a query restored from a checkpoint does. Subscribers are not told.
+    pub fn restore(&self, batches: Vec<RecordBatch>) -> Result<()> {
+        let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
+            match &mut *rows {
+                Rows::Append(all) => all.push(b),
+                Rows::Keyed(keyed) => keyed.put(b, None, None)?,
+            }
+        }
+        Ok(())
     }
 
     /// Number of result rows.

@@ -9,6 +9,7 @@ use datafusion::arrow::array::{Array, RecordBatch, StringArray, TimestampMicrose
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::json::LineDelimitedWriter;
 
+use crate::checkpoint::{Checkpoint, CheckpointStore, OperatorState};
 use crate::dataflow::Dataflow;
 use crate::log::Notifier;
 use crate::log::StreamLog;
@@ -32,6 +33,17 @@ pub struct SourceSpec {
     pub idle_timeout: Duration,
 }
 
+/// Where and how often a continuous query checkpoints.
+#[derive(Debug, Clone)]
+pub struct CheckpointSpec {
+    /// The query's checkpoint files.
+    pub store: CheckpointStore,
+    /// How often to take a checkpoint (when the query made progress since the last one).
+    pub interval: Duration,
+    /// Identifies the plan: a checkpoint with another fingerprint is not restored.
+    pub fingerprint: String,
+}
+
 /// Everything a continuous query needs to run.
 #[derive(Debug)]
 pub struct QuerySpec {
@@ -45,6 +57,9 @@ pub struct QuerySpec {
     pub sink: Arc<ResultTable>,
     /// Where late events go, one row each (see [`late_events_schema`]).
     pub late: Arc<ResultTable>,
+    /// Checkpoints: restored on start, taken periodically and on stop. Without, the query
+    /// starts from the beginning of its sources every time.
+    pub checkpoint: Option<CheckpointSpec>,
 }
 
 /// The schema of a query's late events: the query, the watermark the event arrived behind,
@@ -172,35 +187,244 @@ struct SourceState {
     tracker: WatermarkTracker,
 }
 
+/// Everything of a running query that a checkpoint captures, besides its operators and sinks.
+struct Position {
+    sources: Vec<SourceState>,
+    /// The watermark of every source, as last passed to the dataflow.
+    last_watermarks: Vec<Option<i64>>,
+    /// The query's watermark, as last published.
+    last_watermark: Option<i64>,
+}
+
+impl Position {
+    fn new(specs: &[SourceSpec]) -> Self {
+        let sources: Vec<SourceState> = specs
+            .iter()
+            .map(|s| SourceState {
+                offsets: s
+                    .log
+                    .partitions()
+                    .iter()
+                    .map(|p| p.start_offset())
+                    .collect(),
+                tracker: WatermarkTracker::new(
+                    s.log.partitions().len(),
+                    s.delay_ns,
+                    s.idle_timeout,
+                ),
+                spec: s.clone(),
+            })
+            .collect();
+        Self {
+            last_watermarks: vec![None; sources.len()],
+            sources,
+            last_watermark: None,
+        }
+    }
+
+    /// Every source's partition offsets, flattened in source order.
+    fn offsets(&self) -> Vec<u64> {
+        self.sources
+            .iter()
+            .flat_map(|s| s.offsets.clone())
+            .collect()
+    }
+
+    /// Values: per source its partition count, offsets, watermark tracker state and last
+    /// watermark; then the query's watermark.
+    fn snapshot(&self) -> OperatorState {
+        let mut values = Vec::new();
+        for (s, w) in self.sources.iter().zip(&self.last_watermarks) {
+            values.push(Some(s.offsets.len() as i64));
+            values.extend(s.offsets.iter().map(|&o| Some(o as i64)));
+            values.extend(s.tracker.snapshot());
+            values.push(*w);
+        }
+        values.push(self.last_watermark);
+        OperatorState {
+            values,
+            batches: Vec::new(),
+        }
+    }
+
+    fn restore(&mut self, state: &OperatorState) -> Result<()> {
+        let corrupt = || Error::Corrupt("checkpoint positions do not fit the sources".into());
+        let mut values = state.values.iter().copied();
+        let now = Instant::now();
+        for (s, w) in self.sources.iter_mut().zip(&mut self.last_watermarks) {
+            let n = values.next().flatten().ok_or_else(corrupt)? as usize;
+            if n != s.offsets.len() {
+                return Err(corrupt());
+            }
+            for o in &mut s.offsets {
+                *o = values.next().flatten().ok_or_else(corrupt)? as u64;
+            }
+            let tracker: Vec<Option<i64>> = values.by_ref().take(n + 1).collect();
+            s.tracker.restore(&tracker, now)?;
+            *w = values.next().ok_or_else(corrupt)?;
+        }
+        self.last_watermark = values.next().ok_or_else(corrupt)?;
+        if values.next().is_some() {
+            return Err(corrupt());
+        }
+        Ok(())
+    }
+}
+
+/// Takes and restores a query's checkpoints.
+struct Checkpointer {
+    spec: CheckpointSpec,
+    epoch: u64,
+    last: Instant,
+    /// Source offsets of the checkpoints kept, oldest first.
+    kept: std::collections::VecDeque<Vec<u64>>,
+}
+
+impl Checkpointer {
+    /// Restores the newest usable checkpoint into the query, if there is one.
+    fn start(spec: CheckpointSpec, query: &mut QuerySpec, position: &mut Position) -> Result<Self> {
+        let mut this = Self {
+            epoch: 0,
+            last: Instant::now(),
+            kept: Default::default(),
+            spec,
+        };
+        let Some(checkpoint) = this.spec.store.latest()? else {
+            return Ok(this);
+        };
+        if checkpoint.fingerprint != this.spec.fingerprint {
+            tracing::warn!(
+                query = %query.name,
+                epoch = checkpoint.epoch,
+                "checkpoint is of another plan; starting from the beginning of the sources"
+            );
+            this.epoch = checkpoint.epoch;
+            return Ok(this);
+        }
+        let started = Instant::now();
+        let mut parts = checkpoint.parts.into_iter();
+        let missing = || Error::Corrupt("checkpoint has fewer parts than the query".into());
+        position.restore(&parts.next().ok_or_else(missing)?)?;
+        query.dataflow.restore(&mut parts)?;
+        let sink = parts.next().ok_or_else(missing)?;
+        let late = parts.next().ok_or_else(missing)?;
+        if parts.next().is_some() {
+            return Err(Error::Corrupt(
+                "checkpoint has more parts than the query".into(),
+            ));
+        }
+        query.sink.restore(sink.batches)?;
+        query.late.restore(late.batches)?;
+        this.epoch = checkpoint.epoch;
+        let oldest = match this.spec.store.oldest()? {
+            Some(c) if c.fingerprint == this.spec.fingerprint => c.parts.first().map(|p| {
+                let mut restored = Position::new(&query.sources);
+                restored
+                    .restore(p)
+                    .map(|()| restored.offsets())
+                    .unwrap_or_else(|_| position.offsets())
+            }),
+            _ => None,
+        };
+        this.kept.extend(oldest);
+        this.kept.push_back(position.offsets());
+        tracing::info!(
+            query = %query.name,
+            epoch = this.epoch,
+            offsets = ?position.offsets(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "restored checkpoint"
+        );
+        Ok(this)
+    }
+
+    /// The offsets the oldest kept checkpoint replays from.
+    fn retained(&self) -> Option<Vec<u64>> {
+        self.kept.front().cloned()
+    }
+
+    /// Writes a checkpoint of the query as it is now. A failure (a full disk, say) is logged
+    /// and the query goes on: the previous checkpoints stay valid.
+    fn take(&mut self, query: &mut QuerySpec, position: &Position) {
+        self.last = Instant::now();
+        let started = Instant::now();
+        let written = (|| -> Result<()> {
+            let mut parts = vec![position.snapshot()];
+            query.dataflow.snapshot(&mut parts)?;
+            parts.push(OperatorState {
+                values: Vec::new(),
+                batches: query.sink.snapshot()?,
+            });
+            parts.push(OperatorState {
+                values: Vec::new(),
+                batches: query.late.snapshot()?,
+            });
+            let checkpoint = Checkpoint {
+                epoch: self.epoch + 1,
+                fingerprint: self.spec.fingerprint.clone(),
+                parts,
+            };
+            self.spec.store.write(&checkpoint)
+        })();
+        match written {
+            Ok(()) => {
+                self.epoch += 1;
+                self.kept.push_back(position.offsets());
+                while self.kept.len() > crate::checkpoint::KEEP {
+                    self.kept.pop_front();
+                }
+                tracing::debug!(
+                    query = %query.name,
+                    epoch = self.epoch,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "checkpoint written"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(query = %query.name, error = %e, "checkpoint failed; will retry")
+            }
+        }
+    }
+}
+
 fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
-    let mut sources: Vec<SourceState> = spec
-        .sources
-        .iter()
-        .map(|s| SourceState {
-            offsets: s
-                .log
-                .partitions()
-                .iter()
-                .map(|p| p.start_offset())
-                .collect(),
-            tracker: WatermarkTracker::new(s.log.partitions().len(), s.delay_ns, s.idle_timeout),
-            spec: s.clone(),
-        })
-        .collect();
+    let mut position = Position::new(&spec.sources);
+    let mut checkpointer = match spec.checkpoint.take() {
+        Some(c) => Some(Checkpointer::start(c, &mut spec, &mut position)?),
+        None => None,
+    };
     // Wake up often enough to notice partitions going idle.
-    let idle = sources
+    let idle = position
+        .sources
         .iter()
         .map(|s| s.spec.idle_timeout)
         .min()
         .unwrap_or(Duration::from_secs(5));
-    let tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
-    let mut last_watermarks: Vec<Option<i64>> = vec![None; sources.len()];
-    let mut last_watermark = None;
-    tracing::info!(query = %spec.name, sources = sources.len(), "continuous query started");
-    while !stop.load(Ordering::Acquire) {
+    let mut tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
+    if let Some(c) = &checkpointer {
+        tick = tick.min(c.spec.interval.max(Duration::from_millis(10)));
+    }
+    // Whether anything changed since the last checkpoint.
+    let mut dirty = false;
+    tracing::info!(query = %spec.name, sources = position.sources.len(), "continuous query started");
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        if let Some(c) = checkpointer.as_mut() {
+            if dirty && (stopping || c.last.elapsed() >= c.spec.interval) {
+                c.take(&mut spec, &position);
+                dirty = false;
+                let mut p = spec.sink.progress();
+                p.checkpoint_offsets = c.retained();
+                spec.sink.set_progress(p);
+            }
+        }
+        if stopping {
+            break;
+        }
         let seen = wake.generation();
         let mut progressed = false;
-        for (s, source) in sources.iter_mut().enumerate() {
+        let last_watermark = position.last_watermark;
+        for (s, source) in position.sources.iter_mut().enumerate() {
             let partitions = source.spec.log.partitions().to_vec();
             let ends = source.spec.log.snapshot_offsets();
             for (p, partition) in partitions.iter().enumerate() {
@@ -235,11 +459,12 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
             }
         }
         let now = Instant::now();
-        let watermarks: Vec<Option<i64>> = sources
+        let watermarks: Vec<Option<i64>> = position
+            .sources
             .iter_mut()
             .map(|s| s.tracker.watermark(now))
             .collect();
-        if watermarks != last_watermarks {
+        if watermarks != position.last_watermarks {
             let out = spec.dataflow.on_watermark(&watermarks)?;
             spec.sink.append(out)?;
             let late = spec.dataflow.take_late();
@@ -247,18 +472,21 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
                 spec.late
                     .append(vec![late_events(&spec.name, last_watermark, &late)?])?;
             }
-            last_watermarks = watermarks.clone();
+            position.last_watermarks = watermarks.clone();
+            dirty = true;
         }
+        dirty |= progressed;
         let watermark = watermarks
             .iter()
             .copied()
             .try_fold(i64::MAX, |m, w| w.map(|w| m.min(w)));
-        last_watermark = watermark.or(last_watermark);
+        position.last_watermark = watermark.or(position.last_watermark);
         spec.sink.set_progress(Progress {
-            offsets: sources.iter().flat_map(|s| s.offsets.clone()).collect(),
+            offsets: position.offsets(),
             watermark_ns: watermark,
             late_rows: spec.dataflow.late_rows(),
             error: None,
+            checkpoint_offsets: checkpointer.as_ref().and_then(Checkpointer::retained),
         });
         if !progressed {
             wake.wait_past(seen, tick);

@@ -76,6 +76,36 @@ impl WatermarkTracker {
         }
     }
 
+    /// The tracker's state for a checkpoint: each partition's largest event time, then the
+    /// current watermark.
+    pub fn snapshot(&self) -> Vec<Option<i64>> {
+        self.partitions
+            .iter()
+            .map(|p| p.map(|p| p.max_event_ns))
+            .chain([self.current])
+            .collect()
+    }
+
+    /// Restores [`WatermarkTracker::snapshot`] of a tracker with as many partitions; the
+    /// restored partitions count as active from `now`.
+    pub fn restore(&mut self, state: &[Option<i64>], now: Instant) -> Result<()> {
+        if state.len() != self.partitions.len() + 1 {
+            return Err(Error::Corrupt(format!(
+                "watermark state for {} partitions restored into {}",
+                state.len().saturating_sub(1),
+                self.partitions.len()
+            )));
+        }
+        for (slot, max) in self.partitions.iter_mut().zip(state) {
+            *slot = max.map(|max_event_ns| PartitionState {
+                max_event_ns,
+                last_data: now,
+            });
+        }
+        self.current = state[self.partitions.len()];
+        Ok(())
+    }
+
     /// The watermark at `now` in nanoseconds, once any partition has delivered data.
     pub fn watermark(&mut self, now: Instant) -> Option<i64> {
         let seen = self.partitions.iter().flatten();

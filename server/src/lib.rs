@@ -23,6 +23,8 @@ pub struct ServeConfig {
     pub users: Option<Arc<auth::Users>>,
     /// TLS certificate chain and private key (PEM), to accept encrypted connections.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// How often each materialized view checkpoints.
+    pub checkpoint_interval: std::time::Duration,
 }
 
 /// Errors that stop the server from starting.
@@ -78,7 +80,13 @@ impl Server {
             Some((cert, key)) => Some(auth::tls_acceptor(cert, key)?),
             None => None,
         };
-        let db = Database::open(&config.data_dir).await?;
+        let db = Database::open_with(
+            &config.data_dir,
+            weir_sql::Options {
+                checkpoint_interval: config.checkpoint_interval,
+            },
+        )
+        .await?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Io {

@@ -42,6 +42,10 @@ enum Command {
         /// TLS private key (PEM).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// How often (milliseconds) each materialized view checkpoints its state, so that a
+        /// restart resumes from there instead of replaying its sources from the start.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+        checkpoint_interval_ms: u64,
     },
     /// Generate events into a running server's streams (created if missing).
     Gen {
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
             password,
             tls_cert,
             tls_key,
+            checkpoint_interval_ms,
         } => {
             let password = password.or_else(|| std::env::var("WEIR_PASSWORD").ok());
             let tls = tls_cert.zip(tls_key);
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
                     data_dir,
                     users,
                     tls,
+                    checkpoint_interval: std::time::Duration::from_millis(checkpoint_interval_ms),
                 })),
                 Err(e) => Err(e),
             }

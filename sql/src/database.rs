@@ -8,9 +8,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
+use weir_engine::checkpoint::CheckpointStore;
 use weir_engine::log::StreamLog;
 use weir_engine::result_table::ResultTable;
-use weir_engine::runtime::{QuerySpec, RunningQuery, SourceSpec, late_events_schema};
+use weir_engine::runtime::{
+    CheckpointSpec, QuerySpec, RunningQuery, SourceSpec, late_events_schema,
+};
 
 use crate::catalog::{CatalogData, CatalogFile, StreamDef, TableDef, ViewDef};
 use crate::planner::CompiledView;
@@ -87,9 +90,25 @@ struct State {
     tables: BTreeMap<String, Arc<TableEntry>>,
 }
 
+/// How a database runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often each materialized view checkpoints its query (when it made progress).
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
+    options: Options,
     catalog: CatalogFile,
     state: Mutex<State>,
     /// Held (locked) for the database's lifetime so that two processes never share a data dir.
@@ -132,9 +151,15 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 impl Database {
-    /// Opens (or creates) the database in `dir`: recovers every stream's log and restarts every
-    /// view's continuous query, which rebuilds the view by replaying its source from the start.
+    /// Opens (or creates) the database in `dir` with default [`Options`].
     pub async fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, Options::default()).await
+    }
+
+    /// Opens (or creates) the database in `dir`: recovers every stream's log and restarts every
+    /// view's continuous query from its last checkpoint (or, without one, from the start of its
+    /// sources).
+    pub async fn open_with(dir: &Path, options: Options) -> Result<Self> {
         fs::create_dir_all(dir.join("tables"))
             .map_err(|e| io(format!("creating data directory {}", dir.display()), e))?;
         fs::create_dir_all(dir.join("streams"))
@@ -153,6 +178,7 @@ impl Database {
         let db = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
+                options,
                 catalog,
                 state: Mutex::new(State::default()),
                 _lock: lock,
@@ -203,6 +229,21 @@ impl Database {
 
     fn stream_dir(&self, name: &str) -> PathBuf {
         self.inner.dir.join("streams").join(name)
+    }
+
+    /// Where a materialized view keeps its checkpoints.
+    fn view_dir(&self, name: &str) -> PathBuf {
+        self.inner.dir.join("views").join(name)
+    }
+
+    /// Deletes a view's checkpoints (the view is gone, or a new view of that name starts).
+    fn remove_view_dir(&self, name: &str) -> Result<()> {
+        let dir = self.view_dir(name);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(format!("removing {}", dir.display()), e)),
+        }
     }
 
     fn table_dir(&self, name: &str) -> PathBuf {
@@ -370,12 +411,15 @@ impl Database {
                 state.tables.remove(name);
             }
         }
-        for v in &dependents {
-            if let Some(view) = state.views.remove(v) {
-                view.stop();
-            }
-        }
+        let stopped: Vec<_> = dependents
+            .iter()
+            .filter_map(|v| state.views.remove(v))
+            .collect();
         drop(state);
+        for view in stopped {
+            view.stop();
+            self.remove_view_dir(&view.def.name)?;
+        }
         fs::remove_dir_all(dir).map_err(|e| io(format!("removing {}", dir.display()), e))?;
         Ok(())
     }
@@ -385,6 +429,7 @@ impl Database {
     fn spawn_query(
         name: &str,
         compiled: &mut Option<CompiledView>,
+        checkpoint: Option<CheckpointSpec>,
     ) -> Result<(Arc<ResultTable>, Arc<ResultTable>, RunningQuery)> {
         let compiled = compiled.take().ok_or_else(|| {
             Error::Internal("a compiled view started twice; this is a bug".into())
@@ -420,6 +465,7 @@ impl Database {
             dataflow: compiled.dataflow,
             sink: Arc::clone(&table),
             late: Arc::clone(&late),
+            checkpoint,
         })?;
         Ok((table, late, query))
     }
@@ -431,7 +477,7 @@ impl Database {
         name: &str,
         compiled: CompiledView,
     ) -> Result<(Arc<ResultTable>, RunningQuery)> {
-        let (table, _late, query) = Self::spawn_query(name, &mut Some(compiled))?;
+        let (table, _late, query) = Self::spawn_query(name, &mut Some(compiled), None)?;
         Ok((table, query))
     }
 
@@ -440,7 +486,14 @@ impl Database {
         let sources = compiled.sources.clone();
         let tables: Vec<String> = compiled.tables.iter().map(|t| t.def.name.clone()).collect();
         let views = compiled.views.clone();
-        let (table, late, query) = Self::spawn_query(&def.name, &mut Some(compiled))?;
+        let checkpoint = CheckpointSpec {
+            store: CheckpointStore::open(&self.view_dir(&def.name))?,
+            interval: self.inner.options.checkpoint_interval,
+            // A checkpoint is restored only into the plan that wrote it.
+            fingerprint: format!("{def:?}\n{}", plan.join("\n")),
+        };
+        let (table, late, query) =
+            Self::spawn_query(&def.name, &mut Some(compiled), Some(checkpoint))?;
         let entry = Arc::new(ViewEntry {
             def: def.clone(),
             sources,
@@ -467,6 +520,8 @@ impl Database {
             state.data = data;
         }
         tracing::info!(view = %def.name, "materialized view created");
+        // Checkpoints left by an earlier view of the same name are not this view's.
+        self.remove_view_dir(&def.name)?;
         self.start_view(def, compiled)
     }
 
@@ -503,6 +558,7 @@ impl Database {
         drop(state);
         for view in stopped {
             view.stop();
+            self.remove_view_dir(&view.def.name)?;
         }
         Ok(())
     }
@@ -565,20 +621,50 @@ fn retention_loop(db: &Weak<Inner>) {
     loop {
         std::thread::sleep(RETENTION_INTERVAL);
         let Some(inner) = db.upgrade() else { return };
-        let streams: Vec<_> = inner
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .streams
-            .values()
-            .filter(|s| s.def.retention_ms.is_some() || s.def.retention_bytes.is_some())
-            .cloned()
-            .collect();
+        let (streams, views): (Vec<_>, Vec<_>) = {
+            let state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                state
+                    .streams
+                    .values()
+                    .filter(|s| s.def.retention_ms.is_some() || s.def.retention_bytes.is_some())
+                    .cloned()
+                    .collect(),
+                state.views.values().cloned().collect(),
+            )
+        };
         drop(inner);
         for s in streams {
-            if let Err(e) = s.log.enforce_retention() {
+            let keep = retention_floor(&s, &views);
+            if let Err(e) = s.log.enforce_retention_keeping(&keep) {
                 tracing::warn!(stream = %s.def.name, error = %e, "retention failed");
             }
         }
     }
+}
+
+/// Per partition of `stream`, the lowest offset a view's checkpoint replays from: retention
+/// keeps everything from there. A view without a checkpoint yet replays from the start.
+fn retention_floor(stream: &StreamEntry, views: &[Arc<ViewEntry>]) -> Vec<u64> {
+    let partitions = stream.log.partitions().len();
+    let mut keep = vec![u64::MAX; partitions];
+    for v in views {
+        let progress = v.table.progress();
+        let mut at = 0;
+        for source in &v.sources {
+            let n = source.log.partitions().len();
+            if source.def.name == stream.def.name {
+                for (p, k) in keep.iter_mut().enumerate() {
+                    let needed = progress
+                        .checkpoint_offsets
+                        .as_ref()
+                        .and_then(|o| o.get(at + p).copied())
+                        .unwrap_or(0);
+                    *k = (*k).min(needed);
+                }
+            }
+            at += n;
+        }
+    }
+    keep
 }

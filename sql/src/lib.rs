@@ -15,7 +15,7 @@ pub mod settings;
 pub mod subscribe;
 pub mod tables;
 
-pub use database::Database;
+pub use database::{Database, Options};
 pub use error::{Error, Result};
 pub use session::{Description, Output, Session};
 

@@ -115,7 +115,7 @@ pub struct Description {
 /// A connection's session: runs statements against a [`Database`].
 pub struct Session {
     db: Database,
-    ctx: SessionContext,
+    ctx: WeirContext,
     settings: Settings,
     /// Statements that changed data since `BEGIN`, while a transaction block is open.
     transaction: std::sync::Mutex<Option<u64>>,
@@ -176,7 +176,30 @@ impl SchemaProvider for WeirSchema {
 }
 
 /// A DataFusion context that sees the database's objects and Weir's table functions.
-pub(crate) fn new_context(db: &Database, settings: &Settings) -> SessionContext {
+/// A session context that releases its `pg_catalog` when dropped.
+///
+/// datafusion-pg-catalog's `pg_catalog` schema holds the context's catalog list, which holds
+/// the schema: a reference cycle that would keep the whole context (and the database with it)
+/// alive after its last use. Unregistering the schema on drop breaks it.
+pub(crate) struct WeirContext(SessionContext);
+
+impl std::ops::Deref for WeirContext {
+    type Target = SessionContext;
+
+    fn deref(&self) -> &SessionContext {
+        &self.0
+    }
+}
+
+impl Drop for WeirContext {
+    fn drop(&mut self) {
+        if let Some(catalog) = self.0.catalog(CATALOG) {
+            let _ = catalog.deregister_schema("pg_catalog", true);
+        }
+    }
+}
+
+pub(crate) fn new_context(db: &Database, settings: &Settings) -> WeirContext {
     let config = SessionConfig::new()
         .with_default_catalog_and_schema(CATALOG, SCHEMA)
         .with_create_default_catalog_and_schema(false)
@@ -216,7 +239,7 @@ pub(crate) fn new_context(db: &Database, settings: &Settings) -> SessionContext 
     for f in crate::settings::functions(settings) {
         ctx.register_udf(f);
     }
-    ctx
+    WeirContext(ctx)
 }
 
 fn rows(schema: SchemaRef, batch: RecordBatch) -> Output {

@@ -395,10 +395,19 @@ impl StreamLog {
 
     /// Applies retention to every partition; returns the number of segments deleted.
     pub fn enforce_retention(&self) -> Result<usize> {
+        self.enforce_retention_keeping(&[])
+    }
+
+    /// Applies retention, but keeps every row at or after `keep[p]` in partition `p` (what
+    /// checkpoints of queries still need); partitions past the end of `keep` are unconstrained.
+    pub fn enforce_retention_keeping(&self, keep: &[u64]) -> Result<usize> {
         let now = now_ms();
         self.partitions
             .iter()
-            .map(|p| p.enforce_retention(now))
+            .enumerate()
+            .map(|(i, p)| {
+                p.enforce_retention_keeping(now, keep.get(i).copied().unwrap_or(u64::MAX))
+            })
             .sum::<Result<usize>>()
     }
 }

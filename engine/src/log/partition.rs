@@ -364,6 +364,12 @@ impl Partition {
     ///
     /// Returns the number of segments deleted.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        self.enforce_retention_keeping(now_ms, u64::MAX)
+    }
+
+    /// As [`Partition::enforce_retention`], but never deletes a segment holding a row at or
+    /// after offset `keep` (a checkpoint replays from there).
+    pub fn enforce_retention_keeping(&self, now_ms: i64, keep: u64) -> Result<usize> {
         let mut state = self.state();
         let mut deleted = 0;
         let mut total: u64 = state.segments.iter().map(|s| s.size).sum();
@@ -374,7 +380,9 @@ impl Partition {
                 .retention_ms
                 .is_some_and(|ms| oldest.last_append_ms < now_ms - ms);
             let too_big = self.config.retention_bytes.is_some_and(|b| total > b);
-            if !(too_old || too_big) {
+            // The segment's rows end where the next segment begins.
+            let needed = state.segments[1].base_offset > keep;
+            if !(too_old || too_big) || needed {
                 break;
             }
             let oldest = state.segments.remove(0);

@@ -28,7 +28,8 @@ pub use stream_join::{JoinInput, StreamJoinOperator};
 pub use tumble::TumbleOperator;
 pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
 
-use crate::Result;
+use crate::checkpoint::OperatorState;
+use crate::{Error, Result};
 
 /// A step of a continuous query.
 pub trait Operator: Send + std::fmt::Debug {
@@ -62,6 +63,29 @@ pub trait Operator: Send + std::fmt::Debug {
     fn explain(&self) -> String {
         self.name().to_string()
     }
+
+    /// The operator's state for a checkpoint, taken between batches; the operator goes on as
+    /// if this had not been called. Stateless operators keep the default (nothing).
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        Ok(OperatorState::default())
+    }
+
+    /// Replaces the state of a freshly made operator with one from [`Operator::snapshot`] of
+    /// the same plan.
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        expect_empty(self.name(), &state)
+    }
+}
+
+/// The [`Operator::restore`] of a stateless operator: only an empty state fits.
+pub(crate) fn expect_empty(name: &str, state: &OperatorState) -> Result<()> {
+    if state.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(format!(
+            "a checkpoint holds state for stateless operator {name}"
+        )))
+    }
 }
 
 /// Which input of a two-input operator a batch comes from.
@@ -93,6 +117,12 @@ pub trait BinaryOperator: Send + std::fmt::Debug {
 
     /// One line describing the operator, for EXPLAIN.
     fn explain(&self) -> String;
+
+    /// The operator's state for a checkpoint (see [`Operator::snapshot`]).
+    fn snapshot(&mut self) -> Result<OperatorState>;
+
+    /// Replaces the state of a freshly made operator (see [`Operator::restore`]).
+    fn restore(&mut self, state: OperatorState) -> Result<()>;
 }
 
 /// Evaluates every aggregate's arguments and `FILTER` mask over `batch`.

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{cast, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::ScalarValue;
@@ -15,6 +15,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::tumble::{format_duration_ns, windowed_schema};
 use super::{AggregateSpec, Operator, aggregate_inputs, batch_of};
+use crate::checkpoint::OperatorState;
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
 
@@ -352,6 +353,115 @@ impl Operator for SessionAggregateOperator {
 
     fn take_late(&mut self) -> Vec<RecordBatch> {
         std::mem::take(&mut self.late)
+    }
+
+    /// Values: watermark, late rows; one batch (when sessions are open) with the key columns,
+    /// each session's start and end (ns) and every accumulator's intermediate state.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let mut state = OperatorState {
+            values: vec![self.watermark, Some(self.late_rows as i64)],
+            batches: Vec::new(),
+        };
+        let mut keys = Vec::new();
+        let mut starts = Vec::new();
+        let mut ends = Vec::new();
+        let mut states: Vec<Vec<ScalarValue>> = Vec::new();
+        for (key, sessions) in &mut self.sessions {
+            for (start, session) in sessions.iter_mut() {
+                keys.push(key.clone());
+                starts.push(*start);
+                ends.push(session.end);
+                let mut column = 0;
+                for (acc, spec) in session.accumulators.iter_mut().zip(&self.aggregates) {
+                    // `state` may consume what it reports: rebuild the accumulator from it.
+                    let values = acc.state()?;
+                    let arrays = values
+                        .iter()
+                        .map(ScalarValue::to_array)
+                        .collect::<datafusion::error::Result<Vec<_>>>()?;
+                    let mut fresh = spec.expr.create_accumulator()?;
+                    fresh.merge_batch(&arrays)?;
+                    *acc = fresh;
+                    for v in values {
+                        if states.len() <= column {
+                            states.push(Vec::new());
+                        }
+                        states[column].push(v);
+                        column += 1;
+                    }
+                }
+            }
+        }
+        if keys.is_empty() {
+            return Ok(state);
+        }
+        let mut columns = self.converter.convert_rows(keys.iter().map(|k| k.row()))?;
+        columns.push(Arc::new(Int64Array::from(starts)));
+        columns.push(Arc::new(Int64Array::from(ends)));
+        for s in states {
+            columns.push(ScalarValue::iter_to_array(s)?);
+        }
+        let fields: Vec<Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        state.batches.push(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?);
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        self.watermark = state.value(0)?;
+        self.late_rows = state.value(1)?.unwrap_or(0) as u64;
+        self.sessions.clear();
+        let corrupt = || Error::Corrupt("session state does not fit the plan".into());
+        for batch in state.batches {
+            let k = self.keys.len();
+            if batch.num_columns() < k + 2 {
+                return Err(corrupt());
+            }
+            let rows = self.converter.convert_columns(&batch.columns()[..k])?;
+            let starts = batch
+                .column(k)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(corrupt)?;
+            let ends = batch
+                .column(k + 1)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(corrupt)?;
+            for i in 0..batch.num_rows() {
+                let mut rest = &batch.columns()[k + 2..];
+                let mut accumulators = Vec::with_capacity(self.aggregates.len());
+                for spec in &self.aggregates {
+                    let width = spec.expr.state_fields()?.len();
+                    if rest.len() < width {
+                        return Err(corrupt());
+                    }
+                    let (partial, tail) = rest.split_at(width);
+                    let one: Vec<ArrayRef> = partial.iter().map(|a| a.slice(i, 1)).collect();
+                    let mut acc = spec.expr.create_accumulator()?;
+                    acc.merge_batch(&one)?;
+                    accumulators.push(acc);
+                    rest = tail;
+                }
+                let key = if i < rows.num_rows() {
+                    rows.row(i).owned()
+                } else {
+                    return Err(corrupt());
+                };
+                self.sessions.entry(key).or_default().insert(
+                    starts.value(i),
+                    Session {
+                        end: ends.value(i),
+                        accumulators,
+                    },
+                );
+            }
+        }
+        Ok(())
     }
 
     fn explain(&self) -> String {

@@ -14,6 +14,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::tumble::format_duration_ns;
 use super::{BinaryOperator, Side};
+use crate::checkpoint::OperatorState;
 use crate::{Error, Result};
 
 /// How one input of a [`StreamJoinOperator`] is matched and when its rows can be forgotten.
@@ -282,6 +283,49 @@ impl StreamJoinOperator {
     }
 }
 
+impl StreamJoinOperator {
+    /// Keeps `batch` (rows of input `s`, with their key rows, hashes and expiry times) for rows
+    /// of the other input still to come.
+    fn store(
+        &mut self,
+        s: usize,
+        batch: RecordBatch,
+        keys: Option<Rows>,
+        hashes: &[u64],
+        expiry: &[i64],
+    ) {
+        let stored = &mut self.stored[s];
+        let id = stored.first + stored.chunks.len();
+        for (r, h) in hashes.iter().enumerate() {
+            stored.index.entry(*h).or_default().push((id, r as u32));
+        }
+        stored.entries += hashes.len();
+        stored.rows += batch.num_rows();
+        stored.chunks.push_back(Some(Chunk {
+            batch,
+            keys,
+            expiry: expiry.iter().copied().max().unwrap_or(i64::MIN),
+        }));
+    }
+
+    /// Stores rows of input `s` from a checkpoint: keys, hashes and expiry as on arrival.
+    fn store_restored(&mut self, s: usize, batch: RecordBatch) -> Result<()> {
+        let input = &self.inputs[s];
+        let expiry: Vec<i64> = times_ns(batch.column(input.expiry_column))?
+            .into_iter()
+            .map(|t| t.saturating_add(input.expiry_offset_ns))
+            .collect();
+        let keys = self.keys_of(s, &batch)?;
+        let key_rows = match &self.converter {
+            Some(c) => Some(c.convert_columns(&keys)?),
+            None => None,
+        };
+        let hashes = self.hashes(&keys, batch.num_rows())?;
+        self.store(s, batch, key_rows, &hashes, &expiry);
+        Ok(())
+    }
+}
+
 impl BinaryOperator for StreamJoinOperator {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
@@ -363,18 +407,7 @@ impl BinaryOperator for StreamJoinOperator {
                     pick(&expiry),
                 )
             };
-            let stored = &mut self.stored[s];
-            let id = stored.first + stored.chunks.len();
-            for (r, h) in hashes.iter().enumerate() {
-                stored.index.entry(*h).or_default().push((id, r as u32));
-            }
-            stored.entries += hashes.len();
-            stored.rows += batch.num_rows();
-            stored.chunks.push_back(Some(Chunk {
-                batch,
-                keys,
-                expiry: expiry.into_iter().max().unwrap_or(i64::MIN),
-            }));
+            self.store(s, batch, keys, &hashes, &expiry);
         }
         Ok(out.into_iter().collect())
     }
@@ -407,6 +440,35 @@ impl BinaryOperator for StreamJoinOperator {
 
     fn take_late(&mut self) -> Vec<RecordBatch> {
         std::mem::take(&mut self.late)
+    }
+
+    /// Values: watermark, late rows, and how many of the batches are the left input's; the
+    /// batches are the stored rows of the left input, then of the right.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let batches = |s: &Stored| -> Vec<RecordBatch> {
+            s.chunks.iter().flatten().map(|c| c.batch.clone()).collect()
+        };
+        let left = batches(&self.stored[0]);
+        let right = batches(&self.stored[1]);
+        Ok(OperatorState {
+            values: vec![
+                self.watermark,
+                Some(self.late_rows as i64),
+                Some(left.len() as i64),
+            ],
+            batches: left.into_iter().chain(right).collect(),
+        })
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        self.watermark = state.value(0)?;
+        self.late_rows = state.value(1)?.unwrap_or(0) as u64;
+        let left = state.value(2)?.unwrap_or(0).max(0) as usize;
+        self.stored = Default::default();
+        for (i, batch) in state.batches.into_iter().enumerate() {
+            self.store_restored(usize::from(i >= left), batch)?;
+        }
+        Ok(())
     }
 
     fn explain(&self) -> String {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
 use datafusion::arrow::compute::{cast, take, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_expr::PhysicalExpr;
@@ -17,6 +17,7 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::tumble::format_duration_ns;
 use super::{Operator, aggregate_inputs, batch_of};
+use crate::checkpoint::OperatorState;
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
 
@@ -231,15 +232,15 @@ impl WindowAggregateOperator {
         Ok(out)
     }
 
-    /// The group keys and current aggregate values of one window, leaving its state as it was.
+    /// The group keys and intermediate aggregate states of one window, leaving its state as
+    /// it was.
     ///
     /// DataFusion's group-by structures only hand out values by draining, so this drains and
     /// rebuilds: group keys are re-interned in order (so group ids stay the same) and each
-    /// accumulator's intermediate state is merged into a fresh accumulator to keep and another
-    /// to evaluate. The cost is proportional to the window's groups.
-    fn current_values(&mut self, end: i64) -> Result<Vec<ArrayRef>> {
+    /// accumulator's intermediate state is merged into a fresh accumulator to keep. The cost is
+    /// proportional to the window's groups.
+    fn window_state(&mut self, end: i64) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
         let mut fresh = self.new_window()?;
-        let mut evaluators = self.new_window()?.accumulators;
         let state = self
             .windows
             .get_mut(&end)
@@ -252,19 +253,29 @@ impl WindowAggregateOperator {
                 "re-interned group keys changed their ids".into(),
             ));
         }
-        let mut columns = keys;
-        for ((acc, kept), eval) in state
+        let mut partials = Vec::with_capacity(state.accumulators.len());
+        for (acc, kept) in state
             .accumulators
             .iter_mut()
             .zip(fresh.accumulators.iter_mut())
-            .zip(evaluators.iter_mut())
         {
             let partial = acc.state(EmitTo::All)?;
             kept.merge_batch(&partial, &self.group_ids, n)?;
-            eval.merge_batch(&partial, &self.group_ids, n)?;
-            columns.push(eval.evaluate(EmitTo::All)?);
+            partials.push(partial);
         }
         *state = fresh;
+        Ok((keys, partials))
+    }
+
+    /// The group keys and current aggregate values of one window, leaving its state as it was.
+    fn current_values(&mut self, end: i64) -> Result<Vec<ArrayRef>> {
+        let (keys, partials) = self.window_state(end)?;
+        let n = keys.first().map_or(0, |k| k.len());
+        let mut columns = keys;
+        for (eval, partial) in self.new_window()?.accumulators.iter_mut().zip(&partials) {
+            eval.merge_batch(partial, &self.group_ids, n)?;
+            columns.push(eval.evaluate(EmitTo::All)?);
+        }
         Ok(columns)
     }
 
@@ -427,6 +438,70 @@ impl Operator for WindowAggregateOperator {
 
     fn take_late(&mut self) -> Vec<RecordBatch> {
         std::mem::take(&mut self.late)
+    }
+
+    /// Values: watermark, late rows, then the end of each open window; one batch per window
+    /// with its group keys followed by every accumulator's intermediate state columns.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let mut state = OperatorState {
+            values: vec![self.watermark, Some(self.late_rows as i64)],
+            batches: Vec::new(),
+        };
+        let ends: Vec<i64> = self.windows.keys().copied().collect();
+        for end in ends {
+            let (keys, partials) = self.window_state(end)?;
+            let columns: Vec<ArrayRef> = keys
+                .into_iter()
+                .chain(partials.into_iter().flatten())
+                .collect();
+            let fields: Vec<Field> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+                .collect();
+            let options = RecordBatchOptions::new()
+                .with_row_count(Some(columns.first().map_or(0, |c| c.len())));
+            state.values.push(Some(end));
+            state.batches.push(RecordBatch::try_new_with_options(
+                Arc::new(Schema::new(fields)),
+                columns,
+                &options,
+            )?);
+        }
+        Ok(state)
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        self.watermark = state.value(0)?;
+        self.late_rows = state.value(1)?.unwrap_or(0) as u64;
+        if state.values.len() != state.batches.len() + 2 {
+            return Err(Error::Corrupt(
+                "window aggregate state has windows without rows".into(),
+            ));
+        }
+        self.windows.clear();
+        let group_count = self.group_schema.fields().len();
+        for (end, batch) in state.values[2..].iter().zip(state.batches) {
+            let end = end.ok_or_else(|| Error::Corrupt("a window without an end".into()))?;
+            let mut window = self.new_window()?;
+            let columns = batch.columns();
+            let (keys, mut rest) = columns.split_at(group_count.min(columns.len()));
+            window.groups.intern(keys, &mut self.group_ids)?;
+            let n = batch.num_rows();
+            for (acc, spec) in window.accumulators.iter_mut().zip(&self.aggregates) {
+                let width = spec.expr.state_fields()?.len();
+                if rest.len() < width {
+                    return Err(Error::Corrupt(
+                        "window aggregate state lacks accumulator columns".into(),
+                    ));
+                }
+                let (partial, tail) = rest.split_at(width);
+                acc.merge_batch(partial, &self.group_ids, n)?;
+                rest = tail;
+            }
+            self.windows.insert(end, window);
+        }
+        Ok(())
     }
 
     fn explain(&self) -> String {
