@@ -28,6 +28,9 @@ pub struct Progress {
     /// checkpoint replays: the log must keep everything from there. `None` while the query has
     /// no checkpoint, when a restart would replay from the start.
     pub checkpoint_offsets: Option<Vec<u64>>,
+    /// The epoch of the query's newest durable checkpoint and the events it covers (the sum
+    /// of its source offsets), once it has one.
+    pub checkpoint: Option<(u64, u64)>,
 }
 
 /// The rows of a view: appended (closed windows are final) or upserted by a key (results that

@@ -343,6 +343,11 @@ impl Checkpointer {
         self.kept.front().cloned()
     }
 
+    /// The newest checkpoint's epoch and the events it covers.
+    fn newest(&self) -> Option<(u64, u64)> {
+        self.kept.back().map(|o| (self.epoch, o.iter().sum()))
+    }
+
     /// Writes a checkpoint of the query as it is now. A failure (a full disk, say) is logged
     /// and the query goes on: the previous checkpoints stay valid.
     fn take(&mut self, query: &mut QuerySpec, position: &Position) {
@@ -415,6 +420,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
                 dirty = false;
                 let mut p = spec.sink.progress();
                 p.checkpoint_offsets = c.retained();
+                p.checkpoint = c.newest();
                 spec.sink.set_progress(p);
             }
         }
@@ -487,6 +493,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
             late_rows: spec.dataflow.late_rows(),
             error: None,
             checkpoint_offsets: checkpointer.as_ref().and_then(Checkpointer::retained),
+            checkpoint: checkpointer.as_ref().and_then(Checkpointer::newest),
         });
         if !progressed {
             wake.wait_past(seen, tick);

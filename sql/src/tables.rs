@@ -609,7 +609,9 @@ impl TableProvider for LateEventsTable {
 pub const VIEW_PROGRESS: &str = "weir_view_progress";
 
 /// `weir_view_progress`: per view, the events it has processed, the events committed to its
-/// sources (their difference is its backlog) and its watermark; read as is, without waiting.
+/// sources (their difference is its backlog), its watermark, and its newest checkpoint (epoch
+/// and the events it covers: a restart replays only the events after them); read as is,
+/// without waiting.
 #[derive(Debug)]
 pub struct ViewProgressTable {
     db: Database,
@@ -632,6 +634,8 @@ impl ViewProgressTable {
                 DataType::Timestamp(TimeUnit::Microsecond, None),
                 true,
             ),
+            Field::new("checkpoint_epoch", DataType::Int64, true),
+            Field::new("checkpointed", DataType::Int64, true),
         ]))
     }
 }
@@ -659,12 +663,16 @@ impl TableProvider for ViewProgressTable {
         let mut processed = Vec::new();
         let mut committed = Vec::new();
         let mut watermarks = Vec::new();
+        let mut epochs = Vec::new();
+        let mut checkpointed = Vec::new();
         for v in &views {
             let p = v.table.progress();
             names.push(v.def.name.clone());
             processed.push(p.offsets.iter().sum::<u64>() as i64);
             committed.push(v.source_offsets().iter().sum::<u64>() as i64);
             watermarks.push(p.watermark_ns.map(|w| w / 1000));
+            epochs.push(p.checkpoint.map(|c| c.0 as i64));
+            checkpointed.push(p.checkpoint.map(|c| c.1 as i64));
         }
         let batch = RecordBatch::try_new(
             self.schema(),
@@ -673,6 +681,8 @@ impl TableProvider for ViewProgressTable {
                 Arc::new(Int64Array::from(processed)),
                 Arc::new(Int64Array::from(committed)),
                 Arc::new(TimestampMicrosecondArray::from(watermarks)),
+                Arc::new(Int64Array::from(epochs)),
+                Arc::new(Int64Array::from(checkpointed)),
             ],
         )?;
         Ok(MemorySourceConfig::try_new_exec(
