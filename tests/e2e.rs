@@ -1477,3 +1477,117 @@ async fn kill_9_loop_loses_and_doubles_nothing() {
     );
     views_equal_batch(&c).await;
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount runs");
+        assert!(
+            out.status.success(),
+            "the disk-full test mounts a small tmpfs, which needs root (CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// On a full disk an INSERT fails with SQLSTATE 53100 and nothing of it is stored; reads and
+/// views go on; once space is freed INSERTs work again; acknowledged rows survive kill -9.
+#[tokio::test]
+async fn a_full_disk_refuses_appends_and_loses_nothing() {
+    let disk = SmallDisk::mount("6m");
+    let data = disk.path().join("data");
+    // Space to give back later.
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 1 << 20]).expect("ballast");
+    let server = Server::start(&data);
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE STREAM notes (id BIGINT, body TEXT) WITH (partitions = 4, key = 'id'); \
+         CREATE MATERIALIZED VIEW per_bucket AS SELECT id % 10 AS bucket, COUNT(*) AS n FROM notes GROUP BY id % 10",
+    )
+    .await
+    .expect("setup");
+    let insert = |from: u64| {
+        // Bodies that do not compress, so the disk fills in a few hundred statements.
+        let values: Vec<String> = (from..from + 200)
+            .map(|id| {
+                let body: String = (0..8)
+                    .map(|k| format!("{:016x}", (id * 8 + k).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+                    .collect();
+                format!("({id}, '{body}')")
+            })
+            .collect();
+        format!("INSERT INTO notes VALUES {}", values.join(", "))
+    };
+    let mut acked = 0u64;
+    let error = loop {
+        match c.batch_execute(&insert(acked)).await {
+            Ok(()) => acked += 200,
+            Err(e) => break e,
+        }
+        assert!(acked < 1_000_000, "the disk never filled up");
+    };
+    assert_eq!(
+        error.code(),
+        Some(&SqlState::DISK_FULL),
+        "a full disk is 53100: {error}"
+    );
+    assert!(acked > 0, "some rows fit");
+    // Nothing of the failed INSERT is there; reads and views go on.
+    assert_eq!(count(&c, "SELECT count(*) FROM notes").await as u64, acked);
+    assert_eq!(
+        count(&c, "SELECT sum(n)::BIGINT FROM per_bucket").await as u64,
+        acked
+    );
+    // Still full: still refused, still nothing half-stored.
+    assert!(c.batch_execute(&insert(acked)).await.is_err());
+    assert_eq!(count(&c, "SELECT count(*) FROM notes").await as u64, acked);
+    // Space freed: appends work again.
+    std::fs::remove_file(&ballast).expect("free space");
+    c.batch_execute(&insert(acked))
+        .await
+        .expect("insert after space was freed");
+    acked += 200;
+    assert_eq!(
+        count(&c, "SELECT count(DISTINCT id) FROM notes").await as u64,
+        acked
+    );
+    drop(c);
+    server.kill9();
+    let server = Server::start(&data);
+    let c = server.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM notes").await as u64, acked);
+    assert_eq!(
+        count(&c, "SELECT count(DISTINCT id) FROM notes").await as u64,
+        acked
+    );
+    assert_eq!(
+        count(&c, "SELECT sum(n)::BIGINT FROM per_bucket").await as u64,
+        acked
+    );
+    drop(c);
+    drop(server);
+}

@@ -49,7 +49,7 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
-pub use partition::Partition;
+pub use partition::{Frame, Partition, abort_on_fsync_failure};
 pub use partitioner::{murmur2, partition_indices, supports_key_type};
 
 use crate::error::IoContext;
@@ -167,6 +167,8 @@ pub struct StreamLog {
     /// Appends hold it shared until every partition they wrote is committed; a snapshot of
     /// the offsets holds it exclusively, so that it sees each append whole or not at all.
     visibility: RwLock<()>,
+    /// Held while an append writes its frames (see [`StreamLog::write_frames`]).
+    append_lock: Mutex<()>,
 }
 
 impl StreamLog {
@@ -224,6 +226,7 @@ impl StreamLog {
             partitions,
             round_robin: AtomicUsize::new(0),
             visibility: RwLock::new(()),
+            append_lock: Mutex::new(()),
             notifier,
         })
     }
@@ -270,13 +273,13 @@ impl StreamLog {
         if batch.num_rows() == 0 {
             return Ok(AppendReceipt::default());
         }
-        let parts = self.split(&batch)?;
+        let frames = self
+            .split(&batch)?
+            .into_iter()
+            .map(|(p, part)| Ok((p, Frame::encode(&part)?)))
+            .collect::<Result<Vec<_>>>()?;
         let _visible_together = self.visibility.read().unwrap_or_else(|e| e.into_inner());
-        let mut written = Vec::with_capacity(parts.len());
-        for (p, part) in parts {
-            let (base, end) = self.partitions[p as usize].write(&part)?;
-            written.push((p, base, end));
-        }
+        let written = self.write_frames(frames)?;
         for &(p, _, end) in &written {
             self.partitions[p as usize].sync_to(end)?;
         }
@@ -297,10 +300,39 @@ impl StreamLog {
         if batch.num_rows() == 0 {
             return Ok(AppendReceipt::default());
         }
-        let base = p.append(&batch)?;
+        let frame = Frame::encode(&batch)?;
+        let _visible_together = self.visibility.read().unwrap_or_else(|e| e.into_inner());
+        let (base, end) = {
+            let _one_append = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
+            p.write_frame(frame)?
+        };
+        p.sync_to(end)?;
         Ok(AppendReceipt {
-            ranges: vec![(partition, base, batch.num_rows() as u64)],
+            ranges: vec![(partition, base, end - base)],
         })
+    }
+
+    /// Writes one frame per partition, all or none: if a write fails (a full disk, say) the
+    /// frames already written are taken back before the error is returned, so a failed
+    /// append never becomes visible with a later one. Appends write one at a time, which
+    /// makes taking back safe; encoding before and fsyncing after still overlap.
+    fn write_frames(&self, frames: Vec<(u32, Frame)>) -> Result<Vec<(u32, u64, u64)>> {
+        let _one_append = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut written = Vec::with_capacity(frames.len());
+        for (p, frame) in frames {
+            match self.partitions[p as usize].write_frame(frame) {
+                Ok((base, end)) => written.push((p, base, end)),
+                Err(e) => {
+                    for &(p, base, _) in written.iter().rev() {
+                        if let Err(undo) = self.partitions[p as usize].unwrite(base) {
+                            tracing::error!(partition = p, error = %undo, "could not take back a failed append; the partition stops");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
     }
 
     /// Concatenates `batches` into one batch with exactly the stream's schema.

@@ -13,6 +13,38 @@ use super::{LogConfig, Notifier, now_ms, sync_dir};
 use crate::error::IoContext;
 use crate::{Error, Result};
 
+static ABORT_ON_FSYNC_FAILURE: AtomicBool = AtomicBool::new(true);
+
+/// Whether a failed fsync of a log file stops the process (the default, as PostgreSQL does):
+/// pretending to go on could acknowledge writes the kernel has already dropped. With `false`
+/// the partition only refuses further appends ([`crate::Error::Poisoned`]).
+pub fn abort_on_fsync_failure(abort: bool) {
+    ABORT_ON_FSYNC_FAILURE.store(abort, Ordering::Release);
+}
+
+/// A batch encoded for the log but not yet given offsets: the costly part of an append (IPC
+/// encoding, compression), done before any lock is taken.
+#[derive(Debug)]
+pub struct Frame {
+    bytes: Vec<u8>,
+    rows: u32,
+    append_ms: i64,
+}
+
+impl Frame {
+    /// Encodes `batch`, stamped with the current wall-clock time (for time retention).
+    pub fn encode(batch: &RecordBatch) -> Result<Self> {
+        let append_ms = now_ms();
+        let bytes = frame::encode(batch, append_ms)?;
+        Ok(Self {
+            bytes,
+            // `frame::encode` refuses batches of more rows than a u32 holds.
+            rows: batch.num_rows() as u32,
+            append_ms,
+        })
+    }
+}
+
 /// Where one frame lives in its segment.
 #[derive(Debug, Clone, Copy)]
 struct FrameRef {
@@ -177,6 +209,24 @@ impl Partition {
         self.state().segments.len()
     }
 
+    /// After a failed fsync the kernel may have dropped dirty pages: nothing written since the
+    /// last good sync can be trusted. The process stops (see [`abort_on_fsync_failure`]); the
+    /// next start recovers from what is on disk. Where the process goes on, the partition
+    /// refuses every further append.
+    fn poison(&self, error: &std::io::Error) {
+        self.poisoned.store(true, Ordering::Release);
+        let abort = ABORT_ON_FSYNC_FAILURE.load(Ordering::Acquire);
+        tracing::error!(
+            partition = %self.name,
+            error = %error,
+            abort,
+            "fsync failed: stopping so that the next start recovers from what is on disk"
+        );
+        if abort {
+            std::process::abort();
+        }
+    }
+
     fn check_poisoned(&self) -> Result<()> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(Error::Poisoned(self.name.clone()));
@@ -189,9 +239,17 @@ impl Partition {
     /// Returns the offsets `[base, end)` the rows got. The rows become visible to readers, and
     /// the append may be acknowledged, only after [`Partition::sync_to`] with `end` returned.
     pub fn write(&self, batch: &RecordBatch) -> Result<(u64, u64)> {
+        self.write_frame(Frame::encode(batch)?)
+    }
+
+    /// Writes a frame made by [`Frame::encode`] (see [`Partition::write`]).
+    pub fn write_frame(&self, frame: Frame) -> Result<(u64, u64)> {
         self.check_poisoned()?;
-        let append_ms = now_ms();
-        let mut frame_bytes = frame::encode(batch, append_ms)?;
+        let Frame {
+            bytes: mut frame_bytes,
+            rows,
+            append_ms,
+        } = frame;
         let mut state = self.state();
         let base = state.next_offset;
         frame::seal(&mut frame_bytes, base);
@@ -214,21 +272,53 @@ impl Partition {
         }
         active.frames.push(FrameRef {
             base_offset: base,
-            rows: batch.num_rows() as u32,
+            rows,
             pos: active.size,
             len: frame_len as u32,
         });
         active.size += frame_len;
         active.last_append_ms = append_ms;
-        state.next_offset = base + batch.num_rows() as u64;
+        state.next_offset = base + u64::from(rows);
         Ok((base, state.next_offset))
+    }
+
+    /// Takes back the last frame written, which starts at `base`, before it is synced: an
+    /// append that spans partitions failed in another partition. The caller guarantees that
+    /// nothing was written after it. If the file cannot be cut back the partition stops, as
+    /// after a failed fsync, so the frame can never become visible.
+    pub fn unwrite(&self, base: u64) -> Result<()> {
+        let mut state = self.state();
+        let active = state
+            .segments
+            .last_mut()
+            .ok_or_else(|| Error::Internal("a partition has no active segment".into()))?;
+        let Some(last) = active.frames.last().copied() else {
+            return Err(Error::Internal("no frame to take back".into()));
+        };
+        if last.base_offset != base || self.committed() > base {
+            return Err(Error::Internal(format!(
+                "taking back frame {base} of {}, whose last frame is {}",
+                self.name, last.base_offset
+            )));
+        }
+        if let Err(e) = active.file.set_len(last.pos) {
+            self.poison(&e);
+            return Err(Error::Io {
+                context: format!("cutting back {}", active.path.display()),
+                source: e,
+            });
+        }
+        active.frames.pop();
+        active.size = last.pos;
+        state.next_offset = base;
+        Ok(())
     }
 
     /// Closes the active segment (durably) and starts a new one at the next offset.
     fn roll(&self, state: &mut State) -> Result<()> {
         if let Some(active) = state.segments.last() {
             if let Err(e) = active.file.sync_data() {
-                self.poisoned.store(true, Ordering::Release);
+                self.poison(&e);
                 return Err(Error::Io {
                     context: format!("fsync of {}", active.path.display()),
                     source: e,
@@ -271,10 +361,7 @@ impl Partition {
             )
         };
         if let Err(e) = file.sync_data() {
-            // After a failed fsync the kernel may have dropped dirty pages: nothing written
-            // since the last good sync can be trusted, so refuse further appends.
-            self.poisoned.store(true, Ordering::Release);
-            tracing::error!(partition = %self.name, error = %e, "fsync failed; partition stopped");
+            self.poison(&e);
             return Err(Error::Io {
                 context: format!("fsync of {}", path.display()),
                 source: e,

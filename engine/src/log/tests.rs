@@ -175,6 +175,42 @@ fn recovery_drops_a_corrupt_last_frame() {
     assert_eq!(keys_in(&log.partitions()[0]), (0..15).collect::<Vec<_>>());
 }
 
+/// A page of the last writes that never reached the disk reads back as zeros: recovery keeps
+/// every frame that ends before the page and appends go on after them.
+#[test]
+fn recovery_keeps_the_frames_before_a_zeroed_page() {
+    let src = tempfile::tempdir().expect("tempdir");
+    let mut ends = Vec::new();
+    {
+        let log = open_one(src.path(), LogConfig::default());
+        let p = &log.partitions()[0];
+        for i in 0..400 {
+            p.append(&rows(i * 10..i * 10 + 10)).expect("append");
+            ends.push(p.size_bytes() as usize);
+        }
+    }
+    let seg = format!("{:020}.log", 0);
+    let bytes = fs::read(src.path().join("0").join(&seg)).expect("segment");
+    assert!(bytes.len() > 3 * 4096, "several pages: {}", bytes.len());
+    for page_start in [bytes.len() / 4096 * 4096, (bytes.len() / 4096 - 1) * 4096] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(tmp.path().join("0")).expect("mkdir");
+        let mut damaged = bytes.clone();
+        let page_end = (page_start + 4096).min(damaged.len());
+        damaged[page_start..page_end].fill(0);
+        fs::write(tmp.path().join("0").join(&seg), &damaged).expect("write");
+        let log = open_one(tmp.path(), LogConfig::default());
+        let p = &log.partitions()[0];
+        let whole = ends.iter().filter(|&&e| e <= page_start).count() as i64;
+        assert_eq!(
+            keys_in(p),
+            (0..whole * 10).collect::<Vec<_>>(),
+            "page at {page_start}"
+        );
+        assert_eq!(p.append(&rows(0..1)).expect("append"), whole as u64 * 10);
+    }
+}
+
 #[test]
 fn damage_in_a_closed_segment_is_an_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
