@@ -1,7 +1,9 @@
 //! Runs continuous queries: reads their source log, drives their pipeline, fills their results.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -271,37 +273,106 @@ impl Position {
     }
 }
 
+/// What is durable of a query's checkpoints.
+#[derive(Debug, Default)]
+struct Durable {
+    /// The newest durable checkpoint's epoch.
+    epoch: u64,
+    /// Source offsets of the checkpoints kept, oldest first.
+    kept: VecDeque<Vec<u64>>,
+}
+
+/// A checkpoint on its way to disk, with the source offsets it replays from.
+type Pending = (Checkpoint, Vec<u64>);
+
 /// Takes and restores a query's checkpoints.
+///
+/// The query's thread takes each snapshot between two batches (so it is consistent); a writer
+/// thread encodes and writes it, so the query goes on meanwhile. While one checkpoint is being
+/// written the next waits for the following interval.
 struct Checkpointer {
     spec: CheckpointSpec,
+    /// The epoch of the last checkpoint handed to the writer.
     epoch: u64,
     last: Instant,
-    /// Source offsets of the checkpoints kept, oldest first.
-    kept: std::collections::VecDeque<Vec<u64>>,
+    durable: Arc<Mutex<Durable>>,
+    busy: Arc<AtomicBool>,
+    writer: Option<(SyncSender<Pending>, JoinHandle<()>)>,
 }
 
 impl Checkpointer {
-    /// Restores the newest usable checkpoint into the query, if there is one.
+    /// Restores the newest usable checkpoint into the query, if there is one, and starts the
+    /// writer thread.
     fn start(spec: CheckpointSpec, query: &mut QuerySpec, position: &mut Position) -> Result<Self> {
-        let mut this = Self {
-            epoch: 0,
-            last: Instant::now(),
-            kept: Default::default(),
+        let mut durable = Durable::default();
+        let restored = Self::restore(&spec, query, position, &mut durable)?;
+        let durable = Arc::new(Mutex::new(durable));
+        let busy = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(1);
+        let store = spec.store.clone();
+        let name = query.name.clone();
+        let (thread_durable, thread_busy) = (Arc::clone(&durable), Arc::clone(&busy));
+        let handle = std::thread::Builder::new()
+            .name(format!("checkpoint-{}", query.name))
+            .spawn(move || {
+                for (checkpoint, offsets) in rx {
+                    let started = Instant::now();
+                    match store.write(&checkpoint) {
+                        Ok(()) => {
+                            let mut d = thread_durable.lock().unwrap_or_else(|e| e.into_inner());
+                            d.epoch = checkpoint.epoch;
+                            d.kept.push_back(offsets);
+                            while d.kept.len() > crate::checkpoint::KEEP {
+                                d.kept.pop_front();
+                            }
+                            tracing::debug!(
+                                query = %name,
+                                epoch = checkpoint.epoch,
+                                write_us = started.elapsed().as_micros() as u64,
+                                "checkpoint written"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(query = %name, error = %e, "checkpoint failed; will retry")
+                        }
+                    }
+                    thread_busy.store(false, Ordering::Release);
+                }
+            })
+            .map_err(|e| Error::Io {
+                context: format!("starting the checkpoint thread of {}", query.name),
+                source: e,
+            })?;
+        Ok(Self {
             spec,
+            epoch: restored,
+            last: Instant::now(),
+            durable,
+            busy,
+            writer: Some((tx, handle)),
+        })
+    }
+
+    /// Restores the newest checkpoint of this plan; returns its epoch (0 without one).
+    fn restore(
+        spec: &CheckpointSpec,
+        query: &mut QuerySpec,
+        position: &mut Position,
+        durable: &mut Durable,
+    ) -> Result<u64> {
+        let Some(checkpoint) = spec.store.latest()? else {
+            return Ok(0);
         };
-        let Some(checkpoint) = this.spec.store.latest()? else {
-            return Ok(this);
-        };
-        if checkpoint.fingerprint != this.spec.fingerprint {
+        if checkpoint.fingerprint != spec.fingerprint {
             tracing::warn!(
                 query = %query.name,
                 epoch = checkpoint.epoch,
                 "checkpoint is of another plan; starting from the beginning of the sources"
             );
-            this.epoch = checkpoint.epoch;
-            return Ok(this);
+            return Ok(checkpoint.epoch);
         }
         let started = Instant::now();
+        let epoch = checkpoint.epoch;
         let mut parts = checkpoint.parts.into_iter();
         let missing = || Error::Corrupt("checkpoint has fewer parts than the query".into());
         position.restore(&parts.next().ok_or_else(missing)?)?;
@@ -315,45 +386,56 @@ impl Checkpointer {
         }
         query.sink.restore(sink.batches)?;
         query.late.restore(late.batches)?;
-        this.epoch = checkpoint.epoch;
-        let oldest = match this.spec.store.oldest()? {
-            Some(c) if c.fingerprint == this.spec.fingerprint => c.parts.first().map(|p| {
-                let mut restored = Position::new(&query.sources);
-                restored
-                    .restore(p)
-                    .map(|()| restored.offsets())
-                    .unwrap_or_else(|_| position.offsets())
-            }),
-            _ => None,
-        };
-        this.kept.extend(oldest);
-        this.kept.push_back(position.offsets());
+        // The oldest checkpoint kept is what recovery could fall back to: the log keeps
+        // everything from its offsets.
+        if let Some(oldest) = spec.store.oldest()? {
+            if oldest.epoch < epoch && oldest.fingerprint == spec.fingerprint {
+                let mut at = Position::new(&query.sources);
+                if let Some(p) = oldest.parts.first() {
+                    if at.restore(p).is_ok() {
+                        durable.kept.push_back(at.offsets());
+                    }
+                }
+            }
+        }
+        durable.kept.push_back(position.offsets());
+        durable.epoch = epoch;
         tracing::info!(
             query = %query.name,
-            epoch = this.epoch,
+            epoch,
             offsets = ?position.offsets(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "restored checkpoint"
         );
-        Ok(this)
+        Ok(epoch)
+    }
+
+    fn durable(&self) -> MutexGuard<'_, Durable> {
+        self.durable.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The offsets the oldest kept checkpoint replays from.
     fn retained(&self) -> Option<Vec<u64>> {
-        self.kept.front().cloned()
+        self.durable().kept.front().cloned()
     }
 
-    /// The newest checkpoint's epoch and the events it covers.
+    /// The newest durable checkpoint's epoch and the events it covers.
     fn newest(&self) -> Option<(u64, u64)> {
-        self.kept.back().map(|o| (self.epoch, o.iter().sum()))
+        let d = self.durable();
+        d.kept.back().map(|o| (d.epoch, o.iter().sum()))
     }
 
-    /// Writes a checkpoint of the query as it is now. A failure (a full disk, say) is logged
-    /// and the query goes on: the previous checkpoints stay valid.
+    /// Whether a checkpoint is due: the interval has passed and the writer is free.
+    fn due(&self) -> bool {
+        self.last.elapsed() >= self.spec.interval && !self.busy.load(Ordering::Acquire)
+    }
+
+    /// Snapshots the query as it is now and hands the snapshot to the writer. A failure to
+    /// snapshot is logged and the query goes on: the previous checkpoints stay valid.
     fn take(&mut self, query: &mut QuerySpec, position: &Position) {
         self.last = Instant::now();
         let started = Instant::now();
-        let written = (|| -> Result<()> {
+        let snapshot = (|| -> Result<Vec<OperatorState>> {
             let mut parts = vec![position.snapshot()];
             query.dataflow.snapshot(&mut parts)?;
             parts.push(OperatorState {
@@ -364,30 +446,47 @@ impl Checkpointer {
                 values: Vec::new(),
                 batches: query.late.snapshot()?,
             });
-            let checkpoint = Checkpoint {
-                epoch: self.epoch + 1,
-                fingerprint: self.spec.fingerprint.clone(),
-                parts,
-            };
-            self.spec.store.write(&checkpoint)
+            Ok(parts)
         })();
-        match written {
-            Ok(()) => {
-                self.epoch += 1;
-                self.kept.push_back(position.offsets());
-                while self.kept.len() > crate::checkpoint::KEEP {
-                    self.kept.pop_front();
-                }
-                tracing::debug!(
-                    query = %query.name,
-                    epoch = self.epoch,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "checkpoint written"
-                );
-            }
+        let parts = match snapshot {
+            Ok(parts) => parts,
             Err(e) => {
-                tracing::warn!(query = %query.name, error = %e, "checkpoint failed; will retry")
+                tracing::warn!(query = %query.name, error = %e, "checkpoint snapshot failed");
+                return;
             }
+        };
+        self.epoch += 1;
+        let checkpoint = Checkpoint {
+            epoch: self.epoch,
+            fingerprint: self.spec.fingerprint.clone(),
+            parts,
+        };
+        tracing::debug!(
+            query = %query.name,
+            epoch = self.epoch,
+            snapshot_us = started.elapsed().as_micros() as u64,
+            "checkpoint taken"
+        );
+        if let Some((tx, _)) = &self.writer {
+            self.busy.store(true, Ordering::Release);
+            if tx.send((checkpoint, position.offsets())).is_err() {
+                self.busy.store(false, Ordering::Release);
+                tracing::warn!(query = %query.name, "the checkpoint writer is gone");
+            }
+        }
+    }
+
+    /// Takes a last checkpoint (when `dirty`) and waits until everything is written.
+    fn finish(&mut self, query: &mut QuerySpec, position: &Position, dirty: bool) {
+        if dirty {
+            while self.busy.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.take(query, position);
+        }
+        if let Some((tx, handle)) = self.writer.take() {
+            drop(tx);
+            let _ = handle.join();
         }
     }
 }
@@ -413,19 +512,21 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
     let mut dirty = false;
     tracing::info!(query = %spec.name, sources = position.sources.len(), "continuous query started");
     loop {
-        let stopping = stop.load(Ordering::Acquire);
-        if let Some(c) = checkpointer.as_mut() {
-            if dirty && (stopping || c.last.elapsed() >= c.spec.interval) {
-                c.take(&mut spec, &position);
-                dirty = false;
+        if stop.load(Ordering::Acquire) {
+            if let Some(c) = checkpointer.as_mut() {
+                c.finish(&mut spec, &position, dirty);
                 let mut p = spec.sink.progress();
                 p.checkpoint_offsets = c.retained();
                 p.checkpoint = c.newest();
                 spec.sink.set_progress(p);
             }
-        }
-        if stopping {
             break;
+        }
+        if let Some(c) = checkpointer.as_mut() {
+            if dirty && c.due() {
+                c.take(&mut spec, &position);
+                dirty = false;
+            }
         }
         let seen = wake.generation();
         let mut progressed = false;

@@ -277,3 +277,207 @@ pub async fn nexmark(options: BenchOptions) -> Result<(), String> {
     db.shutdown();
     Ok(())
 }
+
+/// How `weir bench recovery` runs.
+#[derive(Debug, Clone)]
+pub struct RecoveryOptions {
+    /// Events in the log.
+    pub events: u64,
+    /// Distinct keys, all in one open window: the view's state.
+    pub keys: u64,
+    /// The checkpoint interval of the run with checkpoints.
+    pub checkpoint_interval: Duration,
+}
+
+/// Waits until `view` has processed everything committed to its sources.
+async fn catch_up(db: &Database, view: &str) -> Result<(), String> {
+    let view = db
+        .view(view)
+        .ok_or_else(|| format!("view {view} is missing"))?;
+    let offsets = view.source_offsets();
+    let progress = tokio::task::spawn_blocking(move || {
+        view.table
+            .wait_for(&offsets, Duration::from_secs(24 * 3600))
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match progress.error {
+        Some(e) => Err(format!("the view stopped: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// Bytes in the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The recovery benchmark: `events` events over `keys` keys in the log, a view holding one open
+/// window per key. Measures the view's catch-up with checkpoints every second and without
+/// (their difference is the checkpoints' cost), then restart time: opening the data directory
+/// (log recovery) and the view resuming from its checkpoint.
+pub async fn recovery(options: RecoveryOptions) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary data dir: {e}"))?;
+    let open = |interval: Duration| {
+        Database::open_with(
+            dir.path(),
+            weir_sql::Options {
+                checkpoint_interval: interval,
+            },
+        )
+    };
+    let db = open(options.checkpoint_interval)
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = Session::new(db.clone());
+    execute(
+        &session,
+        "CREATE STREAM ev (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) \
+         WITH (partitions = 4, key = 'k')",
+    )
+    .await?;
+    let started = Instant::now();
+    let mut loaded = 0u64;
+    while loaded < options.events {
+        let n = 200_000.min(options.events - loaded);
+        let mut rows = String::with_capacity(n as usize * 40);
+        for i in loaded..loaded + n {
+            // All events within one hour, so every key stays in the one open window.
+            let micros = BASE_MICROS + (i * 3_600_000_000 / options.events.max(1)) as i64;
+            rows.push_str(&format!(
+                "{}\t{}\t{}\n",
+                i % options.keys.max(1),
+                i % 1000,
+                chrono::DateTime::from_timestamp_micros(micros)
+                    .ok_or("event time out of range")?
+                    .format("%Y-%m-%d %H:%M:%S%.6f")
+            ));
+        }
+        let Output::CopyIn(copy) = execute(&session, "COPY ev FROM STDIN").await? else {
+            return Err("COPY did not start".into());
+        };
+        session
+            .copy_data(&copy, rows.into_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        loaded += n;
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    let view = "SELECT window_start, k, COUNT(*) AS n, SUM(v) AS total \
+                FROM TUMBLE(ev, ts, INTERVAL '1' DAY) GROUP BY window_start, k";
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "{} events over {} keys loaded in {load_secs:.1} s",
+        options.events, options.keys
+    );
+    // Catch-up with checkpoints.
+    let started = Instant::now();
+    execute(
+        &session,
+        &format!("CREATE MATERIALIZED VIEW with_ckpt AS {view}"),
+    )
+    .await?;
+    catch_up(&db, "with_ckpt").await?;
+    let with_secs = started.elapsed().as_secs_f64();
+    let epochs = db
+        .view("with_ckpt")
+        .and_then(|v| v.table.progress().checkpoint)
+        .map_or(0, |c| c.0);
+    execute(&session, "DROP MATERIALIZED VIEW with_ckpt").await?;
+    drop(session);
+    db.shutdown();
+    drop(db);
+    // The same without checkpoints while it runs (one is written as it stops).
+    let db = open(Duration::from_secs(365 * 24 * 3600))
+        .await
+        .map_err(|e| e.to_string())?;
+    let session = Session::new(db.clone());
+    let started = Instant::now();
+    execute(&session, &format!("CREATE MATERIALIZED VIEW v AS {view}")).await?;
+    catch_up(&db, "v").await?;
+    let without_secs = started.elapsed().as_secs_f64();
+    let rows = options.keys.min(options.events);
+    drop(session);
+    let stopping = Instant::now();
+    db.shutdown();
+    let final_checkpoint_secs = stopping.elapsed().as_secs_f64();
+    drop(db);
+    let checkpoint_bytes = dir_bytes(&dir.path().join("views").join("v"));
+    // Restart: log recovery, then the view resumes from its checkpoint.
+    let started = Instant::now();
+    let db = open(Duration::from_secs(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    let open_secs = started.elapsed().as_secs_f64();
+    catch_up(&db, "v").await?;
+    let restart_secs = started.elapsed().as_secs_f64();
+    // Check the restored state: events two days later close the window, whose counts must
+    // cover every event.
+    let session = Session::new(db.clone());
+    let Output::CopyIn(copy) = execute(&session, "COPY ev FROM STDIN").await? else {
+        return Err("COPY did not start".into());
+    };
+    let later = chrono::DateTime::from_timestamp_micros(BASE_MICROS + 2 * 86_400_000_000)
+        .ok_or("event time out of range")?
+        .format("%Y-%m-%d %H:%M:%S");
+    // One per key for a few keys, so that every partition's watermark moves.
+    let later_rows: String = (0..64).map(|k| format!("{k}\t0\t{later}\n")).collect();
+    session
+        .copy_data(&copy, later_rows.into_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let counted = match execute(&session, "SELECT COUNT(*), SUM(n) FROM v").await? {
+        Output::Rows { stream, .. } => {
+            use futures::TryStreamExt;
+            let batches: Vec<_> = stream.try_collect().await.map_err(|e| e.to_string())?;
+            let b = batches.first().ok_or("no result")?;
+            let text = |c: usize| {
+                weir_sql::datafusion::arrow::util::display::array_value_to_string(b.column(c), 0)
+                    .unwrap_or_default()
+            };
+            (text(0), text(1))
+        }
+        _ => return Err("the check query returned no rows".into()),
+    };
+    if counted
+        != (
+            options.keys.min(options.events).to_string(),
+            options.events.to_string(),
+        )
+    {
+        return Err(format!(
+            "the restored window has (keys, events) = {counted:?}, not ({}, {})",
+            options.keys, options.events
+        ));
+    }
+    drop(session);
+    db.shutdown();
+    let rate = |secs: f64| options.events as f64 / secs.max(1e-9);
+    let _ = writeln!(
+        out,
+        "catch-up with checkpoints every {} ms: {with_secs:.2} s ({:.0} events/s, {epochs} checkpoints)\n\
+         catch-up without checkpoints:        {without_secs:.2} s ({:.0} events/s)\n\
+         checkpoint cost: {:.1}% of catch-up time; one checkpoint of {rows} keys: {:.1} MiB, written at stop in {final_checkpoint_secs:.2} s\n\
+         restart: data directory open (log recovery) {open_secs:.2} s, view resumed and caught up {restart_secs:.2} s\n\
+         peak RSS {:.0} MiB",
+        options.checkpoint_interval.as_millis(),
+        rate(with_secs),
+        rate(without_secs),
+        (with_secs - without_secs) / with_secs.max(1e-9) * 100.0,
+        checkpoint_bytes as f64 / (1024.0 * 1024.0),
+        peak_rss_mib()
+    );
+    Ok(())
+}

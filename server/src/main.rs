@@ -68,10 +68,11 @@ enum Command {
         #[arg(long, default_value = "postgres://weir@127.0.0.1:5433/weir")]
         connect: String,
     },
-    /// Benchmarks: `weir bench nexmark` loads Nexmark events and times each query's catch-up.
+    /// Benchmarks: `weir bench nexmark` loads Nexmark events and times each query's catch-up;
+    /// `weir bench recovery` times checkpoints and restarts.
     Bench {
-        /// The benchmark (nexmark).
-        #[arg(value_parser = ["nexmark"])]
+        /// The benchmark (nexmark or recovery).
+        #[arg(value_parser = ["nexmark", "recovery"])]
         suite: String,
         /// Events to load (persons, auctions and bids together).
         #[arg(long, default_value_t = 1_000_000)]
@@ -88,6 +89,12 @@ enum Command {
         /// Seconds of the latency run (0 skips it).
         #[arg(long, default_value_t = 10)]
         latency_seconds: u64,
+        /// For `recovery`: distinct keys of window state.
+        #[arg(long, default_value_t = 1_000_000)]
+        keys: u64,
+        /// For `recovery`: the checkpoint interval (milliseconds) of the run with checkpoints.
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_interval_ms: u64,
     },
     /// Run the interactive shell on an embedded engine.
     Shell {
@@ -159,12 +166,26 @@ fn main() -> ExitCode {
             },
         )),
         Command::Bench {
+            suite,
+            events,
+            keys,
+            checkpoint_interval_ms,
+            ..
+        } if suite == "recovery" => runtime.block_on(weir_server::bench::recovery(
+            weir_server::bench::RecoveryOptions {
+                events,
+                keys,
+                checkpoint_interval: std::time::Duration::from_millis(checkpoint_interval_ms),
+            },
+        )),
+        Command::Bench {
             suite: _,
             events,
             query,
             csv,
             latency_rate,
             latency_seconds,
+            ..
         } => runtime.block_on(weir_server::bench::nexmark(
             weir_server::bench::BenchOptions {
                 events,
