@@ -58,8 +58,9 @@ pub enum WeirStatement {
 /// What a SUBSCRIBE follows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SubscribeTarget {
-    /// A materialized view, by name.
-    View(String),
+    /// A materialized view, or a stream (its log, from given offsets), by name, with the
+    /// options of `WITH (name = 'value', ...)` in the order given.
+    View(String, Vec<(String, String)>),
     /// A query, run as a temporary continuous query for as long as the subscription lasts.
     Query(Box<Statement>),
 }
@@ -456,9 +457,31 @@ fn parse_subscribe_target(parser: &mut Parser<'_>) -> Result<SubscribeTarget> {
         normalize_relations(&mut stmt);
         Ok(SubscribeTarget::Query(Box::new(stmt)))
     } else {
-        Ok(SubscribeTarget::View(object_name(
-            &parser.parse_object_name(false)?,
-        )?))
+        let name = object_name(&parser.parse_object_name(false)?)?;
+        let mut options = Vec::new();
+        if parser.parse_keyword(Keyword::WITH) {
+            parser.expect_token(&Token::LParen)?;
+            loop {
+                let key = normalize(&parser.parse_identifier()?);
+                parser.expect_token(&Token::Eq)?;
+                let value = match parser.next_token().token {
+                    Token::SingleQuotedString(s) => s,
+                    Token::Number(n, _) => n,
+                    Token::Word(w) => w.value,
+                    other => {
+                        return Err(Error::Syntax(format!(
+                            "SUBSCRIBE option {key} takes a value such as 'earliest', not {other}"
+                        )));
+                    }
+                };
+                options.push((key, value));
+                if !parser.consume_token(&Token::Comma) {
+                    break;
+                }
+            }
+            parser.expect_token(&Token::RParen)?;
+        }
+        Ok(SubscribeTarget::View(name, options))
     }
 }
 

@@ -268,7 +268,19 @@ impl Session {
     /// rows on: first the rows as of everything committed now, then every change.
     pub async fn subscribe(&self, target: SubscribeTarget) -> Result<Subscription> {
         let (table, query, offsets, sources) = match target {
-            SubscribeTarget::View(name) => {
+            SubscribeTarget::View(name, options) if self.db.view(&name).is_none() => {
+                let Some(stream) = self.db.stream(&name) else {
+                    return Err(Error::UndefinedRelation(name));
+                };
+                let offsets = crate::subscribe::start_offsets(&stream.log, &options)?;
+                return Ok(Subscription::tail(Arc::clone(&stream.log), offsets));
+            }
+            SubscribeTarget::View(name, options) => {
+                if let Some((key, _)) = options.first() {
+                    return Err(Error::InvalidValue(format!(
+                        "SUBSCRIBE to a materialized view takes no options ({key}); streams do"
+                    )));
+                }
                 let view = self
                     .db
                     .view(&name)

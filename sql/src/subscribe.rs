@@ -1,15 +1,17 @@
 //! Live results: `SUBSCRIBE`, which follows a view (or a query) from its current rows on, each
-//! row with its change and the view's watermark, and the cursors that `FETCH` reads.
+//! row with its change and the view's watermark, or a stream's log from given offsets; and the
+//! cursors that `FETCH` reads.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray,
+    Array, ArrayRef, Int32Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use weir_engine::log::StreamLog;
 use weir_engine::result_table::{Change, ResultTable, Subscriber};
 use weir_engine::runtime::RunningQuery;
 
@@ -19,15 +21,33 @@ use crate::{Error, Result};
 /// `subscribe_buffer_rows` setting says otherwise.
 pub const SUBSCRIBER_BUFFER_ROWS: usize = 1_000_000;
 
-/// A subscription to a view's changes.
+/// Rows of a stream read per step of a subscription to it.
+const STREAM_ROWS_PER_READ: usize = 8192;
+
+/// A subscription to a view's changes, or to a stream's rows.
 #[derive(Debug)]
 pub struct Subscription {
     schema: SchemaRef,
-    table: Arc<ResultTable>,
-    snapshot: VecDeque<RecordBatch>,
-    feed: Arc<Subscriber>,
-    /// The temporary query of `SUBSCRIBE (SELECT ...)`, stopped when the subscription ends.
-    _query: Option<RunningQuery>,
+    feed: Feed,
+}
+
+#[derive(Debug)]
+enum Feed {
+    /// A view's rows, then its changes.
+    Table {
+        table: Arc<ResultTable>,
+        snapshot: VecDeque<RecordBatch>,
+        feed: Arc<Subscriber>,
+        /// The temporary query of `SUBSCRIBE (SELECT ...)`, stopped when the subscription ends.
+        _query: Option<RunningQuery>,
+    },
+    /// A stream's log, read on from `offsets` (the next offset per partition).
+    Log {
+        log: Arc<StreamLog>,
+        offsets: Vec<u64>,
+        /// The partition to read first next time, so that every partition gets its turn.
+        next: usize,
+    },
 }
 
 /// The columns of a subscription: the watermark, the change, then the view's columns.
@@ -44,6 +64,67 @@ fn subscription_schema(view: &Schema) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The columns of a stream subscription: where each row is in the log, then its columns.
+fn stream_schema(stream: &Schema) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("weir_partition", DataType::Int32, false),
+        Field::new("weir_offset", DataType::Int64, false),
+    ];
+    fields.extend(stream.fields().iter().map(|f| f.as_ref().clone()));
+    Arc::new(Schema::new(fields))
+}
+
+/// Where a stream subscription starts, from `SUBSCRIBE stream WITH (start = ..., offsets = ...)`:
+/// per partition the first offset to read. `start` is `latest` (rows appended from now on, the
+/// default) or `earliest` (everything still in the log); `offsets` ('partition:offset, ...')
+/// overrides it for the partitions it names, so a client resumes where it stopped by giving, per
+/// partition, one past the last `weir_offset` it received.
+pub(crate) fn start_offsets(log: &StreamLog, options: &[(String, String)]) -> Result<Vec<u64>> {
+    let partitions = log.partitions();
+    let mut offsets = log.committed_offsets();
+    for (key, value) in options {
+        match key.as_str() {
+            "start" => match value.to_ascii_lowercase().as_str() {
+                "latest" => offsets = log.committed_offsets(),
+                "earliest" => offsets = partitions.iter().map(|p| p.start_offset()).collect(),
+                other => {
+                    return Err(Error::InvalidValue(format!(
+                        "SUBSCRIBE start is 'earliest' or 'latest', not '{other}'"
+                    )));
+                }
+            },
+            "offsets" => {
+                for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                    let parsed = pair.split_once(':').and_then(|(p, o)| {
+                        Some((
+                            p.trim().parse::<usize>().ok()?,
+                            o.trim().parse::<u64>().ok()?,
+                        ))
+                    });
+                    let Some((p, o)) = parsed else {
+                        return Err(Error::InvalidValue(format!(
+                            "SUBSCRIBE offsets are 'partition:offset, ...', not '{pair}'"
+                        )));
+                    };
+                    let slot = offsets.get_mut(p).ok_or_else(|| {
+                        Error::InvalidValue(format!(
+                            "partition {p} does not exist (the stream has {})",
+                            partitions.len()
+                        ))
+                    })?;
+                    *slot = o;
+                }
+            }
+            other => {
+                return Err(Error::InvalidValue(format!(
+                    "unknown SUBSCRIBE option {other}; a stream takes start and offsets"
+                )));
+            }
+        }
+    }
+    Ok(offsets)
+}
+
 impl Subscription {
     /// Follows `table` from its current rows on (the caller has let it catch up).
     pub(crate) fn start(
@@ -54,11 +135,25 @@ impl Subscription {
         let (snapshot, feed) = table.subscribe(buffer_rows)?;
         Ok(Self {
             schema: subscription_schema(table.schema()),
-            table,
-            snapshot: snapshot.into(),
-            feed,
-            _query: query,
+            feed: Feed::Table {
+                table,
+                snapshot: snapshot.into(),
+                feed,
+                _query: query,
+            },
         })
+    }
+
+    /// Follows the rows of a stream's log from `offsets` on (see [`start_offsets`]).
+    pub(crate) fn tail(log: Arc<StreamLog>, offsets: Vec<u64>) -> Self {
+        Self {
+            schema: stream_schema(log.schema()),
+            feed: Feed::Log {
+                log,
+                offsets,
+                next: 0,
+            },
+        }
     }
 
     /// The columns of the rows it produces.
@@ -83,30 +178,100 @@ impl Subscription {
 
     /// The next rows if some are ready.
     pub fn try_next(&mut self) -> Result<Option<RecordBatch>> {
-        while let Some(rows) = self.snapshot.pop_front() {
-            if rows.num_rows() > 0 {
-                let change = Change {
-                    diff: 1,
-                    rows,
-                    watermark_ns: self.table.progress().watermark_ns,
-                };
-                return self.wrap(&change).map(Some);
+        let change = match &mut self.feed {
+            Feed::Table {
+                table,
+                snapshot,
+                feed,
+                ..
+            } => {
+                let mut change = None;
+                while let Some(rows) = snapshot.pop_front() {
+                    if rows.num_rows() > 0 {
+                        change = Some(Change {
+                            diff: 1,
+                            rows,
+                            watermark_ns: table.progress().watermark_ns,
+                        });
+                        break;
+                    }
+                }
+                match change {
+                    Some(c) => Some(c),
+                    None => feed.try_next()?,
+                }
             }
-        }
-        match self.feed.try_next()? {
-            Some(change) => self.wrap(&change).map(Some),
-            None => Ok(None),
-        }
+            Feed::Log { log, offsets, next } => {
+                let schema = Arc::clone(&self.schema);
+                return read_log(&schema, log, offsets, next);
+            }
+        };
+        change.map(|c| self.wrap(&c)).transpose()
     }
 
     /// Waits for the next rows.
     pub async fn next(&mut self) -> Result<RecordBatch> {
-        if let Some(b) = self.try_next()? {
-            return Ok(b);
+        loop {
+            let notifier = match &self.feed {
+                Feed::Log { log, .. } => Some(Arc::clone(log.notifier())),
+                Feed::Table { .. } => None,
+            };
+            // Read the generation before looking, so that rows committed in between wake us.
+            let seen = notifier.as_ref().map(|n| n.generation());
+            if let Some(b) = self.try_next()? {
+                return Ok(b);
+            }
+            match (notifier, seen) {
+                (Some(n), Some(seen)) => {
+                    tokio::task::spawn_blocking(move || n.wait_past(seen, Duration::from_secs(1)))
+                        .await
+                        .map_err(|e| Error::Internal(format!("waiting for rows failed: {e}")))?;
+                }
+                _ => {
+                    let Feed::Table { feed, .. } = &self.feed else {
+                        return Err(Error::Internal("a stream feed without its log".into()));
+                    };
+                    let change = feed.next().await?;
+                    return self.wrap(&change);
+                }
+            }
         }
-        let change = self.feed.next().await?;
-        self.wrap(&change)
     }
+}
+
+/// Reads the next committed rows of a stream, one partition's at a time, with their partition
+/// and offset in front.
+fn read_log(
+    schema: &SchemaRef,
+    log: &StreamLog,
+    offsets: &mut [u64],
+    next: &mut usize,
+) -> Result<Option<RecordBatch>> {
+    let partitions = log.partitions();
+    let ends = log.snapshot_offsets();
+    for step in 0..partitions.len() {
+        let p = (*next + step) % partitions.len();
+        let read = partitions[p].read_until(offsets[p], ends[p], STREAM_ROWS_PER_READ)?;
+        if read.is_empty() {
+            continue;
+        }
+        *next = (p + 1) % partitions.len();
+        let mut batches = Vec::with_capacity(read.len());
+        for (offset, rows) in read {
+            let n = rows.num_rows();
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(Int32Array::from(vec![p as i32; n])),
+                Arc::new(Int64Array::from_iter_values(
+                    (offset..offset + n as u64).map(|o| o as i64),
+                )),
+            ];
+            columns.extend(rows.columns().iter().cloned());
+            batches.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
+            offsets[p] = offset + n as u64;
+        }
+        return Ok(Some(concat_batches(schema, &batches)?));
+    }
+    Ok(None)
 }
 
 /// An open cursor: rows of a query, or a subscription.
