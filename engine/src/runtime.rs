@@ -62,6 +62,10 @@ pub struct QuerySpec {
     /// Checkpoints: restored on start, taken periodically and on stop. Without, the query
     /// starts from the beginning of its sources every time.
     pub checkpoint: Option<CheckpointSpec>,
+    /// A stream the results are appended to instead of `sink` (which then only reports
+    /// progress). Requires `checkpoint`: results reach the stream exactly once, with each
+    /// checkpoint (see [`CheckpointSpec`]).
+    pub output: Option<Arc<StreamLog>>,
 }
 
 /// The schema of a query's late events: the query, the watermark the event arrived behind,
@@ -126,6 +130,12 @@ impl RunningQuery {
                 spec.name,
                 spec.dataflow.source_count() - 1,
                 spec.sources.len()
+            )));
+        }
+        if spec.output.is_some() && spec.checkpoint.is_none() {
+            return Err(Error::Internal(format!(
+                "query {} writes a stream without checkpoints; this is a bug",
+                spec.name
             )));
         }
         let stop = Arc::new(AtomicBool::new(false));
@@ -280,10 +290,82 @@ struct Durable {
     epoch: u64,
     /// Source offsets of the checkpoints kept, oldest first.
     kept: VecDeque<Vec<u64>>,
+    /// Set when a checkpoint of a query with an output stream could not be written: the query
+    /// must stop (a restart resumes it from the last good checkpoint).
+    failed: Option<String>,
 }
 
-/// A checkpoint on its way to disk, with the source offsets it replays from.
-type Pending = (Checkpoint, Vec<u64>);
+/// A checkpoint on its way to disk, with the source offsets it replays from and the output
+/// rows (per output partition) to append once it is durable.
+type Pending = (Checkpoint, Vec<u64>, Vec<(u32, RecordBatch)>);
+
+/// The stream a query appends its results to, and where each partition ends once every
+/// checkpoint handed to the writer has been applied.
+#[derive(Debug)]
+struct Output {
+    log: Arc<StreamLog>,
+    ends: Vec<u64>,
+}
+
+impl Output {
+    /// The output part of a checkpoint: values are the partition count, each partition's end
+    /// before and after this checkpoint's rows, and the partition of each batch.
+    fn part(&mut self, rows: &[(u32, RecordBatch)]) -> OperatorState {
+        let before = self.ends.clone();
+        for (p, b) in rows {
+            self.ends[*p as usize] += b.num_rows() as u64;
+        }
+        let mut values = vec![Some(before.len() as i64)];
+        values.extend(before.iter().map(|&o| Some(o as i64)));
+        values.extend(self.ends.iter().map(|&o| Some(o as i64)));
+        values.extend(rows.iter().map(|(p, _)| Some(i64::from(*p))));
+        OperatorState {
+            values,
+            batches: rows.iter().map(|(_, b)| b.clone()).collect(),
+        }
+    }
+
+    /// Brings the output stream to where the restored checkpoint says it is: rows of the
+    /// checkpoint that never reached the stream (a crash right after it was written) are
+    /// appended now; rows past it mean someone else wrote the stream, which is refused.
+    fn restore(&mut self, state: OperatorState, query: &str) -> Result<()> {
+        let corrupt = |m: String| Error::Corrupt(format!("output of {query}: {m}"));
+        let n = state.value(0)?.unwrap_or(0) as usize;
+        let committed = self.log.committed_offsets();
+        if n != committed.len() || state.values.len() != 1 + 2 * n + state.batches.len() {
+            return Err(corrupt("the checkpoint does not fit the stream".into()));
+        }
+        let at = |i: usize| state.values[i].unwrap_or(0) as u64;
+        let partitions: Vec<u32> = (0..state.batches.len())
+            .map(|i| at(1 + 2 * n + i) as u32)
+            .collect();
+        for p in 0..n {
+            let (before, after) = (at(1 + p), at(1 + n + p));
+            if committed[p] == before && after > before {
+                let rows: Vec<RecordBatch> = partitions
+                    .iter()
+                    .zip(&state.batches)
+                    .filter(|(q, _)| **q as usize == p)
+                    .map(|(_, b)| b.clone())
+                    .collect();
+                self.log.append_to(p as u32, &rows)?;
+                tracing::info!(
+                    query,
+                    partition = p,
+                    rows = after - before,
+                    "re-appended output of the last checkpoint"
+                );
+            } else if committed[p] != after {
+                return Err(corrupt(format!(
+                    "partition {p} ends at {} but the checkpoint says {after}; was the stream written by something else?",
+                    committed[p]
+                )));
+            }
+            self.ends[p] = after;
+        }
+        Ok(())
+    }
+}
 
 /// Takes and restores a query's checkpoints.
 ///
@@ -298,6 +380,7 @@ struct Checkpointer {
     durable: Arc<Mutex<Durable>>,
     busy: Arc<AtomicBool>,
     writer: Option<(SyncSender<Pending>, JoinHandle<()>)>,
+    output: Option<Output>,
 }
 
 impl Checkpointer {
@@ -305,19 +388,34 @@ impl Checkpointer {
     /// writer thread.
     fn start(spec: CheckpointSpec, query: &mut QuerySpec, position: &mut Position) -> Result<Self> {
         let mut durable = Durable::default();
-        let restored = Self::restore(&spec, query, position, &mut durable)?;
+        let mut output = query.output.as_ref().map(|log| Output {
+            ends: log.committed_offsets(),
+            log: Arc::clone(log),
+        });
+        let restored = Self::restore(&spec, query, position, &mut durable, output.as_mut())?;
         let durable = Arc::new(Mutex::new(durable));
         let busy = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(1);
         let store = spec.store.clone();
         let name = query.name.clone();
+        let output_log = query.output.clone();
         let (thread_durable, thread_busy) = (Arc::clone(&durable), Arc::clone(&busy));
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{}", query.name))
             .spawn(move || {
-                for (checkpoint, offsets) in rx {
+                for (checkpoint, offsets, rows) in rx {
                     let started = Instant::now();
-                    match store.write(&checkpoint) {
+                    // The output rows go out only once the checkpoint that holds them is
+                    // durable: a crash in between re-appends them from it on restart.
+                    let written = store.write(&checkpoint).and_then(|()| {
+                        match &output_log {
+                            Some(log) => rows
+                                .iter()
+                                .try_for_each(|(p, b)| log.append_to(*p, std::slice::from_ref(b)).map(|_| ())),
+                            None => Ok(()),
+                        }
+                    });
+                    match written {
                         Ok(()) => {
                             let mut d = thread_durable.lock().unwrap_or_else(|e| e.into_inner());
                             d.epoch = checkpoint.epoch;
@@ -331,6 +429,11 @@ impl Checkpointer {
                                 write_us = started.elapsed().as_micros() as u64,
                                 "checkpoint written"
                             );
+                        }
+                        Err(e) if output_log.is_some() => {
+                            tracing::error!(query = %name, error = %e, "checkpoint of a query with an output stream failed; the query stops");
+                            thread_durable.lock().unwrap_or_else(|e| e.into_inner()).failed =
+                                Some(e.to_string());
                         }
                         Err(e) => {
                             tracing::warn!(query = %name, error = %e, "checkpoint failed; will retry")
@@ -350,6 +453,7 @@ impl Checkpointer {
             durable,
             busy,
             writer: Some((tx, handle)),
+            output,
         })
     }
 
@@ -359,11 +463,24 @@ impl Checkpointer {
         query: &mut QuerySpec,
         position: &mut Position,
         durable: &mut Durable,
+        output: Option<&mut Output>,
     ) -> Result<u64> {
         let Some(checkpoint) = spec.store.latest()? else {
+            if output.is_some_and(|o| o.ends.iter().any(|&e| e > 0)) {
+                return Err(Error::Corrupt(format!(
+                    "the output stream of {} has rows but its query has no checkpoint",
+                    query.name
+                )));
+            }
             return Ok(0);
         };
         if checkpoint.fingerprint != spec.fingerprint {
+            if output.is_some() {
+                return Err(Error::Corrupt(format!(
+                    "the checkpoint of {} is of another plan; its output stream cannot be resumed",
+                    query.name
+                )));
+            }
             tracing::warn!(
                 query = %query.name,
                 epoch = checkpoint.epoch,
@@ -379,6 +496,9 @@ impl Checkpointer {
         query.dataflow.restore(&mut parts)?;
         let sink = parts.next().ok_or_else(missing)?;
         let late = parts.next().ok_or_else(missing)?;
+        if let Some(output) = output {
+            output.restore(parts.next().ok_or_else(missing)?, &query.name)?;
+        }
         if parts.next().is_some() {
             return Err(Error::Corrupt(
                 "checkpoint has more parts than the query".into(),
@@ -425,6 +545,11 @@ impl Checkpointer {
         d.kept.back().map(|o| (d.epoch, o.iter().sum()))
     }
 
+    /// Why the query must stop, if a checkpoint with output rows could not be written.
+    fn failed(&self) -> Option<String> {
+        self.durable().failed.clone()
+    }
+
     /// Whether a checkpoint is due: the interval has passed and the writer is free.
     fn due(&self) -> bool {
         self.last.elapsed() >= self.spec.interval && !self.busy.load(Ordering::Acquire)
@@ -432,10 +557,10 @@ impl Checkpointer {
 
     /// Snapshots the query as it is now and hands the snapshot to the writer. A failure to
     /// snapshot is logged and the query goes on: the previous checkpoints stay valid.
-    fn take(&mut self, query: &mut QuerySpec, position: &Position) {
+    fn take(&mut self, query: &mut QuerySpec, position: &Position, results: &mut Vec<RecordBatch>) {
         self.last = Instant::now();
         let started = Instant::now();
-        let snapshot = (|| -> Result<Vec<OperatorState>> {
+        let snapshot = (|| -> Result<(Vec<OperatorState>, Vec<(u32, RecordBatch)>)> {
             let mut parts = vec![position.snapshot()];
             query.dataflow.snapshot(&mut parts)?;
             parts.push(OperatorState {
@@ -446,15 +571,25 @@ impl Checkpointer {
                 values: Vec::new(),
                 batches: query.late.snapshot()?,
             });
-            Ok(parts)
+            let rows = match &mut self.output {
+                Some(output) => {
+                    let rows = output.log.partition_rows(results)?;
+                    parts.push(output.part(&rows));
+                    rows
+                }
+                None => Vec::new(),
+            };
+            Ok((parts, rows))
         })();
-        let parts = match snapshot {
-            Ok(parts) => parts,
+        let (parts, rows) = match snapshot {
+            Ok(taken) => taken,
             Err(e) => {
                 tracing::warn!(query = %query.name, error = %e, "checkpoint snapshot failed");
                 return;
             }
         };
+        // The results are in the checkpoint now, on their way to the output stream.
+        results.clear();
         self.epoch += 1;
         let checkpoint = Checkpoint {
             epoch: self.epoch,
@@ -469,7 +604,7 @@ impl Checkpointer {
         );
         if let Some((tx, _)) = &self.writer {
             self.busy.store(true, Ordering::Release);
-            if tx.send((checkpoint, position.offsets())).is_err() {
+            if tx.send((checkpoint, position.offsets(), rows)).is_err() {
                 self.busy.store(false, Ordering::Release);
                 tracing::warn!(query = %query.name, "the checkpoint writer is gone");
             }
@@ -477,17 +612,33 @@ impl Checkpointer {
     }
 
     /// Takes a last checkpoint (when `dirty`) and waits until everything is written.
-    fn finish(&mut self, query: &mut QuerySpec, position: &Position, dirty: bool) {
+    fn finish(
+        &mut self,
+        query: &mut QuerySpec,
+        position: &Position,
+        dirty: bool,
+        results: &mut Vec<RecordBatch>,
+    ) {
         if dirty {
             while self.busy.load(Ordering::Acquire) {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            self.take(query, position);
+            self.take(query, position, results);
         }
         if let Some((tx, handle)) = self.writer.take() {
             drop(tx);
             let _ = handle.join();
         }
+    }
+}
+
+/// Hands results to the view, or keeps them for the output stream's next checkpoint.
+fn emit(spec: &QuerySpec, results: &mut Vec<RecordBatch>, out: Vec<RecordBatch>) -> Result<()> {
+    if spec.output.is_some() {
+        results.extend(out.into_iter().filter(|b| b.num_rows() > 0));
+        Ok(())
+    } else {
+        spec.sink.append(out)
     }
 }
 
@@ -511,10 +662,12 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
     // Whether anything changed since the last checkpoint.
     let mut dirty = false;
     tracing::info!(query = %spec.name, sources = position.sources.len(), "continuous query started");
+    // Results for the output stream, until the next checkpoint takes them.
+    let mut results: Vec<RecordBatch> = Vec::new();
     loop {
         if stop.load(Ordering::Acquire) {
             if let Some(c) = checkpointer.as_mut() {
-                c.finish(&mut spec, &position, dirty);
+                c.finish(&mut spec, &position, dirty, &mut results);
                 let mut p = spec.sink.progress();
                 p.checkpoint_offsets = c.retained();
                 p.checkpoint = c.newest();
@@ -523,8 +676,13 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
             break;
         }
         if let Some(c) = checkpointer.as_mut() {
+            if let Some(e) = c.failed() {
+                return Err(Error::Internal(format!(
+                    "a checkpoint could not be written ({e}); restart to resume from the last one"
+                )));
+            }
             if dirty && c.due() {
-                c.take(&mut spec, &position);
+                c.take(&mut spec, &position, &mut results);
                 dirty = false;
             }
         }
@@ -556,7 +714,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
                         }
                     }
                     let out = spec.dataflow.process_batch(s, &batch)?;
-                    spec.sink.append(out)?;
+                    emit(&spec, &mut results, out)?;
                     let late = spec.dataflow.take_late();
                     if !late.is_empty() {
                         spec.late
@@ -573,7 +731,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
             .collect();
         if watermarks != position.last_watermarks {
             let out = spec.dataflow.on_watermark(&watermarks)?;
-            spec.sink.append(out)?;
+            emit(&spec, &mut results, out)?;
             let late = spec.dataflow.take_late();
             if !late.is_empty() {
                 spec.late

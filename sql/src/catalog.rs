@@ -55,6 +55,9 @@ pub struct StreamDef {
     /// After this many milliseconds without data a partition stops holding the watermark back.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// For `CREATE STREAM ... AS SELECT`, the query whose results the stream holds.
+    #[serde(default)]
+    pub query: Option<String>,
 }
 
 /// How long a partition may stay silent before the watermark moves on without it.
@@ -239,6 +242,7 @@ mod tests {
             retention_ms: None,
             retention_bytes: None,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            query: None,
         };
         assert_eq!(def.schema().expect("schema").field(0).data_type(), &ts);
         let data = CatalogData {

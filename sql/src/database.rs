@@ -51,6 +51,9 @@ pub struct ViewEntry {
     pub late: Arc<ResultTable>,
     /// The operator plan, one line per step, sink first.
     pub plan: Vec<String>,
+    /// The queries that write the streams this one reads (those made `AS SELECT`): a read
+    /// waits for them to have written their results first.
+    pub upstream: Vec<Arc<ViewEntry>>,
     query: Mutex<Option<RunningQuery>>,
 }
 
@@ -88,6 +91,8 @@ struct State {
     streams: BTreeMap<String, Arc<StreamEntry>>,
     views: BTreeMap<String, Arc<ViewEntry>>,
     tables: BTreeMap<String, Arc<TableEntry>>,
+    /// The queries of `CREATE STREAM ... AS SELECT`, by the stream they write.
+    producers: BTreeMap<String, Arc<ViewEntry>>,
 }
 
 /// How a database runs.
@@ -195,6 +200,18 @@ impl Database {
                 state.tables.insert(def.name.clone(), Arc::new(entry));
             }
             state.data = data.clone();
+        }
+        for def in data.streams.iter().filter(|d| d.query.is_some()) {
+            let view = producer_def(def);
+            let compiled = crate::planner::compile_view(&db, &view)
+                .await
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "the query of stream {} no longer compiles: {e}",
+                        def.name
+                    ))
+                })?;
+            db.start_producer(view, compiled)?;
         }
         for def in data.views {
             let compiled = crate::planner::compile_view(&db, &def).await;
@@ -310,6 +327,23 @@ impl Database {
         self.state().views.values().cloned().collect()
     }
 
+    /// Every continuous query: the views', then those of streams made `AS SELECT` (named as
+    /// their stream).
+    pub fn queries(&self) -> Vec<Arc<ViewEntry>> {
+        let state = self.state();
+        state
+            .views
+            .values()
+            .chain(state.producers.values())
+            .cloned()
+            .collect()
+    }
+
+    /// The query that writes stream `name`, if it was made `AS SELECT`.
+    pub fn producer(&self, name: &str) -> Option<Arc<ViewEntry>> {
+        self.state().producers.get(name).cloned()
+    }
+
     fn check_free(state: &State, name: &str) -> Result<()> {
         if state.streams.contains_key(name)
             || state.views.contains_key(name)
@@ -344,8 +378,60 @@ impl Database {
         Ok(())
     }
 
-    /// Drops a stream and its log; its views go too with `cascade`, else their existence is an error.
+    /// Drops the streams made `AS SELECT` from relation `name` (a `kind`), which `depends`
+    /// picks out, when `cascade`; else their existence is an error.
+    fn drop_streams_made_from(
+        &self,
+        kind: &str,
+        name: &str,
+        cascade: bool,
+        depends: impl Fn(&ViewEntry) -> bool,
+    ) -> Result<()> {
+        let readers: Vec<String> = self
+            .state()
+            .producers
+            .values()
+            .filter(|p| p.def.name != name && depends(p))
+            .map(|p| p.def.name.clone())
+            .collect();
+        let Some(first) = readers.first() else {
+            return Ok(());
+        };
+        if !cascade {
+            return Err(Error::WrongObject {
+                sqlstate: "2BP01",
+                message: format!(
+                    "cannot drop {kind} {name} because stream {first} is made from it; \
+                     use DROP ... {name} CASCADE to drop it too"
+                ),
+            });
+        }
+        for r in &readers {
+            self.drop_stream(r, true)?;
+        }
+        Ok(())
+    }
+
+    /// Creates a stream that holds the results of `compiled` (`CREATE STREAM ... AS SELECT`)
+    /// and starts the query.
+    pub(crate) fn create_stream_as(&self, def: StreamDef, compiled: CompiledView) -> Result<()> {
+        let view = producer_def(&def);
+        self.create_stream(def)?;
+        if let Err(e) = self.start_producer(view.clone(), compiled) {
+            let _ = self.drop_stream(&view.name, false);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Drops a stream and its log; its views (and streams made from it `AS SELECT`) go too with
+    /// `cascade`, else their existence is an error.
     pub fn drop_stream(&self, name: &str, cascade: bool) -> Result<()> {
+        self.drop_streams_made_from("stream", name, cascade, |p| p.reads(name))?;
+        let producer = self.state().producers.remove(name);
+        if let Some(p) = producer {
+            p.stop();
+        }
         self.drop_relation(
             Relation::Stream,
             name,
@@ -430,6 +516,7 @@ impl Database {
         name: &str,
         compiled: &mut Option<CompiledView>,
         checkpoint: Option<CheckpointSpec>,
+        output: Option<Arc<StreamLog>>,
     ) -> Result<(Arc<ResultTable>, Arc<ResultTable>, RunningQuery)> {
         let compiled = compiled.take().ok_or_else(|| {
             Error::Internal("a compiled view started twice; this is a bug".into())
@@ -466,6 +553,7 @@ impl Database {
             sink: Arc::clone(&table),
             late: Arc::clone(&late),
             checkpoint,
+            output,
         })?;
         Ok((table, late, query))
     }
@@ -477,34 +565,62 @@ impl Database {
         name: &str,
         compiled: CompiledView,
     ) -> Result<(Arc<ResultTable>, RunningQuery)> {
-        let (table, _late, query) = Self::spawn_query(name, &mut Some(compiled), None)?;
+        let (table, _late, query) = Self::spawn_query(name, &mut Some(compiled), None, None)?;
         Ok((table, query))
     }
 
-    fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+    /// Starts a query: a view's (results in its table), or with `output` a stream's. Its
+    /// checkpoints live in `checkpoints`.
+    fn start_query(
+        &self,
+        def: ViewDef,
+        compiled: CompiledView,
+        checkpoints: &Path,
+        output: Option<Arc<StreamLog>>,
+    ) -> Result<Arc<ViewEntry>> {
         let plan = compiled.explain(&def.name);
         let sources = compiled.sources.clone();
         let tables: Vec<String> = compiled.tables.iter().map(|t| t.def.name.clone()).collect();
         let views = compiled.views.clone();
         let checkpoint = CheckpointSpec {
-            store: CheckpointStore::open(&self.view_dir(&def.name))?,
+            store: CheckpointStore::open(checkpoints)?,
             interval: self.inner.options.checkpoint_interval,
             // A checkpoint is restored only into the plan that wrote it.
             fingerprint: format!("{def:?}\n{}", plan.join("\n")),
         };
+        let upstream = sources
+            .iter()
+            .filter_map(|s| self.producer(&s.def.name))
+            .collect();
         let (table, late, query) =
-            Self::spawn_query(&def.name, &mut Some(compiled), Some(checkpoint))?;
-        let entry = Arc::new(ViewEntry {
-            def: def.clone(),
+            Self::spawn_query(&def.name, &mut Some(compiled), Some(checkpoint), output)?;
+        Ok(Arc::new(ViewEntry {
+            def,
             sources,
             tables,
             views,
             table,
             late,
             plan,
+            upstream,
             query: Mutex::new(Some(query)),
-        });
+        }))
+    }
+
+    fn start_view(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+        let entry = self.start_query(def.clone(), compiled, &self.view_dir(&def.name), None)?;
         self.state().views.insert(def.name, entry);
+        Ok(())
+    }
+
+    /// Starts the query of a stream made `AS SELECT`; its checkpoints live with the stream.
+    fn start_producer(&self, def: ViewDef, compiled: CompiledView) -> Result<()> {
+        let stream = self.stream(&def.name).ok_or_else(|| {
+            Error::Internal(format!("stream {} vanished; this is a bug", def.name))
+        })?;
+        let dir = self.stream_dir(&def.name).join("query");
+        let entry = self.start_query(def.clone(), compiled, &dir, Some(Arc::clone(&stream.log)))?;
+        self.state().producers.insert(def.name, entry);
         Ok(())
     }
 
@@ -528,6 +644,11 @@ impl Database {
     /// Stops and forgets a materialized view; views that read it go too with `cascade`, else
     /// they are an error.
     pub fn drop_view(&self, name: &str, cascade: bool) -> Result<()> {
+        if self.view(name).is_some() {
+            self.drop_streams_made_from("materialized view", name, cascade, |p| {
+                p.views.iter().any(|v| v == name)
+            })?;
+        }
         let mut state = self.state();
         if !state.views.contains_key(name) {
             return Err(Error::UndefinedRelation(name.to_string()));
@@ -588,6 +709,9 @@ impl Database {
 
     /// Drops a reference table; views that join it go too with `cascade`, else they are an error.
     pub fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
+        self.drop_streams_made_from("table", name, cascade, |p| {
+            p.tables.iter().any(|t| t == name)
+        })?;
         self.drop_relation(
             Relation::Table,
             name,
@@ -599,7 +723,7 @@ impl Database {
 
     /// Stops every continuous query (also done when the last handle is dropped).
     pub fn shutdown(&self) {
-        for v in self.views() {
+        for v in self.queries() {
             v.stop();
         }
     }
@@ -607,13 +731,25 @@ impl Database {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let views: Vec<_> =
-            std::mem::take(&mut self.state.lock().unwrap_or_else(|e| e.into_inner()).views)
-                .into_values()
-                .collect();
-        for v in views {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let queries: Vec<_> = std::mem::take(&mut state.views)
+            .into_values()
+            .chain(std::mem::take(&mut state.producers).into_values())
+            .collect();
+        drop(state);
+        for v in queries {
             v.stop();
         }
+    }
+}
+
+/// The query of a stream made `AS SELECT`, as a view definition named as the stream.
+fn producer_def(def: &StreamDef) -> ViewDef {
+    ViewDef {
+        name: def.name.clone(),
+        query: def.query.clone().unwrap_or_default(),
+        emit_on_update: false,
+        allowed_lateness_ns: 0,
     }
 }
 
@@ -630,7 +766,12 @@ fn retention_loop(db: &Weak<Inner>) {
                     .filter(|s| s.def.retention_ms.is_some() || s.def.retention_bytes.is_some())
                     .cloned()
                     .collect(),
-                state.views.values().cloned().collect(),
+                state
+                    .views
+                    .values()
+                    .chain(state.producers.values())
+                    .cloned()
+                    .collect(),
             )
         };
         drop(inner);

@@ -138,7 +138,8 @@ pub struct StreamColumn {
     pub not_null: bool,
 }
 
-/// `CREATE STREAM [IF NOT EXISTS] name (columns..., WATERMARK FOR col AS expr) [WITH (k = v, ...)]`.
+/// `CREATE STREAM [IF NOT EXISTS] name (columns..., WATERMARK FOR col AS expr) [WITH (k = v, ...)]`,
+/// or `CREATE STREAM [IF NOT EXISTS] name [WITH (k = v, ...)] AS SELECT ...`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreateStream {
     /// Normalised stream name.
@@ -151,6 +152,8 @@ pub struct CreateStream {
     pub watermark: Option<(String, Expr)>,
     /// `WITH` options, keys lower case, values as written (quotes removed).
     pub options: Vec<(String, String)>,
+    /// The query of `AS SELECT ...`, whose results the stream holds.
+    pub query: Option<Box<Statement>>,
 }
 
 /// Unquoted identifiers fold to lower case, as in Postgres.
@@ -579,10 +582,11 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
 fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = object_name(&parser.parse_object_name(false)?)?;
-    parser.expect_token(&Token::LParen)?;
     let mut columns = Vec::new();
     let mut watermark = None;
-    loop {
+    // Without a column list the stream takes the columns of its AS SELECT.
+    let listed = parser.consume_token(&Token::LParen);
+    while listed {
         if is_word(&parser.peek_token().token, "WATERMARK") {
             parser.next_token();
             parser.expect_keyword(Keyword::FOR)?;
@@ -652,12 +656,30 @@ fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {
             }
         }
     }
+    let query = if parser.parse_keyword(Keyword::AS) {
+        if listed {
+            return Err(Error::Syntax(
+                "CREATE STREAM ... AS SELECT takes its columns from the query; leave out the column list"
+                    .into(),
+            ));
+        }
+        let mut stmt = Statement::Query(parser.parse_query()?);
+        normalize_relations(&mut stmt);
+        Some(Box::new(stmt))
+    } else if !listed {
+        return Err(Error::Syntax(
+            "CREATE STREAM needs a column list, or AS SELECT ...".into(),
+        ));
+    } else {
+        None
+    };
     Ok(CreateStream {
         name,
         if_not_exists,
         columns,
         watermark,
         options,
+        query,
     })
 }
 

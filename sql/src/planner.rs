@@ -50,6 +50,11 @@ pub struct CompiledView {
     /// The dataflow's last column says whether an upserted row passes HAVING; it is not part
     /// of the view.
     pub visibility: bool,
+    /// An output column that follows the watermark, and how far behind the largest value seen
+    /// rows still to come can be: a watermark for a stream of these rows. Window ends come
+    /// first (nothing is behind), then event times passed through (behind by the sources'
+    /// largest watermark delay).
+    pub watermark: Option<(usize, i64)>,
 }
 
 impl CompiledView {
@@ -245,6 +250,24 @@ pub(crate) async fn compile_query_statement(
     }
     let key = built.key.clone();
     let visibility = built.visibility;
+    let delay_ns = planner
+        .sources
+        .iter()
+        .filter_map(|s| s.def.watermark.as_ref().map(|w| w.delay_ns))
+        .max()
+        .unwrap_or(0);
+    let watermark = built
+        .times
+        .iter()
+        .position(|t| matches!(t, Some(TimeColumn::WindowEnd { .. })))
+        .map(|i| (i, 0))
+        .or_else(|| {
+            built
+                .times
+                .iter()
+                .position(|t| matches!(t, Some(TimeColumn::EventTime)))
+                .map(|i| (i, delay_ns))
+        });
     let dataflow = built.into_dataflow();
     let names: Vec<String> = plan
         .schema()
@@ -273,6 +296,7 @@ pub(crate) async fn compile_query_statement(
         dataflow,
         key,
         visibility,
+        watermark,
     })
 }
 

@@ -153,7 +153,7 @@ impl SchemaProvider for WeirSchema {
 
     async fn table(&self, name: &str) -> datafusion::error::Result<Option<Arc<dyn TableProvider>>> {
         if let Some(s) = self.db.stream(name) {
-            return Ok(Some(Arc::new(StreamTable::new(s))));
+            return Ok(Some(Arc::new(StreamTable::new(s, self.db.producer(name)))));
         }
         if name == LATE_EVENTS {
             return Ok(Some(Arc::new(LateEventsTable::new(self.db.clone()))));
@@ -851,6 +851,7 @@ impl Session {
                     if self.db.stream(&name).is_none() && self.db.table(&name).is_none() {
                         return Err(Error::UndefinedRelation(name));
                     }
+                    self.check_not_produced(&name, "insert into")?;
                 }
                 let mut ins = ins;
                 self.decode_bytea_literals(&mut ins);
@@ -892,6 +893,7 @@ impl Session {
                         ),
                     });
                 }
+                self.check_not_produced(&copy.target, "copy into")?;
                 Ok(Output::CopyIn(copy))
             }
             Statement::Update(_) | Statement::Delete(_) => {
@@ -943,6 +945,19 @@ impl Session {
                 )))
             }
         }
+    }
+
+    /// Refuses writes to a stream made `AS SELECT`: its rows come from its query, exactly once.
+    fn check_not_produced(&self, name: &str, what: &str) -> Result<()> {
+        if self.db.producer(name).is_some() {
+            return Err(Error::WrongObject {
+                sqlstate: "42809",
+                message: format!(
+                    "cannot {what} stream {name}: it holds the results of its query (CREATE STREAM ... AS SELECT)"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Loads the data of a `COPY ... FROM STDIN` (everything the client sent): all rows in one
@@ -1082,12 +1097,15 @@ impl Session {
         })
     }
 
-    async fn create_stream(&self, cs: CreateStream) -> Result<Output> {
+    async fn create_stream(&self, mut cs: CreateStream) -> Result<Output> {
         if self.db.stream(&cs.name).is_some() || self.db.view(&cs.name).is_some() {
             if cs.if_not_exists {
                 return Ok(Output::Command("CREATE STREAM".into()));
             }
             return Err(Error::DuplicateRelation(cs.name));
+        }
+        if let Some(query) = cs.query.take() {
+            return self.create_stream_as(cs, *query).await;
         }
         if cs.columns.is_empty() {
             return Err(Error::Syntax("a stream needs at least one column".into()));
@@ -1145,6 +1163,12 @@ impl Session {
                 })
             }
         };
+        let types: Vec<DataType> = plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
         let mut def = StreamDef {
             name: cs.name.clone(),
             columns,
@@ -1155,8 +1179,80 @@ impl Session {
             retention_ms: None,
             retention_bytes: None,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            query: None,
         };
-        for (k, v) in &cs.options {
+        apply_stream_options(&mut def, &cs.options, &types)?;
+        Ok(def)
+    }
+
+    /// `CREATE STREAM name [WITH (...)] AS SELECT ...`: a stream with the query's columns,
+    /// and the query appending its results to it. Only results that never change can be
+    /// appended; the stream's watermark follows the query's window ends or event time.
+    async fn create_stream_as(&self, cs: CreateStream, query: Statement) -> Result<Output> {
+        let text = query.to_string();
+        let compiled =
+            compile_query_statement(&self.ctx.state(), query, ViewOptions::default()).await?;
+        if compiled.key.is_some() {
+            return Err(Error::NotSupported(
+                "a stream holds rows that never change, but this query's results change \
+                 (an aggregate without a window, or EMIT ON UPDATE); use CREATE MATERIALIZED VIEW"
+                    .into(),
+            ));
+        }
+        let schema = compiled.schema();
+        let mut columns: Vec<ColumnDef> = Vec::with_capacity(schema.fields().len());
+        for f in schema.fields() {
+            if columns.iter().any(|c| &c.name == f.name()) {
+                return Err(Error::DuplicateRelation(format!(
+                    "column {} (give the query's columns distinct names with AS)",
+                    f.name()
+                )));
+            }
+            columns.push(ColumnDef {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            });
+        }
+        let watermark = compiled.watermark.map(|(i, delay_ns)| {
+            columns[i].nullable = false;
+            WatermarkDef {
+                column: columns[i].name.clone(),
+                delay_ns,
+            }
+        });
+        let types: Vec<DataType> = schema
+            .fields()
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let mut def = StreamDef {
+            name: cs.name.clone(),
+            columns,
+            watermark,
+            partitions: 1,
+            key: None,
+            segment_bytes: weir_engine::log::LogConfig::default().segment_bytes,
+            retention_ms: None,
+            retention_bytes: None,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            query: Some(text),
+        };
+        apply_stream_options(&mut def, &cs.options, &types)?;
+        self.blocking(move |db| db.create_stream_as(def, compiled))
+            .await?;
+        Ok(Output::Command("CREATE STREAM".into()))
+    }
+}
+
+/// Applies the `WITH` options of a CREATE STREAM; `types` are the column types.
+fn apply_stream_options(
+    def: &mut StreamDef,
+    options: &[(String, String)],
+    types: &[DataType],
+) -> Result<()> {
+    {
+        for (k, v) in options {
             let int = |max: u64| -> Result<u64> {
                 v.parse::<u64>()
                     .ok()
@@ -1175,7 +1271,7 @@ impl Session {
                             "key column \"{key}\" does not exist"
                         )));
                     };
-                    let t = plan.schema().field(i).data_type();
+                    let t = &types[i];
                     if !supports_key_type(t) {
                         return Err(Error::Datatype(format!(
                             "a stream cannot be partitioned by column {key} of type {t}"
@@ -1197,9 +1293,11 @@ impl Session {
                 }
             }
         }
-        Ok(def)
     }
+    Ok(())
+}
 
+impl Session {
     /// The `WITH (...)` options of CREATE MATERIALIZED VIEW.
     async fn view_options(
         &self,

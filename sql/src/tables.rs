@@ -44,12 +44,14 @@ async fn read_log(entry: Arc<StreamEntry>) -> datafusion::error::Result<Vec<Vec<
 #[derive(Debug)]
 pub struct StreamTable {
     entry: Arc<StreamEntry>,
+    /// The query that writes the stream, if it was made `AS SELECT`.
+    producer: Option<Arc<ViewEntry>>,
 }
 
 impl StreamTable {
-    /// The table of a stream.
-    pub fn new(entry: Arc<StreamEntry>) -> Self {
-        Self { entry }
+    /// The table of a stream, and the query that writes it if it was made `AS SELECT`.
+    pub fn new(entry: Arc<StreamEntry>, producer: Option<Arc<ViewEntry>>) -> Self {
+        Self { entry, producer }
     }
 
     /// The stream.
@@ -75,6 +77,9 @@ impl TableProvider for StreamTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if let Some(producer) = &self.producer {
+            wait_for_producer(Arc::clone(producer)).await?;
+        }
         let partitions = read_log(Arc::clone(&self.entry)).await?;
         Ok(MemorySourceConfig::try_new_exec(
             &partitions,
@@ -93,6 +98,16 @@ impl TableProvider for StreamTable {
             return not_impl_err!(
                 "{insert_op} into a stream is not supported: streams are append-only"
             );
+        }
+        if self.producer.is_some() {
+            return Err(external(crate::Error::WrongObject {
+                sqlstate: "42809",
+                message: format!(
+                    "stream {} holds the results of its query (CREATE STREAM ... AS SELECT); \
+                     it cannot be written by INSERT",
+                    self.entry.def.name
+                ),
+            }));
         }
         let entry = Arc::clone(&self.entry);
         let sink = InsertSink::new(
@@ -482,8 +497,43 @@ impl TableFunctionImpl for WindowFunction {
     }
 }
 
+/// Waits (briefly) until the query of a stream made `AS SELECT` (and those upstream of it)
+/// has appended the results of everything committed to its sources, so that a read after an
+/// insert sees its effect: results reach the stream with the query's checkpoints.
+async fn wait_for_producer(producer: Arc<ViewEntry>) -> datafusion::error::Result<()> {
+    let deadline = std::time::Instant::now() + VIEW_READ_WAIT;
+    let error = tokio::task::spawn_blocking(move || wait_flushed(&producer, deadline))
+        .await
+        .map_err(|e| DataFusionError::Internal(format!("stream reader failed: {e}")))?;
+    match error {
+        Some(e) => exec_err!("the query that writes this stream stopped: {e}"),
+        None => Ok(()),
+    }
+}
+
+/// See [`wait_for_producer`]; returns the error a query stopped on, if one did.
+fn wait_flushed(producer: &ViewEntry, deadline: std::time::Instant) -> Option<String> {
+    for up in &producer.upstream {
+        if let Some(e) = wait_flushed(up, deadline) {
+            return Some(e);
+        }
+    }
+    let wanted: u64 = producer.source_offsets().iter().sum();
+    loop {
+        let progress = producer.table.progress();
+        let flushed = progress.checkpoint.map_or(0, |(_, events)| events) >= wanted;
+        if flushed || progress.error.is_some() || std::time::Instant::now() >= deadline {
+            return progress.error;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// A view's rows once it has processed everything committed to its sources (waiting briefly).
 async fn read_view(entry: Arc<ViewEntry>) -> datafusion::error::Result<Vec<RecordBatch>> {
+    for up in &entry.upstream {
+        wait_for_producer(Arc::clone(up)).await?;
+    }
     let waiting = Arc::clone(&entry);
     let progress = tokio::task::spawn_blocking(move || {
         let offsets = waiting.source_offsets();
@@ -584,7 +634,7 @@ impl TableProvider for LateEventsTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let views = self.db.views();
+        let views = self.db.queries();
         let batches = tokio::task::spawn_blocking(move || {
             let mut all = Vec::new();
             for v in &views {
@@ -658,7 +708,7 @@ impl TableProvider for ViewProgressTable {
         _limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
-        let views = self.db.views();
+        let views = self.db.queries();
         let mut names = Vec::new();
         let mut processed = Vec::new();
         let mut committed = Vec::new();

@@ -335,6 +335,16 @@ impl StreamLog {
         Ok(written)
     }
 
+    /// Splits rows by the partition an append would put them in: one batch per partition that
+    /// gets rows, with exactly the stream's schema.
+    pub fn partition_rows(&self, batches: &[RecordBatch]) -> Result<Vec<(u32, RecordBatch)>> {
+        let batch = self.conform(batches)?;
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        self.split(&batch)
+    }
+
     /// Concatenates `batches` into one batch with exactly the stream's schema.
     fn conform(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
         for b in batches {
