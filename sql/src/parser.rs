@@ -198,6 +198,31 @@ impl VisitorMut for AliasWindows {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        // A window over a subquery, `TUMBLE((SELECT ...), ts, size)`: DataFusion would take the
+        // subquery for a scalar one and refuse its columns, so it is passed as `EXISTS (...)`,
+        // which carries the subquery's plan whole; the window function reads its rows.
+        if let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = factor
+        {
+            let function = name.0.last().and_then(|p| p.as_ident());
+            if function.is_some_and(|f| {
+                ["tumble", "hop", "session"].contains(&f.value.to_lowercase().as_str())
+            }) {
+                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) =
+                    args.args.first_mut()
+                {
+                    if let Expr::Subquery(query) = arg {
+                        *arg = Expr::Exists {
+                            subquery: query.clone(),
+                            negated: false,
+                        };
+                    }
+                }
+            }
+        }
         if let TableFactor::Table {
             name,
             alias: alias @ None,

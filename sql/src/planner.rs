@@ -180,12 +180,16 @@ fn referenced_views(plan: &LogicalPlan) -> Result<Vec<Arc<ViewEntry>>> {
             let provider = source_as_provider(&scan.source)?;
             if let Some(v) = provider_as::<ViewTable>(&provider) {
                 views.push(v.entry());
-            } else if let Some(WindowTable {
-                input: WindowInput::View(v),
-                ..
-            }) = provider_as::<WindowTable>(&provider)
-            {
-                views.push(Arc::clone(v));
+            } else if let Some(w) = provider_as::<WindowTable>(&provider) {
+                match &w.input {
+                    WindowInput::View(v) => views.push(Arc::clone(v)),
+                    WindowInput::Query(sub) => {
+                        views.extend(referenced_views(sub).map_err(|e| {
+                            datafusion::error::DataFusionError::External(Box::new(e))
+                        })?)
+                    }
+                    WindowInput::Stream(_) => {}
+                }
             }
         }
         Ok(TreeNodeRecursion::Continue)
@@ -298,6 +302,25 @@ pub(crate) async fn compile_query_statement(
         visibility,
         watermark,
     })
+}
+
+/// Checks that a derived stream (a view's or a subquery's rows) can be windowed over column
+/// `time`: its rows only append and the column follows the watermark.
+fn derived_window_input(built: Built, time_index: usize, time: &str, what: &str) -> Result<Built> {
+    if built.key.is_some() {
+        return Err(Error::NotSupported(format!(
+            "a window over {what}, whose rows change (EMIT ON UPDATE, allowed_lateness, \
+             or GROUP BY without a window); window over rows that only append"
+        )));
+    }
+    match built.times.get(time_index).copied().flatten() {
+        Some(TimeColumn::EventTime | TimeColumn::WindowEnd { .. }) => Ok(built),
+        _ => Err(Error::NotSupported(format!(
+            "a window over column {time} of {what}, which does not follow the watermark; \
+             window over the event time it passes through from its stream, or over window_end \
+             of its windows"
+        ))),
+    }
 }
 
 /// What a column's values say about time, relative to the watermark: the property that lets
@@ -779,25 +802,22 @@ impl Planner<'_> {
             }
             WindowInput::View(view) => {
                 let built = self.inline_view(view)?;
-                if built.key.is_some() {
-                    return Err(Error::NotSupported(format!(
-                        "a window over view {}, whose rows change (EMIT ON UPDATE, allowed_lateness, \
-                         or GROUP BY without a window); window over a view whose rows only append",
-                        view.def.name
-                    )));
-                }
-                match built.times.get(t.time_index).copied().flatten() {
-                    Some(TimeColumn::EventTime | TimeColumn::WindowEnd { .. }) => {}
-                    _ => {
-                        return Err(Error::NotSupported(format!(
-                            "a window over column {time} of view {}, which does not follow the \
-                             watermark; window over the event time it passes through from its \
-                             stream, or over window_end of its windows",
-                            view.def.name
-                        )));
-                    }
-                }
-                built
+                derived_window_input(
+                    built,
+                    t.time_index,
+                    &time,
+                    &format!("view {}", view.def.name),
+                )?
+            }
+            WindowInput::Query(plan) => {
+                let plan = self.state.optimize(plan)?;
+                // The windowed rows only append: the subquery's own aggregates emit each window
+                // once, whatever the outer query's emit mode.
+                let saved = std::mem::take(&mut self.options);
+                let built = self.build(&plan);
+                self.options = saved;
+                let built = built?;
+                derived_window_input(built, t.time_index, &time, "the subquery")?
             }
         };
         if built.session_gap_ns.is_some() {

@@ -18,7 +18,7 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::logical_expr::{Expr, LogicalPlan, TableProviderFilterPushDown};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::TryStreamExt;
 use weir_engine::operator::{HopOperator, Operator, SessionOperator, TumbleOperator};
@@ -250,6 +250,8 @@ pub enum WindowInput {
     Stream(Arc<StreamEntry>),
     /// The rows of a materialized view (a derived stream).
     View(Arc<ViewEntry>),
+    /// The rows of a subquery (`TUMBLE((SELECT ...), ts, ...)`), as planned.
+    Query(Arc<LogicalPlan>),
 }
 
 /// A window table function applied to a stream or view: its rows with `window_start` and
@@ -310,7 +312,7 @@ impl TableProvider for WindowTable {
 
     async fn scan(
         &self,
-        _state: &dyn DfSession,
+        state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
@@ -324,6 +326,10 @@ impl TableProvider for WindowTable {
         let partitions = match &self.input {
             WindowInput::Stream(stream) => read_log(Arc::clone(stream)).await?,
             WindowInput::View(view) => vec![read_view(Arc::clone(view)).await?],
+            WindowInput::Query(plan) => {
+                let exec = state.create_physical_plan(plan).await?;
+                vec![datafusion::physical_plan::collect(exec, state.task_ctx()).await?]
+            }
         };
         let mut op = self.operator().map_err(external)?;
         let windowed = partitions
@@ -413,6 +419,21 @@ pub fn interval_ns(e: &Expr) -> Option<i64> {
     }
 }
 
+impl WindowFunction {
+    /// The stream or view a window function names.
+    fn relation(&self, name: &str) -> datafusion::error::Result<(WindowInput, SchemaRef)> {
+        if let Some(entry) = self.db.stream(name) {
+            let schema = Arc::clone(&entry.schema);
+            Ok((WindowInput::Stream(entry), schema))
+        } else if let Some(view) = self.db.view(name) {
+            let schema = Arc::clone(view.table.schema());
+            Ok((WindowInput::View(view), schema))
+        } else {
+            Err(external(crate::Error::UndefinedRelation(name.to_string())))
+        }
+    }
+}
+
 impl TableFunctionImpl for WindowFunction {
     fn call_with_args(
         &self,
@@ -432,19 +453,23 @@ impl TableFunctionImpl for WindowFunction {
             return plan_err!("{name} takes {usage}, got {} arguments", exprs.len());
         }
         let (stream, time) = (&exprs[0], &exprs[1]);
-        let Some(stream_name) = name_arg(stream) else {
-            return plan_err!("{name}'s first argument must name a stream, not {stream}");
-        };
-        let (input, input_schema) = if let Some(entry) = self.db.stream(&stream_name) {
-            let schema = Arc::clone(&entry.schema);
-            (WindowInput::Stream(entry), schema)
-        } else if let Some(view) = self.db.view(&stream_name) {
-            let schema = Arc::clone(view.table.schema());
-            (WindowInput::View(view), schema)
+        // `TUMBLE((SELECT ...), ...)` arrives as EXISTS (SELECT ...): see the parser.
+        let (input, input_schema, stream_name) = if let Expr::Exists(e) = stream {
+            let sq = &e.subquery;
+            let schema = Arc::new(sq.subquery.schema().as_arrow().clone());
+            (
+                WindowInput::Query(Arc::clone(&sq.subquery)),
+                schema,
+                "the subquery".to_string(),
+            )
         } else {
-            return Err(external(crate::Error::UndefinedRelation(
-                stream_name.clone(),
-            )));
+            let Some(stream_name) = name_arg(stream) else {
+                return plan_err!(
+                    "{name}'s first argument must name a stream or view, or be a (SELECT ...), not {stream}"
+                );
+            };
+            let (input, schema) = self.relation(&stream_name)?;
+            (input, schema, stream_name)
         };
         let Some(time_name) = name_arg(time) else {
             return plan_err!("{name}'s second argument must name a timestamp column, not {time}");
