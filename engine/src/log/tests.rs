@@ -236,6 +236,38 @@ fn damage_in_a_closed_segment_is_an_error() {
     assert!(matches!(err, Error::Corrupt(_)), "{err}");
 }
 
+/// Retention keeps every segment that holds rows a checkpoint still replays from.
+#[test]
+fn retention_keeps_what_checkpoints_need() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let probe = open_one(&tmp.path().join("probe"), LogConfig::default());
+    probe.partitions()[0].append(&rows(0..10)).expect("append");
+    let frame = probe.partitions()[0].size_bytes();
+    let config = LogConfig {
+        segment_bytes: frame * 2,
+        retention_ms: None,
+        retention_bytes: Some(1),
+    };
+    let log = open_one(&tmp.path().join("s"), config);
+    let p = &log.partitions()[0];
+    for i in 0..10 {
+        p.append(&rows(i * 10..i * 10 + 10)).expect("append");
+    }
+    // Segments hold offsets [0, 20), [20, 40), ... A checkpoint replays from offset 45.
+    assert_eq!(log.enforce_retention_keeping(&[0]).expect("retention"), 0);
+    assert_eq!(
+        p.start_offset(),
+        0,
+        "nothing goes while a query replays from the start"
+    );
+    log.enforce_retention_keeping(&[45]).expect("retention");
+    assert_eq!(p.start_offset(), 40, "the segment holding offset 45 stays");
+    assert_eq!(keys_in(p), (40..100).collect::<Vec<_>>());
+    // Without a constraint the size limit takes all but the active segment.
+    log.enforce_retention().expect("retention");
+    assert_eq!(p.segment_count(), 1);
+}
+
 #[test]
 fn segments_roll_and_retention_deletes_whole_closed_segments() {
     let tmp = tempfile::tempdir().expect("tempdir");
