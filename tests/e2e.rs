@@ -1012,8 +1012,15 @@ fn shell_session(shell: &mut ShellPty) {
     shell.expect("LINE 1: SELECT 1 +;");
     // SUBSCRIBE shows the view, updated in place, until Ctrl-C.
     shell.send("SUBSCRIBE per_user;\r");
-    shell.expect("2 rows | ");
-    std::thread::sleep(Duration::from_millis(300));
+    shell.expect("2 rows | input ");
+    // Once measured, the input rate: nothing is being inserted now.
+    shell.expect("input 0/s");
+    shell.send("\x03");
+    shell.expect("(stopped)");
+    // A stream's rows, with their partition and offset, from the start of its log.
+    shell.send("SUBSCRIBE clicks WITH (start = 'earliest');\r");
+    shell.expect("2 rows so far | input ");
+    shell.expect("weir_offset");
     shell.send("\x03");
     shell.expect("(stopped)");
     shell.send("SELECT 41 + 1 AS answer;\r");
@@ -1027,6 +1034,50 @@ fn the_shell_embedded() {
     let data = dir.path().to_str().expect("utf-8 path").to_string();
     let mut shell = ShellPty::start(&["--data-dir", &data]);
     shell_session(&mut shell);
+}
+
+/// A view created over a long backlog shows a progress bar while it catches up, which Ctrl-C
+/// leaves (the view goes on in the background).
+#[test]
+fn the_shell_shows_catch_up_progress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path").to_string();
+    let mut shell = ShellPty::start(&["--data-dir", &data]);
+    shell.expect("weir> ");
+    shell.send(
+        "CREATE STREAM big (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) \
+         WITH (partitions = 4, key = 'k');\r",
+    );
+    shell.expect("CREATE STREAM");
+    // A million events in ten appends, so the view reads them in many batches.
+    let inserts: String = (0..10)
+        .map(|i| {
+            format!(
+                "INSERT INTO big SELECT value % 1000, value, to_timestamp_millis(1767225600000 + value) \
+                 FROM generate_series({}, {});",
+                i * 100_000 + 1,
+                (i + 1) * 100_000
+            )
+        })
+        .collect();
+    shell.send(&format!("{inserts}\r"));
+    for _ in 0..10 {
+        shell.expect("INSERT 0 100000");
+    }
+    // Twenty windows per event: a backlog that takes a while.
+    shell.send(
+        "CREATE MATERIALIZED VIEW slow AS SELECT window_start, k, COUNT(DISTINCT v) AS n \
+         FROM HOP(big, ts, INTERVAL '1' SECOND, INTERVAL '20' SECOND) GROUP BY window_start, k;\r",
+    );
+    shell.expect("CREATE MATERIALIZED VIEW");
+    let bar = shell.expect("s left");
+    assert!(bar.contains("/ 1.0M events, "), "{bar}");
+    shell.send("\x03");
+    shell.expect("goes on catching up in the background");
+    shell.expect("weir> ");
+    shell.send("SELECT count(*) > 0 AS started FROM weir_view_progress WHERE processed > 0;\r");
+    shell.expect("true");
+    shell.send("\\q\r");
 }
 
 #[tokio::test]

@@ -275,6 +275,8 @@ pub struct ResultTable {
     schema: SchemaRef,
     rows: RwLock<Rows>,
     progress: Mutex<Progress>,
+    /// Events the query has read so far (ahead of `progress` while a round is under way).
+    read: std::sync::atomic::AtomicU64,
     advanced: Condvar,
     subscribers: Mutex<Vec<Weak<Subscriber>>>,
 }
@@ -362,6 +364,7 @@ impl ResultTable {
             schema,
             rows: RwLock::new(Rows::Append(Vec::new())),
             progress: Mutex::new(Progress::default()),
+            read: Default::default(),
             advanced: Condvar::new(),
             subscribers: Mutex::new(Vec::new()),
         }
@@ -394,6 +397,7 @@ impl ResultTable {
             })),
             schema,
             progress: Mutex::new(Progress::default()),
+            read: Default::default(),
             advanced: Condvar::new(),
             subscribers: Mutex::new(Vec::new()),
         })
@@ -555,6 +559,19 @@ impl ResultTable {
     pub fn set_progress(&self, progress: Progress) {
         *self.progress.lock().unwrap_or_else(|e| e.into_inner()) = progress;
         self.advanced.notify_all();
+    }
+
+    /// Records how many events the query has read in all (for progress displays; readers that
+    /// need results wait on [`ResultTable::wait_for`]).
+    pub fn set_read(&self, events: u64) {
+        self.read
+            .store(events, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Events the query has read so far, at least as many as its progress says it processed.
+    pub fn read(&self) -> u64 {
+        let processed: u64 = self.progress().offsets.iter().sum();
+        processed.max(self.read.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The query's progress.

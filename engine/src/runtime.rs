@@ -664,6 +664,8 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
     tracing::info!(query = %spec.name, sources = position.sources.len(), "continuous query started");
     // Results for the output stream, until the next checkpoint takes them.
     let mut results: Vec<RecordBatch> = Vec::new();
+    // Events read in all, for progress displays.
+    let mut read: u64 = position.offsets().iter().sum();
     loop {
         if stop.load(Ordering::Acquire) {
             if let Some(c) = checkpointer.as_mut() {
@@ -715,6 +717,8 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
                     }
                     let out = spec.dataflow.process_batch(s, &batch)?;
                     emit(&spec, &mut results, out)?;
+                    read += batch.num_rows() as u64;
+                    spec.sink.set_read(read);
                     let late = spec.dataflow.take_late();
                     if !late.is_empty() {
                         spec.late

@@ -39,6 +39,25 @@ pub struct Live {
     pub table: bool,
     /// For a feed from a server: how to stop it there (a CancelRequest).
     pub cancel: Option<tokio_postgres::CancelToken>,
+    /// For a subscription to a view: reads how many events its query has processed, so the
+    /// shell can show the input rate (a stream's own rows are its input).
+    pub input: Option<InputProbe>,
+}
+
+/// Reads a count of events processed so far (see [`Live::input`]).
+pub type InputProbe = std::sync::Arc<
+    dyn Fn() -> Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send>> + Send + Sync,
+>;
+
+/// The view a `SUBSCRIBE name` follows (not a query, not a stream's log).
+fn subscribed_name(sql: &str) -> Option<String> {
+    match weir_sql::parser::parse(sql).ok()?.pop()? {
+        WeirStatement::Subscribe {
+            target: weir_sql::parser::SubscribeTarget::View(name, _),
+            ..
+        } => Some(name),
+        _ => None,
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -156,15 +175,16 @@ fn command_of(words: &[String]) -> String {
 pub enum Backend {
     /// An embedded engine over a data directory.
     Embedded(Session),
-    /// A Weir (or any Postgres) server.
-    Remote(tokio_postgres::Client),
+    /// A Weir (or any Postgres) server, and its address (for a second connection that reads a
+    /// view's progress while the first follows it).
+    Remote(tokio_postgres::Client, String),
 }
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Embedded(_) => write!(f, "Embedded"),
-            Self::Remote(_) => write!(f, "Remote"),
+            Self::Remote(..) => write!(f, "Remote"),
         }
     }
 }
@@ -180,6 +200,35 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Reads a view's processed events from the server over a second connection (the first is
+/// busy with the subscription), made on first use.
+fn remote_probe(url: String, view: String) -> InputProbe {
+    let client: std::sync::Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>> =
+        std::sync::Arc::default();
+    std::sync::Arc::new(move || {
+        let (url, view, client) = (url.clone(), view.clone(), std::sync::Arc::clone(&client));
+        Box::pin(async move {
+            let mut client = client.lock().await;
+            if client.is_none() {
+                let (c, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(connection);
+                *client = Some(c);
+            }
+            let row = client
+                .as_ref()?
+                .query_opt(
+                    "SELECT processed FROM weir_view_progress WHERE view = $1",
+                    &[&view],
+                )
+                .await
+                .ok()??;
+            row.get::<_, i64>(0).try_into().ok()
+        })
+    })
+}
+
 /// Whether `sql` is a SUBSCRIBE to show as a live table.
 fn is_subscribe(sql: &str) -> bool {
     sql.trim_start()
@@ -192,7 +241,7 @@ impl Backend {
     pub async fn run(&self, sql: &str) -> Vec<Reply> {
         match self {
             Self::Embedded(session) => Self::run_embedded(session, sql).await,
-            Self::Remote(client) => Self::run_remote(client, sql).await,
+            Self::Remote(client, url) => Self::run_remote(client, url, sql).await,
         }
     }
 
@@ -219,11 +268,23 @@ impl Backend {
                                     Err(e) => Some((Err(sql_error(&e)), None)),
                                 }
                             });
+                            let db = session.database().clone();
+                            let input = subscribed_name(sql)
+                                .filter(|name| db.view(name).is_some())
+                                .map(|name| -> InputProbe {
+                                    std::sync::Arc::new(move || {
+                                        let processed = db.view(&name).map(|v| {
+                                            v.table.progress().offsets.iter().sum::<u64>()
+                                        });
+                                        Box::pin(async move { processed })
+                                    })
+                                });
                             Reply::Live(Live {
                                 columns,
                                 rows: Box::pin(rows),
                                 table: true,
                                 cancel: None,
+                                input,
                             })
                         }
                         Err(e) => Reply::Error(sql_error(&e)),
@@ -261,6 +322,7 @@ impl Backend {
                     })),
                     table: false,
                     cancel: None,
+                    input: None,
                 }),
                 Err(e) => Reply::Error(sql_error(&e)),
             });
@@ -268,7 +330,7 @@ impl Backend {
         replies
     }
 
-    async fn run_remote(client: &tokio_postgres::Client, sql: &str) -> Vec<Reply> {
+    async fn run_remote(client: &tokio_postgres::Client, url: &str, sql: &str) -> Vec<Reply> {
         let upper = sql.trim_start().to_ascii_uppercase();
         if is_subscribe(sql) || (upper.starts_with("COPY") && upper.contains("TO STDOUT")) {
             let (copy, table) = if is_subscribe(sql) {
@@ -284,13 +346,32 @@ impl Backend {
                     .strip_prefix("TO ")
                     .or_else(|| target.strip_prefix("to "))
                     .unwrap_or(target);
-                let query = if target.starts_with('(') {
-                    format!("SELECT * FROM {target} AS s LIMIT 0")
+                let query = match subscribed_name(sql) {
+                    Some(name) => {
+                        format!("SELECT * FROM \"{}\" LIMIT 0", name.replace('"', "\"\""))
+                    }
+                    None => format!("SELECT * FROM {target} AS s LIMIT 0"),
+                };
+                // A stream's rows come with their place in the log instead of a change.
+                let is_stream = match subscribed_name(sql) {
+                    Some(name) => client
+                        .query_opt(
+                            "SELECT 1 FROM pg_catalog.pg_class WHERE relname = $1 AND relkind = 'r'",
+                            &[&name],
+                        )
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some(),
+                    None => false,
+                };
+                let leading = if is_stream {
+                    ["weir_partition", "weir_offset"]
                 } else {
-                    format!("SELECT * FROM {target} LIMIT 0")
+                    ["weir_watermark", "weir_diff"]
                 };
                 match client.prepare(&query).await {
-                    Ok(stmt) => ["weir_watermark", "weir_diff"]
+                    Ok(stmt) => leading
                         .into_iter()
                         .map(String::from)
                         .chain(stmt.columns().iter().map(|c| c.name().to_string()))
@@ -300,6 +381,9 @@ impl Backend {
             } else {
                 Vec::new()
             };
+            let input = subscribed_name(sql)
+                .filter(|_| table)
+                .map(|name| remote_probe(url.to_string(), name));
             return vec![match client.copy_out(copy.as_str()).await {
                 Ok(stream) => Reply::Live(Live {
                     columns,
@@ -314,6 +398,7 @@ impl Backend {
                     })),
                     table,
                     cancel: Some(client.cancel_token()),
+                    input,
                 }),
                 Err(e) => Reply::Error(pg_error(&e)),
             }];
@@ -376,7 +461,7 @@ impl Backend {
                 .copy_data(&copy, data)
                 .await
                 .map_err(|e| sql_error(&e)),
-            (Self::Remote(client), CopyIn::Remote(sql)) => {
+            (Self::Remote(client, _), CopyIn::Remote(sql)) => {
                 use futures::SinkExt;
                 let sink = client
                     .copy_in::<_, bytes::Bytes>(sql.trim_end_matches(';'))

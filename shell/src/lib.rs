@@ -295,18 +295,26 @@ impl Screen {
 }
 
 /// Shows a live feed until it ends or Ctrl-C: a table updated in place for a subscription
-/// (the newest rows first, with the watermark and the rate of changes), or lines as they come.
+/// (the newest rows first, with the watermark and the input rate), or lines as they come.
 async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
     let Live {
         columns,
         mut rows,
         table,
         cancel,
+        input,
     } = live;
+    // A stream's rows come with their partition and offset and only append.
+    let log = columns.first().is_some_and(|c| c == "weir_partition");
     let started = Instant::now();
-    let mut changes = 0u64;
+    let mut received = 0u64;
     let mut current: HashMap<Vec<String>, i64> = HashMap::new();
+    let mut newest: std::collections::VecDeque<Vec<String>> = Default::default();
     let mut watermark = String::from("none yet");
+    let mut drawn = String::new();
+    let mut input_rate: Option<f64> = None;
+    let mut sample: Option<(u64, Instant)> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             next = rows.next() => match next {
@@ -318,7 +326,12 @@ async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
                         continue;
                     }
                     for r in batch {
-                        changes += 1;
+                        received += 1;
+                        if log {
+                            newest.push_front(r);
+                            newest.truncate(20);
+                            continue;
+                        }
                         let diff: i64 = r.get(1).and_then(|d| d.parse().ok()).unwrap_or(0);
                         if let Some(w) = r.first().filter(|w| w.as_str() != "NULL") {
                             watermark = w.clone();
@@ -330,27 +343,29 @@ async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
                             current.remove(&key);
                         }
                     }
-                    let mut shown: Vec<Vec<String>> = current
-                        .iter()
-                        .flat_map(|(r, &n)| std::iter::repeat_n(r.clone(), n.max(0) as usize))
-                        .collect();
-                    shown.sort_by(|a, b| b.cmp(a));
-                    let total = shown.len();
-                    shown.truncate(20);
-                    let rate = changes as f64 / started.elapsed().as_secs_f64().max(0.001);
-                    let view_columns: Vec<String> = columns.iter().skip(2).cloned().collect();
-                    let mut table = Table::new();
-                    table.load_preset(UTF8_FULL_CONDENSED);
-                    table.set_header(&view_columns);
+                    let (shown, total): (Vec<Vec<String>>, u64) = if log {
+                        (newest.iter().cloned().collect(), received)
+                    } else {
+                        let mut shown: Vec<Vec<String>> = current
+                            .iter()
+                            .flat_map(|(r, &n)| std::iter::repeat_n(r.clone(), n.max(0) as usize))
+                            .collect();
+                        shown.sort_by(|a, b| b.cmp(a));
+                        let total = shown.len() as u64;
+                        shown.truncate(20);
+                        (shown, total)
+                    };
+                    let shown_columns: Vec<String> = columns.iter().skip(usize::from(!log) * 2).cloned().collect();
+                    let mut grid = Table::new();
+                    grid.load_preset(UTF8_FULL_CONDENSED);
+                    grid.set_header(&shown_columns);
                     for r in &shown {
-                        table.add_row(r);
+                        grid.add_row(r);
                     }
-                    // Clear the screen and draw the view as it is now.
-                    write!(screen.out, "\x1b[2J\x1b[H")?;
-                    screen.line(&format!(
-                        "watermark {watermark} | {total} rows | {changes} changes, {rate:.1}/s | Ctrl-C stops"
-                    ))?;
-                    screen.line(&table.to_string())?;
+                    drawn = grid.to_string();
+                    let what = if log { "rows so far" } else { "rows" };
+                    let header = live_header(log, &watermark, total, what, input_rate, received, started);
+                    draw(screen, &header, &drawn)?;
                 }
                 Some(Err(e)) => {
                     screen.line(&e.replace('\n', " "))?;
@@ -358,6 +373,26 @@ async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
                 }
                 None => return Ok(()),
             },
+            _ = tick.tick(), if table => {
+                // The input rate: events the view's query processed per second (for a stream,
+                // its own rows).
+                if let Some(probe) = &input {
+                    if let Some(processed) = probe().await {
+                        let now = Instant::now();
+                        if let Some((before, at)) = sample {
+                            let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                            input_rate = Some(processed.saturating_sub(before) as f64 / secs);
+                        }
+                        sample = Some((processed, now));
+                    }
+                }
+                if !drawn.is_empty() {
+                    let total = if log { received } else { current.values().map(|n| (*n).max(0) as u64).sum() };
+                    let what = if log { "rows so far" } else { "rows" };
+                    let header = live_header(log, &watermark, total, what, input_rate, received, started);
+                    draw(screen, &header, &drawn)?;
+                }
+            }
             _ = tokio::signal::ctrl_c() => {
                 if let Some(cancel) = cancel {
                     // Stop it on the server too, and read to the end of the feed, so that the
@@ -371,6 +406,38 @@ async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
             }
         }
     }
+}
+
+/// The line above a live table: watermark, rows, and the input rate.
+fn live_header(
+    log: bool,
+    watermark: &str,
+    total: u64,
+    what: &str,
+    input_rate: Option<f64>,
+    received: u64,
+    started: Instant,
+) -> String {
+    let rate = match input_rate {
+        Some(r) => format!("input {}/s", human(r)),
+        None if log => format!(
+            "input {}/s",
+            human(received as f64 / started.elapsed().as_secs_f64().max(1e-3))
+        ),
+        None => "input measuring".to_string(),
+    };
+    if log {
+        format!("{total} {what} | {rate} | Ctrl-C stops")
+    } else {
+        format!("watermark {watermark} | {total} {what} | {rate} | Ctrl-C stops")
+    }
+}
+
+/// Clears the screen and draws a live table under its header line.
+fn draw(screen: &mut Screen, header: &str, table: &str) -> std::io::Result<()> {
+    write!(screen.out, "\x1b[2J\x1b[H")?;
+    screen.line(header)?;
+    screen.line(table)
 }
 
 /// The view a `CREATE MATERIALIZED VIEW` statement creates.
@@ -652,7 +719,7 @@ pub async fn run(options: &Options) -> Result<(), Error> {
                 .await
                 .map_err(|e| Error::Connect(format!("{url}: {e}")))?;
             tokio::spawn(connection);
-            (Backend::Remote(client), None, url.clone())
+            (Backend::Remote(client, url.clone()), None, url.clone())
         }
         None => {
             let db = Database::open(&options.data_dir).await?;

@@ -743,7 +743,7 @@ impl TableProvider for ViewProgressTable {
         for v in &views {
             let p = v.table.progress();
             names.push(v.def.name.clone());
-            processed.push(p.offsets.iter().sum::<u64>() as i64);
+            processed.push(v.table.read() as i64);
             committed.push(v.source_offsets().iter().sum::<u64>() as i64);
             watermarks.push(p.watermark_ns.map(|w| w / 1000));
             epochs.push(p.checkpoint.map(|c| c.0 as i64));
