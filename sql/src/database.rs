@@ -578,7 +578,13 @@ impl Database {
         checkpoints: &Path,
         output: Option<Arc<StreamLog>>,
     ) -> Result<Arc<ViewEntry>> {
-        let plan = compiled.explain(&def.name);
+        let plan = match &output {
+            Some(_) => compiled.explain_into(&format!(
+                "stream {}, appended exactly once with each checkpoint",
+                def.name
+            )),
+            None => compiled.explain(&def.name),
+        };
         let sources = compiled.sources.clone();
         let tables: Vec<String> = compiled.tables.iter().map(|t| t.def.name.clone()).collect();
         let views = compiled.views.clone();

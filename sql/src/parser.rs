@@ -19,6 +19,8 @@ use crate::{Error, Result};
 pub enum WeirStatement {
     /// `CREATE STREAM`.
     CreateStream(CreateStream),
+    /// `EXPLAIN CREATE STREAM name AS SELECT ...`: the plan, without creating anything.
+    ExplainCreateStream(CreateStream),
     /// `DROP STREAM [IF EXISTS] name [CASCADE]`.
     DropStream {
         /// The stream.
@@ -372,6 +374,17 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
             parser.next_token();
             parser.next_token();
             WeirStatement::CreateStream(parse_create_stream(&mut parser)?)
+        } else if is_word(&t0, "EXPLAIN") && is_word(&t1, "CREATE") && is_word(&t2, "STREAM") {
+            for _ in 0..3 {
+                parser.next_token();
+            }
+            let cs = parse_create_stream(&mut parser)?;
+            if cs.query.is_none() {
+                return Err(Error::Syntax(
+                    "EXPLAIN CREATE STREAM explains a CREATE STREAM ... AS SELECT".into(),
+                ));
+            }
+            WeirStatement::ExplainCreateStream(cs)
         } else if is_word(&t0, "DROP") && is_word(&t1, "STREAM") {
             parser.next_token();
             parser.next_token();

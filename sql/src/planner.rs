@@ -71,18 +71,22 @@ impl CompiledView {
 
     /// The operator plan for EXPLAIN, sink first.
     pub fn explain(&self, view: &str) -> Vec<String> {
+        self.explain_into(&format!("materialized view {view}"))
+    }
+
+    /// The operator plan of a query whose results go to `sink` (`materialized view v`,
+    /// `stream s`), sink first.
+    pub fn explain_into(&self, sink: &str) -> Vec<String> {
+        let view = sink;
         let mut lines = vec![match &self.key {
-            None => format!("Sink: materialized view {view} (append-only)"),
+            None => format!("Sink: {view} (append-only)"),
             Some(key) => {
                 let schema = self.dataflow.schema();
                 let names: Vec<&str> = key
                     .iter()
                     .map(|&i| schema.field(i).name().as_str())
                     .collect();
-                format!(
-                    "Sink: materialized view {view} (upsert by {})",
-                    names.join(", ")
-                )
+                format!("Sink: {view} (upsert by {})", names.join(", "))
             }
         }];
         let source_lines = |i: usize| -> Vec<String> {

@@ -574,6 +574,24 @@ impl Session {
                 Ok(rows(batch.schema(), batch))
             }
             WeirStatement::CreateStream(cs) => self.create_stream(cs).await,
+            WeirStatement::ExplainCreateStream(cs) => {
+                let query = cs.query.ok_or_else(|| {
+                    Error::Internal("EXPLAIN CREATE STREAM without a query".into())
+                })?;
+                let compiled =
+                    compile_query_statement(&self.ctx.state(), *query, ViewOptions::default())
+                        .await?;
+                let lines = compiled.explain_into(&format!(
+                    "stream {}, appended exactly once with each checkpoint",
+                    cs.name
+                ));
+                let schema = explain_schema();
+                let batch = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![Arc::new(StringArray::from(lines)) as ArrayRef],
+                )?;
+                Ok(rows(schema, batch))
+            }
             WeirStatement::DropStream {
                 name,
                 if_exists,
