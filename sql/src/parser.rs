@@ -334,6 +334,48 @@ fn is_catalog_query(sql: &str) -> bool {
             || lower.contains("session_user"))
 }
 
+/// Names unaliased `current_user`, `session_user` and `user` in select lists after themselves,
+/// as Postgres does: the compatibility rewrite turns them all into `session_user()`, which
+/// would name two of them the same. `None` when there is nothing to name.
+fn name_session_functions(sql: &str) -> Option<String> {
+    use datafusion::sql::sqlparser::ast::{Query, SelectItem, SetExpr};
+    struct Namer(bool);
+    impl VisitorMut for Namer {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                for item in &mut select.projection {
+                    let SelectItem::UnnamedExpr(Expr::Function(f)) = item else {
+                        continue;
+                    };
+                    let name = f.name.to_string().to_lowercase();
+                    if ["current_user", "session_user", "user"].contains(&name.as_str()) {
+                        let expr = Expr::Function(f.clone());
+                        *item = SelectItem::ExprWithAlias {
+                            expr,
+                            alias: Ident::with_quote('"', name),
+                        };
+                        self.0 = true;
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()?;
+    let mut namer = Namer(false);
+    for s in &mut stmts {
+        let _ = s.visit(&mut namer);
+    }
+    namer.0.then(|| {
+        stmts
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
 fn compatibility_parser() -> &'static datafusion_pg_catalog::sql::PostgresCompatibilityParser {
     static PARSER: std::sync::OnceLock<datafusion_pg_catalog::sql::PostgresCompatibilityParser> =
         std::sync::OnceLock::new();
@@ -344,7 +386,8 @@ fn compatibility_parser() -> &'static datafusion_pg_catalog::sql::PostgresCompat
 /// ones.
 pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
     if is_catalog_query(sql) {
-        let sql = crate::pg_compat::rewrite_client_sql(sql);
+        let named = name_session_functions(sql);
+        let sql = crate::pg_compat::rewrite_client_sql(named.as_deref().unwrap_or(sql));
         if let Ok(stmts) = compatibility_parser().parse(&sql) {
             return Ok(stmts
                 .into_iter()
