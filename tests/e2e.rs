@@ -1023,6 +1023,11 @@ fn shell_session(shell: &mut ShellPty) {
     shell.expect("weir_offset");
     shell.send("\x03");
     shell.expect("(stopped)");
+    // Ctrl-C cancels a long statement, and the shell goes on.
+    shell.send("SELECT count(*) FROM generate_series(1, 100000000000);\r");
+    std::thread::sleep(Duration::from_millis(500));
+    shell.send("\x03");
+    shell.expect("57014");
     shell.send("SELECT 41 + 1 AS answer;\r");
     shell.expect("42");
     shell.send("\\q\r");

@@ -1,5 +1,6 @@
 //! The pgwire handlers: startup, simple and extended query protocol, mapped onto `Session`.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 
@@ -28,10 +29,12 @@ use pgwire::api::{
     PgWireServerHandlers, PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyOutResponse};
 use pgwire::messages::data::DataRow;
 use pgwire::messages::data::{NoData, ParameterDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
+use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use weir_sql::copy::CopyIn;
 
@@ -52,12 +55,17 @@ fn user_error(e: weir_sql::Error) -> PgWireError {
 }
 
 /// Turns a statement's output into a pgwire response, encoding rows as they stream.
-fn response(out: Output, format: &Format) -> PgWireResult<Response> {
+/// A statement's output as a pgwire response; rows stop, with SQLSTATE 57014, when `cancel`
+/// fires while they are being sent.
+fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireResult<Response> {
     match out {
         Output::Rows { schema, stream } => {
             let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
             let f = Arc::clone(&fields);
+            let seen = cancel.generation();
+            let waiting = Arc::clone(&cancel);
             let rows = stream
+                .take_until(async move { waiting.fired_after(seen).await })
                 .map(move |batch: Result<RecordBatch, _>| {
                     let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
                         match batch {
@@ -66,7 +74,13 @@ fn response(out: Output, format: &Format) -> PgWireResult<Response> {
                         };
                     stream::iter(rows)
                 })
-                .flatten();
+                .flatten()
+                .chain(
+                    stream::once(async move {
+                        (cancel.generation() != seen).then_some(Err(PgWireError::QueryCanceled))
+                    })
+                    .filter_map(|r| async move { r }),
+                );
             Ok(Response::Query(QueryResponse::new(fields, rows)))
         }
         Output::Command(tag) => Ok(Response::Execution(Tag::new(&tag))),
@@ -180,6 +194,69 @@ fn expect_copy<C: ClientInfo>(client: &C, out: &Output) {
 pub struct Handler {
     db: Database,
     parser: Arc<NoopQueryParser>,
+    signals: Signals,
+}
+
+/// Fired by a CancelRequest for its connection: ends the rows a statement is still sending
+/// (pgwire's own cancellation covers only the time until the first row).
+#[derive(Debug, Default)]
+pub struct CancelSignal {
+    generation: std::sync::atomic::AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelSignal {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn fire(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once the signal fires after generation `seen`.
+    async fn fired_after(&self, seen: u64) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.generation() != seen {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Each connection's cancel signal, by process ID (with its secret key, which a CancelRequest
+/// must match).
+type Signals = Arc<std::sync::Mutex<HashMap<i32, (SecretKey, std::sync::Weak<CancelSignal>)>>>;
+
+/// Cancels a connection's statement: pgwire's part (a statement still running) and ours (rows
+/// still being sent).
+#[derive(Debug)]
+struct WeirCancel {
+    inner: DefaultCancelHandler,
+    signals: Signals,
+}
+
+#[async_trait]
+impl CancelHandler for WeirCancel {
+    async fn on_cancel_request(&self, request: CancelRequest) {
+        let signal = {
+            let signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+            signals
+                .get(&request.pid)
+                .filter(|(key, _)| key.eq_value(&request.secret_key))
+                .and_then(|(_, s)| s.upgrade())
+        };
+        if let Some(signal) = signal {
+            signal.fire();
+        }
+        self.inner.on_cancel_request(request).await;
+    }
 }
 
 impl Handler {
@@ -187,6 +264,21 @@ impl Handler {
         client
             .session_extensions()
             .get_or_insert_with(|| Session::new(self.db.clone()))
+    }
+
+    /// The connection's cancel signal, registered under its process ID on first use.
+    fn cancel_signal<C: ClientInfo>(&self, client: &C) -> Arc<CancelSignal> {
+        if let Some(signal) = client.session_extensions().get::<CancelSignal>() {
+            return signal;
+        }
+        let signal = client
+            .session_extensions()
+            .get_or_insert_with(CancelSignal::default);
+        let (pid, key) = client.pid_and_secret_key();
+        let mut signals = self.signals.lock().unwrap_or_else(|e| e.into_inner());
+        signals.retain(|_, (_, s)| s.strong_count() > 0);
+        signals.insert(pid, (key, Arc::downgrade(&signal)));
+        signal
     }
 }
 
@@ -213,7 +305,11 @@ impl SimpleQueryHandler for Handler {
                 }
                 Ok(out) => {
                     expect_copy(client, &out);
-                    responses.push(response(out, &Format::UnifiedText)?);
+                    responses.push(response(
+                        out,
+                        &Format::UnifiedText,
+                        self.cancel_signal(client),
+                    )?);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, sqlstate = e.sqlstate(), "statement failed");
@@ -361,7 +457,11 @@ impl ExtendedQueryHandler for Handler {
             return Ok(Response::Execution(Tag::new("COPY").with_rows(rows)));
         }
         expect_copy(client, &out);
-        response(out, &portal.result_column_format)
+        response(
+            out,
+            &portal.result_column_format,
+            self.cancel_signal(client),
+        )
     }
 }
 
@@ -515,20 +615,25 @@ pub struct HandlerFactory {
     connections: Arc<ConnectionManager>,
     keys: Arc<RandomPidSecretKeyGenerator>,
     users: Option<Arc<Users>>,
-    cancel: Arc<DefaultCancelHandler>,
+    cancel: Arc<WeirCancel>,
 }
 
 impl HandlerFactory {
     /// Handlers serving `db`; with `users`, every connection logs in with SCRAM-SHA-256.
     pub fn new(db: Database, users: Option<Arc<Users>>) -> Self {
         let connections = Arc::new(ConnectionManager::new());
+        let signals = Signals::default();
         Self {
             handler: Arc::new(Handler {
                 db,
                 parser: Arc::new(NoopQueryParser::new()),
+                signals: Arc::clone(&signals),
             }),
             keys: Arc::new(RandomPidSecretKeyGenerator::default()),
-            cancel: Arc::new(DefaultCancelHandler::new(Arc::clone(&connections))),
+            cancel: Arc::new(WeirCancel {
+                inner: DefaultCancelHandler::new(Arc::clone(&connections)),
+                signals,
+            }),
             connections,
             users,
         }

@@ -237,6 +237,17 @@ fn is_subscribe(sql: &str) -> bool {
 }
 
 impl Backend {
+    /// Stops what the server runs for this shell (a CancelRequest); in the embedded engine,
+    /// dropping the statement's future has already stopped it.
+    pub async fn cancel(&self) {
+        if let Self::Remote(client, _) = self {
+            let _ = client
+                .cancel_token()
+                .cancel_query(tokio_postgres::NoTls)
+                .await;
+        }
+    }
+
     /// Runs the statements in `sql`, one reply each (stopping at the first error).
     pub async fn run(&self, sql: &str) -> Vec<Reply> {
         match self {

@@ -315,6 +315,10 @@ async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
     let mut input_rate: Option<f64> = None;
     let mut sample: Option<(u64, Instant)> = None;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    // One listener for the whole feed: a new one per turn of the loop could miss a Ctrl-C
+    // that arrives between turns.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         tokio::select! {
             next = rows.next() => match next {
@@ -393,7 +397,7 @@ async fn show_live(live: Live, screen: &mut Screen) -> std::io::Result<()> {
                     draw(screen, &header, &drawn)?;
                 }
             }
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 if let Some(cancel) = cancel {
                     // Stop it on the server too, and read to the end of the feed, so that the
                     // connection is ready for the next statement.
@@ -477,6 +481,8 @@ async fn show_progress(backend: &Backend, view: &str, screen: &mut Screen) -> st
     );
     let started = Instant::now();
     let mut shown = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let mut state = None;
         for reply in backend.run(&query).await {
@@ -521,7 +527,7 @@ async fn show_progress(backend: &Backend, view: &str, screen: &mut Screen) -> st
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 screen.line("\n(the view goes on catching up in the background)")?;
                 return Ok(());
             }
@@ -557,7 +563,16 @@ async fn run_sql(
     mut copy_data: Option<Vec<u8>>,
 ) -> std::io::Result<()> {
     let started = Instant::now();
-    for reply in backend.run(sql).await {
+    // Ctrl-C cancels the statement, not the shell.
+    let replies = tokio::select! {
+        replies = backend.run(sql) => replies,
+        _ = tokio::signal::ctrl_c() => {
+            backend.cancel().await;
+            screen.line("ERROR 57014: canceling statement due to user request")?;
+            return Ok(());
+        }
+    };
+    for reply in replies {
         match reply {
             Reply::Table { columns, rows } => {
                 let text = if screen.expanded {
