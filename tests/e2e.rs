@@ -1279,6 +1279,9 @@ async fn grafana_pickers_and_time_series() {
     let columns = rows(&client, &query("column_picker.sql")).await;
     let names: Vec<&str> = columns.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(names, ["user_id", "url", "ts"]);
+    // Postgres type names, by which Grafana tells time columns from the others.
+    let types: Vec<&str> = columns.iter().map(|r| r[1].as_str()).collect();
+    assert_eq!(types, ["bigint", "text", "timestamp without time zone"]);
     let series = rows(&client, &query("time_series.sql")).await;
     assert_eq!(
         series,

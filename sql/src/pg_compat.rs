@@ -134,6 +134,198 @@ impl VisitorMut for LikeEscapes {
 /// Applies Weir's rewrites of client catalog queries to a parsed statement.
 pub(crate) fn rewrite_statement(stmt: &mut Statement) {
     let _ = stmt.visit(&mut LikeEscapes);
+    // information_schema.columns with Postgres type names (DataFusion's shows Arrow's).
+    let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(stmt, |name| {
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
+            .collect();
+        let tail: Vec<&str> = parts.iter().rev().take(2).map(String::as_str).collect();
+        if tail == ["columns", "information_schema"] {
+            *name = datafusion::sql::sqlparser::ast::ObjectName::from(vec![
+                datafusion::sql::sqlparser::ast::Ident::new("pg_catalog"),
+                datafusion::sql::sqlparser::ast::Ident::new(WEIR_COLUMNS),
+            ]);
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
+/// The relation that answers `information_schema.columns` (see [`rewrite_statement`]).
+const WEIR_COLUMNS: &str = "weir_columns";
+
+/// Postgres' name for a column type (`information_schema.columns.data_type`) and its short
+/// name (`udt_name`), for the Arrow types Weir's columns have.
+fn pg_type_names(t: &DataType) -> (&'static str, &'static str) {
+    match t {
+        DataType::Boolean => ("boolean", "bool"),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => ("smallint", "int2"),
+        DataType::Int32 | DataType::UInt16 => ("integer", "int4"),
+        DataType::Int64 | DataType::UInt32 | DataType::UInt64 => ("bigint", "int8"),
+        DataType::Float16 | DataType::Float32 => ("real", "float4"),
+        DataType::Float64 => ("double precision", "float8"),
+        DataType::Decimal128(..) | DataType::Decimal256(..) => ("numeric", "numeric"),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ("text", "text"),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => ("bytea", "bytea"),
+        DataType::Date32 | DataType::Date64 => ("date", "date"),
+        DataType::Time32(_) | DataType::Time64(_) => ("time without time zone", "time"),
+        DataType::Timestamp(_, None) => ("timestamp without time zone", "timestamp"),
+        DataType::Timestamp(_, Some(_)) => ("timestamp with time zone", "timestamptz"),
+        DataType::Interval(_) | DataType::Duration(_) => ("interval", "interval"),
+        DataType::List(_) | DataType::LargeList(_) => ("ARRAY", "_text"),
+        _ => ("text", "text"),
+    }
+}
+
+/// `information_schema.columns` as Postgres fills it, over Weir's streams, views and tables.
+#[derive(Debug)]
+struct PgColumns {
+    db: Database,
+}
+
+impl PgColumns {
+    fn columns_schema() -> SchemaRef {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let text = |n: &str, null: bool| Field::new(n, DataType::Utf8, null);
+        let int = |n: &str| Field::new(n, DataType::Int64, true);
+        Arc::new(Schema::new(vec![
+            text("table_catalog", false),
+            text("table_schema", false),
+            text("table_name", false),
+            text("column_name", false),
+            Field::new("ordinal_position", DataType::Int64, false),
+            text("column_default", true),
+            text("is_nullable", false),
+            text("data_type", false),
+            int("character_maximum_length"),
+            int("character_octet_length"),
+            int("numeric_precision"),
+            int("numeric_precision_radix"),
+            int("numeric_scale"),
+            int("datetime_precision"),
+            text("interval_type", true),
+            text("udt_name", false),
+        ]))
+    }
+}
+
+#[async_trait]
+impl TableProvider for PgColumns {
+    fn schema(&self) -> SchemaRef {
+        Self::columns_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::logical_expr::Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        use datafusion::arrow::array::{Int64Array, StringBuilder};
+        let mut relations: Vec<(String, SchemaRef)> = Vec::new();
+        relations.extend(
+            self.db
+                .streams()
+                .iter()
+                .map(|s| (s.def.name.clone(), Arc::clone(&s.schema))),
+        );
+        relations.extend(
+            self.db
+                .views()
+                .iter()
+                .map(|v| (v.def.name.clone(), Arc::clone(v.table.schema()))),
+        );
+        relations.extend(
+            self.db
+                .tables()
+                .iter()
+                .map(|t| (t.def.name.clone(), Arc::clone(&t.schema))),
+        );
+        let mut names = [
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        ];
+        let (mut nullable, mut types, mut udts) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let mut positions = Vec::new();
+        let (mut precision, mut radix, mut scale, mut datetime) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut n = 0;
+        for (table, schema) in &relations {
+            for (i, f) in schema.fields().iter().enumerate() {
+                n += 1;
+                names[0].append_value(table);
+                names[1].append_value(f.name());
+                names[2].append_value(crate::session::CATALOG);
+                positions.push(i as i64 + 1);
+                nullable.append_value(if f.is_nullable() { "YES" } else { "NO" });
+                let (data_type, udt) = pg_type_names(f.data_type());
+                types.append_value(data_type);
+                udts.append_value(udt);
+                let (p, r, sc) = match f.data_type() {
+                    DataType::Int16 | DataType::Int8 | DataType::UInt8 => {
+                        (Some(16), Some(2), Some(0))
+                    }
+                    DataType::Int32 | DataType::UInt16 => (Some(32), Some(2), Some(0)),
+                    DataType::Int64 | DataType::UInt32 | DataType::UInt64 => {
+                        (Some(64), Some(2), Some(0))
+                    }
+                    DataType::Float32 => (Some(24), Some(2), None),
+                    DataType::Float64 => (Some(53), Some(2), None),
+                    DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => {
+                        (Some(i64::from(*p)), Some(10), Some(i64::from(*s)))
+                    }
+                    _ => (None, None, None),
+                };
+                precision.push(p);
+                radix.push(r);
+                scale.push(sc);
+                datetime.push(match f.data_type() {
+                    DataType::Timestamp(..) | DataType::Time64(_) => Some(6),
+                    DataType::Date32 | DataType::Date64 => Some(0),
+                    _ => None,
+                });
+            }
+        }
+        let [mut tables, mut columns, mut catalogs] = names;
+        let nulls = || Arc::new(Int64Array::from(vec![None::<i64>; n])) as ArrayRef;
+        let batch = RecordBatch::try_new(
+            Self::columns_schema(),
+            vec![
+                Arc::new(catalogs.finish()),
+                Arc::new(StringArray::from(vec![crate::session::SCHEMA; n])),
+                Arc::new(tables.finish()),
+                Arc::new(columns.finish()),
+                Arc::new(Int64Array::from(positions)),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+                Arc::new(nullable.finish()),
+                Arc::new(types.finish()),
+                nulls(),
+                nulls(),
+                Arc::new(Int64Array::from(precision)),
+                Arc::new(Int64Array::from(radix)),
+                Arc::new(Int64Array::from(scale)),
+                Arc::new(Int64Array::from(datetime)),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+                Arc::new(udts.finish()),
+            ],
+        )?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
 }
 
 /// A function of one argument that is always true (`pg_function_is_visible(oid)` and kin:
@@ -305,12 +497,15 @@ impl SchemaProvider for WeirPgCatalog {
                 inner: t,
                 db: self.db.clone(),
             })),
+            None if name == WEIR_COLUMNS => Some(Arc::new(PgColumns {
+                db: self.db.clone(),
+            })),
             other => other,
         })
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.inner.table_exist(name)
+        name == WEIR_COLUMNS || self.inner.table_exist(name)
     }
 }
 
