@@ -134,6 +134,7 @@ impl VisitorMut for LikeEscapes {
 /// Applies Weir's rewrites of client catalog queries to a parsed statement.
 pub(crate) fn rewrite_statement(stmt: &mut Statement) {
     let _ = stmt.visit(&mut LikeEscapes);
+    let _ = stmt.visit(&mut AggregateScalarSubqueries);
     // information_schema.columns with Postgres type names (DataFusion's shows Arrow's).
     let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(stmt, |name| {
         let parts: Vec<String> = name
@@ -150,6 +151,74 @@ pub(crate) fn rewrite_statement(stmt: &mut Statement) {
         }
         ControlFlow::<()>::Continue(())
     });
+}
+
+/// Wraps the one column of a scalar subquery in `max(...)` when it is not aggregated, and
+/// answers lookups of column defaults, identity sequences and collations with NULL.
+///
+/// Catalog queries (SQLAlchemy's `get_columns`, for one) look up at most one row with a
+/// correlated scalar subquery; DataFusion plans those only when they aggregate. Over at most
+/// one row, `max` is that row's value.
+struct AggregateScalarSubqueries;
+
+impl VisitorMut for AggregateScalarSubqueries {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::{
+            FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem, SetExpr,
+        };
+        let SqlExpr::Subquery(query) = expr else {
+            return ControlFlow::Continue(());
+        };
+        // Column defaults, identity sequences and collations: Weir has none, so these lookups
+        // are NULL (and DataFusion cannot decorrelate some of them inside CASE).
+        let text = query.to_string().to_lowercase();
+        if ["pg_attrdef", "pg_sequence", "pg_collation", "typcollation"]
+            .iter()
+            .any(|t| text.contains(t))
+        {
+            *expr = SqlExpr::Value(datafusion::sql::sqlparser::ast::Value::Null.into());
+            return ControlFlow::Continue(());
+        }
+        let SetExpr::Select(select) = query.body.as_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
+        if grouped || select.projection.len() != 1 || select.having.is_some() {
+            return ControlFlow::Continue(());
+        }
+        let column = match &mut select.projection[0] {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
+            _ => return ControlFlow::Continue(()),
+        };
+        let aggregated = matches!(column, SqlExpr::Function(f) if {
+            let name = f.name.to_string().to_lowercase();
+            ["max", "min", "count", "sum", "avg", "array_agg", "string_agg", "bool_and", "bool_or"]
+                .contains(&name.trim_start_matches("pg_catalog."))
+        });
+        if aggregated {
+            return ControlFlow::Continue(());
+        }
+        let Ok(mut max) = datafusion::sql::sqlparser::parser::Parser::new(
+            &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+        )
+        .try_with_sql("max(NULL)")
+        .and_then(|mut p| p.parse_expr()) else {
+            return ControlFlow::Continue(());
+        };
+        if let SqlExpr::Function(f) = &mut max {
+            if let FunctionArguments::List(list) = &mut f.args {
+                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) =
+                    list.args.first_mut()
+                {
+                    *arg = column.clone();
+                    *column = max;
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// The relation that answers `information_schema.columns` (see [`rewrite_statement`]).

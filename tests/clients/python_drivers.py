@@ -126,8 +126,17 @@ def with_sqlalchemy():
         check(t in tables, True, f"sqlalchemy table {t} in {tables}")
     views = inspector.get_view_names() + inspector.get_materialized_view_names()
     check("p3_by_name" in views, True, f"sqlalchemy view in {views}")
-    # get_columns is not here: SQLAlchemy's column query uses correlated scalar subqueries
-    # that DataFusion cannot plan yet (an open gap of issue 4).
+    # What Superset reads to list a table's columns, with their types.
+    columns = inspector.get_columns("p3")
+    check([c["name"] for c in columns], ["id", "name", "score", "ok", "ts"], "sqlalchemy columns")
+    check(
+        [str(c["type"]) for c in columns],
+        ["BIGINT", "TEXT", "DOUBLE PRECISION", "BOOLEAN", "TIMESTAMP"],
+        "sqlalchemy column types",
+    )
+    check(all(c["default"] is None for c in columns), True, "sqlalchemy column defaults")
+    view_columns = [c["name"] for c in inspector.get_columns("p3_by_name")]
+    check(view_columns, ["name", "n", "total"], "sqlalchemy view columns")
 
 
 for test in (with_psycopg3, with_psycopg2, with_asyncpg, with_sqlalchemy):
