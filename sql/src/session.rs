@@ -1,6 +1,6 @@
 //! The `Session` API: what the Postgres server and the shell call to run statements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -638,12 +638,12 @@ impl Session {
                         "a query returned no rows; this is a bug".into(),
                     ));
                 };
-                let batches: Vec<RecordBatch> = stream.try_collect().await?;
                 self.cursors.lock().await.insert(
                     name,
                     Cursor::Rows {
                         schema,
-                        batches: batches.into(),
+                        stream,
+                        batches: VecDeque::new(),
                     },
                 );
                 Ok(Output::Command("DECLARE CURSOR".into()))

@@ -275,11 +275,13 @@ fn read_log(
 }
 
 /// An open cursor: rows of a query, or a subscription.
-#[derive(Debug)]
 pub(crate) enum Cursor {
-    /// The rows of `DECLARE c CURSOR FOR SELECT ...`, not yet fetched.
+    /// The rows of `DECLARE c CURSOR FOR SELECT ...`: read from the query as FETCH asks for
+    /// them, so a cursor over many rows holds only what a FETCH has read and not returned.
     Rows {
         schema: SchemaRef,
+        stream: datafusion::execution::SendableRecordBatchStream,
+        /// Rows read from the query but not yet fetched.
         batches: VecDeque<RecordBatch>,
     },
     /// `DECLARE c CURSOR FOR SUBSCRIBE ...`.
@@ -288,6 +290,18 @@ pub(crate) enum Cursor {
         /// Rows read from the subscription but not yet fetched.
         held: VecDeque<RecordBatch>,
     },
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Rows { schema, .. } => f.debug_struct("Rows").field("schema", schema).finish(),
+            Self::Subscription { subscription, .. } => f
+                .debug_struct("Subscription")
+                .field("subscription", subscription)
+                .finish(),
+        }
+    }
 }
 
 impl Cursor {
@@ -307,8 +321,10 @@ impl Cursor {
     ) -> Result<RecordBatch> {
         let schema = self.schema();
         let limit = count.map_or(usize::MAX, |c| c as usize);
-        let (queue, mut subscription) = match self {
-            Self::Rows { batches, .. } => (batches, None),
+        let (queue, mut subscription, mut rows) = match self {
+            Self::Rows {
+                batches, stream, ..
+            } => (batches, None, Some(stream)),
             Self::Subscription { subscription, held } => {
                 if held.is_empty() && limit > 0 {
                     match subscription.try_next()? {
@@ -326,19 +342,22 @@ impl Cursor {
                         }
                     }
                 }
-                (held, Some(subscription))
+                (held, Some(subscription), None)
             }
         };
         let mut out = Vec::new();
         let mut taken = 0;
         while taken < limit {
             if queue.is_empty() {
-                match subscription
-                    .as_mut()
-                    .map(|s| s.try_next())
-                    .transpose()?
-                    .flatten()
-                {
+                let next = match (&mut subscription, &mut rows) {
+                    (Some(s), _) => s.try_next()?,
+                    (None, Some(stream)) => {
+                        use futures::StreamExt;
+                        stream.next().await.transpose()?
+                    }
+                    (None, None) => None,
+                };
+                match next {
                     Some(b) => queue.push_back(b),
                     None => break,
                 }
