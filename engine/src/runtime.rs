@@ -508,14 +508,14 @@ impl Checkpointer {
         query.late.restore(late.batches)?;
         // The oldest checkpoint kept is what recovery could fall back to: the log keeps
         // everything from its offsets.
-        if let Some(oldest) = spec.store.oldest()? {
-            if oldest.epoch < epoch && oldest.fingerprint == spec.fingerprint {
-                let mut at = Position::new(&query.sources);
-                if let Some(p) = oldest.parts.first() {
-                    if at.restore(p).is_ok() {
-                        durable.kept.push_back(at.offsets());
-                    }
-                }
+        if let Some(oldest) = spec.store.oldest()?
+            && oldest.epoch < epoch
+            && oldest.fingerprint == spec.fingerprint
+            && let Some(p) = oldest.parts.first()
+        {
+            let mut at = Position::new(&query.sources);
+            if at.restore(p).is_ok() {
+                durable.kept.push_back(at.offsets());
             }
         }
         durable.kept.push_back(position.offsets());

@@ -207,15 +207,12 @@ impl VisitorMut for AggregateScalarSubqueries {
         .and_then(|mut p| p.parse_expr()) else {
             return ControlFlow::Continue(());
         };
-        if let SqlExpr::Function(f) = &mut max {
-            if let FunctionArguments::List(list) = &mut f.args {
-                if let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) =
-                    list.args.first_mut()
-                {
-                    *arg = column.clone();
-                    *column = max;
-                }
-            }
+        if let SqlExpr::Function(f) = &mut max
+            && let FunctionArguments::List(list) = &mut f.args
+            && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) = list.args.first_mut()
+        {
+            *arg = column.clone();
+            *column = max;
         }
         ControlFlow::Continue(())
     }
