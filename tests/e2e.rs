@@ -1292,6 +1292,34 @@ async fn grafana_pickers_and_time_series() {
     );
 }
 
+/// Metabase's and DBeaver's connection and sync queries, replayed verbatim through psql: every
+/// one runs, and Metabase sees the stream as a table and the view as a materialized view.
+#[tokio::test]
+async fn metabase_and_dbeaver_sync_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let client = server.client().await;
+    client
+        .batch_execute(
+            "CREATE STREAM clicks (id BIGINT, ts TIMESTAMP); \
+             CREATE MATERIALIZED VIEW per_id AS SELECT id, count(*) AS n FROM clicks GROUP BY id",
+        )
+        .await
+        .expect("setup");
+    let clients = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients");
+    for file in ["metabase/sync.sql", "dbeaver/startup.sql"] {
+        let path = clients.join(file);
+        let path = path.to_str().expect("utf-8 path");
+        let (ok, out, err) = psql(&server, &["-A", "-t", "-f", path]);
+        assert!(ok, "{file}: {err}\n{out}");
+        assert!(!err.contains("ERROR"), "{file}: {err}");
+        if file.starts_with("metabase") {
+            assert!(out.contains("public|per_id|MATERIALIZED VIEW"), "{out}");
+            assert!(out.contains("public|clicks|TABLE"), "{out}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_slow_subscriber_never_holds_ingestion_back() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -334,9 +334,10 @@ fn is_catalog_query(sql: &str) -> bool {
             || lower.contains("session_user"))
 }
 
-/// Names unaliased `current_user`, `session_user` and `user` in select lists after themselves,
-/// as Postgres does: the compatibility rewrite turns them all into `session_user()`, which
-/// would name two of them the same. `None` when there is nothing to name.
+/// Prepares a catalog query for the compatibility rewrites: names unaliased `current_user`,
+/// `session_user` and `user` in select lists after themselves, as Postgres does (the rewrite
+/// turns them all into `session_user()`, which would name two of them the same), and compares
+/// pg_type's regproc columns with function names. `None` when nothing changed.
 fn name_session_functions(sql: &str) -> Option<String> {
     use datafusion::sql::sqlparser::ast::{Query, SelectItem, SetExpr};
     struct Namer(bool);
@@ -358,6 +359,51 @@ fn name_session_functions(sql: &str) -> Option<String> {
                         self.0 = true;
                     }
                 }
+            }
+            ControlFlow::Continue(())
+        }
+
+        /// `typinput = 'pg_catalog.array_in'::regproc` (DBeaver): datafusion-pg-catalog keeps
+        /// pg_type's regproc columns as function names, so compare with the name.
+        fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+            use datafusion::sql::sqlparser::ast::BinaryOperator;
+            let Expr::BinaryOp { left, op, right } = expr else {
+                return ControlFlow::Continue(());
+            };
+            if !matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq) {
+                return ControlFlow::Continue(());
+            }
+            let regproc_column = |e: &Expr| {
+                let name = match e {
+                    Expr::Identifier(i) => &i.value,
+                    Expr::CompoundIdentifier(parts) => match parts.last() {
+                        Some(i) => &i.value,
+                        None => return false,
+                    },
+                    _ => return false,
+                };
+                ["typinput", "typoutput", "typreceive", "typsend"]
+                    .contains(&name.to_lowercase().as_str())
+            };
+            let cast = if regproc_column(left) {
+                right.as_mut()
+            } else if regproc_column(right) {
+                left.as_mut()
+            } else {
+                return ControlFlow::Continue(());
+            };
+            if let Expr::Cast {
+                expr: inner,
+                data_type,
+                ..
+            } = cast
+                && data_type.to_string().to_lowercase().ends_with("regproc")
+                && let Expr::Value(v) = inner.as_ref()
+                && let Value::SingleQuotedString(name) = &v.value
+            {
+                let bare = name.trim_start_matches("pg_catalog.").to_string();
+                *cast = Expr::Value(Value::SingleQuotedString(bare).into());
+                self.0 = true;
             }
             ControlFlow::Continue(())
         }
