@@ -1419,8 +1419,40 @@ async fn kill_loop_writer(
     }
 }
 
+/// Asserts that `relation` (a windowed view, or a stream made `AS SELECT`) holds exactly the
+/// windows its query's watermark has closed, as the query computes them in batch.
+async fn closed_windows_equal_batch(c: &Client, relation: &str) {
+    let got = rows(
+        c,
+        &format!("SELECT * FROM {relation} ORDER BY window_start, user_id"),
+    )
+    .await;
+    let progress = rows(
+        c,
+        &format!("SELECT watermark FROM weir_view_progress WHERE view = '{relation}'"),
+    )
+    .await;
+    let closed = match progress[0][0].as_str() {
+        "NULL" => "false".to_string(),
+        w => format!("window_end <= TIMESTAMP '{w}'"),
+    };
+    let batch = rows(
+        c,
+        &format!(
+            "SELECT * FROM (SELECT window_start, window_end, user_id, COUNT(*) AS n \
+             FROM TUMBLE(clicks, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, user_id) \
+             WHERE {closed} ORDER BY window_start, user_id"
+        ),
+    )
+    .await;
+    assert_eq!(
+        got, batch,
+        "{relation}: closed windows equal batch, none missing or doubled"
+    );
+}
+
 /// Compares every view with its query over the log in batch: the per-user totals whole, the
-/// windows those the view's watermark has closed.
+/// windows those the view's watermark has closed; and the stream of the same windows.
 async fn views_equal_batch(c: &Client) {
     let totals = "SELECT user_id, COUNT(*) AS n, MIN(url) AS first FROM clicks GROUP BY user_id";
     assert_eq!(
@@ -1428,57 +1460,9 @@ async fn views_equal_batch(c: &Client) {
         rows(c, &format!("{totals} ORDER BY user_id")).await,
         "the updating aggregate equals batch"
     );
-    let view = rows(c, "SELECT * FROM per_window ORDER BY window_start, user_id").await;
-    let progress = rows(
-        c,
-        "SELECT watermark FROM weir_view_progress WHERE view = 'per_window'",
-    )
-    .await;
-    let closed = match progress[0][0].as_str() {
-        "NULL" => "false".to_string(),
-        w => format!("window_end <= TIMESTAMP '{w}'"),
-    };
-    let batch = rows(
-        c,
-        &format!(
-            "SELECT * FROM (SELECT window_start, window_end, user_id, COUNT(*) AS n \
-             FROM TUMBLE(clicks, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, user_id) \
-             WHERE {closed} ORDER BY window_start, user_id"
-        ),
-    )
-    .await;
-    assert_eq!(
-        view, batch,
-        "closed windows equal batch, none missing or doubled"
-    );
+    closed_windows_equal_batch(c, "per_window").await;
     // The same windows appended to a stream (CREATE STREAM ... AS SELECT): each exactly once.
-    let stream = rows(
-        c,
-        "SELECT * FROM per_window_s ORDER BY window_start, user_id",
-    )
-    .await;
-    let progress = rows(
-        c,
-        "SELECT watermark FROM weir_view_progress WHERE view = 'per_window_s'",
-    )
-    .await;
-    let closed = match progress[0][0].as_str() {
-        "NULL" => "false".to_string(),
-        w => format!("window_end <= TIMESTAMP '{w}'"),
-    };
-    let batch = rows(
-        c,
-        &format!(
-            "SELECT * FROM (SELECT window_start, window_end, user_id, COUNT(*) AS n \
-             FROM TUMBLE(clicks, ts, INTERVAL '2' SECOND) GROUP BY window_start, window_end, user_id) \
-             WHERE {closed} ORDER BY window_start, user_id"
-        ),
-    )
-    .await;
-    assert_eq!(
-        stream, batch,
-        "the output stream has every closed window exactly once"
-    );
+    closed_windows_equal_batch(c, "per_window_s").await;
     assert_eq!(count(c, "SELECT count(*) FROM weir_late_events").await, 0);
 }
 

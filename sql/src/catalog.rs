@@ -68,6 +68,22 @@ fn default_idle_timeout_ms() -> u64 {
 }
 
 impl StreamDef {
+    /// A stream of `columns` with the default options: one partition, no key, no retention.
+    pub fn new(name: String, columns: Vec<ColumnDef>, watermark: Option<WatermarkDef>) -> Self {
+        Self {
+            name,
+            columns,
+            watermark,
+            partitions: 1,
+            key: None,
+            segment_bytes: weir_engine::log::LogConfig::default().segment_bytes,
+            retention_ms: None,
+            retention_bytes: None,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            query: None,
+        }
+    }
+
     /// The Arrow schema of the stream's rows.
     pub fn schema(&self) -> Result<SchemaRef> {
         columns_schema(&self.columns)

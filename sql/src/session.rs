@@ -21,9 +21,7 @@ use datafusion::sql::sqlparser::ast::{
 use futures::TryStreamExt;
 use weir_engine::log::supports_key_type;
 
-use crate::catalog::{
-    ColumnDef, DEFAULT_IDLE_TIMEOUT_MS, StreamDef, TableDef, ViewDef, WatermarkDef,
-};
+use crate::catalog::{ColumnDef, StreamDef, TableDef, ViewDef, WatermarkDef};
 use crate::copy::{self, CopyIn};
 use crate::database::Database;
 use crate::functions::ModFunction;
@@ -240,6 +238,16 @@ pub(crate) fn new_context(db: &Database, settings: &Settings) -> WeirContext {
         ctx.register_udf(f);
     }
     WeirContext(ctx)
+}
+
+/// An operator plan as the rows of EXPLAIN.
+fn explain_rows(lines: Vec<String>) -> Result<Output> {
+    let schema = explain_schema();
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![Arc::new(StringArray::from(lines)) as ArrayRef],
+    )?;
+    Ok(rows(schema, batch))
 }
 
 fn rows(schema: SchemaRef, batch: RecordBatch) -> Output {
@@ -581,16 +589,10 @@ impl Session {
                 let compiled =
                     compile_query_statement(&self.ctx.state(), *query, ViewOptions::default())
                         .await?;
-                let lines = compiled.explain_into(&format!(
+                explain_rows(compiled.explain_into(&format!(
                     "stream {}, appended exactly once with each checkpoint",
                     cs.name
-                ));
-                let schema = explain_schema();
-                let batch = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![Arc::new(StringArray::from(lines)) as ArrayRef],
-                )?;
-                Ok(rows(schema, batch))
+                )))
             }
             WeirStatement::DropStream {
                 name,
@@ -847,13 +849,7 @@ impl Session {
                 let compiled =
                     compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), options)
                         .await?;
-                let lines = compiled.explain(&name);
-                let schema = explain_schema();
-                let batch = RecordBatch::try_new(
-                    Arc::clone(&schema),
-                    vec![Arc::new(StringArray::from(lines)) as ArrayRef],
-                )?;
-                Ok(rows(schema, batch))
+                explain_rows(compiled.explain(&name))
             }
             Statement::Insert(ins) => {
                 if let TableObject::TableName(name) = &ins.table {
@@ -1187,18 +1183,7 @@ impl Session {
             .iter()
             .map(|f| f.data_type().clone())
             .collect();
-        let mut def = StreamDef {
-            name: cs.name.clone(),
-            columns,
-            watermark,
-            partitions: 1,
-            key: None,
-            segment_bytes: weir_engine::log::LogConfig::default().segment_bytes,
-            retention_ms: None,
-            retention_bytes: None,
-            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
-            query: None,
-        };
+        let mut def = StreamDef::new(cs.name.clone(), columns, watermark);
         apply_stream_options(&mut def, &cs.options, &types)?;
         Ok(def)
     }
@@ -1244,18 +1229,8 @@ impl Session {
             .iter()
             .map(|f| f.data_type().clone())
             .collect();
-        let mut def = StreamDef {
-            name: cs.name.clone(),
-            columns,
-            watermark,
-            partitions: 1,
-            key: None,
-            segment_bytes: weir_engine::log::LogConfig::default().segment_bytes,
-            retention_ms: None,
-            retention_bytes: None,
-            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
-            query: Some(text),
-        };
+        let mut def = StreamDef::new(cs.name.clone(), columns, watermark);
+        def.query = Some(text);
         apply_stream_options(&mut def, &cs.options, &types)?;
         self.blocking(move |db| db.create_stream_as(def, compiled))
             .await?;
