@@ -102,6 +102,14 @@ pub fn text_rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     rows
 }
 
+/// Rows of a chunk of COPY text data.
+fn copy_rows(bytes: &[u8]) -> Vec<Vec<String>> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(copy_fields)
+        .collect()
+}
+
 /// Splits a line of COPY text data into fields (`\N` is NULL).
 pub fn copy_fields(line: &str) -> Vec<String> {
     line.split('\t')
@@ -322,14 +330,9 @@ impl Backend {
                 Ok(Output::CopyIn(copy)) => Reply::CopyIn(CopyIn::Embedded(copy)),
                 Ok(Output::CopyOut { stream, .. }) => Reply::Live(Live {
                     columns: Vec::new(),
-                    rows: Box::pin(stream.map(|chunk| {
-                        match chunk {
-                            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
-                                .lines()
-                                .map(copy_fields)
-                                .collect()),
-                            Err(e) => Err(sql_error(&e)),
-                        }
+                    rows: Box::pin(stream.map(|chunk| match chunk {
+                        Ok(bytes) => Ok(copy_rows(&bytes)),
+                        Err(e) => Err(sql_error(&e)),
                     })),
                     table: false,
                     cancel: None,
@@ -398,14 +401,9 @@ impl Backend {
             return vec![match client.copy_out(copy.as_str()).await {
                 Ok(stream) => Reply::Live(Live {
                     columns,
-                    rows: Box::pin(stream.map(|chunk| {
-                        match chunk {
-                            Ok(bytes) => Ok(String::from_utf8_lossy(&bytes)
-                                .lines()
-                                .map(copy_fields)
-                                .collect()),
-                            Err(e) => Err(pg_error(&e)),
-                        }
+                    rows: Box::pin(stream.map(|chunk| match chunk {
+                        Ok(bytes) => Ok(copy_rows(&bytes)),
+                        Err(e) => Err(pg_error(&e)),
                     })),
                     table,
                     cancel: Some(client.cancel_token()),
