@@ -36,13 +36,14 @@
 //! truncated, and damage anywhere else is an error rather than silent loss.
 
 mod frame;
+mod group_commit;
 mod partition;
 mod partitioner;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use datafusion::arrow::array::{Array, RecordBatch};
@@ -159,15 +160,24 @@ impl AppendReceipt {
 #[derive(Debug)]
 pub struct StreamLog {
     dir: PathBuf,
+    notifier: Arc<Notifier>,
+    core: Arc<Core>,
+    /// Small appends queue here to be written together (see [`group_commit`]); the committer
+    /// thread starts with the first small append and ends when the stream is dropped.
+    committer: OnceLock<group_commit::Committer>,
+}
+
+/// What an append needs, shared with the committer thread.
+#[derive(Debug)]
+struct Core {
     schema: SchemaRef,
     key: Option<usize>,
     partitions: Vec<Arc<Partition>>,
     round_robin: AtomicUsize,
-    notifier: Arc<Notifier>,
     /// Appends hold it shared until every partition they wrote is committed; a snapshot of
     /// the offsets holds it exclusively, so that it sees each append whole or not at all.
     visibility: RwLock<()>,
-    /// Held while an append writes its frames (see [`StreamLog::write_frames`]).
+    /// Held while an append writes its frames (see [`Core::write_frames`]).
     append_lock: Mutex<()>,
 }
 
@@ -221,13 +231,16 @@ impl StreamLog {
         sync_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
-            schema,
-            key,
-            partitions,
-            round_robin: AtomicUsize::new(0),
-            visibility: RwLock::new(()),
-            append_lock: Mutex::new(()),
             notifier,
+            core: Arc::new(Core {
+                schema,
+                key,
+                partitions,
+                round_robin: AtomicUsize::new(0),
+                visibility: RwLock::new(()),
+                append_lock: Mutex::new(()),
+            }),
+            committer: OnceLock::new(),
         })
     }
 
@@ -238,12 +251,12 @@ impl StreamLog {
 
     /// The schema of every row.
     pub fn schema(&self) -> &SchemaRef {
-        &self.schema
+        &self.core.schema
     }
 
     /// The partitions, by number.
     pub fn partitions(&self) -> &[Arc<Partition>] {
-        &self.partitions
+        &self.core.partitions
     }
 
     /// Signalled whenever rows are committed to any partition.
@@ -253,7 +266,7 @@ impl StreamLog {
 
     /// The committed offset of every partition.
     pub fn committed_offsets(&self) -> Vec<u64> {
-        self.partitions.iter().map(|p| p.committed()).collect()
+        self.core.partitions.iter().map(|p| p.committed()).collect()
     }
 
     /// The committed offsets of every partition at one moment between appends: an append
@@ -261,55 +274,197 @@ impl StreamLog {
     /// snapshot never see one partition of an append without the others (which could move a
     /// watermark past rows still to come in the others).
     pub fn snapshot_offsets(&self) -> Vec<u64> {
-        let _appends_done = self.visibility.write().unwrap_or_else(|e| e.into_inner());
+        let _appends_done = self
+            .core
+            .visibility
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         self.committed_offsets()
     }
 
     /// Appends `batches` durably and atomically per partition (each partition gets one frame).
     ///
     /// Returns only after every row is fsynced. The batches must have the stream's column types.
+    /// Small appends that arrive together share one frame per partition and one fsync (group
+    /// commit); each still gets its own offsets, and fails or succeeds on its own for what is
+    /// wrong with its rows.
     pub fn append(&self, batches: &[RecordBatch]) -> Result<AppendReceipt> {
-        let batch = self.conform(batches)?;
+        let batch = self.core.conform(batches)?;
         if batch.num_rows() == 0 {
             return Ok(AppendReceipt::default());
         }
-        let frames = self
-            .split(&batch)?
-            .into_iter()
-            .map(|(p, part)| Ok((p, Frame::encode(&part)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let _visible_together = self.visibility.read().unwrap_or_else(|e| e.into_inner());
-        let written = self.write_frames(frames)?;
-        for &(p, _, end) in &written {
-            self.partitions[p as usize].sync_to(end)?;
+        if batch.num_rows() >= group_commit::COALESCE_BELOW_ROWS {
+            return self.core.append_whole(&batch);
         }
-        Ok(AppendReceipt {
-            ranges: written.into_iter().map(|(p, b, e)| (p, b, e - b)).collect(),
-        })
+        self.committer().submit_blocking(batch)
+    }
+
+    /// [`StreamLog::append`] for async callers: small appends wait for the group commit without
+    /// holding a thread; large ones are written on a blocking thread.
+    pub async fn append_async(
+        self: &Arc<Self>,
+        batches: Vec<RecordBatch>,
+    ) -> Result<AppendReceipt> {
+        let batch = self.core.conform(&batches)?;
+        if batch.num_rows() == 0 {
+            return Ok(AppendReceipt::default());
+        }
+        if batch.num_rows() >= group_commit::COALESCE_BELOW_ROWS {
+            let core = Arc::clone(&self.core);
+            return tokio::task::spawn_blocking(move || core.append_whole(&batch))
+                .await
+                .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
+        }
+        self.committer().submit(batch).await
+    }
+
+    fn committer(&self) -> &group_commit::Committer {
+        self.committer
+            .get_or_init(|| group_commit::Committer::start(Arc::clone(&self.core)))
     }
 
     /// Appends `batch` whole to partition `partition`, bypassing the partitioner.
     pub fn append_to(&self, partition: u32, batches: &[RecordBatch]) -> Result<AppendReceipt> {
-        let p = self.partitions.get(partition as usize).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "partition {partition} does not exist (the stream has {})",
-                self.partitions.len()
-            ))
-        })?;
-        let batch = self.conform(batches)?;
+        let p = self
+            .core
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "partition {partition} does not exist (the stream has {})",
+                    self.core.partitions.len()
+                ))
+            })?;
+        let batch = self.core.conform(batches)?;
         if batch.num_rows() == 0 {
             return Ok(AppendReceipt::default());
         }
         let frame = Frame::encode(&batch)?;
-        let _visible_together = self.visibility.read().unwrap_or_else(|e| e.into_inner());
+        let _visible_together = self
+            .core
+            .visibility
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let (base, end) = {
-            let _one_append = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _one_append = self
+                .core
+                .append_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             p.write_frame(frame)?
         };
         p.sync_to(end)?;
         Ok(AppendReceipt {
             ranges: vec![(partition, base, end - base)],
         })
+    }
+
+    /// Splits rows by the partition an append would put them in: one batch per partition that
+    /// gets rows, with exactly the stream's schema.
+    pub fn partition_rows(&self, batches: &[RecordBatch]) -> Result<Vec<(u32, RecordBatch)>> {
+        let batch = self.core.conform(batches)?;
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(self.core.split(&batch)?.0)
+    }
+
+    /// Reads every committed row of every partition (for batch queries).
+    ///
+    /// Returns one list of batches per partition.
+    pub fn read_all(&self) -> Result<Vec<Vec<RecordBatch>>> {
+        self.core
+            .partitions
+            .iter()
+            .map(|p| {
+                let end = p.committed();
+                let mut from = p.start_offset();
+                let mut out = Vec::new();
+                while from < end {
+                    let chunk = p.read(from, 1 << 20)?;
+                    let Some((last_off, last)) = chunk.last() else {
+                        break;
+                    };
+                    from = last_off + last.num_rows() as u64;
+                    out.extend(chunk.into_iter().map(|(_, b)| b));
+                }
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// Applies retention to every partition; returns the number of segments deleted.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        self.enforce_retention_keeping(&[])
+    }
+
+    /// Applies retention, but keeps every row at or after `keep[p]` in partition `p` (what
+    /// checkpoints of queries still need); partitions past the end of `keep` are unconstrained.
+    pub fn enforce_retention_keeping(&self, keep: &[u64]) -> Result<usize> {
+        let now = now_ms();
+        self.core
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                p.enforce_retention_keeping(now, keep.get(i).copied().unwrap_or(u64::MAX))
+            })
+            .sum::<Result<usize>>()
+    }
+}
+
+impl Core {
+    /// Writes one batch as one frame per partition and waits for it to be durable.
+    fn append_whole(&self, batch: &RecordBatch) -> Result<AppendReceipt> {
+        let (parts, _) = self.split(batch)?;
+        let written = self.write_and_sync(parts)?;
+        Ok(AppendReceipt {
+            ranges: written.into_iter().map(|(p, b, e)| (p, b, e - b)).collect(),
+        })
+    }
+
+    /// Encodes, writes and fsyncs one batch per partition; returns `(partition, base, end)`.
+    fn write_and_sync(&self, parts: Vec<(u32, RecordBatch)>) -> Result<Vec<(u32, u64, u64)>> {
+        let frames = parts
+            .into_iter()
+            .map(|(p, part)| Ok((p, Frame::encode(&part)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.write_encoded(frames)
+    }
+
+    /// Writes and fsyncs encoded frames, at most one per partition, all or none.
+    fn write_encoded(&self, frames: Vec<(u32, Frame)>) -> Result<Vec<(u32, u64, u64)>> {
+        let _visible_together = self.visibility.read().unwrap_or_else(|e| e.into_inner());
+        let written = self.write_frames(frames)?;
+        self.sync_all(&written)?;
+        Ok(written)
+    }
+
+    /// Waits until every written frame is durable. Each fsync takes about a millisecond, so
+    /// the partitions of one append are synced in parallel rather than one after another.
+    fn sync_all(&self, written: &[(u32, u64, u64)]) -> Result<()> {
+        match written {
+            [] => Ok(()),
+            [(p, _, end)] => self.partitions[*p as usize].sync_to(*end),
+            [(p, _, end), rest @ ..] => std::thread::scope(|scope| {
+                let others: Vec<_> = rest
+                    .iter()
+                    .map(|&(p, _, end)| {
+                        let partition = &self.partitions[p as usize];
+                        scope.spawn(move || partition.sync_to(end))
+                    })
+                    .collect();
+                let first = self.partitions[*p as usize].sync_to(*end);
+                others
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Internal("an fsync thread panicked".into()))
+                        })
+                    })
+                    .fold(first, |acc, r| acc.and(r))
+            }),
+        }
     }
 
     /// Writes one frame per partition, all or none: if a write fails (a full disk, say) the
@@ -333,16 +488,6 @@ impl StreamLog {
             }
         }
         Ok(written)
-    }
-
-    /// Splits rows by the partition an append would put them in: one batch per partition that
-    /// gets rows, with exactly the stream's schema.
-    pub fn partition_rows(&self, batches: &[RecordBatch]) -> Result<Vec<(u32, RecordBatch)>> {
-        let batch = self.conform(batches)?;
-        if batch.num_rows() == 0 {
-            return Ok(Vec::new());
-        }
-        self.split(&batch)
     }
 
     /// Concatenates `batches` into one batch with exactly the stream's schema.
@@ -382,16 +527,17 @@ impl StreamLog {
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
-    /// Splits a batch by partition.
-    fn split(&self, batch: &RecordBatch) -> Result<Vec<(u32, RecordBatch)>> {
+    /// Splits a batch by partition; also returns the partition of every row, when the stream
+    /// has a key (without one, the whole batch goes to one partition).
+    fn split(&self, batch: &RecordBatch) -> Result<(Vec<(u32, RecordBatch)>, Option<Vec<u32>>)> {
         let n = self.partitions.len() as u32;
         let Some(key) = self.key else {
             let p = (self.round_robin.fetch_add(1, Ordering::Relaxed) % n as usize) as u32;
-            return Ok(vec![(p, batch.clone())]);
+            return Ok((vec![(p, batch.clone())], None));
         };
         let assignment = partition_indices(batch.column(key).as_ref(), n)?;
         if n == 1 {
-            return Ok(vec![(0, batch.clone())]);
+            return Ok((vec![(0, batch.clone())], Some(vec![0; batch.num_rows()])));
         }
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n as usize];
         for (row, p) in assignment.values().iter().enumerate() {
@@ -409,48 +555,7 @@ impl StreamLog {
             };
             out.push((p as u32, part));
         }
-        Ok(out)
-    }
-
-    /// Reads every committed row of every partition (for batch queries).
-    ///
-    /// Returns one list of batches per partition.
-    pub fn read_all(&self) -> Result<Vec<Vec<RecordBatch>>> {
-        self.partitions
-            .iter()
-            .map(|p| {
-                let end = p.committed();
-                let mut from = p.start_offset();
-                let mut out = Vec::new();
-                while from < end {
-                    let chunk = p.read(from, 1 << 20)?;
-                    let Some((last_off, last)) = chunk.last() else {
-                        break;
-                    };
-                    from = last_off + last.num_rows() as u64;
-                    out.extend(chunk.into_iter().map(|(_, b)| b));
-                }
-                Ok(out)
-            })
-            .collect()
-    }
-
-    /// Applies retention to every partition; returns the number of segments deleted.
-    pub fn enforce_retention(&self) -> Result<usize> {
-        self.enforce_retention_keeping(&[])
-    }
-
-    /// Applies retention, but keeps every row at or after `keep[p]` in partition `p` (what
-    /// checkpoints of queries still need); partitions past the end of `keep` are unconstrained.
-    pub fn enforce_retention_keeping(&self, keep: &[u64]) -> Result<usize> {
-        let now = now_ms();
-        self.partitions
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                p.enforce_retention_keeping(now, keep.get(i).copied().unwrap_or(u64::MAX))
-            })
-            .sum::<Result<usize>>()
+        Ok((out, Some(assignment.values().to_vec())))
     }
 }
 
