@@ -15,6 +15,8 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 struct Server {
     child: Child,
     port: u16,
+    /// The Kafka listener's port, unless it is off.
+    kafka_port: Option<u16>,
 }
 
 impl Server {
@@ -24,9 +26,16 @@ impl Server {
 
     /// `weir serve` with extra arguments and environment variables.
     fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        // Tests run in parallel: each server's Kafka listener gets a port of its own.
+        let kafka: &[&str] = if args.contains(&"--kafka-listen") {
+            &[]
+        } else {
+            &["--kafka-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("serve")
             .args(args)
+            .args(kafka)
             .arg("--data-dir")
             .arg(dir)
             .envs(env.iter().copied())
@@ -51,7 +60,17 @@ impl Server {
             .and_then(|addr| addr.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Self { child, port }
+        let kafka_port = line
+            .split(", ")
+            .find(|part| part.ends_with("(kafka)"))
+            .and_then(|part| part.split_whitespace().next())
+            .and_then(|addr| addr.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        Self {
+            child,
+            port,
+            kafka_port,
+        }
     }
 
     async fn client(&self) -> Client {
@@ -1693,4 +1712,181 @@ async fn a_full_disk_refuses_appends_and_loses_nothing() {
     );
     drop(c);
     drop(server);
+}
+
+/// Runs kcat against `server`'s Kafka listener with `args` and `stdin`; returns its stdout.
+fn kcat(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let broker = format!(
+        "127.0.0.1:{}",
+        server.kafka_port.expect("kafka listener on")
+    );
+    let mut child = Command::new("kcat")
+        .args(["-b", &broker])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat runs (apt-get install kcat)");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let stdin = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut input, stdin.as_bytes());
+    });
+    let out = child.wait_with_output().expect("kcat ends");
+    writer.join().expect("stdin written");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The README's Kafka walk-through with kcat: metadata, 10,000 keyed JSON records produced,
+/// consumed from the beginning and from an offset, each at the partition and offset the log
+/// gave it; a record that does not decode refuses its batch; hostile frames close only their
+/// own connection.
+#[tokio::test]
+async fn kcat_produces_and_consumes_streams_as_topics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
+         WITH (partitions = 4, key = 'user_id', format = 'json')",
+    )
+    .await
+    .expect("create");
+
+    let (ok, out, err) = kcat(&server, &["-L"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("topic \"clicks\" with 4 partitions"), "{out}");
+
+    let lines: String = (1..=10_000)
+        .map(|i| {
+            format!(
+                "{i}:{{\"user_id\":{i},\"url\":\"/p{}\",\"ts\":\"2026-01-01 00:{:02}:{:02}\"}}\n",
+                i % 7,
+                i / 3600 % 60,
+                i / 60 % 60
+            )
+        })
+        .collect();
+    let (ok, _, err) = kcat(&server, &["-t", "clicks", "-P", "-K:"], &lines);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*), sum(user_id), count(DISTINCT url) FROM clicks"
+        )
+        .await,
+        vec![vec!["10000".to_string(), "50005000".into(), "7".into()]]
+    );
+
+    // Consumed from the beginning: every row once, with its key and event time, at dense
+    // offsets per partition.
+    let (ok, out, err) = kcat(
+        &server,
+        &[
+            "-C",
+            "-t",
+            "clicks",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p %o %k %T %s\n",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let mut per_partition = [0u64; 4];
+    let mut keys = std::collections::BTreeSet::new();
+    for line in out.lines() {
+        let parts: Vec<&str> = line.splitn(5, ' ').collect();
+        let (p, o, k, t, v) = (parts[0], parts[1], parts[2], parts[3], parts[4]);
+        let p: usize = p.parse().expect("partition");
+        assert_eq!(
+            o.parse::<u64>().expect("offset"),
+            per_partition[p],
+            "{line}"
+        );
+        per_partition[p] += 1;
+        let id: i64 = k.parse().expect("key is the user id");
+        assert!(v.starts_with(&format!("{{\"user_id\":{id},")), "{line}");
+        let expected_ts = 1_767_225_600_000 + (id / 3600 % 60) * 60_000 + (id / 60 % 60) * 1000;
+        assert_eq!(t, expected_ts.to_string(), "{line}");
+        assert!(keys.insert(id));
+    }
+    assert_eq!(keys.len(), 10_000);
+    assert!(per_partition.iter().all(|&n| n > 0), "{per_partition:?}");
+
+    // From an offset: the same rows from there on.
+    let (ok, out, err) = kcat(
+        &server,
+        &[
+            "-C", "-t", "clicks", "-p", "2", "-o", "5", "-e", "-q", "-f", "%o\n",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let offsets: Vec<u64> = out.lines().map(|l| l.parse().expect("offset")).collect();
+    assert_eq!(offsets, (5..per_partition[2]).collect::<Vec<_>>());
+
+    // A batch with a record that does not decode is refused whole.
+    let (ok, _, err) = kcat(
+        &server,
+        &["-t", "clicks", "-P", "-K:", "-p", "1"],
+        "1:{\"user_id\":1}\n2:{\"user_id\":\"two\"}\n",
+    );
+    assert!(!ok || err.contains("failed"), "{err}");
+    assert!(err.contains("validate record"), "{err}");
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 10_000);
+
+    // Hostile frames: garbage, a size over the limit, a truncated request, an unknown API.
+    use std::io::{Read, Write};
+    let kafka = format!("127.0.0.1:{}", server.kafka_port.expect("kafka"));
+    let frames: [&[u8]; 4] = [
+        b"\x00\x00\x00\x10garbage-garbage!",
+        b"\x7f\xff\xff\xff",
+        b"\x00\x00\x00\x20\x00\x00\x00\x09\x00\x00\x00\x01",
+        b"\x00\x00\x00\x08\x03\xe7\x00\x00\x00\x00\x00\x01",
+    ];
+    for frame in frames {
+        let mut s = std::net::TcpStream::connect(&kafka).expect("connects");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(frame).expect("writes");
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "closed without an answer: {answer:?}");
+    }
+    let (ok, out, err) = kcat(&server, &["-L"], "");
+    assert!(ok && out.contains("clicks"), "still serving: {err}");
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 10_000);
+}
+
+/// confluent-kafka and kafka-python produce with acks=all and consume through the Kafka
+/// listener; a view over the produced stream equals the view over the same rows INSERTed.
+#[test]
+fn python_kafka_clients_confluent_kafka_and_kafka_python() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let out = Command::new("python3")
+        .arg("kafka_clients.py")
+        .arg(server.port.to_string())
+        .arg(server.kafka_port.expect("kafka listener").to_string())
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+        .output()
+        .expect("python3 runs (pip install -r tests/clients/requirements.txt; .ci/run does)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches("ok ").count(), 4, "{stdout}");
 }

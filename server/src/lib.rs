@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod bench;
 pub mod generate;
+pub mod kafka;
 pub mod pg;
 
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How often each materialized view checkpoints.
     pub checkpoint_interval: std::time::Duration,
+    /// Address for the Kafka protocol; `None` turns it off.
+    pub kafka_listen: Option<SocketAddr>,
 }
 
 /// Errors that stop the server from starting.
@@ -50,6 +53,7 @@ pub enum Error {
 /// A server bound to its address, ready to [`Server::run`].
 pub struct Server {
     listener: TcpListener,
+    kafka: Option<TcpListener>,
     db: Database,
     users: Option<Arc<auth::Users>>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
@@ -76,6 +80,12 @@ impl Server {
                 config.listen
             )));
         }
+        if let Some(kafka) = config.kafka_listen.filter(|a| !a.ip().is_loopback()) {
+            return Err(Error::Config(format!(
+                "refusing to serve the Kafka protocol on {kafka}: it has no authentication yet \
+                 (SASL), so it listens on loopback only"
+            )));
+        }
         let tls = match &config.tls {
             Some((cert, key)) => Some(auth::tls_acceptor(cert, key)?),
             None => None,
@@ -93,8 +103,16 @@ impl Server {
                 context: format!("listening on {}", config.listen),
                 source,
             })?;
+        let kafka = match config.kafka_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {
+                context: format!("listening for Kafka clients on {addr}"),
+                source,
+            })?),
+            None => None,
+        };
         Ok(Self {
             listener,
+            kafka,
             db,
             users: config.users.clone(),
             tls,
@@ -109,6 +127,11 @@ impl Server {
         })
     }
 
+    /// The address the Kafka protocol is served on, if it is.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The database served.
     pub fn database(&self) -> &Database {
         &self.db
@@ -116,6 +139,13 @@ impl Server {
 
     /// Accepts connections until the task is dropped.
     pub async fn run(self) -> Result<(), Error> {
+        let _kafka = self.kafka.map(|listener| {
+            AbortOnDrop(tokio::spawn(kafka::run(
+                listener,
+                self.db.clone(),
+                kafka::DEFAULT_MAX_FRAME_BYTES,
+            )))
+        });
         let factory = Arc::new(pg::HandlerFactory::new(self.db.clone(), self.users.clone()));
         loop {
             let (socket, peer) = match self.listener.accept().await {
@@ -136,5 +166,14 @@ impl Server {
                 }
             });
         }
+    }
+}
+
+/// Stops a background task (the Kafka listener) when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

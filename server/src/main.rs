@@ -46,6 +46,10 @@ enum Command {
         /// restart resumes from there instead of replaying its sources from the start.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
         checkpoint_interval_ms: u64,
+        /// Address for the Kafka protocol (every stream is a topic), or `off`. Loopback only:
+        /// it has no authentication yet.
+        #[arg(long, default_value = "127.0.0.1:9092", value_parser = parse_kafka_listen)]
+        kafka_listen: KafkaListen,
     },
     /// Generate events into a running server's streams (created if missing).
     Gen {
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             checkpoint_interval_ms,
+            kafka_listen,
         } => {
             let password = password.or_else(|| std::env::var("WEIR_PASSWORD").ok());
             let tls = tls_cert.zip(tls_key);
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
                     users,
                     tls,
                     checkpoint_interval: std::time::Duration::from_millis(checkpoint_interval_ms),
+                    kafka_listen: kafka_listen.0,
                 })),
                 Err(e) => Err(e),
             }
@@ -208,6 +214,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--kafka-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct KafkaListen(Option<SocketAddr>);
+
+fn parse_kafka_listen(s: &str) -> Result<KafkaListen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(KafkaListen(None));
+    }
+    s.parse()
+        .map(|a| KafkaListen(Some(a)))
+        .map_err(|e| format!("{e}: give HOST:PORT or off"))
+}
+
 /// The users from --users and --password (user `weir`), if any.
 fn load_users(
     file: Option<PathBuf>,
@@ -229,11 +248,14 @@ async fn serve(config: weir_server::ServeConfig) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let addr = server.local_addr().map_err(|e| e.to_string())?;
     let db = server.database().clone();
+    let kafka = server
+        .kafka_addr()
+        .map_or_else(String::new, |k| format!(", {k} (kafka)"));
     // Tests and scripts wait for this line.
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "weir listening on {addr} (postgres wire), data in {}",
+        "weir listening on {addr} (postgres wire){kafka}, data in {}",
         config.data_dir.display()
     );
     let _ = out.flush();

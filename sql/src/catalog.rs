@@ -58,6 +58,9 @@ pub struct StreamDef {
     /// For `CREATE STREAM ... AS SELECT`, the query whose results the stream holds.
     #[serde(default)]
     pub query: Option<String>,
+    /// How records of the stream look to Kafka clients: only `json` (the default) so far.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// How long a partition may stay silent before the watermark moves on without it.
@@ -81,6 +84,7 @@ impl StreamDef {
             retention_bytes: None,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             query: None,
+            format: None,
         }
     }
 
@@ -259,6 +263,7 @@ mod tests {
             retention_bytes: None,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             query: None,
+            format: None,
         };
         assert_eq!(def.schema().expect("schema").field(0).data_type(), &ts);
         let data = CatalogData {

@@ -14,6 +14,7 @@ pub mod session;
 pub mod settings;
 pub mod subscribe;
 pub mod tables;
+pub mod topics;
 
 pub use database::{Database, Options};
 pub use error::{Error, Result};

@@ -1276,11 +1276,23 @@ fn apply_stream_options(
                 "retention_ms" => def.retention_ms = Some(int(i64::MAX as u64)? as i64),
                 "retention_bytes" => def.retention_bytes = Some(int(u64::MAX)?),
                 "idle_timeout_ms" => def.idle_timeout_ms = int(u64::MAX)?,
+                "format" => {
+                    if !v.eq_ignore_ascii_case("json") {
+                        return Err(Error::WrongObject {
+                            sqlstate: "22023",
+                            message: format!(
+                                "unknown stream format {v}; known: json (each Kafka record value \
+                                 is one JSON object)"
+                            ),
+                        });
+                    }
+                    def.format = Some("json".into());
+                }
                 other => {
                     return Err(Error::WrongObject {
                         sqlstate: "22023",
                         message: format!(
-                            "unknown stream option {other}; known: partitions, key, segment_bytes, retention_ms, retention_bytes, idle_timeout_ms"
+                            "unknown stream option {other}; known: partitions, key, format, segment_bytes, retention_ms, retention_bytes, idle_timeout_ms"
                         ),
                     });
                 }

@@ -1,0 +1,462 @@
+//! Streams as Kafka topics: their partitions and offsets, and rows as JSON records.
+//!
+//! Every stream is a topic with the same partitions and offsets as its log. A record's value is
+//! the row as one JSON object (column name to value; timestamps as ISO 8601 text); its key is
+//! the stream's key column as text, and its timestamp the row's event time in milliseconds.
+//! Produced values are decoded the same way, a whole batch of records at once, and appended
+//! durably to the partition the producer chose.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::compute::kernels::zip::zip;
+use datafusion::arrow::compute::{cast, is_null};
+use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::json::{LineDelimitedWriter, ReaderBuilder};
+
+use crate::database::{Database, StreamEntry};
+use crate::{Error, Result};
+
+/// A record as a producer sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducedRecord<'a> {
+    /// The record key, if any.
+    pub key: Option<&'a [u8]>,
+    /// The record value: one JSON object.
+    pub value: Option<&'a [u8]>,
+}
+
+/// Why a produced batch was refused; nothing of it was appended.
+#[derive(Debug)]
+pub enum ProduceError {
+    /// A record does not decode into a row of the stream.
+    InvalidRecord {
+        /// Index of the first bad record in the batch, when one record is to blame.
+        index: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The stream cannot take writes (its rows are the results of a query).
+    NotWritable(String),
+    /// The partition does not exist.
+    UnknownPartition,
+    /// Storing the rows failed (a full disk, say).
+    Storage(Error),
+}
+
+/// A row read back as a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedRecord {
+    /// The row's offset in its partition.
+    pub offset: u64,
+    /// The key column as text, if the stream has one and the row's is not null.
+    pub key: Option<Vec<u8>>,
+    /// The row as a JSON object.
+    pub value: Vec<u8>,
+    /// Event time in milliseconds since the epoch; -1 for a stream without event time.
+    pub timestamp_ms: i64,
+}
+
+/// One stream seen as a topic.
+#[derive(Debug, Clone)]
+pub struct Topic {
+    entry: Arc<StreamEntry>,
+    writable: bool,
+}
+
+impl Database {
+    /// The names and partition counts of every stream, sorted by name.
+    pub fn topics(&self) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = self
+            .streams()
+            .iter()
+            .map(|s| (s.def.name.clone(), s.def.partitions))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The stream `name` as a topic.
+    pub fn topic(&self, name: &str) -> Option<Topic> {
+        let entry = self.stream(name)?;
+        let writable = self.producer(name).is_none();
+        Some(Topic { entry, writable })
+    }
+}
+
+impl Topic {
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.entry.def.name
+    }
+
+    /// Number of partitions.
+    pub fn partitions(&self) -> u32 {
+        self.entry.log.partitions().len() as u32
+    }
+
+    /// The oldest offset still stored and the offset the next row gets (the high watermark),
+    /// or `None` for a partition that does not exist.
+    pub fn offsets(&self, partition: i32) -> Option<(u64, u64)> {
+        let p = self
+            .entry
+            .log
+            .partitions()
+            .get(usize::try_from(partition).ok()?)?;
+        Some((p.start_offset(), p.committed()))
+    }
+
+    /// How often rows were committed to any partition; grows with every append, so a reader
+    /// that saw nothing new can wait for it to change.
+    pub fn generation(&self) -> u64 {
+        self.entry.log.notifier().generation()
+    }
+
+    /// Decodes `records` into rows and appends them to `partition`, durably, all or none.
+    /// Returns the offset of the first row.
+    pub fn produce(
+        &self,
+        partition: i32,
+        records: &[ProducedRecord<'_>],
+    ) -> std::result::Result<u64, ProduceError> {
+        if !self.writable {
+            return Err(ProduceError::NotWritable(format!(
+                "stream {} holds the results of its query (CREATE STREAM ... AS SELECT); \
+                 it cannot be written",
+                self.name()
+            )));
+        }
+        let p = u32::try_from(partition)
+            .ok()
+            .filter(|&p| p < self.partitions())
+            .ok_or(ProduceError::UnknownPartition)?;
+        let batch = decode_records(&self.entry, records)?;
+        if batch.num_rows() == 0 {
+            return Ok(self.offsets(partition).map_or(0, |o| o.1));
+        }
+        let receipt = self.entry.log.append_to(p, &[batch]).map_err(|e| match e {
+            weir_engine::Error::InvalidArgument(message) => ProduceError::InvalidRecord {
+                index: None,
+                message,
+            },
+            other => ProduceError::Storage(other.into()),
+        })?;
+        Ok(receipt.ranges.first().map_or(0, |r| r.1))
+    }
+
+    /// Reads committed rows of `partition` from `offset` on, about `max_bytes` of them (at
+    /// least one row if there is one).
+    pub fn fetch(
+        &self,
+        partition: i32,
+        offset: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedRecord>> {
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.entry.log.partitions().get(p))
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        let mut from = offset;
+        while bytes < max_bytes.max(1) {
+            let chunk = p.read(from, 4096)?;
+            if chunk.is_empty() {
+                break;
+            }
+            for (base, batch) in chunk {
+                let skip = from.saturating_sub(base) as usize;
+                if skip >= batch.num_rows() {
+                    continue;
+                }
+                let batch = batch.slice(skip, batch.num_rows() - skip);
+                let records = encode_rows(&self.entry, &batch, base + skip as u64)?;
+                from = base + skip as u64 + batch.num_rows() as u64;
+                for r in records {
+                    bytes += r.value.len() + r.key.as_ref().map_or(0, Vec::len) + 16;
+                    out.push(r);
+                }
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Decodes record values (JSON objects) into one batch of the stream's rows. A record with a
+/// key but no key column in its value takes the key column from the record key.
+fn decode_records(
+    entry: &StreamEntry,
+    records: &[ProducedRecord<'_>],
+) -> std::result::Result<RecordBatch, ProduceError> {
+    // Decoded as nullable, so that a key missing from the value can still come from the record
+    // key; NOT NULL is checked on the append.
+    let schema: SchemaRef = Arc::new(datafusion::arrow::datatypes::Schema::new(
+        entry
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let schema = &schema;
+    let mut decoder = ReaderBuilder::new(Arc::clone(schema))
+        // One more than the records, so that a value holding two objects shows as two rows
+        // instead of stopping the decoder at the batch size.
+        .with_batch_size(records.len() + 1)
+        .build_decoder()
+        .map_err(|e| invalid(None, e.to_string()))?;
+    for (i, r) in records.iter().enumerate() {
+        let value = r
+            .value
+            .ok_or_else(|| invalid(Some(i), "the record has no value".into()))?;
+        let before = decoder.len();
+        let read = decoder
+            .decode(value)
+            .map_err(|e| invalid(Some(i), e.to_string()))?;
+        if read != value.len() || decoder.has_partial_record() || decoder.len() != before + 1 {
+            return Err(invalid(
+                Some(i),
+                "the value is not exactly one JSON object".into(),
+            ));
+        }
+    }
+    let batch = match decoder.flush() {
+        Ok(batch) => batch,
+        // Values are typed only when the batch is built; find the record to blame.
+        Err(e) => return Err(blame(schema, records, e.to_string())),
+    };
+    let Some(batch) = batch else {
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+    };
+    let batch = fill_key(entry, batch, records)?;
+    for (field, column) in entry.schema.fields().iter().zip(batch.columns()) {
+        if !field.is_nullable() && column.null_count() > 0 {
+            let first = (0..column.len()).find(|&i| column.is_null(i));
+            return Err(invalid(
+                first,
+                format!(
+                    "null value in column \"{}\" violates not-null constraint",
+                    field.name()
+                ),
+            ));
+        }
+    }
+    Ok(batch)
+}
+
+fn invalid(index: Option<usize>, message: String) -> ProduceError {
+    ProduceError::InvalidRecord { index, message }
+}
+
+/// The first record that does not decode on its own, with its error.
+fn blame(schema: &SchemaRef, records: &[ProducedRecord<'_>], message: String) -> ProduceError {
+    for (i, r) in records.iter().enumerate() {
+        let Ok(mut one) = ReaderBuilder::new(Arc::clone(schema)).build_decoder() else {
+            break;
+        };
+        let decoded = one
+            .decode(r.value.unwrap_or_default())
+            .and_then(|_| one.flush());
+        if let Err(e) = decoded {
+            return invalid(Some(i), e.to_string());
+        }
+    }
+    invalid(None, message)
+}
+
+/// Where the key column is null, takes it from the record key (as text, cast to the column's
+/// type).
+fn fill_key(
+    entry: &StreamEntry,
+    batch: RecordBatch,
+    records: &[ProducedRecord<'_>],
+) -> std::result::Result<RecordBatch, ProduceError> {
+    let Some(k) = entry
+        .def
+        .key
+        .as_ref()
+        .and_then(|k| entry.def.column_index(k))
+    else {
+        return Ok(batch);
+    };
+    let column = batch.column(k);
+    if column.null_count() == 0 || records.iter().all(|r| r.key.is_none()) {
+        return Ok(batch);
+    }
+    let keys: StringArray = records
+        .iter()
+        .map(|r| r.key.and_then(|k| std::str::from_utf8(k).ok()))
+        .collect();
+    let keys = cast(&keys, column.data_type()).map_err(|e| {
+        invalid(
+            None,
+            format!(
+                "a record key does not fit key column {}: {e}",
+                entry.def.name
+            ),
+        )
+    })?;
+    let missing = is_null(column).map_err(|e| invalid(None, e.to_string()))?;
+    let filled: ArrayRef =
+        zip(&missing, &keys, column).map_err(|e| invalid(None, e.to_string()))?;
+    let mut columns = batch.columns().to_vec();
+    columns[k] = filled;
+    RecordBatch::try_new(batch.schema(), columns).map_err(|e| invalid(None, e.to_string()))
+}
+
+/// Turns rows into records: JSON values, the key column as key, event time as timestamp.
+fn encode_rows(entry: &StreamEntry, batch: &RecordBatch, first: u64) -> Result<Vec<FetchedRecord>> {
+    let mut json = Vec::with_capacity(batch.num_rows() * 64);
+    {
+        let mut writer = LineDelimitedWriter::new(&mut json);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let keys = match entry
+        .def
+        .key
+        .as_ref()
+        .and_then(|k| entry.def.column_index(k))
+    {
+        Some(k) => Some(cast(batch.column(k), &DataType::Utf8)?),
+        None => None,
+    };
+    let keys = keys
+        .as_ref()
+        .and_then(|k| k.as_any().downcast_ref::<StringArray>());
+    let times = match entry
+        .def
+        .watermark
+        .as_ref()
+        .and_then(|w| entry.def.column_index(&w.column))
+    {
+        Some(t) => Some(cast(
+            batch.column(t),
+            &DataType::Timestamp(TimeUnit::Millisecond, None),
+        )?),
+        None => None,
+    };
+    let times = times.as_ref().and_then(|t| {
+        t.as_any()
+            .downcast_ref::<datafusion::arrow::array::TimestampMillisecondArray>()
+    });
+    // JSON text escapes newlines inside strings, so every newline ends a row.
+    let values = json.split(|&b| b == b'\n');
+    Ok(values
+        .take(batch.num_rows())
+        .enumerate()
+        .map(|(i, value)| FetchedRecord {
+            offset: first + i as u64,
+            key: keys
+                .filter(|k| k.is_valid(i))
+                .map(|k| k.value(i).as_bytes().to_vec()),
+            value: value.to_vec(),
+            timestamp_ms: times.filter(|t| t.is_valid(i)).map_or(-1, |t| t.value(i)),
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn db_with_clicks() -> (tempfile::TempDir, Database) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path()).await.expect("open");
+        let session = crate::Session::new(db.clone());
+        session
+            .execute_one(
+                "CREATE STREAM clicks (user_id BIGINT NOT NULL, url TEXT, ts TIMESTAMP, \
+                 WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) \
+                 WITH (partitions = 2, key = 'user_id', format = 'json')",
+                None,
+            )
+            .await
+            .expect("create");
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn json_records_round_trip_with_key_and_time() {
+        let (_dir, db) = db_with_clicks().await;
+        let topic = db.topic("clicks").expect("topic");
+        assert_eq!(topic.partitions(), 2);
+        let base = topic
+            .produce(
+                1,
+                &[
+                    ProducedRecord {
+                        key: Some(b"1"),
+                        value: Some(br#"{"url":"/a","ts":"2026-01-01 00:00:01"}"#),
+                    },
+                    ProducedRecord {
+                        key: None,
+                        value: Some(br#"{"user_id":2,"url":"/b","ts":"2026-01-01T00:00:02"}"#),
+                    },
+                ],
+            )
+            .expect("produce");
+        assert_eq!(base, 0);
+        assert_eq!(topic.offsets(1), Some((0, 2)));
+        let got = topic.fetch(1, 1, 1 << 20).expect("fetch");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].offset, 1);
+        assert_eq!(got[0].key.as_deref(), Some(&b"2"[..]));
+        assert_eq!(got[0].timestamp_ms, 1_767_225_602_000);
+        assert_eq!(
+            String::from_utf8_lossy(&got[0].value),
+            r#"{"user_id":2,"url":"/b","ts":"2026-01-01T00:00:02"}"#
+        );
+        let first = topic.fetch(1, 0, 1 << 20).expect("fetch");
+        assert_eq!(
+            first[0].key.as_deref(),
+            Some(&b"1"[..]),
+            "key from the record key"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_record_rejects_the_whole_batch() {
+        let (_dir, db) = db_with_clicks().await;
+        let topic = db.topic("clicks").expect("topic");
+        for bad in [
+            &br#"{"user_id":"x","ts":"2026-01-01 00:00:00"}"#[..],
+            &b"{not json"[..],
+            &br#"{"user_id":3,"ts":"2026-01-01 00:00:00"}{"user_id":4}"#[..],
+            &br#"{"url":"/no-key","ts":"2026-01-01 00:00:00"}"#[..],
+            &br#"{"user_id":5}"#[..],
+        ] {
+            let err = topic
+                .produce(
+                    0,
+                    &[
+                        ProducedRecord {
+                            key: None,
+                            value: Some(br#"{"user_id":1,"ts":"2026-01-01 00:00:00"}"#),
+                        },
+                        ProducedRecord {
+                            key: None,
+                            value: Some(bad),
+                        },
+                    ],
+                )
+                .expect_err(&format!("refused: {}", String::from_utf8_lossy(bad)));
+            match err {
+                ProduceError::InvalidRecord { index, message } => {
+                    assert_eq!(index, Some(1), "{message}");
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(topic.offsets(0), Some((0, 0)), "nothing appended");
+        assert!(matches!(
+            topic.produce(7, &[]),
+            Err(ProduceError::UnknownPartition)
+        ));
+    }
+}
