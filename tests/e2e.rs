@@ -1890,3 +1890,42 @@ fn python_kafka_clients_confluent_kafka_and_kafka_python() {
     );
     assert_eq!(stdout.matches("ok ").count(), 4, "{stdout}");
 }
+
+/// Consumer groups through confluent-kafka and kafka-python: two consumers split four
+/// partitions, one leaves and the other takes over, and after a SIGKILL of Weir and a restart
+/// the group resumes from its committed offsets.
+#[test]
+fn kafka_consumer_groups_split_rebalance_and_resume_after_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The restarted server must listen where the clients' group was: a fixed free port.
+    let kafka_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let kafka_addr = format!("127.0.0.1:{kafka_port}");
+    let args = ["--listen", "127.0.0.1:0", "--kafka-listen", &kafka_addr];
+    let phase = |server: &Server, phase: &str| {
+        let out = Command::new("python3")
+            .arg("kafka_groups.py")
+            .arg(server.port.to_string())
+            .arg(kafka_port.to_string())
+            .arg(phase)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+            .output()
+            .expect("python3 runs (pip install -r tests/clients/requirements.txt)");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{phase}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let server = Server::start_with(dir.path(), &args, &[]);
+    let before = phase(&server, "before");
+    assert_eq!(before.matches("ok ").count(), 4, "{before}");
+    server.kill9();
+    let server = Server::start_with(dir.path(), &args, &[]);
+    let after = phase(&server, "after");
+    assert_eq!(after.matches("ok ").count(), 2, "{after}");
+}

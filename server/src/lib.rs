@@ -170,7 +170,7 @@ impl Server {
 }
 
 /// Stops a background task (the Kafka listener) when the server stops.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

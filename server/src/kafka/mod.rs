@@ -2,27 +2,46 @@
 //!
 //! Requests are decoded and responses encoded by the `kafka-protocol` crate; rows become
 //! records and back in `weir_sql::topics`. One broker (node 0, this listener) leads every
-//! partition. A connection answers its requests in order, as Kafka clients require.
+//! partition and coordinates every consumer group ([`groups`]). A connection answers its
+//! requests in order, as Kafka clients require.
+
+pub mod groups;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName,
+    ApiKey, ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse,
+    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
+    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+    SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
@@ -55,15 +74,50 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
 ];
+
+/// What every connection shares.
+#[derive(Debug)]
+struct Context {
+    db: Database,
+    groups: groups::Coordinator,
+}
 
 fn supported(key: ApiKey, version: i16) -> bool {
     APIS.iter()
         .any(|&(k, lo, hi)| k == key && (lo..=hi).contains(&version))
 }
 
-/// Serves the Kafka protocol on `listener` until the task is dropped.
+/// Serves the Kafka protocol on `listener` until the task is dropped. Consumer groups'
+/// committed offsets are kept in `kafka/` under the data directory.
 pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize) {
+    let groups = match groups::Coordinator::open(&db.dir().join("kafka")) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the consumer groups' offsets; the Kafka listener stops");
+            return;
+        }
+    };
+    let context = Arc::new(Context { db, groups });
+    let sweeper = {
+        let context = Arc::clone(&context);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                context.groups.expire_sessions();
+            }
+        })
+    };
+    let _stop_sweeper = crate::AbortOnDrop(sweeper);
     loop {
         let (socket, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -73,10 +127,10 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize) {
                 continue;
             }
         };
-        let db = db.clone();
+        let context = Arc::clone(&context);
         tokio::spawn(async move {
             tracing::debug!(%peer, "kafka connection");
-            if let Err(e) = serve_connection(socket, &db, max_frame_bytes).await {
+            if let Err(e) = serve_connection(socket, &context, max_frame_bytes).await {
                 tracing::debug!(%peer, error = %e, "kafka connection closed");
             }
         });
@@ -96,11 +150,12 @@ enum ConnectionError {
 
 async fn serve_connection(
     socket: TcpStream,
-    db: &Database,
+    context: &Context,
     max_frame_bytes: usize,
 ) -> Result<(), ConnectionError> {
     socket.set_nodelay(true)?;
     let local = socket.local_addr()?;
+    let peer = socket.peer_addr()?;
     let (read, write) = socket.into_split();
     let mut read = BufReader::new(read);
     let mut write = BufWriter::new(write);
@@ -115,7 +170,7 @@ async fn serve_connection(
         }
         let mut body = vec![0u8; size as usize];
         read.read_exact(&mut body).await?;
-        if let Some(response) = handle(db, local, Bytes::from(body)).await? {
+        if let Some(response) = handle(context, local, peer, Bytes::from(body)).await? {
             write.write_i32(response.len() as i32).await?;
             write.write_all(&response).await?;
             write.flush().await?;
@@ -125,10 +180,12 @@ async fn serve_connection(
 
 /// Answers one request; `None` for a request that gets no answer (Produce with acks=0).
 async fn handle(
-    db: &Database,
+    context: &Context,
     local: SocketAddr,
+    peer: SocketAddr,
     body: Bytes,
 ) -> Result<Option<BytesMut>, ConnectionError> {
+    let db = &context.db;
     let (raw_key, version) = (
         i16::from_be_bytes([body[0], body[1]]),
         i16::from_be_bytes([body[2], body[3]]),
@@ -169,6 +226,31 @@ async fn handle(
         }
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(db, &r)),
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(db, &r).await),
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(find_coordinator(local, &r, version))
+        }
+        RequestKind::JoinGroup(r) => {
+            let client_id = header
+                .client_id
+                .as_ref()
+                .map_or_else(String::new, |c| c.as_str().to_string());
+            ResponseKind::JoinGroup(join_group(context, r, client_id, peer).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(sync_group(context, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(
+            HeartbeatResponse::default().with_error_code(context.groups.heartbeat(
+                r.group_id.0.as_str(),
+                r.generation_id,
+                r.member_id.as_str(),
+            )),
+        ),
+        RequestKind::LeaveGroup(r) => ResponseKind::LeaveGroup(leave_group(context, &r)),
+        RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offset_commit(context, r).await),
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offset_fetch(context, &r)),
+        RequestKind::ListGroups(_) => ResponseKind::ListGroups(list_groups(context)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(describe_groups(context, &r))
+        }
         other => {
             return Err(ConnectionError::Protocol(format!(
                 "{other:?} is not served"
@@ -507,6 +589,294 @@ async fn fetch_once(
         );
     }
     (FetchResponse::default().with_responses(responses), total)
+}
+
+fn find_coordinator(
+    local: SocketAddr,
+    request: &FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let host = str_bytes(&local.ip().to_string());
+    let port = i32::from(local.port());
+    if version >= 4 {
+        return FindCoordinatorResponse::default().with_coordinators(
+            request
+                .coordinator_keys
+                .iter()
+                .map(|key| {
+                    Coordinator::default()
+                        .with_key(key.clone())
+                        .with_node_id(BrokerId(0))
+                        .with_host(host.clone())
+                        .with_port(port)
+                })
+                .collect(),
+        );
+    }
+    FindCoordinatorResponse::default()
+        .with_node_id(BrokerId(0))
+        .with_host(host)
+        .with_port(port)
+}
+
+async fn join_group(
+    context: &Context,
+    r: JoinGroupRequest,
+    client_id: String,
+    peer: SocketAddr,
+) -> JoinGroupResponse {
+    let rebalance_ms = if r.rebalance_timeout_ms > 0 {
+        r.rebalance_timeout_ms
+    } else {
+        r.session_timeout_ms
+    };
+    let outcome = context
+        .groups
+        .join(groups::Join {
+            group_id: r.group_id.0.as_str().to_string(),
+            member_id: r.member_id.as_str().to_string(),
+            client_id,
+            client_host: peer.ip().to_string(),
+            protocol_type: r.protocol_type.as_str().to_string(),
+            protocols: r
+                .protocols
+                .iter()
+                .map(|p| (p.name.as_str().to_string(), p.metadata.clone()))
+                .collect(),
+            session_timeout: Duration::from_millis(
+                r.session_timeout_ms.clamp(1000, 3_600_000) as u64
+            ),
+            rebalance_timeout: Duration::from_millis(rebalance_ms.clamp(1000, 3_600_000) as u64),
+        })
+        .await;
+    JoinGroupResponse::default()
+        .with_error_code(outcome.error)
+        .with_generation_id(outcome.generation)
+        .with_protocol_type(Some(str_bytes(&outcome.protocol_type)))
+        .with_protocol_name(outcome.protocol.as_deref().map(str_bytes))
+        .with_leader(str_bytes(&outcome.leader))
+        .with_member_id(str_bytes(&outcome.member_id))
+        .with_members(
+            outcome
+                .members
+                .into_iter()
+                .map(|(id, metadata)| {
+                    JoinGroupResponseMember::default()
+                        .with_member_id(str_bytes(&id))
+                        .with_metadata(metadata)
+                })
+                .collect(),
+        )
+}
+
+async fn sync_group(context: &Context, r: SyncGroupRequest) -> SyncGroupResponse {
+    let (error, assignment) = context
+        .groups
+        .sync(
+            r.group_id.0.as_str(),
+            r.generation_id,
+            r.member_id.as_str(),
+            r.assignments
+                .into_iter()
+                .map(|a| (a.member_id.as_str().to_string(), a.assignment))
+                .collect(),
+        )
+        .await;
+    SyncGroupResponse::default()
+        .with_error_code(error)
+        .with_protocol_type(r.protocol_type)
+        .with_protocol_name(r.protocol_name)
+        .with_assignment(assignment)
+}
+
+fn leave_group(context: &Context, r: &LeaveGroupRequest) -> LeaveGroupResponse {
+    let members: Vec<String> = if r.members.is_empty() {
+        vec![r.member_id.as_str().to_string()]
+    } else {
+        r.members
+            .iter()
+            .map(|m| m.member_id.as_str().to_string())
+            .collect()
+    };
+    let codes = context.groups.leave(r.group_id.0.as_str(), &members);
+    let error = if r.members.is_empty() {
+        codes.first().copied().unwrap_or(0)
+    } else {
+        0
+    };
+    LeaveGroupResponse::default()
+        .with_error_code(error)
+        .with_members(
+            members
+                .iter()
+                .zip(codes)
+                .map(|(m, code)| {
+                    MemberResponse::default()
+                        .with_member_id(str_bytes(m))
+                        .with_error_code(code)
+                })
+                .collect(),
+        )
+}
+
+async fn offset_commit(context: &Context, r: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = r.group_id.0.as_str().to_string();
+    let allowed = context.groups.may_commit(
+        &group,
+        r.generation_id_or_member_epoch,
+        r.member_id.as_str(),
+    );
+    let mut offsets = Vec::new();
+    let mut topics = Vec::with_capacity(r.topics.len());
+    for t in &r.topics {
+        let known = context.db.topic(t.name.0.as_str());
+        let partitions = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let exists = known
+                    .as_ref()
+                    .and_then(|k| k.offsets(p.partition_index))
+                    .is_some();
+                let error = if allowed != 0 {
+                    allowed
+                } else if !exists {
+                    code::UNKNOWN_TOPIC_OR_PARTITION
+                } else {
+                    offsets.push((
+                        t.name.0.as_str().to_string(),
+                        p.partition_index,
+                        p.committed_offset,
+                    ));
+                    0
+                };
+                OffsetCommitResponsePartition::default()
+                    .with_partition_index(p.partition_index)
+                    .with_error_code(error)
+            })
+            .collect();
+        topics.push(
+            OffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions),
+        );
+    }
+    if !offsets.is_empty() {
+        let context_groups = &context.groups;
+        // The fsync blocks: keep it off the async workers.
+        let stored = tokio::task::block_in_place(|| context_groups.commit(&group, &offsets));
+        if let Err(e) = stored {
+            tracing::warn!(error = %e, group = %group, "storing committed offsets failed");
+            for t in &mut topics {
+                for p in &mut t.partitions {
+                    if p.error_code == 0 {
+                        p.error_code = code::KAFKA_STORAGE_ERROR;
+                    }
+                }
+            }
+        }
+    }
+    OffsetCommitResponse::default().with_topics(topics)
+}
+
+fn offset_fetch(context: &Context, r: &OffsetFetchRequest) -> OffsetFetchResponse {
+    let group = r.group_id.0.as_str();
+    let wanted: Vec<(TopicName, Vec<i32>)> = match &r.topics {
+        Some(topics) => topics
+            .iter()
+            .map(|t| (t.name.clone(), t.partition_indexes.clone()))
+            .collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+            for (t, p, _) in context.groups.committed_all(group) {
+                by_topic.entry(t).or_default().push(p);
+            }
+            by_topic
+                .into_iter()
+                .map(|(t, ps)| (TopicName(str_bytes(&t)), ps))
+                .collect()
+        }
+    };
+    OffsetFetchResponse::default().with_topics(
+        wanted
+            .into_iter()
+            .map(|(name, partitions)| {
+                let partitions = partitions
+                    .into_iter()
+                    .map(|p| {
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(
+                                context
+                                    .groups
+                                    .committed(group, name.0.as_str(), p)
+                                    .unwrap_or(-1),
+                            )
+                            .with_committed_leader_epoch(-1)
+                            .with_metadata(Some(str_bytes("")))
+                    })
+                    .collect();
+                OffsetFetchResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(partitions)
+            })
+            .collect(),
+    )
+}
+
+fn list_groups(context: &Context) -> ListGroupsResponse {
+    ListGroupsResponse::default().with_groups(
+        context
+            .groups
+            .list()
+            .into_iter()
+            .map(|(id, g)| {
+                ListedGroup::default()
+                    .with_group_id(GroupId(str_bytes(&id)))
+                    .with_protocol_type(str_bytes(&g.protocol_type))
+                    .with_group_state(str_bytes(g.state.name()))
+            })
+            .collect(),
+    )
+}
+
+fn describe_groups(context: &Context, r: &DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let all: std::collections::HashMap<String, groups::Group> =
+        context.groups.list().into_iter().collect();
+    DescribeGroupsResponse::default().with_groups(
+        r.groups
+            .iter()
+            .map(|id| {
+                let described = DescribedGroup::default().with_group_id(id.clone());
+                let Some(g) = all.get(id.0.as_str()) else {
+                    return described.with_group_state(str_bytes("Dead"));
+                };
+                described
+                    .with_group_state(str_bytes(g.state.name()))
+                    .with_protocol_type(str_bytes(&g.protocol_type))
+                    .with_protocol_data(str_bytes(g.protocol.as_deref().unwrap_or("")))
+                    .with_members(
+                        g.members
+                            .iter()
+                            .map(|(mid, m)| {
+                                DescribedGroupMember::default()
+                                    .with_member_id(str_bytes(mid))
+                                    .with_client_id(str_bytes(&m.client_id))
+                                    .with_client_host(str_bytes(&m.client_host))
+                                    .with_member_metadata(
+                                        m.protocols
+                                            .iter()
+                                            .find(|(n, _)| Some(n) == g.protocol.as_ref())
+                                            .map(|(_, md)| md.clone())
+                                            .unwrap_or_default(),
+                                    )
+                                    .with_member_assignment(m.assignment.clone())
+                            })
+                            .collect(),
+                    )
+            })
+            .collect(),
+    )
 }
 
 /// Decodes a request's header and body. A decoder that panics on hostile input is caught, so
