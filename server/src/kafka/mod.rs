@@ -567,7 +567,16 @@ async fn fetch_once(
                     headers: Default::default(),
                 })
                 .collect();
-            let mut encoded = BytesMut::new();
+            // Sized up front: growing it record by record copied the batch over and over.
+            let mut encoded = BytesMut::with_capacity(
+                61 + records
+                    .iter()
+                    .map(|r| {
+                        24 + r.key.as_ref().map_or(0, |k| k.len())
+                            + r.value.as_ref().map_or(0, |v| v.len())
+                    })
+                    .sum::<usize>(),
+            );
             if !records.is_empty() {
                 let options = RecordEncodeOptions {
                     version: 2,
