@@ -551,20 +551,13 @@ async fn fetch_once(
             };
             let records: Vec<Record> = rows
                 .into_iter()
-                .map(|r| Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: 0,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: r.offset as i64,
-                    sequence: -1,
-                    timestamp: r.timestamp_ms,
-                    key: r.key.map(Bytes::from),
-                    value: Some(Bytes::from(r.value)),
-                    headers: Default::default(),
+                .map(|r| {
+                    record(
+                        r.offset as i64,
+                        r.timestamp_ms,
+                        r.key.map(Bytes::from),
+                        Bytes::from(r.value),
+                    )
                 })
                 .collect();
             // Sized up front: growing it record by record copied the batch over and over.
@@ -888,6 +881,25 @@ fn describe_groups(context: &Context, r: &DescribeGroupsRequest) -> DescribeGrou
     )
 }
 
+/// A plain record (no producer id, no transaction) at `offset`.
+fn record(offset: i64, timestamp: i64, key: Option<Bytes>, value: Bytes) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: 0,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset,
+        sequence: -1,
+        timestamp,
+        key,
+        value: Some(value),
+        headers: Default::default(),
+    }
+}
+
 /// Decodes a request's header and body. A decoder that panics on hostile input is caught, so
 /// that the connection is closed rather than its task torn down mid-write.
 fn decode(
@@ -948,20 +960,13 @@ mod tests {
     /// A valid Produce v9 frame body carrying `n` JSON records.
     fn produce_frame(n: usize) -> Vec<u8> {
         let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1,
-                timestamp: 1_767_225_600_000,
-                key: Some(Bytes::from(i.to_string())),
-                value: Some(Bytes::from(format!("{{\"user_id\":{i}}}"))),
-                headers: Default::default(),
+            .map(|i| {
+                record(
+                    i as i64,
+                    1_767_225_600_000,
+                    Some(Bytes::from(i.to_string())),
+                    Bytes::from(format!("{{\"user_id\":{i}}}")),
+                )
             })
             .collect();
         let mut batch = BytesMut::new();
