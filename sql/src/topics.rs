@@ -163,9 +163,7 @@ impl Topic {
         let mut from = offset;
         while bytes < max_bytes.max(1) {
             let chunk = p.read(from, 4096)?;
-            if chunk.is_empty() {
-                break;
-            }
+            let before = from;
             for (base, batch) in chunk {
                 let skip = from.saturating_sub(base) as usize;
                 if skip >= batch.num_rows() {
@@ -181,6 +179,10 @@ impl Topic {
                 if bytes >= max_bytes {
                     break;
                 }
+            }
+            // Nothing (more) committed from `from` on.
+            if from == before {
+                break;
             }
         }
         Ok(out)
