@@ -1929,3 +1929,81 @@ fn kafka_consumer_groups_split_rebalance_and_resume_after_kill_9() {
     let after = phase(&server, "after");
     assert_eq!(after.matches("ok ").count(), 2, "{after}");
 }
+
+/// SIGKILL of Weir while an idempotent confluent-kafka producer writes: after a restart every
+/// record whose delivery report said delivered is in the stream exactly once, and retries of
+/// batches that were stored but never acknowledged were not appended again.
+#[tokio::test]
+async fn kill_9_during_an_idempotent_kafka_produce_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kafka_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let kafka_addr = format!("127.0.0.1:{kafka_port}");
+    let args = ["--listen", "127.0.0.1:0", "--kafka-listen", &kafka_addr];
+    let server = Server::start_with(dir.path(), &args, &[]);
+    server
+        .client()
+        .await
+        .batch_execute(
+            "CREATE STREAM orders (id BIGINT NOT NULL, amount BIGINT) \
+             WITH (partitions = 4, key = 'id', format = 'json')",
+        )
+        .await
+        .expect("create");
+    let delivered_file = dir.path().join("delivered.txt");
+    let records = 300_000;
+    let producer = Command::new("python3")
+        .arg("kafka_kill.py")
+        .arg(kafka_port.to_string())
+        .arg(records.to_string())
+        .arg(&delivered_file)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (pip install -r tests/clients/requirements.txt)");
+    // Kill once some records are in, while the producer is still going.
+    let c = server.client().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&c, "SELECT count(*) FROM orders").await < 20_000 {
+        assert!(std::time::Instant::now() < deadline, "records arrive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(c);
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = Server::start_with(dir.path(), &args, &[]);
+    let out = tokio::task::spawn_blocking(move || producer.wait_with_output())
+        .await
+        .expect("join")
+        .expect("producer ends");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let delivered: std::collections::BTreeSet<i64> = std::fs::read_to_string(&delivered_file)
+        .expect("delivered ids")
+        .lines()
+        .map(|l| l.parse().expect("an id"))
+        .collect();
+    assert_eq!(delivered.len(), records, "every record reported delivered");
+    let c = server.client().await;
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM orders"
+        )
+        .await,
+        vec![vec![
+            records.to_string(),
+            records.to_string(),
+            "0".to_string(),
+            (records - 1).to_string()
+        ]],
+        "every delivered record exactly once"
+    );
+}

@@ -28,6 +28,10 @@ pub enum Error {
     /// so only a restart (which recovers from what is on disk) may continue.
     #[error("partition {0} stopped after an fsync failure; restart Weir to recover")]
     Poisoned(String),
+    /// An idempotent producer's batch does not follow its previous one (a gap in sequence
+    /// numbers, or an older epoch).
+    #[error("{0}")]
+    OutOfOrderSequence(String),
     /// A bound on resources was reached (a subscriber fell too far behind, for example).
     #[error("{0}")]
     LimitExceeded(String),

@@ -115,6 +115,7 @@ fn engine_sqlstate(e: &weir_engine::Error) -> &'static str {
         E::Corrupt(_) => "XX001",
         E::Poisoned(_) => "58030",
         E::LimitExceeded(_) => "54000",
+        E::OutOfOrderSequence(_) => "22023",
         E::Arrow(a) => arrow_sqlstate(a),
         E::DataFusion(d) => datafusion_sqlstate(d),
         E::Internal(_) => "XX000",

@@ -26,6 +26,18 @@ pub struct ProducedRecord<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// An idempotent producer's batch: with it, a retry of a batch already stored is answered
+/// with the original offsets instead of being appended again, across restarts too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerBatch {
+    /// The producer's id (from InitProducerId).
+    pub id: i64,
+    /// The producer's epoch.
+    pub epoch: i16,
+    /// Sequence number of the batch's first record.
+    pub base_sequence: i32,
+}
+
 /// Why a produced batch was refused; nothing of it was appended.
 #[derive(Debug)]
 pub enum ProduceError {
@@ -40,6 +52,8 @@ pub enum ProduceError {
     NotWritable(String),
     /// The partition does not exist.
     UnknownPartition,
+    /// An idempotent producer skipped sequence numbers or used an old epoch.
+    OutOfOrder(String),
     /// Storing the rows failed (a full disk, say).
     Storage(Error),
 }
@@ -118,6 +132,7 @@ impl Topic {
         &self,
         partition: i32,
         records: &[ProducedRecord<'_>],
+        producer: Option<ProducerBatch>,
     ) -> std::result::Result<u64, ProduceError> {
         if !self.writable {
             return Err(ProduceError::NotWritable(format!(
@@ -134,11 +149,25 @@ impl Topic {
         if batch.num_rows() == 0 {
             return Ok(self.offsets(partition).map_or(0, |o| o.1));
         }
-        let receipt = self.entry.log.append_to(p, &[batch]).map_err(|e| match e {
+        let log = &self.entry.log;
+        let appended = match producer {
+            Some(b) => log.append_idempotent(
+                p,
+                &[batch],
+                weir_engine::log::ProducerSeq {
+                    id: b.id,
+                    epoch: b.epoch,
+                    base_sequence: b.base_sequence,
+                },
+            ),
+            None => log.append_to(p, &[batch]),
+        };
+        let receipt = appended.map_err(|e| match e {
             weir_engine::Error::InvalidArgument(message) => ProduceError::InvalidRecord {
                 index: None,
                 message,
             },
+            weir_engine::Error::OutOfOrderSequence(message) => ProduceError::OutOfOrder(message),
             other => ProduceError::Storage(other.into()),
         })?;
         Ok(receipt.ranges.first().map_or(0, |r| r.1))
@@ -401,6 +430,7 @@ mod tests {
                         value: Some(br#"{"user_id":2,"url":"/b","ts":"2026-01-01T00:00:02"}"#),
                     },
                 ],
+                None,
             )
             .expect("produce");
         assert_eq!(base, 0);
@@ -446,6 +476,7 @@ mod tests {
                             value: Some(bad),
                         },
                     ],
+                    None,
                 )
                 .expect_err(&format!("refused: {}", String::from_utf8_lossy(bad)));
             match err {
@@ -457,7 +488,7 @@ mod tests {
         }
         assert_eq!(topic.offsets(0), Some((0, 0)), "nothing appended");
         assert!(matches!(
-            topic.produce(7, &[]),
+            topic.produce(7, &[], None),
             Err(ProduceError::UnknownPartition)
         ));
     }

@@ -11,10 +11,14 @@ use crate::{Error, Result};
 
 /// Bytes before the payload: payload length (u32 LE) and CRC32C of the payload (u32 LE).
 pub(crate) const FRAME_HEADER: usize = 8;
-/// Bytes of the payload header: magic, version, base offset, row count, append time.
-const PAYLOAD_HEADER: usize = 4 + 8 + 4 + 8;
-/// "WB" (Weir batch), format version 1.
-const MAGIC: [u8; 4] = [b'W', b'B', 0, 1];
+/// Bytes of a version 1 payload header: magic, version, base offset, row count, append time.
+const PAYLOAD_HEADER_V1: usize = 4 + 8 + 4 + 8;
+/// Version 2 adds the producer of the frame: id, epoch and first sequence number.
+const PAYLOAD_HEADER: usize = PAYLOAD_HEADER_V1 + 8 + 4 + 4;
+/// "WB" (Weir batch), format version 1 (still read).
+const MAGIC_V1: [u8; 4] = [b'W', b'B', 0, 1];
+/// "WB", format version 2 (written).
+const MAGIC: [u8; 4] = [b'W', b'B', 0, 2];
 /// Refuse frames claiming more than this, so a corrupt length cannot make recovery allocate wildly.
 pub(crate) const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -29,12 +33,30 @@ pub(crate) struct FrameMeta {
     pub append_ms: i64,
     /// Total length of the frame on disk, headers included.
     pub len: u32,
+    /// The idempotent producer that appended it, if one did.
+    pub producer: Option<ProducerSeq>,
+}
+
+/// An idempotent producer's batch: who sent it and the sequence number of its first row, so
+/// that a retry of a batch already stored is recognised (as Kafka does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerSeq {
+    /// The producer's id.
+    pub id: i64,
+    /// The producer's epoch.
+    pub epoch: i16,
+    /// Sequence number of the batch's first row; the rows take the following ones.
+    pub base_sequence: i32,
 }
 
 /// Encodes `batch` as a frame, still to be [`seal`]ed with its base offset.
 ///
 /// The expensive part (IPC encoding and compression) happens here, outside any lock; sealing is cheap.
-pub(crate) fn encode(batch: &RecordBatch, append_ms: i64) -> Result<Vec<u8>> {
+pub(crate) fn encode(
+    batch: &RecordBatch,
+    append_ms: i64,
+    producer: Option<ProducerSeq>,
+) -> Result<Vec<u8>> {
     let base_offset = 0u64;
     let rows = u32::try_from(batch.num_rows())
         .map_err(|_| Error::InvalidArgument("a batch may hold at most 2^32-1 rows".into()))?;
@@ -43,6 +65,14 @@ pub(crate) fn encode(batch: &RecordBatch, append_ms: i64) -> Result<Vec<u8>> {
     out.extend_from_slice(&base_offset.to_le_bytes());
     out.extend_from_slice(&rows.to_le_bytes());
     out.extend_from_slice(&append_ms.to_le_bytes());
+    let p = producer.unwrap_or(ProducerSeq {
+        id: -1,
+        epoch: -1,
+        base_sequence: -1,
+    });
+    out.extend_from_slice(&p.id.to_le_bytes());
+    out.extend_from_slice(&i32::from(p.epoch).to_le_bytes());
+    out.extend_from_slice(&p.base_sequence.to_le_bytes());
     let options =
         IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
     {
@@ -76,24 +106,48 @@ pub(crate) fn check(bytes: &[u8]) -> Option<FrameMeta> {
     }
     let len = u32::from_le_bytes(bytes[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(bytes[4..8].try_into().ok()?);
-    if !(PAYLOAD_HEADER..=MAX_FRAME).contains(&len) || bytes.len() < FRAME_HEADER + len {
+    if !(PAYLOAD_HEADER_V1..=MAX_FRAME).contains(&len) || bytes.len() < FRAME_HEADER + len {
         return None;
     }
     let payload = &bytes[FRAME_HEADER..FRAME_HEADER + len];
-    if crc32c::crc32c(payload) != crc || payload[0..4] != MAGIC {
+    if crc32c::crc32c(payload) != crc || payload_header_len(payload)? > len {
         return None;
     }
+    let producer = if payload[0..4] == MAGIC {
+        let id = i64::from_le_bytes(payload[24..32].try_into().ok()?);
+        let epoch = i32::from_le_bytes(payload[32..36].try_into().ok()?);
+        let base_sequence = i32::from_le_bytes(payload[36..40].try_into().ok()?);
+        (id >= 0).then_some(ProducerSeq {
+            id,
+            epoch: i16::try_from(epoch).ok()?,
+            base_sequence,
+        })
+    } else {
+        None
+    };
     Some(FrameMeta {
         base_offset: u64::from_le_bytes(payload[4..12].try_into().ok()?),
         rows: u32::from_le_bytes(payload[12..16].try_into().ok()?),
         append_ms: i64::from_le_bytes(payload[16..24].try_into().ok()?),
         len: (FRAME_HEADER + len) as u32,
+        producer,
     })
+}
+
+/// The payload header's length for the payload's format version, `None` for an unknown one.
+fn payload_header_len(payload: &[u8]) -> Option<usize> {
+    match payload.get(0..4)? {
+        m if m == MAGIC => Some(PAYLOAD_HEADER),
+        m if m == MAGIC_V1 => Some(PAYLOAD_HEADER_V1),
+        _ => None,
+    }
 }
 
 /// Decodes the batch of a frame that [`check`] accepted.
 pub(crate) fn decode(frame: &[u8]) -> Result<RecordBatch> {
-    let payload = &frame[FRAME_HEADER + PAYLOAD_HEADER..];
+    let header = payload_header_len(&frame[FRAME_HEADER..])
+        .ok_or_else(|| Error::Corrupt("a frame of an unknown format version".into()))?;
+    let payload = &frame[FRAME_HEADER + header..];
     let mut reader = StreamReader::try_new(Cursor::new(payload), None)?;
     match reader.next() {
         Some(batch) => Ok(batch?),
@@ -128,9 +182,15 @@ mod tests {
     #[test]
     fn round_trip() {
         let b = batch();
-        let mut frame = encode(&b, 7).expect("encode");
+        let producer = ProducerSeq {
+            id: 9,
+            epoch: 2,
+            base_sequence: 40,
+        };
+        let mut frame = encode(&b, 7, Some(producer)).expect("encode");
         seal(&mut frame, 42);
         let meta = check(&frame).expect("valid frame");
+        assert_eq!(meta.producer, Some(producer));
         assert_eq!(meta.base_offset, 42);
         assert_eq!(meta.rows, 3);
         assert_eq!(meta.append_ms, 7);
@@ -140,7 +200,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_bit_flip_is_rejected() {
-        let frame = encode(&batch(), 0).expect("encode");
+        let frame = encode(&batch(), 0, None).expect("encode");
         for cut in 0..frame.len() {
             assert!(check(&frame[..cut]).is_none(), "truncated at {cut}");
         }
@@ -149,5 +209,23 @@ mod tests {
             bad[byte] ^= 0x10;
             assert!(check(&bad).is_none(), "bit flipped in byte {byte}");
         }
+    }
+
+    /// Segments written before producers were recorded (format version 1) still read.
+    #[test]
+    fn version_1_frames_still_read() {
+        let b = batch();
+        let v2 = encode(&b, 7, None).expect("encode");
+        // A version 1 frame: the same without the producer fields, re-checksummed.
+        let mut v1 = v2[..FRAME_HEADER].to_vec();
+        v1.extend_from_slice(&MAGIC_V1);
+        v1.extend_from_slice(&v2[FRAME_HEADER + 4..FRAME_HEADER + PAYLOAD_HEADER_V1]);
+        v1.extend_from_slice(&v2[FRAME_HEADER + PAYLOAD_HEADER..]);
+        let len = (v1.len() - FRAME_HEADER) as u32;
+        v1[0..4].copy_from_slice(&len.to_le_bytes());
+        seal(&mut v1, 5);
+        let meta = check(&v1).expect("valid v1 frame");
+        assert_eq!((meta.base_offset, meta.rows, meta.producer), (5, 3, None));
+        assert_eq!(decode(&v1).expect("decode"), b);
     }
 }

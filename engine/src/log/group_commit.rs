@@ -264,6 +264,7 @@ fn copy_error(e: &Error) -> Error {
         Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
         Error::Poisoned(m) => Error::Poisoned(m.clone()),
         Error::LimitExceeded(m) => Error::LimitExceeded(m.clone()),
+        Error::OutOfOrderSequence(m) => Error::OutOfOrderSequence(m.clone()),
         Error::Internal(m) => Error::Internal(m.clone()),
         Error::Arrow(_) | Error::DataFusion(_) => Error::InvalidArgument(e.to_string()),
     }

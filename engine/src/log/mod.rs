@@ -50,7 +50,7 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
-pub use partition::{Frame, Partition, abort_on_fsync_failure};
+pub use partition::{Frame, Partition, ProducerSeq, Written, abort_on_fsync_failure};
 pub use partitioner::{murmur2, partition_indices, supports_key_type};
 
 use crate::error::IoContext;
@@ -353,6 +353,50 @@ impl StreamLog {
                 .unwrap_or_else(|e| e.into_inner());
             p.write_frame(frame)?
         };
+        p.sync_to(end)?;
+        Ok(AppendReceipt {
+            ranges: vec![(partition, base, end - base)],
+        })
+    }
+
+    /// Appends an idempotent producer's batch whole to `partition`: a retry of a batch already
+    /// stored appends nothing and gets the original offsets, once they are durable. The
+    /// producer's last batches are kept in the frames, so this holds across restarts.
+    pub fn append_idempotent(
+        &self,
+        partition: u32,
+        batches: &[RecordBatch],
+        producer: ProducerSeq,
+    ) -> Result<AppendReceipt> {
+        let p = self
+            .core
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "partition {partition} does not exist (the stream has {})",
+                    self.core.partitions.len()
+                ))
+            })?;
+        let batch = self.core.conform(batches)?;
+        if batch.num_rows() == 0 {
+            return Ok(AppendReceipt::default());
+        }
+        let frame = Frame::encode_for(&batch, Some(producer))?;
+        let _visible_together = self
+            .core
+            .visibility
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let written = {
+            let _one_append = self
+                .core
+                .append_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            p.write_frame_checked(frame)?
+        };
+        let (Written::New(base, end) | Written::Duplicate(base, end)) = written;
         p.sync_to(end)?;
         Ok(AppendReceipt {
             ranges: vec![(partition, base, end - base)],

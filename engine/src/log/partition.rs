@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use datafusion::arrow::record_batch::RecordBatch;
 
+pub use super::frame::ProducerSeq;
 use super::frame::{self, FrameMeta};
 use super::{LogConfig, Notifier, now_ms, sync_dir};
 use crate::error::IoContext;
@@ -29,21 +30,48 @@ pub struct Frame {
     bytes: Vec<u8>,
     rows: u32,
     append_ms: i64,
+    producer: Option<ProducerSeq>,
 }
 
 impl Frame {
     /// Encodes `batch`, stamped with the current wall-clock time (for time retention).
     pub fn encode(batch: &RecordBatch) -> Result<Self> {
+        Self::encode_for(batch, None)
+    }
+
+    /// Encodes `batch` as sent by an idempotent producer (see [`Partition::write_frame_checked`]).
+    pub fn encode_for(batch: &RecordBatch, producer: Option<ProducerSeq>) -> Result<Self> {
         let append_ms = now_ms();
-        let bytes = frame::encode(batch, append_ms)?;
+        let bytes = frame::encode(batch, append_ms, producer)?;
         Ok(Self {
             bytes,
             // `frame::encode` refuses batches of more rows than a u32 holds.
             rows: batch.num_rows() as u32,
             append_ms,
+            producer,
         })
     }
 }
+
+/// What writing a producer's frame did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The rows were written at offsets `[base, end)`.
+    New(u64, u64),
+    /// The producer sent this batch before (a retry); it is stored at `[base, end)`.
+    Duplicate(u64, u64),
+}
+
+/// The last batches of one idempotent producer, to recognise retries.
+#[derive(Debug, Default)]
+struct ProducerState {
+    epoch: i16,
+    /// `(first sequence, last sequence, base offset, end offset)`, oldest first.
+    batches: std::collections::VecDeque<(i32, i32, u64, u64)>,
+}
+
+/// How many of a producer's batches are remembered: Kafka's limit on batches in flight.
+const PRODUCER_BATCHES: usize = 5;
 
 /// Where one frame lives in its segment.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +80,7 @@ struct FrameRef {
     rows: u32,
     pos: u64,
     len: u32,
+    producer: Option<ProducerSeq>,
 }
 
 /// One segment file: frames from `base_offset` on.
@@ -79,6 +108,24 @@ struct State {
     segments: Vec<Segment>,
     /// The offset the next appended row gets.
     next_offset: u64,
+    /// Idempotent producers' last batches, rebuilt from the frames on open.
+    producers: std::collections::HashMap<i64, ProducerState>,
+}
+
+impl State {
+    /// Remembers a producer's batch stored at `[base, end)`.
+    fn record(&mut self, p: ProducerSeq, rows: u32, base: u64, end: u64) {
+        let state = self.producers.entry(p.id).or_default();
+        if state.epoch != p.epoch {
+            state.epoch = p.epoch;
+            state.batches.clear();
+        }
+        let last = p.base_sequence.wrapping_add(rows as i32).wrapping_sub(1);
+        state.batches.push_back((p.base_sequence, last, base, end));
+        if state.batches.len() > PRODUCER_BATCHES {
+            state.batches.pop_front();
+        }
+    }
 }
 
 /// A durable, append-only sequence of rows, each with an offset.
@@ -168,14 +215,26 @@ impl Partition {
             });
         }
         let next_offset = segments.last().map_or(0, Segment::end_offset);
+        let mut state = State {
+            segments,
+            next_offset,
+            producers: std::collections::HashMap::new(),
+        };
+        let produced: Vec<FrameRef> = state
+            .segments
+            .iter()
+            .flat_map(|s| s.frames.iter().filter(|f| f.producer.is_some()).copied())
+            .collect();
+        for f in produced {
+            if let Some(p) = f.producer {
+                state.record(p, f.rows, f.base_offset, f.base_offset + u64::from(f.rows));
+            }
+        }
         Ok(Self {
             name,
             dir: dir.to_path_buf(),
             config,
-            state: Mutex::new(State {
-                segments,
-                next_offset,
-            }),
+            state: Mutex::new(state),
             synced: Mutex::new(next_offset),
             committed: AtomicU64::new(next_offset),
             poisoned: AtomicBool::new(false),
@@ -244,13 +303,47 @@ impl Partition {
 
     /// Writes a frame made by [`Frame::encode`] (see [`Partition::write`]).
     pub fn write_frame(&self, frame: Frame) -> Result<(u64, u64)> {
+        match self.write_frame_checked(frame)? {
+            Written::New(base, end) | Written::Duplicate(base, end) => Ok((base, end)),
+        }
+    }
+
+    /// Writes a frame, unless its producer sent the same batch before: then nothing is
+    /// written and the retry learns where the batch is. A batch that skips sequence numbers,
+    /// or of an older epoch, is refused ([`Error::OutOfOrderSequence`]).
+    pub fn write_frame_checked(&self, frame: Frame) -> Result<Written> {
         self.check_poisoned()?;
         let Frame {
             bytes: mut frame_bytes,
             rows,
             append_ms,
+            producer,
         } = frame;
         let mut state = self.state();
+        if let Some(p) = producer {
+            if let Some(known) = state.producers.get(&p.id) {
+                if p.epoch < known.epoch {
+                    return Err(Error::OutOfOrderSequence(format!(
+                        "producer {} epoch {} is older than its epoch {}",
+                        p.id, p.epoch, known.epoch
+                    )));
+                }
+                if p.epoch == known.epoch {
+                    if let Some(&(_, _, base, end)) =
+                        known.batches.iter().find(|b| b.0 == p.base_sequence)
+                    {
+                        return Ok(Written::Duplicate(base, end));
+                    }
+                    let last = known.batches.back().map(|b| b.1);
+                    if let Some(last) = last.filter(|&l| p.base_sequence != l.wrapping_add(1)) {
+                        return Err(Error::OutOfOrderSequence(format!(
+                            "producer {} sent sequence {} after {last}",
+                            p.id, p.base_sequence
+                        )));
+                    }
+                }
+            }
+        }
         let base = state.next_offset;
         frame::seal(&mut frame_bytes, base);
         let frame_len = frame_bytes.len() as u64;
@@ -275,11 +368,16 @@ impl Partition {
             rows,
             pos: active.size,
             len: frame_len as u32,
+            producer,
         });
         active.size += frame_len;
         active.last_append_ms = append_ms;
         state.next_offset = base + u64::from(rows);
-        Ok((base, state.next_offset))
+        if let Some(p) = producer {
+            let end = state.next_offset;
+            state.record(p, rows, base, end);
+        }
+        Ok(Written::New(base, state.next_offset))
     }
 
     /// Takes back the last frame written, which starts at `base`, before it is synced: an
@@ -311,6 +409,11 @@ impl Partition {
         active.frames.pop();
         active.size = last.pos;
         state.next_offset = base;
+        if let Some(p) = last.producer {
+            if let Some(known) = state.producers.get_mut(&p.id) {
+                known.batches.retain(|b| b.2 != base);
+            }
+        }
         Ok(())
     }
 
@@ -504,6 +607,7 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
         rows,
         append_ms,
         len,
+        producer,
     }) = frame::check(&bytes[pos..])
     {
         if base_offset != expected {
@@ -514,6 +618,7 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
             rows,
             pos: pos as u64,
             len,
+            producer,
         });
         pos += len as usize;
         expected += u64::from(rows);

@@ -349,3 +349,47 @@ fn concurrent_appends_share_fsyncs_and_lose_nothing() {
     keys.dedup();
     assert_eq!(keys.len(), 400);
 }
+
+/// An idempotent producer's retry of a batch already stored appends nothing and gets the
+/// original offsets, also after a restart; a gap in its sequence numbers is refused.
+#[test]
+fn idempotent_retries_are_dropped_across_restarts() {
+    use crate::log::ProducerSeq;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let producer = |seq| ProducerSeq {
+        id: 77,
+        epoch: 0,
+        base_sequence: seq,
+    };
+    {
+        let log =
+            StreamLog::open(dir.path(), schema(), 2, None, LogConfig::default()).expect("open");
+        let first = log
+            .append_idempotent(1, &[rows(0..3)], producer(0))
+            .expect("append");
+        assert_eq!(first.ranges, vec![(1, 0, 3)]);
+        let second = log
+            .append_idempotent(1, &[rows(3..5)], producer(3))
+            .expect("append");
+        assert_eq!(second.ranges, vec![(1, 3, 2)]);
+        let retry = log
+            .append_idempotent(1, &[rows(0..3)], producer(0))
+            .expect("a retry is answered");
+        assert_eq!(retry, first);
+        assert!(matches!(
+            log.append_idempotent(1, &[rows(9..10)], producer(9)),
+            Err(crate::Error::OutOfOrderSequence(_))
+        ));
+        assert_eq!(log.partitions()[1].committed(), 5);
+    }
+    let log = StreamLog::open(dir.path(), schema(), 2, None, LogConfig::default()).expect("reopen");
+    let retry = log
+        .append_idempotent(1, &[rows(3..5)], producer(3))
+        .expect("a retry after a restart is answered");
+    assert_eq!(retry.ranges, vec![(1, 3, 2)]);
+    assert_eq!(log.partitions()[1].committed(), 5, "nothing appended twice");
+    let next = log
+        .append_idempotent(1, &[rows(5..6)], producer(5))
+        .expect("the next batch");
+    assert_eq!(next.ranges, vec![(1, 5, 1)]);
+}

@@ -37,11 +37,12 @@ use kafka_protocol::messages::produce_response::{
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse,
     FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ProduceRequest, ProduceResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
-    SyncGroupRequest, SyncGroupResponse, TopicName,
+    ProduceRequest, ProduceResponse, ProducerId, RequestHeader, RequestKind, ResponseHeader,
+    ResponseKind, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::records::{
@@ -50,7 +51,7 @@ use kafka_protocol::records::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use weir_sql::Database;
-use weir_sql::topics::{ProduceError, ProducedRecord, Topic};
+use weir_sql::topics::{ProduceError, ProducedRecord, ProducerBatch, Topic};
 
 /// Requests larger than this close the connection (Kafka's `socket.request.max.bytes`).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
@@ -61,6 +62,7 @@ mod code {
     pub const CORRUPT_MESSAGE: i16 = 2;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
     pub const INVALID_REQUEST: i16 = 42;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const INVALID_RECORD: i16 = 87;
@@ -83,6 +85,7 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 7),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::InitProducerId, 0, 4),
 ];
 
 /// What every connection shares.
@@ -90,6 +93,9 @@ const APIS: &[(ApiKey, i16, i16)] = &[
 struct Context {
     db: Database,
     groups: groups::Coordinator,
+    /// The next producer id to hand out. It starts at the start time in microseconds, so
+    /// ids stay unique across restarts (the log remembers producers by id).
+    next_producer_id: std::sync::atomic::AtomicI64,
 }
 
 fn supported(key: ApiKey, version: i16) -> bool {
@@ -107,7 +113,14 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize) {
             return;
         }
     };
-    let context = Arc::new(Context { db, groups });
+    let started_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let context = Arc::new(Context {
+        db,
+        groups,
+        next_producer_id: std::sync::atomic::AtomicI64::new(started_us),
+    });
     let sweeper = {
         let context = Arc::clone(&context);
         tokio::spawn(async move {
@@ -248,6 +261,9 @@ async fn handle(
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offset_commit(context, r).await),
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offset_fetch(context, &r)),
         RequestKind::ListGroups(_) => ResponseKind::ListGroups(list_groups(context)),
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(init_producer_id(context, &r))
+        }
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(describe_groups(context, &r))
         }
@@ -401,6 +417,15 @@ async fn produce_partition(
         })?
         .map_err(|e| (code::CORRUPT_MESSAGE, None, Some(e.to_string())))?;
     let records: Vec<Record> = sets.into_iter().flat_map(|s| s.records).collect();
+    // An idempotent producer's batch carries its id, epoch and first sequence number.
+    let producer = records
+        .iter()
+        .find(|r| !r.control && r.producer_id >= 0)
+        .map(|r| ProducerBatch {
+            id: r.producer_id,
+            epoch: r.producer_epoch,
+            base_sequence: r.sequence,
+        });
     let topic = topic.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let produced: Vec<ProducedRecord<'_>> = records
@@ -411,7 +436,7 @@ async fn produce_partition(
                 value: r.value.as_deref(),
             })
             .collect();
-        topic.produce(partition, &produced)
+        topic.produce(partition, &produced, producer)
     })
     .await
     .map_err(|e| (code::KAFKA_STORAGE_ERROR, None, Some(e.to_string())))?;
@@ -421,6 +446,7 @@ async fn produce_partition(
         }
         ProduceError::NotWritable(m) => (code::INVALID_REQUEST, None, Some(m)),
         ProduceError::UnknownPartition => (code::UNKNOWN_TOPIC_OR_PARTITION, None, None),
+        ProduceError::OutOfOrder(m) => (code::OUT_OF_ORDER_SEQUENCE_NUMBER, None, Some(m)),
         ProduceError::Storage(e) => (code::KAFKA_STORAGE_ERROR, None, Some(e.to_string())),
     })
 }
@@ -591,6 +617,30 @@ async fn fetch_once(
         );
     }
     (FetchResponse::default().with_responses(responses), total)
+}
+
+/// Hands an idempotent producer its id; a producer that already has one gets the next epoch.
+/// Transactions are not supported.
+fn init_producer_id(context: &Context, r: &InitProducerIdRequest) -> InitProducerIdResponse {
+    if r.transactional_id.is_some() {
+        return InitProducerIdResponse::default()
+            .with_error_code(code::INVALID_REQUEST)
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+    }
+    let (id, epoch) = if r.producer_id.0 >= 0 {
+        (r.producer_id.0, r.producer_epoch.saturating_add(1))
+    } else {
+        (
+            context
+                .next_producer_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            0,
+        )
+    };
+    InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(id))
+        .with_producer_epoch(epoch)
 }
 
 fn find_coordinator(
