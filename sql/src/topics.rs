@@ -8,7 +8,9 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray,
+};
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::compute::{cast, is_null};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
@@ -24,6 +26,8 @@ pub struct ProducedRecord<'a> {
     pub key: Option<&'a [u8]>,
     /// The record value: one JSON object.
     pub value: Option<&'a [u8]>,
+    /// The record timestamp in milliseconds since the epoch; negative for none.
+    pub timestamp_ms: i64,
 }
 
 /// An idempotent producer's batch: with it, a retry of a batch already stored is answered
@@ -264,7 +268,7 @@ fn decode_records(
     let Some(batch) = batch else {
         return Ok(RecordBatch::new_empty(Arc::clone(schema)));
     };
-    let batch = fill_key(entry, batch, records)?;
+    let batch = fill_from_records(entry, batch, records)?;
     for (field, column) in entry.schema.fields().iter().zip(batch.columns()) {
         if !field.is_nullable() && column.null_count() > 0 {
             let first = (0..column.len()).find(|&i| column.is_null(i));
@@ -301,42 +305,58 @@ fn blame(schema: &SchemaRef, records: &[ProducedRecord<'_>], message: String) ->
 }
 
 /// Where the key column is null, takes it from the record key (as text, cast to the column's
-/// type).
-fn fill_key(
+/// type); where the event-time column is null, takes the record timestamp.
+fn fill_from_records(
     entry: &StreamEntry,
-    batch: RecordBatch,
+    mut batch: RecordBatch,
     records: &[ProducedRecord<'_>],
 ) -> std::result::Result<RecordBatch, ProduceError> {
-    let Some(k) = entry
-        .def
-        .key
-        .as_ref()
-        .and_then(|k| entry.def.column_index(k))
-    else {
-        return Ok(batch);
-    };
-    let column = batch.column(k);
-    if column.null_count() == 0 || records.iter().all(|r| r.key.is_none()) {
-        return Ok(batch);
+    let def = &entry.def;
+    if let Some(k) = def.key.as_ref().and_then(|k| def.column_index(k)) {
+        if batch.column(k).null_count() > 0 && records.iter().any(|r| r.key.is_some()) {
+            let keys: StringArray = records
+                .iter()
+                .map(|r| r.key.and_then(|k| std::str::from_utf8(k).ok()))
+                .collect();
+            batch = fill_nulls(batch, k, &keys, "a record key")?;
+        }
     }
-    let keys: StringArray = records
-        .iter()
-        .map(|r| r.key.and_then(|k| std::str::from_utf8(k).ok()))
-        .collect();
-    let keys = cast(&keys, column.data_type()).map_err(|e| {
+    if let Some(t) = def
+        .watermark
+        .as_ref()
+        .and_then(|w| def.column_index(&w.column))
+    {
+        if batch.column(t).null_count() > 0 && records.iter().any(|r| r.timestamp_ms >= 0) {
+            let times: TimestampMillisecondArray = records
+                .iter()
+                .map(|r| (r.timestamp_ms >= 0).then_some(r.timestamp_ms))
+                .collect();
+            batch = fill_nulls(batch, t, &times, "a record timestamp")?;
+        }
+    }
+    Ok(batch)
+}
+
+/// Replaces the nulls of column `i` with `values` cast to its type.
+fn fill_nulls(
+    batch: RecordBatch,
+    i: usize,
+    values: &dyn Array,
+    what: &str,
+) -> std::result::Result<RecordBatch, ProduceError> {
+    let column = batch.column(i);
+    let field = batch.schema().field(i).clone();
+    let values = cast(values, column.data_type()).map_err(|e| {
         invalid(
             None,
-            format!(
-                "a record key does not fit key column {}: {e}",
-                entry.def.name
-            ),
+            format!("{what} does not fit column {}: {e}", field.name()),
         )
     })?;
     let missing = is_null(column).map_err(|e| invalid(None, e.to_string()))?;
     let filled: ArrayRef =
-        zip(&missing, &keys, column).map_err(|e| invalid(None, e.to_string()))?;
+        zip(&missing, &values, column).map_err(|e| invalid(None, e.to_string()))?;
     let mut columns = batch.columns().to_vec();
-    columns[k] = filled;
+    columns[i] = filled;
     RecordBatch::try_new(batch.schema(), columns).map_err(|e| invalid(None, e.to_string()))
 }
 
@@ -424,19 +444,31 @@ mod tests {
                     ProducedRecord {
                         key: Some(b"1"),
                         value: Some(br#"{"url":"/a","ts":"2026-01-01 00:00:01"}"#),
+                        timestamp_ms: -1,
                     },
                     ProducedRecord {
                         key: None,
                         value: Some(br#"{"user_id":2,"url":"/b","ts":"2026-01-01T00:00:02"}"#),
+                        timestamp_ms: -1,
+                    },
+                    // Event time from the record timestamp.
+                    ProducedRecord {
+                        key: Some(b"3"),
+                        value: Some(br#"{"url":"/c"}"#),
+                        timestamp_ms: 1_767_225_603_000,
                     },
                 ],
                 None,
             )
             .expect("produce");
         assert_eq!(base, 0);
-        assert_eq!(topic.offsets(1), Some((0, 2)));
+        assert_eq!(topic.offsets(1), Some((0, 3)));
         let got = topic.fetch(1, 1, 1 << 20).expect("fetch");
-        assert_eq!(got.len(), 1);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            String::from_utf8_lossy(&got[1].value),
+            r#"{"user_id":3,"url":"/c","ts":"2026-01-01T00:00:03"}"#
+        );
         assert_eq!(got[0].offset, 1);
         assert_eq!(got[0].key.as_deref(), Some(&b"2"[..]));
         assert_eq!(got[0].timestamp_ms, 1_767_225_602_000);
@@ -470,10 +502,12 @@ mod tests {
                         ProducedRecord {
                             key: None,
                             value: Some(br#"{"user_id":1,"ts":"2026-01-01 00:00:00"}"#),
+                            timestamp_ms: -1,
                         },
                         ProducedRecord {
                             key: None,
                             value: Some(bad),
+                            timestamp_ms: -1,
                         },
                     ],
                     None,

@@ -434,6 +434,7 @@ async fn produce_partition(
             .map(|r| ProducedRecord {
                 key: r.key.as_deref(),
                 value: r.value.as_deref(),
+                timestamp_ms: r.timestamp,
             })
             .collect();
         topic.produce(partition, &produced, producer)
