@@ -1867,6 +1867,32 @@ async fn kcat_produces_and_consumes_streams_as_topics() {
     let (ok, out, err) = kcat(&server, &["-L"], "");
     assert!(ok && out.contains("clicks"), "still serving: {err}");
     assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 10_000);
+
+    // With --kafka-auto-create, producing to an unknown topic creates a raw one.
+    let auto_dir = tempfile::tempdir().expect("tempdir");
+    let auto = Server::start_with(
+        auto_dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--kafka-auto-create",
+        ],
+        &[],
+    );
+    let (ok, _, err) = kcat(&auto, &["-t", "fresh", "-P", "-K:"], "a:{\"x\":1}\n");
+    assert!(ok, "{err}");
+    let (ok, out, err) = kcat(&auto, &["-L"], "");
+    assert!(
+        ok && out.contains("topic \"fresh\" with 1 partitions"),
+        "{out}{err}"
+    );
+    let ac = auto.client().await;
+    assert_eq!(
+        rows(&ac, "SELECT key, json_get_int(value, 'x') FROM fresh").await,
+        vec![vec!["a".to_string(), "1".into()]]
+    );
 }
 
 /// confluent-kafka and kafka-python produce with acks=all and consume through the Kafka
@@ -1888,7 +1914,7 @@ fn python_kafka_clients_confluent_kafka_and_kafka_python() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.matches("ok ").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches("ok ").count(), 5, "{stdout}");
 }
 
 /// Consumer groups through confluent-kafka and kafka-python: two consumers split four

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub checkpoint_interval: std::time::Duration,
     /// Address for the Kafka protocol; `None` turns it off.
     pub kafka_listen: Option<SocketAddr>,
+    /// Whether Kafka clients create topics by using them (Metadata or Produce).
+    pub kafka_auto_create: bool,
 }
 
 /// Errors that stop the server from starting.
@@ -54,6 +56,7 @@ pub enum Error {
 pub struct Server {
     listener: TcpListener,
     kafka: Option<TcpListener>,
+    kafka_auto_create: bool,
     db: Database,
     users: Option<Arc<auth::Users>>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
@@ -113,6 +116,7 @@ impl Server {
         Ok(Self {
             listener,
             kafka,
+            kafka_auto_create: config.kafka_auto_create,
             db,
             users: config.users.clone(),
             tls,
@@ -144,6 +148,7 @@ impl Server {
                 listener,
                 self.db.clone(),
                 kafka::DEFAULT_MAX_FRAME_BYTES,
+                self.kafka_auto_create,
             )))
         });
         let factory = Arc::new(pg::HandlerFactory::new(self.db.clone(), self.users.clone()));

@@ -50,6 +50,10 @@ enum Command {
         /// it has no authentication yet.
         #[arg(long, default_value = "127.0.0.1:9092", value_parser = parse_kafka_listen)]
         kafka_listen: KafkaListen,
+        /// Create a topic (a raw stream of one partition) when a Kafka client asks for or
+        /// produces to one that does not exist.
+        #[arg(long)]
+        kafka_auto_create: bool,
     },
     /// Generate events into a running server's streams (created if missing).
     Gen {
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
             tls_key,
             checkpoint_interval_ms,
             kafka_listen,
+            kafka_auto_create,
         } => {
             let password = password.or_else(|| std::env::var("WEIR_PASSWORD").ok());
             let tls = tls_cert.zip(tls_key);
@@ -150,6 +155,7 @@ fn main() -> ExitCode {
                     tls,
                     checkpoint_interval: std::time::Duration::from_millis(checkpoint_interval_ms),
                     kafka_listen: kafka_listen.0,
+                    kafka_auto_create,
                 })),
                 Err(e) => Err(e),
             }

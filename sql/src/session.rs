@@ -220,9 +220,15 @@ pub(crate) fn new_context(db: &Database, settings: &Settings) -> WeirContext {
         .filter(|r| r.name() != "eliminate_join")
         .cloned()
         .collect();
-    let state = SessionStateBuilder::new_from_existing(state)
+    let mut state = SessionStateBuilder::new_from_existing(state)
         .with_optimizer_rules(rules)
         .build();
+    // JSON functions and operators (`json_get_str(value, 'user')`, `value->>'user'`), for
+    // JSON held in text columns such as a raw Kafka topic's values. Registering into a fresh
+    // state cannot clash with anything.
+    if let Err(e) = datafusion_functions_json::register_all(&mut state) {
+        tracing::error!(error = %e, "registering the JSON functions failed; this is a bug");
+    }
     let ctx = SessionContext::new_with_state(state);
     let catalog = MemoryCatalogProvider::new();
     // Registering into a fresh in-memory catalog cannot fail.

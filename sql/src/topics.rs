@@ -17,10 +17,13 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::json::{LineDelimitedWriter, ReaderBuilder};
 
 use crate::database::{Database, StreamEntry};
+
+/// The format of topics created by Kafka clients: records stored as they came.
+const RAW: &str = "raw";
 use crate::{Error, Result};
 
 /// A record as a producer sent it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProducedRecord<'a> {
     /// The record key, if any.
     pub key: Option<&'a [u8]>,
@@ -28,6 +31,8 @@ pub struct ProducedRecord<'a> {
     pub value: Option<&'a [u8]>,
     /// The record timestamp in milliseconds since the epoch; negative for none.
     pub timestamp_ms: i64,
+    /// The record headers as a JSON object, if it has any (kept by raw topics only).
+    pub headers: Option<String>,
 }
 
 /// An idempotent producer's batch: with it, a retry of a batch already stored is answered
@@ -94,6 +99,44 @@ impl Database {
         out
     }
 
+    /// Creates a raw topic, as a Kafka client's CreateTopics does: a stream of the records
+    /// themselves, with columns `key`, `value`, `headers` (text; headers as a JSON object),
+    /// `partition` and `timestamp` (the record's, or the append time), and a watermark 5
+    /// seconds behind the timestamps. JSON functions take fields out of `value`.
+    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        let text = |name: &str| crate::catalog::ColumnDef {
+            name: name.into(),
+            data_type: DataType::Utf8.to_string(),
+            nullable: true,
+        };
+        let columns = vec![
+            text("key"),
+            text("value"),
+            text("headers"),
+            crate::catalog::ColumnDef {
+                name: "partition".into(),
+                data_type: DataType::Int32.to_string(),
+                nullable: false,
+            },
+            crate::catalog::ColumnDef {
+                name: "timestamp".into(),
+                data_type: DataType::Timestamp(TimeUnit::Nanosecond, None).to_string(),
+                nullable: false,
+            },
+        ];
+        let mut def = crate::catalog::StreamDef::new(
+            name.to_string(),
+            columns,
+            Some(crate::catalog::WatermarkDef {
+                column: "timestamp".into(),
+                delay_ns: 5_000_000_000,
+            }),
+        );
+        def.partitions = partitions;
+        def.format = Some(RAW.into());
+        self.create_stream(def)
+    }
+
     /// The stream `name` as a topic.
     pub fn topic(&self, name: &str) -> Option<Topic> {
         let entry = self.stream(name)?;
@@ -149,7 +192,11 @@ impl Topic {
             .ok()
             .filter(|&p| p < self.partitions())
             .ok_or(ProduceError::UnknownPartition)?;
-        let batch = decode_records(&self.entry, records)?;
+        let batch = if self.entry.def.format.as_deref() == Some(RAW) {
+            raw_rows(&self.entry, partition, records)?
+        } else {
+            decode_records(&self.entry, records)?
+        };
         if batch.num_rows() == 0 {
             return Ok(self.offsets(partition).map_or(0, |o| o.1));
         }
@@ -203,7 +250,12 @@ impl Topic {
                     continue;
                 }
                 let batch = batch.slice(skip, batch.num_rows() - skip);
-                let records = encode_rows(&self.entry, &batch, base + skip as u64)?;
+                let first = base + skip as u64;
+                let records = if self.entry.def.format.as_deref() == Some(RAW) {
+                    raw_records(&batch, first)?
+                } else {
+                    encode_rows(&self.entry, &batch, first)?
+                };
                 from = base + skip as u64 + batch.num_rows() as u64;
                 for r in records {
                     bytes += r.value.len() + r.key.as_ref().map_or(0, Vec::len) + 16;
@@ -220,6 +272,98 @@ impl Topic {
         }
         Ok(out)
     }
+}
+
+/// A raw topic's rows: the records as they came (text key, value and headers).
+fn raw_rows(
+    entry: &StreamEntry,
+    partition: i32,
+    records: &[ProducedRecord<'_>],
+) -> std::result::Result<RecordBatch, ProduceError> {
+    fn text<'a>(
+        i: usize,
+        what: &str,
+        b: Option<&'a [u8]>,
+    ) -> std::result::Result<Option<&'a str>, ProduceError> {
+        b.map(|b| {
+            std::str::from_utf8(b).map_err(|e| {
+                invalid(
+                    Some(i),
+                    format!("the record {what} is not UTF-8 text ({e}); raw topics hold text"),
+                )
+            })
+        })
+        .transpose()
+    }
+    let keys = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| text(i, "key", r.key))
+        .collect::<std::result::Result<StringArray, _>>()?;
+    let values = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| text(i, "value", r.value))
+        .collect::<std::result::Result<StringArray, _>>()?;
+    let headers: StringArray = records.iter().map(|r| r.headers.as_deref()).collect();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let times: datafusion::arrow::array::TimestampNanosecondArray = records
+        .iter()
+        .map(|r| {
+            let ms = if r.timestamp_ms >= 0 {
+                r.timestamp_ms
+            } else {
+                now_ms
+            };
+            Some(ms.saturating_mul(1_000_000))
+        })
+        .collect();
+    let partitions = datafusion::arrow::array::Int32Array::from(vec![partition; records.len()]);
+    RecordBatch::try_new(
+        Arc::clone(&entry.schema),
+        vec![
+            Arc::new(keys),
+            Arc::new(values),
+            Arc::new(headers),
+            Arc::new(partitions),
+            Arc::new(times),
+        ],
+    )
+    .map_err(|e| invalid(None, format!("{e}; this is a bug")))
+}
+
+/// A raw topic's rows back as the records they were.
+fn raw_records(batch: &RecordBatch, first: u64) -> Result<Vec<FetchedRecord>> {
+    let text = |i: usize| {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::Internal("a raw topic column is not text".into()))
+    };
+    let (keys, values) = (text(0)?, text(1)?);
+    let times = cast(
+        batch.column(4),
+        &DataType::Timestamp(TimeUnit::Millisecond, None),
+    )?;
+    let times = times
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or_else(|| Error::Internal("a raw topic timestamp did not cast".into()))?;
+    Ok((0..batch.num_rows())
+        .map(|i| FetchedRecord {
+            offset: first + i as u64,
+            key: keys.is_valid(i).then(|| keys.value(i).as_bytes().to_vec()),
+            value: if values.is_valid(i) {
+                values.value(i).as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+            timestamp_ms: times.value(i),
+        })
+        .collect())
 }
 
 /// Decodes record values (JSON objects) into one batch of the stream's rows. A record with a
@@ -445,17 +589,20 @@ mod tests {
                         key: Some(b"1"),
                         value: Some(br#"{"url":"/a","ts":"2026-01-01 00:00:01"}"#),
                         timestamp_ms: -1,
+                        headers: None,
                     },
                     ProducedRecord {
                         key: None,
                         value: Some(br#"{"user_id":2,"url":"/b","ts":"2026-01-01T00:00:02"}"#),
                         timestamp_ms: -1,
+                        headers: None,
                     },
                     // Event time from the record timestamp.
                     ProducedRecord {
                         key: Some(b"3"),
                         value: Some(br#"{"url":"/c"}"#),
                         timestamp_ms: 1_767_225_603_000,
+                        headers: None,
                     },
                 ],
                 None,
@@ -503,11 +650,13 @@ mod tests {
                             key: None,
                             value: Some(br#"{"user_id":1,"ts":"2026-01-01 00:00:00"}"#),
                             timestamp_ms: -1,
+                            headers: None,
                         },
                         ProducedRecord {
                             key: None,
                             value: Some(bad),
                             timestamp_ms: -1,
+                            headers: None,
                         },
                     ],
                     None,
@@ -525,5 +674,69 @@ mod tests {
             topic.produce(7, &[], None),
             Err(ProduceError::UnknownPartition)
         ));
+    }
+
+    #[tokio::test]
+    async fn raw_topics_keep_records_as_they_came() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path()).await.expect("open");
+        db.create_topic("events", 3).expect("create");
+        let topic = db.topic("events").expect("topic");
+        assert_eq!(topic.partitions(), 3);
+        let base = topic
+            .produce(
+                2,
+                &[ProducedRecord {
+                    key: Some(b"k1"),
+                    value: Some(br#"{"user":"ada","n":3}"#),
+                    timestamp_ms: 1_767_225_600_000,
+                    headers: Some(r#"{"source":"test"}"#.into()),
+                }],
+                None,
+            )
+            .expect("produce");
+        assert_eq!(base, 0);
+        let bad = topic.produce(
+            2,
+            &[ProducedRecord {
+                key: None,
+                value: Some(&[0xff, 0xfe]),
+                timestamp_ms: -1,
+                headers: None,
+            }],
+            None,
+        );
+        assert!(matches!(
+            bad,
+            Err(ProduceError::InvalidRecord { index: Some(0), .. })
+        ));
+        let got = topic.fetch(2, 0, 1 << 20).expect("fetch");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].key.as_deref(), Some(&b"k1"[..]));
+        assert_eq!(got[0].value, br#"{"user":"ada","n":3}"#.to_vec());
+        assert_eq!(got[0].timestamp_ms, 1_767_225_600_000);
+        // SQL reads the records, and the JSON functions take fields out of the value.
+        let session = crate::Session::new(db.clone());
+        let out = session
+            .execute_one(
+                "SELECT key, json_get_str(value, 'user') AS u, json_get_int(value, 'n') AS n, \
+                 partition, headers FROM events",
+                None,
+            )
+            .await
+            .expect("query");
+        let crate::Output::Rows { stream, .. } = out else {
+            panic!("rows expected");
+        };
+        let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream)
+            .await
+            .expect("batches");
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+            .expect("format")
+            .to_string();
+        assert!(
+            text.contains("| k1  | ada | 3 | 2         | {\"source\":\"test\"} |"),
+            "{text}"
+        );
     }
 }

@@ -133,5 +133,34 @@ def main():
     check(via_kafka, via_sql, "view over Kafka-produced rows vs over INSERTed rows")
     print("ok a view over a Kafka-produced stream equals the view over INSERTed rows")
 
+    # Topics made by Kafka clients are raw streams, queryable with JSON functions.
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BROKER})
+    for f in admin.create_topics([NewTopic("raw_events", num_partitions=2)]).values():
+        f.result(30)
+    raw = Producer({"bootstrap.servers": BROKER, "acks": "all"})
+    raw.produce("raw_events", key="k1", value='{"user":"ada","n":3}', partition=1,
+                headers=[("source", b"test")])
+    check(raw.flush(30), 0, "raw record delivered")
+    got = conn.execute(
+        "SELECT key, json_get_str(value, 'user'), json_get_int(value, 'n'), partition, headers "
+        "FROM raw_events"
+    ).fetchall()
+    check(got, [("k1", "ada", 3, 1, '{"source":"test"}')], "a raw topic's record in SQL")
+    # Producing to a topic that does not exist fails (auto-creation is off by default).
+    errors = []
+    lost = Producer({"bootstrap.servers": BROKER, "message.timeout.ms": 2000})
+    lost.produce("no_such_topic", value="x", callback=lambda err, msg: errors.append(err))
+    lost.flush(10)
+    check(len(errors) == 1 and errors[0] is not None, True, "produce to an unknown topic fails")
+    names = [r[0] for r in conn.execute("SHOW STREAMS").fetchall()]
+    check("no_such_topic" in names, False, "no topic created on produce")
+    for f in admin.delete_topics(["raw_events"]).values():
+        f.result(30)
+    names = [r[0] for r in conn.execute("SHOW STREAMS").fetchall()]
+    check("raw_events" in names, False, "a deleted topic's stream is gone")
+    print("ok topics created and deleted by a Kafka admin client are raw streams")
+
 
 main()

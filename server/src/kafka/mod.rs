@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
@@ -35,7 +37,8 @@ use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, DescribeGroupsRequest, DescribeGroupsResponse,
+    ApiKey, ApiVersionsResponse, BrokerId, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
     JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsResponse,
@@ -63,6 +66,10 @@ mod code {
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const UNSUPPORTED_VERSION: i16 = 35;
     pub const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+    pub const INVALID_TOPIC_EXCEPTION: i16 = 17;
+    pub const TOPIC_ALREADY_EXISTS: i16 = 36;
+    pub const INVALID_PARTITIONS: i16 = 37;
+    pub const POLICY_VIOLATION: i16 = 44;
     pub const INVALID_REQUEST: i16 = 42;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const INVALID_RECORD: i16 = 87;
@@ -86,6 +93,8 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
 ];
 
 /// What every connection shares.
@@ -93,6 +102,8 @@ const APIS: &[(ApiKey, i16, i16)] = &[
 struct Context {
     db: Database,
     groups: groups::Coordinator,
+    /// Whether Metadata and Produce for an unknown topic create it (`--kafka-auto-create`).
+    auto_create: bool,
     /// The next producer id to hand out. It starts at the start time in microseconds, so
     /// ids stay unique across restarts (the log remembers producers by id).
     next_producer_id: std::sync::atomic::AtomicI64,
@@ -105,7 +116,7 @@ fn supported(key: ApiKey, version: i16) -> bool {
 
 /// Serves the Kafka protocol on `listener` until the task is dropped. Consumer groups'
 /// committed offsets are kept in `kafka/` under the data directory.
-pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize) {
+pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize, auto_create: bool) {
     let groups = match groups::Coordinator::open(&db.dir().join("kafka")) {
         Ok(g) => g,
         Err(e) => {
@@ -119,6 +130,7 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize) {
     let context = Arc::new(Context {
         db,
         groups,
+        auto_create,
         next_producer_id: std::sync::atomic::AtomicI64::new(started_us),
     });
     let sweeper = {
@@ -228,8 +240,22 @@ async fn handle(
     let (header, request) = decode(key, version, body).map_err(ConnectionError::Protocol)?;
     let response = match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions()),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(metadata(db, local, &r)),
+        RequestKind::Metadata(r) => {
+            if context.auto_create && r.allow_auto_topic_creation {
+                for t in r.topics.iter().flatten() {
+                    if let Some(name) = &t.name {
+                        auto_create(db, name.0.as_str());
+                    }
+                }
+            }
+            ResponseKind::Metadata(metadata(db, local, &r))
+        }
         RequestKind::Produce(r) => {
+            if context.auto_create {
+                for t in &r.topic_data {
+                    auto_create(db, t.name.0.as_str());
+                }
+            }
             let acks = r.acks;
             let response = produce(db, r).await;
             if acks == 0 {
@@ -261,6 +287,8 @@ async fn handle(
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(offset_commit(context, r).await),
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(offset_fetch(context, &r)),
         RequestKind::ListGroups(_) => ResponseKind::ListGroups(list_groups(context)),
+        RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(db, &r)),
+        RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(db, &r)),
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(init_producer_id(context, &r))
         }
@@ -435,6 +463,7 @@ async fn produce_partition(
                 key: r.key.as_deref(),
                 value: r.value.as_deref(),
                 timestamp_ms: r.timestamp,
+                headers: headers_json(r),
             })
             .collect();
         topic.produce(partition, &produced, producer)
@@ -618,6 +647,88 @@ async fn fetch_once(
         );
     }
     (FetchResponse::default().with_responses(responses), total)
+}
+
+/// Creates a raw topic of one partition (Kafka's default) if `name` is unknown.
+fn auto_create(db: &Database, name: &str) {
+    if db.topic(name).is_none() {
+        match db.create_topic(name, 1) {
+            Ok(()) => tracing::info!(topic = name, "created a raw topic on first use"),
+            Err(e) => tracing::debug!(topic = name, error = %e, "no topic created"),
+        }
+    }
+}
+
+/// Creates raw topics (see `Database::create_topic`); -1 partitions means Kafka's default, 1.
+fn create_topics(db: &Database, r: &CreateTopicsRequest) -> CreateTopicsResponse {
+    CreateTopicsResponse::default().with_topics(
+        r.topics
+            .iter()
+            .map(|t| {
+                let name = t.name.0.as_str();
+                let result = CreatableTopicResult::default()
+                    .with_name(t.name.clone())
+                    .with_replication_factor(1);
+                let partitions = if t.num_partitions == -1 {
+                    1
+                } else {
+                    t.num_partitions
+                };
+                let outcome = if !(1..=1024).contains(&partitions) {
+                    Err((
+                        code::INVALID_PARTITIONS,
+                        format!("a topic has 1 to 1024 partitions, not {partitions}"),
+                    ))
+                } else if db.topic(name).is_some() {
+                    Err((code::TOPIC_ALREADY_EXISTS, format!("topic {name} exists")))
+                } else if r.validate_only {
+                    Ok(())
+                } else {
+                    db.create_topic(name, partitions as u32).map_err(|e| {
+                        let error = match &e {
+                            weir_sql::Error::DuplicateRelation(_) => code::TOPIC_ALREADY_EXISTS,
+                            _ => code::INVALID_TOPIC_EXCEPTION,
+                        };
+                        (error, e.to_string())
+                    })
+                };
+                match outcome {
+                    Ok(()) => result.with_num_partitions(partitions),
+                    Err((error, message)) => result
+                        .with_error_code(error)
+                        .with_error_message(Some(str_bytes(&message)))
+                        .with_num_partitions(-1)
+                        .with_replication_factor(-1),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Deletes topics: their streams, unless views or queries read them.
+fn delete_topics(db: &Database, r: &DeleteTopicsRequest) -> DeleteTopicsResponse {
+    let names: Vec<TopicName> = if r.topic_names.is_empty() {
+        r.topics.iter().filter_map(|t| t.name.clone()).collect()
+    } else {
+        r.topic_names.clone()
+    };
+    DeleteTopicsResponse::default().with_responses(
+        names
+            .into_iter()
+            .map(|name| {
+                let result = DeletableTopicResult::default().with_name(Some(name.clone()));
+                if db.topic(name.0.as_str()).is_none() {
+                    return result.with_error_code(code::UNKNOWN_TOPIC_OR_PARTITION);
+                }
+                match db.drop_stream(name.0.as_str(), false) {
+                    Ok(()) => result,
+                    Err(e) => result
+                        .with_error_code(code::POLICY_VIOLATION)
+                        .with_error_message(Some(str_bytes(&e.to_string()))),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Hands an idempotent producer its id; a producer that already has one gets the next epoch.
@@ -930,6 +1041,24 @@ fn describe_groups(context: &Context, r: &DescribeGroupsRequest) -> DescribeGrou
             })
             .collect(),
     )
+}
+
+/// A record's headers as a JSON object (values as text, or null), for raw topics.
+fn headers_json(r: &Record) -> Option<String> {
+    if r.headers.is_empty() {
+        return None;
+    }
+    let map: serde_json::Map<String, serde_json::Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            let v = v.as_ref().map_or(serde_json::Value::Null, |v| {
+                serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+            });
+            (k.as_str().to_string(), v)
+        })
+        .collect();
+    Some(serde_json::Value::Object(map).to_string())
 }
 
 /// A plain record (no producer id, no transaction) at `offset`.
