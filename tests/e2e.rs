@@ -1804,6 +1804,7 @@ async fn kcat_produces_and_consumes_streams_as_topics() {
     assert!(ok, "{err}");
     let mut per_partition = [0u64; 4];
     let mut keys = std::collections::BTreeSet::new();
+    let mut partition0_times = Vec::new();
     for line in out.lines() {
         let parts: Vec<&str> = line.splitn(5, ' ').collect();
         let (p, o, k, t, v) = (parts[0], parts[1], parts[2], parts[3], parts[4]);
@@ -1819,6 +1820,9 @@ async fn kcat_produces_and_consumes_streams_as_topics() {
         let expected_ts = 1_767_225_600_000 + (id / 3600 % 60) * 60_000 + (id / 60 % 60) * 1000;
         assert_eq!(t, expected_ts.to_string(), "{line}");
         assert!(keys.insert(id));
+        if p == 0 {
+            partition0_times.push(expected_ts);
+        }
     }
     assert_eq!(keys.len(), 10_000);
     assert!(per_partition.iter().all(|&n| n > 0), "{per_partition:?}");
@@ -1834,6 +1838,34 @@ async fn kcat_produces_and_consumes_streams_as_topics() {
     assert!(ok, "{err}");
     let offsets: Vec<u64> = out.lines().map(|l| l.parse().expect("offset")).collect();
     assert_eq!(offsets, (5..per_partition[2]).collect::<Vec<_>>());
+
+    // From a time: the first record at or after it (ListOffsets by timestamp).
+    let time = partition0_times[100] + 1;
+    let expected = partition0_times
+        .iter()
+        .position(|&t| t >= time)
+        .expect("a later record");
+    let (ok, out, err) = kcat(
+        &server,
+        &[
+            "-C",
+            "-t",
+            "clicks",
+            "-p",
+            "0",
+            "-o",
+            &format!("s@{time}"),
+            "-c",
+            "1",
+            "-e",
+            "-q",
+            "-f",
+            "%o\n",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), expected.to_string(), "{err}");
 
     // A batch with a record that does not decode is refused whole.
     let (ok, _, err) = kcat(
@@ -1890,7 +1922,11 @@ async fn kcat_produces_and_consumes_streams_as_topics() {
     );
     let ac = auto.client().await;
     assert_eq!(
-        rows(&ac, "SELECT key, json_get_int(value, 'x'), value->>'x' FROM fresh").await,
+        rows(
+            &ac,
+            "SELECT key, json_get_int(value, 'x'), value->>'x' FROM fresh"
+        )
+        .await,
         vec![vec!["a".to_string(), "1".into(), "1".into()]]
     );
 }

@@ -167,6 +167,54 @@ impl Topic {
         Some((p.start_offset(), p.committed()))
     }
 
+    /// The first offset of `partition` whose record timestamp (the event time) is at or after
+    /// `time_ms`, as ListOffsets by time asks; `Ok(None)` when there is none, or the stream has
+    /// no event time. Scans the partition: the log keeps no index of times.
+    pub fn offset_for_time(&self, partition: i32, time_ms: i64) -> Result<Option<u64>> {
+        let def = &self.entry.def;
+        let Some(t) = def
+            .watermark
+            .as_ref()
+            .and_then(|w| def.column_index(&w.column))
+        else {
+            return Ok(None);
+        };
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .and_then(|p| self.entry.log.partitions().get(p))
+        else {
+            return Ok(None);
+        };
+        let mut from = p.start_offset();
+        loop {
+            let chunk = p.read(from, 1 << 16)?;
+            let Some((last_base, last)) = chunk.last() else {
+                return Ok(None);
+            };
+            let next = last_base + last.num_rows() as u64;
+            for (base, batch) in &chunk {
+                let times = cast(
+                    batch.column(t),
+                    &DataType::Timestamp(TimeUnit::Millisecond, None),
+                )?;
+                let times = times
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .ok_or_else(|| Error::Internal("event time did not cast".into()))?;
+                let skip = from.saturating_sub(*base) as usize;
+                if let Some(i) =
+                    (skip..times.len()).find(|&i| times.is_valid(i) && times.value(i) >= time_ms)
+                {
+                    return Ok(Some(base + i as u64));
+                }
+            }
+            if next <= from {
+                return Ok(None);
+            }
+            from = next;
+        }
+    }
+
     /// How often rows were committed to any partition; grows with every append, so a reader
     /// that saw nothing new can wait for it to change.
     pub fn generation(&self) -> u64 {
@@ -622,6 +670,15 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&got[0].value),
             r#"{"user_id":2,"url":"/b","ts":"2026-01-01T00:00:02"}"#
+        );
+        assert_eq!(
+            topic.offset_for_time(1, 1_767_225_602_000).expect("scan"),
+            Some(1)
+        );
+        assert_eq!(topic.offset_for_time(1, 0).expect("scan"), Some(0));
+        assert_eq!(
+            topic.offset_for_time(1, 1_767_225_609_000).expect("scan"),
+            None
         );
         let first = topic.fetch(1, 0, 1 << 20).expect("fetch");
         assert_eq!(

@@ -263,7 +263,10 @@ async fn handle(
             }
             ResponseKind::Produce(response)
         }
-        RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(list_offsets(db, &r)),
+        // Offsets by time scan the log: off the async workers.
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(tokio::task::block_in_place(|| list_offsets(db, &r)))
+        }
         RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(db, &r).await),
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(find_coordinator(local, &r, version))
@@ -504,11 +507,20 @@ fn list_offsets(db: &Database, request: &ListOffsetsRequest) -> ListOffsetsRespo
                     match p.timestamp {
                         -2 => response.with_offset(start as i64),
                         -1 => response.with_offset(end as i64),
-                        // Offsets by time need an index of record timestamps, which the log
-                        // does not keep yet.
-                        _ => response
-                            .with_error_code(code::INVALID_REQUEST)
-                            .with_offset(-1),
+                        // The first record at or after the time; a scan, as the log keeps
+                        // no index of times.
+                        time => match topic
+                            .as_ref()
+                            .map(|t| t.offset_for_time(p.partition_index, time))
+                        {
+                            Some(Ok(Some(offset))) => {
+                                response.with_offset(offset as i64).with_timestamp(time)
+                            }
+                            Some(Ok(None)) => response.with_offset(-1),
+                            _ => response
+                                .with_error_code(code::KAFKA_STORAGE_ERROR)
+                                .with_offset(-1),
+                        },
                     }
                 })
                 .collect();
