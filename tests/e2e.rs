@@ -1937,20 +1937,26 @@ async fn kcat_produces_and_consumes_streams_as_topics() {
 fn python_kafka_clients_confluent_kafka_and_kafka_python() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
+    let kafka = server.kafka_port.expect("kafka listener").to_string();
+    let stdout = python_client("kafka_clients.py", &[&server.port.to_string(), &kafka]);
+    assert_eq!(stdout.matches("ok ").count(), 5, "{stdout}");
+}
+
+/// Runs a Python client from tests/clients with `args`; it must exit 0. Returns its stdout.
+fn python_client(script: &str, args: &[&str]) -> String {
     let out = Command::new("python3")
-        .arg("kafka_clients.py")
-        .arg(server.port.to_string())
-        .arg(server.kafka_port.expect("kafka listener").to_string())
+        .arg(script)
+        .args(args)
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
         .output()
         .expect("python3 runs (pip install -r tests/clients/requirements.txt; .ci/run does)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{stdout}\n{}",
+        "{script} {args:?}: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(stdout.matches("ok ").count(), 5, "{stdout}");
+    stdout
 }
 
 /// Consumer groups through confluent-kafka and kafka-python: two consumers split four
@@ -1967,21 +1973,10 @@ fn kafka_consumer_groups_split_rebalance_and_resume_after_kill_9() {
     let kafka_addr = format!("127.0.0.1:{kafka_port}");
     let args = ["--listen", "127.0.0.1:0", "--kafka-listen", &kafka_addr];
     let phase = |server: &Server, phase: &str| {
-        let out = Command::new("python3")
-            .arg("kafka_groups.py")
-            .arg(server.port.to_string())
-            .arg(kafka_port.to_string())
-            .arg(phase)
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
-            .output()
-            .expect("python3 runs (pip install -r tests/clients/requirements.txt)");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{phase}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
+        python_client(
+            "kafka_groups.py",
+            &[&server.port.to_string(), &kafka_port.to_string(), phase],
+        )
     };
     let server = Server::start_with(dir.path(), &args, &[]);
     let before = phase(&server, "before");

@@ -325,38 +325,7 @@ impl StreamLog {
 
     /// Appends `batch` whole to partition `partition`, bypassing the partitioner.
     pub fn append_to(&self, partition: u32, batches: &[RecordBatch]) -> Result<AppendReceipt> {
-        let p = self
-            .core
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "partition {partition} does not exist (the stream has {})",
-                    self.core.partitions.len()
-                ))
-            })?;
-        let batch = self.core.conform(batches)?;
-        if batch.num_rows() == 0 {
-            return Ok(AppendReceipt::default());
-        }
-        let frame = Frame::encode(&batch)?;
-        let _visible_together = self
-            .core
-            .visibility
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let (base, end) = {
-            let _one_append = self
-                .core
-                .append_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            p.write_frame(frame)?
-        };
-        p.sync_to(end)?;
-        Ok(AppendReceipt {
-            ranges: vec![(partition, base, end - base)],
-        })
+        self.append_whole_to(partition, batches, None)
     }
 
     /// Appends an idempotent producer's batch whole to `partition`: a retry of a batch already
@@ -367,6 +336,15 @@ impl StreamLog {
         partition: u32,
         batches: &[RecordBatch],
         producer: ProducerSeq,
+    ) -> Result<AppendReceipt> {
+        self.append_whole_to(partition, batches, Some(producer))
+    }
+
+    fn append_whole_to(
+        &self,
+        partition: u32,
+        batches: &[RecordBatch],
+        producer: Option<ProducerSeq>,
     ) -> Result<AppendReceipt> {
         let p = self
             .core
@@ -382,7 +360,7 @@ impl StreamLog {
         if batch.num_rows() == 0 {
             return Ok(AppendReceipt::default());
         }
-        let frame = Frame::encode_for(&batch, Some(producer))?;
+        let frame = Frame::encode_for(&batch, producer)?;
         let _visible_together = self
             .core
             .visibility
