@@ -562,6 +562,7 @@ async fn fetch_once(
     for t in &request.topics {
         let topic = db.topic(t.topic.0.as_str());
         let mut partitions = Vec::with_capacity(t.partitions.len());
+        let mut reading = Vec::new();
         for p in &t.partitions {
             let response = PartitionData::default()
                 .with_partition_index(p.partition)
@@ -592,65 +593,38 @@ async fn fetch_once(
                 partitions.push(response.with_error_code(code::OFFSET_OUT_OF_RANGE));
                 continue;
             }
-            let budget =
-                (p.partition_max_bytes.max(1) as usize).min(max_bytes.saturating_sub(total));
-            if offset == end as i64 || budget == 0 {
+            let budget = (p.partition_max_bytes.max(1) as usize).min(max_bytes);
+            if offset == end as i64 {
                 partitions.push(response.with_records(Some(Bytes::new())));
                 continue;
             }
-            let read = {
-                let topic = topic.clone();
-                let partition = p.partition;
-                tokio::task::spawn_blocking(move || topic.fetch(partition, offset as u64, budget))
-                    .await
-            };
-            let rows = match read {
-                Ok(Ok(rows)) => rows,
+            // Partitions are read and encoded at once, each on a blocking thread.
+            let topic = topic.clone();
+            let partition = p.partition;
+            reading.push((
+                partitions.len(),
+                tokio::task::spawn_blocking(move || {
+                    read_records(&topic, partition, offset as u64, budget)
+                }),
+            ));
+            partitions.push(response);
+        }
+        for (i, read) in reading.drain(..) {
+            let response = std::mem::take(&mut partitions[i]);
+            partitions[i] = match read.await {
+                Ok(Ok(encoded)) => {
+                    total += encoded.len();
+                    response.with_records(Some(encoded.freeze()))
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka fetch failed");
-                    partitions.push(response.with_error_code(code::KAFKA_STORAGE_ERROR));
-                    continue;
+                    response.with_error_code(code::KAFKA_STORAGE_ERROR)
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka fetch task failed");
-                    partitions.push(response.with_error_code(code::KAFKA_STORAGE_ERROR));
-                    continue;
+                    response.with_error_code(code::KAFKA_STORAGE_ERROR)
                 }
             };
-            let records: Vec<Record> = rows
-                .into_iter()
-                .map(|r| {
-                    record(
-                        r.offset as i64,
-                        r.timestamp_ms,
-                        r.key.map(Bytes::from),
-                        Bytes::from(r.value),
-                    )
-                })
-                .collect();
-            // Sized up front: growing it record by record copied the batch over and over.
-            let mut encoded = BytesMut::with_capacity(
-                61 + records
-                    .iter()
-                    .map(|r| {
-                        24 + r.key.as_ref().map_or(0, |k| k.len())
-                            + r.value.as_ref().map_or(0, |v| v.len())
-                    })
-                    .sum::<usize>(),
-            );
-            if !records.is_empty() {
-                let options = RecordEncodeOptions {
-                    version: 2,
-                    compression: Compression::None,
-                };
-                if let Err(e) = RecordBatchEncoder::encode(&mut encoded, &records, &options) {
-                    tracing::error!(error = %e, "encoding fetched records failed; this is a bug");
-                    partitions.push(response.with_error_code(code::KAFKA_STORAGE_ERROR));
-                    continue;
-                }
-            }
-            total += encoded.len();
-            partitions.push(response.with_records(Some(encoded.freeze())));
         }
         responses.push(
             FetchableTopicResponse::default()
@@ -659,6 +633,47 @@ async fn fetch_once(
         );
     }
     (FetchResponse::default().with_responses(responses), total)
+}
+
+/// Reads a partition's rows from `offset` on (about `budget` bytes) as one encoded record batch.
+fn read_records(
+    topic: &Topic,
+    partition: i32,
+    offset: u64,
+    budget: usize,
+) -> Result<BytesMut, String> {
+    let rows = topic
+        .fetch(partition, offset, budget)
+        .map_err(|e| e.to_string())?;
+    let records: Vec<Record> = rows
+        .into_iter()
+        .map(|r| {
+            record(
+                r.offset as i64,
+                r.timestamp_ms,
+                r.key.map(Bytes::from),
+                Bytes::from(r.value),
+            )
+        })
+        .collect();
+    // Sized up front: growing it record by record copied the batch over and over.
+    let mut encoded = BytesMut::with_capacity(
+        61 + records
+            .iter()
+            .map(|r| {
+                24 + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
+            })
+            .sum::<usize>(),
+    );
+    if !records.is_empty() {
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut encoded, &records, &options)
+            .map_err(|e| format!("encoding fetched records failed: {e}; this is a bug"))?;
+    }
+    Ok(encoded)
 }
 
 /// Creates a raw topic of one partition (Kafka's default) if `name` is unknown.
