@@ -14,11 +14,15 @@ pub(crate) const FRAME_HEADER: usize = 8;
 /// Bytes of a version 1 payload header: magic, version, base offset, row count, append time.
 const PAYLOAD_HEADER_V1: usize = 4 + 8 + 4 + 8;
 /// Version 2 adds the producer of the frame: id, epoch and first sequence number.
-const PAYLOAD_HEADER: usize = PAYLOAD_HEADER_V1 + 8 + 4 + 4;
+const PAYLOAD_HEADER_V2: usize = PAYLOAD_HEADER_V1 + 8 + 4 + 4;
+/// Version 3 adds the position in an external source that follows the frame's rows.
+const PAYLOAD_HEADER: usize = PAYLOAD_HEADER_V2 + 8;
 /// "WB" (Weir batch), format version 1 (still read).
 const MAGIC_V1: [u8; 4] = [b'W', b'B', 0, 1];
-/// "WB", format version 2 (written).
-const MAGIC: [u8; 4] = [b'W', b'B', 0, 2];
+/// "WB", format version 2 (still read).
+const MAGIC_V2: [u8; 4] = [b'W', b'B', 0, 2];
+/// "WB", format version 3 (written).
+const MAGIC: [u8; 4] = [b'W', b'B', 0, 3];
 /// Refuse frames claiming more than this, so a corrupt length cannot make recovery allocate wildly.
 pub(crate) const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -35,6 +39,9 @@ pub(crate) struct FrameMeta {
     pub len: u32,
     /// The idempotent producer that appended it, if one did.
     pub producer: Option<ProducerSeq>,
+    /// For rows copied from an external source (a Kafka partition), the source offset to read
+    /// next: stored in the same frame as the rows, so the two are durable together.
+    pub source_next: Option<i64>,
 }
 
 /// An idempotent producer's batch: who sent it and the sequence number of its first row, so
@@ -56,6 +63,7 @@ pub(crate) fn encode(
     batch: &RecordBatch,
     append_ms: i64,
     producer: Option<ProducerSeq>,
+    source_next: Option<i64>,
 ) -> Result<Vec<u8>> {
     let base_offset = 0u64;
     let rows = u32::try_from(batch.num_rows())
@@ -73,6 +81,7 @@ pub(crate) fn encode(
     out.extend_from_slice(&p.id.to_le_bytes());
     out.extend_from_slice(&i32::from(p.epoch).to_le_bytes());
     out.extend_from_slice(&p.base_sequence.to_le_bytes());
+    out.extend_from_slice(&source_next.unwrap_or(-1).to_le_bytes());
     let options =
         IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
     {
@@ -113,7 +122,7 @@ pub(crate) fn check(bytes: &[u8]) -> Option<FrameMeta> {
     if crc32c::crc32c(payload) != crc || payload_header_len(payload)? > len {
         return None;
     }
-    let producer = if payload[0..4] == MAGIC {
+    let producer = if payload[0..4] == MAGIC || payload[0..4] == MAGIC_V2 {
         let id = i64::from_le_bytes(payload[24..32].try_into().ok()?);
         let epoch = i32::from_le_bytes(payload[32..36].try_into().ok()?);
         let base_sequence = i32::from_le_bytes(payload[36..40].try_into().ok()?);
@@ -125,12 +134,19 @@ pub(crate) fn check(bytes: &[u8]) -> Option<FrameMeta> {
     } else {
         None
     };
+    let source_next = if payload[0..4] == MAGIC {
+        let next = i64::from_le_bytes(payload[40..48].try_into().ok()?);
+        (next >= 0).then_some(next)
+    } else {
+        None
+    };
     Some(FrameMeta {
         base_offset: u64::from_le_bytes(payload[4..12].try_into().ok()?),
         rows: u32::from_le_bytes(payload[12..16].try_into().ok()?),
         append_ms: i64::from_le_bytes(payload[16..24].try_into().ok()?),
         len: (FRAME_HEADER + len) as u32,
         producer,
+        source_next,
     })
 }
 
@@ -138,6 +154,7 @@ pub(crate) fn check(bytes: &[u8]) -> Option<FrameMeta> {
 fn payload_header_len(payload: &[u8]) -> Option<usize> {
     match payload.get(0..4)? {
         m if m == MAGIC => Some(PAYLOAD_HEADER),
+        m if m == MAGIC_V2 => Some(PAYLOAD_HEADER_V2),
         m if m == MAGIC_V1 => Some(PAYLOAD_HEADER_V1),
         _ => None,
     }
@@ -187,10 +204,11 @@ mod tests {
             epoch: 2,
             base_sequence: 40,
         };
-        let mut frame = encode(&b, 7, Some(producer)).expect("encode");
+        let mut frame = encode(&b, 7, Some(producer), Some(1234)).expect("encode");
         seal(&mut frame, 42);
         let meta = check(&frame).expect("valid frame");
         assert_eq!(meta.producer, Some(producer));
+        assert_eq!(meta.source_next, Some(1234));
         assert_eq!(meta.base_offset, 42);
         assert_eq!(meta.rows, 3);
         assert_eq!(meta.append_ms, 7);
@@ -200,7 +218,7 @@ mod tests {
 
     #[test]
     fn every_truncation_and_bit_flip_is_rejected() {
-        let frame = encode(&batch(), 0, None).expect("encode");
+        let frame = encode(&batch(), 0, None, Some(3)).expect("encode");
         for cut in 0..frame.len() {
             assert!(check(&frame[..cut]).is_none(), "truncated at {cut}");
         }
@@ -211,21 +229,37 @@ mod tests {
         }
     }
 
-    /// Segments written before producers were recorded (format version 1) still read.
+    /// Segments written by earlier versions (without producers, or without source positions)
+    /// still read.
     #[test]
-    fn version_1_frames_still_read() {
+    fn version_1_and_2_frames_still_read() {
         let b = batch();
-        let v2 = encode(&b, 7, None).expect("encode");
-        // A version 1 frame: the same without the producer fields, re-checksummed.
-        let mut v1 = v2[..FRAME_HEADER].to_vec();
-        v1.extend_from_slice(&MAGIC_V1);
-        v1.extend_from_slice(&v2[FRAME_HEADER + 4..FRAME_HEADER + PAYLOAD_HEADER_V1]);
-        v1.extend_from_slice(&v2[FRAME_HEADER + PAYLOAD_HEADER..]);
-        let len = (v1.len() - FRAME_HEADER) as u32;
-        v1[0..4].copy_from_slice(&len.to_le_bytes());
-        seal(&mut v1, 5);
+        let producer = ProducerSeq {
+            id: 3,
+            epoch: 1,
+            base_sequence: 8,
+        };
+        let v3 = encode(&b, 7, Some(producer), Some(99)).expect("encode");
+        let body = &v3[FRAME_HEADER + PAYLOAD_HEADER..];
+        // An older frame: the same header cut to its version's length, re-checksummed.
+        let older = |magic: [u8; 4], header: usize| {
+            let mut f = v3[..FRAME_HEADER].to_vec();
+            f.extend_from_slice(&magic);
+            f.extend_from_slice(&v3[FRAME_HEADER + 4..FRAME_HEADER + header]);
+            f.extend_from_slice(body);
+            let len = (f.len() - FRAME_HEADER) as u32;
+            f[0..4].copy_from_slice(&len.to_le_bytes());
+            seal(&mut f, 5);
+            f
+        };
+        let v1 = older(MAGIC_V1, PAYLOAD_HEADER_V1);
         let meta = check(&v1).expect("valid v1 frame");
         assert_eq!((meta.base_offset, meta.rows, meta.producer), (5, 3, None));
+        assert_eq!(meta.source_next, None);
         assert_eq!(decode(&v1).expect("decode"), b);
+        let v2 = older(MAGIC_V2, PAYLOAD_HEADER_V2);
+        let meta = check(&v2).expect("valid v2 frame");
+        assert_eq!((meta.producer, meta.source_next), (Some(producer), None));
+        assert_eq!(decode(&v2).expect("decode"), b);
     }
 }

@@ -17,12 +17,18 @@
 //!
 //! ```text
 //! frame   := length:u32le  crc32c:u32le  payload[length]
-//! payload := "WB" 0x00 0x01                 magic and format version 1
+//! payload := "WB" 0x00 0x03                 magic and format version 3
 //!            base_offset:u64le              offset of the frame's first row
 //!            rows:u32le                     rows in the frame
 //!            append_ms:i64le                wall-clock append time, for time retention
+//!            producer_id:i64le              idempotent producer, or -1
+//!            producer_epoch:i32le           its epoch, or -1
+//!            base_sequence:i32le            sequence number of the first row, or -1
+//!            source_next:i64le              external source offset after these rows, or -1
 //!            arrow_ipc_stream               schema + one record batch, LZ4-frame compressed bodies
 //! ```
+//!
+//! Versions 1 (no producer, no source fields) and 2 (no source field) are still read.
 //!
 //! The CRC32C covers the whole payload. Storing Arrow IPC means a read is a checksum, an LZ4
 //! decompression and a zero-copy IPC decode: no row parsing.
@@ -325,7 +331,21 @@ impl StreamLog {
 
     /// Appends `batch` whole to partition `partition`, bypassing the partitioner.
     pub fn append_to(&self, partition: u32, batches: &[RecordBatch]) -> Result<AppendReceipt> {
-        self.append_whole_to(partition, batches, None)
+        self.append_whole_to(partition, batches, Frame::encode)
+    }
+
+    /// Appends rows read from an external source to `partition` whole, with `source_next`,
+    /// the source offset that follows them, in the same frame: once the append returns, the
+    /// rows and the position are durable together ([`Partition::source_next`]).
+    pub fn append_from_source(
+        &self,
+        partition: u32,
+        batches: &[RecordBatch],
+        source_next: i64,
+    ) -> Result<AppendReceipt> {
+        self.append_whole_to(partition, batches, |b| {
+            Frame::encode_from_source(b, source_next)
+        })
     }
 
     /// Appends an idempotent producer's batch whole to `partition`: a retry of a batch already
@@ -337,14 +357,14 @@ impl StreamLog {
         batches: &[RecordBatch],
         producer: ProducerSeq,
     ) -> Result<AppendReceipt> {
-        self.append_whole_to(partition, batches, Some(producer))
+        self.append_whole_to(partition, batches, |b| Frame::encode_for(b, Some(producer)))
     }
 
     fn append_whole_to(
         &self,
         partition: u32,
         batches: &[RecordBatch],
-        producer: Option<ProducerSeq>,
+        encode: impl FnOnce(&RecordBatch) -> Result<Frame>,
     ) -> Result<AppendReceipt> {
         let p = self
             .core
@@ -360,7 +380,7 @@ impl StreamLog {
         if batch.num_rows() == 0 {
             return Ok(AppendReceipt::default());
         }
-        let frame = Frame::encode_for(&batch, producer)?;
+        let frame = encode(&batch)?;
         let _visible_together = self
             .core
             .visibility

@@ -31,6 +31,7 @@ pub struct Frame {
     rows: u32,
     append_ms: i64,
     producer: Option<ProducerSeq>,
+    source_next: Option<i64>,
 }
 
 impl Frame {
@@ -41,14 +42,35 @@ impl Frame {
 
     /// Encodes `batch` as sent by an idempotent producer (see [`Partition::write_frame_checked`]).
     pub fn encode_for(batch: &RecordBatch, producer: Option<ProducerSeq>) -> Result<Self> {
+        Self::encode_with(batch, producer, None)
+    }
+
+    /// Encodes rows copied from an external source together with the source position that
+    /// follows them (`next`, a source offset), so that a restart resumes exactly there: see
+    /// [`Partition::source_next`].
+    pub fn encode_from_source(batch: &RecordBatch, next: i64) -> Result<Self> {
+        if next < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "a source position must not be negative (got {next})"
+            )));
+        }
+        Self::encode_with(batch, None, Some(next))
+    }
+
+    fn encode_with(
+        batch: &RecordBatch,
+        producer: Option<ProducerSeq>,
+        source_next: Option<i64>,
+    ) -> Result<Self> {
         let append_ms = now_ms();
-        let bytes = frame::encode(batch, append_ms, producer)?;
+        let bytes = frame::encode(batch, append_ms, producer, source_next)?;
         Ok(Self {
             bytes,
             // `frame::encode` refuses batches of more rows than a u32 holds.
             rows: batch.num_rows() as u32,
             append_ms,
             producer,
+            source_next,
         })
     }
 }
@@ -81,6 +103,7 @@ struct FrameRef {
     pos: u64,
     len: u32,
     producer: Option<ProducerSeq>,
+    source_next: Option<i64>,
 }
 
 /// One segment file: frames from `base_offset` on.
@@ -293,6 +316,21 @@ impl Partition {
         Ok(())
     }
 
+    /// The source position stored with the newest frame of rows copied from an external
+    /// source ([`Frame::encode_from_source`]), written or not yet synced; `None` when no such
+    /// frame is left. A source resumes from here after a restart, so that rows written before
+    /// a crash are neither lost nor read twice: recovery keeps a frame and its position, or
+    /// neither.
+    pub fn source_next(&self) -> Option<i64> {
+        let state = self.state();
+        state
+            .segments
+            .iter()
+            .rev()
+            .flat_map(|s| s.frames.iter().rev())
+            .find_map(|f| f.source_next)
+    }
+
     /// Writes `batch` to the active segment without waiting for it to be durable.
     ///
     /// Returns the offsets `[base, end)` the rows got. The rows become visible to readers, and
@@ -318,6 +356,7 @@ impl Partition {
             rows,
             append_ms,
             producer,
+            source_next,
         } = frame;
         let mut state = self.state();
         if let Some(p) = producer {
@@ -369,6 +408,7 @@ impl Partition {
             pos: active.size,
             len: frame_len as u32,
             producer,
+            source_next,
         });
         active.size += frame_len;
         active.last_append_ms = append_ms;
@@ -608,6 +648,7 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
         append_ms,
         len,
         producer,
+        source_next,
     }) = frame::check(&bytes[pos..])
     {
         if base_offset != expected {
@@ -619,6 +660,7 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
             pos: pos as u64,
             len,
             producer,
+            source_next,
         });
         pos += len as usize;
         expected += u64::from(rows);

@@ -393,3 +393,35 @@ fn idempotent_retries_are_dropped_across_restarts() {
         .expect("the next batch");
     assert_eq!(next.ranges, vec![(1, 5, 1)]);
 }
+
+#[test]
+fn the_source_position_is_kept_with_its_rows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // One frame per segment, so that the position is found across segments.
+    let config = LogConfig {
+        segment_bytes: 1,
+        ..LogConfig::default()
+    };
+    {
+        let log = open_one(tmp.path(), config);
+        assert_eq!(log.partitions()[0].source_next(), None);
+        log.append_from_source(0, &[rows(0..3)], 17)
+            .expect("append");
+        log.append_from_source(0, &[rows(3..5)], 40)
+            .expect("append");
+        assert_eq!(log.partitions()[0].source_next(), Some(40));
+        // A frame written but taken back (a failed append) takes its position with it.
+        let p = &log.partitions()[0];
+        let (base, _) = p
+            .write_frame(Frame::encode_from_source(&rows(5..6), 41).expect("encode"))
+            .expect("write");
+        assert_eq!(p.source_next(), Some(41));
+        p.unwrite(base).expect("unwrite");
+        assert_eq!(p.source_next(), Some(40));
+        assert!(Frame::encode_from_source(&rows(0..1), -1).is_err());
+    }
+    let log = open_one(tmp.path(), config);
+    let p = &log.partitions()[0];
+    assert_eq!(p.source_next(), Some(40));
+    assert_eq!(keys_in(p), (0..5).collect::<Vec<_>>());
+}
