@@ -2064,3 +2064,267 @@ async fn kill_9_during_an_idempotent_kafka_produce_loses_and_doubles_nothing() {
         "every delivered record exactly once"
     );
 }
+
+/// Polls `sql` (one number) until it reaches `want`, for up to two minutes.
+async fn wait_for_count(c: &Client, sql: &str, want: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = count(c, sql).await;
+        if got >= want {
+            assert_eq!(got, want, "{sql}: no more than expected");
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql}: {got} of {want} after two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Inserts orders `ids` into the broker's `orders`: a group of eight and an amount from the id,
+/// event times 10 ms apart.
+async fn insert_orders(c: &Client, ids: std::ops::Range<i64>) {
+    let values: Vec<String> = ids
+        .map(|i| {
+            format!(
+                "({i}, {}, {}, TIMESTAMP '2026-01-01 00:00:00' + INTERVAL '{}' MILLISECOND)",
+                i % 8,
+                i % 100,
+                i * 10
+            )
+        })
+        .collect();
+    c.batch_execute(&format!("INSERT INTO orders VALUES {}", values.join(", ")))
+        .await
+        .expect("insert orders");
+}
+
+/// Weir reading from and writing to an external Kafka cluster (here a second Weir process
+/// and its Kafka listener): refusals that create nothing; a source stream mirroring a topic's
+/// partitions, its views, and a sink; SIGKILL while records flow in, after which the stream
+/// holds every record exactly once and the views equal their queries in batch; the sink
+/// delivers every result (at least once); records that do not decode are skipped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn external_kafka_sources_and_sinks_survive_kill_9() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let broker = Server::start_with(
+        broker_dir.path(),
+        &["--listen", "127.0.0.1:0", "--kafka-auto-create"],
+        &[],
+    );
+    let b = broker.client().await;
+    b.batch_execute(
+        "CREATE STREAM orders (id BIGINT NOT NULL, grp BIGINT, amount BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH (partitions = 3, key = 'id', format = 'json'); \
+         CREATE STREAM big_orders (id BIGINT, amount BIGINT, ts TIMESTAMP) \
+         WITH (partitions = 2, key = 'id', format = 'json')",
+    )
+    .await
+    .expect("broker streams");
+    let brokers = format!("127.0.0.1:{}", broker.kafka_port.expect("kafka listener"));
+    insert_orders(&b, 0..200).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weir = Server::start(dir.path());
+    let c = weir.client().await;
+    let columns = "(id BIGINT NOT NULL, grp BIGINT, amount BIGINT, ts TIMESTAMP, \
+                   WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)";
+    let refused = [
+        (
+            "brokers = '127.0.0.1:1', topic = 'orders'".to_string(),
+            SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION,
+        ),
+        (
+            format!("brokers = '{brokers}', topic = 'no_such_topic'"),
+            SqlState::UNDEFINED_OBJECT,
+        ),
+        (
+            format!("brokers = '{brokers}', topic = 'orders', start = 'yesterday'"),
+            SqlState::INVALID_PARAMETER_VALUE,
+        ),
+        (
+            format!("brokers = '{brokers}', topic = 'orders', partitions = 5"),
+            SqlState::INVALID_PARAMETER_VALUE,
+        ),
+    ];
+    for (options, code) in &refused {
+        let e = c
+            .batch_execute(&format!(
+                "CREATE STREAM ext {columns} WITH (connector = 'kafka', {options})"
+            ))
+            .await
+            .expect_err(options);
+        assert_eq!(e.code(), Some(code), "{options}: {e}");
+    }
+    let e = c
+        .batch_execute(&format!(
+            "CREATE SINK big INTO KAFKA WITH (brokers = '{brokers}', topic = 'no_such_topic') \
+             AS SELECT 1 AS one"
+        ))
+        .await
+        .expect_err("missing sink topic");
+    assert_eq!(e.code(), Some(&SqlState::UNDEFINED_OBJECT), "{e}");
+    assert!(rows(&c, "SHOW STREAMS").await.is_empty(), "nothing created");
+
+    c.batch_execute(&format!(
+        "CREATE STREAM ext {columns} WITH (connector = 'kafka', brokers = '{brokers}', \
+         topic = 'orders', start = 'earliest', format = 'json'); \
+         CREATE MATERIALIZED VIEW per_group AS \
+         SELECT grp, COUNT(*) AS n, SUM(amount) AS total FROM ext GROUP BY grp; \
+         CREATE MATERIALIZED VIEW per_second AS \
+         SELECT window_start, window_end, COUNT(*) AS n, SUM(amount) AS total \
+         FROM TUMBLE(ext, ts, INTERVAL '1' SECOND) GROUP BY window_start, window_end; \
+         CREATE SINK big INTO KAFKA WITH (brokers = '{brokers}', topic = 'big_orders') \
+         AS SELECT id, amount, ts FROM ext WHERE amount >= 50"
+    ))
+    .await
+    .expect("source, views and sink");
+    let e = c
+        .batch_execute("INSERT INTO ext VALUES (1, 1, 1, TIMESTAMP '2026-01-01 00:00:00')")
+        .await
+        .expect_err("a source stream is written by its topic only");
+    assert_eq!(e.code(), Some(&SqlState::WRONG_OBJECT_TYPE), "{e}");
+    let partitions = rows(&c, "SHOW STREAMS").await;
+    assert!(
+        partitions.iter().any(|r| r[0] == "ext" && r[1] == "3"),
+        "the stream mirrors the topic's 3 partitions: {partitions:?}"
+    );
+    wait_for_count(&c, "SELECT count(*) FROM ext", 200).await;
+    let status = rows(
+        &c,
+        "SELECT stream, kind, topic, state, bad_records FROM weir_connectors ORDER BY stream",
+    )
+    .await;
+    assert_eq!(
+        status,
+        vec![
+            vec!["big", "sink", "big_orders", "running", "0"],
+            vec!["ext", "source", "orders", "running", "0"],
+        ],
+        "both connectors run"
+    );
+
+    // SIGKILL while a writer keeps producing into the external topic.
+    let writer = {
+        let b = broker.client().await;
+        tokio::spawn(async move {
+            for chunk in 0..20 {
+                let from = 200 + chunk * 20;
+                insert_orders(&b, from..from + 20).await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(c);
+    weir.kill9();
+    let weir = Server::start(dir.path());
+    writer.await.expect("writer");
+    let c = weir.client().await;
+    wait_for_count(&c, "SELECT count(*) FROM ext", 600).await;
+    assert_eq!(
+        rows(&c, "SELECT count(DISTINCT id), min(id), max(id) FROM ext").await,
+        vec![vec!["600", "0", "599"]],
+        "every record of the topic once, none lost or read twice"
+    );
+    let batch =
+        "SELECT grp, COUNT(*) AS n, SUM(amount) AS total FROM ext GROUP BY grp ORDER BY grp";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rows(&c, "SELECT * FROM per_group ORDER BY grp").await != rows(&c, batch).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per_group equals batch: {:?} vs {:?}",
+            rows(&c, "SELECT * FROM per_group ORDER BY grp").await,
+            rows(&c, batch).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The windows the view's watermark has closed equal the same windows in batch.
+    let closed = rows(
+        &c,
+        "SELECT watermark FROM weir_view_progress WHERE view = 'per_second'",
+    )
+    .await;
+    let closed = format!("window_end <= TIMESTAMP '{}'", closed[0][0]);
+    assert_eq!(
+        rows(
+            &c,
+            &format!("SELECT * FROM per_second WHERE {closed} ORDER BY window_start")
+        )
+        .await,
+        rows(
+            &c,
+            &format!(
+                "SELECT * FROM (SELECT window_start, window_end, COUNT(*) AS n, \
+                 SUM(amount) AS total FROM TUMBLE(ext, ts, INTERVAL '1' SECOND) \
+                 GROUP BY window_start, window_end) WHERE {closed} ORDER BY window_start"
+            )
+        )
+        .await,
+        "closed windows equal batch"
+    );
+    // The sink's stream holds the results once; the external topic gets every one of them.
+    let results = count(&c, "SELECT count(*) FROM big").await;
+    assert_eq!(
+        results,
+        count(&c, "SELECT count(DISTINCT id) FROM big").await
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let want = count(&c, "SELECT count(*) FROM ext WHERE amount >= 50").await;
+    while count(&b, "SELECT count(DISTINCT id) FROM big_orders").await < want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink delivers all {want} results"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(&b, "SELECT count(*) FROM big_orders WHERE amount < 50").await,
+        0
+    );
+
+    // A record that does not decode is skipped and counted; the others go in.
+    let (ok, _, err) = kcat(
+        &broker,
+        &["-P", "-t", "raw_in"],
+        "{\"a\": 1}\nnot json\n{\"a\": 3}\n",
+    );
+    assert!(ok, "kcat produces into an auto-created topic: {err}");
+    c.batch_execute(&format!(
+        "CREATE STREAM rin (a BIGINT) WITH (connector = 'kafka', brokers = '{brokers}', \
+         topic = 'raw_in')"
+    ))
+    .await
+    .expect("a source over a raw topic");
+    wait_for_count(&c, "SELECT count(*) FROM rin", 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = rows(
+            &c,
+            "SELECT bad_records, last_bad_record FROM weir_connectors WHERE stream = 'rin'",
+        )
+        .await;
+        if status[0][0] == "1" {
+            assert!(
+                status[0][1].contains("offset 1"),
+                "the bad record is named: {status:?}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rows(&c, "SELECT a FROM rin ORDER BY a").await,
+        vec![vec!["1"], vec!["3"]]
+    );
+    c.batch_execute("DROP SINK big; DROP STREAM rin")
+        .await
+        .expect("drops");
+    assert_eq!(
+        rows(&c, "SELECT stream FROM weir_connectors").await,
+        vec![vec!["ext"]]
+    );
+}

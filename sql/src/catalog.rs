@@ -61,6 +61,24 @@ pub struct StreamDef {
     /// How records of the stream look to Kafka clients: only `json` (the default) so far.
     #[serde(default)]
     pub format: Option<String>,
+    /// For a stream read from an external Kafka topic (`connector = 'kafka'`), where from.
+    #[serde(default)]
+    pub source: Option<KafkaEndpoint>,
+    /// For a sink (`CREATE SINK ... INTO KAFKA`), the external topic its rows are delivered to.
+    #[serde(default)]
+    pub sink: Option<KafkaEndpoint>,
+}
+
+/// A topic of an external Kafka cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaEndpoint {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// For a source, where a partition with nothing read yet starts: `earliest` or `latest`.
+    #[serde(default)]
+    pub start: Option<String>,
 }
 
 /// How long a partition may stay silent before the watermark moves on without it.
@@ -85,6 +103,8 @@ impl StreamDef {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             query: None,
             format: None,
+            source: None,
+            sink: None,
         }
     }
 
@@ -264,6 +284,12 @@ mod tests {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             query: None,
             format: None,
+            source: Some(KafkaEndpoint {
+                brokers: "127.0.0.1:9092".into(),
+                topic: "orders".into(),
+                start: Some("earliest".into()),
+            }),
+            sink: None,
         };
         assert_eq!(def.schema().expect("schema").field(0).data_type(), &ts);
         let data = CatalogData {

@@ -16,6 +16,7 @@ use weir_engine::runtime::{
 };
 
 use crate::catalog::{CatalogData, CatalogFile, StreamDef, TableDef, ViewDef};
+use crate::connectors::Connector;
 use crate::planner::CompiledView;
 use crate::ref_table::TableEntry;
 use crate::{Error, Result};
@@ -93,6 +94,8 @@ struct State {
     tables: BTreeMap<String, Arc<TableEntry>>,
     /// The queries of `CREATE STREAM ... AS SELECT`, by the stream they write.
     producers: BTreeMap<String, Arc<ViewEntry>>,
+    /// External Kafka sources and sinks, by their stream.
+    connectors: BTreeMap<String, Arc<Connector>>,
 }
 
 /// How a database runs.
@@ -212,6 +215,9 @@ impl Database {
                     ))
                 })?;
             db.start_producer(view, compiled)?;
+        }
+        for def in &data.streams {
+            db.start_connector(def)?;
         }
         for def in data.views {
             let compiled = crate::planner::compile_view(&db, &def).await;
@@ -374,8 +380,42 @@ impl Database {
         }
         state.data = data;
         state.streams.insert(def.name.clone(), entry);
+        drop(state);
         tracing::info!(stream = %def.name, partitions = def.partitions, "stream created");
+        if def.source.is_some() {
+            if let Err(e) = self.start_connector(&def) {
+                let _ = self.drop_stream(&def.name, false);
+                return Err(e);
+            }
+        }
         Ok(())
+    }
+
+    /// Starts the Kafka source or sink of stream `def`, if it has one.
+    fn start_connector(&self, def: &StreamDef) -> Result<()> {
+        let stream = || {
+            self.stream(&def.name).ok_or_else(|| {
+                Error::Internal(format!("stream {} vanished; this is a bug", def.name))
+            })
+        };
+        let connector = match (&def.source, &def.sink) {
+            (Some(source), _) => Connector::start_source(stream()?, source.clone())?,
+            (None, Some(sink)) => Connector::start_sink(
+                stream()?,
+                sink.clone(),
+                self.stream_dir(&def.name).join("delivered.json"),
+            )?,
+            (None, None) => return Ok(()),
+        };
+        self.state()
+            .connectors
+            .insert(def.name.clone(), Arc::new(connector));
+        Ok(())
+    }
+
+    /// The running Kafka sources and sinks, by stream name.
+    pub fn connectors(&self) -> Vec<Arc<Connector>> {
+        self.state().connectors.values().cloned().collect()
     }
 
     /// Drops the streams made `AS SELECT` from relation `name` (a `kind`), which `depends`
@@ -421,6 +461,12 @@ impl Database {
             let _ = self.drop_stream(&view.name, false);
             return Err(e);
         }
+        if let Some(def) = self.stream(&view.name).map(|s| s.def.clone()) {
+            if let Err(e) = self.start_connector(&def) {
+                let _ = self.drop_stream(&view.name, false);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -428,17 +474,29 @@ impl Database {
     /// `cascade`, else their existence is an error.
     pub fn drop_stream(&self, name: &str, cascade: bool) -> Result<()> {
         self.drop_streams_made_from("stream", name, cascade, |p| p.reads(name))?;
+        // Stopped first, so that nothing writes the stream or reads it for delivery while it
+        // goes; started again if the drop fails.
+        let connector = self.state().connectors.remove(name);
+        drop(connector);
         let producer = self.state().producers.remove(name);
         if let Some(p) = producer {
             p.stop();
         }
-        self.drop_relation(
+        let dropped = self.drop_relation(
             Relation::Stream,
             name,
             cascade,
             |v| v.reads(name),
             &self.stream_dir(name),
-        )
+        );
+        if dropped.is_err() {
+            if let Some(def) = self.stream(name).map(|s| s.def.clone()) {
+                if let Err(e) = self.start_connector(&def) {
+                    tracing::error!(stream = name, error = %e, "connector did not restart");
+                }
+            }
+        }
+        dropped
     }
 
     /// Drops a stream or table and its directory, with the views that depend on it when
@@ -729,6 +787,8 @@ impl Database {
 
     /// Stops every continuous query (also done when the last handle is dropped).
     pub fn shutdown(&self) {
+        let connectors = std::mem::take(&mut self.state().connectors);
+        drop(connectors);
         for v in self.queries() {
             v.stop();
         }
@@ -742,7 +802,9 @@ impl Drop for Inner {
             .into_values()
             .chain(std::mem::take(&mut state.producers).into_values())
             .collect();
+        let connectors = std::mem::take(&mut state.connectors);
         drop(state);
+        drop(connectors);
         for v in queries {
             v.stop();
         }

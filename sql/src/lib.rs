@@ -2,6 +2,7 @@
 //! [`Session`] API that the Postgres server and the shell use.
 
 pub mod catalog;
+pub mod connectors;
 pub mod copy;
 pub mod database;
 pub mod error;

@@ -21,6 +21,9 @@ pub enum WeirStatement {
     CreateStream(CreateStream),
     /// `EXPLAIN CREATE STREAM name AS SELECT ...`: the plan, without creating anything.
     ExplainCreateStream(CreateStream),
+    /// `CREATE SINK [IF NOT EXISTS] name INTO KAFKA WITH (brokers = ..., topic = ...) AS
+    /// SELECT ...`: a stream of the query's results, delivered to an external Kafka topic.
+    CreateSink(CreateStream),
     /// `DROP STREAM [IF EXISTS] name [CASCADE]`.
     DropStream {
         /// The stream.
@@ -474,7 +477,11 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
                 ));
             }
             WeirStatement::ExplainCreateStream(cs)
-        } else if is_word(&t0, "DROP") && is_word(&t1, "STREAM") {
+        } else if is_word(&t0, "CREATE") && is_word(&t1, "SINK") {
+            parser.next_token();
+            parser.next_token();
+            WeirStatement::CreateSink(parse_create_sink(&mut parser)?)
+        } else if is_word(&t0, "DROP") && (is_word(&t1, "STREAM") || is_word(&t1, "SINK")) {
             parser.next_token();
             parser.next_token();
             let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
@@ -709,10 +716,35 @@ fn parse_duration(text: &str) -> Option<std::time::Duration> {
 fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = object_name(&parser.parse_object_name(false)?)?;
+    parse_stream_rest(parser, name, if_not_exists, true)
+}
+
+/// After `CREATE SINK`: `[IF NOT EXISTS] name INTO KAFKA WITH (...) AS SELECT ...`.
+fn parse_create_sink(parser: &mut Parser<'_>) -> Result<CreateStream> {
+    let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+    let name = object_name(&parser.parse_object_name(false)?)?;
+    parser.expect_keyword(Keyword::INTO)?;
+    if !is_word(&parser.next_token().token, "KAFKA") {
+        return Err(Error::Syntax(
+            "CREATE SINK name INTO KAFKA WITH (brokers = 'host:port', topic = '...') AS SELECT ...:              Kafka is the only kind of sink"
+                .into(),
+        ));
+    }
+    parse_stream_rest(parser, name, if_not_exists, false)
+}
+
+/// The rest of a CREATE STREAM or SINK after its name: the column list (if `columns_allowed`),
+/// `WITH (...)` and `AS SELECT ...`.
+fn parse_stream_rest(
+    parser: &mut Parser<'_>,
+    name: String,
+    if_not_exists: bool,
+    columns_allowed: bool,
+) -> Result<CreateStream> {
     let mut columns = Vec::new();
     let mut watermark = None;
     // Without a column list the stream takes the columns of its AS SELECT.
-    let listed = parser.consume_token(&Token::LParen);
+    let listed = columns_allowed && parser.consume_token(&Token::LParen);
     while listed {
         if is_word(&parser.peek_token().token, "WATERMARK") {
             parser.next_token();
@@ -793,6 +825,10 @@ fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {
         let mut stmt = Statement::Query(parser.parse_query()?);
         normalize_relations(&mut stmt);
         Some(Box::new(stmt))
+    } else if !columns_allowed {
+        return Err(Error::Syntax(
+            "CREATE SINK needs AS SELECT ...: the query whose results it delivers".into(),
+        ));
     } else if !listed {
         return Err(Error::Syntax(
             "CREATE STREAM needs a column list, or AS SELECT ...".into(),
@@ -813,6 +849,23 @@ fn parse_create_stream(parser: &mut Parser<'_>) -> Result<CreateStream> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_sink_into_kafka() {
+        let stmts = parse(
+            "CREATE SINK IF NOT EXISTS Big INTO KAFKA WITH (brokers = 'b:9092', topic = 'big') \
+             AS SELECT id FROM orders; DROP SINK big",
+        )
+        .expect("parses");
+        let WeirStatement::CreateSink(cs) = &stmts[0] else {
+            panic!("not a CREATE SINK: {:?}", stmts[0]);
+        };
+        assert_eq!((cs.name.as_str(), cs.if_not_exists), ("big", true));
+        assert_eq!(cs.options.len(), 2);
+        assert!(cs.query.is_some() && cs.columns.is_empty());
+        assert!(matches!(&stmts[1], WeirStatement::DropStream { name, .. } if name == "big"));
+        assert!(parse("CREATE SINK s INTO KAFKA (id BIGINT) AS SELECT 1").is_err());
+    }
 
     #[test]
     fn create_stream_with_watermark_and_options() {

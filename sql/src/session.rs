@@ -21,7 +21,7 @@ use datafusion::sql::sqlparser::ast::{
 use futures::TryStreamExt;
 use weir_engine::log::supports_key_type;
 
-use crate::catalog::{ColumnDef, StreamDef, TableDef, ViewDef, WatermarkDef};
+use crate::catalog::{ColumnDef, KafkaEndpoint, StreamDef, TableDef, ViewDef, WatermarkDef};
 use crate::copy::{self, CopyIn};
 use crate::database::Database;
 use crate::functions::ModFunction;
@@ -159,6 +159,13 @@ impl SchemaProvider for WeirSchema {
         if name == VIEW_PROGRESS {
             return Ok(Some(Arc::new(ViewProgressTable::new(self.db.clone()))));
         }
+        if name == crate::connectors::CONNECTORS {
+            let batch = crate::connectors::status_batch(&self.db.connectors())
+                .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))?;
+            let table =
+                datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+            return Ok(Some(Arc::new(table)));
+        }
         if let Some(t) = self.db.table(name) {
             return Ok(Some(Arc::new(RefTable::new(t))));
         }
@@ -169,7 +176,10 @@ impl SchemaProvider for WeirSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.db.exists(name) || name == LATE_EVENTS || name == VIEW_PROGRESS
+        self.db.exists(name)
+            || name == LATE_EVENTS
+            || name == VIEW_PROGRESS
+            || name == crate::connectors::CONNECTORS
     }
 }
 
@@ -588,6 +598,7 @@ impl Session {
                 Ok(rows(batch.schema(), batch))
             }
             WeirStatement::CreateStream(cs) => self.create_stream(cs).await,
+            WeirStatement::CreateSink(cs) => self.create_sink(cs).await,
             WeirStatement::ExplainCreateStream(cs) => {
                 let query = cs.query.ok_or_else(|| {
                     Error::Internal("EXPLAIN CREATE STREAM without a query".into())
@@ -969,6 +980,15 @@ impl Session {
 
     /// Refuses writes to a stream made `AS SELECT`: its rows come from its query, exactly once.
     fn check_not_produced(&self, name: &str, what: &str) -> Result<()> {
+        if let Some(source) = self.db.stream(name).and_then(|s| s.def.source.clone()) {
+            return Err(Error::WrongObject {
+                sqlstate: "42809",
+                message: format!(
+                    "cannot {what} stream {name}: it is read from Kafka topic {} at {}",
+                    source.topic, source.brokers
+                ),
+            });
+        }
         if self.db.producer(name).is_some() {
             return Err(Error::WrongObject {
                 sqlstate: "42809",
@@ -1125,14 +1145,79 @@ impl Session {
             return Err(Error::DuplicateRelation(cs.name));
         }
         if let Some(query) = cs.query.take() {
-            return self.create_stream_as(cs, *query).await;
+            return self.create_stream_as(cs, *query, None).await;
         }
         if cs.columns.is_empty() {
             return Err(Error::Syntax("a stream needs at least one column".into()));
         }
-        let def = self.stream_def(cs).await?;
+        let explicit_partitions = cs.options.iter().any(|(k, _)| k == "partitions");
+        let mut def = self.stream_def(cs).await?;
+        if let Some(source) = def.source.clone() {
+            // The stream mirrors the topic's partitions, so that each topic offset is kept with
+            // the rows it became, in the partition of the same number.
+            let n = self
+                .blocking(move |_| crate::connectors::topic_partitions(&source))
+                .await?;
+            if explicit_partitions && def.partitions != n {
+                return Err(Error::WrongObject {
+                    sqlstate: "22023",
+                    message: format!(
+                        "topic {} has {n} partitions, and a stream read from it has as many; \
+                         leave out partitions = {}",
+                        def.source.as_ref().map_or("", |s| s.topic.as_str()),
+                        def.partitions
+                    ),
+                });
+            }
+            def.partitions = n;
+        }
         self.blocking(move |db| db.create_stream(def)).await?;
         Ok(Output::Command("CREATE STREAM".into()))
+    }
+
+    /// `CREATE SINK name INTO KAFKA WITH (brokers = ..., topic = ..., ...) AS SELECT ...`: a
+    /// stream of the query's results (as `CREATE STREAM ... AS SELECT`, taking the other
+    /// options), delivered to the topic as they are appended.
+    async fn create_sink(&self, mut cs: CreateStream) -> Result<Output> {
+        if self.db.exists(&cs.name) {
+            if cs.if_not_exists {
+                return Ok(Output::Command("CREATE SINK".into()));
+            }
+            return Err(Error::DuplicateRelation(cs.name));
+        }
+        let mut brokers = None;
+        let mut topic = None;
+        cs.options.retain(|(k, v)| match k.as_str() {
+            "brokers" => {
+                brokers = Some(v.clone());
+                false
+            }
+            "topic" => {
+                topic = Some(v.clone());
+                false
+            }
+            _ => true,
+        });
+        let (Some(brokers), Some(topic)) = (brokers, topic) else {
+            return Err(Error::WrongObject {
+                sqlstate: "22023",
+                message: "a Kafka sink needs WITH (brokers = 'host:port', topic = '...')".into(),
+            });
+        };
+        let sink = KafkaEndpoint {
+            brokers,
+            topic,
+            start: None,
+        };
+        let query = cs
+            .query
+            .take()
+            .ok_or_else(|| Error::Internal("CREATE SINK without a query".into()))?;
+        let probe = sink.clone();
+        self.blocking(move |_| crate::connectors::topic_partitions(&probe))
+            .await?;
+        self.create_stream_as(cs, *query, Some(sink)).await?;
+        Ok(Output::Command("CREATE SINK".into()))
     }
 
     /// Resolves SQL types, the watermark and the options of a CREATE STREAM.
@@ -1197,7 +1282,25 @@ impl Session {
     /// `CREATE STREAM name [WITH (...)] AS SELECT ...`: a stream with the query's columns,
     /// and the query appending its results to it. Only results that never change can be
     /// appended; the stream's watermark follows the query's window ends or event time.
-    async fn create_stream_as(&self, cs: CreateStream, query: Statement) -> Result<Output> {
+    async fn create_stream_as(
+        &self,
+        cs: CreateStream,
+        query: Statement,
+        sink: Option<KafkaEndpoint>,
+    ) -> Result<Output> {
+        if let Some((k, _)) = cs
+            .options
+            .iter()
+            .find(|(k, _)| ["connector", "brokers", "topic", "start"].contains(&k.as_str()))
+        {
+            return Err(Error::WrongObject {
+                sqlstate: "22023",
+                message: format!(
+                    "option {k}: a stream made AS SELECT holds its query's results and reads no \
+                     Kafka topic; to deliver results to Kafka use CREATE SINK name INTO KAFKA"
+                ),
+            });
+        }
         let text = query.to_string();
         let compiled =
             compile_query_statement(&self.ctx.state(), query, ViewOptions::default()).await?;
@@ -1237,6 +1340,7 @@ impl Session {
             .collect();
         let mut def = StreamDef::new(cs.name.clone(), columns, watermark);
         def.query = Some(text);
+        def.sink = sink;
         apply_stream_options(&mut def, &cs.options, &types)?;
         self.blocking(move |db| db.create_stream_as(def, compiled))
             .await?;
@@ -1250,6 +1354,14 @@ fn apply_stream_options(
     options: &[(String, String)],
     types: &[DataType],
 ) -> Result<()> {
+    let bad = |message: String| Error::WrongObject {
+        sqlstate: "22023",
+        message,
+    };
+    let mut connector = None;
+    let mut brokers = None;
+    let mut topic = None;
+    let mut start = None;
     {
         for (k, v) in options {
             let int = |max: u64| -> Result<u64> {
@@ -1294,15 +1406,64 @@ fn apply_stream_options(
                     }
                     def.format = Some("json".into());
                 }
+                "connector" => {
+                    if !v.eq_ignore_ascii_case("kafka") {
+                        return Err(bad(format!(
+                            "unknown connector {v}; known: kafka (a topic of an external Kafka cluster)"
+                        )));
+                    }
+                    connector = Some(v.to_lowercase());
+                }
+                "brokers" => {
+                    if v.trim().is_empty() {
+                        return Err(bad("option brokers needs host:port[,host:port...]".into()));
+                    }
+                    brokers = Some(v.clone());
+                }
+                "topic" => {
+                    if v.is_empty() {
+                        return Err(bad("option topic needs a topic name".into()));
+                    }
+                    topic = Some(v.clone());
+                }
+                "start" => {
+                    let s = v.to_lowercase();
+                    if s != "earliest" && s != "latest" {
+                        return Err(bad(format!(
+                            "option start must be 'earliest' or 'latest', not {v}"
+                        )));
+                    }
+                    start = Some(s);
+                }
                 other => {
                     return Err(Error::WrongObject {
                         sqlstate: "22023",
                         message: format!(
-                            "unknown stream option {other}; known: partitions, key, format, segment_bytes, retention_ms, retention_bytes, idle_timeout_ms"
+                            "unknown stream option {other}; known: partitions, key, format, segment_bytes, retention_ms, retention_bytes, idle_timeout_ms, connector, brokers, topic, start"
                         ),
                     });
                 }
             }
+        }
+    }
+    match (connector, brokers, topic) {
+        (None, None, None) if start.is_none() => {}
+        (Some(_), Some(brokers), Some(topic)) => {
+            def.source = Some(KafkaEndpoint {
+                brokers,
+                topic,
+                start,
+            });
+        }
+        (Some(_), _, _) => {
+            return Err(bad(
+                "connector = 'kafka' needs brokers = 'host:port' and topic = '...'".into(),
+            ));
+        }
+        (None, _, _) => {
+            return Err(bad(
+                "options brokers, topic and start belong to connector = 'kafka'".into(),
+            ));
         }
     }
     Ok(())

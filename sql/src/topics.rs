@@ -140,7 +140,7 @@ impl Database {
     /// The stream `name` as a topic.
     pub fn topic(&self, name: &str) -> Option<Topic> {
         let entry = self.stream(name)?;
-        let writable = self.producer(name).is_none();
+        let writable = self.producer(name).is_none() && entry.def.source.is_none();
         Some(Topic { entry, writable })
     }
 }
@@ -230,9 +230,12 @@ impl Topic {
         producer: Option<ProducerBatch>,
     ) -> std::result::Result<u64, ProduceError> {
         if !self.writable {
+            let from = match &self.entry.def.source {
+                Some(s) => format!("is read from topic {} at {}", s.topic, s.brokers),
+                None => "holds the results of its query (CREATE STREAM ... AS SELECT)".into(),
+            };
             return Err(ProduceError::NotWritable(format!(
-                "stream {} holds the results of its query (CREATE STREAM ... AS SELECT); \
-                 it cannot be written",
+                "stream {} {from}; it cannot be written",
                 self.name()
             )));
         }
@@ -416,7 +419,7 @@ fn raw_records(batch: &RecordBatch, first: u64) -> Result<Vec<FetchedRecord>> {
 
 /// Decodes record values (JSON objects) into one batch of the stream's rows. A record with a
 /// key but no key column in its value takes the key column from the record key.
-fn decode_records(
+pub(crate) fn decode_records(
     entry: &StreamEntry,
     records: &[ProducedRecord<'_>],
 ) -> std::result::Result<RecordBatch, ProduceError> {
@@ -553,7 +556,11 @@ fn fill_nulls(
 }
 
 /// Turns rows into records: JSON values, the key column as key, event time as timestamp.
-fn encode_rows(entry: &StreamEntry, batch: &RecordBatch, first: u64) -> Result<Vec<FetchedRecord>> {
+pub(crate) fn encode_rows(
+    entry: &StreamEntry,
+    batch: &RecordBatch,
+    first: u64,
+) -> Result<Vec<FetchedRecord>> {
     let mut json = Vec::with_capacity(batch.num_rows() * 64);
     {
         let mut writer = LineDelimitedWriter::new(&mut json);
