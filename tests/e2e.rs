@@ -1720,8 +1720,13 @@ fn kcat(server: &Server, args: &[&str], stdin: &str) -> (bool, String, String) {
         "127.0.0.1:{}",
         server.kafka_port.expect("kafka listener on")
     );
+    kcat_at(&broker, args, stdin)
+}
+
+/// Runs kcat against the Kafka broker at `broker` with `args` and `stdin`.
+fn kcat_at(broker: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new("kcat")
-        .args(["-b", &broker])
+        .args(["-b", broker])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -2327,4 +2332,199 @@ async fn external_kafka_sources_and_sinks_survive_kill_9() {
         rows(&c, "SELECT stream FROM weir_connectors").await,
         vec![vec!["ext"]]
     );
+}
+
+/// A tansu broker (a Kafka-compatible broker written apart from Weir, from crates.io) with
+/// in-memory storage on a free port; killed when dropped.
+struct Tansu {
+    child: Child,
+    addr: String,
+}
+
+impl Tansu {
+    /// The binary: `$WEIR_TANSU`, else where `.ci/run` installs it, else `tansu` on the PATH.
+    fn binary() -> std::path::PathBuf {
+        if let Some(p) = std::env::var_os("WEIR_TANSU") {
+            return p.into();
+        }
+        let installed = std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".cache/weir-tools/bin/tansu"))
+            .filter(|p| p.exists());
+        installed.unwrap_or_else(|| "tansu".into())
+    }
+
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(Self::binary())
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "tansu runs (cargo install --locked tansu --version 0.6.0, as .ci/run does; \
+                 or set WEIR_TANSU)",
+            );
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(std::time::Instant::now() < deadline, "tansu listens");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, addr }
+    }
+
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Command::new(Self::binary())
+            .args(["topic", "create", name])
+            .args(["--broker", &format!("tcp://{}", self.addr)])
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("tansu topic create runs");
+        assert!(
+            out.status.success(),
+            "tansu topic create {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Tansu {
+    /// Produces `key:value` lines with confluent-kafka (Debian's kcat is built on a librdkafka
+    /// too old for tansu's ApiVersions answer).
+    fn produce(&self, topic: &str, lines: &str) {
+        let mut child = Command::new("python3")
+            .args(["kafka_lines.py", "produce", &self.addr, topic])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (pip install -r tests/clients/requirements.txt)");
+        let mut input = child.stdin.take().expect("piped stdin");
+        std::io::Write::write_all(&mut input, lines.as_bytes()).expect("lines written");
+        drop(input);
+        assert!(child.wait().expect("ends").success(), "produce into tansu");
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Keyed JSON order records `ids` as `key:value` lines, as [`insert_orders`] makes them.
+fn order_lines(ids: std::ops::Range<i64>) -> String {
+    ids.map(|i| {
+        let ms = i * 10;
+        format!(
+            "{i}:{{\"id\":{i},\"grp\":{},\"amount\":{},\"ts\":\"2026-01-01T00:{:02}:{:02}.{:03}\"}}\n",
+            i % 8,
+            i % 100,
+            ms / 60_000,
+            ms / 1000 % 60,
+            ms % 1000
+        )
+    })
+    .collect()
+}
+
+/// The same against tansu, a broker Weir did not write: a stream over a 3-partition topic that
+/// confluent-kafka fills, its view, and a sink back into tansu; Weir killed with SIGKILL between
+/// two rounds of records. Afterwards the stream holds each record once, the view equals batch,
+/// and a consumer reads every result of the sink from tansu.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_view_over_tansu_survives_kill_9_exactly_once() {
+    let tansu = Tansu::start();
+    tansu.create_topic("orders", 3);
+    tansu.create_topic("big_orders", 2);
+    let (ok, _, err) = kcat_at(
+        &tansu.addr,
+        &["-P", "-t", "orders", "-K:"],
+        &order_lines(0..300),
+    );
+    assert!(ok, "kcat produces into tansu: {err}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let weir = Server::start(dir.path());
+    let c = weir.client().await;
+    c.batch_execute(&format!(
+        "CREATE STREAM ext (id BIGINT NOT NULL, grp BIGINT, amount BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH (connector = 'kafka', brokers = '{0}', topic = 'orders', key = 'id'); \
+         CREATE MATERIALIZED VIEW per_group AS \
+         SELECT grp, COUNT(*) AS n, SUM(amount) AS total FROM ext GROUP BY grp; \
+         CREATE SINK big INTO KAFKA WITH (brokers = '{0}', topic = 'big_orders') \
+         AS SELECT id, amount FROM ext WHERE amount >= 50",
+        tansu.addr
+    ))
+    .await
+    .expect("a source, a view and a sink over tansu");
+    wait_for_count(&c, "SELECT count(*) FROM ext", 300).await;
+    drop(c);
+    weir.kill9();
+    tansu.produce("orders", &order_lines(300..600));
+    let weir = Server::start(dir.path());
+    let c = weir.client().await;
+    wait_for_count(&c, "SELECT count(*) FROM ext", 600).await;
+    assert_eq!(
+        rows(&c, "SELECT count(DISTINCT id), min(id), max(id) FROM ext").await,
+        vec![vec!["600", "0", "599"]],
+        "every record of the topic once"
+    );
+    let batch =
+        "SELECT grp, COUNT(*) AS n, SUM(amount) AS total FROM ext GROUP BY grp ORDER BY grp";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rows(&c, "SELECT * FROM per_group ORDER BY grp").await != rows(&c, batch).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per_group equals batch: {:?} vs {:?}",
+            rows(&c, "SELECT * FROM per_group ORDER BY grp").await,
+            rows(&c, batch).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every result reaches tansu (at least once), and only results.
+    let want = count(&c, "SELECT count(*) FROM ext WHERE amount >= 50").await;
+    assert_eq!(want, 300);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out, err) = kcat_at(
+            &tansu.addr,
+            &[
+                "-C",
+                "-t",
+                "big_orders",
+                "-o",
+                "beginning",
+                "-e",
+                "-f",
+                "%s\n",
+            ],
+            "",
+        );
+        assert!(ok, "kcat consumes from tansu: {err}");
+        let ids: std::collections::BTreeSet<i64> = out
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a JSON result");
+                assert!(v["amount"].as_i64().expect("amount") >= 50, "{l}");
+                v["id"].as_i64().expect("id")
+            })
+            .collect();
+        if ids.len() as i64 == want {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sink delivers all {want} results to tansu, got {}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
