@@ -80,7 +80,8 @@ pub struct BenchOptions {
     pub latency_seconds: u64,
 }
 
-fn peak_rss_mib() -> f64 {
+/// The process's peak resident memory (VmHWM) in MiB.
+pub(crate) fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod bench_kafka;
 pub mod generate;
 pub mod kafka;
 pub mod pg;

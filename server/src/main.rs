@@ -77,12 +77,13 @@ enum Command {
         connect: String,
     },
     /// Benchmarks: `weir bench nexmark` loads Nexmark events and times each query's catch-up;
-    /// `weir bench recovery` times checkpoints and restarts.
+    /// `weir bench recovery` times checkpoints and restarts; `weir bench kafka` times produce
+    /// and fetch through the Kafka listener with librdkafka.
     Bench {
-        /// The benchmark (nexmark or recovery).
-        #[arg(value_parser = ["nexmark", "recovery"])]
+        /// The benchmark (nexmark, recovery or kafka).
+        #[arg(value_parser = ["nexmark", "recovery", "kafka"])]
         suite: String,
-        /// Events to load (persons, auctions and bids together).
+        /// Events to load (persons, auctions and bids together; for `kafka`, records).
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
         /// Queries to run, comma-separated (q0,q1,q2,q5,q7,q8,hashtags); all by default.
@@ -190,6 +191,12 @@ fn main() -> ExitCode {
                 checkpoint_interval: std::time::Duration::from_millis(checkpoint_interval_ms),
             },
         )),
+        Command::Bench { suite, events, .. } if suite == "kafka" => runtime.block_on(
+            weir_server::bench_kafka::kafka(weir_server::bench_kafka::KafkaBenchOptions {
+                records: events,
+                csv: "bench-kafka.csv".into(),
+            }),
+        ),
         Command::Bench {
             suite: _,
             events,
