@@ -2,8 +2,8 @@
 
 use std::io::Cursor;
 
-use datafusion::arrow::ipc::CompressionType;
-use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::buffer::Buffer;
+use datafusion::arrow::ipc::reader::{StreamDecoder, StreamReader};
 use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use datafusion::arrow::record_batch::RecordBatch;
 
@@ -82,13 +82,20 @@ pub(crate) fn encode(
     out.extend_from_slice(&i32::from(p.epoch).to_le_bytes());
     out.extend_from_slice(&p.base_sequence.to_le_bytes());
     out.extend_from_slice(&source_next.unwrap_or(-1).to_le_bytes());
-    let options =
-        IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+    // Version 3 compresses the whole IPC stream as one LZ4 block, rather than each buffer as
+    // an LZ4 frame (versions 1 and 2): a read is then one decompression into one allocation,
+    // from which the batch is decoded without copying.
+    let mut ipc = Vec::with_capacity(batch.get_array_memory_size() + 1024);
     {
-        let mut writer = StreamWriter::try_new_with_options(&mut out, batch.schema_ref(), options)?;
+        let mut writer = StreamWriter::try_new_with_options(
+            &mut ipc,
+            batch.schema_ref(),
+            IpcWriteOptions::default(),
+        )?;
         writer.write(batch)?;
         writer.finish()?;
     }
+    out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&ipc));
     let payload_len = out.len() - FRAME_HEADER;
     if payload_len > MAX_FRAME {
         return Err(Error::InvalidArgument(format!(
@@ -162,14 +169,27 @@ fn payload_header_len(payload: &[u8]) -> Option<usize> {
 
 /// Decodes the batch of a frame that [`check`] accepted.
 pub(crate) fn decode(frame: &[u8]) -> Result<RecordBatch> {
-    let header = payload_header_len(&frame[FRAME_HEADER..])
+    let payload = &frame[FRAME_HEADER..];
+    let header = payload_header_len(payload)
         .ok_or_else(|| Error::Corrupt("a frame of an unknown format version".into()))?;
-    let payload = &frame[FRAME_HEADER + header..];
-    let mut reader = StreamReader::try_new(Cursor::new(payload), None)?;
-    match reader.next() {
-        Some(batch) => Ok(batch?),
-        None => Err(Error::Corrupt("a frame holds no record batch".into())),
+    let body = &payload[header..];
+    if payload[0..4] != MAGIC {
+        // Versions 1 and 2: an IPC stream with LZ4-frame compressed buffers.
+        let mut reader = StreamReader::try_new(Cursor::new(body), None)?;
+        return match reader.next() {
+            Some(batch) => Ok(batch?),
+            None => Err(Error::Corrupt("a frame holds no record batch".into())),
+        };
     }
+    let ipc = lz4_flex::block::decompress_size_prepended(body)
+        .map_err(|e| Error::Corrupt(format!("a frame does not decompress: {e}")))?;
+    let mut buffer = Buffer::from_vec(ipc);
+    let mut decoder = StreamDecoder::new();
+    let mut batch = None;
+    while !buffer.is_empty() && batch.is_none() {
+        batch = decoder.decode(&mut buffer)?;
+    }
+    batch.ok_or_else(|| Error::Corrupt("a frame holds no record batch".into()))
 }
 
 #[cfg(test)]
@@ -240,7 +260,18 @@ mod tests {
             base_sequence: 8,
         };
         let v3 = encode(&b, 7, Some(producer), Some(99)).expect("encode");
-        let body = &v3[FRAME_HEADER + PAYLOAD_HEADER..];
+        // Older versions held an IPC stream with LZ4-frame compressed buffers.
+        let mut body = Vec::new();
+        {
+            let options = IpcWriteOptions::default()
+                .try_with_compression(Some(datafusion::arrow::ipc::CompressionType::LZ4_FRAME))
+                .expect("lz4 frame");
+            let mut w = StreamWriter::try_new_with_options(&mut body, b.schema_ref(), options)
+                .expect("writer");
+            w.write(&b).expect("write");
+            w.finish().expect("finish");
+        }
+        let body = body.as_slice();
         // An older frame: the same header cut to its version's length, re-checksummed.
         let older = |magic: [u8; 4], header: usize| {
             let mut f = v3[..FRAME_HEADER].to_vec();

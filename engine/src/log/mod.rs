@@ -25,13 +25,15 @@
 //!            producer_epoch:i32le           its epoch, or -1
 //!            base_sequence:i32le            sequence number of the first row, or -1
 //!            source_next:i64le              external source offset after these rows, or -1
-//!            arrow_ipc_stream               schema + one record batch, LZ4-frame compressed bodies
+//!            ipc_len:u32le  lz4_block       an Arrow IPC stream (schema + one record batch),
+//!                                           compressed whole as one LZ4 block
 //! ```
 //!
-//! Versions 1 (no producer, no source fields) and 2 (no source field) are still read.
+//! Versions 1 (no producer, no source fields) and 2 (no source field) are still read; their
+//! IPC stream is stored as is, with each buffer compressed as an LZ4 frame.
 //!
-//! The CRC32C covers the whole payload. Storing Arrow IPC means a read is a checksum, an LZ4
-//! decompression and a zero-copy IPC decode: no row parsing.
+//! The CRC32C covers the whole payload. Storing Arrow IPC means a read is a checksum, one LZ4
+//! decompression into one buffer and a zero-copy IPC decode from it: no row parsing.
 //!
 //! # Durability
 //!
