@@ -474,6 +474,11 @@ impl Database {
     /// `cascade`, else their existence is an error.
     pub fn drop_stream(&self, name: &str, cascade: bool) -> Result<()> {
         self.drop_streams_made_from("stream", name, cascade, |p| p.reads(name))?;
+        // Refused before anything stops: a refused drop must leave the stream's own query and
+        // connector running.
+        dependent_views(&self.state(), Relation::Stream, name, cascade, |v| {
+            v.reads(name)
+        })?;
         // Stopped first, so that nothing writes the stream or reads it for delivery while it
         // goes; started again if the drop fails.
         let connector = self.state().connectors.remove(name);
@@ -518,27 +523,7 @@ impl Database {
         if !exists {
             return Err(Error::UndefinedRelation(name.to_string()));
         }
-        let dependents: Vec<String> = state
-            .views
-            .values()
-            .filter(|v| depends(v))
-            .map(|v| v.def.name.clone())
-            .collect();
-        if !dependents.is_empty() && !cascade {
-            let word = match kind {
-                Relation::Stream => "stream",
-                Relation::Table => "table",
-            };
-            return Err(Error::WrongObject {
-                sqlstate: "2BP01",
-                message: format!(
-                    "cannot drop {word} {name} because materialized view {} depends on it; \
-                     use DROP {} {name} CASCADE to drop the views too",
-                    dependents.join(", "),
-                    word.to_uppercase()
-                ),
-            });
-        }
+        let dependents = dependent_views(&state, kind, name, cascade, &depends)?;
         let mut data = state.data.clone();
         match kind {
             Relation::Stream => data.streams.retain(|s| s.name != name),
@@ -876,4 +861,37 @@ fn retention_floor(stream: &StreamEntry, views: &[Arc<ViewEntry>]) -> Vec<u64> {
         }
     }
     keep
+}
+
+/// The views that `depends` picks out, or the 2BP01 refusal to drop `name` while they exist
+/// and `cascade` is not given.
+fn dependent_views(
+    state: &State,
+    kind: Relation,
+    name: &str,
+    cascade: bool,
+    depends: impl Fn(&ViewEntry) -> bool,
+) -> Result<Vec<String>> {
+    let dependents: Vec<String> = state
+        .views
+        .values()
+        .filter(|v| depends(v))
+        .map(|v| v.def.name.clone())
+        .collect();
+    if !dependents.is_empty() && !cascade {
+        let word = match kind {
+            Relation::Stream => "stream",
+            Relation::Table => "table",
+        };
+        return Err(Error::WrongObject {
+            sqlstate: "2BP01",
+            message: format!(
+                "cannot drop {word} {name} because materialized view {} depends on it; \
+                 use DROP {} {name} CASCADE to drop the views too",
+                dependents.join(", "),
+                word.to_uppercase()
+            ),
+        });
+    }
+    Ok(dependents)
 }
