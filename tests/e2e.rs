@@ -2228,24 +2228,7 @@ async fn external_kafka_sources_and_sinks_survive_kill_9() {
     let weir = Server::start(dir.path());
     writer.await.expect("writer");
     let c = weir.client().await;
-    wait_for_count(&c, "SELECT count(*) FROM ext", 600).await;
-    assert_eq!(
-        rows(&c, "SELECT count(DISTINCT id), min(id), max(id) FROM ext").await,
-        vec![vec!["600", "0", "599"]],
-        "every record of the topic once, none lost or read twice"
-    );
-    let batch =
-        "SELECT grp, COUNT(*) AS n, SUM(amount) AS total FROM ext GROUP BY grp ORDER BY grp";
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while rows(&c, "SELECT * FROM per_group ORDER BY grp").await != rows(&c, batch).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "per_group equals batch: {:?} vs {:?}",
-            rows(&c, "SELECT * FROM per_group ORDER BY grp").await,
-            rows(&c, batch).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ext_once_and_per_group_equals_batch(&c, 600).await;
     // The windows the view's watermark has closed equal the same windows in batch.
     let closed = rows(
         &c,
@@ -2418,6 +2401,29 @@ impl Drop for Tansu {
     }
 }
 
+/// Waits until the source stream `ext` holds records 0..n, checks each is there once, and
+/// waits until the view `per_group` equals the same query run in batch over `ext`.
+async fn ext_once_and_per_group_equals_batch(c: &Client, n: i64) {
+    wait_for_count(c, "SELECT count(*) FROM ext", n).await;
+    assert_eq!(
+        rows(c, "SELECT count(DISTINCT id), min(id), max(id) FROM ext").await,
+        vec![vec![n.to_string(), "0".to_string(), (n - 1).to_string()]],
+        "every record of the topic once, none lost or read twice"
+    );
+    let batch =
+        "SELECT grp, COUNT(*) AS n, SUM(amount) AS total FROM ext GROUP BY grp ORDER BY grp";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rows(c, "SELECT * FROM per_group ORDER BY grp").await != rows(c, batch).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "per_group equals batch: {:?} vs {:?}",
+            rows(c, "SELECT * FROM per_group ORDER BY grp").await,
+            rows(c, batch).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Keyed JSON order records `ids` as `key:value` lines, as [`insert_orders`] makes them.
 fn order_lines(ids: std::ops::Range<i64>) -> String {
     ids.map(|i| {
@@ -2471,24 +2477,7 @@ async fn a_view_over_tansu_survives_kill_9_exactly_once() {
     tansu.produce("orders", &order_lines(300..600));
     let weir = Server::start(dir.path());
     let c = weir.client().await;
-    wait_for_count(&c, "SELECT count(*) FROM ext", 600).await;
-    assert_eq!(
-        rows(&c, "SELECT count(DISTINCT id), min(id), max(id) FROM ext").await,
-        vec![vec!["600", "0", "599"]],
-        "every record of the topic once"
-    );
-    let batch =
-        "SELECT grp, COUNT(*) AS n, SUM(amount) AS total FROM ext GROUP BY grp ORDER BY grp";
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while rows(&c, "SELECT * FROM per_group ORDER BY grp").await != rows(&c, batch).await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "per_group equals batch: {:?} vs {:?}",
-            rows(&c, "SELECT * FROM per_group ORDER BY grp").await,
-            rows(&c, batch).await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ext_once_and_per_group_equals_batch(&c, 600).await;
     // Every result reaches tansu (at least once), and only results.
     let want = count(&c, "SELECT count(*) FROM ext WHERE amount >= 50").await;
     assert_eq!(want, 300);
