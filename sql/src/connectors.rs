@@ -30,7 +30,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::catalog::KafkaEndpoint;
 use crate::database::StreamEntry;
-use crate::topics::{ProduceError, ProducedRecord, decode_records, encode_rows};
+use crate::topics::{FetchedRecords, ProduceError, ProducedRecord, decode_records, encode_rows};
 use crate::{Error, Result};
 
 /// The system table listing every connector and how it is doing.
@@ -422,16 +422,16 @@ fn sink_loop(
                     continue;
                 }
             };
-            let mut records = Vec::new();
+            let mut records = FetchedRecords::default();
             for (base, batch) in chunk {
                 let skip = delivered[p].saturating_sub(base) as usize;
                 if skip >= batch.num_rows() {
                     continue;
                 }
                 let batch = batch.slice(skip, batch.num_rows() - skip);
-                records.extend(encode_rows(stream, &batch, base + skip as u64)?);
+                encode_rows(stream, &batch, base + skip as u64, &mut records)?;
             }
-            let Some(last) = records.last().map(|r| r.offset) else {
+            let Some(&last) = records.offsets.last() else {
                 continue;
             };
             match deliver(&producer, &endpoint.topic, &records, stop) {
@@ -465,18 +465,18 @@ fn sink_loop(
 fn deliver(
     producer: &FutureProducer,
     topic: &str,
-    records: &[crate::topics::FetchedRecord],
+    records: &FetchedRecords,
     stop: &AtomicBool,
 ) -> std::result::Result<(), String> {
     let mut deliveries = Vec::with_capacity(records.len());
-    for r in records {
+    for i in 0..records.len() {
         let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(topic).payload(r.value.as_slice());
-        if let Some(k) = &r.key {
-            record = record.key(k.as_slice());
+            FutureRecord::to(topic).payload(records.value(i));
+        if let Some(k) = records.key(i) {
+            record = record.key(k);
         }
-        if r.timestamp_ms >= 0 {
-            record = record.timestamp(r.timestamp_ms);
+        if records.timestamps_ms[i] >= 0 {
+            record = record.timestamp(records.timestamps_ms[i]);
         }
         loop {
             match producer.send_result(record) {

@@ -642,29 +642,25 @@ fn read_records(
     offset: u64,
     budget: usize,
 ) -> Result<BytesMut, String> {
-    let rows = topic
+    let mut rows = topic
         .fetch(partition, offset, budget)
         .map_err(|e| e.to_string())?;
-    let records: Vec<Record> = rows
-        .into_iter()
-        .map(|r| {
+    // Records share the fetch's two buffers: a slice each, not a copy each.
+    let keys = Bytes::from(std::mem::take(&mut rows.keys));
+    let values = Bytes::from(std::mem::take(&mut rows.values));
+    let records: Vec<Record> = (0..rows.len())
+        .map(|i| {
+            let (start, end) = rows.value_spans[i];
             record(
-                r.offset as i64,
-                r.timestamp_ms,
-                r.key.map(Bytes::from),
-                Bytes::from(r.value),
+                rows.offsets[i] as i64,
+                rows.timestamps_ms[i],
+                rows.key_spans[i].map(|(s, e)| keys.slice(s..e)),
+                values.slice(start..end),
             )
         })
         .collect();
     // Sized up front: growing it record by record copied the batch over and over.
-    let mut encoded = BytesMut::with_capacity(
-        61 + records
-            .iter()
-            .map(|r| {
-                24 + r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len())
-            })
-            .sum::<usize>(),
-    );
+    let mut encoded = BytesMut::with_capacity(61 + 24 * records.len() + keys.len() + values.len());
     if !records.is_empty() {
         let options = RecordEncodeOptions {
             version: 2,
