@@ -95,7 +95,9 @@ pub(crate) fn encode(
         writer.write(batch)?;
         writer.finish()?;
     }
-    out.extend_from_slice(&lz4_flex::block::compress_prepend_size(&ipc));
+    let compressed = lz4::block::compress(&ipc, None, true)
+        .map_err(|e| Error::Internal(format!("LZ4 refused a frame of {} bytes: {e}", ipc.len())))?;
+    out.extend_from_slice(&compressed);
     let payload_len = out.len() - FRAME_HEADER;
     if payload_len > MAX_FRAME {
         return Err(Error::InvalidArgument(format!(
@@ -181,8 +183,7 @@ pub(crate) fn decode(frame: &[u8]) -> Result<RecordBatch> {
             None => Err(Error::Corrupt("a frame holds no record batch".into())),
         };
     }
-    let ipc = lz4_flex::block::decompress_size_prepended(body)
-        .map_err(|e| Error::Corrupt(format!("a frame does not decompress: {e}")))?;
+    let ipc = decompress(body)?;
     let mut buffer = Buffer::from_vec(ipc);
     let mut decoder = StreamDecoder::new();
     let mut batch = None;
@@ -190,6 +191,30 @@ pub(crate) fn decode(frame: &[u8]) -> Result<RecordBatch> {
         batch = decoder.decode(&mut buffer)?;
     }
     batch.ok_or_else(|| Error::Corrupt("a frame holds no record batch".into()))
+}
+
+/// Decompresses an LZ4 block behind its 4-byte little-endian size, as `lz4::block::compress`
+/// (and lz4_flex's `compress_prepend_size`, which wrote the first version 3 frames) make it.
+///
+/// liblz4 rather than lz4_flex: it decodes the short-offset matches that runs of zero bytes
+/// in integer columns compress to several times faster, and reading frames is what a query
+/// catching up from the log spends its time on.
+fn decompress(body: &[u8]) -> Result<Vec<u8>> {
+    let corrupt = |why: &str| Error::Corrupt(format!("a frame does not decompress: {why}"));
+    let (size, block) = body
+        .split_first_chunk::<4>()
+        .ok_or_else(|| corrupt("no size"))?;
+    let size = u32::from_le_bytes(*size) as usize;
+    // LZ4 expands by at most 255 times: a larger size is damage, not a reason to allocate.
+    if size > block.len().saturating_mul(255) + 16 || size > i32::MAX as usize {
+        return Err(corrupt("its size is impossible"));
+    }
+    let ipc =
+        lz4::block::decompress(block, Some(size as i32)).map_err(|e| corrupt(&e.to_string()))?;
+    if ipc.len() != size {
+        return Err(corrupt("it is shorter than its size says"));
+    }
+    Ok(ipc)
 }
 
 #[cfg(test)]
@@ -251,6 +276,25 @@ mod tests {
 
     /// Segments written by earlier versions (without producers, or without source positions)
     /// still read.
+    #[test]
+    fn blocks_from_lz4_flex_decompress_and_impossible_sizes_are_refused() {
+        // The first version 3 frames were compressed by lz4_flex.
+        let ipc: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 7).to_le_bytes()).collect();
+        let block = lz4_flex::block::compress_prepend_size(&ipc);
+        assert_eq!(decompress(&block).expect("decompress"), ipc);
+        let mut huge = block.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decompress(&huge), Err(Error::Corrupt(_))));
+        let mut short = block.clone();
+        short[..4].copy_from_slice(&(ipc.len() as u32 - 1).to_le_bytes());
+        assert!(matches!(decompress(&short), Err(Error::Corrupt(_))));
+        assert!(matches!(decompress(&block[..3]), Err(Error::Corrupt(_))));
+        assert!(matches!(
+            decompress(&block[..block.len() / 2]),
+            Err(Error::Corrupt(_))
+        ));
+    }
+
     #[test]
     fn version_1_and_2_frames_still_read() {
         let b = batch();

@@ -313,7 +313,12 @@ fn encode(
     version: i16,
     response: &ResponseKind,
 ) -> Result<BytesMut, ConnectionError> {
-    let mut out = BytesMut::new();
+    // A fetch response is megabytes of records: sized once rather than grown by doubling.
+    let capacity = match response {
+        ResponseKind::Fetch(f) => f.compute_size(version).unwrap_or(0) + 16,
+        _ => 256,
+    };
+    let mut out = BytesMut::with_capacity(capacity);
     ResponseHeader::default()
         .with_correlation_id(correlation_id)
         .encode(&mut out, key.response_header_version(version))
