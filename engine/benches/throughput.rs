@@ -1,7 +1,9 @@
 //! Throughput of the log and of a windowed aggregation, in events per second, and peak memory.
 //!
 //! Run with `cargo bench -p weir-engine --bench throughput`. Sizes can be changed with
-//! `WEIR_BENCH_EVENTS` (default 10 000 000).
+//! `WEIR_BENCH_EVENTS` (default 10 000 000) and `WEIR_BENCH_PRODUCERS` (concurrent small
+//! appenders, default 4096); names after `--` (`tumble`, `join`, `log-batches`,
+//! `log-small-threads`, `log-small-async`, or any part of one) run only those.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,9 +133,12 @@ fn bench_log_small_appends(threads: usize, per_thread: i64) {
     );
 }
 
-/// Single-row appends from `tasks` concurrent async producers (as from many connections or
-/// Kafka producers): the group commit coalesces them into one frame per partition per fsync.
-fn bench_log_small_appends_async(tasks: i64, total: i64) {
+/// Small appends of `rows` rows each from `tasks` concurrent async producers (as from many
+/// connections or Kafka producers), each waiting for its rows to be durable: the group commit
+/// gathers them into one frame per partition per fsync. With `own_schemas` every producer's
+/// rows carry a schema object of their own (as INSERT's do), which the log compares type by
+/// type; otherwise they carry the stream's.
+fn bench_log_small_appends_async(tasks: i64, rows: i64, own_schemas: bool, total: i64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = Arc::new(
         StreamLog::open(dir.path(), schema(), 4, Some(0), LogConfig::default()).expect("open"),
@@ -142,18 +147,25 @@ fn bench_log_small_appends_async(tasks: i64, total: i64) {
         .worker_threads(2)
         .build()
         .expect("runtime");
-    let per_task = total / tasks;
+    // Larger appends are fewer; at least 16 each keeps the run long enough to measure.
+    let per_task = (total / tasks / rows).max(16);
     let started = Instant::now();
     runtime.block_on(async {
         let handles: Vec<_> = (0..tasks)
             .map(|t| {
                 let log = Arc::clone(&log);
-                // Each producer's row is built once: this measures the log, not building
-                // one-row Arrow batches (which costs more than appending them).
-                let row = events(t, 1);
+                // Each producer's rows are built once, with the stream's schema as a writer
+                // of the stream would: this measures the log, not building small Arrow
+                // batches (which costs about as much as appending them).
+                let mut batch = events(t * rows, rows);
+                if !own_schemas {
+                    batch =
+                        RecordBatch::try_new(Arc::clone(log.schema()), batch.columns().to_vec())
+                            .expect("valid batch");
+                }
                 tokio::spawn(async move {
                     for _ in 0..per_task {
-                        log.append_async(vec![row.clone()]).await.expect("append");
+                        log.append_async(vec![batch.clone()]).await.expect("append");
                     }
                 })
             })
@@ -163,8 +175,11 @@ fn bench_log_small_appends_async(tasks: i64, total: i64) {
         }
     });
     report(
-        &format!("log append, 1-row appends, {tasks} async producers"),
-        (tasks * per_task) as u64,
+        &format!(
+            "log append, {rows}-row appends{}, {tasks} async producers",
+            if own_schemas { " (own schemas)" } else { "" }
+        ),
+        (tasks * per_task * rows) as u64,
         started.elapsed().as_secs_f64(),
     );
 }
@@ -311,9 +326,32 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    bench_tumble_count(total);
-    bench_interval_join(total / 5);
-    bench_log_batches(total / 5);
-    bench_log_small_appends(8, 2_000);
-    bench_log_small_appends_async(4096, total / 5);
+    // `cargo bench --bench throughput -- NAME...` runs only the benchmarks named (cargo's own
+    // `--bench` flag is passed through and ignored).
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    if run("tumble") {
+        bench_tumble_count(total);
+    }
+    if run("join") {
+        bench_interval_join(total / 5);
+    }
+    if run("log-batches") {
+        bench_log_batches(total / 5);
+    }
+    if run("log-small-threads") {
+        bench_log_small_appends(8, 2_000);
+    }
+    if run("log-small-async") {
+        let producers = std::env::var("WEIR_BENCH_PRODUCERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4096);
+        for (rows, own_schemas) in [(1, false), (1, true), (16, false), (128, false)] {
+            bench_log_small_appends_async(producers, rows, own_schemas, total / 5);
+        }
+    }
 }

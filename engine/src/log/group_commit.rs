@@ -90,14 +90,15 @@ impl Committer {
         Self { core, queue }
     }
 
-    /// Queues `batch` (already conformed to the stream's schema) and waits for its receipt.
+    /// Queues `batch` (already checked against the stream's column types) and waits for its
+    /// receipt.
     pub(super) fn submit_blocking(&self, batch: RecordBatch) -> Result<AppendReceipt> {
         let (tx, rx) = mpsc::sync_channel(1);
         if let Err(mpsc::SendError(q)) = self.queue.send(Queued {
             batch,
             reply: Reply::Blocking(tx),
         }) {
-            return self.core.append_whole(&q.batch);
+            return self.core.append_whole(&self.core.restamp(&q.batch)?);
         }
         rx.recv().map_err(|_| {
             Error::Internal("the group-commit thread ended without answering an append".into())
@@ -112,9 +113,11 @@ impl Committer {
             reply: Reply::Async(tx),
         }) {
             let core = Arc::clone(&self.core);
-            return tokio::task::spawn_blocking(move || core.append_whole(&q.batch))
-                .await
-                .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
+            return tokio::task::spawn_blocking(move || {
+                core.append_whole(&core.restamp(&q.batch)?)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
         }
         rx.await.map_err(|_| {
             Error::Internal("the group-commit thread ended without answering an append".into())
@@ -139,10 +142,11 @@ fn encode_group(core: &Core, group: Vec<Queued>) -> Option<Encoded> {
     let (batches, replies): (Vec<RecordBatch>, Vec<Reply>) =
         group.into_iter().map(|q| (q.batch, q.reply)).unzip();
     let encoded = (|| -> Result<_> {
-        let whole = if batches.len() == 1 {
-            batches[0].clone()
-        } else {
-            concat_batches(&core.schema, &batches)?
+        // Appends come with their own schemas (names, nullability) over the stream's column
+        // types; a group is written with the stream's.
+        let whole = match batches.as_slice() {
+            [one] => core.restamp(one)?,
+            _ => concat_batches(&core.schema, &batches)?,
         };
         let (parts, assignment) = core.split(&whole)?;
         let frames = parts

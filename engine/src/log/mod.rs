@@ -297,14 +297,14 @@ impl StreamLog {
     /// commit); each still gets its own offsets, and fails or succeeds on its own for what is
     /// wrong with its rows.
     pub fn append(&self, batches: &[RecordBatch]) -> Result<AppendReceipt> {
-        let batch = self.core.conform(batches)?;
-        if batch.num_rows() == 0 {
+        let rows = self.core.check(batches)?;
+        if rows == 0 {
             return Ok(AppendReceipt::default());
         }
-        if batch.num_rows() >= group_commit::COALESCE_BELOW_ROWS {
-            return self.core.append_whole(&batch);
+        if rows >= group_commit::COALESCE_BELOW_ROWS {
+            return self.core.append_whole(&self.core.conform(batches)?);
         }
-        self.committer().submit_blocking(batch)
+        self.committer().submit_blocking(self.core.small(batches)?)
     }
 
     /// [`StreamLog::append`] for async callers: small appends wait for the group commit without
@@ -313,16 +313,19 @@ impl StreamLog {
         self: &Arc<Self>,
         batches: Vec<RecordBatch>,
     ) -> Result<AppendReceipt> {
-        let batch = self.core.conform(&batches)?;
-        if batch.num_rows() == 0 {
+        let rows = self.core.check(&batches)?;
+        if rows == 0 {
             return Ok(AppendReceipt::default());
         }
-        if batch.num_rows() >= group_commit::COALESCE_BELOW_ROWS {
+        if rows >= group_commit::COALESCE_BELOW_ROWS {
+            let batch = self.core.conform(&batches)?;
             let core = Arc::clone(&self.core);
             return tokio::task::spawn_blocking(move || core.append_whole(&batch))
                 .await
                 .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
         }
+        let batch = self.core.small(&batches)?;
+        drop(batches);
         self.committer().submit(batch).await
     }
 
@@ -534,41 +537,66 @@ impl Core {
         Ok(written)
     }
 
-    /// Concatenates `batches` into one batch with exactly the stream's schema.
-    fn conform(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    /// Checks that `batches` fit the stream (column types, NOT NULL); returns their rows.
+    fn check(&self, batches: &[RecordBatch]) -> Result<usize> {
+        let mut rows = 0;
         for b in batches {
-            let got = b.schema();
-            let same = got.fields().len() == self.schema.fields().len()
-                && got
-                    .fields()
-                    .iter()
-                    .zip(self.schema.fields())
-                    .all(|(a, b)| a.data_type() == b.data_type());
+            let got = b.schema_ref();
+            // A batch made with the stream's own schema needs no comparison of types.
+            let same = Arc::ptr_eq(got, &self.schema)
+                || (got.fields().len() == self.schema.fields().len()
+                    && got
+                        .fields()
+                        .iter()
+                        .zip(self.schema.fields())
+                        .all(|(a, b)| a.data_type() == b.data_type()));
             if !same {
                 return Err(Error::InvalidArgument(format!(
                     "rows of schema {got} do not fit stream schema {}",
                     self.schema
                 )));
             }
-        }
-        let columns = if batches.len() == 1 {
-            batches[0].columns().to_vec()
-        } else {
-            let tmp: Vec<RecordBatch> = batches
-                .iter()
-                .map(|b| RecordBatch::try_new(Arc::clone(&self.schema), b.columns().to_vec()))
-                .collect::<std::result::Result<_, _>>()?;
-            concat_batches(&self.schema, &tmp)?.columns().to_vec()
-        };
-        for (field, col) in self.schema.fields().iter().zip(&columns) {
-            if !field.is_nullable() && col.null_count() > 0 {
-                return Err(Error::InvalidArgument(format!(
-                    "null value in column \"{}\" violates not-null constraint",
-                    field.name()
-                )));
+            for (field, col) in self.schema.fields().iter().zip(b.columns()) {
+                if !field.is_nullable() && col.null_count() > 0 {
+                    return Err(Error::InvalidArgument(format!(
+                        "null value in column \"{}\" violates not-null constraint",
+                        field.name()
+                    )));
+                }
             }
+            rows += b.num_rows();
         }
-        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+        Ok(rows)
+    }
+
+    /// Checked batches as one batch with exactly the stream's schema.
+    fn conform(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
+        self.check(batches)?;
+        match batches {
+            [one] => self.restamp(one),
+            _ => Ok(concat_batches(&self.schema, batches)?),
+        }
+    }
+
+    /// A checked batch with exactly the stream's schema, sharing its columns.
+    fn restamp(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        if Arc::ptr_eq(batch.schema_ref(), &self.schema) {
+            return Ok(batch.clone());
+        }
+        Ok(RecordBatch::try_new(
+            Arc::clone(&self.schema),
+            batch.columns().to_vec(),
+        )?)
+    }
+
+    /// Checked batches of a small append as one batch for the group commit, which takes only
+    /// their columns (it writes each group with the stream's schema): a single batch goes as it
+    /// is, without being rebuilt.
+    fn small(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
+        match batches {
+            [one] => Ok(one.clone()),
+            _ => self.conform(batches),
+        }
     }
 
     /// Splits a batch by partition; also returns the partition of every row, when the stream

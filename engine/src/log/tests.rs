@@ -118,6 +118,54 @@ fn not_null_is_enforced_and_nothing_is_appended() {
     assert_eq!(log.committed_offsets(), vec![0]);
 }
 
+/// Rows arrive with schemas of their own (other names, nullable fields, as INSERT makes them);
+/// small appends (group commit), several batches at once and large appends are all stored
+/// with the stream's schema. Rows of other types are refused.
+#[test]
+fn appends_with_other_schemas_are_stored_with_the_streams() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log =
+        StreamLog::open(tmp.path(), schema(), 2, Some(0), LogConfig::default()).expect("open");
+    let other = Arc::new(Schema::new(vec![
+        Field::new("key", DataType::Int64, true),
+        Field::new("value", DataType::Utf8, true),
+    ]));
+    let foreign = |keys: std::ops::Range<i64>| {
+        RecordBatch::try_new(Arc::clone(&other), rows(keys).columns().to_vec()).expect("batch")
+    };
+    log.append(&[foreign(0..1)]).expect("small append");
+    log.append(&[foreign(1..3), rows(3..4)])
+        .expect("two batches");
+    let big = group_commit::COALESCE_BELOW_ROWS as i64;
+    log.append(&[foreign(4..4 + big)]).expect("large append");
+    let stored = log.read_all().expect("read");
+    let mut keys = Vec::new();
+    for b in stored.iter().flatten() {
+        assert_eq!(b.schema().fields(), schema().fields());
+        let k = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("int64");
+        keys.extend_from_slice(k.values());
+    }
+    keys.sort_unstable();
+    assert_eq!(keys, (0..4 + big).collect::<Vec<_>>());
+    let wrong = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int32, false),
+            Field::new("v", DataType::Utf8, true),
+        ])),
+        vec![
+            Arc::new(datafusion::arrow::array::Int32Array::from(vec![1])),
+            Arc::new(StringArray::from(vec!["x"])),
+        ],
+    )
+    .expect("batch");
+    let err = log.append(&[wrong]).expect_err("other types");
+    assert!(err.to_string().contains("do not fit"), "{err}");
+}
+
 /// Writes two frames, returns the segment bytes and where the second frame starts.
 fn two_frames(dir: &Path) -> (Vec<u8>, usize) {
     let log = open_one(dir, LogConfig::default());
