@@ -2,17 +2,19 @@
 //! partition and made durable by one fsync, while each append keeps its own offsets.
 //!
 //! One fsync costs about a millisecond whatever it covers, so a stream fed by many small
-//! appends (single-row INSERTs from many connections, Kafka produce requests) is bound by
-//! fsyncs unless they are shared. Sharing the fsync alone (see [`super::Partition::sync_to`])
-//! still encodes, checksums and indexes one frame per append; coalescing the rows first makes
-//! the per-append cost a queue push and a slice of one concatenated batch.
+//! appends (single-row INSERTs from many connections) is bound by fsyncs unless they are
+//! shared. Sharing the fsync alone (see [`super::Partition::sync_to`])
+//! still encodes, checksums and indexes one frame per append. Here each appender copies its
+//! rows into the open group's column buffers (see [`super::coalesce`]), on its own thread and
+//! while they are still in its cache, and one thread writes each group whole.
 
-use std::sync::{Arc, mpsc};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::compute::concat_batches;
 use tokio::sync::oneshot;
 
+use super::coalesce::RowBuffer;
 use super::{AppendReceipt, Core, Frame};
 use crate::{Error, Result};
 
@@ -20,8 +22,10 @@ use crate::{Error, Result};
 /// encoding on the caller's thread so that several of them encode in parallel.
 pub(super) const COALESCE_BELOW_ROWS: usize = 4096;
 
-/// A group stops taking appends at this many rows, which bounds one round's latency.
+/// A group takes no more appends past this many rows or bytes, which bounds one round's
+/// latency and one frame's size; appends that find it full start the next group.
 const GROUP_ROWS: usize = 64 * 1024;
+const GROUP_BYTES: usize = 64 << 20;
 
 /// Where an append's outcome goes.
 enum Reply {
@@ -44,84 +48,193 @@ impl Reply {
     }
 }
 
-/// One append waiting for its group.
-struct Queued {
-    batch: RecordBatch,
-    reply: Reply,
+/// The appends gathered for the next group: their rows, copied into column buffers by the
+/// appenders themselves, and where to answer each.
+struct Open {
+    rows: RowBuffer,
+    bytes: usize,
+    /// Each append's row count and reply, in the order of its rows.
+    appends: Vec<(usize, Reply)>,
 }
 
-/// The queue of a stream's small appends and the thread that writes them.
-#[derive(Debug)]
+impl Open {
+    fn new(core: &Core) -> Self {
+        Self {
+            rows: RowBuffer::new(&core.schema),
+            bytes: 0,
+            appends: Vec::new(),
+        }
+    }
+
+    /// Whether `rows` more rows would take the group past its bounds.
+    fn full_for(&self, rows: usize) -> bool {
+        !self.appends.is_empty()
+            && (self.rows.rows() + rows > GROUP_ROWS || self.bytes > GROUP_BYTES)
+    }
+}
+
+/// The groups not yet taken by the committer thread, oldest first: appends go to the newest
+/// until it is full.
+struct Queue {
+    groups: VecDeque<Open>,
+    closed: bool,
+}
+
+/// The open groups, shared by appenders and the committer thread.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a group gets its first append, and on close.
+    wake: Condvar,
+}
+
+fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A stream's open group and the thread that writes it.
 pub(super) struct Committer {
     core: Arc<Core>,
-    queue: mpsc::Sender<Queued>,
+    shared: Arc<Shared>,
+    running: bool,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("running", &self.running)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Committer {
     /// Starts the committer thread, which ends when the stream (and so this) is dropped.
     ///
-    /// One thread takes whatever queued while it wrote the group before, so a group grows
-    /// with the load. (Encoding the next group while the previous one is fsynced was
-    /// measured: its groups came out smaller and throughput lower.)
+    /// The thread takes the whole open group each time it has written the one before, so a
+    /// group grows with the load. (Encoding the next group while the previous one is fsynced
+    /// was measured: its groups came out smaller and single-row appends slower.)
     pub(super) fn start(core: Arc<Core>) -> Self {
-        let (queue, rx) = mpsc::channel::<Queued>();
-        let for_thread = Arc::clone(&core);
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                groups: VecDeque::new(),
+                closed: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let (for_thread, core_for_thread) = (Arc::clone(&shared), Arc::clone(&core));
         let started = std::thread::Builder::new()
             .name("weir-group-commit".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut rows = first.batch.num_rows();
-                    let mut group = vec![first];
-                    while rows < GROUP_ROWS {
-                        let Ok(next) = rx.try_recv() else { break };
-                        rows += next.batch.num_rows();
-                        group.push(next);
-                    }
-                    if let Some(encoded) = encode_group(&for_thread, group) {
-                        write_group(&for_thread, encoded);
-                    }
-                }
-            });
-        if let Err(e) = started {
-            // The receiver is gone with the closure, so every submit falls back to writing
-            // its append alone: slower, never wrong.
-            tracing::warn!(error = %e, "no group-commit thread; small appends are written one by one");
+            .spawn(move || run(&core_for_thread, &for_thread));
+        let running = match started {
+            Ok(_) => true,
+            Err(e) => {
+                // Every submit then writes its append alone: slower, never wrong.
+                tracing::warn!(error = %e, "no group-commit thread; small appends are written one by one");
+                false
+            }
+        };
+        Self {
+            core,
+            shared,
+            running,
         }
-        Self { core, queue }
     }
 
-    /// Queues `batch` (already checked against the stream's column types) and waits for its
+    /// Appends `batch` (already checked against the stream's column types) and waits for its
     /// receipt.
     pub(super) fn submit_blocking(&self, batch: RecordBatch) -> Result<AppendReceipt> {
         let (tx, rx) = mpsc::sync_channel(1);
-        if let Err(mpsc::SendError(q)) = self.queue.send(Queued {
-            batch,
-            reply: Reply::Blocking(tx),
-        }) {
-            return self.core.append_whole(&self.core.restamp(&q.batch)?);
+        if !self.enqueue(&batch, Reply::Blocking(tx))? {
+            return self.core.append_whole(&self.core.restamp(&batch)?);
         }
+        drop(batch);
         rx.recv().map_err(|_| {
             Error::Internal("the group-commit thread ended without answering an append".into())
         })?
     }
 
-    /// Queues `batch` and waits for its receipt without holding a thread.
+    /// Appends `batch` and waits for its receipt without holding a thread.
     pub(super) async fn submit(&self, batch: RecordBatch) -> Result<AppendReceipt> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::SendError(q)) = self.queue.send(Queued {
-            batch,
-            reply: Reply::Async(tx),
-        }) {
+        if !self.enqueue(&batch, Reply::Async(tx))? {
             let core = Arc::clone(&self.core);
-            return tokio::task::spawn_blocking(move || {
-                core.append_whole(&core.restamp(&q.batch)?)
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
+            return tokio::task::spawn_blocking(move || core.append_whole(&core.restamp(&batch)?))
+                .await
+                .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
         }
+        // The rows are copied; the caller's arrays are freed on the caller's thread.
+        drop(batch);
         rx.await.map_err(|_| {
             Error::Internal("the group-commit thread ended without answering an append".into())
         })?
+    }
+
+    /// Copies `batch`'s rows into the newest open group; false when they are to be written on
+    /// their own (no committer thread).
+    fn enqueue(&self, batch: &RecordBatch, reply: Reply) -> Result<bool> {
+        if !self.running {
+            return Ok(false);
+        }
+        let rows = batch.num_rows();
+        let mut queue = lock(&self.shared.queue);
+        if queue.closed {
+            // The committer thread is gone (it panicked; this is a bug).
+            return Ok(false);
+        }
+        if queue.groups.back().is_none_or(|g| g.full_for(rows)) {
+            queue.groups.push_back(Open::new(&self.core));
+        }
+        let Some(open) = queue.groups.back_mut() else {
+            return Err(Error::Internal(
+                "no open group right after opening one; this is a bug".into(),
+            ));
+        };
+        let bytes = open.rows.push(batch)?;
+        open.bytes += bytes;
+        open.appends.push((rows, reply));
+        let first = open.appends.len() == 1;
+        drop(queue);
+        if first {
+            self.shared.wake.notify_one();
+        }
+        Ok(true)
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).closed = true;
+        self.shared.wake.notify_all();
+    }
+}
+
+/// The committer thread: writes each group that has appends, until the stream is closed.
+fn run(core: &Core, shared: &Shared) {
+    /// However the thread ends, later appends are written on their own, and the appends still
+    /// queued are answered (their replies dropped) rather than left waiting.
+    struct Stopped<'a>(&'a Shared);
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            let mut queue = lock(&self.0.queue);
+            queue.closed = true;
+            queue.groups.clear();
+        }
+    }
+    let _stopped = Stopped(shared);
+    loop {
+        let group = {
+            let mut queue = lock(&shared.queue);
+            loop {
+                match queue.groups.pop_front() {
+                    Some(g) if !g.appends.is_empty() => break g,
+                    Some(_) => {}
+                    None if queue.closed => return,
+                    None => queue = shared.wake.wait(queue).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+        };
+        if let Some(encoded) = encode_group(core, group) {
+            write_group(core, encoded);
+        }
     }
 }
 
@@ -130,24 +243,18 @@ struct Encoded {
     frames: Vec<(u32, Frame)>,
     /// The rows of each append, in order.
     rows: Vec<usize>,
-    /// The partition of every row of the concatenation, for a keyed stream.
+    /// The partition of every row of the group, for a keyed stream.
     assignment: Option<Vec<u32>>,
     replies: Vec<Reply>,
 }
 
-/// Concatenates a group into one batch and encodes it as one frame per partition; a group
+/// Builds a group's rows into one batch and encodes it as one frame per partition; a group
 /// that cannot be encoded is answered with the error at once.
-fn encode_group(core: &Core, group: Vec<Queued>) -> Option<Encoded> {
-    let rows: Vec<usize> = group.iter().map(|q| q.batch.num_rows()).collect();
-    let (batches, replies): (Vec<RecordBatch>, Vec<Reply>) =
-        group.into_iter().map(|q| (q.batch, q.reply)).unzip();
+fn encode_group(core: &Core, group: Open) -> Option<Encoded> {
+    let Open { rows, appends, .. } = group;
+    let (counts, replies): (Vec<usize>, Vec<Reply>) = appends.into_iter().unzip();
     let encoded = (|| -> Result<_> {
-        // Appends come with their own schemas (names, nullability) over the stream's column
-        // types; a group is written with the stream's.
-        let whole = match batches.as_slice() {
-            [one] => core.restamp(one)?,
-            _ => concat_batches(&core.schema, &batches)?,
-        };
+        let whole = rows.finish(&core.schema)?;
         let (parts, assignment) = core.split(&whole)?;
         let frames = parts
             .into_iter()
@@ -158,7 +265,7 @@ fn encode_group(core: &Core, group: Vec<Queued>) -> Option<Encoded> {
     match encoded {
         Ok((frames, assignment)) => Some(Encoded {
             frames,
-            rows,
+            rows: counts,
             assignment,
             replies,
         }),
@@ -290,10 +397,11 @@ mod tests {
     }
 
     /// Many concurrent small appends: each receipt names exactly the offsets where that
-    /// append's rows are, and nothing is lost or doubled.
+    /// append's rows are, and nothing is lost or doubled. The large round has more rows in
+    /// flight than one group takes, so appends queue in several groups.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn coalesced_appends_get_their_own_offsets() {
-        for key in [Some(0), None] {
+        for (key, rows_each) in [(Some(0), 5), (None, 5), (Some(0), 3000)] {
             let dir = tempfile::tempdir().expect("tempdir");
             let schema = batch(&[]).schema();
             let log = Arc::new(
@@ -303,7 +411,9 @@ mod tests {
                 .map(|t| {
                     let log = Arc::clone(&log);
                     tokio::spawn(async move {
-                        let ids: Vec<i64> = (0..(t % 5 + 1)).map(|i| t * 100 + i).collect();
+                        let ids: Vec<i64> = (0..((t * 37) % rows_each + 1))
+                            .map(|i| t * 10_000 + i)
+                            .collect();
                         let receipt = log.append_async(vec![batch(&ids)]).await.expect("append");
                         (ids, receipt)
                     })

@@ -43,6 +43,7 @@
 //! every frame; a bad tail of the newest segment (a torn write, which was never acknowledged) is
 //! truncated, and damage anywhere else is an error rather than silent loss.
 
+mod coalesce;
 mod frame;
 mod group_commit;
 mod partition;
