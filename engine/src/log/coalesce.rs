@@ -313,8 +313,8 @@ mod tests {
     use std::sync::Arc;
 
     use datafusion::arrow::array::{
-        BooleanArray, Int32Array, LargeStringArray, ListArray, RecordBatch, StringArray,
-        TimestampMicrosecondArray,
+        BinaryArray, BooleanArray, Decimal128Array, Int32Array, LargeStringArray, ListArray,
+        RecordBatch, StringArray, TimestampMicrosecondArray,
     };
     use datafusion::arrow::compute::concat_batches;
     use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
@@ -334,6 +334,8 @@ mod tests {
                 false,
             ),
             Field::new("l", DataType::LargeUtf8, true),
+            Field::new("d", DataType::Decimal128(12, 2), true),
+            Field::new("bin", DataType::Binary, true),
             Field::new(
                 "list",
                 DataType::List(Arc::new(Field::new_list_field(DataType::Int32, true))),
@@ -364,6 +366,18 @@ mod tests {
                     Arc::new(LargeStringArray::from_iter(
                         ids.iter()
                             .map(|&i| (i % 2 == 0).then(|| format!("row {i}"))),
+                    )),
+                    Arc::new(
+                        Decimal128Array::from_iter(
+                            ids.iter()
+                                .map(|&i| (i % 6 != 5).then_some(i128::from(i) * 101)),
+                        )
+                        .with_precision_and_scale(12, 2)
+                        .expect("decimal type"),
+                    ),
+                    Arc::new(BinaryArray::from_iter(
+                        ids.iter()
+                            .map(|&i| (i % 3 != 1).then(|| vec![i as u8; i as usize % 4])),
                     )),
                     Arc::new(ListArray::from_iter_primitive::<Int32Type, _, _>(
                         ids.iter()
