@@ -1,4 +1,4 @@
-//! Column buffers that gather the rows of many small appends into one batch per partition.
+//! Column buffers that gather the rows of many small appends into one batch per group.
 //!
 //! Concatenating thousands of one-row batches at write time costs more per row than writing
 //! them (each array is type-checked, measured and freed on its own), and it all lands on the one
@@ -20,7 +20,7 @@ use datafusion::arrow::datatypes::{
 
 use crate::{Error, Result};
 
-/// The rows gathered for one partition.
+/// The rows gathered for one group.
 #[derive(Debug)]
 pub(super) struct RowBuffer {
     columns: Vec<Column>,

@@ -3,8 +3,8 @@
 //!
 //! One fsync costs about a millisecond whatever it covers, so a stream fed by many small
 //! appends (single-row INSERTs from many connections) is bound by fsyncs unless they are
-//! shared. Sharing the fsync alone (see [`super::Partition::sync_to`])
-//! still encodes, checksums and indexes one frame per append. Here each appender copies its
+//! shared. Sharing the fsync alone (see [`super::Partition::sync_to`]) still encodes,
+//! checksums and indexes one frame per append. Here each appender copies its
 //! rows into the open group's column buffers (see [`super::coalesce`]), on its own thread and
 //! while they are still in its cache, and one thread writes each group whole.
 
@@ -139,42 +139,48 @@ impl Committer {
         }
     }
 
-    /// Appends `batch` (already checked against the stream's column types) and waits for its
-    /// receipt.
-    pub(super) fn submit_blocking(&self, batch: RecordBatch) -> Result<AppendReceipt> {
+    /// Appends `batches` (already checked against the stream's column types, `rows` rows in
+    /// all) as one append and waits for its receipt.
+    pub(super) fn submit_blocking(
+        &self,
+        batches: &[RecordBatch],
+        rows: usize,
+    ) -> Result<AppendReceipt> {
         let (tx, rx) = mpsc::sync_channel(1);
-        if !self.enqueue(&batch, Reply::Blocking(tx))? {
-            return self.core.append_whole(&self.core.restamp(&batch)?);
+        if !self.enqueue(batches, rows, Reply::Blocking(tx))? {
+            return self.core.append_whole(&self.core.join(batches)?);
         }
-        drop(batch);
         rx.recv().map_err(|_| {
             Error::Internal("the group-commit thread ended without answering an append".into())
         })?
     }
 
-    /// Appends `batch` and waits for its receipt without holding a thread.
-    pub(super) async fn submit(&self, batch: RecordBatch) -> Result<AppendReceipt> {
+    /// [`Committer::submit_blocking`] without holding a thread.
+    pub(super) async fn submit(
+        &self,
+        batches: Vec<RecordBatch>,
+        rows: usize,
+    ) -> Result<AppendReceipt> {
         let (tx, rx) = oneshot::channel();
-        if !self.enqueue(&batch, Reply::Async(tx))? {
+        if !self.enqueue(&batches, rows, Reply::Async(tx))? {
             let core = Arc::clone(&self.core);
-            return tokio::task::spawn_blocking(move || core.append_whole(&core.restamp(&batch)?))
+            return tokio::task::spawn_blocking(move || core.append_whole(&core.join(&batches)?))
                 .await
                 .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
         }
         // The rows are copied; the caller's arrays are freed on the caller's thread.
-        drop(batch);
+        drop(batches);
         rx.await.map_err(|_| {
             Error::Internal("the group-commit thread ended without answering an append".into())
         })?
     }
 
-    /// Copies `batch`'s rows into the newest open group; false when they are to be written on
-    /// their own (no committer thread).
-    fn enqueue(&self, batch: &RecordBatch, reply: Reply) -> Result<bool> {
+    /// Copies the rows of `batches` into the newest open group as one append; false when they
+    /// are to be written on their own (no committer thread).
+    fn enqueue(&self, batches: &[RecordBatch], rows: usize, reply: Reply) -> Result<bool> {
         if !self.running {
             return Ok(false);
         }
-        let rows = batch.num_rows();
         let mut queue = lock(&self.shared.queue);
         if queue.closed {
             // The committer thread is gone (it panicked; this is a bug).
@@ -188,7 +194,18 @@ impl Committer {
                 "no open group right after opening one; this is a bug".into(),
             ));
         };
-        let bytes = open.rows.push(batch)?;
+        let start = open.rows.rows();
+        let mut bytes = 0;
+        for batch in batches {
+            match open.rows.push(batch) {
+                Ok(b) => bytes += b,
+                Err(e) => {
+                    // All of the append or none of it.
+                    open.rows.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
         open.bytes += bytes;
         open.appends.push((rows, reply));
         let first = open.appends.len() == 1;

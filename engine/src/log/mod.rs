@@ -303,9 +303,9 @@ impl StreamLog {
             return Ok(AppendReceipt::default());
         }
         if rows >= group_commit::COALESCE_BELOW_ROWS {
-            return self.core.append_whole(&self.core.conform(batches)?);
+            return self.core.append_whole(&self.core.join(batches)?);
         }
-        self.committer().submit_blocking(self.core.small(batches)?)
+        self.committer().submit_blocking(batches, rows)
     }
 
     /// [`StreamLog::append`] for async callers: small appends wait for the group commit without
@@ -319,15 +319,13 @@ impl StreamLog {
             return Ok(AppendReceipt::default());
         }
         if rows >= group_commit::COALESCE_BELOW_ROWS {
-            let batch = self.core.conform(&batches)?;
+            let batch = self.core.join(&batches)?;
             let core = Arc::clone(&self.core);
             return tokio::task::spawn_blocking(move || core.append_whole(&batch))
                 .await
                 .map_err(|e| Error::Internal(format!("an append thread failed: {e}")))?;
         }
-        let batch = self.core.small(&batches)?;
-        drop(batches);
-        self.committer().submit(batch).await
+        self.committer().submit(batches, rows).await
     }
 
     fn committer(&self) -> &group_commit::Committer {
@@ -570,9 +568,14 @@ impl Core {
         Ok(rows)
     }
 
-    /// Checked batches as one batch with exactly the stream's schema.
+    /// Checks `batches` (see [`Core::check`]) and joins them (see [`Core::join`]).
     fn conform(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
         self.check(batches)?;
+        self.join(batches)
+    }
+
+    /// Checked batches as one batch with exactly the stream's schema.
+    fn join(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
         match batches {
             [one] => self.restamp(one),
             _ => Ok(concat_batches(&self.schema, batches)?),
@@ -588,16 +591,6 @@ impl Core {
             Arc::clone(&self.schema),
             batch.columns().to_vec(),
         )?)
-    }
-
-    /// Checked batches of a small append as one batch for the group commit, which takes only
-    /// their columns (it writes each group with the stream's schema): a single batch goes as it
-    /// is, without being rebuilt.
-    fn small(&self, batches: &[RecordBatch]) -> Result<RecordBatch> {
-        match batches {
-            [one] => Ok(one.clone()),
-            _ => self.conform(batches),
-        }
     }
 
     /// Splits a batch by partition; also returns the partition of every row, when the stream
