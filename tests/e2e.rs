@@ -509,6 +509,42 @@ async fn copy_loads_files_all_or_nothing() {
     );
 }
 
+/// psql shows PostgreSQL's notice for `CREATE ... IF NOT EXISTS` over an object of another
+/// kind, and nothing changes.
+#[test]
+fn psql_notices_if_not_exists_over_another_kind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (ok, stdout, stderr) = psql(
+        &server,
+        &[
+            "-c",
+            "CREATE STREAM clicks (user_id BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts)",
+            "-c",
+            "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT)",
+            "-c",
+            "CREATE STREAM IF NOT EXISTS users (x BIGINT)",
+            "-c",
+            "CREATE TABLE IF NOT EXISTS clicks (id BIGINT PRIMARY KEY)",
+            "-c",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS users AS SELECT user_id FROM clicks",
+            "-c",
+            "SELECT name FROM users",
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    for (tag, name) in [
+        ("CREATE STREAM", "users"),
+        ("CREATE TABLE", "clicks"),
+        ("CREATE MATERIALIZED VIEW", "users"),
+    ] {
+        assert!(stdout.contains(tag), "missing {tag} in\n{stdout}");
+        let notice = format!("NOTICE:  relation \"{name}\" already exists, skipping");
+        assert!(stderr.contains(&notice), "missing {notice:?} in\n{stderr}");
+    }
+    assert!(stdout.contains("(0 rows)"), "{stdout}");
+}
+
 #[tokio::test]
 async fn psql_describes_streams_tables_and_views() {
     let dir = tempfile::tempdir().expect("tempdir");

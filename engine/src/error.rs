@@ -32,6 +32,9 @@ pub enum Error {
     /// numbers, or an older epoch).
     #[error("{0}")]
     OutOfOrderSequence(String),
+    /// A NULL for a column declared NOT NULL.
+    #[error("{0}")]
+    NotNull(String),
     /// A bound on resources was reached (a subscriber fell too far behind, for example).
     #[error("{0}")]
     LimitExceeded(String),

@@ -1,9 +1,6 @@
 //! Weir's Postgres wire server: every connection gets a `weir_sql::Session`.
 
 pub mod auth;
-pub mod bench;
-pub mod bench_kafka;
-pub mod generate;
 pub mod kafka;
 pub mod pg;
 
@@ -98,6 +95,7 @@ impl Server {
             &config.data_dir,
             weir_sql::Options {
                 checkpoint_interval: config.checkpoint_interval,
+                connectors: Some(kafka::connectors::KafkaConnectors::shared()),
             },
         )
         .await?;

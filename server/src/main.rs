@@ -1,4 +1,7 @@
-//! The `weir` binary: `weir serve` runs the Postgres wire server, `weir shell` the REPL.
+//! The `weir` binary: `weir serve` runs the Postgres wire server, `weir shell` the REPL,
+//! `weir gen` and `weir bench` the generators and benchmarks of [`tools`].
+
+mod tools;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -59,7 +62,7 @@ enum Command {
     Gen {
         /// What to generate.
         #[arg(value_enum)]
-        kind: weir_server::generate::Kind,
+        kind: tools::generate::Kind,
         /// The stream (tweets, sensors, transactions; Nexmark writes person, auction and bid).
         #[arg(long)]
         stream: Option<String>,
@@ -168,31 +171,29 @@ fn main() -> ExitCode {
             events,
             seed,
             connect,
-        } => runtime.block_on(weir_server::generate::run(
-            weir_server::generate::GenOptions {
-                kind,
-                stream,
-                rate,
-                events,
-                seed,
-                connect,
-            },
-        )),
+        } => runtime.block_on(tools::generate::run(tools::generate::GenOptions {
+            kind,
+            stream,
+            rate,
+            events,
+            seed,
+            connect,
+        })),
         Command::Bench {
             suite,
             events,
             keys,
             checkpoint_interval_ms,
             ..
-        } if suite == "recovery" => runtime.block_on(weir_server::bench::recovery(
-            weir_server::bench::RecoveryOptions {
+        } if suite == "recovery" => {
+            runtime.block_on(tools::bench::recovery(tools::bench::RecoveryOptions {
                 events,
                 keys,
                 checkpoint_interval: std::time::Duration::from_millis(checkpoint_interval_ms),
-            },
-        )),
+            }))
+        }
         Command::Bench { suite, events, .. } if suite == "kafka" => runtime.block_on(
-            weir_server::bench_kafka::kafka(weir_server::bench_kafka::KafkaBenchOptions {
+            tools::bench_kafka::kafka(tools::bench_kafka::KafkaBenchOptions {
                 records: events,
                 csv: "bench-kafka.csv".into(),
             }),
@@ -205,17 +206,22 @@ fn main() -> ExitCode {
             latency_rate,
             latency_seconds,
             ..
-        } => runtime.block_on(weir_server::bench::nexmark(
-            weir_server::bench::BenchOptions {
-                events,
-                queries: query,
-                csv,
-                latency_rate,
-                latency_seconds,
-            },
-        )),
+        } => runtime.block_on(tools::bench::nexmark(tools::bench::BenchOptions {
+            events,
+            queries: query,
+            csv,
+            latency_rate,
+            latency_seconds,
+        })),
         Command::Shell { data_dir, connect } => runtime
-            .block_on(weir_shell::run(&weir_shell::Options { data_dir, connect }))
+            .block_on(weir_shell::run(&weir_shell::Options {
+                data_dir,
+                connect,
+                database: weir_sql::Options {
+                    connectors: Some(weir_server::kafka::connectors::KafkaConnectors::shared()),
+                    ..weir_sql::Options::default()
+                },
+            }))
             .map_err(|e| e.to_string()),
     };
     match result {

@@ -293,7 +293,9 @@ impl SimpleQueryHandler for Handler {
     {
         let session = self.session(client);
         let mut responses = Vec::new();
-        for result in session.execute(query).await {
+        let results = session.execute(query).await;
+        send_notices(client, &session).await?;
+        for result in results {
             match result {
                 Ok(Output::CopyOut { columns, stream }) => {
                     // Sent here rather than as a response so that every change is flushed as it
@@ -319,6 +321,26 @@ impl SimpleQueryHandler for Handler {
         }
         Ok(responses)
     }
+}
+
+/// Sends the notices the session's statements left (before their responses, as PostgreSQL
+/// sends a notice before its statement's CommandComplete).
+async fn send_notices<C>(client: &mut C, session: &Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for notice in session.take_notices() {
+        let info = ErrorInfo::new(
+            "NOTICE".to_owned(),
+            notice.sqlstate.to_owned(),
+            notice.message,
+        );
+        client
+            .send(PgWireBackendMessage::NoticeResponse(info.into()))
+            .await?;
+    }
+    Ok(())
 }
 
 fn pg_fields(
@@ -448,7 +470,9 @@ impl ExtendedQueryHandler for Handler {
         } else {
             None
         };
-        let out = session.execute_one(sql, params).await.map_err(user_error)?;
+        let out = session.execute_one(sql, params).await;
+        send_notices(client, &session).await?;
+        let out = out.map_err(user_error)?;
         if let Output::CopyOut { columns, stream } = out {
             // Streamed here so that each change is flushed as it happens (see the simple path).
             let rows = copy_out_stream(client, columns, stream)

@@ -6,6 +6,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::{Stream, StreamExt, TryStreamExt};
 use weir_sql::parser::{SubscribeOutput, WeirStatement};
+use weir_sql::syntax::{StatementKind, classify_text};
 use weir_sql::{Output, Session};
 
 /// A statement's result, as text.
@@ -20,6 +21,8 @@ pub enum Reply {
     },
     /// A command's tag (`CREATE STREAM`, `INSERT 0 3`, ...).
     Tag(String),
+    /// A notice from the engine (`relation "x" already exists, skipping`).
+    Notice(String),
     /// An error, one line.
     Error(String),
     /// Live rows of a subscription (or COPY TO STDOUT), until the feed ends or the user stops it.
@@ -49,15 +52,23 @@ pub type InputProbe = std::sync::Arc<
     dyn Fn() -> Pin<Box<dyn std::future::Future<Output = Option<u64>> + Send>> + Send + Sync,
 >;
 
-/// The view a `SUBSCRIBE name` follows (not a query, not a stream's log).
+/// The statements of `sql` as Weir classifies them, with their command tags; none when they
+/// do not parse here (a server may still run them).
+pub(crate) fn classified(sql: &str) -> Vec<(StatementKind, &'static str)> {
+    classify_text(sql).unwrap_or_default()
+}
+
+/// The view (or stream) a `SUBSCRIBE name` follows; `None` for a query.
 fn subscribed_name(sql: &str) -> Option<String> {
-    match weir_sql::parser::parse(sql).ok()?.pop()? {
-        WeirStatement::Subscribe {
-            target: weir_sql::parser::SubscribeTarget::View(name, _),
-            ..
-        } => Some(name),
+    match classified(sql).pop()? {
+        (StatementKind::Subscribe { name, .. }, _) => name,
         _ => None,
     }
+}
+
+/// The kind of the first statement of `sql`.
+fn first_kind(sql: &str) -> Option<StatementKind> {
+    classified(sql).into_iter().next().map(|(k, _)| k)
 }
 
 impl std::fmt::Debug for Live {
@@ -140,43 +151,10 @@ pub fn copy_fields(line: &str) -> Vec<String> {
 /// The command of each statement in `sql`, as Postgres tags name it (`CREATE STREAM`, `INSERT`,
 /// `CREATE MATERIALIZED VIEW`, ...): the server's completion messages carry only row counts.
 fn statement_commands(sql: &str) -> Vec<String> {
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
-        return Vec::new();
-    };
-    let mut commands = Vec::new();
-    let mut words: Vec<String> = Vec::new();
-    for t in tokens {
-        match t {
-            Token::SemiColon => {
-                if !words.is_empty() {
-                    commands.push(command_of(&words));
-                }
-                words.clear();
-            }
-            Token::Word(w) if words.len() < 3 => words.push(w.value.to_ascii_uppercase()),
-            Token::Whitespace(_) => {}
-            _ if words.len() < 3 => words.push(String::new()),
-            _ => {}
-        }
-    }
-    if !words.is_empty() {
-        commands.push(command_of(&words));
-    }
-    commands
-}
-
-fn command_of(words: &[String]) -> String {
-    let take = match (
-        words.first().map(String::as_str),
-        words.get(1).map(String::as_str),
-    ) {
-        (Some("CREATE" | "DROP"), Some("MATERIALIZED")) => 3,
-        (Some("CREATE" | "DROP" | "SHOW" | "EXPLAIN"), _) => 2,
-        _ => 1,
-    };
-    words[..take.min(words.len())].join(" ")
+    classified(sql)
+        .into_iter()
+        .map(|(_, tag)| tag.to_string())
+        .collect()
 }
 
 /// The engine in this process, or a server.
@@ -239,9 +217,13 @@ fn remote_probe(url: String, view: String) -> InputProbe {
 
 /// Whether `sql` is a SUBSCRIBE to show as a live table.
 fn is_subscribe(sql: &str) -> bool {
-    sql.trim_start()
-        .get(..9)
-        .is_some_and(|w| w.eq_ignore_ascii_case("subscribe"))
+    matches!(
+        first_kind(sql),
+        Some(StatementKind::Subscribe {
+            output: SubscribeOutput::Rows,
+            ..
+        })
+    )
 }
 
 impl Backend {
@@ -341,12 +323,27 @@ impl Backend {
                 Err(e) => Reply::Error(sql_error(&e)),
             });
         }
-        replies
+        // Before the replies, as psql shows a notice before its statement's tag.
+        let notices = session
+            .take_notices()
+            .into_iter()
+            .map(|n| Reply::Notice(n.message));
+        notices.chain(replies).collect()
     }
 
     async fn run_remote(client: &tokio_postgres::Client, url: &str, sql: &str) -> Vec<Reply> {
-        let upper = sql.trim_start().to_ascii_uppercase();
-        if is_subscribe(sql) || (upper.starts_with("COPY") && upper.contains("TO STDOUT")) {
+        let first = first_kind(sql);
+        let copy_to = matches!(
+            first,
+            Some(
+                StatementKind::CopyTo
+                    | StatementKind::Subscribe {
+                        output: SubscribeOutput::Copy,
+                        ..
+                    }
+            )
+        );
+        if is_subscribe(sql) || copy_to {
             let (copy, table) = if is_subscribe(sql) {
                 let body = sql.trim().trim_end_matches(';');
                 (format!("COPY ({body}) TO STDOUT"), true)
@@ -412,7 +409,7 @@ impl Backend {
                 Err(e) => Reply::Error(pg_error(&e)),
             }];
         }
-        if upper.starts_with("COPY") && upper.contains("FROM STDIN") {
+        if first == Some(StatementKind::CopyFrom) {
             return vec![Reply::CopyIn(CopyIn::Remote(sql.trim().to_string()))];
         }
         let messages = match client.simple_query(sql).await {

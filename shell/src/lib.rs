@@ -19,6 +19,7 @@ use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Editor, Helper};
+use weir_sql::syntax::StatementKind;
 use weir_sql::{Database, Session};
 
 use crate::backend::{Backend, Live, Reply};
@@ -47,6 +48,9 @@ pub struct Options {
     pub data_dir: PathBuf,
     /// A server to talk to instead (`postgres://user@host:port/db`).
     pub connect: Option<String>,
+    /// How the embedded engine runs, with the connectors the binary provides (so that
+    /// streams over external Kafka topics run in the shell too).
+    pub database: weir_sql::Options,
 }
 
 const HELP: &str = "\
@@ -446,21 +450,26 @@ fn draw(screen: &mut Screen, header: &str, table: &str) -> std::io::Result<()> {
 
 /// The view a `CREATE MATERIALIZED VIEW` statement creates.
 fn created_view(sql: &str) -> Option<String> {
-    let words: Vec<String> = sql
-        .split_whitespace()
-        .take(8)
-        .map(|w| w.to_lowercase())
-        .collect();
-    if words.len() < 4 || words[..3] != ["create", "materialized", "view"] {
-        return None;
-    }
-    let name = if words[3] == "if" {
-        words.get(6)?
-    } else {
-        &words[3]
-    };
-    let name = name.split(['(', ';']).next()?.trim_matches('"');
-    (!name.is_empty()).then(|| name.to_string())
+    backend::classified(sql)
+        .into_iter()
+        .find_map(|(kind, _)| match kind {
+            StatementKind::CreateView(name) if !name.is_empty() => Some(name),
+            _ => None,
+        })
+}
+
+/// Whether `sql` creates or drops an object, so that the names Tab completes change.
+fn changes_names(sql: &str) -> bool {
+    backend::classified(sql)
+        .iter()
+        .any(|(kind, _)| kind.changes_names())
+}
+
+/// Whether `sql` is a `COPY ... FROM STDIN`, whose data follows it.
+fn is_copy_from(sql: &str) -> bool {
+    backend::classified(sql)
+        .first()
+        .is_some_and(|(kind, _)| *kind == StatementKind::CopyFrom)
 }
 
 /// Events as people read them: 950, 12.3k, 4.1M.
@@ -583,6 +592,7 @@ async fn run_sql(
                 screen.line(&text)?;
             }
             Reply::Tag(tag) => screen.line(&tag)?,
+            Reply::Notice(n) => screen.line(&format!("NOTICE:  {n}"))?,
             Reply::Error(e) => {
                 screen.line(&e.replace('\n', " "))?;
                 if let Some(pointer) = point_at(sql, &e) {
@@ -629,8 +639,7 @@ async fn run_file(backend: &Backend, path: &Path, screen: &mut Screen) -> std::i
         if !is_complete(&statement) {
             continue;
         }
-        let upper = statement.to_ascii_uppercase();
-        let data = if upper.trim_start().starts_with("COPY") && upper.contains("FROM STDIN") {
+        let data = if is_copy_from(&statement) {
             let mut data = Vec::new();
             for l in lines.by_ref() {
                 if l == "\\." {
@@ -737,7 +746,7 @@ pub async fn run(options: &Options) -> Result<(), Error> {
             (Backend::Remote(client, url.clone()), None, url.clone())
         }
         None => {
-            let db = Database::open(&options.data_dir).await?;
+            let db = Database::open_with(&options.data_dir, options.database.clone()).await?;
             let session = Session::new(db.clone());
             (
                 Backend::Embedded(session),
@@ -781,8 +790,7 @@ pub async fn run(options: &Options) -> Result<(), Error> {
                 if let Some(view) = created_view(trimmed) {
                     show_progress(&backend, &view, &mut screen).await?;
                 }
-                let upper = trimmed.to_ascii_uppercase();
-                if upper.starts_with("CREATE") || upper.starts_with("DROP") {
+                if changes_names(trimmed) {
                     *names.lock().unwrap_or_else(|e| e.into_inner()) = backend.names().await;
                 }
             }
@@ -831,7 +839,7 @@ mod tests {
             Some("v")
         );
         assert_eq!(
-            created_view("create materialized view if not exists Per_User as select").as_deref(),
+            created_view("create materialized view if not exists Per_User as select 1").as_deref(),
             Some("per_user")
         );
         assert_eq!(created_view("CREATE STREAM s (a INT);"), None);

@@ -12,7 +12,7 @@ use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement,
 };
 
-use crate::parser::{normalize, object_name};
+use crate::syntax::{normalize, object_name};
 use crate::{Error, Result};
 
 /// How the rows of a COPY are written.

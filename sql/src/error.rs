@@ -108,7 +108,7 @@ impl Error {
 fn engine_sqlstate(e: &weir_engine::Error) -> &'static str {
     use weir_engine::Error as E;
     match e {
-        E::InvalidArgument(m) if m.contains("not-null") => "23502",
+        E::NotNull(_) => "23502",
         E::InvalidArgument(_) => "22023",
         E::Io { source, .. } if source.raw_os_error() == Some(28) => "53100",
         E::Io { .. } => "58030",

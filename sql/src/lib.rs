@@ -1,25 +1,42 @@
-//! Weir's SQL layer: parsing, the catalog, planning streaming SQL into engine pipelines, and the
+//! Weir's SQL layer: the catalog, parsing, planning streaming SQL into engine pipelines, and the
 //! [`Session`] API that the Postgres server and the shell use.
+//!
+//! Its modules are layers, each importing only those below it:
+//!
+//! | layer | modules | owns |
+//! |---|---|---|
+//! | catalog | [`catalog`] | definitions, their file, the registry of live objects, the connector interface |
+//! | syntax | [`syntax`], [`copy`] | the AST, the parser, client-compatibility rewrites, the statement classification, COPY data |
+//! | providers | [`providers`] | DataFusion tables and table functions over the registry, the planning context |
+//! | plan | [`plan`] | compiling a query into an engine dataflow: analysis and lowering |
+//! | database | [`database`] | open, recovery, the lifecycle of queries and connectors, retention |
+//! | handler | `handler` | one file per statement family |
+//! | session | [`session`] | parse, classify, dispatch |
+//!
+//! Leaves that any layer may use: [`error`], [`time`], [`settings`], [`functions`],
+//! [`subscribe`], [`output`].
 
 pub mod catalog;
-pub mod connectors;
 pub mod copy;
 pub mod database;
 pub mod error;
 pub mod functions;
-pub mod parser;
-mod pg_compat;
-pub mod planner;
-pub mod ref_table;
+mod handler;
+pub mod output;
+pub mod plan;
+pub mod providers;
 pub mod session;
 pub mod settings;
 pub mod subscribe;
-pub mod tables;
-pub mod topics;
+pub mod syntax;
+pub mod time;
 
 pub use database::{Database, Options};
 pub use error::{Error, Result};
-pub use session::{Description, Output, Session};
+pub use output::{Description, Notice, Output};
+pub use session::Session;
+/// The parser, under its former path.
+pub use syntax::parser;
 
 /// Re-exported so that front ends use the same Arrow and DataFusion as the engine.
 pub use datafusion;

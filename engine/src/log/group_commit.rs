@@ -390,6 +390,7 @@ fn copy_error(e: &Error) -> Error {
         },
         Error::Corrupt(m) => Error::Corrupt(m.clone()),
         Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+        Error::NotNull(m) => Error::NotNull(m.clone()),
         Error::Poisoned(m) => Error::Poisoned(m.clone()),
         Error::LimitExceeded(m) => Error::LimitExceeded(m.clone()),
         Error::OutOfOrderSequence(m) => Error::OutOfOrderSequence(m.clone()),

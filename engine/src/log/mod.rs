@@ -557,7 +557,7 @@ impl Core {
             }
             for (field, col) in self.schema.fields().iter().zip(b.columns()) {
                 if !field.is_nullable() && col.null_count() > 0 {
-                    return Err(Error::InvalidArgument(format!(
+                    return Err(Error::NotNull(format!(
                         "null value in column \"{}\" violates not-null constraint",
                         field.name()
                     )));

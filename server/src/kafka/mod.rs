@@ -1,11 +1,13 @@
 //! The Kafka protocol listener: every stream is a topic with the same partitions and offsets.
 //!
 //! Requests are decoded and responses encoded by the `kafka-protocol` crate; rows become
-//! records and back in `weir_sql::topics`. One broker (node 0, this listener) leads every
+//! records and back in `topics`. One broker (node 0, this listener) leads every
 //! partition and coordinates every consumer group ([`groups`]). A connection answers its
 //! requests in order, as Kafka clients require.
 
+pub mod connectors;
 pub mod groups;
+pub mod topics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,8 +55,8 @@ use kafka_protocol::records::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
+use topics::{ProduceError, ProducedRecord, ProducerBatch, Topic, TopicCatalog as _};
 use weir_sql::Database;
-use weir_sql::topics::{ProduceError, ProducedRecord, ProducerBatch, Topic};
 
 /// Requests larger than this close the connection (Kafka's `socket.request.max.bytes`).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;

@@ -324,17 +324,35 @@ fn rewrite_flink_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     out
 }
 
-/// Whether `sql` looks like a client's catalog query (psql's `\d`, a driver's metadata call, a
-/// BI tool's table picker): those go through datafusion-pg-catalog's rewrites of Postgres-only
-/// syntax (`OPERATOR(pg_catalog.~)`, `::regclass`, `COLLATE`, ...).
+/// Whether `sql` is a client's catalog query (psql's `\d`, a driver's metadata call, a BI
+/// tool's table picker): a SELECT (or WITH) naming a `pg_` relation or function,
+/// `information_schema`, or `current_user` / `session_user`. Those go through
+/// datafusion-pg-catalog's rewrites of Postgres-only syntax (`OPERATOR(pg_catalog.~)`,
+/// `::regclass`, `COLLATE`, ...). Decided on the statement's tokens, so that a string literal
+/// or a comment that mentions such a name does not count.
 fn is_catalog_query(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    let starts = lower.trim_start();
-    (starts.starts_with("select") || starts.starts_with("with"))
-        && (lower.contains("pg_")
-            || lower.contains("information_schema")
-            || lower.contains("current_user")
-            || lower.contains("session_user"))
+    let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
+        return false;
+    };
+    let mut words = tokens.iter().filter_map(|t| match t {
+        Token::Word(w) => Some(w),
+        _ => None,
+    });
+    let is_query = tokens
+        .iter()
+        .find(|t| !matches!(t, Token::Whitespace(_) | Token::SemiColon))
+        .is_some_and(
+            |t| matches!(t, Token::Word(w) if matches!(w.keyword, Keyword::SELECT | Keyword::WITH)),
+        );
+    is_query
+        && words.any(|w| {
+            let v = w.value.to_ascii_lowercase();
+            v.starts_with("pg_")
+                || matches!(
+                    v.as_str(),
+                    "information_schema" | "current_user" | "session_user"
+                )
+        })
 }
 
 /// Prepares a catalog query for the compatibility rewrites: names unaliased `current_user`,
@@ -436,12 +454,12 @@ fn compatibility_parser() -> &'static datafusion_pg_catalog::sql::PostgresCompat
 pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
     if is_catalog_query(sql) {
         let named = name_session_functions(sql);
-        let sql = crate::pg_compat::rewrite_client_sql(named.as_deref().unwrap_or(sql));
+        let sql = super::compat::rewrite_client_sql(named.as_deref().unwrap_or(sql));
         if let Ok(stmts) = compatibility_parser().parse(&sql) {
             return Ok(stmts
                 .into_iter()
                 .map(|mut s| {
-                    crate::pg_compat::rewrite_statement(&mut s);
+                    super::compat::rewrite_statement(&mut s);
                     WeirStatement::Sql(Box::new(s))
                 })
                 .collect());

@@ -1,5 +1,14 @@
-//! The persistent catalog: which streams and materialized views exist, stored as JSON in the
-//! data directory and replaced atomically on every change.
+//! The catalog, the lowest layer of `weir-sql`: the definitions of streams, views and tables,
+//! stored as JSON in the data directory and replaced atomically on every change, and the
+//! registry of the live objects built from them.
+
+pub mod connector;
+pub mod registry;
+pub mod table;
+
+pub use connector::{Connector, ConnectorFactory, ConnectorStatus};
+pub use registry::{CATALOG, ObjectKind, Registry, SCHEMA, StreamEntry, ViewEntry};
+pub use table::TableEntry;
 
 use std::fs::{self, File};
 use std::io::Write;

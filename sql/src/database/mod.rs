@@ -1,13 +1,11 @@
 //! A Weir database: a data directory holding the catalog, the streams' logs, and the running
 //! continuous queries of its materialized views.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use datafusion::arrow::datatypes::SchemaRef;
 use weir_engine::checkpoint::CheckpointStore;
 use weir_engine::log::StreamLog;
 use weir_engine::result_table::ResultTable;
@@ -15,69 +13,15 @@ use weir_engine::runtime::{
     CheckpointSpec, QuerySpec, RunningQuery, SourceSpec, late_events_schema,
 };
 
-use crate::catalog::{CatalogData, CatalogFile, StreamDef, TableDef, ViewDef};
-use crate::connectors::Connector;
-use crate::planner::CompiledView;
-use crate::ref_table::TableEntry;
+use crate::catalog::registry::State;
+use crate::catalog::{
+    CatalogFile, Connector, ConnectorFactory, ObjectKind, Registry, StreamDef, StreamEntry,
+    TableDef, TableEntry, ViewDef, ViewEntry,
+};
+use crate::plan::{CompiledView, compile_view};
 use crate::{Error, Result};
 
-/// How often retention runs.
-const RETENTION_INTERVAL: Duration = Duration::from_secs(10);
-
-/// A stream and its log.
-#[derive(Debug)]
-pub struct StreamEntry {
-    /// The catalog definition.
-    pub def: StreamDef,
-    /// The row schema.
-    pub schema: SchemaRef,
-    /// The partitioned log holding the rows.
-    pub log: Arc<StreamLog>,
-}
-
-/// A materialized view, its results and its running query.
-#[derive(Debug)]
-pub struct ViewEntry {
-    /// The catalog definition.
-    pub def: ViewDef,
-    /// The streams the view reads, in the order of its query's sources.
-    pub sources: Vec<Arc<StreamEntry>>,
-    /// The tables the view looks rows up in.
-    pub tables: Vec<String>,
-    /// The views whose queries this view includes.
-    pub views: Vec<String>,
-    /// The view's rows.
-    pub table: Arc<ResultTable>,
-    /// Events that arrived after their window had closed.
-    pub late: Arc<ResultTable>,
-    /// The operator plan, one line per step, sink first.
-    pub plan: Vec<String>,
-    /// The queries that write the streams this one reads (those made `AS SELECT`): a read
-    /// waits for them to have written their results first.
-    pub upstream: Vec<Arc<ViewEntry>>,
-    query: Mutex<Option<RunningQuery>>,
-}
-
-impl ViewEntry {
-    /// The committed offsets of every source, in the order the view's progress reports them.
-    pub fn source_offsets(&self) -> Vec<u64> {
-        self.sources
-            .iter()
-            .flat_map(|s| s.log.committed_offsets())
-            .collect()
-    }
-
-    /// Whether the view reads stream `name`.
-    pub fn reads(&self, name: &str) -> bool {
-        self.sources.iter().any(|s| s.def.name == name)
-    }
-
-    fn stop(&self) {
-        if let Some(mut q) = self.query.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            q.stop();
-        }
-    }
-}
+mod retention;
 
 /// The relations that own a directory of rows.
 #[derive(Debug, Clone, Copy)]
@@ -86,29 +30,21 @@ enum Relation {
     Table,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    data: CatalogData,
-    streams: BTreeMap<String, Arc<StreamEntry>>,
-    views: BTreeMap<String, Arc<ViewEntry>>,
-    tables: BTreeMap<String, Arc<TableEntry>>,
-    /// The queries of `CREATE STREAM ... AS SELECT`, by the stream they write.
-    producers: BTreeMap<String, Arc<ViewEntry>>,
-    /// External Kafka sources and sinks, by their stream.
-    connectors: BTreeMap<String, Arc<Connector>>,
-}
-
 /// How a database runs.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// How often each materialized view checkpoints its query (when it made progress).
     pub checkpoint_interval: Duration,
+    /// Starts the connectors of streams over external Kafka topics; without it such streams
+    /// are refused (0A000).
+    pub connectors: Option<Arc<dyn ConnectorFactory>>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             checkpoint_interval: Duration::from_secs(1),
+            connectors: None,
         }
     }
 }
@@ -118,7 +54,7 @@ struct Inner {
     dir: PathBuf,
     options: Options,
     catalog: CatalogFile,
-    state: Mutex<State>,
+    registry: Registry,
     /// Held (locked) for the database's lifetime so that two processes never share a data dir.
     _lock: File,
 }
@@ -188,7 +124,7 @@ impl Database {
                 dir: dir.to_path_buf(),
                 options,
                 catalog,
-                state: Mutex::new(State::default()),
+                registry: Registry::default(),
                 _lock: lock,
             }),
         };
@@ -206,21 +142,19 @@ impl Database {
         }
         for def in data.streams.iter().filter(|d| d.query.is_some()) {
             let view = producer_def(def);
-            let compiled = crate::planner::compile_view(&db, &view)
-                .await
-                .map_err(|e| {
-                    Error::Internal(format!(
-                        "the query of stream {} no longer compiles: {e}",
-                        def.name
-                    ))
-                })?;
+            let compiled = compile_view(db.registry(), &view).await.map_err(|e| {
+                Error::Internal(format!(
+                    "the query of stream {} no longer compiles: {e}",
+                    def.name
+                ))
+            })?;
             db.start_producer(view, compiled)?;
         }
         for def in &data.streams {
             db.start_connector(def)?;
         }
         for def in data.views {
-            let compiled = crate::planner::compile_view(&db, &def).await;
+            let compiled = compile_view(db.registry(), &def).await;
             match compiled {
                 Ok(compiled) => db.start_view(def, compiled)?,
                 Err(e) => {
@@ -235,14 +169,36 @@ impl Database {
         let weak = Arc::downgrade(&db.inner);
         std::thread::Builder::new()
             .name("retention".into())
-            .spawn(move || retention_loop(&weak))
+            .spawn(move || retention::run(&weak))
             .map_err(|e| io("starting the retention thread".into(), e))?;
         tracing::info!(dir = %dir.display(), "database open");
         Ok(db)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.registry.state()
+    }
+
+    /// The live objects, for table providers and the planner.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// What kind of object `name` is, if it is one.
+    pub fn kind_of(&self, name: &str) -> Option<ObjectKind> {
+        self.inner.registry.kind_of(name)
+    }
+
+    /// The connector factory this database was opened with, or the refusal of a stream over
+    /// an external topic without one.
+    pub fn connector_factory(&self) -> Result<Arc<dyn ConnectorFactory>> {
+        self.inner.options.connectors.clone().ok_or_else(|| {
+            Error::NotSupported(
+                "streams over external Kafka topics need the connectors of the weir binary \
+                 (weir serve or weir shell); this process was opened without them"
+                    .into(),
+            )
+        })
     }
 
     /// The data directory.
@@ -297,67 +253,47 @@ impl Database {
 
     /// A stream by name.
     pub fn stream(&self, name: &str) -> Option<Arc<StreamEntry>> {
-        self.state().streams.get(name).cloned()
+        self.inner.registry.stream(name)
     }
 
     /// A view by name.
     pub fn view(&self, name: &str) -> Option<Arc<ViewEntry>> {
-        self.state().views.get(name).cloned()
+        self.inner.registry.view(name)
     }
 
     /// A reference table by name.
     pub fn table(&self, name: &str) -> Option<Arc<TableEntry>> {
-        self.state().tables.get(name).cloned()
+        self.inner.registry.table(name)
     }
 
     /// All reference tables, by name.
     pub fn tables(&self) -> Vec<Arc<TableEntry>> {
-        self.state().tables.values().cloned().collect()
+        self.inner.registry.tables()
     }
 
     /// Whether a stream, view or table is called `name`.
     pub fn exists(&self, name: &str) -> bool {
-        let state = self.state();
-        state.streams.contains_key(name)
-            || state.views.contains_key(name)
-            || state.tables.contains_key(name)
+        self.inner.registry.exists(name)
     }
 
     /// All streams, by name.
     pub fn streams(&self) -> Vec<Arc<StreamEntry>> {
-        self.state().streams.values().cloned().collect()
+        self.inner.registry.streams()
     }
 
     /// All views, by name.
     pub fn views(&self) -> Vec<Arc<ViewEntry>> {
-        self.state().views.values().cloned().collect()
+        self.inner.registry.views()
     }
 
-    /// Every continuous query: the views', then those of streams made `AS SELECT` (named as
-    /// their stream).
+    /// Every continuous query: the views', then those of streams made `AS SELECT`.
     pub fn queries(&self) -> Vec<Arc<ViewEntry>> {
-        let state = self.state();
-        state
-            .views
-            .values()
-            .chain(state.producers.values())
-            .cloned()
-            .collect()
+        self.inner.registry.queries()
     }
 
     /// The query that writes stream `name`, if it was made `AS SELECT`.
     pub fn producer(&self, name: &str) -> Option<Arc<ViewEntry>> {
-        self.state().producers.get(name).cloned()
-    }
-
-    fn check_free(state: &State, name: &str) -> Result<()> {
-        if state.streams.contains_key(name)
-            || state.views.contains_key(name)
-            || state.tables.contains_key(name)
-        {
-            return Err(Error::DuplicateRelation(name.to_string()));
-        }
-        Ok(())
+        self.inner.registry.producer(name)
     }
 
     /// Creates a stream: its log directories first, then the catalog entry, so that a crash in
@@ -365,7 +301,7 @@ impl Database {
     pub fn create_stream(&self, def: StreamDef) -> Result<()> {
         check_name(&def.name)?;
         let mut state = self.state();
-        Self::check_free(&state, &def.name)?;
+        state.check_free(&def.name)?;
         let dir = self.stream_dir(&def.name);
         if dir.exists() {
             fs::remove_dir_all(&dir)
@@ -399,23 +335,23 @@ impl Database {
             })
         };
         let connector = match (&def.source, &def.sink) {
-            (Some(source), _) => Connector::start_source(stream()?, source.clone())?,
-            (None, Some(sink)) => Connector::start_sink(
+            (Some(source), _) => self
+                .connector_factory()?
+                .start_source(stream()?, source.clone())?,
+            (None, Some(sink)) => self.connector_factory()?.start_sink(
                 stream()?,
                 sink.clone(),
                 self.stream_dir(&def.name).join("delivered.json"),
             )?,
             (None, None) => return Ok(()),
         };
-        self.state()
-            .connectors
-            .insert(def.name.clone(), Arc::new(connector));
+        self.state().connectors.insert(def.name.clone(), connector);
         Ok(())
     }
 
     /// The running Kafka sources and sinks, by stream name.
-    pub fn connectors(&self) -> Vec<Arc<Connector>> {
-        self.state().connectors.values().cloned().collect()
+    pub fn connectors(&self) -> Vec<Arc<dyn Connector>> {
+        self.inner.registry.connectors()
     }
 
     /// Drops the streams made `AS SELECT` from relation `name` (a `kind`), which `depends`
@@ -678,7 +614,7 @@ impl Database {
         check_name(&def.name)?;
         {
             let mut state = self.state();
-            Self::check_free(&state, &def.name)?;
+            state.check_free(&def.name)?;
             let mut data = state.data.clone();
             data.views.push(def.clone());
             self.inner.catalog.store(&data)?;
@@ -737,7 +673,7 @@ impl Database {
     pub fn create_table(&self, def: TableDef) -> Result<()> {
         check_name(&def.name)?;
         let mut state = self.state();
-        Self::check_free(&state, &def.name)?;
+        state.check_free(&def.name)?;
         let dir = self.table_dir(&def.name);
         if dir.exists() {
             fs::remove_dir_all(&dir)
@@ -782,7 +718,7 @@ impl Database {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.registry.state();
         let queries: Vec<_> = std::mem::take(&mut state.views)
             .into_values()
             .chain(std::mem::take(&mut state.producers).into_values())
@@ -804,63 +740,6 @@ fn producer_def(def: &StreamDef) -> ViewDef {
         emit_on_update: false,
         allowed_lateness_ns: 0,
     }
-}
-
-fn retention_loop(db: &Weak<Inner>) {
-    loop {
-        std::thread::sleep(RETENTION_INTERVAL);
-        let Some(inner) = db.upgrade() else { return };
-        let (streams, views): (Vec<_>, Vec<_>) = {
-            let state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            (
-                state
-                    .streams
-                    .values()
-                    .filter(|s| s.def.retention_ms.is_some() || s.def.retention_bytes.is_some())
-                    .cloned()
-                    .collect(),
-                state
-                    .views
-                    .values()
-                    .chain(state.producers.values())
-                    .cloned()
-                    .collect(),
-            )
-        };
-        drop(inner);
-        for s in streams {
-            let keep = retention_floor(&s, &views);
-            if let Err(e) = s.log.enforce_retention_keeping(&keep) {
-                tracing::warn!(stream = %s.def.name, error = %e, "retention failed");
-            }
-        }
-    }
-}
-
-/// Per partition of `stream`, the lowest offset a view's checkpoint replays from: retention
-/// keeps everything from there. A view without a checkpoint yet replays from the start.
-fn retention_floor(stream: &StreamEntry, views: &[Arc<ViewEntry>]) -> Vec<u64> {
-    let partitions = stream.log.partitions().len();
-    let mut keep = vec![u64::MAX; partitions];
-    for v in views {
-        let progress = v.table.progress();
-        let mut at = 0;
-        for source in &v.sources {
-            let n = source.log.partitions().len();
-            if source.def.name == stream.def.name {
-                for (p, k) in keep.iter_mut().enumerate() {
-                    let needed = progress
-                        .checkpoint_offsets
-                        .as_ref()
-                        .and_then(|o| o.get(at + p).copied())
-                        .unwrap_or(0);
-                    *k = (*k).min(needed);
-                }
-            }
-            at += n;
-        }
-    }
-    keep
 }
 
 /// The views that `depends` picks out, or the 2BP01 refusal to drop `name` while they exist

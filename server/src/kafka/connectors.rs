@@ -9,7 +9,6 @@
 //! crash between the acknowledgement and that file sends the last records again (at least once
 //! out of Weir).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,8 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{ArrayRef, Int64Builder, RecordBatch, StringBuilder};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -28,13 +25,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::catalog::KafkaEndpoint;
-use crate::database::StreamEntry;
-use crate::topics::{FetchedRecords, ProduceError, ProducedRecord, decode_records, encode_rows};
-use crate::{Error, Result};
+use weir_sql::catalog::{Connector, ConnectorFactory, ConnectorStatus, KafkaEndpoint, StreamEntry};
+use weir_sql::{Error, Result};
 
-/// The system table listing every connector and how it is doing.
-pub const CONNECTORS: &str = "weir_connectors";
+use super::topics::{FetchedRecords, ProduceError, ProducedRecord, decode_records, encode_rows};
 
 /// How long asking a cluster for a topic's partitions may take before it counts as unreachable.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,27 +41,50 @@ const SINK_CHUNK: usize = 4096;
 /// How long a connector waits after a failure before it tries again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// What a connector has done so far, for `weir_connectors`.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectorStatus {
-    /// `running`, `retrying` (after an error) or `stopped`.
-    pub state: String,
-    /// Records appended (source) or delivered (sink) since the connector started.
-    pub records: u64,
-    /// Records of a source that did not decode into a row and were skipped.
-    pub bad_records: u64,
-    /// The last error, if the connector is retrying.
-    pub last_error: Option<String>,
-    /// Where the last skipped record was and why it did not decode.
-    pub last_bad_record: Option<String>,
-    /// Per partition: the next topic offset to read (source) or the next stream offset to
-    /// deliver (sink).
-    pub positions: BTreeMap<i32, i64>,
+/// The connectors of the `weir` binary: librdkafka clients, a thread each.
+#[derive(Debug, Default)]
+pub struct KafkaConnectors;
+
+impl KafkaConnectors {
+    /// The factory, as [`weir_sql::Options::connectors`] takes it.
+    pub fn shared() -> Arc<dyn ConnectorFactory> {
+        Arc::new(Self)
+    }
+}
+
+impl ConnectorFactory for KafkaConnectors {
+    fn topic_partitions(&self, endpoint: &KafkaEndpoint) -> Result<u32> {
+        topic_partitions(endpoint)
+    }
+
+    fn start_source(
+        &self,
+        stream: Arc<StreamEntry>,
+        endpoint: KafkaEndpoint,
+    ) -> Result<Arc<dyn Connector>> {
+        Ok(Arc::new(KafkaConnector::start(
+            "source", stream, endpoint, None,
+        )?))
+    }
+
+    fn start_sink(
+        &self,
+        stream: Arc<StreamEntry>,
+        endpoint: KafkaEndpoint,
+        state_file: PathBuf,
+    ) -> Result<Arc<dyn Connector>> {
+        Ok(Arc::new(KafkaConnector::start(
+            "sink",
+            stream,
+            endpoint,
+            Some(state_file),
+        )?))
+    }
 }
 
 /// A running source or sink; dropping it stops its thread and waits for it.
 #[derive(Debug)]
-pub struct Connector {
+pub struct KafkaConnector {
     /// The stream it belongs to.
     pub stream: String,
     /// `source` or `sink`.
@@ -79,21 +96,7 @@ pub struct Connector {
     thread: Option<JoinHandle<()>>,
 }
 
-impl Connector {
-    /// Starts reading `endpoint` into `stream`'s log, each partition from where it stopped.
-    pub(crate) fn start_source(stream: Arc<StreamEntry>, endpoint: KafkaEndpoint) -> Result<Self> {
-        Self::start("source", stream, endpoint, None)
-    }
-
-    /// Starts delivering `stream`'s rows to `endpoint`, remembering progress in `state_file`.
-    pub(crate) fn start_sink(
-        stream: Arc<StreamEntry>,
-        endpoint: KafkaEndpoint,
-        state_file: PathBuf,
-    ) -> Result<Self> {
-        Self::start("sink", stream, endpoint, Some(state_file))
-    }
-
+impl KafkaConnector {
     fn start(
         kind: &'static str,
         stream: Arc<StreamEntry>,
@@ -136,14 +139,27 @@ impl Connector {
             thread: Some(thread),
         })
     }
+}
 
-    /// A copy of the connector's status.
-    pub fn status(&self) -> ConnectorStatus {
+impl Connector for KafkaConnector {
+    fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn endpoint(&self) -> &KafkaEndpoint {
+        &self.endpoint
+    }
+
+    fn status(&self) -> ConnectorStatus {
         lock(&self.status).clone()
     }
 }
 
-impl Drop for Connector {
+impl Drop for KafkaConnector {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
@@ -542,56 +558,4 @@ fn store_delivered(file: &Path, delivered: &[u64]) -> Result<()> {
         weir_engine::log::sync_dir(dir)?;
     }
     Ok(())
-}
-
-/// The schema of `weir_connectors`.
-pub fn status_schema() -> SchemaRef {
-    let text = |n: &str, nullable| Field::new(n, DataType::Utf8, nullable);
-    Arc::new(Schema::new(vec![
-        text("stream", false),
-        text("kind", false),
-        text("brokers", false),
-        text("topic", false),
-        text("state", false),
-        Field::new("records", DataType::Int64, false),
-        Field::new("bad_records", DataType::Int64, false),
-        text("last_error", true),
-        text("last_bad_record", true),
-        text("positions", false),
-    ]))
-}
-
-/// One row per connector, for `weir_connectors`.
-pub fn status_batch(connectors: &[Arc<Connector>]) -> Result<RecordBatch> {
-    let mut text: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
-    let mut records = Int64Builder::new();
-    let mut bad = Int64Builder::new();
-    let mut last_error = StringBuilder::new();
-    let mut last_bad = StringBuilder::new();
-    let mut positions = StringBuilder::new();
-    for c in connectors {
-        let s = c.status();
-        text[0].append_value(&c.stream);
-        text[1].append_value(c.kind);
-        text[2].append_value(&c.endpoint.brokers);
-        text[3].append_value(&c.endpoint.topic);
-        text[4].append_value(&s.state);
-        records.append_value(s.records as i64);
-        bad.append_value(s.bad_records as i64);
-        last_error.append_option(s.last_error.as_deref());
-        last_bad.append_option(s.last_bad_record.as_deref());
-        let p: Vec<String> = s
-            .positions
-            .iter()
-            .map(|(p, o)| format!("{p}:{o}"))
-            .collect();
-        positions.append_value(p.join(","));
-    }
-    let mut columns: Vec<ArrayRef> = text.iter_mut().map(|b| Arc::new(b.finish()) as _).collect();
-    columns.push(Arc::new(records.finish()));
-    columns.push(Arc::new(bad.finish()));
-    columns.push(Arc::new(last_error.finish()));
-    columns.push(Arc::new(last_bad.finish()));
-    columns.push(Arc::new(positions.finish()));
-    Ok(RecordBatch::try_new(status_schema(), columns)?)
 }

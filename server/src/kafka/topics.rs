@@ -16,11 +16,11 @@ use datafusion::arrow::compute::{cast, is_null};
 use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use datafusion::arrow::json::{LineDelimitedWriter, ReaderBuilder};
 
-use crate::database::{Database, StreamEntry};
+use weir_sql::catalog::{ColumnDef, StreamDef, StreamEntry, WatermarkDef};
+use weir_sql::{Database, Error, Result};
 
 /// The format of topics created by Kafka clients: records stored as they came.
 const RAW: &str = "raw";
-use crate::{Error, Result};
 
 /// A record as a producer sent it.
 #[derive(Debug, Clone)]
@@ -126,9 +126,19 @@ pub struct Topic {
     writable: bool,
 }
 
-impl Database {
+/// A database's streams seen as Kafka topics.
+pub trait TopicCatalog {
     /// The names and partition counts of every stream, sorted by name.
-    pub fn topics(&self) -> Vec<(String, u32)> {
+    fn topics(&self) -> Vec<(String, u32)>;
+    /// Creates a raw topic, as a Kafka client's CreateTopics does.
+    fn create_topic(&self, name: &str, partitions: u32) -> Result<()>;
+    /// The stream `name` as a topic.
+    fn topic(&self, name: &str) -> Option<Topic>;
+}
+
+impl TopicCatalog for Database {
+    /// The names and partition counts of every stream, sorted by name.
+    fn topics(&self) -> Vec<(String, u32)> {
         let mut out: Vec<(String, u32)> = self
             .streams()
             .iter()
@@ -142,8 +152,8 @@ impl Database {
     /// themselves, with columns `key`, `value`, `headers` (text; headers as a JSON object),
     /// `partition` and `timestamp` (the record's, or the append time), and a watermark 5
     /// seconds behind the timestamps. JSON functions take fields out of `value`.
-    pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        let text = |name: &str| crate::catalog::ColumnDef {
+    fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
+        let text = |name: &str| ColumnDef {
             name: name.into(),
             data_type: DataType::Utf8.to_string(),
             nullable: true,
@@ -152,21 +162,21 @@ impl Database {
             text("key"),
             text("value"),
             text("headers"),
-            crate::catalog::ColumnDef {
+            ColumnDef {
                 name: "partition".into(),
                 data_type: DataType::Int32.to_string(),
                 nullable: false,
             },
-            crate::catalog::ColumnDef {
+            ColumnDef {
                 name: "timestamp".into(),
                 data_type: DataType::Timestamp(TimeUnit::Nanosecond, None).to_string(),
                 nullable: false,
             },
         ];
-        let mut def = crate::catalog::StreamDef::new(
+        let mut def = StreamDef::new(
             name.to_string(),
             columns,
-            Some(crate::catalog::WatermarkDef {
+            Some(WatermarkDef {
                 column: "timestamp".into(),
                 delay_ns: 5_000_000_000,
             }),
@@ -177,7 +187,7 @@ impl Database {
     }
 
     /// The stream `name` as a topic.
-    pub fn topic(&self, name: &str) -> Option<Topic> {
+    fn topic(&self, name: &str) -> Option<Topic> {
         let entry = self.stream(name)?;
         let writable = self.producer(name).is_none() && entry.def.source.is_none();
         Some(Topic { entry, writable })
@@ -304,10 +314,12 @@ impl Topic {
             None => log.append_to(p, &[batch]),
         };
         let receipt = appended.map_err(|e| match e {
-            weir_engine::Error::InvalidArgument(message) => ProduceError::InvalidRecord {
-                index: None,
-                message,
-            },
+            weir_engine::Error::InvalidArgument(message) | weir_engine::Error::NotNull(message) => {
+                ProduceError::InvalidRecord {
+                    index: None,
+                    message,
+                }
+            }
             weir_engine::Error::OutOfOrderSequence(message) => ProduceError::OutOfOrder(message),
             other => ProduceError::Storage(other.into()),
         })?;
@@ -673,7 +685,7 @@ mod tests {
     async fn db_with_clicks() -> (tempfile::TempDir, Database) {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(dir.path()).await.expect("open");
-        let session = crate::Session::new(db.clone());
+        let session = weir_sql::Session::new(db.clone());
         session
             .execute_one(
                 "CREATE STREAM clicks (user_id BIGINT NOT NULL, url TEXT, ts TIMESTAMP, \
@@ -751,7 +763,7 @@ mod tests {
     async fn newlines_inside_values_keep_one_record_per_row() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Database::open(dir.path()).await.expect("open");
-        crate::Session::new(db.clone())
+        weir_sql::Session::new(db.clone())
             .execute_one(
                 "CREATE STREAM notes (body TEXT) WITH (format = 'json')",
                 None,
@@ -875,7 +887,7 @@ mod tests {
         assert_eq!(got.value(0), br#"{"user":"ada","n":3}"#);
         assert_eq!(got.timestamps_ms[0], 1_767_225_600_000);
         // SQL reads the records, and the JSON functions take fields out of the value.
-        let session = crate::Session::new(db.clone());
+        let session = weir_sql::Session::new(db.clone());
         let out = session
             .execute_one(
                 "SELECT key, json_get_str(value, 'user') AS u, json_get_int(value, 'n') AS n, \
@@ -884,7 +896,7 @@ mod tests {
             )
             .await
             .expect("query");
-        let crate::Output::Rows { stream, .. } = out else {
+        let weir_sql::Output::Rows { stream, .. } = out else {
             panic!("rows expected");
         };
         let batches: Vec<RecordBatch> = futures::TryStreamExt::try_collect(stream)

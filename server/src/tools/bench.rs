@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use weir_sql::{Database, Output, Session};
 
-use crate::generate::{BASE_MICROS, Generator, Kind, streams};
+use super::generate::{BASE_MICROS, Generator, Kind, streams};
 
 /// The Nexmark queries, in the form Weir's tests check against batch (RisingWave's).
 pub const QUERIES: &[(&str, &str)] = &[
@@ -381,6 +381,7 @@ pub async fn recovery(options: RecoveryOptions) -> Result<(), String> {
             dir.path(),
             weir_sql::Options {
                 checkpoint_interval: interval,
+                connectors: None,
             },
         )
     };
@@ -395,31 +396,7 @@ pub async fn recovery(options: RecoveryOptions) -> Result<(), String> {
     )
     .await?;
     let started = Instant::now();
-    let mut loaded = 0u64;
-    while loaded < options.events {
-        let n = 200_000.min(options.events - loaded);
-        let mut rows = String::with_capacity(n as usize * 40);
-        for i in loaded..loaded + n {
-            // All events within one hour, so every key stays in the one open window.
-            let micros = BASE_MICROS + (i * 3_600_000_000 / options.events.max(1)) as i64;
-            rows.push_str(&format!(
-                "{}\t{}\t{}\n",
-                i % options.keys.max(1),
-                i % 1000,
-                chrono::DateTime::from_timestamp_micros(micros)
-                    .ok_or("event time out of range")?
-                    .format("%Y-%m-%d %H:%M:%S%.6f")
-            ));
-        }
-        let Output::CopyIn(copy) = execute(&session, "COPY ev FROM STDIN").await? else {
-            return Err("COPY did not start".into());
-        };
-        session
-            .copy_data(&copy, rows.into_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        loaded += n;
-    }
+    load_recovery_events(&session, &options).await?;
     let load_secs = started.elapsed().as_secs_f64();
     let view = "SELECT window_start, k, COUNT(*) AS n, SUM(v) AS total \
                 FROM TUMBLE(ev, ts, INTERVAL '1' DAY) GROUP BY window_start, k";
@@ -485,7 +462,61 @@ pub async fn recovery(options: RecoveryOptions) -> Result<(), String> {
         .copy_data(&copy, later_rows.into_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    let counted = match execute(&session, "SELECT COUNT(*), SUM(n) FROM v").await? {
+    check_restored(&session, &options).await?;
+    drop(session);
+    db.shutdown();
+    let rate = |secs: f64| options.events as f64 / secs.max(1e-9);
+    let _ = writeln!(
+        out,
+        "catch-up with checkpoints every {} ms: {with_secs:.2} s ({:.0} events/s, {epochs} checkpoints)\n\
+         catch-up without checkpoints:        {without_secs:.2} s ({:.0} events/s)\n\
+         checkpoint cost: {:.1}% of catch-up time; one checkpoint of {rows} keys: {:.1} MiB, written at stop in {final_checkpoint_secs:.2} s\n\
+         restart: data directory open (log recovery) {open_secs:.2} s, view resumed and caught up {restart_secs:.2} s\n\
+         peak RSS {:.0} MiB",
+        options.checkpoint_interval.as_millis(),
+        rate(with_secs),
+        rate(without_secs),
+        (with_secs - without_secs) / with_secs.max(1e-9) * 100.0,
+        checkpoint_bytes as f64 / (1024.0 * 1024.0),
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
+/// Loads the recovery benchmark's events by COPY, 200,000 at a time: all within one hour, so
+/// every key stays in the one open window.
+async fn load_recovery_events(session: &Session, options: &RecoveryOptions) -> Result<(), String> {
+    let mut loaded = 0u64;
+    while loaded < options.events {
+        let n = 200_000.min(options.events - loaded);
+        let mut rows = String::with_capacity(n as usize * 40);
+        for i in loaded..loaded + n {
+            // All events within one hour, so every key stays in the one open window.
+            let micros = BASE_MICROS + (i * 3_600_000_000 / options.events.max(1)) as i64;
+            rows.push_str(&format!(
+                "{}\t{}\t{}\n",
+                i % options.keys.max(1),
+                i % 1000,
+                chrono::DateTime::from_timestamp_micros(micros)
+                    .ok_or("event time out of range")?
+                    .format("%Y-%m-%d %H:%M:%S%.6f")
+            ));
+        }
+        let Output::CopyIn(copy) = execute(session, "COPY ev FROM STDIN").await? else {
+            return Err("COPY did not start".into());
+        };
+        session
+            .copy_data(&copy, rows.into_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        loaded += n;
+    }
+    Ok(())
+}
+
+/// Checks the restored view once its window closed: one row per key, counting every event.
+async fn check_restored(session: &Session, options: &RecoveryOptions) -> Result<(), String> {
+    let counted = match execute(session, "SELECT COUNT(*), SUM(n) FROM v").await? {
         Output::Rows { stream, .. } => {
             use futures::TryStreamExt;
             let batches: Vec<_> = stream.try_collect().await.map_err(|e| e.to_string())?;
@@ -509,22 +540,5 @@ pub async fn recovery(options: RecoveryOptions) -> Result<(), String> {
             options.keys, options.events
         ));
     }
-    drop(session);
-    db.shutdown();
-    let rate = |secs: f64| options.events as f64 / secs.max(1e-9);
-    let _ = writeln!(
-        out,
-        "catch-up with checkpoints every {} ms: {with_secs:.2} s ({:.0} events/s, {epochs} checkpoints)\n\
-         catch-up without checkpoints:        {without_secs:.2} s ({:.0} events/s)\n\
-         checkpoint cost: {:.1}% of catch-up time; one checkpoint of {rows} keys: {:.1} MiB, written at stop in {final_checkpoint_secs:.2} s\n\
-         restart: data directory open (log recovery) {open_secs:.2} s, view resumed and caught up {restart_secs:.2} s\n\
-         peak RSS {:.0} MiB",
-        options.checkpoint_interval.as_millis(),
-        rate(with_secs),
-        rate(without_secs),
-        (with_secs - without_secs) / with_secs.max(1e-9) * 100.0,
-        checkpoint_bytes as f64 / (1024.0 * 1024.0),
-        peak_rss_mib()
-    );
     Ok(())
 }

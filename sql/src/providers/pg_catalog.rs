@@ -1,5 +1,6 @@
 //! What Postgres clients introspect: `pg_catalog` (from datafusion-pg-catalog), with Weir's
-//! materialized views shown as such, and the few functions and query shapes psql needs beyond it.
+//! materialized views shown as such, `information_schema.columns` with Postgres type names, and
+//! the few functions psql needs beyond it.
 
 use std::sync::Arc;
 
@@ -16,210 +17,9 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, Statement, VisitMut, VisitorMut};
-use std::ops::ControlFlow;
 
-use crate::database::Database;
-
-/// psql 15 queries that DataFusion cannot run as sent, and the equivalent Weir runs instead.
-const CLIENT_REWRITES: &[(&str, &str)] = &[
-    // Grafana's table and column pickers: the schemas on the search_path, computed with
-    // generate_series over array bounds, which DataFusion cannot plan from a subquery. Weir has
-    // one schema.
-    (
-        r#"SELECT CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END FROM generate_series( array_lower(string_to_array(current_setting('search_path'),','),1), array_upper(string_to_array(current_setting('search_path'),','),1) ) as i, string_to_array(current_setting('search_path'),',') s"#,
-        "SELECT 'public'",
-    ),
-    // \d+: storage options (with ARRAY(subquery) over TOAST's), which Weir's relations never have.
-    (
-        "pg_catalog.array_to_string(c.reloptions || array(select 'toast.' || x from pg_catalog.unnest(tc.reloptions) x), ', ')",
-        "''",
-    ),
-];
-
-/// Runs of whitespace as one space, so that patterns match however a client lays out its SQL.
-fn collapse_whitespace(sql: &str) -> String {
-    sql.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Rewrites the client queries listed in [`CLIENT_REWRITES`] (matched with whitespace
-/// collapsed; a query that matches none is returned as it is).
-pub(crate) fn rewrite_client_sql(sql: &str) -> std::borrow::Cow<'_, str> {
-    let collapsed = collapse_whitespace(sql);
-    let mut out = None::<String>;
-    for (from, to) in CLIENT_REWRITES {
-        let from = collapse_whitespace(from);
-        let current = out.as_deref().unwrap_or(&collapsed);
-        if current.contains(&from) {
-            out = Some(current.replace(&from, to));
-        }
-    }
-    match out {
-        Some(rewritten) => std::borrow::Cow::Owned(rewritten),
-        None => std::borrow::Cow::Borrowed(sql),
-    }
-}
-
-/// Rewrites `LIKE pattern ESCAPE 'c'` (SQLAlchemy writes `NOT LIKE 'pg/_' || '%' ESCAPE '/'`)
-/// into the backslash escapes DataFusion knows, when the pattern is constant text.
-struct LikeEscapes;
-
-fn constant_text(e: &SqlExpr) -> Option<String> {
-    use datafusion::sql::sqlparser::ast::{BinaryOperator, Value};
-    match e {
-        SqlExpr::Value(v) => match &v.value {
-            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(s.clone()),
-            _ => None,
-        },
-        SqlExpr::BinaryOp {
-            left,
-            op: BinaryOperator::StringConcat,
-            right,
-        } => Some(constant_text(left)? + &constant_text(right)?),
-        SqlExpr::Nested(inner) => constant_text(inner),
-        _ => None,
-    }
-}
-
-impl VisitorMut for LikeEscapes {
-    type Break = ();
-
-    fn pre_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
-        use datafusion::sql::sqlparser::ast::Value;
-        let (SqlExpr::Like {
-            pattern,
-            escape_char,
-            ..
-        }
-        | SqlExpr::ILike {
-            pattern,
-            escape_char,
-            ..
-        }) = expr
-        else {
-            return ControlFlow::Continue(());
-        };
-        let Some(escape) = escape_char.as_ref().and_then(|v| match &v.value {
-            Value::SingleQuotedString(c) if c.chars().count() == 1 => c.chars().next(),
-            _ => None,
-        }) else {
-            return ControlFlow::Continue(());
-        };
-        if escape == '\\' {
-            return ControlFlow::Continue(());
-        }
-        let Some(text) = constant_text(pattern) else {
-            return ControlFlow::Continue(());
-        };
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == escape {
-                out.push('\\');
-                if let Some(next) = chars.next() {
-                    out.push(next);
-                }
-            } else if c == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(c);
-            }
-        }
-        **pattern = SqlExpr::Value(Value::SingleQuotedString(out).into());
-        *escape_char = None;
-        ControlFlow::Continue(())
-    }
-}
-
-/// Applies Weir's rewrites of client catalog queries to a parsed statement.
-pub(crate) fn rewrite_statement(stmt: &mut Statement) {
-    let _ = stmt.visit(&mut LikeEscapes);
-    let _ = stmt.visit(&mut AggregateScalarSubqueries);
-    // information_schema.columns with Postgres type names (DataFusion's shows Arrow's).
-    let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(stmt, |name| {
-        let parts: Vec<String> = name
-            .0
-            .iter()
-            .filter_map(|p| p.as_ident().map(|i| i.value.to_lowercase()))
-            .collect();
-        let tail: Vec<&str> = parts.iter().rev().take(2).map(String::as_str).collect();
-        if tail == ["columns", "information_schema"] {
-            *name = datafusion::sql::sqlparser::ast::ObjectName::from(vec![
-                datafusion::sql::sqlparser::ast::Ident::new("pg_catalog"),
-                datafusion::sql::sqlparser::ast::Ident::new(WEIR_COLUMNS),
-            ]);
-        }
-        ControlFlow::<()>::Continue(())
-    });
-}
-
-/// Wraps the one column of a scalar subquery in `max(...)` when it is not aggregated, and
-/// answers lookups of column defaults, identity sequences and collations with NULL.
-///
-/// Catalog queries (SQLAlchemy's `get_columns`, for one) look up at most one row with a
-/// correlated scalar subquery; DataFusion plans those only when they aggregate. Over at most
-/// one row, `max` is that row's value.
-struct AggregateScalarSubqueries;
-
-impl VisitorMut for AggregateScalarSubqueries {
-    type Break = ();
-
-    fn pre_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
-        use datafusion::sql::sqlparser::ast::{
-            FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, SelectItem, SetExpr,
-        };
-        let SqlExpr::Subquery(query) = expr else {
-            return ControlFlow::Continue(());
-        };
-        // Column defaults, identity sequences and collations: Weir has none, so these lookups
-        // are NULL (and DataFusion cannot decorrelate some of them inside CASE).
-        let text = query.to_string().to_lowercase();
-        if ["pg_attrdef", "pg_sequence", "pg_collation", "typcollation"]
-            .iter()
-            .any(|t| text.contains(t))
-        {
-            *expr = SqlExpr::Value(datafusion::sql::sqlparser::ast::Value::Null.into());
-            return ControlFlow::Continue(());
-        }
-        let SetExpr::Select(select) = query.body.as_mut() else {
-            return ControlFlow::Continue(());
-        };
-        let grouped = !matches!(&select.group_by, GroupByExpr::Expressions(e, _) if e.is_empty());
-        if grouped || select.projection.len() != 1 || select.having.is_some() {
-            return ControlFlow::Continue(());
-        }
-        let column = match &mut select.projection[0] {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e,
-            _ => return ControlFlow::Continue(()),
-        };
-        let aggregated = matches!(column, SqlExpr::Function(f) if {
-            let name = f.name.to_string().to_lowercase();
-            ["max", "min", "count", "sum", "avg", "array_agg", "string_agg", "bool_and", "bool_or"]
-                .contains(&name.trim_start_matches("pg_catalog."))
-        });
-        if aggregated {
-            return ControlFlow::Continue(());
-        }
-        let Ok(mut max) = datafusion::sql::sqlparser::parser::Parser::new(
-            &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
-        )
-        .try_with_sql("max(NULL)")
-        .and_then(|mut p| p.parse_expr()) else {
-            return ControlFlow::Continue(());
-        };
-        if let SqlExpr::Function(f) = &mut max
-            && let FunctionArguments::List(list) = &mut f.args
-            && let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) = list.args.first_mut()
-        {
-            *arg = column.clone();
-            *column = max;
-        }
-        ControlFlow::Continue(())
-    }
-}
-
-/// The relation that answers `information_schema.columns` (see [`rewrite_statement`]).
-const WEIR_COLUMNS: &str = "weir_columns";
+use crate::catalog::Registry;
+use crate::syntax::compat::WEIR_COLUMNS;
 
 /// Postgres' name for a column type (`information_schema.columns.data_type`) and its short
 /// name (`udt_name`), for the Arrow types Weir's columns have.
@@ -247,7 +47,7 @@ fn pg_type_names(t: &DataType) -> (&'static str, &'static str) {
 /// `information_schema.columns` as Postgres fills it, over Weir's streams, views and tables.
 #[derive(Debug)]
 struct PgColumns {
-    db: Database,
+    db: Registry,
 }
 
 impl PgColumns {
@@ -332,7 +132,7 @@ impl TableProvider for PgColumns {
                 n += 1;
                 names[0].append_value(table);
                 names[1].append_value(f.name());
-                names[2].append_value(crate::session::CATALOG);
+                names[2].append_value(crate::catalog::CATALOG);
                 positions.push(i as i64 + 1);
                 nullable.append_value(if f.is_nullable() { "YES" } else { "NO" });
                 let (data_type, udt) = pg_type_names(f.data_type());
@@ -369,7 +169,7 @@ impl TableProvider for PgColumns {
             Self::columns_schema(),
             vec![
                 Arc::new(catalogs.finish()),
-                Arc::new(StringArray::from(vec![crate::session::SCHEMA; n])),
+                Arc::new(StringArray::from(vec![crate::catalog::SCHEMA; n])),
                 Arc::new(tables.finish()),
                 Arc::new(columns.finish()),
                 Arc::new(Int64Array::from(positions)),
@@ -547,7 +347,7 @@ fn size_pretty(bytes: i64) -> String {
 #[derive(Debug)]
 struct WeirPgCatalog {
     inner: Arc<dyn SchemaProvider>,
-    db: Database,
+    db: Registry,
 }
 
 #[async_trait]
@@ -578,7 +378,7 @@ impl SchemaProvider for WeirPgCatalog {
 #[derive(Debug)]
 struct PgClass {
     inner: Arc<dyn TableProvider>,
-    db: Database,
+    db: Registry,
 }
 
 #[async_trait]
@@ -642,7 +442,7 @@ impl TableProvider for PgClass {
 }
 
 /// Installs `pg_catalog` and the Postgres functions clients use into `ctx` (catalog `catalog`).
-pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Database) {
+pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Registry) {
     if let Err(e) = datafusion_pg_catalog::setup_pg_catalog(
         ctx,
         catalog,

@@ -13,8 +13,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::bench::peak_rss_mib;
-use crate::{ServeConfig, Server};
+use super::bench::peak_rss_mib;
+use weir_server::{ServeConfig, Server};
 
 /// How the Kafka benchmark runs.
 #[derive(Debug, Clone)]

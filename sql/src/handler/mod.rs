@@ -1,0 +1,143 @@
+//! The handler layer: one file per statement family, each a part of [`Handler`], in the way
+//! RisingWave's `frontend/src/handler/` splits its statements. The session classifies a
+//! statement once ([`crate::syntax::classify`]) and hands it to the handler of its family.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+
+use crate::database::Database;
+use crate::output::{Notice, Output};
+use crate::providers::{WeirContext, new_context};
+use crate::settings::Settings;
+use crate::subscribe::Cursor;
+use crate::{Error, Result};
+
+mod copy;
+mod cursors;
+mod dml;
+mod explain;
+mod query;
+mod settings;
+mod show;
+mod streams;
+mod tables;
+mod transactions;
+mod views;
+
+pub(crate) use settings::{setting_name, setting_schema};
+pub(crate) use show::{show_streams_schema, show_views_schema};
+
+/// What a connection's statements run against: the database, the DataFusion context that
+/// plans over it, the session's settings, its transaction block and cursors.
+pub(crate) struct Handler {
+    pub(crate) db: Database,
+    pub(crate) ctx: WeirContext,
+    pub(crate) settings: Settings,
+    /// Statements that changed data since `BEGIN`, while a transaction block is open.
+    transaction: Mutex<Option<u64>>,
+    /// Open cursors, by name.
+    pub(crate) cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
+    /// Notices for the client (`relation "x" already exists, skipping`), oldest first.
+    notices: Mutex<Vec<Notice>>,
+}
+
+impl Handler {
+    /// A handler for a new session on `db`.
+    pub(crate) fn new(db: Database) -> Self {
+        let settings = Settings::default();
+        let ctx = new_context(db.registry(), &settings);
+        Self {
+            db,
+            ctx,
+            settings,
+            transaction: Mutex::new(None),
+            cursors: tokio::sync::Mutex::new(HashMap::new()),
+            notices: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Queues a notice for the client.
+    fn notice(&self, sqlstate: &'static str, message: String) {
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Notice { sqlstate, message });
+    }
+
+    /// The notices queued since the last call.
+    pub(crate) fn take_notices(&self) -> Vec<Notice> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A CREATE ... IF NOT EXISTS of `name`, which an object of some kind has: nothing is
+    /// changed and the client is told, as PostgreSQL does for any kind of relation.
+    fn exists_skipping(&self, name: &str, tag: &str) -> Output {
+        self.notice(
+            "42P07",
+            format!("relation \"{name}\" already exists, skipping"),
+        );
+        Output::Command(tag.into())
+    }
+
+    pub(crate) async fn plan(&self, stmt: Statement) -> Result<LogicalPlan> {
+        Ok(self
+            .ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
+            .await?)
+    }
+
+    async fn run_plan(&self, plan: LogicalPlan, params: Option<ParamValues>) -> Result<Output> {
+        let plan = match params {
+            Some(p) => plan.with_param_values(p)?,
+            None => plan,
+        };
+        let df = self.ctx.execute_logical_plan(plan).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        let stream = df.execute_stream().await?;
+        Ok(Output::Rows { schema, stream })
+    }
+
+    /// Runs `f` on a blocking thread: catalog changes fsync.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(db))
+            .await
+            .map_err(|e| Error::Internal(format!("a catalog task failed: {e}")))?
+    }
+
+    /// Counts a statement that changed data, for ROLLBACK's refusal inside a transaction block.
+    pub(crate) fn note_change(&self) {
+        if let Some(n) = self
+            .transaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            *n += 1;
+        }
+    }
+
+    /// A statement Weir does not run (0A000), named by its first words.
+    pub(crate) fn unsupported(&self, stmt: &Statement) -> Result<Output> {
+        if let Statement::Drop { object_type, .. } = stmt {
+            return Err(Error::NotSupported(format!(
+                "DROP {object_type} is not supported"
+            )));
+        }
+        let text = stmt.to_string();
+        let words: Vec<&str> = text.split_whitespace().take(2).collect();
+        Err(Error::NotSupported(format!(
+            "{} is not supported",
+            words.join(" ")
+        )))
+    }
+}

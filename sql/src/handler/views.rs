@@ -1,0 +1,154 @@
+//! CREATE MATERIALIZED VIEW and DROP MATERIALIZED VIEW.
+
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::sqlparser::ast::{
+    CreateTableOptions, Expr as SqlExpr, SqlOption, Statement, Value,
+};
+
+use super::Handler;
+use crate::catalog::ViewDef;
+use crate::output::Output;
+use crate::plan::{ViewOptions, compile_query_statement};
+use crate::syntax::{EmitMode, normalize, object_name};
+use crate::time::interval_ns;
+use crate::{Error, Result};
+
+impl Handler {
+    /// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name [WITH (...)] AS SELECT ... [EMIT ...]`.
+    pub(crate) async fn create_view(
+        &self,
+        stmt: Statement,
+        emit: Option<EmitMode>,
+    ) -> Result<Output> {
+        let Statement::CreateView(cv) = stmt else {
+            return Err(Error::Internal("CREATE VIEW lost its statement".into()));
+        };
+        if !cv.materialized {
+            return Err(Error::NotSupported(
+                "plain views are not supported; use CREATE MATERIALIZED VIEW".into(),
+            ));
+        }
+        if cv.or_replace || cv.or_alter {
+            return Err(Error::NotSupported(
+                "CREATE OR REPLACE of a materialized view is not supported; drop it first".into(),
+            ));
+        }
+        if !cv.columns.is_empty() {
+            return Err(Error::NotSupported(
+                "a column list on CREATE MATERIALIZED VIEW is not supported; alias the columns in the SELECT".into(),
+            ));
+        }
+        let name = object_name(&cv.name)?;
+        if self.db.exists(&name) {
+            if cv.if_not_exists {
+                return Ok(self.exists_skipping(&name, "CREATE MATERIALIZED VIEW"));
+            }
+            return Err(Error::DuplicateRelation(name));
+        }
+        let query = cv.query.to_string();
+        let options = self.view_options(&cv.options, emit).await?;
+        let compiled =
+            compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), options).await?;
+        let def = ViewDef {
+            name,
+            query,
+            emit_on_update: emit == Some(EmitMode::OnUpdate),
+            allowed_lateness_ns: options.allowed_lateness_ns,
+        };
+        self.blocking(move |db| db.create_view(def, compiled))
+            .await?;
+        Ok(Output::Command("CREATE MATERIALIZED VIEW".into()))
+    }
+
+    /// `DROP MATERIALIZED VIEW [IF EXISTS] name, ... [CASCADE]`.
+    pub(crate) async fn drop_views(
+        &self,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<Output> {
+        for name in names {
+            if self.db.view(&name).is_none() {
+                if if_exists {
+                    continue;
+                }
+                return Err(Error::UndefinedRelation(name));
+            }
+            self.blocking(move |db| db.drop_view(&name, cascade))
+                .await?;
+        }
+        Ok(Output::Command("DROP MATERIALIZED VIEW".into()))
+    }
+
+    /// The `WITH (...)` options of CREATE MATERIALIZED VIEW.
+    pub(crate) async fn view_options(
+        &self,
+        options: &CreateTableOptions,
+        emit: Option<EmitMode>,
+    ) -> Result<ViewOptions> {
+        let mut out = ViewOptions {
+            emit,
+            allowed_lateness_ns: 0,
+        };
+        let list = match options {
+            CreateTableOptions::None => return Ok(out),
+            CreateTableOptions::With(l)
+            | CreateTableOptions::Options(l)
+            | CreateTableOptions::Plain(l)
+            | CreateTableOptions::TableProperties(l) => l,
+        };
+        for option in list {
+            let SqlOption::KeyValue { key, value } = option else {
+                return Err(Error::Syntax(format!(
+                    "expected name = value, not {option}"
+                )));
+            };
+            match normalize(key).as_str() {
+                "allowed_lateness" => {
+                    let text = match value {
+                        SqlExpr::Value(v) => match &v.value {
+                            Value::SingleQuotedString(s) => {
+                                format!("INTERVAL '{}'", s.replace('\'', "''"))
+                            }
+                            other => other.to_string(),
+                        },
+                        other => other.to_string(),
+                    };
+                    out.allowed_lateness_ns = self
+                        .interval_of(&text)
+                        .await
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| Error::WrongObject {
+                            sqlstate: "22023",
+                            message: format!(
+                                "allowed_lateness must be a fixed, non-negative interval such as '10 seconds', not {value}"
+                            ),
+                        })?;
+                }
+                other => {
+                    return Err(Error::WrongObject {
+                        sqlstate: "22023",
+                        message: format!(
+                            "unknown materialized view option {other}; known: allowed_lateness"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The length in nanoseconds of an interval expression, if it is one of fixed length.
+    async fn interval_of(&self, sql: &str) -> Option<i64> {
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(&format!("SELECT {sql}"))
+            .await
+            .ok()?;
+        let LogicalPlan::Projection(p) = &plan else {
+            return None;
+        };
+        p.expr.first().and_then(interval_ns)
+    }
+}

@@ -1,0 +1,273 @@
+//! Lowering of GROUP BY: windowed aggregates (TUMBLE, HOP), sessions, and updating aggregates
+//! over a whole stream, with DataFusion's accumulators.
+
+use std::sync::Arc;
+
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
+use datafusion::physical_expr::expressions::Column;
+use weir_engine::operator::{
+    AggregateSpec, Emit, ProjectionOperator, SessionAggregateOperator, SessionColumn,
+    WindowAggregateOperator, WindowColumn,
+};
+
+use super::{Built, Planner, arrow_schema, unsupported};
+use crate::plan::bounds::TimeColumn;
+use crate::syntax::EmitMode;
+use crate::{Error, Result};
+
+/// The physical aggregate expressions of an Aggregate node.
+pub(crate) fn aggregate_specs(
+    agg: &datafusion::logical_expr::Aggregate,
+    state: &SessionState,
+) -> Result<Vec<AggregateSpec>> {
+    let input_schema = agg.input.schema();
+    let input_arrow = arrow_schema(&agg.input);
+    agg.aggr_expr
+        .iter()
+        .map(|e| {
+            let planning = PhysicalPlanningContext::default();
+            let name = match e {
+                Expr::Alias(a) => a.name.clone(),
+                e => e.schema_name().to_string(),
+            };
+            let lowered = LoweredAggregateBuilder::new(
+                e,
+                input_schema,
+                &input_arrow,
+                state.execution_props(),
+                &planning,
+            )
+            .with_name(name)
+            .build()?;
+            if !lowered.order_bys.is_empty()
+                && !lowered.aggregate.fun().supports_within_group_clause()
+            {
+                return Err(unsupported("ORDER BY inside an aggregate"));
+            }
+            Ok(AggregateSpec {
+                expr: lowered.aggregate,
+                filter: lowered.filter,
+            })
+        })
+        .collect()
+}
+
+impl Planner<'_> {
+    /// GROUP BY over SESSION(...): the group columns other than the window's are the session key.
+    pub(crate) fn build_session_aggregate(
+        &self,
+        mut built: Built,
+        agg: &datafusion::logical_expr::Aggregate,
+        plan: &LogicalPlan,
+        gap_ns: i64,
+    ) -> Result<Built> {
+        if self.options.emit == Some(EmitMode::OnUpdate) || self.options.allowed_lateness_ns > 0 {
+            return Err(unsupported(
+                "EMIT ON UPDATE or allowed_lateness with SESSION windows",
+            ));
+        }
+        let input_schema = agg.input.schema();
+        let mut keys = Vec::new();
+        let mut layout = Vec::new();
+        let mut start_index = None;
+        for e in &agg.group_expr {
+            match e {
+                Expr::Column(c) if c.name == "window_start" => {
+                    start_index = Some(input_schema.index_of_column(c)?);
+                    layout.push(SessionColumn::Start);
+                }
+                Expr::Column(c) if c.name == "window_end" => layout.push(SessionColumn::End),
+                e => {
+                    layout.push(SessionColumn::Key(keys.len()));
+                    keys.push(self.state.create_physical_expr(e.clone(), input_schema)?);
+                }
+            }
+        }
+        let Some(start_index) = start_index else {
+            return Err(Error::NotSupported(
+                "a SESSION window aggregate must GROUP BY window_start (and the session key)"
+                    .into(),
+            ));
+        };
+        let aggregates = aggregate_specs(agg, self.state)?;
+        built
+            .operators
+            .push(Box::new(SessionAggregateOperator::try_new(
+                &arrow_schema(&agg.input),
+                keys,
+                layout,
+                start_index,
+                gap_ns,
+                aggregates,
+                arrow_schema(plan),
+            )?));
+        built.aggregated = true;
+        built.session_gap_ns = None;
+        built.times = vec![None; plan.schema().fields().len()];
+        Ok(built)
+    }
+
+    pub(crate) fn build_aggregate(
+        &mut self,
+        agg: &datafusion::logical_expr::Aggregate,
+        plan: &LogicalPlan,
+    ) -> Result<Built> {
+        let mut built = self.build(&agg.input)?;
+        if built.key.is_some() {
+            return Err(unsupported(
+                "an aggregate over results that change (EMIT ON UPDATE, allowed_lateness, or GROUP BY without a window)",
+            ));
+        }
+        if agg.group_expr.is_empty() {
+            return self.build_global_aggregate(built, agg, plan);
+        }
+        if let Some(gap_ns) = built.session_gap_ns {
+            return self.build_session_aggregate(built, agg, plan, gap_ns);
+        }
+        let input_schema = agg.input.schema();
+        // The window: a group column holding window starts (preferred) or ends.
+        let mut window = None;
+        let mut size_ns = 0;
+        let mut out_times = vec![None; plan.schema().fields().len()];
+        for (g, e) in agg.group_expr.iter().enumerate() {
+            if let Expr::GroupingSet(_) = e {
+                return Err(unsupported("GROUPING SETS / ROLLUP / CUBE"));
+            }
+            let Expr::Column(c) = e else { continue };
+            let i = input_schema.index_of_column(c)?;
+            match built.times.get(i).copied().flatten() {
+                Some(t @ TimeColumn::WindowStart { size_ns: s }) => {
+                    window = Some(WindowColumn::Start(i));
+                    size_ns = s;
+                    out_times[g] = Some(t);
+                }
+                Some(t @ TimeColumn::WindowEnd { size_ns: s }) => {
+                    if !matches!(window, Some(WindowColumn::Start(_))) {
+                        window = Some(WindowColumn::End(i));
+                        size_ns = s;
+                    }
+                    out_times[g] = Some(t);
+                }
+                _ => {}
+            }
+        }
+        let emit = self.options.emit;
+        let mode = match (window, emit) {
+            (None, Some(EmitMode::OnWindowClose)) => {
+                return Err(Error::NotSupported(
+                    "EMIT ON WINDOW CLOSE needs a window: read FROM TUMBLE(...) or HOP(...) \
+                     and GROUP BY window_start, window_end"
+                        .into(),
+                ));
+            }
+            (None, _) | (Some(_), Some(EmitMode::OnUpdate)) => Emit::OnUpdate,
+            (Some(_), _) => Emit::OnWindowClose,
+        };
+        let input_arrow = arrow_schema(&agg.input);
+        let groups = agg
+            .group_expr
+            .iter()
+            .zip(agg.schema.fields())
+            .map(|(e, f)| {
+                Ok((
+                    self.state.create_physical_expr(e.clone(), input_schema)?,
+                    f.name().clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let aggregates = aggregate_specs(agg, self.state)?;
+        let mut operator = WindowAggregateOperator::try_new(
+            &input_arrow,
+            groups,
+            window,
+            size_ns,
+            aggregates,
+            arrow_schema(plan),
+            mode,
+        )?;
+        if window.is_some() {
+            operator = operator.with_allowed_lateness(self.options.allowed_lateness_ns);
+            built.windowed_aggregate = true;
+        } else if self.options.allowed_lateness_ns > 0 {
+            return Err(Error::NotSupported(
+                "allowed_lateness applies to windowed aggregates (GROUP BY window_start)".into(),
+            ));
+        }
+        if operator.upserts() {
+            built.key = Some((0..agg.group_expr.len()).collect());
+        }
+        built.operators.push(Box::new(operator));
+        built.aggregated = true;
+        built.times = out_times;
+        Ok(built)
+    }
+
+    /// An aggregate without GROUP BY: one row, updated as events arrive. It runs as a grouped
+    /// aggregate over one constant group whose column is then dropped.
+    pub(crate) fn build_global_aggregate(
+        &self,
+        mut built: Built,
+        agg: &datafusion::logical_expr::Aggregate,
+        plan: &LogicalPlan,
+    ) -> Result<Built> {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        if built.session_gap_ns.is_some() {
+            return Err(Error::NotSupported(
+                "a SESSION window aggregate must GROUP BY window_start (and the session key)"
+                    .into(),
+            ));
+        }
+        if self.options.emit == Some(EmitMode::OnWindowClose) {
+            return Err(Error::NotSupported(
+                "EMIT ON WINDOW CLOSE needs a window: read FROM TUMBLE(...) or HOP(...) \
+                 and GROUP BY window_start, window_end"
+                    .into(),
+            ));
+        }
+        if self.options.allowed_lateness_ns > 0 {
+            return Err(Error::NotSupported(
+                "allowed_lateness applies to windowed aggregates (GROUP BY window_start)".into(),
+            ));
+        }
+        const ALL: &str = "weir_all";
+        let output = arrow_schema(plan);
+        let mut fields = vec![Arc::new(Field::new(ALL, DataType::Int64, false))];
+        fields.extend(output.fields().iter().cloned());
+        let with_group = Arc::new(Schema::new(fields));
+        let group: Arc<dyn PhysicalExpr> = datafusion::physical_expr::expressions::lit(
+            datafusion::common::ScalarValue::Int64(Some(0)),
+        );
+        let operator = WindowAggregateOperator::try_new(
+            &arrow_schema(&agg.input),
+            vec![(group, ALL.to_string())],
+            None,
+            0,
+            aggregate_specs(agg, self.state)?,
+            Arc::clone(&with_group),
+            Emit::OnUpdate,
+        )?;
+        built.operators.push(Box::new(operator));
+        let exprs = output
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                (
+                    Arc::new(Column::new(f.name(), i + 1)) as Arc<dyn PhysicalExpr>,
+                    f.name().clone(),
+                )
+            })
+            .collect();
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &with_group)?));
+        built.key = Some(Vec::new());
+        built.aggregated = true;
+        built.times = vec![None; output.fields().len()];
+        Ok(built)
+    }
+}

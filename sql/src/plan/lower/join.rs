@@ -1,0 +1,316 @@
+//! Lowering of joins: lookup joins of a stream with a reference table, and joins of two
+//! streams whose state the time conditions bound (window and interval joins).
+
+use std::sync::Arc;
+
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use weir_engine::operator::{FilterOperator, JoinInput, LookupJoinOperator, StreamJoinOperator};
+
+use super::{Base, Built, Planner, unsupported};
+use crate::catalog::TableEntry;
+use crate::plan::bounds::{TimeColumn, column_of, conjuncts, time_bounds};
+use crate::providers::{RefTable, provider_as};
+use crate::{Error, Result};
+
+/// A reference table as one side of a join: the table, the scan's columns, and filters on it.
+pub(crate) struct TableSide {
+    pub(crate) table: Arc<TableEntry>,
+    /// The table's columns the join sees, in order.
+    pub(crate) projection: Vec<usize>,
+    /// Conditions on the table's rows (over its full schema, qualified by `name`).
+    pub(crate) filters: Vec<Expr>,
+    pub(crate) name: datafusion::common::TableReference,
+}
+
+impl Planner<'_> {
+    /// The reference table `plan` scans, if it is (an alias of) a scan of one, maybe filtered.
+    pub(crate) fn table_side(plan: &LogicalPlan) -> Result<Option<TableSide>> {
+        match plan {
+            LogicalPlan::SubqueryAlias(a) => Self::table_side(&a.input),
+            LogicalPlan::Filter(f) => Ok(Self::table_side(&f.input)?.map(|mut t| {
+                t.filters.push(f.predicate.clone());
+                t
+            })),
+            LogicalPlan::Projection(p) => {
+                let Some(mut t) = Self::table_side(&p.input)? else {
+                    return Ok(None);
+                };
+                let input = p.input.schema();
+                let mut projection = Vec::with_capacity(p.expr.len());
+                for e in &p.expr {
+                    let Expr::Column(c) = e else { return Ok(None) };
+                    let i = input.index_of_column(c)?;
+                    projection.push(t.projection[i]);
+                }
+                t.projection = projection;
+                Ok(Some(t))
+            }
+            LogicalPlan::TableScan(scan) => {
+                let provider = source_as_provider(&scan.source)?;
+                let Some(t) = provider_as::<RefTable>(&provider) else {
+                    return Ok(None);
+                };
+                let table = t.entry();
+                let projection = scan
+                    .projection
+                    .clone()
+                    .unwrap_or_else(|| (0..table.schema.fields().len()).collect());
+                Ok(Some(TableSide {
+                    table,
+                    projection,
+                    filters: scan.filters.clone(),
+                    name: scan.table_name.clone(),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) fn build_join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Built> {
+        use datafusion::logical_expr::JoinType;
+        if join.null_equality == datafusion::common::NullEquality::NullEqualsNull {
+            return Err(unsupported("a join where NULL keys match"));
+        }
+        let left_side = Self::table_side(&join.left)?;
+        let right_side = Self::table_side(&join.right)?;
+        match (left_side, right_side) {
+            (Some(_), Some(_)) => Err(Error::NotSupported(
+                "a continuous query joining two tables has no stream to follow; join a stream to the tables"
+                    .into(),
+            )),
+            (None, Some(table)) => self.build_lookup_join(join, table, false),
+            (Some(table), None) => self.build_lookup_join(join, table, true),
+            (None, None) => {
+                if join.join_type != JoinType::Inner {
+                    return Err(unsupported(&format!(
+                        "a {} join of two streams (only inner joins)",
+                        join.join_type
+                    )));
+                }
+                self.build_stream_join(join)
+            }
+        }
+    }
+
+    /// `stream JOIN table ON stream.x = table.primary_key`: each event with the table's row.
+    pub(crate) fn build_lookup_join(
+        &mut self,
+        join: &datafusion::logical_expr::Join,
+        table: TableSide,
+        table_first: bool,
+    ) -> Result<Built> {
+        use datafusion::logical_expr::JoinType;
+        let keep_unmatched = match (join.join_type, table_first) {
+            (JoinType::Inner, _) => false,
+            (JoinType::Left, false) | (JoinType::Right, true) => true,
+            (t, _) => {
+                return Err(unsupported(&format!(
+                    "a {t} join of a stream and a table (inner, or stream LEFT JOIN table)"
+                )));
+            }
+        };
+        let stream_plan = if table_first { &join.right } else { &join.left };
+        let mut built = self.build(stream_plan)?;
+        if built.key.is_some() {
+            return Err(unsupported(
+                "a lookup join of results that change (EMIT ON UPDATE or GROUP BY without a window)",
+            ));
+        }
+        let entry = Arc::clone(&table.table);
+        let table_schema = if table_first {
+            join.left.schema()
+        } else {
+            join.right.schema()
+        };
+        let mut keys: Vec<Option<Arc<dyn PhysicalExpr>>> = vec![None; entry.key.len()];
+        for (l, r) in &join.on {
+            let (stream_expr, table_expr) = if table_first { (r, l) } else { (l, r) };
+            let column = column_of(table_expr)
+                .and_then(|c| table_schema.index_of_column(c).ok())
+                .map(|i| table.projection[i]);
+            let Some(position) = column.and_then(|c| entry.key.iter().position(|&k| k == c)) else {
+                return Err(Error::NotSupported(format!(
+                    "a stream joins table {} on its primary key ({}); {table_expr} is not part of it",
+                    entry.def.name,
+                    entry.def.primary_key.join(", ")
+                )));
+            };
+            keys[position] = Some(
+                self.state
+                    .create_physical_expr(stream_expr.clone(), stream_plan.schema())?,
+            );
+        }
+        let keys: Vec<Arc<dyn PhysicalExpr>> =
+            keys.into_iter().collect::<Option<_>>().ok_or_else(|| {
+                Error::NotSupported(format!(
+                    "a stream joins table {} on its whole primary key ({}) with equalities",
+                    entry.def.name,
+                    entry.def.primary_key.join(", ")
+                ))
+            })?;
+        // Conditions on the table alone decide which table rows can match.
+        let table_filter = match table.filters.iter().cloned().reduce(Expr::and) {
+            None => None,
+            Some(f) => {
+                let schema = datafusion::common::DFSchema::try_from_qualified_schema(
+                    table.name.clone(),
+                    &entry.schema,
+                )?;
+                Some(self.state.create_physical_expr(f, &schema)?)
+            }
+        };
+        if keep_unmatched && join.filter.is_some() {
+            return Err(unsupported(
+                "a condition across the stream and the table in a LEFT JOIN (use an inner join)",
+            ));
+        }
+        let after: Vec<Expr> = join.filter.iter().cloned().collect();
+        let output = Arc::new(join.schema.as_arrow().clone());
+        let op = LookupJoinOperator::try_new(
+            entry.def.name.clone(),
+            keys,
+            Arc::clone(&entry.rows),
+            table_filter,
+            table.projection.clone(),
+            keep_unmatched,
+            table_first,
+            Arc::clone(&output),
+        )?;
+        built.operators.push(Box::new(op));
+        let table_times = vec![None; table.projection.len()];
+        built.times = if table_first {
+            table_times.into_iter().chain(built.times).collect()
+        } else {
+            built.times.into_iter().chain(table_times).collect()
+        };
+        if let Some(predicate) = after.into_iter().reduce(Expr::and) {
+            let predicate = self.state.create_physical_expr(predicate, &join.schema)?;
+            built
+                .operators
+                .push(Box::new(FilterOperator::try_new(predicate, output)?));
+        }
+        if !self.tables.iter().any(|t| t.def.name == entry.def.name) {
+            self.tables.push(entry);
+        }
+        Ok(built)
+    }
+
+    /// A join of two streams, bounded in time by window columns or an interval condition.
+    pub(crate) fn build_stream_join(
+        &mut self,
+        join: &datafusion::logical_expr::Join,
+    ) -> Result<Built> {
+        let left = self.build(&join.left)?;
+        let right = self.build(&join.right)?;
+        if left.key.is_some() || right.key.is_some() {
+            return Err(unsupported(
+                "a join of results that change (EMIT ON UPDATE, allowed_lateness, or GROUP BY without a window)",
+            ));
+        }
+        if left.session_gap_ns.is_some() || right.session_gap_ns.is_some() {
+            return Err(unsupported("a join of SESSION windows"));
+        }
+        let left_width = join.left.schema().fields().len();
+        let schema = join.schema.as_ref();
+        let times: Vec<Option<TimeColumn>> =
+            left.times.iter().chain(&right.times).copied().collect();
+        let mut conditions: Vec<Expr> = join
+            .on
+            .iter()
+            .map(|(l, r)| l.clone().eq(r.clone()))
+            .collect();
+        if let Some(f) = &join.filter {
+            conjuncts(f, &mut conditions);
+        }
+        let bounds = time_bounds(&conditions, schema, left_width, &times);
+        let lag = |i: usize| times[i].map_or(0, TimeColumn::lag_ns);
+        // A left row at a can meet right rows with b <= a - low; those still to come have
+        // b >= watermark - lag(b). So it is kept while a - low + lag(b) >= watermark.
+        let left_keep = bounds
+            .iter()
+            .filter_map(|b| b.low.map(|low| (b.left, lag(left_width + b.right) - low)))
+            .min_by_key(|&(_, offset)| offset);
+        // A right row at b meets left rows with a <= b + high; those to come have
+        // a >= watermark - lag(a).
+        let right_keep = bounds
+            .iter()
+            .filter_map(|b| b.high.map(|high| (b.right, high + lag(b.left))))
+            .min_by_key(|&(_, offset)| offset);
+        let (Some((left_column, left_offset)), Some((right_column, right_offset))) =
+            (left_keep, right_keep)
+        else {
+            return Err(Error::NotSupported(
+                "this join of two streams would keep every row forever: bound it in time. \
+                 Join windowed inputs on their window (a.window_start = b.window_start AND \
+                 a.window_end = b.window_end), or bound the event times \
+                 (a.ts BETWEEN b.ts - INTERVAL '1' MINUTE AND b.ts)"
+                    .into(),
+            ));
+        };
+        let left_schema = join.left.schema();
+        let right_schema = join.right.schema();
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for (l, r) in &join.on {
+            left_keys.push(self.state.create_physical_expr(l.clone(), left_schema)?);
+            right_keys.push(self.state.create_physical_expr(r.clone(), right_schema)?);
+        }
+        let filter = match &join.filter {
+            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
+            None => None,
+        };
+        let left_time = TimeColumn::lag_ns(times[left_column].unwrap_or(TimeColumn::EventTime));
+        let right_time =
+            TimeColumn::lag_ns(times[left_width + right_column].unwrap_or(TimeColumn::EventTime));
+        let op = StreamJoinOperator::try_new(
+            JoinInput {
+                keys: left_keys,
+                time: left_column,
+                time_lag_ns: left_time,
+                expiry_column: left_column,
+                expiry_offset_ns: left_offset,
+            },
+            JoinInput {
+                keys: right_keys,
+                time: right_column,
+                time_lag_ns: right_time,
+                expiry_column: right_column,
+                expiry_offset_ns: right_offset,
+            },
+            &Arc::new(left_schema.as_arrow().clone()),
+            filter,
+            Arc::new(join.schema.as_arrow().clone()),
+        )?;
+        // Window columns equated across the join keep their meaning in the output: a match is
+        // emitted when its later row arrives, which is never behind the watermark.
+        let mut out_times = vec![None; times.len()];
+        for b in &bounds {
+            if b.low == Some(0) && b.high == Some(0) {
+                let r = left_width + b.right;
+                if matches!(
+                    times[b.left],
+                    Some(TimeColumn::WindowEnd { .. } | TimeColumn::WindowStart { .. })
+                ) {
+                    out_times[b.left] = times[b.left];
+                    out_times[r] = times[r];
+                }
+            }
+        }
+        let windowed_aggregate = left.windowed_aggregate || right.windowed_aggregate;
+        let aggregated = left.aggregated || right.aggregated;
+        let input = Arc::new(join.schema.as_arrow().clone());
+        Ok(Built {
+            base: Base::Join(left.into_dataflow(), right.into_dataflow(), Box::new(op)),
+            input,
+            operators: Vec::new(),
+            times: out_times,
+            session_gap_ns: None,
+            aggregated,
+            windowed_aggregate,
+            key: None,
+            visibility: false,
+        })
+    }
+}

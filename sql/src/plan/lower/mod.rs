@@ -1,0 +1,407 @@
+//! Lowering: a DataFusion logical plan, walked bottom-up, becomes engine operators. This file
+//! holds the walk and the plain nodes (scans, filters, projections); windows, aggregates and
+//! joins each lower in a file of their own.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::default_table_source::source_as_provider;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use weir_engine::dataflow::Dataflow;
+use weir_engine::operator::{BinaryOperator, FilterOperator, Operator, ProjectionOperator};
+use weir_engine::pipeline::Pipeline;
+
+use super::ViewOptions;
+use super::bounds::TimeColumn;
+use crate::catalog::{StreamEntry, TableEntry, ViewEntry};
+use crate::providers::{RefTable, StreamTable, ViewTable, WindowTable, provider_as};
+use crate::{Error, Result};
+
+mod aggregate;
+mod join;
+mod window;
+
+/// Where the rows of a subtree come from.
+pub(crate) enum Base {
+    /// A source stream, by position in the query's sources.
+    Source(usize),
+    /// A join of two subtrees.
+    Join(Dataflow, Dataflow, Box<dyn BinaryOperator>),
+}
+
+/// What a subtree compiles to.
+pub(crate) struct Built {
+    pub(crate) base: Base,
+    /// The schema of the rows `base` delivers.
+    pub(crate) input: SchemaRef,
+    /// Operators over `base`'s rows, first to last.
+    pub(crate) operators: Vec<Box<dyn Operator>>,
+    /// Per output column, what it says about time.
+    pub(crate) times: Vec<Option<TimeColumn>>,
+    /// The gap when the rows come from SESSION(...).
+    pub(crate) session_gap_ns: Option<i64>,
+    pub(crate) aggregated: bool,
+    /// A windowed aggregate (TUMBLE or HOP) is in this subtree.
+    pub(crate) windowed_aggregate: bool,
+    /// Set once results are upserts: the output columns of the group key.
+    pub(crate) key: Option<Vec<usize>>,
+    /// Upserts carry one more, last, column: whether the row passes HAVING (else it leaves).
+    pub(crate) visibility: bool,
+}
+
+/// The name of the column that says whether an upserted row passes HAVING.
+pub(crate) const VISIBLE: &str = "weir_visible";
+
+impl Built {
+    pub(crate) fn into_dataflow(self) -> Dataflow {
+        let pipeline = Pipeline::new(self.input, self.operators);
+        match self.base {
+            Base::Source(source) => Dataflow::Source { source, pipeline },
+            Base::Join(left, right, join) => Dataflow::join(left, right, join, pipeline),
+        }
+    }
+}
+
+pub(crate) fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
+    Arc::new(plan.schema().as_arrow().clone())
+}
+
+pub(crate) fn unsupported(what: &str) -> Error {
+    Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
+}
+
+/// Checks that a derived stream (a view's or a subquery's rows) can be windowed over column
+/// `time`: its rows only append and the column follows the watermark.
+pub(crate) fn derived_window_input(
+    built: Built,
+    time_index: usize,
+    time: &str,
+    what: &str,
+) -> Result<Built> {
+    if built.key.is_some() {
+        return Err(Error::NotSupported(format!(
+            "a window over {what}, whose rows change (EMIT ON UPDATE, allowed_lateness, \
+             or GROUP BY without a window); window over rows that only append"
+        )));
+    }
+    match built.times.get(time_index).copied().flatten() {
+        Some(TimeColumn::EventTime | TimeColumn::WindowEnd { .. }) => Ok(built),
+        _ => Err(Error::NotSupported(format!(
+            "a window over column {time} of {what}, which does not follow the watermark; \
+             window over the event time it passes through from its stream, or over window_end \
+             of its windows"
+        ))),
+    }
+}
+
+/// Compiles a logical plan bottom-up, collecting the sources and tables it reads.
+pub(crate) struct Planner<'a> {
+    pub(crate) state: &'a SessionState,
+    pub(crate) options: ViewOptions,
+    pub(crate) sources: Vec<Arc<StreamEntry>>,
+    pub(crate) tables: Vec<Arc<TableEntry>>,
+    /// The plans (and options) of the views this query reads, by name.
+    pub(crate) view_plans: HashMap<String, (LogicalPlan, ViewOptions)>,
+    /// The views compiled into this query.
+    pub(crate) views: Vec<String>,
+}
+
+impl<'a> Planner<'a> {
+    /// A planner for one query, with the plans of the views it reads.
+    pub(crate) fn new(
+        state: &'a SessionState,
+        options: ViewOptions,
+        view_plans: HashMap<String, (LogicalPlan, ViewOptions)>,
+    ) -> Self {
+        Self {
+            state,
+            options,
+            sources: Vec::new(),
+            tables: Vec::new(),
+            view_plans,
+            views: Vec::new(),
+        }
+    }
+}
+
+impl Planner<'_> {
+    pub(crate) fn source_index(&mut self, stream: &Arc<StreamEntry>) -> usize {
+        match self
+            .sources
+            .iter()
+            .position(|s| s.def.name == stream.def.name)
+        {
+            Some(i) => i,
+            None => {
+                self.sources.push(Arc::clone(stream));
+                self.sources.len() - 1
+            }
+        }
+    }
+
+    pub(crate) fn build(&mut self, plan: &LogicalPlan) -> Result<Built> {
+        match plan {
+            LogicalPlan::TableScan(scan) => self.build_scan(scan),
+            LogicalPlan::SubqueryAlias(a) => self.build(&a.input),
+            LogicalPlan::Filter(f) => {
+                let mut built = self.build(&f.input)?;
+                let predicate = self
+                    .state
+                    .create_physical_expr(f.predicate.clone(), f.input.schema())?;
+                if built.key.is_some() {
+                    // Over results that change, a group that stops matching must leave the
+                    // view: compute the condition as a column that the view's table obeys.
+                    return self.push_visibility(built, &f.input, predicate);
+                }
+                built.operators.push(Box::new(FilterOperator::try_new(
+                    predicate,
+                    arrow_schema(&f.input),
+                )?));
+                Ok(built)
+            }
+            LogicalPlan::Projection(p) => self.build_projection(p),
+            LogicalPlan::Aggregate(agg) => self.build_aggregate(agg, plan),
+            LogicalPlan::Join(join) => self.build_join(join),
+            LogicalPlan::Sort(_) => Err(Error::NotSupported(
+                "ORDER BY in a materialized view cannot be maintained over an unbounded stream; \
+                 order when you query the view (SELECT ... FROM view ORDER BY ...)"
+                    .into(),
+            )),
+            LogicalPlan::Limit(_) => Err(Error::NotSupported(
+                "LIMIT in a materialized view cannot be maintained over an unbounded stream; \
+                 apply it when you query the view (SELECT ... FROM view LIMIT n)"
+                    .into(),
+            )),
+            LogicalPlan::Distinct(_) => Err(unsupported(
+                "DISTINCT (write GROUP BY over the columns instead)",
+            )),
+            LogicalPlan::Window(_) => Err(unsupported("a window function (OVER)")),
+            LogicalPlan::Union(_) => Err(unsupported("UNION")),
+            other => Err(unsupported(
+                other
+                    .display()
+                    .to_string()
+                    .split(':')
+                    .next()
+                    .unwrap_or("this plan node"),
+            )),
+        }
+    }
+
+    /// The schema the operators see for `plan`'s rows: with the visibility column if any.
+    pub(crate) fn physical_schema(plan: &LogicalPlan, built: &Built) -> SchemaRef {
+        let schema = arrow_schema(plan);
+        if !built.visibility {
+            return schema;
+        }
+        let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+            VISIBLE,
+            datafusion::arrow::datatypes::DataType::Boolean,
+            true,
+        )));
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+    }
+
+    /// HAVING over upserts: every column passes through, plus whether the row passes (and
+    /// passed any earlier HAVING).
+    pub(crate) fn push_visibility(
+        &self,
+        mut built: Built,
+        input: &LogicalPlan,
+        predicate: Arc<dyn PhysicalExpr>,
+    ) -> Result<Built> {
+        use datafusion::physical_expr::expressions::BinaryExpr;
+        let schema = Self::physical_schema(input, &built);
+        let width = input.schema().fields().len();
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = (0..width)
+            .map(|i| {
+                let name = schema.field(i).name().clone();
+                (
+                    Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                    name,
+                )
+            })
+            .collect();
+        let visible = if built.visibility {
+            Arc::new(BinaryExpr::new(
+                Arc::new(Column::new(VISIBLE, width)),
+                datafusion::logical_expr::Operator::And,
+                predicate,
+            )) as Arc<dyn PhysicalExpr>
+        } else {
+            predicate
+        };
+        exprs.push((visible, VISIBLE.to_string()));
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
+        built.visibility = true;
+        Ok(built)
+    }
+
+    /// A stream's rows, with its event-time column marked.
+    pub(crate) fn stream_base(&mut self, entry: &Arc<StreamEntry>) -> Built {
+        let mut times = vec![None; entry.schema.fields().len()];
+        if let Some(i) = entry
+            .def
+            .watermark
+            .as_ref()
+            .and_then(|w| entry.def.column_index(&w.column))
+        {
+            times[i] = Some(TimeColumn::EventTime);
+        }
+        Built {
+            base: Base::Source(self.source_index(entry)),
+            input: Arc::clone(&entry.schema),
+            operators: Vec::new(),
+            times,
+            session_gap_ns: None,
+            aggregated: false,
+            windowed_aggregate: false,
+            key: None,
+            visibility: false,
+        }
+    }
+
+    /// Another materialized view's query, compiled into this one (a derived stream).
+    pub(crate) fn inline_view(&mut self, view: &Arc<ViewEntry>) -> Result<Built> {
+        let name = &view.def.name;
+        let (plan, options) = self.view_plans.get(name).cloned().ok_or_else(|| {
+            Error::Internal(format!(
+                "view {name} was not planned before compiling; this is a bug"
+            ))
+        })?;
+        let saved = std::mem::replace(&mut self.options, options);
+        let built = self.build(&plan);
+        self.options = saved;
+        if !self.views.contains(name) {
+            self.views.push(name.clone());
+        }
+        built
+    }
+
+    pub(crate) fn build_scan(
+        &mut self,
+        scan: &datafusion::logical_expr::TableScan,
+    ) -> Result<Built> {
+        let provider = source_as_provider(&scan.source)?;
+        if !scan.filters.is_empty() {
+            return Err(Error::Internal(
+                "a filter was pushed into a stream scan; this is a bug".into(),
+            ));
+        }
+        let mut built = if let Some(t) = provider_as::<WindowTable>(&provider) {
+            self.build_window(t)?
+        } else if let Some(s) = provider_as::<StreamTable>(&provider) {
+            self.stream_base(&s.entry())
+        } else if let Some(v) = provider_as::<ViewTable>(&provider) {
+            self.inline_view(&v.entry())?
+        } else if provider_as::<RefTable>(&provider).is_some() {
+            return Err(Error::NotSupported(format!(
+                "{} is a table: a continuous query reads a stream, and joins tables to it \
+                 (FROM stream JOIN {} ON stream.column = {}.primary_key)",
+                scan.table_name, scan.table_name, scan.table_name
+            )));
+        } else {
+            return Err(unsupported(&format!("reading {}", scan.table_name)));
+        };
+        if let Some(projection) = &scan.projection {
+            let schema = built
+                .operators
+                .last()
+                .map_or_else(|| Arc::clone(&built.input), |o| o.schema());
+            let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
+                .iter()
+                .map(|&i| {
+                    let name = schema.field(i).name().clone();
+                    (
+                        Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                        name,
+                    )
+                })
+                .collect();
+            if let Some(key) = &built.key {
+                let mapped: Option<Vec<usize>> = key
+                    .iter()
+                    .map(|k| projection.iter().position(|p| p == k))
+                    .collect();
+                built.key = Some(mapped.ok_or_else(|| {
+                    Error::NotSupported(
+                        "reading a view whose rows change needs every column of its key".into(),
+                    )
+                })?);
+            }
+            if built.visibility {
+                let last = schema.fields().len() - 1;
+                exprs.push((Arc::new(Column::new(VISIBLE, last)), VISIBLE.to_string()));
+            }
+            built.times = projection
+                .iter()
+                .map(|&i| built.times.get(i).copied().flatten())
+                .collect();
+            built
+                .operators
+                .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
+        }
+        Ok(built)
+    }
+
+    pub(crate) fn build_projection(
+        &mut self,
+        p: &datafusion::logical_expr::Projection,
+    ) -> Result<Built> {
+        let mut built = self.build(&p.input)?;
+        let input = p.input.schema();
+        let source_index = |e: &Expr| -> Option<usize> {
+            let e = match e {
+                Expr::Alias(a) => a.expr.as_ref(),
+                e => e,
+            };
+            match e {
+                Expr::Column(c) => input.index_of_column(c).ok(),
+                _ => None,
+            }
+        };
+        if let Some(key) = &built.key {
+            let position = |k: usize| p.expr.iter().position(|e| source_index(e) == Some(k));
+            let mapped: Option<Vec<usize>> = key.iter().map(|&k| position(k)).collect();
+            built.key = Some(mapped.ok_or_else(|| {
+                Error::NotSupported(
+                    "results that change (EMIT ON UPDATE, or GROUP BY without a window) must \
+                     select every GROUP BY column, so that each row can be updated in place"
+                        .into(),
+                )
+            })?);
+        }
+        built.times = p
+            .expr
+            .iter()
+            .map(|e| source_index(e).and_then(|i| built.times.get(i).copied().flatten()))
+            .collect();
+        let mut exprs = p
+            .expr
+            .iter()
+            .zip(p.schema.fields())
+            .map(|(e, f)| {
+                Ok((
+                    self.state.create_physical_expr(e.clone(), input)?,
+                    f.name().clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if built.visibility {
+            let width = input.fields().len();
+            exprs.push((Arc::new(Column::new(VISIBLE, width)), VISIBLE.to_string()));
+        }
+        let schema = Self::physical_schema(&p.input, &built);
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
+        Ok(built)
+    }
+}

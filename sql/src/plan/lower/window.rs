@@ -1,0 +1,76 @@
+//! Lowering of the window table functions: the rows they window (a stream, a view's query
+//! inlined, or a subquery), then the window assigner.
+
+use super::{Built, Planner, derived_window_input, unsupported};
+use crate::Error;
+use crate::Result;
+use crate::plan::bounds::TimeColumn;
+use crate::providers::{WindowInput, WindowSpec, WindowTable};
+
+impl Planner<'_> {
+    /// The rows a window function windows, then the window assigner.
+    pub(crate) fn build_window(&mut self, t: &WindowTable) -> Result<Built> {
+        let time = t.input_schema.field(t.time_index).name().clone();
+        let mut built = match &t.input {
+            WindowInput::Stream(stream) => {
+                let def = &stream.def;
+                match &def.watermark {
+                    Some(w) if w.column == time => {}
+                    Some(w) => {
+                        return Err(Error::NotSupported(format!(
+                            "a window over {time}, but stream {} has its watermark on {}; \
+                             window over the watermark column",
+                            def.name, w.column
+                        )));
+                    }
+                    None => {
+                        return Err(Error::NotSupported(format!(
+                            "stream {} has no watermark, so its windows would never close; \
+                             declare WATERMARK FOR {time} AS {time} - INTERVAL '...' in CREATE STREAM",
+                            def.name
+                        )));
+                    }
+                }
+                self.stream_base(stream)
+            }
+            WindowInput::View(view) => {
+                let built = self.inline_view(view)?;
+                derived_window_input(
+                    built,
+                    t.time_index,
+                    &time,
+                    &format!("view {}", view.def.name),
+                )?
+            }
+            WindowInput::Query(plan) => {
+                let plan = self.state.optimize(plan)?;
+                // The windowed rows only append: the subquery's own aggregates emit each window
+                // once, whatever the outer query's emit mode.
+                let saved = std::mem::take(&mut self.options);
+                let built = self.build(&plan);
+                self.options = saved;
+                let built = built?;
+                derived_window_input(built, t.time_index, &time, "the subquery")?
+            }
+        };
+        if built.session_gap_ns.is_some() {
+            return Err(unsupported("a window over SESSION windows"));
+        }
+        let operator = t.operator()?;
+        let width = operator.schema().fields().len();
+        built.times.resize(width, None);
+        built.times[t.time_index] = Some(TimeColumn::EventTime);
+        if let Some(size_ns) = t.spec.size_ns() {
+            built.times[width - 2] = Some(TimeColumn::WindowStart { size_ns });
+            built.times[width - 1] = Some(TimeColumn::WindowEnd { size_ns });
+        } else {
+            built.times[width - 2] = None;
+            built.times[width - 1] = None;
+        }
+        if let WindowSpec::Session { gap_ns } = t.spec {
+            built.session_gap_ns = Some(gap_ns);
+        }
+        built.operators.push(operator);
+        Ok(built)
+    }
+}

@@ -1,0 +1,19 @@
+//! The providers layer: Weir's objects as DataFusion tables and table functions (streams,
+//! windows, views, reference tables, system relations, `pg_catalog`), and the context that
+//! plans statements over them. Providers read the catalog's registry, never the database.
+
+pub mod context;
+pub mod pg_catalog;
+pub mod stream;
+pub mod system;
+pub mod table;
+pub mod view;
+pub mod window;
+
+pub(crate) use context::{WeirContext, new_context};
+pub use stream::StreamTable;
+pub use system::{CONNECTORS, LATE_EVENTS, LateEventsTable, VIEW_PROGRESS, ViewProgressTable};
+pub use table::RefTable;
+pub use view::ViewTable;
+pub(crate) use view::{VIEW_READ_WAIT, provider_as};
+pub use window::{WindowFunction, WindowInput, WindowSpec, WindowTable};
