@@ -10,11 +10,10 @@
 //! | providers | [`providers`] | DataFusion tables and table functions over the registry, the planning context |
 //! | plan | [`plan`] | compiling a query into an engine dataflow: analysis and lowering |
 //! | database | [`database`] | open, recovery, the lifecycle of queries and connectors, retention |
-//! | handler | `handler` | one file per statement family |
+//! | handler | `handler`, [`subscribe`], [`output`] | one file per statement family; subscriptions and cursors; what statements return |
 //! | session | [`session`] | parse, classify, dispatch |
 //!
-//! Leaves that any layer may use: [`error`], [`time`], [`settings`], [`functions`],
-//! [`subscribe`], [`output`].
+//! Leaves that any layer may use: [`error`], [`time`], [`settings`], [`functions`].
 
 pub mod catalog;
 pub mod copy;
