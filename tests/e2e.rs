@@ -1033,6 +1033,11 @@ fn shell_session(shell: &mut ShellPty) {
     shell.send("CREATE MATERIALIZED VIEW per_user AS SELECT user_id, COUNT(*) AS n FROM clicks GROUP BY user_id;\r");
     shell.expect("CREATE MATERIALIZED VIEW");
     shell.expect("weir> ");
+    // CREATE ... IF NOT EXISTS over an object of another kind: PostgreSQL's notice.
+    shell.send("CREATE TABLE IF NOT EXISTS per_user (id BIGINT PRIMARY KEY);\r");
+    shell.expect("NOTICE:  relation \"per_user\" already exists, skipping");
+    shell.expect("CREATE TABLE");
+    shell.expect("weir> ");
     shell.send("INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), (2, '/b', '2026-01-01 00:00:02');\r");
     shell.expect("INSERT 0 2");
     shell.expect("weir> ");

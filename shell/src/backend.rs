@@ -161,9 +161,36 @@ fn statement_commands(sql: &str) -> Vec<String> {
 pub enum Backend {
     /// An embedded engine over a data directory.
     Embedded(Session),
-    /// A Weir (or any Postgres) server, and its address (for a second connection that reads a
-    /// view's progress while the first follows it).
-    Remote(tokio_postgres::Client, String),
+    /// A Weir (or any Postgres) server, its address (for a second connection that reads a
+    /// view's progress while the first follows it), and the notices it sent not yet shown.
+    Remote(tokio_postgres::Client, String, Notices),
+}
+
+/// Notices a server sent, oldest first, until the shell shows them.
+pub type Notices = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+impl Backend {
+    /// Connects to a server; its notices are kept for the replies of the statements that
+    /// caused them.
+    pub async fn connect(url: &str) -> Result<Self, tokio_postgres::Error> {
+        let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let notices = Notices::default();
+        let kept = std::sync::Arc::clone(&notices);
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notice(n)) => kept
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(n.message().to_string()),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Self::Remote(client, url.to_string(), notices))
+    }
 }
 
 impl std::fmt::Debug for Backend {
@@ -230,7 +257,7 @@ impl Backend {
     /// Stops what the server runs for this shell (a CancelRequest); in the embedded engine,
     /// dropping the statement's future has already stopped it.
     pub async fn cancel(&self) {
-        if let Self::Remote(client, _) = self {
+        if let Self::Remote(client, ..) = self {
             let _ = client
                 .cancel_token()
                 .cancel_query(tokio_postgres::NoTls)
@@ -242,7 +269,15 @@ impl Backend {
     pub async fn run(&self, sql: &str) -> Vec<Reply> {
         match self {
             Self::Embedded(session) => Self::run_embedded(session, sql).await,
-            Self::Remote(client, url) => Self::run_remote(client, url, sql).await,
+            Self::Remote(client, url, notices) => {
+                let replies = Self::run_remote(client, url, sql).await;
+                let shown = std::mem::take(&mut *notices.lock().unwrap_or_else(|e| e.into_inner()));
+                shown
+                    .into_iter()
+                    .map(Reply::Notice)
+                    .chain(replies)
+                    .collect()
+            }
         }
     }
 
@@ -467,7 +502,7 @@ impl Backend {
                 .copy_data(&copy, data)
                 .await
                 .map_err(|e| sql_error(&e)),
-            (Self::Remote(client, _), CopyIn::Remote(sql)) => {
+            (Self::Remote(client, ..), CopyIn::Remote(sql)) => {
                 use futures::SinkExt;
                 let sink = client
                     .copy_in::<_, bytes::Bytes>(sql.trim_end_matches(';'))

@@ -739,11 +739,10 @@ fn history_path() -> Option<PathBuf> {
 pub async fn run(options: &Options) -> Result<(), Error> {
     let (backend, db, place) = match &options.connect {
         Some(url) => {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            let backend = Backend::connect(url)
                 .await
                 .map_err(|e| Error::Connect(format!("{url}: {e}")))?;
-            tokio::spawn(connection);
-            (Backend::Remote(client, url.clone()), None, url.clone())
+            (backend, None, url.clone())
         }
         None => {
             let db = Database::open_with(&options.data_dir, options.database.clone()).await?;

@@ -122,6 +122,8 @@ fn engine_sqlstate(e: &weir_engine::Error) -> &'static str {
     }
 }
 
+/// Arrow's errors, from DataFusion's own checks (an INSERT's VALUES with a NULL for a NOT NULL
+/// column is refused by DataFusion before Weir sees the rows), are text too.
 fn arrow_sqlstate(e: &ArrowError) -> &'static str {
     match e {
         ArrowError::InvalidArgumentError(m) if m.contains("non-nullable") => "23502",
@@ -134,6 +136,9 @@ fn arrow_sqlstate(e: &ArrowError) -> &'static str {
     }
 }
 
+/// DataFusion reports planning errors (an unknown table or function, types that do not fit) as
+/// text only; these are the one place where Weir reads another library's message, and only to
+/// pick a SQLSTATE. Weir's own refusals are variants of [`Error`] that carry theirs.
 fn datafusion_sqlstate(e: &DataFusionError) -> &'static str {
     match e.find_root() {
         DataFusionError::SQL(_, _) => "42601",
