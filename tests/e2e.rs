@@ -1101,6 +1101,41 @@ fn the_shell_embedded() {
     shell_session(&mut shell);
 }
 
+/// The embedded shell reads a stream over an external Kafka topic: the `weir` binary hands
+/// its connectors to the engine inside the shell as it does to the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shell_embedded_reads_an_external_kafka_topic() {
+    let broker_dir = tempfile::tempdir().expect("tempdir");
+    let broker = Server::start(broker_dir.path());
+    let b = broker.client().await;
+    b.batch_execute(
+        "CREATE STREAM orders (id BIGINT, amount BIGINT) WITH (format = 'json'); \
+         INSERT INTO orders VALUES (1, 10), (2, 20), (3, 30)",
+    )
+    .await
+    .expect("orders on the broker");
+    let brokers = format!("127.0.0.1:{}", broker.kafka_port.expect("kafka listener"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8 path").to_string();
+    let mut shell = ShellPty::start(&["--data-dir", &data]);
+    shell.expect("weir> ");
+    shell.send(&format!(
+        "CREATE STREAM ext (id BIGINT, amount BIGINT) WITH (connector = 'kafka', \
+         brokers = '{brokers}', topic = 'orders', start = 'earliest');\r"
+    ));
+    shell.expect("CREATE STREAM");
+    // The source appends in the background; the stream's rows appear as they come.
+    shell.send("SUBSCRIBE ext WITH (start = 'earliest');\r");
+    shell.expect("3 rows so far");
+    shell.send("\x03");
+    shell.expect("(stopped)");
+    shell.send("SELECT sum(amount) AS total FROM ext;\r");
+    shell.expect("60");
+    shell.send("SELECT stream, kind, state FROM weir_connectors;\r");
+    shell.expect("running");
+    shell.send("\\q\r");
+}
+
 /// A view created over a long backlog shows a progress bar while it catches up, which Ctrl-C
 /// leaves (the view goes on in the background).
 #[test]
