@@ -68,6 +68,24 @@ def with_psycopg3():
             raise AssertionError("psycopg3: missing table did not fail")
         except psycopg.errors.UndefinedTable:
             pass
+        # A nested transaction is a savepoint, released when the inner block ends.
+        with conn.transaction():
+            with conn.transaction():
+                check(conn.execute("SELECT count(*) FROM p3").fetchone(), (32,), "psycopg3 savepoint")
+        # Rolling back to a savepoint is accepted where nothing changed since it, and refused
+        # with a reason where an insert would have to be undone.
+        with conn.transaction():
+            conn.execute("SAVEPOINT a")
+            conn.execute("ROLLBACK TO SAVEPOINT a")
+            conn.execute("INSERT INTO p3 (id, ts) VALUES (200, %s)", (t0,))
+            try:
+                conn.execute("ROLLBACK TO SAVEPOINT a")
+                raise AssertionError("psycopg3: rolling back an insert did not fail")
+            except psycopg.errors.FeatureNotSupported as e:
+                check("cannot undo" in str(e), True, f"psycopg3 savepoint refusal: {e}")
+            conn.execute("RELEASE SAVEPOINT a")
+        check(conn.execute("SELECT count(*) FROM p3 WHERE id = 200").fetchone(), (1,),
+              "psycopg3 insert kept")
 
 
 def with_psycopg2():

@@ -38,8 +38,8 @@ pub(crate) struct Handler {
     pub(crate) db: Database,
     pub(crate) ctx: WeirContext,
     pub(crate) settings: Settings,
-    /// Statements that changed data since `BEGIN`, while a transaction block is open.
-    transaction: Mutex<Option<u64>>,
+    /// The open transaction block, if any.
+    transaction: Mutex<Option<transactions::Block>>,
     /// Open cursors, by name.
     pub(crate) cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
     /// Notices for the client (`relation "x" already exists, skipping`), oldest first.
@@ -116,13 +116,13 @@ impl Handler {
 
     /// Counts a statement that changed data, for ROLLBACK's refusal inside a transaction block.
     pub(crate) fn note_change(&self) {
-        if let Some(n) = self
+        if let Some(block) = self
             .transaction
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            *n += 1;
+            block.changes += 1;
         }
     }
 

@@ -49,7 +49,7 @@ pub enum StatementKind {
     Fetch,
     /// `CLOSE`.
     Close,
-    /// `BEGIN`, `COMMIT`, `ROLLBACK`.
+    /// `BEGIN`, `COMMIT`, `ROLLBACK`, `SAVEPOINT`, `RELEASE`, `ROLLBACK TO`.
     Transaction,
     /// `DEALLOCATE`, `DISCARD`: session resets with nothing to reset.
     Reset,
@@ -173,6 +173,8 @@ fn sql_tag(s: &Statement) -> &'static str {
         Statement::StartTransaction { .. } => "BEGIN",
         Statement::Commit { .. } => "COMMIT",
         Statement::Rollback { .. } => "ROLLBACK",
+        Statement::Savepoint { .. } => "SAVEPOINT",
+        Statement::ReleaseSavepoint { .. } => "RELEASE",
         Statement::Deallocate { .. } => "DEALLOCATE",
         Statement::Discard { .. } => "DISCARD ALL",
         Statement::Set(_) => "SET",
@@ -209,7 +211,9 @@ fn classify_sql(s: &Statement) -> StatementKind {
         Statement::Close { .. } => StatementKind::Close,
         Statement::StartTransaction { .. }
         | Statement::Commit { .. }
-        | Statement::Rollback { .. } => StatementKind::Transaction,
+        | Statement::Rollback { .. }
+        | Statement::Savepoint { .. }
+        | Statement::ReleaseSavepoint { .. } => StatementKind::Transaction,
         Statement::Deallocate { .. } | Statement::Discard { .. } => StatementKind::Reset,
         Statement::Set(set) if is_datafusion_setting(set) => StatementKind::DataFusionCommand,
         Statement::Set(_) => StatementKind::Set,
