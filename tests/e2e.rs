@@ -509,6 +509,62 @@ async fn copy_loads_files_all_or_nothing() {
     );
 }
 
+/// psql's `\\copy (query) TO 'file' CSV HEADER` exports a view's rows, and `\\copy name TO`
+/// a stream's, as PostgreSQL writes them.
+#[test]
+fn psql_copies_a_view_and_a_stream_to_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (ok, stdout, stderr) = psql(
+        &server,
+        &[
+            "-c",
+            "CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)",
+            "-c",
+            "CREATE MATERIALIZED VIEW per_user AS SELECT user_id, COUNT(*) AS clicks, \
+             max(url) AS last_url FROM clicks GROUP BY user_id",
+            "-c",
+            "INSERT INTO clicks VALUES (1, '/a,b', '2026-01-01 00:00:01'), \
+             (2, '/c', '2026-01-01 00:00:02.5'), (1, '/d', '2026-01-01 00:00:03')",
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    let view_csv = dir.path().join("per_user.csv");
+    let stream_txt = dir.path().join("clicks.txt");
+    let (ok, stdout, stderr) = psql(
+        &server,
+        &[
+            "-c",
+            &format!(
+                "\\copy (SELECT * FROM per_user ORDER BY user_id) TO '{}' CSV HEADER",
+                view_csv.display()
+            ),
+            "-c",
+            &format!("\\copy clicks TO '{}'", stream_txt.display()),
+        ],
+    );
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("COPY 2"), "{stdout}");
+    assert!(stdout.contains("COPY 3"), "{stdout}");
+    let csv = std::fs::read_to_string(&view_csv).expect("the view's file");
+    assert_eq!(csv, "user_id,clicks,last_url\n1,2,/d\n2,1,/c\n");
+    let mut lines: Vec<String> = std::fs::read_to_string(&stream_txt)
+        .expect("the stream's file")
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "1\t/a,b\t2026-01-01 00:00:01",
+            "1\t/d\t2026-01-01 00:00:03",
+            "2\t/c\t2026-01-01 00:00:02.5"
+        ]
+    );
+}
+
 /// psql shows PostgreSQL's notice for `CREATE ... IF NOT EXISTS` over an object of another
 /// kind, and nothing changes.
 #[test]

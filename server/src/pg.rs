@@ -41,7 +41,7 @@ use weir_sql::copy::CopyIn;
 use crate::auth::Users;
 use weir_sql::datafusion::arrow::datatypes::Schema;
 use weir_sql::datafusion::arrow::record_batch::RecordBatch;
-use weir_sql::{Database, Output, Session};
+use weir_sql::{CopyChunk, Database, Output, Session};
 
 /// The only database name there is.
 pub const DATABASE: &str = "weir";
@@ -96,7 +96,7 @@ fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireRe
             0,
             columns,
             stream.map(|r| {
-                r.map(|lines| CopyData::new(lines.into()))
+                r.map(|chunk| CopyData::new(chunk.data.into()))
                     .map_err(user_error)
             }),
         ))),
@@ -112,7 +112,7 @@ fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireRe
 async fn copy_out_live<C>(
     client: &mut C,
     columns: usize,
-    stream: futures::stream::BoxStream<'static, weir_sql::Result<Vec<u8>>>,
+    stream: futures::stream::BoxStream<'static, weir_sql::Result<CopyChunk>>,
 ) -> Result<(), weir_sql::Error>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
@@ -131,7 +131,7 @@ where
 async fn copy_out_stream<C>(
     client: &mut C,
     columns: usize,
-    mut stream: futures::stream::BoxStream<'static, weir_sql::Result<Vec<u8>>>,
+    mut stream: futures::stream::BoxStream<'static, weir_sql::Result<CopyChunk>>,
 ) -> Result<usize, weir_sql::Error>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
@@ -146,10 +146,12 @@ where
     let mut rows = 0usize;
     while let Some(chunk) = stream.next().await {
         match chunk {
-            Ok(lines) => {
-                rows += lines.iter().filter(|&&b| b == b'\n').count();
+            Ok(chunk) => {
+                rows += chunk.rows;
                 client
-                    .send(PgWireBackendMessage::CopyData(CopyData::new(lines.into())))
+                    .send(PgWireBackendMessage::CopyData(CopyData::new(
+                        chunk.data.into(),
+                    )))
                     .await
                     .map_err(closed)?;
             }

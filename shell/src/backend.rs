@@ -348,7 +348,7 @@ impl Backend {
                 Ok(Output::CopyOut { stream, .. }) => Reply::Live(Live {
                     columns: Vec::new(),
                     rows: Box::pin(stream.map(|chunk| match chunk {
-                        Ok(bytes) => Ok(copy_rows(&bytes)),
+                        Ok(chunk) => Ok(copy_rows(&chunk.data)),
                         Err(e) => Err(sql_error(&e)),
                     })),
                     table: false,

@@ -1,5 +1,6 @@
-//! `COPY name FROM STDIN`: rows in Postgres' text or CSV format, loaded atomically into a stream
-//! or table (all rows in one append, or none and an error naming the bad line).
+//! COPY data in Postgres' text and CSV formats. `COPY name FROM STDIN`: rows loaded atomically
+//! into a stream or table (all rows in one append, or none and an error naming the bad line).
+//! `COPY (query) TO STDOUT` / `COPY name TO STDOUT`: rows written as they are produced.
 
 use std::sync::Arc;
 
@@ -9,9 +10,10 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::FormatOptions;
 use datafusion::sql::sqlparser::ast::{
-    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Statement,
+    CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget, Query, Statement,
 };
 
+use crate::pg_text::PgText;
 use crate::syntax::{normalize, object_name};
 use crate::{Error, Result};
 
@@ -70,14 +72,12 @@ pub(crate) fn copy_in(
     } = source
     else {
         return Err(Error::NotSupported(
-            "COPY (query) is not supported; run the query".into(),
+            "COPY (query) FROM is not valid; COPY (query) TO STDOUT writes a query's rows".into(),
         ));
     };
     if *to || *target != CopyTarget::Stdin {
-        return Err(Error::NotSupported(
-            "only COPY name FROM STDIN is supported (psql's \\copy sends a file that way); \
-             to read rows out, SELECT them"
-                .into(),
+        return Err(Error::Internal(
+            "a COPY TO reached COPY FROM; this is a bug".into(),
         ));
     }
     let name = object_name(table_name)?;
@@ -154,6 +154,278 @@ pub(crate) fn copy_in(
         copy.null = n;
     }
     Ok(copy)
+}
+
+/// A piece of COPY data: whole rows (a CSV value may hold line breaks, so rows are counted, not
+/// lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CopyChunk {
+    /// The rows it holds (a header line is not a row).
+    pub rows: usize,
+    /// The bytes, each row ending with a newline.
+    pub data: Vec<u8>,
+}
+
+/// What a `COPY ... TO STDOUT` writes out.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CopyToSource {
+    /// `COPY (query) TO STDOUT`.
+    Query(Box<Query>),
+    /// `COPY name [(columns)] TO STDOUT`: a stream's, table's or view's rows.
+    Relation {
+        /// The relation.
+        name: String,
+        /// The columns written, in order (all when none are named).
+        columns: Vec<String>,
+    },
+}
+
+/// A `COPY ... TO STDOUT`: what is written, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CopyTo {
+    /// The rows written.
+    pub(crate) source: CopyToSource,
+    /// Their format.
+    pub(crate) format: CopyOutFormat,
+}
+
+/// How rows are written by `COPY ... TO STDOUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CopyOutFormat {
+    format: CopyFormat,
+    header: bool,
+    delimiter: char,
+    null: String,
+    quote: char,
+    escape: char,
+    /// CSV: columns whose non-NULL values are always quoted.
+    pub(crate) force_quote: Vec<String>,
+}
+
+/// The COPY TO STDOUT described by `stmt`.
+pub(crate) fn copy_to(stmt: &Statement) -> Result<CopyTo> {
+    let Statement::Copy {
+        source,
+        to,
+        target,
+        options,
+        legacy_options,
+        ..
+    } = stmt
+    else {
+        return Err(Error::Internal(
+            "not a COPY statement; this is a bug".into(),
+        ));
+    };
+    if !*to {
+        return Err(Error::Internal(
+            "a COPY FROM reached COPY TO; this is a bug".into(),
+        ));
+    }
+    if *target != CopyTarget::Stdout {
+        return Err(Error::NotSupported(
+            "COPY TO a file or program on the server is not supported; COPY ... TO STDOUT \
+             (psql's \\copy ... TO 'file') writes to the client"
+                .into(),
+        ));
+    }
+    let source = match source {
+        CopySource::Query(q) => CopyToSource::Query(q.clone()),
+        CopySource::Table {
+            table_name,
+            columns,
+        } => CopyToSource::Relation {
+            name: object_name(table_name)?,
+            columns: columns.iter().map(normalize).collect(),
+        },
+    };
+    let mut f = CopyOutFormat {
+        format: CopyFormat::Text,
+        header: false,
+        delimiter: '\t',
+        null: "\\N".into(),
+        quote: '"',
+        escape: '"',
+        force_quote: Vec::new(),
+    };
+    let (mut delimiter, mut null, mut escape) = (None, None, None);
+    let mut csv_only = Vec::new();
+    for o in options {
+        match o {
+            CopyOption::Format(name) => {
+                f.format = match name.value.to_lowercase().as_str() {
+                    "text" => CopyFormat::Text,
+                    "csv" => CopyFormat::Csv,
+                    other => return Err(bad_option(format!("FORMAT {other}"))),
+                }
+            }
+            CopyOption::Header(h) => f.header = *h,
+            CopyOption::Delimiter(d) => delimiter = Some(*d),
+            CopyOption::Null(n) => null = Some(n.clone()),
+            CopyOption::Quote(q) => {
+                f.quote = *q;
+                csv_only.push("QUOTE");
+            }
+            CopyOption::Escape(e) => {
+                escape = Some(*e);
+                csv_only.push("ESCAPE");
+            }
+            CopyOption::ForceQuote(columns) => {
+                f.force_quote = columns.iter().map(normalize).collect();
+                csv_only.push("FORCE_QUOTE");
+            }
+            other => return Err(bad_option(other.to_string())),
+        }
+    }
+    for o in legacy_options {
+        match o {
+            CopyLegacyOption::Csv(csv) => {
+                f.format = CopyFormat::Csv;
+                for c in csv {
+                    match c {
+                        CopyLegacyCsvOption::Header => f.header = true,
+                        CopyLegacyCsvOption::Quote(q) => f.quote = *q,
+                        CopyLegacyCsvOption::Escape(e) => escape = Some(*e),
+                        CopyLegacyCsvOption::ForceQuote(columns) => {
+                            f.force_quote = columns.iter().map(normalize).collect();
+                        }
+                        other => return Err(bad_option(other.to_string())),
+                    }
+                }
+            }
+            CopyLegacyOption::Header => f.header = true,
+            CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
+            CopyLegacyOption::Null(n) => null = Some(n.clone()),
+            CopyLegacyOption::Binary => {
+                return Err(bad_option("BINARY (text and CSV are written)".into()));
+            }
+            other => return Err(bad_option(other.to_string())),
+        }
+    }
+    if f.format == CopyFormat::Csv {
+        f.delimiter = ',';
+        f.null = String::new();
+    } else if let Some(option) = csv_only.first() {
+        return Err(Error::WrongObject {
+            sqlstate: "0A000",
+            message: format!("COPY {option} is available only in CSV mode"),
+        });
+    }
+    if let Some(d) = delimiter {
+        if !d.is_ascii() || d == '\n' || d == '\r' || d == '\\' {
+            return Err(bad_option(format!(
+                "DELIMITER {d:?} (a single ASCII character)"
+            )));
+        }
+        f.delimiter = d;
+    }
+    if let Some(n) = null {
+        f.null = n;
+    }
+    f.escape = escape.unwrap_or(f.quote);
+    if f.format == CopyFormat::Csv && (f.quote == f.delimiter || !f.quote.is_ascii()) {
+        return Err(Error::WrongObject {
+            sqlstate: "22023",
+            message: "COPY QUOTE must be one ASCII character other than the delimiter".into(),
+        });
+    }
+    Ok(CopyTo { source, format: f })
+}
+
+impl CopyOutFormat {
+    /// The header line, if asked for: the column names, quoted where CSV needs it.
+    pub(crate) fn header(&self, names: &[String]) -> Option<CopyChunk> {
+        if !self.header {
+            return None;
+        }
+        let mut line = String::new();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                line.push(self.delimiter);
+            }
+            self.field(&mut line, name, false);
+        }
+        line.push('\n');
+        Some(CopyChunk {
+            rows: 0,
+            data: line.into_bytes(),
+        })
+    }
+
+    /// `batch`'s rows as COPY data; `forced[i]` says column `i` is always quoted (CSV).
+    pub(crate) fn rows(&self, batch: &RecordBatch, forced: &[bool]) -> Result<CopyChunk> {
+        let columns = batch
+            .columns()
+            .iter()
+            .map(|c| PgText::try_new(Arc::clone(c)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = String::with_capacity(batch.num_rows() * 16 * columns.len().max(1));
+        let mut value = String::new();
+        for row in 0..batch.num_rows() {
+            for (i, column) in columns.iter().enumerate() {
+                if i > 0 {
+                    out.push(self.delimiter);
+                }
+                if column.is_null(row) {
+                    out.push_str(&self.null);
+                    continue;
+                }
+                value.clear();
+                column.write(row, &mut value);
+                self.field(&mut out, &value, forced.get(i).copied().unwrap_or(false));
+            }
+            out.push('\n');
+        }
+        Ok(CopyChunk {
+            rows: batch.num_rows(),
+            data: out.into_bytes(),
+        })
+    }
+
+    /// Appends one non-NULL value: escaped (text) or quoted where needed (CSV).
+    fn field(&self, out: &mut String, value: &str, force: bool) {
+        match self.format {
+            CopyFormat::Text => {
+                for c in value.chars() {
+                    match c {
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        '\t' => out.push_str("\\t"),
+                        '\u{8}' => out.push_str("\\b"),
+                        '\u{c}' => out.push_str("\\f"),
+                        '\u{b}' => out.push_str("\\v"),
+                        c if c == self.delimiter => {
+                            out.push('\\');
+                            out.push(c);
+                        }
+                        c => out.push(c),
+                    }
+                }
+            }
+            CopyFormat::Csv => {
+                let needs = force
+                    || value.is_empty() && self.null.is_empty()
+                    || value == self.null
+                    || value == "\\."
+                    || value.contains(|c| {
+                        c == self.delimiter || c == self.quote || c == '\n' || c == '\r'
+                    });
+                if !needs {
+                    out.push_str(value);
+                    return;
+                }
+                out.push(self.quote);
+                for c in value.chars() {
+                    if c == self.quote || c == self.escape {
+                        out.push(self.escape);
+                    }
+                    out.push(c);
+                }
+                out.push(self.quote);
+            }
+        }
+    }
 }
 
 /// One data row: its fields (`None` for NULL) and the line it started on.

@@ -13,7 +13,8 @@
 //! | handler | `handler`, [`subscribe`], [`output`] | one file per statement family; subscriptions and cursors; what statements return |
 //! | session | [`session`] | parse, classify, dispatch |
 //!
-//! Leaves that any layer may use: [`error`], [`time`], [`settings`], [`functions`].
+//! Leaves that any layer may use: [`error`], [`time`], [`settings`], [`functions`],
+//! [`pg_text`].
 
 pub mod catalog;
 pub mod copy;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod functions;
 mod handler;
 pub mod output;
+pub mod pg_text;
 pub mod plan;
 pub mod providers;
 pub mod session;
@@ -30,6 +32,7 @@ pub mod subscribe;
 pub mod syntax;
 pub mod time;
 
+pub use copy::CopyChunk;
 pub use database::{Database, Options};
 pub use error::{Error, Result};
 pub use output::{Description, Notice, Output};

@@ -9,7 +9,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::TryStreamExt;
 
 use crate::Result;
-use crate::copy::CopyIn;
+use crate::copy::{CopyChunk, CopyIn};
 
 /// What a statement returns.
 pub enum Output {
@@ -30,12 +30,14 @@ pub enum Output {
     CopyIn(CopyIn),
     /// `BEGIN` (true) or `COMMIT` / `ROLLBACK` (false), with the command tag.
     Transaction(bool, &'static str),
-    /// `COPY (SUBSCRIBE ...) TO STDOUT`: lines of COPY text data, as changes happen.
+    /// `COPY ... TO STDOUT`: COPY data, a chunk at a time; for `COPY (SUBSCRIBE ...)` as
+    /// changes happen.
     CopyOut {
-        /// Columns per line.
+        /// Columns per row.
         columns: usize,
-        /// The data; it ends only with an error (the subscriber fell behind) or when dropped.
-        stream: futures::stream::BoxStream<'static, Result<Vec<u8>>>,
+        /// The data. A subscription's ends only with an error (the subscriber fell behind) or
+        /// when dropped; a query's when its rows are all sent.
+        stream: futures::stream::BoxStream<'static, Result<CopyChunk>>,
     },
 }
 

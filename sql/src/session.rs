@@ -228,7 +228,8 @@ impl Session {
             StatementKind::CreateTable => h.create_table(stmt).await,
             StatementKind::Insert => h.insert(stmt, params).await,
             StatementKind::Update | StatementKind::Delete => h.update_delete(stmt, params).await,
-            StatementKind::CopyFrom | StatementKind::CopyTo => h.copy_from(&stmt),
+            StatementKind::CopyFrom => h.copy_from(&stmt),
+            StatementKind::CopyTo => h.copy_to(&stmt).await,
             StatementKind::Declare => h.declare(stmt, params).await,
             StatementKind::Close => h.close(stmt).await,
             StatementKind::Transaction => h.transaction(&stmt),
@@ -365,6 +366,88 @@ mod tests {
             assert_eq!(err.sqlstate(), "42P07", "{sql}: {err}");
         }
         assert!(session.take_notices().is_empty());
+        db.shutdown();
+    }
+
+    /// The bytes of a `COPY ... TO STDOUT`, and the rows it counted.
+    async fn copy_out(session: &Session, sql: &str) -> (String, usize) {
+        use futures::StreamExt;
+        let Output::CopyOut { mut stream, .. } = run(session, sql).await else {
+            panic!("{sql}: not a COPY TO");
+        };
+        let (mut text, mut rows) = (Vec::new(), 0);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            rows += chunk.rows;
+            text.extend(chunk.data);
+        }
+        (String::from_utf8(text).expect("utf-8"), rows)
+    }
+
+    /// `COPY (query) TO STDOUT` and `COPY name TO STDOUT` write what PostgreSQL 15 writes for
+    /// the same rows, in text and CSV with their options.
+    #[tokio::test]
+    async fn copy_to_stdout_writes_text_and_csv_as_postgres() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path()).await.expect("open");
+        let session = Session::new(db.clone());
+        run(&session, "CREATE STREAM s (id BIGINT, name TEXT, ts TIMESTAMP, score DOUBLE PRECISION, ok BOOLEAN)").await;
+        run(
+            &session,
+            "INSERT INTO s VALUES (1, 'a,b', '2026-01-01 00:00:00', 1.5, true), \
+             (2, NULL, '2026-01-01 00:00:00.5', NULL, false), \
+             (3, 'say \"hi\"' || chr(10) || 'bye' || chr(9) || '\\', '2026-01-02 03:04:05.25', 1e20, NULL)",
+        )
+        .await;
+        let (text, rows) = copy_out(&session, "COPY (SELECT * FROM s ORDER BY id) TO STDOUT").await;
+        assert_eq!(rows, 3);
+        assert_eq!(
+            text,
+            "1\ta,b\t2026-01-01 00:00:00\t1.5\tt\n\
+             2\t\\N\t2026-01-01 00:00:00.5\t\\N\tf\n\
+             3\tsay \"hi\"\\nbye\\t\\\\\t2026-01-02 03:04:05.25\t1e+20\t\\N\n"
+        );
+        let (csv, rows) = copy_out(
+            &session,
+            "COPY (SELECT id, name, score FROM s ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER)",
+        )
+        .await;
+        assert_eq!(rows, 3, "a quoted line break is not a row");
+        assert_eq!(
+            csv,
+            "id,name,score\n1,\"a,b\",1.5\n2,,\n3,\"say \"\"hi\"\"\nbye\t\\\",1e+20\n"
+        );
+        // psql's \copy (query) TO 'file' CSV HEADER sends the legacy form.
+        let (legacy, _) = copy_out(
+            &session,
+            "COPY ( SELECT id, ok FROM s WHERE id < 3 ORDER BY id ) TO STDOUT csv header",
+        )
+        .await;
+        assert_eq!(legacy, "id,ok\n1,t\n2,f\n");
+        let (options, _) = copy_out(
+            &session,
+            "COPY (SELECT id, name FROM s WHERE id < 3 ORDER BY id) TO STDOUT \
+             WITH (FORMAT csv, DELIMITER ';', NULL 'null', FORCE_QUOTE (id))",
+        )
+        .await;
+        assert_eq!(options, "\"1\";a,b\n\"2\";null\n");
+        // A relation by name, with a column list; its rows in log order (one partition).
+        let (named, rows) = copy_out(&session, "COPY s (id, ok) TO STDOUT").await;
+        assert_eq!((named.as_str(), rows), ("1\tt\n2\tf\n3\t\\N\n", 3));
+        for (sql, state) in [
+            ("COPY s TO STDOUT WITH (FORMAT binary)", "0A000"),
+            ("COPY s TO STDOUT WITH (QUOTE '\"')", "0A000"),
+            (
+                "COPY (SELECT 1 AS a) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE (b))",
+                "42703",
+            ),
+            ("COPY nope TO STDOUT", "42P01"),
+            ("COPY s TO '/tmp/s.txt'", "0A000"),
+        ] {
+            let err = session.execute(sql).await.pop().expect("a result");
+            let err = err.expect_err(sql);
+            assert_eq!(err.sqlstate(), state, "{sql}: {err}");
+        }
         db.shutdown();
     }
 }

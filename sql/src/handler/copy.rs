@@ -1,12 +1,15 @@
-//! COPY ... FROM STDIN: all rows of the data in one append, or none.
+//! COPY ... FROM STDIN (all rows of the data in one append, or none) and COPY ... TO STDOUT
+//! (a query's, stream's, table's or view's rows, written as they are produced).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
 
 use super::Handler;
-use crate::copy::{self, CopyIn};
+use crate::copy::{self, CopyIn, CopyToSource};
 use crate::output::Output;
 use crate::{Error, Result};
 
@@ -63,5 +66,56 @@ impl Handler {
                 .map_err(|e| Error::Internal(format!("COPY insert failed: {e}")))?;
         }
         Err(Error::UndefinedRelation(name))
+    }
+
+    /// `COPY (query) TO STDOUT` / `COPY name [(columns)] TO STDOUT`: rows as DataFusion
+    /// produces them, batch by batch, so that an export of any size streams.
+    pub(crate) async fn copy_to(&self, stmt: &Statement) -> Result<Output> {
+        let copy = copy::copy_to(stmt)?;
+        let df = match copy.source {
+            CopyToSource::Query(query) => {
+                let plan = self.plan(Statement::Query(query)).await?;
+                self.ctx.execute_logical_plan(plan).await?
+            }
+            CopyToSource::Relation { name, columns } => {
+                if !self.db.exists(&name) {
+                    return Err(Error::UndefinedRelation(name));
+                }
+                let df = self.ctx.table(TableReference::bare(name.as_str())).await?;
+                if columns.is_empty() {
+                    df
+                } else {
+                    let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+                    df.select_columns(&names)?
+                }
+            }
+        };
+        let names: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let mut forced = vec![false; names.len()];
+        for c in &copy.format.force_quote {
+            let i = names.iter().position(|n| n == c).ok_or_else(|| {
+                Error::UndefinedColumn(format!(
+                    "FORCE_QUOTE column \"{c}\" is not among the columns written"
+                ))
+            })?;
+            forced[i] = true;
+        }
+        let columns = names.len();
+        let header = copy.format.header(&names);
+        let format = copy.format;
+        let rows = df.execute_stream().await?.map(move |batch| {
+            let batch = batch?;
+            format.rows(&batch, &forced)
+        });
+        let stream = futures::stream::iter(header.map(Ok)).chain(rows);
+        Ok(Output::CopyOut {
+            columns,
+            stream: Box::pin(stream),
+        })
     }
 }

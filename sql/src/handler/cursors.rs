@@ -7,6 +7,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::sqlparser::ast::Statement;
 
 use super::Handler;
+use crate::copy::CopyChunk;
 use crate::output::Output;
 use crate::plan::{ViewOptions, compile_query_statement};
 use crate::providers::VIEW_READ_WAIT;
@@ -109,8 +110,13 @@ impl Handler {
                 let columns = sub.schema().fields().len();
                 let stream = futures::stream::unfold(Some(sub), |state| async move {
                     let mut sub = state?;
-                    match sub.next().await.and_then(|b| copy_text(&b)) {
-                        Ok(lines) => Some((Ok(lines), Some(sub))),
+                    match sub.next().await.and_then(|b| {
+                        Ok(CopyChunk {
+                            rows: b.num_rows(),
+                            data: copy_text(&b)?,
+                        })
+                    }) {
+                        Ok(chunk) => Some((Ok(chunk), Some(sub))),
                         Err(e) => Some((Err(e), None)),
                     }
                 });
