@@ -9,13 +9,15 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::common::{DataFusionError, exec_err, not_impl_err};
 use datafusion::datasource::TableType;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
+use weir_engine::log::Partition;
 
 use super::view::wait_for_producer;
 use crate::catalog::{StreamEntry, ViewEntry};
@@ -69,17 +71,34 @@ impl TableProvider for StreamTable {
         _state: &dyn DfSession,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         if let Some(producer) = &self.producer {
             wait_for_producer(Arc::clone(producer)).await?;
         }
-        let partitions = read_log(Arc::clone(&self.entry)).await?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &partitions,
+        // Each partition up to what is committed now: one consistent snapshot, read a chunk
+        // at a time as the query pulls rows, so a scan of any length runs in bounded memory.
+        let partitions: Vec<Arc<dyn PartitionStream>> = self
+            .entry
+            .log
+            .partitions()
+            .iter()
+            .map(|p| {
+                Arc::new(LogPartitionStream {
+                    schema: self.schema(),
+                    until: p.committed(),
+                    partition: Arc::clone(p),
+                }) as Arc<dyn PartitionStream>
+            })
+            .collect();
+        Ok(Arc::new(StreamingTableExec::try_new(
             self.schema(),
-            projection.cloned(),
-        )?)
+            partitions,
+            projection,
+            Vec::new(),
+            false,
+            limit,
+        )?))
     }
 
     async fn insert_into(
@@ -110,6 +129,64 @@ impl TableProvider for StreamTable {
             move |batches| Ok(entry.log.append(&batches)?.rows()),
         );
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Rows a scan reads from a log partition at a time.
+const SCAN_CHUNK_ROWS: usize = 64 * 1024;
+
+/// One log partition as a DataFusion partition: its rows from the start offset up to `until`,
+/// read a chunk at a time on a blocking thread.
+#[derive(Debug)]
+struct LogPartitionStream {
+    schema: SchemaRef,
+    partition: Arc<Partition>,
+    /// The committed offset when the scan was planned.
+    until: u64,
+}
+
+impl PartitionStream for LogPartitionStream {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let partition = Arc::clone(&self.partition);
+        let until = self.until;
+        let start = partition.start_offset();
+        let chunks = futures::stream::unfold(Some(start), move |next| {
+            let partition = Arc::clone(&partition);
+            async move {
+                let from = next?;
+                if from >= until {
+                    return None;
+                }
+                let read = tokio::task::spawn_blocking(move || {
+                    partition.read_until(from, until, SCAN_CHUNK_ROWS)
+                })
+                .await;
+                let chunk = match read {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) => return Some((Err(external(e)), None)),
+                    Err(e) => {
+                        let e = DataFusionError::Internal(format!("log reader failed: {e}"));
+                        return Some((Err(e), None));
+                    }
+                };
+                let (last_offset, last) = chunk.last()?;
+                let next = last_offset + last.num_rows() as u64;
+                let batches: Vec<RecordBatch> = chunk.into_iter().map(|(_, b)| b).collect();
+                Some((Ok(batches), Some(next)))
+            }
+        });
+        let batches = chunks.flat_map(|r| match r {
+            Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => futures::stream::iter(vec![Err(e)]),
+        });
+        Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            batches,
+        ))
     }
 }
 
