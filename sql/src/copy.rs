@@ -47,6 +47,109 @@ fn bad_option(what: String) -> Error {
     Error::NotSupported(format!("COPY option {what} is not supported"))
 }
 
+/// An option only some forms of COPY take, kept with how it was written for their refusals.
+enum Extra {
+    Quote(char),
+    Escape(char),
+    ForceQuote(Vec<String>),
+    Freeze,
+    Binary,
+}
+
+/// The options of a COPY: those every form takes, resolved with CSV's defaults, and the rest
+/// (`extras`) for each form to take or refuse.
+struct CopyOptions {
+    format: CopyFormat,
+    header: bool,
+    /// One ASCII character, not a line break.
+    delimiter: char,
+    null: String,
+    extras: Vec<(Extra, String)>,
+}
+
+fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<CopyOptions> {
+    let mut o = CopyOptions {
+        format: CopyFormat::Text,
+        header: false,
+        delimiter: '\t',
+        null: "\\N".into(),
+        extras: Vec::new(),
+    };
+    let (mut delimiter, mut null) = (None, None);
+    let columns = |c: &[datafusion::sql::sqlparser::ast::Ident]| c.iter().map(normalize).collect();
+    for option in options {
+        let extra = match option {
+            CopyOption::Format(f) => {
+                o.format = match f.value.to_lowercase().as_str() {
+                    "text" => CopyFormat::Text,
+                    "csv" => CopyFormat::Csv,
+                    other => return Err(bad_option(format!("FORMAT {other}"))),
+                };
+                continue;
+            }
+            CopyOption::Header(h) => {
+                o.header = *h;
+                continue;
+            }
+            CopyOption::Delimiter(d) => {
+                delimiter = Some(*d);
+                continue;
+            }
+            CopyOption::Null(n) => {
+                null = Some(n.clone());
+                continue;
+            }
+            CopyOption::Quote(q) => Extra::Quote(*q),
+            CopyOption::Escape(e) => Extra::Escape(*e),
+            CopyOption::ForceQuote(c) => Extra::ForceQuote(columns(c)),
+            CopyOption::Freeze(_) => Extra::Freeze,
+            other => return Err(bad_option(other.to_string())),
+        };
+        o.extras.push((extra, option.to_string()));
+    }
+    for option in legacy {
+        match option {
+            CopyLegacyOption::Csv(csv) => {
+                o.format = CopyFormat::Csv;
+                for c in csv {
+                    let extra = match c {
+                        CopyLegacyCsvOption::Header => {
+                            o.header = true;
+                            continue;
+                        }
+                        CopyLegacyCsvOption::Quote(q) => Extra::Quote(*q),
+                        CopyLegacyCsvOption::Escape(e) => Extra::Escape(*e),
+                        CopyLegacyCsvOption::ForceQuote(c) => Extra::ForceQuote(columns(c)),
+                        other => return Err(bad_option(other.to_string())),
+                    };
+                    o.extras.push((extra, c.to_string()));
+                }
+            }
+            CopyLegacyOption::Header => o.header = true,
+            CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
+            CopyLegacyOption::Null(n) => null = Some(n.clone()),
+            CopyLegacyOption::Binary => o.extras.push((Extra::Binary, option.to_string())),
+            other => return Err(bad_option(other.to_string())),
+        }
+    }
+    if o.format == CopyFormat::Csv {
+        o.delimiter = ',';
+        o.null = String::new();
+    }
+    if let Some(d) = delimiter {
+        if !d.is_ascii() || d == '\n' || d == '\r' {
+            return Err(bad_option(format!(
+                "DELIMITER {d:?} (a single ASCII character)"
+            )));
+        }
+        o.delimiter = d;
+    }
+    if let Some(n) = null {
+        o.null = n;
+    }
+    Ok(o)
+}
+
 /// The COPY FROM STDIN described by `stmt`, with the target's column names; other COPY forms
 /// are refused with what works instead.
 pub(crate) fn copy_in(
@@ -94,65 +197,22 @@ pub(crate) fn copy_in(
             )));
         }
     }
-    let mut copy = CopyIn {
+    let options = copy_options(options, legacy_options)?;
+    for (extra, written) in &options.extras {
+        match extra {
+            Extra::Quote('"') | Extra::Freeze => {}
+            _ => return Err(bad_option(written.clone())),
+        }
+    }
+    let copy = CopyIn {
         target: name,
         columns,
-        format: CopyFormat::Text,
-        header: false,
-        delimiter: b'\t',
-        null: "\\N".into(),
+        format: options.format,
+        header: options.header,
+        // ASCII: checked with the options.
+        delimiter: options.delimiter as u8,
+        null: options.null,
     };
-    let mut delimiter = None;
-    let mut null = None;
-    for o in options {
-        match o {
-            CopyOption::Format(f) => {
-                copy.format = match f.value.to_lowercase().as_str() {
-                    "text" => CopyFormat::Text,
-                    "csv" => CopyFormat::Csv,
-                    other => return Err(bad_option(format!("FORMAT {other}"))),
-                }
-            }
-            CopyOption::Header(h) => copy.header = *h,
-            CopyOption::Delimiter(d) => delimiter = Some(*d),
-            CopyOption::Null(n) => null = Some(n.clone()),
-            CopyOption::Quote('"') | CopyOption::Freeze(_) => {}
-            other => return Err(bad_option(other.to_string())),
-        }
-    }
-    for o in legacy_options {
-        match o {
-            CopyLegacyOption::Csv(csv) => {
-                copy.format = CopyFormat::Csv;
-                for c in csv {
-                    match c {
-                        CopyLegacyCsvOption::Header => copy.header = true,
-                        CopyLegacyCsvOption::Quote('"') => {}
-                        other => return Err(bad_option(other.to_string())),
-                    }
-                }
-            }
-            CopyLegacyOption::Header => copy.header = true,
-            CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
-            CopyLegacyOption::Null(n) => null = Some(n.clone()),
-            other => return Err(bad_option(other.to_string())),
-        }
-    }
-    if copy.format == CopyFormat::Csv {
-        copy.delimiter = b',';
-        copy.null = String::new();
-    }
-    if let Some(d) = delimiter {
-        if !d.is_ascii() || d == '\n' || d == '\r' {
-            return Err(bad_option(format!(
-                "DELIMITER {d:?} (a single ASCII character)"
-            )));
-        }
-        copy.delimiter = d as u8;
-    }
-    if let Some(n) = null {
-        copy.null = n;
-    }
     Ok(copy)
 }
 
@@ -239,88 +299,47 @@ pub(crate) fn copy_to(stmt: &Statement) -> Result<CopyTo> {
             columns: columns.iter().map(normalize).collect(),
         },
     };
+    let options = copy_options(options, legacy_options)?;
     let mut f = CopyOutFormat {
-        format: CopyFormat::Text,
-        header: false,
-        delimiter: '\t',
-        null: "\\N".into(),
+        format: options.format,
+        header: options.header,
+        delimiter: options.delimiter,
+        null: options.null,
         quote: '"',
         escape: '"',
         force_quote: Vec::new(),
     };
-    let (mut delimiter, mut null, mut escape) = (None, None, None);
-    let mut csv_only = Vec::new();
-    for o in options {
-        match o {
-            CopyOption::Format(name) => {
-                f.format = match name.value.to_lowercase().as_str() {
-                    "text" => CopyFormat::Text,
-                    "csv" => CopyFormat::Csv,
-                    other => return Err(bad_option(format!("FORMAT {other}"))),
-                }
+    let mut escape = None;
+    for (extra, written) in options.extras {
+        let csv_only = match extra {
+            Extra::Quote(q) => {
+                f.quote = q;
+                "QUOTE"
             }
-            CopyOption::Header(h) => f.header = *h,
-            CopyOption::Delimiter(d) => delimiter = Some(*d),
-            CopyOption::Null(n) => null = Some(n.clone()),
-            CopyOption::Quote(q) => {
-                f.quote = *q;
-                csv_only.push("QUOTE");
+            Extra::Escape(e) => {
+                escape = Some(e);
+                "ESCAPE"
             }
-            CopyOption::Escape(e) => {
-                escape = Some(*e);
-                csv_only.push("ESCAPE");
+            Extra::ForceQuote(columns) => {
+                f.force_quote = columns;
+                "FORCE_QUOTE"
             }
-            CopyOption::ForceQuote(columns) => {
-                f.force_quote = columns.iter().map(normalize).collect();
-                csv_only.push("FORCE_QUOTE");
-            }
-            other => return Err(bad_option(other.to_string())),
-        }
-    }
-    for o in legacy_options {
-        match o {
-            CopyLegacyOption::Csv(csv) => {
-                f.format = CopyFormat::Csv;
-                for c in csv {
-                    match c {
-                        CopyLegacyCsvOption::Header => f.header = true,
-                        CopyLegacyCsvOption::Quote(q) => f.quote = *q,
-                        CopyLegacyCsvOption::Escape(e) => escape = Some(*e),
-                        CopyLegacyCsvOption::ForceQuote(columns) => {
-                            f.force_quote = columns.iter().map(normalize).collect();
-                        }
-                        other => return Err(bad_option(other.to_string())),
-                    }
-                }
-            }
-            CopyLegacyOption::Header => f.header = true,
-            CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
-            CopyLegacyOption::Null(n) => null = Some(n.clone()),
-            CopyLegacyOption::Binary => {
+            Extra::Freeze => return Err(bad_option(written)),
+            Extra::Binary => {
                 return Err(bad_option("BINARY (text and CSV are written)".into()));
             }
-            other => return Err(bad_option(other.to_string())),
+        };
+        if f.format != CopyFormat::Csv {
+            return Err(Error::WrongObject {
+                sqlstate: "0A000",
+                message: format!("COPY {csv_only} is available only in CSV mode"),
+            });
         }
     }
-    if f.format == CopyFormat::Csv {
-        f.delimiter = ',';
-        f.null = String::new();
-    } else if let Some(option) = csv_only.first() {
-        return Err(Error::WrongObject {
-            sqlstate: "0A000",
-            message: format!("COPY {option} is available only in CSV mode"),
-        });
-    }
-    if let Some(d) = delimiter {
-        if !d.is_ascii() || d == '\n' || d == '\r' || d == '\\' {
-            return Err(bad_option(format!(
-                "DELIMITER {d:?} (a single ASCII character)"
-            )));
-        }
-        f.delimiter = d;
-    }
-    if let Some(n) = null {
-        f.null = n;
+    if f.delimiter == '\\' {
+        return Err(bad_option(
+            "DELIMITER '\\\\' (a single ASCII character)".into(),
+        ));
     }
     f.escape = escape.unwrap_or(f.quote);
     if f.format == CopyFormat::Csv && (f.quote == f.delimiter || !f.quote.is_ascii()) {

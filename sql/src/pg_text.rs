@@ -186,7 +186,7 @@ fn float(out: &mut String, v: f64) {
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        shortest(out, &format!("{v:e}"), 15);
+        shortest(out, &scientific(v), 15);
     }
 }
 
@@ -197,7 +197,36 @@ fn float32(out: &mut String, v: f32) {
     } else if v.is_infinite() {
         out.push_str(if v > 0.0 { "Infinity" } else { "-Infinity" });
     } else {
-        shortest(out, &format!("{v:e}"), 6);
+        shortest(out, &scientific(v), 6);
+    }
+}
+
+/// Rust's shortest scientific form of a float (`-1.5e-7`), without allocating: it is written
+/// once per value of a COPY.
+fn scientific(v: impl std::fmt::LowerExp) -> ScientificBuf {
+    let mut buf = ScientificBuf([0; 32], 0);
+    let _ = std::fmt::Write::write_fmt(&mut buf, format_args!("{v:e}"));
+    buf
+}
+
+/// Room for the longest shortest form of an f64 (`-2.2250738585072014e-308`, 24 bytes).
+struct ScientificBuf([u8; 32], usize);
+
+impl std::fmt::Write for ScientificBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.1 + s.len();
+        let room = self.0.get_mut(self.1..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.1 = end;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for ScientificBuf {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0[..self.1]).unwrap_or("")
     }
 }
 
@@ -209,7 +238,13 @@ fn shortest(out: &mut String, sci: &str, fixed_below: i32) {
         Some(m) => ("-", m),
         None => ("", mantissa),
     };
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let mut buf = [0u8; 32];
+    let mut n = 0;
+    for b in mantissa.bytes().filter(u8::is_ascii_digit).take(buf.len()) {
+        buf[n] = b;
+        n += 1;
+    }
+    let digits = std::str::from_utf8(&buf[..n]).unwrap_or("0");
     out.push_str(sign);
     if digits.chars().all(|c| c == '0') {
         out.push('0');
@@ -221,11 +256,11 @@ fn shortest(out: &mut String, sci: &str, fixed_below: i32) {
             for _ in 0..(-exp - 1) {
                 out.push('0');
             }
-            out.push_str(&digits);
+            out.push_str(digits);
         } else {
             let point = exp as usize + 1;
             if digits.len() <= point {
-                out.push_str(&digits);
+                out.push_str(digits);
                 for _ in digits.len()..point {
                     out.push('0');
                 }
@@ -291,11 +326,15 @@ fn time(out: &mut String, nanos: i64) {
     fraction(out, frac);
 }
 
+/// `.5`, `.000001`: microseconds as a fraction of a second, trailing zeros dropped.
 fn fraction(out: &mut String, micros: i64) {
     if micros != 0 {
-        let text = format!("{micros:06}");
-        out.push('.');
-        out.push_str(text.trim_end_matches('0'));
+        let (mut digits, mut width) = (micros, 6);
+        while digits % 10 == 0 {
+            digits /= 10;
+            width -= 1;
+        }
+        let _ = write!(out, ".{digits:0width$}");
     }
 }
 

@@ -53,8 +53,9 @@ impl Session {
         &self.handler.db
     }
 
-    /// The notices statements left for the client since the last call (PostgreSQL's
-    /// `NOTICE`s, such as `relation "x" already exists, skipping`), oldest first.
+    /// The notices the statements of the last `execute` or `execute_one` left for the client
+    /// (PostgreSQL's `NOTICE`s, such as `relation "x" already exists, skipping`), oldest first;
+    /// each call starts afresh, so notices nobody takes do not pile up.
     pub fn take_notices(&self) -> Vec<Notice> {
         self.handler.take_notices()
     }
@@ -62,6 +63,7 @@ impl Session {
     /// Runs every statement in `sql`, in order, stopping at the first error (which is the last
     /// element). Statements before the error keep their effect.
     pub async fn execute(&self, sql: &str) -> Vec<Result<Output>> {
+        self.handler.take_notices();
         let stmts = match parse(sql) {
             Ok(s) => s,
             Err(e) => return vec![Err(e)],
@@ -80,6 +82,7 @@ impl Session {
 
     /// Runs one statement with parameter values for `$1`, `$2`, ...
     pub async fn execute_one(&self, sql: &str, params: Option<ParamValues>) -> Result<Output> {
+        self.handler.take_notices();
         let mut stmts = parse(sql)?;
         match stmts.len() {
             0 => Ok(Output::Command(String::new())),
@@ -365,6 +368,14 @@ mod tests {
             let err = err.expect_err(sql);
             assert_eq!(err.sqlstate(), "42P07", "{sql}: {err}");
         }
+        assert!(session.take_notices().is_empty());
+        // Each execute starts afresh: notices nobody took do not pile up.
+        run(
+            &session,
+            "CREATE TABLE IF NOT EXISTS s (id BIGINT PRIMARY KEY)",
+        )
+        .await;
+        run(&session, "SELECT 1").await;
         assert!(session.take_notices().is_empty());
         db.shutdown();
     }

@@ -88,17 +88,6 @@ pub enum ObjectKind {
     Table,
 }
 
-impl ObjectKind {
-    /// How SQL names the kind (`materialized view`).
-    pub fn sql_name(self) -> &'static str {
-        match self {
-            Self::Stream => "stream",
-            Self::MaterializedView => "materialized view",
-            Self::Table => "table",
-        }
-    }
-}
-
 /// Everything the registry holds, behind one lock.
 #[derive(Debug, Default)]
 pub(crate) struct State {

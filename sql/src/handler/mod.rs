@@ -74,14 +74,22 @@ impl Handler {
         std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A CREATE ... IF NOT EXISTS of `name`, which an object of some kind has: nothing is
-    /// changed and the client is told, as PostgreSQL does for any kind of relation.
-    fn exists_skipping(&self, name: &str, tag: &str) -> Output {
+    /// The one name check of every CREATE: `None` when `name` is free. When an object of any
+    /// kind has it, CREATE ... IF NOT EXISTS (`if_not_exists`) changes nothing and tells the
+    /// client, as PostgreSQL does for any kind of relation (the command's `tag`); without it
+    /// the CREATE is refused (42P07).
+    fn existing(&self, name: &str, if_not_exists: bool, tag: &str) -> Result<Option<Output>> {
+        if !self.db.exists(name) {
+            return Ok(None);
+        }
+        if !if_not_exists {
+            return Err(Error::DuplicateRelation(name.to_string()));
+        }
         self.notice(
             "42P07",
             format!("relation \"{name}\" already exists, skipping"),
         );
-        Output::Command(tag.into())
+        Ok(Some(Output::Command(tag.into())))
     }
 
     pub(crate) async fn plan(&self, stmt: Statement) -> Result<LogicalPlan> {

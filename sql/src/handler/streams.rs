@@ -15,11 +15,8 @@ use crate::{Error, Result};
 
 impl Handler {
     pub(crate) async fn create_stream(&self, mut cs: CreateStream) -> Result<Output> {
-        if self.db.exists(&cs.name) {
-            if cs.if_not_exists {
-                return Ok(self.exists_skipping(&cs.name, "CREATE STREAM"));
-            }
-            return Err(Error::DuplicateRelation(cs.name));
+        if let Some(done) = self.existing(&cs.name, cs.if_not_exists, "CREATE STREAM")? {
+            return Ok(done);
         }
         if let Some(query) = cs.query.take() {
             return self.create_stream_as(cs, *query, None).await;
@@ -56,11 +53,8 @@ impl Handler {
     /// stream of the query's results (as `CREATE STREAM ... AS SELECT`, taking the other
     /// options), delivered to the topic as they are appended.
     pub(crate) async fn create_sink(&self, mut cs: CreateStream) -> Result<Output> {
-        if self.db.exists(&cs.name) {
-            if cs.if_not_exists {
-                return Ok(self.exists_skipping(&cs.name, "CREATE SINK"));
-            }
-            return Err(Error::DuplicateRelation(cs.name));
+        if let Some(done) = self.existing(&cs.name, cs.if_not_exists, "CREATE SINK")? {
+            return Ok(done);
         }
         let mut brokers = None;
         let mut topic = None;

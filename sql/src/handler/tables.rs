@@ -16,11 +16,8 @@ impl Handler {
             return Err(Error::Internal("CREATE TABLE lost its statement".into()));
         };
         let name = object_name(&ct.name)?;
-        if self.db.exists(&name) {
-            if ct.if_not_exists {
-                return Ok(self.exists_skipping(&name, "CREATE TABLE"));
-            }
-            return Err(Error::DuplicateRelation(name));
+        if let Some(done) = self.existing(&name, ct.if_not_exists, "CREATE TABLE")? {
+            return Ok(done);
         }
         let def = self.table_def(name, stmt).await?;
         self.blocking(move |db| db.create_table(def)).await?;

@@ -39,11 +39,8 @@ impl Handler {
             ));
         }
         let name = object_name(&cv.name)?;
-        if self.db.exists(&name) {
-            if cv.if_not_exists {
-                return Ok(self.exists_skipping(&name, "CREATE MATERIALIZED VIEW"));
-            }
-            return Err(Error::DuplicateRelation(name));
+        if let Some(done) = self.existing(&name, cv.if_not_exists, "CREATE MATERIALIZED VIEW")? {
+            return Ok(done);
         }
         let query = cv.query.to_string();
         let options = self.view_options(&cv.options, emit).await?;

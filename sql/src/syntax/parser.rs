@@ -331,6 +331,14 @@ fn rewrite_flink_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
 /// `::regclass`, `COLLATE`, ...). Decided on the statement's tokens, so that a string literal
 /// or a comment that mentions such a name does not count.
 fn is_catalog_query(sql: &str) -> bool {
+    // Only a cheap necessary condition: most statements are decided without tokenizing twice.
+    let lower = sql.to_ascii_lowercase();
+    let may_be = ["pg_", "information_schema", "current_user", "session_user"]
+        .iter()
+        .any(|w| lower.contains(w));
+    if !may_be {
+        return false;
+    }
     let Ok(tokens) = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize() else {
         return false;
     };
