@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, SchemaProvider, TableProvider};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::context::{SessionConfig, SessionContext};
-use datafusion::logical_expr::ScalarUDF;
 
 use super::stream::{StreamTable, external};
 use super::system::{
@@ -17,7 +16,6 @@ use super::table::RefTable;
 use super::view::ViewTable;
 use super::window::WindowFunction;
 use crate::catalog::{CATALOG, Registry, SCHEMA};
-use crate::functions::ModFunction;
 use crate::settings::Settings;
 
 /// Resolves table names to the database's streams and views, as they are right now.
@@ -149,9 +147,13 @@ pub(crate) fn new_context(registry: &Registry, settings: &Settings) -> WeirConte
         "session",
         Arc::new(WindowFunction::session(registry.clone())),
     );
-    ctx.register_udf(ScalarUDF::from(ModFunction::new()));
     // pg_catalog and the Postgres functions that psql, drivers and BI tools introspect with.
     super::pg_catalog::install(&ctx, CATALOG, registry);
+    // After install, which rebuilds the state and so re-registers DataFusion's functions in a
+    // random order: an alias of theirs (`date_format` of `to_char`) must not win over Weir's.
+    for f in crate::functions::all() {
+        ctx.register_udf(f);
+    }
     for f in crate::settings::functions(settings) {
         ctx.register_udf(f);
     }

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod compat;
+mod flink;
 pub mod parser;
 
 pub use classify::{StatementKind, classify, classify_text, command_tag};

@@ -257,71 +257,8 @@ impl VisitorMut for AliasWindows {
     }
 }
 
-fn is_word(token: &Token, word: &str) -> bool {
+pub(super) fn is_word(token: &Token, word: &str) -> bool {
     matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
-}
-
-/// Rewrites Flink's window table functions into Weir's:
-/// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` becomes `TUMBLE(t, ts, size)`, and the same for
-/// HOP, so that queries written for Flink (Nexmark's among them) run unchanged.
-fn rewrite_flink_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
-    let t: Vec<TokenWithSpan> = tokens
-        .into_iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect();
-    let tok = |i: usize| t.get(i).map(|x| &x.token);
-    let word = |i: usize, w: &str| tok(i).is_some_and(|x| is_word(x, w));
-    let mut out = Vec::with_capacity(t.len());
-    // Emitted-paren depths at which a dropped `TABLE(` is waiting for its `)`.
-    let mut dropped: Vec<usize> = Vec::new();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < t.len() {
-        let is_tvf = word(i, "TABLE")
-            && tok(i + 1) == Some(&Token::LParen)
-            && (word(i + 2, "TUMBLE") || word(i + 2, "HOP"))
-            && tok(i + 3) == Some(&Token::LParen)
-            && word(i + 4, "TABLE");
-        if is_tvf {
-            // TABLE name [. name ...] , DESCRIPTOR ( column ) ,
-            let mut j = i + 5;
-            while matches!(tok(j), Some(Token::Word(_) | Token::Period)) {
-                j += 1;
-            }
-            let shape = j > i + 5
-                && tok(j) == Some(&Token::Comma)
-                && word(j + 1, "DESCRIPTOR")
-                && tok(j + 2) == Some(&Token::LParen)
-                && matches!(tok(j + 3), Some(Token::Word(_)))
-                && tok(j + 4) == Some(&Token::RParen)
-                && tok(j + 5) == Some(&Token::Comma);
-            if shape {
-                dropped.push(depth);
-                out.push(t[i + 2].clone());
-                out.push(t[i + 3].clone());
-                depth += 1;
-                out.extend(t[i + 5..j].iter().cloned());
-                out.push(t[j].clone());
-                out.push(t[j + 3].clone());
-                out.push(t[j + 5].clone());
-                i = j + 6;
-                continue;
-            }
-        }
-        match &t[i].token {
-            Token::LParen => depth += 1,
-            Token::RParen if dropped.last() == Some(&depth) => {
-                dropped.pop();
-                i += 1;
-                continue;
-            }
-            Token::RParen => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        out.push(t[i].clone());
-        i += 1;
-    }
-    out
 }
 
 /// Whether `sql` is a client's catalog query (psql's `\d`, a driver's metadata call, a BI
@@ -477,7 +414,8 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
     let tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| Error::Syntax(e.to_string()))?;
-    let (tokens, emits) = take_emit_clauses(rewrite_flink_windows(tokens));
+    let tokens = super::flink::backtick_identifiers(tokens)?;
+    let (tokens, emits) = take_emit_clauses(super::flink::rewrite_windows(tokens));
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut out = Vec::new();
     loop {

@@ -1,0 +1,31 @@
+//! Scalar functions Weir adds to DataFusion's, so that SQL written for Postgres and Flink runs
+//! with the meaning its author intended: PostgreSQL's functions keep PostgreSQL's meaning, and
+//! Flink's own (`DATE_FORMAT`, `HOUR`, `REGEXP_EXTRACT`, `SPLIT_INDEX`, ...) Flink's.
+
+mod flink_string;
+mod flink_time;
+mod java_pattern;
+mod modulo;
+
+use datafusion::logical_expr::ScalarUDF;
+
+pub use flink_string::{RegexpExtract, SplitIndex};
+pub use flink_time::{DateFormat, Part, TimePart};
+pub use java_pattern::JavaPattern;
+pub use modulo::ModFunction;
+
+/// Every function Weir adds, to register in a planning context (each replaces any DataFusion
+/// function of the same name: DataFusion's `date_format` is `to_char` with strftime patterns,
+/// which would print Flink's `'yyyy-MM-dd'` as that literal text).
+pub fn all() -> Vec<ScalarUDF> {
+    let mut out = vec![
+        ScalarUDF::from(ModFunction::new()),
+        ScalarUDF::from(DateFormat::new()),
+        ScalarUDF::from(RegexpExtract::new()),
+        ScalarUDF::from(SplitIndex::new()),
+    ];
+    for (part, name) in Part::ALL {
+        out.push(ScalarUDF::from(TimePart::new(part, name)));
+    }
+    out
+}
