@@ -18,6 +18,13 @@ use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, LargeListArray, ListArray, StructArray, UInt32Array,
+};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -69,6 +76,95 @@ pub struct Checkpoint {
     pub parts: Vec<OperatorState>,
 }
 
+/// `batch` with columns that hold only its own rows. A slice of a larger batch (one group's
+/// rows, a few stored join rows) shares its parent's buffers, and Arrow IPC writes some of them
+/// whole: the values of view and dictionary arrays and of nested children. Columns that are
+/// already compact are kept as they are.
+fn compact(batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    let mut changed = false;
+    for column in batch.columns() {
+        // A dictionary's size counts its whole dictionary as needed: judged by its values.
+        let sparse = match column.as_any_dictionary_opt() {
+            Some(d) => d.values().len() > 2 * d.len() + 64,
+            None => {
+                let needed = column.to_data().get_slice_memory_size()?;
+                column.get_array_memory_size() > 2 * needed + 4096
+            }
+        };
+        if sparse {
+            columns.push(compact_array(column)?);
+            changed = true;
+        } else {
+            columns.push(Arc::clone(column));
+        }
+    }
+    if !changed {
+        return Ok(batch.clone());
+    }
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// A copy of `array` that holds only its own rows, child arrays included.
+fn compact_array(array: &ArrayRef) -> Result<ArrayRef> {
+    Ok(match array.data_type() {
+        DataType::Utf8View => Arc::new(array.as_string_view().gc()),
+        DataType::BinaryView => Arc::new(array.as_binary_view().gc()),
+        DataType::Dictionary(_, values) => {
+            // Through the values' type and back: the dictionary keeps only the values used.
+            let plain = cast(array, values)?;
+            cast(&plain, array.data_type())?
+        }
+        DataType::Struct(fields) => {
+            let s = array.as_struct();
+            let children = s
+                .columns()
+                .iter()
+                .map(compact_array)
+                .collect::<Result<_>>()?;
+            Arc::new(StructArray::try_new(
+                fields.clone(),
+                children,
+                s.nulls().cloned(),
+            )?)
+        }
+        DataType::List(field) => {
+            // Rebased offsets and only the values the rows use, themselves compacted.
+            let copied = take(
+                array,
+                &UInt32Array::from_iter_values(0..array.len() as u32),
+                None,
+            )?;
+            let list = copied.as_list::<i32>();
+            Arc::new(ListArray::try_new(
+                Arc::clone(field),
+                list.offsets().clone(),
+                compact_array(list.values())?,
+                list.nulls().cloned(),
+            )?)
+        }
+        DataType::LargeList(field) => {
+            let copied = take(
+                array,
+                &UInt32Array::from_iter_values(0..array.len() as u32),
+                None,
+            )?;
+            let list = copied.as_list::<i64>();
+            Arc::new(LargeListArray::try_new(
+                Arc::clone(field),
+                list.offsets().clone(),
+                compact_array(list.values())?,
+                list.nulls().cloned(),
+            )?)
+        }
+        _ => take(
+            array,
+            &UInt32Array::from_iter_values(0..array.len() as u32),
+            None,
+        )?,
+    })
+}
+
 impl Checkpoint {
     /// The checkpoint as bytes (see the module documentation).
     pub fn encode(&self) -> Result<Vec<u8>> {
@@ -89,7 +185,7 @@ impl Checkpoint {
                 let mut ipc = Vec::new();
                 {
                     let mut w = StreamWriter::try_new(&mut ipc, b.schema_ref())?;
-                    w.write(b)?;
+                    w.write(&compact(b)?)?;
                     w.finish()?;
                 }
                 put_len(&mut out, ipc.len())?;
@@ -305,10 +401,8 @@ impl CheckpointStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::datatypes::{Field, Schema};
 
     use super::*;
 
@@ -350,6 +444,71 @@ mod tests {
                 .iter()
                 .zip(&b.parts)
                 .all(|(x, y)| x.values == y.values && x.batches == y.batches)
+    }
+
+    /// A slice of a large batch (one group of many, a few stored join rows) costs its own rows
+    /// in a checkpoint, whatever its columns' types, not its whole parent batch.
+    #[test]
+    fn slices_are_written_with_their_rows_only() {
+        use datafusion::arrow::array::{
+            ArrayRef, DictionaryArray, ListArray, StringViewArray, StructArray,
+        };
+        use datafusion::arrow::datatypes::Int32Type;
+        let n = 100_000;
+        let text: Vec<String> = (0..n).map(|i| format!("value number {i:>20}")).collect();
+        let strings = Arc::new(StringArray::from(text.clone())) as ArrayRef;
+        let views = Arc::new(StringViewArray::from(text.clone())) as ArrayRef;
+        let dict: DictionaryArray<Int32Type> = text.iter().map(String::as_str).collect();
+        let numbers = Arc::new(Int64Array::from_iter_values(0..n as i64)) as ArrayRef;
+        let list = Arc::new(ListArray::from_iter_primitive::<
+            datafusion::arrow::datatypes::Int64Type,
+            _,
+            _,
+        >(
+            (0..n as i64).map(|i| Some(vec![Some(i), Some(i + 1)]))
+        )) as ArrayRef;
+        let structs = Arc::new(StructArray::from(vec![
+            (
+                Arc::new(Field::new("s", DataType::Utf8, false)),
+                Arc::clone(&strings),
+            ),
+            (
+                Arc::new(Field::new("v", DataType::Utf8View, false)),
+                Arc::clone(&views),
+            ),
+        ])) as ArrayRef;
+        let columns = vec![
+            strings,
+            views,
+            Arc::new(dict) as ArrayRef,
+            numbers,
+            list,
+            structs,
+        ];
+        let batch = RecordBatch::try_from_iter(
+            columns
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (format!("c{i}"), c)),
+        )
+        .expect("batch");
+        let slices: Vec<RecordBatch> = (0..10).map(|i| batch.slice(i * 977, 1)).collect();
+        let c = Checkpoint {
+            epoch: 1,
+            fingerprint: String::new(),
+            parts: vec![OperatorState {
+                values: vec![],
+                batches: slices.clone(),
+            }],
+        };
+        let bytes = c.encode().expect("encodes");
+        assert!(
+            bytes.len() < 64 * 1024,
+            "10 one-row slices took {} bytes",
+            bytes.len()
+        );
+        let back = Checkpoint::decode(&bytes).expect("decodes");
+        assert_eq!(back.parts[0].batches, slices);
     }
 
     #[test]
