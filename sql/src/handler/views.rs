@@ -2,16 +2,48 @@
 
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::sqlparser::ast::{
-    CreateTableOptions, Expr as SqlExpr, SqlOption, Statement, Value,
+    CreateTableOptions, Expr as SqlExpr, Query, SqlOption, Statement, Value, ViewColumnDef,
 };
 
 use super::Handler;
 use crate::catalog::ViewDef;
 use crate::output::Output;
 use crate::plan::{ViewOptions, compile_query_statement};
-use crate::syntax::{EmitMode, normalize, object_name};
+use crate::syntax::{EmitMode, WeirStatement, normalize, object_name};
 use crate::time::interval_ns;
 use crate::{Error, Result};
+
+/// `CREATE MATERIALIZED VIEW v (a, b) AS query`: the query with its columns renamed in order,
+/// as `SELECT * FROM (query) AS v (a, b)`, which is also what the catalog keeps.
+fn rename_columns(
+    query: Box<Query>,
+    name: &str,
+    columns: &[ViewColumnDef],
+) -> Result<Box<Query>> {
+    if columns.is_empty() {
+        return Ok(query);
+    }
+    if let Some(c) = columns.iter().find(|c| c.data_type.is_some() || c.options.is_some()) {
+        return Err(Error::NotSupported(format!(
+            "a type or option on view column {}: a view's column list names its columns only",
+            c.name
+        )));
+    }
+    let names: Vec<String> = columns.iter().map(|c| c.name.to_string()).collect();
+    let sql = format!(
+        "SELECT * FROM ({query}) AS \"{}\" ({})",
+        name.replace('"', "\"\""),
+        names.join(", ")
+    );
+    let mut stmts = crate::syntax::parse(&sql)?;
+    match stmts.pop() {
+        Some(WeirStatement::Sql(stmt)) => match *stmt {
+            Statement::Query(q) => Ok(q),
+            _ => Err(Error::Internal("a renamed view query is not a query".into())),
+        },
+        _ => Err(Error::Internal("a renamed view query did not parse".into())),
+    }
+}
 
 impl Handler {
     /// `CREATE MATERIALIZED VIEW [IF NOT EXISTS] name [WITH (...)] AS SELECT ... [EMIT ...]`.
@@ -33,19 +65,16 @@ impl Handler {
                 "CREATE OR REPLACE of a materialized view is not supported; drop it first".into(),
             ));
         }
-        if !cv.columns.is_empty() {
-            return Err(Error::NotSupported(
-                "a column list on CREATE MATERIALIZED VIEW is not supported; alias the columns in the SELECT".into(),
-            ));
-        }
         let name = object_name(&cv.name)?;
         if let Some(done) = self.existing(&name, cv.if_not_exists, "CREATE MATERIALIZED VIEW")? {
             return Ok(done);
         }
-        let query = cv.query.to_string();
+        let query = rename_columns(cv.query, &name, &cv.columns)?;
         let options = self.view_options(&cv.options, emit).await?;
         let compiled =
-            compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), options).await?;
+            compile_query_statement(&self.ctx.state(), Statement::Query(query.clone()), options)
+                .await?;
+        let query = query.to_string();
         let def = ViewDef {
             name,
             query,

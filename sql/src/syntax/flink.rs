@@ -1,8 +1,17 @@
-//! Flink SQL's dialect where a query is written in it: backtick identifiers and the window
-//! table functions `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), ...))`, rewritten on tokens before
-//! parsing into the forms Weir's planner knows.
+//! Flink SQL's dialect where a query is written in it: backtick identifiers, the window table
+//! functions `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), ...))` and the group windows
+//! `GROUP BY TUMBLE(ts, size)` with `TUMBLE_START(...)`, rewritten into the forms Weir's
+//! planner knows.
 
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident,
+    ObjectName, Query, Select, SetExpr, Statement, TableFactor, VisitMut, VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Span, Token, TokenWithSpan, Word};
 
 use super::parser::is_word;
@@ -116,4 +125,222 @@ pub(super) fn rewrite_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> 
         i += 1;
     }
     out
+}
+
+/// A group window of Flink's legacy syntax: `GROUP BY k, TUMBLE(ts, size)`.
+struct GroupWindow {
+    /// `tumble`, `hop` or `session`.
+    kind: String,
+    /// The time column, unqualified.
+    time: Ident,
+    /// The interval arguments after the time column, as SQL text.
+    args: Vec<String>,
+}
+
+/// The group window a GROUP BY item calls, if it is one.
+fn group_window(expr: &Expr) -> Result<Option<GroupWindow>> {
+    let Expr::Function(f) = expr else {
+        return Ok(None);
+    };
+    let kind = f.name.to_string().to_lowercase();
+    if !matches!(kind.as_str(), "tumble" | "hop" | "session") {
+        return Ok(None);
+    }
+    let FunctionArguments::List(list) = &f.args else {
+        return Ok(None);
+    };
+    let mut args = list.args.iter().map(|a| match a {
+        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+        _ => None,
+    });
+    let time = match args.next().flatten() {
+        Some(Expr::Identifier(i)) => i.clone(),
+        Some(Expr::CompoundIdentifier(parts)) if !parts.is_empty() => parts[parts.len() - 1].clone(),
+        _ => {
+            return Err(Error::Syntax(format!(
+                "GROUP BY {expr}: the first argument of a group window is a time column"
+            )));
+        }
+    };
+    let args: Vec<String> = args
+        .map(|a| a.map(ToString::to_string))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::Syntax(format!("GROUP BY {expr}: unexpected arguments")))?;
+    let expected = if kind == "hop" { 2 } else { 1 };
+    if args.len() != expected {
+        return Err(Error::Syntax(format!(
+            "GROUP BY {expr}: {} takes a time column and {expected} interval(s)",
+            kind.to_uppercase()
+        )));
+    }
+    Ok(Some(GroupWindow { kind, time, args }))
+}
+
+/// Replaces `TUMBLE_START(ts, size)`, `HOP_END(...)`, `SESSION_ROWTIME(...)`, ... with the
+/// window's columns; counts the calls it finds to a window other than `window`.
+struct WindowProperties<'a> {
+    window: &'a GroupWindow,
+    mismatched: Option<String>,
+}
+
+impl VisitorMut for WindowProperties<'_> {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        let Expr::Function(f) = &*expr else {
+            return ControlFlow::Continue(());
+        };
+        let name = f.name.to_string().to_lowercase();
+        let Some((kind, property)) = name.split_once('_') else {
+            return ControlFlow::Continue(());
+        };
+        if !matches!(kind, "tumble" | "hop" | "session")
+            || !matches!(property, "start" | "end" | "rowtime")
+        {
+            return ControlFlow::Continue(());
+        }
+        let call = f.to_string();
+        let same = match group_window(&Expr::Function(Function {
+            name: ObjectName::from(vec![Ident::new(kind)]),
+            ..f.clone()
+        })) {
+            Ok(Some(w)) => {
+                w.kind == self.window.kind
+                    && w.args == self.window.args
+                    && w.time.value.eq_ignore_ascii_case(&self.window.time.value)
+            }
+            _ => false,
+        };
+        if !same {
+            self.mismatched = Some(call);
+            return ControlFlow::Break(());
+        }
+        *expr = match property {
+            "start" => Expr::Identifier(Ident::new("window_start")),
+            "end" => Expr::Identifier(Ident::new("window_end")),
+            // Flink's rowtime of a window is its last millisecond.
+            _ => parse_expr("window_end - INTERVAL '1' MILLISECOND"),
+        };
+        ControlFlow::Continue(())
+    }
+}
+
+fn parse_expr(sql: &str) -> Expr {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .unwrap_or_else(|_| Expr::Identifier(Ident::new("window_end")))
+}
+
+/// Rewrites a SELECT in Flink's group-window syntax into Weir's window table functions:
+///
+/// ```sql
+/// SELECT k, SESSION_START(ts, INTERVAL '10' SECOND), count(*) FROM t AS x
+/// GROUP BY k, SESSION(ts, INTERVAL '10' SECOND)
+/// -- becomes
+/// SELECT k, window_start, count(*) FROM SESSION(t, ts, INTERVAL '10' SECOND) AS x
+/// GROUP BY k, window_start, window_end
+/// ```
+fn rewrite_group_window(select: &mut Select) -> Result<()> {
+    let GroupByExpr::Expressions(items, _) = &mut select.group_by else {
+        return Ok(());
+    };
+    let mut window = None;
+    let mut rest = Vec::with_capacity(items.len() + 1);
+    for item in items.drain(..) {
+        match group_window(&item)? {
+            Some(w) if window.is_none() => window = Some(w),
+            Some(_) => {
+                return Err(Error::NotSupported(
+                    "more than one group window in one GROUP BY".into(),
+                ));
+            }
+            None => rest.push(item),
+        }
+    }
+    let Some(window) = window else {
+        *items = rest;
+        return Ok(());
+    };
+    rest.push(Expr::Identifier(Ident::new("window_start")));
+    rest.push(Expr::Identifier(Ident::new("window_end")));
+    *items = rest;
+    let [from] = select.from.as_mut_slice() else {
+        return Err(Error::NotSupported(
+            "a group window (GROUP BY TUMBLE/HOP/SESSION(...)) over more than one relation; window one stream with the window table functions instead".into(),
+        ));
+    };
+    if !from.joins.is_empty() {
+        return Err(Error::NotSupported(
+            "a group window (GROUP BY TUMBLE/HOP/SESSION(...)) over a join; window one stream with the window table functions instead".into(),
+        ));
+    }
+    let (source, alias) = match &from.relation {
+        TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } => (name.to_string(), alias.clone()),
+        TableFactor::Derived {
+            subquery, alias, ..
+        } => (format!("({subquery})"), alias.clone()),
+        other => {
+            return Err(Error::NotSupported(format!(
+                "a group window over {other}: window a stream or a subquery"
+            )));
+        }
+    };
+    let alias = alias.map(|a| format!(" AS {a}")).unwrap_or_default();
+    let sql = format!(
+        "SELECT * FROM {}({source}, {}, {}){alias}",
+        window.kind,
+        window.time,
+        window.args.join(", ")
+    );
+    let parsed = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&sql)
+        .and_then(|mut p| p.parse_query())
+        .map_err(|e| Error::Syntax(format!("group window: {e}")))?;
+    let SetExpr::Select(windowed) = *parsed.body else {
+        return Err(Error::Internal("a window query lost its SELECT".into()));
+    };
+    if let Some(relation) = windowed.from.into_iter().next().map(|f| f.relation) {
+        from.relation = relation;
+    }
+    let mut properties = WindowProperties {
+        window: &window,
+        mismatched: None,
+    };
+    let _ = select.projection.visit(&mut properties);
+    let _ = select.having.visit(&mut properties);
+    if let Some(call) = properties.mismatched {
+        return Err(Error::NotSupported(format!(
+            "{call} names another window than the GROUP BY's {}({}, {})",
+            window.kind.to_uppercase(),
+            window.time,
+            window.args.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Applies [`rewrite_group_window`] to every SELECT of a statement.
+pub(super) fn rewrite_group_windows(stmt: &mut Statement) -> Result<()> {
+    struct Selects(Option<Error>);
+    impl VisitorMut for Selects {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+            if let SetExpr::Select(select) = query.body.as_mut() {
+                if let Err(e) = rewrite_group_window(select) {
+                    self.0 = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let mut selects = Selects(None);
+    let _ = stmt.visit(&mut selects);
+    selects.0.map_or(Ok(()), Err)
 }
