@@ -168,6 +168,37 @@ impl Dataflow {
         }
     }
 
+    /// Passes the query's memory limit to the operators whose single outputs could exceed it.
+    pub fn limit_memory(&mut self, bytes: usize) {
+        if let Self::Join {
+            left, right, join, ..
+        } = self
+        {
+            left.limit_memory(bytes);
+            right.limit_memory(bytes);
+            join.limit_memory(bytes);
+        }
+    }
+
+    /// Bytes of memory the state of every operator holds.
+    pub fn state_bytes(&self) -> usize {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.state_bytes(),
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                left.state_bytes()
+                    + right.state_bytes()
+                    + join.state_bytes()
+                    + pipeline.state_bytes()
+            }
+        }
+    }
+
     /// Late rows counted by every operator.
     pub fn late_rows(&self) -> u64 {
         match self {

@@ -38,6 +38,9 @@ pub enum Error {
     /// A bound on resources was reached (a subscriber fell too far behind, for example).
     #[error("{0}")]
     LimitExceeded(String),
+    /// A query's state outgrew its memory budget; the query stops, the server goes on.
+    #[error("{0}")]
+    MemoryExceeded(String),
     /// An Arrow error.
     #[error(transparent)]
     Arrow(#[from] ArrowError),

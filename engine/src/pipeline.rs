@@ -32,6 +32,11 @@ impl Pipeline {
         &self.operators
     }
 
+    /// Bytes of memory the operators' state holds.
+    pub fn state_bytes(&self) -> usize {
+        self.operators.iter().map(|op| op.state_bytes()).sum()
+    }
+
     fn push_from(
         &mut self,
         start: usize,

@@ -13,6 +13,30 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
 use crate::{Error, Result};
 
+/// Why a continuous query stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether its state outgrew the query's memory budget ([`Error::MemoryExceeded`]).
+    pub out_of_memory: bool,
+}
+
+impl From<&Error> for QueryError {
+    fn from(e: &Error) -> Self {
+        Self {
+            message: e.to_string(),
+            out_of_memory: matches!(e, Error::MemoryExceeded(_)),
+        }
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// How far a continuous query has got.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -23,7 +47,7 @@ pub struct Progress {
     /// Events that arrived after their window had closed.
     pub late_rows: u64,
     /// Set when the query stopped on an error.
-    pub error: Option<String>,
+    pub error: Option<QueryError>,
     /// Per source partition (as `offsets`), the offset from which the query's oldest kept
     /// checkpoint replays: the log must keep everything from there. `None` while the query has
     /// no checkpoint, when a restart would replay from the start.
@@ -552,6 +576,23 @@ impl ResultTable {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
             Rows::Append(all) => all.iter().map(RecordBatch::num_rows).sum(),
             Rows::Keyed(keyed) => keyed.live.len(),
+        }
+    }
+
+    /// Bytes of memory the rows hold (for the query's memory budget). Batches that share
+    /// buffers are counted once each, so this errs on the high side.
+    pub fn memory_bytes(&self) -> usize {
+        match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => all.iter().map(RecordBatch::get_array_memory_size).sum(),
+            Rows::Keyed(keyed) => {
+                let chunks: usize = keyed
+                    .chunks
+                    .iter()
+                    .map(RecordBatch::get_array_memory_size)
+                    .sum();
+                let keys: usize = keyed.live.keys().map(|k| k.as_ref().len() + 48).sum();
+                chunks + keys
+            }
         }
     }
 

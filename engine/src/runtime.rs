@@ -15,7 +15,7 @@ use crate::checkpoint::{Checkpoint, CheckpointStore, OperatorState};
 use crate::dataflow::Dataflow;
 use crate::log::Notifier;
 use crate::log::StreamLog;
-use crate::result_table::{Progress, ResultTable};
+use crate::result_table::{Progress, QueryError, ResultTable};
 use crate::watermark::{WatermarkTracker, max_event_time_ns};
 use crate::{Error, Result};
 
@@ -66,6 +66,9 @@ pub struct QuerySpec {
     /// progress). Requires `checkpoint`: results reach the stream exactly once, with each
     /// checkpoint (see [`CheckpointSpec`]).
     pub output: Option<Arc<StreamLog>>,
+    /// The most memory the query's state (operators and result rows) may hold, in bytes; past
+    /// it the query stops with [`Error::MemoryExceeded`] and the server goes on.
+    pub memory_limit: Option<usize>,
 }
 
 /// The schema of a query's late events: the query, the watermark the event arrived behind,
@@ -155,7 +158,7 @@ impl RunningQuery {
                 if let Err(e) = run(spec, &flag, &thread_wake) {
                     tracing::error!(query = %name, error = %e, "continuous query stopped");
                     let mut p = sink.progress();
-                    p.error = Some(e.to_string());
+                    p.error = Some(QueryError::from(&e));
                     sink.set_progress(p);
                 }
             })
@@ -642,6 +645,41 @@ fn emit(spec: &QuerySpec, results: &mut Vec<RecordBatch>, out: Vec<RecordBatch>)
     }
 }
 
+/// Checks a query's memory against its limit, at most every [`Budget::EVERY`]: measuring walks
+/// every operator's state, and a query that grows grows over many batches.
+#[derive(Debug, Default)]
+struct Budget {
+    next: Option<Instant>,
+}
+
+impl Budget {
+    const EVERY: Duration = Duration::from_millis(100);
+
+    fn check(&mut self, spec: &QuerySpec) -> Result<()> {
+        let Some(limit) = spec.memory_limit else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if self.next.is_some_and(|n| now < n) {
+            return Ok(());
+        }
+        self.next = Some(now + Self::EVERY);
+        let state = spec.dataflow.state_bytes();
+        let results = spec.sink.memory_bytes();
+        if state + results > limit {
+            return Err(Error::MemoryExceeded(format!(
+                "its state ({} MiB in operators, {} MiB of result rows) outgrew its memory limit \
+                 of {} MiB; bound it in time (windows, time-bounded joins), or raise \
+                 WITH (memory_limit = ...)",
+                state >> 20,
+                results >> 20,
+                limit >> 20
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
     let mut position = Position::new(&spec.sources);
     let mut checkpointer = match spec.checkpoint.take() {
@@ -666,6 +704,10 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
     let mut results: Vec<RecordBatch> = Vec::new();
     // Events read in all, for progress displays.
     let mut read: u64 = position.offsets().iter().sum();
+    let mut budget = Budget::default();
+    if let Some(limit) = spec.memory_limit {
+        spec.dataflow.limit_memory(limit);
+    }
     loop {
         if stop.load(Ordering::Acquire) {
             if let Some(c) = checkpointer.as_mut() {
@@ -717,6 +759,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
                     }
                     let out = spec.dataflow.process_batch(s, &batch)?;
                     emit(&spec, &mut results, out)?;
+                    budget.check(&spec)?;
                     read += batch.num_rows() as u64;
                     spec.sink.set_read(read);
                     let late = spec.dataflow.take_late();

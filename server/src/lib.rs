@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How often each materialized view checkpoints.
     pub checkpoint_interval: std::time::Duration,
+    /// The default memory limit of a view's state, in bytes.
+    pub view_memory_limit: u64,
     /// Address for the Kafka protocol; `None` turns it off.
     pub kafka_listen: Option<SocketAddr>,
     /// Whether Kafka clients create topics by using them (Metadata or Produce).
@@ -96,6 +98,7 @@ impl Server {
             weir_sql::Options {
                 checkpoint_interval: config.checkpoint_interval,
                 connectors: Some(kafka::connectors::KafkaConnectors::shared()),
+                view_memory_limit: Some(config.view_memory_limit),
             },
         )
         .await?;

@@ -49,6 +49,11 @@ enum Command {
         /// restart resumes from there instead of replaying its sources from the start.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
         checkpoint_interval_ms: u64,
+        /// The most memory (MiB) one materialized view's state may hold unless it sets
+        /// `WITH (memory_limit = ...)`; past it the view stops with SQLSTATE 53200, and the
+        /// server and other views go on.
+        #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+        view_memory_limit_mb: u64,
         /// Address for the Kafka protocol (every stream is a topic), or `off`. Loopback only:
         /// it has no authentication yet.
         #[arg(long, default_value = "127.0.0.1:9092", value_parser = parse_kafka_listen)]
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             checkpoint_interval_ms,
+            view_memory_limit_mb,
             kafka_listen,
             kafka_auto_create,
         } => {
@@ -158,6 +164,7 @@ fn main() -> ExitCode {
                     users,
                     tls,
                     checkpoint_interval: std::time::Duration::from_millis(checkpoint_interval_ms),
+                    view_memory_limit: view_memory_limit_mb << 20,
                     kafka_listen: kafka_listen.0,
                     kafka_auto_create,
                 })),

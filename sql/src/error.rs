@@ -86,6 +86,15 @@ impl From<datafusion::sql::sqlparser::parser::ParserError> for Error {
 }
 
 impl Error {
+    /// The error of a continuous query that stopped, as a statement reading its results
+    /// reports it: 53200 (out of memory) when its state outgrew its memory limit.
+    pub fn query_stopped(what: &str, e: &weir_engine::result_table::QueryError) -> Self {
+        Self::WrongObject {
+            sqlstate: if e.out_of_memory { "53200" } else { "XX000" },
+            message: format!("{what} stopped on an error: {e}"),
+        }
+    }
+
     /// The Postgres SQLSTATE for this error.
     pub fn sqlstate(&self) -> &'static str {
         match self {
@@ -115,6 +124,7 @@ fn engine_sqlstate(e: &weir_engine::Error) -> &'static str {
         E::Corrupt(_) => "XX001",
         E::Poisoned(_) => "58030",
         E::LimitExceeded(_) => "54000",
+        E::MemoryExceeded(_) => "53200",
         E::OutOfOrderSequence(_) => "22023",
         E::Arrow(a) => arrow_sqlstate(a),
         E::DataFusion(d) => datafusion_sqlstate(d),

@@ -33,7 +33,7 @@ pub mod syntax;
 pub mod time;
 
 pub use copy::CopyChunk;
-pub use database::{Database, Options};
+pub use database::{DEFAULT_VIEW_MEMORY_LIMIT, Database, Options};
 pub use error::{Error, Result};
 pub use output::{Description, Notice, Output};
 pub use session::Session;

@@ -393,6 +393,7 @@ fn copy_error(e: &Error) -> Error {
         Error::NotNull(m) => Error::NotNull(m.clone()),
         Error::Poisoned(m) => Error::Poisoned(m.clone()),
         Error::LimitExceeded(m) => Error::LimitExceeded(m.clone()),
+        Error::MemoryExceeded(m) => Error::MemoryExceeded(m.clone()),
         Error::OutOfOrderSequence(m) => Error::OutOfOrderSequence(m.clone()),
         Error::Internal(m) => Error::Internal(m.clone()),
         Error::Arrow(_) | Error::DataFusion(_) => Error::InvalidArgument(e.to_string()),

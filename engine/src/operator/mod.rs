@@ -64,6 +64,12 @@ pub trait Operator: Send + std::fmt::Debug {
         self.name().to_string()
     }
 
+    /// Bytes of memory the operator's state holds (groups, accumulators, stored rows), for the
+    /// query's memory budget. Stateless operators keep the default (none).
+    fn state_bytes(&self) -> usize {
+        0
+    }
+
     /// The operator's state for a checkpoint, taken between batches; the operator goes on as
     /// if this had not been called. Stateless operators keep the default (nothing).
     fn snapshot(&mut self) -> Result<OperatorState> {
@@ -117,6 +123,13 @@ pub trait BinaryOperator: Send + std::fmt::Debug {
 
     /// One line describing the operator, for EXPLAIN.
     fn explain(&self) -> String;
+
+    /// Bytes of memory the operator's state holds (see [`Operator::state_bytes`]).
+    fn state_bytes(&self) -> usize;
+
+    /// The query's memory limit, which no single batch of output may exceed either (a join's
+    /// output can be far larger than its input); unlimited until called.
+    fn limit_memory(&mut self, bytes: usize);
 
     /// The operator's state for a checkpoint (see [`Operator::snapshot`]).
     fn snapshot(&mut self) -> Result<OperatorState>;

@@ -347,6 +347,19 @@ impl Operator for SessionAggregateOperator {
         Ok(vec![batch_of(&self.schema, columns)?])
     }
 
+    fn state_bytes(&self) -> usize {
+        self.sessions
+            .iter()
+            .map(|(key, sessions)| {
+                key.as_ref().len()
+                    + sessions
+                        .values()
+                        .map(|s| 16 + s.accumulators.iter().map(|a| a.size()).sum::<usize>())
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
     fn late_rows(&self) -> u64 {
         self.late_rows
     }

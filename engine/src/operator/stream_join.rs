@@ -23,13 +23,15 @@ pub struct JoinInput {
     /// The equi-join keys over this input, in the same order as the other input's.
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     /// This input's time column (a timestamp): rows still to come have
-    /// `time >= watermark - time_lag_ns`, and a row below that arrived late.
-    pub time: usize,
+    /// `time >= watermark - time_lag_ns`, and a row below that arrived late. `None` for a join
+    /// without a time bound, which keeps every row and takes every row whenever it comes.
+    pub time: Option<usize>,
     /// See `time`.
     pub time_lag_ns: i64,
     /// A stored row cannot match any row still to come from the other input once
-    /// `row[expiry_column] + expiry_offset_ns < watermark`; it is then dropped.
-    pub expiry_column: usize,
+    /// `row[expiry_column] + expiry_offset_ns < watermark`; it is then dropped. `None`: kept
+    /// for good.
+    pub expiry_column: Option<usize>,
     /// See `expiry_column`.
     pub expiry_offset_ns: i64,
 }
@@ -53,6 +55,8 @@ struct Stored {
     index: HashMap<u64, Vec<(usize, u32)>>,
     entries: usize,
     rows: usize,
+    /// Memory of the stored chunks' batches and key rows.
+    bytes: usize,
 }
 
 impl Stored {
@@ -106,6 +110,24 @@ pub struct StreamJoinOperator {
     watermark: Option<i64>,
     late: Vec<RecordBatch>,
     late_rows: u64,
+    /// The most memory one batch of output may take (see [`BinaryOperator::limit_memory`]).
+    memory_limit: usize,
+}
+
+/// Memory of a stored chunk: its batch and key rows.
+fn chunk_bytes(batch: &RecordBatch, keys: Option<&Rows>) -> usize {
+    batch.get_array_memory_size() + keys.map_or(0, Rows::size)
+}
+
+/// Expiry times of `batch`'s rows as `input` defines them; `i64::MAX` (never) without a column.
+fn expiry_of(input: &JoinInput, batch: &RecordBatch) -> Result<Vec<i64>> {
+    Ok(match input.expiry_column {
+        Some(c) => times_ns(batch.column(c))?
+            .into_iter()
+            .map(|t| t.saturating_add(input.expiry_offset_ns))
+            .collect(),
+        None => vec![i64::MAX; batch.num_rows()],
+    })
 }
 
 /// The values of a timestamp column in nanoseconds since the epoch; NULL as `i64::MIN`.
@@ -174,6 +196,7 @@ impl StreamJoinOperator {
             watermark: None,
             late: Vec::new(),
             late_rows: 0,
+            memory_limit: usize::MAX,
         })
     }
 
@@ -216,7 +239,21 @@ impl StreamJoinOperator {
         let other = &self.stored[1 - side];
         let mut this_rows = Vec::new();
         let mut picks: Vec<(usize, u32)> = Vec::new();
+        // Joined rows are about as wide as a row of each side: past the memory limit, the
+        // output of this one batch alone would outgrow the query's budget.
+        let width = batch.get_array_memory_size() / batch.num_rows().max(1)
+            + other.bytes / other.rows.max(1);
+        let max_rows = self.memory_limit / width.max(1);
         for (i, h) in hashes.iter().enumerate() {
+            if picks.len() > max_rows {
+                return Err(Error::MemoryExceeded(format!(
+                    "one batch of {} rows would join with more than {max_rows} stored rows, \
+                     about {} MiB, past the query's memory limit of {} MiB",
+                    batch.num_rows(),
+                    (picks.len() * width) >> 20,
+                    self.memory_limit >> 20
+                )));
+            }
             if !usable[i] {
                 continue;
             }
@@ -295,6 +332,7 @@ impl StreamJoinOperator {
         expiry: &[i64],
     ) {
         let stored = &mut self.stored[s];
+        stored.bytes += chunk_bytes(&batch, keys.as_ref());
         let id = stored.first + stored.chunks.len();
         for (r, h) in hashes.iter().enumerate() {
             stored.index.entry(*h).or_default().push((id, r as u32));
@@ -310,11 +348,7 @@ impl StreamJoinOperator {
 
     /// Stores rows of input `s` from a checkpoint: keys, hashes and expiry as on arrival.
     fn store_restored(&mut self, s: usize, batch: RecordBatch) -> Result<()> {
-        let input = &self.inputs[s];
-        let expiry: Vec<i64> = times_ns(batch.column(input.expiry_column))?
-            .into_iter()
-            .map(|t| t.saturating_add(input.expiry_offset_ns))
-            .collect();
+        let expiry = expiry_of(&self.inputs[s], &batch)?;
         let keys = self.keys_of(s, &batch)?;
         let key_rows = match &self.converter {
             Some(c) => Some(c.convert_columns(&keys)?),
@@ -341,17 +375,16 @@ impl BinaryOperator for StreamJoinOperator {
             return Ok(Vec::new());
         }
         let input = &self.inputs[s];
-        let times = times_ns(batch.column(input.time))?;
-        let expiry: Vec<i64> = times_ns(batch.column(input.expiry_column))?
-            .into_iter()
-            .map(|t| t.saturating_add(input.expiry_offset_ns))
-            .collect();
         let lag = input.time_lag_ns;
+        let late: Vec<bool> = match input.time {
+            Some(t) => times_ns(batch.column(t))?
+                .iter()
+                .map(|&t| self.watermark.is_some_and(|w| t < w.saturating_sub(lag)))
+                .collect(),
+            None => vec![false; n],
+        };
+        let expiry = expiry_of(input, &batch)?;
         let keys = self.keys_of(s, &batch)?;
-        let late: Vec<bool> = times
-            .iter()
-            .map(|&t| self.watermark.is_some_and(|w| t < w.saturating_sub(lag)))
-            .collect();
         // SQL equality never matches NULL keys, so such rows can neither match nor be matched.
         let usable: Vec<bool> = (0..n)
             .map(|i| !late[i] && keys.iter().all(|k| !k.is_null(i)))
@@ -421,7 +454,10 @@ impl BinaryOperator for StreamJoinOperator {
             let mut dropped = 0;
             for slot in stored.chunks.iter_mut() {
                 if slot.as_ref().is_some_and(|c| c.expiry < watermark_ns) {
-                    dropped += slot.take().map_or(0, |c| c.batch.num_rows());
+                    if let Some(c) = slot.take() {
+                        dropped += c.batch.num_rows();
+                        stored.bytes -= chunk_bytes(&c.batch, c.keys.as_ref());
+                    }
                 }
             }
             while matches!(stored.chunks.front(), Some(None)) {
@@ -440,6 +476,18 @@ impl BinaryOperator for StreamJoinOperator {
 
     fn take_late(&mut self) -> Vec<RecordBatch> {
         std::mem::take(&mut self.late)
+    }
+
+    fn limit_memory(&mut self, bytes: usize) {
+        self.memory_limit = bytes;
+    }
+
+    fn state_bytes(&self) -> usize {
+        // Stored chunks, plus the index: a hash key and a (chunk, row) pair per entry.
+        self.stored
+            .iter()
+            .map(|s| s.bytes + s.entries * 24 + s.index.len() * 32)
+            .sum()
     }
 
     /// Values: watermark, late rows, and how many of the batches are the left input's; the
@@ -483,10 +531,13 @@ impl BinaryOperator for StreamJoinOperator {
         let left_width = self.schema.fields().len() - self.right_width;
         let keep = |s: usize| {
             let i = &self.inputs[s];
+            let Some(expiry) = i.expiry_column else {
+                return "never".to_string();
+            };
             let column = self
                 .schema
                 .fields()
-                .get(i.expiry_column + if s == 0 { 0 } else { left_width })
+                .get(expiry + if s == 0 { 0 } else { left_width })
                 .map_or("?", |f| f.name().as_str());
             match i.expiry_offset_ns {
                 0 => column.to_string(),
@@ -494,13 +545,20 @@ impl BinaryOperator for StreamJoinOperator {
                 n => format!("{column} + {}", format_duration_ns(n)),
             }
         };
+        let filter = self
+            .filter
+            .as_ref()
+            .map(|f| format!(" filter {f}"))
+            .unwrap_or_default();
+        if self.inputs.iter().all(|i| i.expiry_column.is_none()) {
+            return format!(
+                "StreamJoin: inner on [{}]{filter}; state: every row of both inputs (no time bound), within the view's memory limit",
+                on.join(", ")
+            );
+        }
         format!(
-            "StreamJoin: inner on [{}]{}; state: left rows until the watermark passes {}, right rows until it passes {}",
+            "StreamJoin: inner on [{}]{filter}; state: left rows until the watermark passes {}, right rows until it passes {}",
             on.join(", "),
-            self.filter
-                .as_ref()
-                .map(|f| format!(" filter {f}"))
-                .unwrap_or_default(),
             keep(0),
             keep(1)
         )
@@ -555,9 +613,9 @@ mod tests {
                 Arc::new(Column::new(&format!("{name}k"), 0)) as _,
                 Arc::new(Column::new(&format!("{name}t"), 1)) as _,
             ],
-            time: 1,
+            time: Some(1),
             time_lag_ns: 0,
-            expiry_column: 1,
+            expiry_column: Some(1),
             expiry_offset_ns: 0,
         };
         let op =

@@ -432,6 +432,13 @@ impl Operator for WindowAggregateOperator {
         Ok(out)
     }
 
+    fn state_bytes(&self) -> usize {
+        self.windows
+            .values()
+            .map(|w| w.groups.size() + w.accumulators.iter().map(|a| a.size()).sum::<usize>())
+            .sum()
+    }
+
     fn late_rows(&self) -> u64 {
         self.late_rows
     }

@@ -381,7 +381,7 @@ pub async fn recovery(options: RecoveryOptions) -> Result<(), String> {
             dir.path(),
             weir_sql::Options {
                 checkpoint_interval: interval,
-                connectors: None,
+                ..weir_sql::Options::default()
             },
         )
     };

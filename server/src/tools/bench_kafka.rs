@@ -36,6 +36,7 @@ pub async fn kafka(options: KafkaBenchOptions) -> Result<(), String> {
         users: None,
         tls: None,
         checkpoint_interval: Duration::from_secs(1),
+        view_memory_limit: weir_sql::DEFAULT_VIEW_MEMORY_LIMIT,
         kafka_listen: Some("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?),
         kafka_auto_create: false,
     };

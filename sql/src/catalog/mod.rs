@@ -150,6 +150,10 @@ pub struct ViewDef {
     /// `WITH (allowed_lateness = ...)`: how long after its end a window still takes late events.
     #[serde(default)]
     pub allowed_lateness_ns: i64,
+    /// `WITH (memory_limit = '256MB')`: the most memory its state may hold, in bytes; the
+    /// server's default without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
 }
 
 /// A table of reference data: rows inserted, updated and deleted by primary key.

@@ -30,13 +30,20 @@ pub struct Options {
     /// Starts the connectors of streams over external Kafka topics; without it such streams
     /// are refused (0A000).
     pub connectors: Option<Arc<dyn ConnectorFactory>>,
+    /// The most memory a view's state may hold unless the view sets its own
+    /// `WITH (memory_limit = ...)`, in bytes; past it the view stops with SQLSTATE 53200.
+    pub view_memory_limit: Option<u64>,
 }
+
+/// The default [`Options::view_memory_limit`]: 4 GiB.
+pub const DEFAULT_VIEW_MEMORY_LIMIT: u64 = 4 << 30;
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             checkpoint_interval: Duration::from_secs(1),
             connectors: None,
+            view_memory_limit: Some(DEFAULT_VIEW_MEMORY_LIMIT),
         }
     }
 }
@@ -326,5 +333,6 @@ fn producer_def(def: &StreamDef) -> ViewDef {
         query: def.query.clone().unwrap_or_default(),
         emit_on_update: false,
         allowed_lateness_ns: 0,
+        memory_limit: None,
     }
 }

@@ -47,6 +47,7 @@ impl Database {
         compiled: &mut Option<CompiledView>,
         checkpoint: Option<CheckpointSpec>,
         output: Option<Arc<StreamLog>>,
+        memory_limit: Option<u64>,
     ) -> Result<(Arc<ResultTable>, Arc<ResultTable>, RunningQuery)> {
         let compiled = compiled.take().ok_or_else(|| {
             Error::Internal("a compiled view started twice; this is a bug".into())
@@ -84,6 +85,7 @@ impl Database {
             late: Arc::clone(&late),
             checkpoint,
             output,
+            memory_limit: memory_limit.and_then(|m| usize::try_from(m).ok()),
         })?;
         Ok((table, late, query))
     }
@@ -95,7 +97,9 @@ impl Database {
         name: &str,
         compiled: CompiledView,
     ) -> Result<(Arc<ResultTable>, RunningQuery)> {
-        let (table, _late, query) = Self::spawn_query(name, &mut Some(compiled), None, None)?;
+        let limit = self.inner.options.view_memory_limit;
+        let (table, _late, query) =
+            Self::spawn_query(name, &mut Some(compiled), None, None, limit)?;
         Ok((table, query))
     }
 
@@ -128,8 +132,14 @@ impl Database {
             .iter()
             .filter_map(|s| self.producer(&s.def.name))
             .collect();
-        let (table, late, query) =
-            Self::spawn_query(&def.name, &mut Some(compiled), Some(checkpoint), output)?;
+        let limit = def.memory_limit.or(self.inner.options.view_memory_limit);
+        let (table, late, query) = Self::spawn_query(
+            &def.name,
+            &mut Some(compiled),
+            Some(checkpoint),
+            output,
+            limit,
+        )?;
         Ok(Arc::new(ViewEntry {
             def,
             sources,

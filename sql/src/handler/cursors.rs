@@ -71,9 +71,7 @@ impl Handler {
                 .map_err(|e| Error::Internal(format!("subscription wait failed: {e}")))?;
         drop(sources);
         if let Some(error) = progress.error {
-            return Err(Error::Internal(format!(
-                "the query stopped on an error: {error}"
-            )));
+            return Err(Error::query_stopped("the query", &error));
         }
         let buffer_rows = self
             .settings

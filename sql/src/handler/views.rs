@@ -15,15 +15,14 @@ use crate::{Error, Result};
 
 /// `CREATE MATERIALIZED VIEW v (a, b) AS query`: the query with its columns renamed in order,
 /// as `SELECT * FROM (query) AS v (a, b)`, which is also what the catalog keeps.
-fn rename_columns(
-    query: Box<Query>,
-    name: &str,
-    columns: &[ViewColumnDef],
-) -> Result<Box<Query>> {
+fn rename_columns(query: Box<Query>, name: &str, columns: &[ViewColumnDef]) -> Result<Box<Query>> {
     if columns.is_empty() {
         return Ok(query);
     }
-    if let Some(c) = columns.iter().find(|c| c.data_type.is_some() || c.options.is_some()) {
+    if let Some(c) = columns
+        .iter()
+        .find(|c| c.data_type.is_some() || c.options.is_some())
+    {
         return Err(Error::NotSupported(format!(
             "a type or option on view column {}: a view's column list names its columns only",
             c.name
@@ -39,10 +38,31 @@ fn rename_columns(
     match stmts.pop() {
         Some(WeirStatement::Sql(stmt)) => match *stmt {
             Statement::Query(q) => Ok(q),
-            _ => Err(Error::Internal("a renamed view query is not a query".into())),
+            _ => Err(Error::Internal(
+                "a renamed view query is not a query".into(),
+            )),
         },
         _ => Err(Error::Internal("a renamed view query did not parse".into())),
     }
+}
+
+/// A memory size as PostgreSQL writes them in settings: a number and a unit, `kB`, `MB`, `GB`
+/// or `TB` (powers of 1024), case-insensitive, with or without a space; at least 1 MB.
+pub(crate) fn memory_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "kb" => 10,
+        "mb" => 20,
+        "gb" => 30,
+        "tb" => 40,
+        _ => return None,
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|&bytes| bytes >= 1 << 20)
 }
 
 impl Handler {
@@ -80,6 +100,7 @@ impl Handler {
             query,
             emit_on_update: emit == Some(EmitMode::OnUpdate),
             allowed_lateness_ns: options.allowed_lateness_ns,
+            memory_limit: options.memory_limit,
         };
         self.blocking(move |db| db.create_view(def, compiled))
             .await?;
@@ -115,6 +136,7 @@ impl Handler {
         let mut out = ViewOptions {
             emit,
             allowed_lateness_ns: 0,
+            memory_limit: None,
         };
         let list = match options {
             CreateTableOptions::None => return Ok(out),
@@ -151,11 +173,26 @@ impl Handler {
                             ),
                         })?;
                 }
+                "memory_limit" => {
+                    let text = match value {
+                        SqlExpr::Value(v) => match &v.value {
+                            Value::SingleQuotedString(s) => s.clone(),
+                            other => other.to_string(),
+                        },
+                        other => other.to_string(),
+                    };
+                    out.memory_limit = Some(memory_size(&text).ok_or_else(|| Error::WrongObject {
+                        sqlstate: "22023",
+                        message: format!(
+                            "memory_limit must be a size such as '256MB' or '2GB' (units kB, MB, GB, TB), not {value}"
+                        ),
+                    })?);
+                }
                 other => {
                     return Err(Error::WrongObject {
                         sqlstate: "22023",
                         message: format!(
-                            "unknown materialized view option {other}; known: allowed_lateness"
+                            "unknown materialized view option {other}; known: allowed_lateness, memory_limit"
                         ),
                     });
                 }

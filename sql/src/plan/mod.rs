@@ -120,6 +120,8 @@ pub struct ViewOptions {
     pub emit: Option<EmitMode>,
     /// How long after its end a window still takes late events, in nanoseconds.
     pub allowed_lateness_ns: i64,
+    /// The most memory the view's state may hold, in bytes (the server's default if `None`).
+    pub memory_limit: Option<u64>,
 }
 
 /// The statement and options of a view's catalog definition: parsed in one place for both
@@ -135,6 +137,7 @@ fn view_statement(def: &ViewDef) -> Result<(Box<Statement>, ViewOptions)> {
     let options = ViewOptions {
         emit: def.emit_on_update.then_some(EmitMode::OnUpdate),
         allowed_lateness_ns: def.allowed_lateness_ns,
+        memory_limit: def.memory_limit,
     };
     Ok((stmt, options))
 }

@@ -9,11 +9,12 @@ use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session as DfSession, TableProvider};
-use datafusion::common::{DataFusionError, exec_err};
+use datafusion::common::DataFusionError;
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use weir_engine::result_table::QueryError;
 
 use super::stream::external;
 use crate::catalog::ViewEntry;
@@ -30,13 +31,16 @@ pub(crate) async fn wait_for_producer(producer: Arc<ViewEntry>) -> datafusion::e
         .await
         .map_err(|e| DataFusionError::Internal(format!("stream reader failed: {e}")))?;
     match error {
-        Some(e) => exec_err!("the query that writes this stream stopped: {e}"),
+        Some(e) => Err(external(crate::Error::query_stopped(
+            "the query that writes this stream",
+            &e,
+        ))),
         None => Ok(()),
     }
 }
 
 /// See [`wait_for_producer`]; returns the error a query stopped on, if one did.
-fn wait_flushed(producer: &ViewEntry, deadline: std::time::Instant) -> Option<String> {
+fn wait_flushed(producer: &ViewEntry, deadline: std::time::Instant) -> Option<QueryError> {
     for up in &producer.upstream {
         if let Some(e) = wait_flushed(up, deadline) {
             return Some(e);
@@ -68,10 +72,10 @@ pub(crate) async fn read_view(
     .await
     .map_err(|e| DataFusionError::Internal(format!("view reader failed: {e}")))?;
     if let Some(error) = progress.error {
-        return exec_err!(
-            "materialized view {} stopped on an error: {error}",
-            entry.def.name
-        );
+        return Err(external(crate::Error::query_stopped(
+            &format!("materialized view {}", entry.def.name),
+            &error,
+        )));
     }
     entry.table.snapshot().map_err(external)
 }

@@ -155,7 +155,9 @@ fn group_window(expr: &Expr) -> Result<Option<GroupWindow>> {
     });
     let time = match args.next().flatten() {
         Some(Expr::Identifier(i)) => i.clone(),
-        Some(Expr::CompoundIdentifier(parts)) if !parts.is_empty() => parts[parts.len() - 1].clone(),
+        Some(Expr::CompoundIdentifier(parts)) if !parts.is_empty() => {
+            parts[parts.len() - 1].clone()
+        }
         _ => {
             return Err(Error::Syntax(format!(
                 "GROUP BY {expr}: the first argument of a group window is a time column"

@@ -197,7 +197,8 @@ impl Planner<'_> {
         Ok(built)
     }
 
-    /// A join of two streams, bounded in time by window columns or an interval condition.
+    /// A join of two streams, bounded in time by window columns or an interval condition, or
+    /// without a bound, keeping every row of both.
     pub(crate) fn build_stream_join(
         &mut self,
         join: &datafusion::logical_expr::Join,
@@ -238,16 +239,11 @@ impl Planner<'_> {
             .iter()
             .filter_map(|b| b.high.map(|high| (b.right, high + lag(b.left))))
             .min_by_key(|&(_, offset)| offset);
-        let (Some((left_column, left_offset)), Some((right_column, right_offset))) =
-            (left_keep, right_keep)
-        else {
-            return Err(Error::NotSupported(
-                "this join of two streams would keep every row forever: bound it in time. \
-                 Join windowed inputs on their window (a.window_start = b.window_start AND \
-                 a.window_end = b.window_end), or bound the event times \
-                 (a.ts BETWEEN b.ts - INTERVAL '1' MINUTE AND b.ts)"
-                    .into(),
-            ));
+        // Without a bound on both sides, every row is kept (Flink's regular join): the view's
+        // memory limit bounds it, and the results are the same as in batch.
+        let bounded = match (left_keep, right_keep) {
+            (Some(l), Some(r)) => Some((l, r)),
+            _ => None,
         };
         let left_schema = join.left.schema();
         let right_schema = join.right.schema();
@@ -261,24 +257,27 @@ impl Planner<'_> {
             Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
             None => None,
         };
-        let left_time = TimeColumn::lag_ns(times[left_column].unwrap_or(TimeColumn::EventTime));
-        let right_time =
-            TimeColumn::lag_ns(times[left_width + right_column].unwrap_or(TimeColumn::EventTime));
+        let input = |keys, side: Option<(usize, i64)>, offset: usize| match side {
+            Some((column, expiry_offset_ns)) => JoinInput {
+                keys,
+                time: Some(column),
+                time_lag_ns: TimeColumn::lag_ns(
+                    times[offset + column].unwrap_or(TimeColumn::EventTime),
+                ),
+                expiry_column: Some(column),
+                expiry_offset_ns,
+            },
+            None => JoinInput {
+                keys,
+                time: None,
+                time_lag_ns: 0,
+                expiry_column: None,
+                expiry_offset_ns: 0,
+            },
+        };
         let op = StreamJoinOperator::try_new(
-            JoinInput {
-                keys: left_keys,
-                time: left_column,
-                time_lag_ns: left_time,
-                expiry_column: left_column,
-                expiry_offset_ns: left_offset,
-            },
-            JoinInput {
-                keys: right_keys,
-                time: right_column,
-                time_lag_ns: right_time,
-                expiry_column: right_column,
-                expiry_offset_ns: right_offset,
-            },
+            input(left_keys, bounded.map(|b| b.0), 0),
+            input(right_keys, bounded.map(|b| b.1), left_width),
             &Arc::new(left_schema.as_arrow().clone()),
             filter,
             Arc::new(join.schema.as_arrow().clone()),

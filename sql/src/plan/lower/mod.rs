@@ -373,7 +373,9 @@ impl Planner<'_> {
             built.key = Some(mapped.ok_or_else(|| {
                 Error::NotSupported(
                     "results that change (EMIT ON UPDATE, or GROUP BY without a window) must \
-                     select every GROUP BY column, so that each row can be updated in place"
+                     select every GROUP BY column, so that each row can be updated in place; \
+                     an aggregate over such results (an AVG of a MAX per group) is not \
+                     supported yet"
                         .into(),
                 )
             })?);
