@@ -316,7 +316,7 @@ async fn check_updating(
 }
 
 fn updating_query() -> impl Strategy<Value = String> {
-    (window(), 0u8..4).prop_map(|(window, shape)| {
+    (window(), 0u8..7).prop_map(|(window, shape)| {
         let aggregates = "COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
                           COUNT(DISTINCT v % 5) AS residues";
         match shape {
@@ -329,7 +329,18 @@ fn updating_query() -> impl Strategy<Value = String> {
             2 => format!(
                 "SELECT k, {aggregates} FROM events GROUP BY k HAVING COUNT(*) > 3 AND SUM(v) < 40"
             ),
-            _ => format!("SELECT {aggregates} FROM events"),
+            3 => format!("SELECT {aggregates} FROM events"),
+            // Top-N per key (ties broken by time, so that batch has one answer).
+            4 => "SELECT k, v, ts, rn FROM (SELECT *, ROW_NUMBER() OVER \
+                  (PARTITION BY k ORDER BY v DESC, ts) AS rn FROM events) WHERE rn <= 3"
+                .into(),
+            // Deduplication: the last event per key.
+            5 => "SELECT k, v, ts FROM (SELECT *, ROW_NUMBER() OVER \
+                  (PARTITION BY k ORDER BY ts DESC, v) AS rn FROM events) WHERE rn = 1"
+                .into(),
+            // A join without a time bound.
+            _ => "SELECT a.k, a.v, b.v AS w FROM events a JOIN events b ON a.k = b.k AND a.v < b.v"
+                .into(),
         }
     })
 }
@@ -337,8 +348,9 @@ fn updating_query() -> impl Strategy<Value = String> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-    /// Events in event-time order (no watermark delay is needed then): every window and group
-    /// of the view matches the batch query.
+    /// Events in event-time order (no watermark delay is needed then): the view equals the
+    /// batch query for updating aggregates (every window and group), Top-N and deduplication,
+    /// and a join without a time bound.
     #[test]
     fn updating_results_equal_batch(
         (events, _) in events(),

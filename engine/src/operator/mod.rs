@@ -9,6 +9,7 @@ mod lookup_join;
 mod projection;
 mod session;
 mod stream_join;
+mod top_n;
 mod tumble;
 mod window_aggregate;
 
@@ -25,6 +26,7 @@ pub use lookup_join::LookupJoinOperator;
 pub use projection::ProjectionOperator;
 pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
 pub use stream_join::{JoinInput, StreamJoinOperator};
+pub use top_n::{TopNOperator, TopNOrder};
 pub use tumble::TumbleOperator;
 pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
 

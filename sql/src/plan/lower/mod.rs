@@ -23,6 +23,7 @@ use crate::{Error, Result};
 
 mod aggregate;
 mod join;
+mod top_n;
 mod window;
 
 /// Where the rows of a subtree come from.
@@ -108,6 +109,8 @@ pub(crate) struct Planner<'a> {
     pub(crate) view_plans: HashMap<String, (LogicalPlan, ViewOptions)>,
     /// The views compiled into this query.
     pub(crate) views: Vec<String>,
+    /// A filter's bound on a rank, on its way down to the ROW_NUMBER it bounds.
+    pub(crate) rank_limit: Option<top_n::RankLimit>,
 }
 
 impl<'a> Planner<'a> {
@@ -124,6 +127,7 @@ impl<'a> Planner<'a> {
             tables: Vec::new(),
             view_plans,
             views: Vec::new(),
+            rank_limit: None,
         }
     }
 }
@@ -148,10 +152,25 @@ impl Planner<'_> {
             LogicalPlan::TableScan(scan) => self.build_scan(scan),
             LogicalPlan::SubqueryAlias(a) => self.build(&a.input),
             LogicalPlan::Filter(f) => {
+                // A bound on a ROW_NUMBER's rank goes down to it, and is then taken out here.
+                let (rank, rest) = match top_n::rank_limit(&f.predicate) {
+                    Some((limit, rest)) => (Some(limit), rest),
+                    None => (None, Vec::new()),
+                };
+                let bounded = rank.is_some();
+                self.rank_limit = rank;
                 let mut built = self.build(&f.input)?;
+                let predicate = if bounded && self.rank_limit.take().is_none() {
+                    rest.into_iter().reduce(Expr::and)
+                } else {
+                    Some(f.predicate.clone())
+                };
+                let Some(predicate) = predicate else {
+                    return Ok(built);
+                };
                 let predicate = self
                     .state
-                    .create_physical_expr(f.predicate.clone(), f.input.schema())?;
+                    .create_physical_expr(predicate, f.input.schema())?;
                 if built.key.is_some() {
                     // Over results that change, a group that stops matching must leave the
                     // view: compute the condition as a column that the view's table obeys.
@@ -179,7 +198,7 @@ impl Planner<'_> {
             LogicalPlan::Distinct(_) => Err(unsupported(
                 "DISTINCT (write GROUP BY over the columns instead)",
             )),
-            LogicalPlan::Window(_) => Err(unsupported("a window function (OVER)")),
+            LogicalPlan::Window(w) => self.build_top_n(w),
             LogicalPlan::Union(_) => Err(unsupported("UNION")),
             other => Err(unsupported(
                 other
@@ -372,8 +391,10 @@ impl Planner<'_> {
             let mapped: Option<Vec<usize>> = key.iter().map(|&k| position(k)).collect();
             built.key = Some(mapped.ok_or_else(|| {
                 Error::NotSupported(
-                    "results that change (EMIT ON UPDATE, or GROUP BY without a window) must \
-                     select every GROUP BY column, so that each row can be updated in place; \
+                    "results that change (EMIT ON UPDATE, GROUP BY without a window, a Top-N) \
+                     must select every GROUP BY column (of a Top-N: its PARTITION BY columns, and \
+                     its ROW_NUMBER unless it keeps one row), so that each row can be updated in \
+                     place; \
                      an aggregate over such results (an AVG of a MAX per group) is not \
                      supported yet"
                         .into(),

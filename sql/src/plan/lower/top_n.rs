@@ -1,0 +1,140 @@
+//! Lowering of `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)` with a filter on the rank
+//! (`WHERE rn <= N`): Top-N per partition and deduplication, as upserts by partition and rank.
+
+use datafusion::arrow::compute::SortOptions;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator as BinaryOp, Window};
+use weir_engine::operator::{TopNOperator, TopNOrder};
+
+use super::{Built, Planner, arrow_schema, unsupported};
+use crate::plan::bounds::conjuncts;
+use crate::{Error, Result};
+
+/// A filter's bound on a rank column: keep ranks up to `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RankLimit {
+    /// The rank column's name (the window expression's).
+    pub(crate) column: String,
+    /// The largest rank kept.
+    pub(crate) limit: usize,
+}
+
+/// The rank limit among a filter's conjuncts (`rn <= N`, `rn < N`, `rn = 1`, or the same
+/// reversed), and the other conjuncts.
+pub(crate) fn rank_limit(predicate: &Expr) -> Option<(RankLimit, Vec<Expr>)> {
+    let mut parts = Vec::new();
+    conjuncts(predicate, &mut parts);
+    let found = parts.iter().enumerate().find_map(|(i, e)| {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+            return None;
+        };
+        let (column, op, value) = match (left.as_ref(), right.as_ref()) {
+            (Expr::Column(c), Expr::Literal(v, _)) => (c, *op, v),
+            (Expr::Literal(v, _), Expr::Column(c)) => (c, op.swap()?, v),
+            _ => return None,
+        };
+        let value = match value.cast_to(&DataType::Int64).ok()? {
+            datafusion::common::ScalarValue::Int64(Some(v)) => v,
+            _ => return None,
+        };
+        let limit = match op {
+            BinaryOp::LtEq => value,
+            BinaryOp::Lt => value - 1,
+            BinaryOp::Eq if value == 1 => 1,
+            _ => return None,
+        };
+        let limit = usize::try_from(limit).ok().filter(|&l| l >= 1)?;
+        Some((
+            i,
+            RankLimit {
+                column: column.name.clone(),
+                limit,
+            },
+        ))
+    })?;
+    let (index, limit) = found;
+    parts.remove(index);
+    Some((limit, parts))
+}
+
+impl Planner<'_> {
+    /// A window node: only ROW_NUMBER whose rank a filter above bounds ([`RankLimit`]).
+    pub(crate) fn build_top_n(&mut self, window: &Window) -> Result<Built> {
+        let [expr] = window.window_expr.as_slice() else {
+            return Err(unsupported(
+                "more than one window function (OVER) in one SELECT",
+            ));
+        };
+        let Expr::WindowFunction(f) = expr.clone().unalias() else {
+            return Err(unsupported("this window function (OVER)"));
+        };
+        let name = f.fun.name().to_lowercase();
+        if name != "row_number" {
+            return Err(Error::NotSupported(format!(
+                "{name}() OVER (...) is not supported in a continuous query yet: a Top-N or \
+                 deduplication is ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) with a filter \
+                 on it (WHERE rn <= N)"
+            )));
+        }
+        let input_width = window.input.schema().fields().len();
+        let rank_name = window.schema.field(input_width).name().clone();
+        let limit = match self.rank_limit.take() {
+            Some(l) if l.column == rank_name => l.limit,
+            other => {
+                self.rank_limit = other;
+                return Err(Error::NotSupported(
+                    "ROW_NUMBER() OVER (...) without a filter on its result would renumber every \
+                     row as rows arrive; filter it (WHERE rn <= N) for a Top-N, or (WHERE rn = 1) \
+                     to keep one row per key"
+                        .into(),
+                ));
+            }
+        };
+        let mut built = self.build(&window.input)?;
+        if built.key.is_some() {
+            return Err(unsupported(
+                "a Top-N over results that change (EMIT ON UPDATE, or GROUP BY without a window)",
+            ));
+        }
+        let input = window.input.schema();
+        let mut key = Vec::new();
+        let mut partition = Vec::new();
+        for e in &f.params.partition_by {
+            let Expr::Column(c) = e else {
+                return Err(unsupported(&format!(
+                    "PARTITION BY {e} (partition by columns; compute {e} in a subquery first)"
+                )));
+            };
+            key.push(input.index_of_column(c)?);
+            partition.push(self.state.create_physical_expr(e.clone(), input)?);
+        }
+        let order = f
+            .params
+            .order_by
+            .iter()
+            .map(|s| {
+                Ok(TopNOrder {
+                    expr: self.state.create_physical_expr(s.expr.clone(), input)?,
+                    options: SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Ranks 2..=N of a partition are told apart by the rank; a Top-1 needs the key alone.
+        if limit > 1 {
+            key.push(input_width);
+        }
+        built.operators.push(Box::new(TopNOperator::try_new(
+            arrow_schema(&window.input),
+            partition,
+            order,
+            limit,
+            &rank_name,
+        )?));
+        built.times.push(None);
+        built.key = Some(key);
+        Ok(built)
+    }
+}
