@@ -1,6 +1,6 @@
-//! Flink's date and time functions as Flink defines them: `DATE_FORMAT` with Java patterns, and
+//! Date and time functions: Flink's as Flink defines them (`DATE_FORMAT` with Java patterns,
 //! `HOUR`, `MINUTE`, `SECOND`, `YEAR`, `QUARTER`, `MONTH`, `WEEK`, `DAYOFYEAR`, `DAYOFMONTH`,
-//! `DAYOFWEEK` of a timestamp.
+//! `DAYOFWEEK`), and PostgreSQL's `to_char` with its template patterns.
 
 use std::sync::Arc;
 
@@ -16,12 +16,13 @@ use datafusion::logical_expr::{
 };
 
 use super::java_pattern::JavaPattern;
+use super::pg_pattern::PgPattern;
 
 const NANOS: DataType = DataType::Timestamp(TimeUnit::Nanosecond, None);
 
 /// Whether a value of `t` can be read as a timestamp without time zone: timestamps, dates, and
 /// text in ISO form (Flink also formats strings such as `'2026-01-01 00:00:00'`).
-fn timestamp_like(t: &DataType) -> bool {
+pub(super) fn timestamp_like(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Timestamp(_, None)
@@ -35,7 +36,7 @@ fn timestamp_like(t: &DataType) -> bool {
 }
 
 /// The argument as nanosecond timestamps, one per row.
-fn timestamps(
+pub(super) fn timestamps(
     arg: &ColumnarValue,
     rows: usize,
 ) -> datafusion::error::Result<TimestampNanosecondArray> {
@@ -48,36 +49,80 @@ fn timestamps(
         .unwrap_or_else(|| TimestampNanosecondArray::new_null(rows)))
 }
 
-fn naive(nanos: i64) -> NaiveDateTime {
+pub(super) fn naive(nanos: i64) -> NaiveDateTime {
     DateTime::from_timestamp_nanos(nanos).naive_utc()
 }
 
-/// `DATE_FORMAT(timestamp, pattern)`: the timestamp as text in a Java `DateTimeFormatter`
-/// pattern (`'yyyy-MM-dd HH:mm'`), as Flink defines it. Patterns with letters Weir cannot
-/// honour (time zones, week-based fields) are refused, never printed as literal text.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct DateFormat {
-    signature: Signature,
+/// Whose patterns a [`TimeFormat`] function reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Patterns {
+    /// Flink's `DATE_FORMAT`: Java `DateTimeFormatter` patterns (`'yyyy-MM-dd HH:mm'`).
+    Java,
+    /// PostgreSQL's `to_char`: template patterns (`'YYYY-MM-DD HH24:MI'`).
+    Postgres,
 }
 
-impl DateFormat {
-    /// The function.
-    pub fn new() -> Self {
-        Self {
-            signature: Signature::any(2, Volatility::Immutable),
+/// A pattern compiled for one of the dialects.
+enum Compiled {
+    Java(JavaPattern),
+    Postgres(PgPattern),
+}
+
+impl Compiled {
+    fn format(&self, t: &NaiveDateTime, out: &mut String) {
+        match self {
+            Self::Java(p) => p.format(t, out),
+            Self::Postgres(p) => p.format(t, out),
         }
     }
 }
 
-impl Default for DateFormat {
-    fn default() -> Self {
-        Self::new()
+/// `DATE_FORMAT(timestamp, pattern)` as Flink defines it and `to_char(timestamp, template)` as
+/// PostgreSQL does: the timestamp as text. A pattern with parts Weir cannot honour (time zones,
+/// week-based fields) is refused, never printed as literal text; `to_char` of a number or an
+/// interval (PostgreSQL's numeric templates) is refused too.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct TimeFormat {
+    patterns: Patterns,
+    signature: Signature,
+}
+
+impl TimeFormat {
+    /// The function reading `patterns`.
+    pub fn new(patterns: Patterns) -> Self {
+        Self {
+            patterns,
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.patterns {
+            Patterns::Java => "DATE_FORMAT",
+            Patterns::Postgres => "to_char",
+        }
+    }
+
+    fn compile(&self, p: &str) -> datafusion::error::Result<Compiled> {
+        let compiled = match self.patterns {
+            Patterns::Java => JavaPattern::parse(p).map(Compiled::Java),
+            Patterns::Postgres => PgPattern::parse(p).map(Compiled::Postgres),
+        };
+        compiled.map_err(|e| {
+            datafusion::error::DataFusionError::Execution(format!(
+                "{} pattern '{p}': {e}",
+                self.title()
+            ))
+        })
     }
 }
 
-impl ScalarUDFImpl for DateFormat {
+impl ScalarUDFImpl for TimeFormat {
     fn name(&self) -> &str {
-        "date_format"
+        match self.patterns {
+            Patterns::Java => "date_format",
+            Patterns::Postgres => "to_char",
+        }
     }
 
     fn signature(&self) -> &Signature {
@@ -85,21 +130,42 @@ impl ScalarUDFImpl for DateFormat {
     }
 
     fn return_type(&self, arg_types: &[DataType]) -> datafusion::error::Result<DataType> {
-        match arg_types {
-            [t, p]
-                if timestamp_like(t)
-                    && matches!(
-                        p,
-                        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
-                    ) =>
-            {
-                Ok(DataType::Utf8)
+        let text = |p: &DataType| {
+            matches!(
+                p,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+            )
+        };
+        let value_ok = |t: &DataType| match self.patterns {
+            Patterns::Java => timestamp_like(t),
+            // PostgreSQL's to_char of text is an error too.
+            Patterns::Postgres => {
+                matches!(
+                    t,
+                    DataType::Timestamp(_, None)
+                        | DataType::Date32
+                        | DataType::Date64
+                        | DataType::Null
+                )
             }
+        };
+        match arg_types {
+            [t, p] if value_ok(t) && text(p) => Ok(DataType::Utf8),
             [DataType::Timestamp(_, Some(_)), _] => plan_err!(
-                "DATE_FORMAT takes a TIMESTAMP without time zone; cast a TIMESTAMPTZ to the zone you mean first"
+                "{} takes a TIMESTAMP without time zone; cast a TIMESTAMPTZ to the zone you mean first",
+                self.title()
             ),
+            [t, _]
+                if t.is_numeric() || matches!(t, DataType::Interval(_) | DataType::Duration(_)) =>
+            {
+                plan_err!(
+                    "{} of a {t} (a numeric or interval template) is not supported; format timestamps and dates",
+                    self.title()
+                )
+            }
             _ => plan_err!(
-                "DATE_FORMAT takes a timestamp and a Java pattern such as 'yyyy-MM-dd HH:mm', not {arg_types:?}"
+                "{} takes a timestamp and a pattern, not {arg_types:?}",
+                self.title()
             ),
         }
     }
@@ -109,21 +175,14 @@ impl ScalarUDFImpl for DateFormat {
         args: ScalarFunctionArgs,
     ) -> datafusion::error::Result<ColumnarValue> {
         let [value, pattern] = args.args.as_slice() else {
-            return exec_err!("DATE_FORMAT takes two arguments");
+            return exec_err!("{} takes two arguments", self.title());
         };
         let rows = args.number_rows;
         let times = timestamps(value, rows)?;
-        let compile = |p: &str| {
-            JavaPattern::parse(p).map_err(|e| {
-                datafusion::error::DataFusionError::Execution(format!(
-                    "DATE_FORMAT pattern '{p}': {e}"
-                ))
-            })
-        };
         // The pattern is almost always a constant: compile it once per batch.
         let constant = match pattern {
             ColumnarValue::Scalar(s) => match scalar_text(s) {
-                Some(p) => Some(Some(compile(&p)?)),
+                Some(p) => Some(Some(self.compile(&p)?)),
                 None => Some(None),
             },
             ColumnarValue::Array(_) => None,
@@ -144,7 +203,7 @@ impl ScalarUDFImpl for DateFormat {
                         .downcast_ref::<datafusion::arrow::array::StringArray>();
                     match p.filter(|p| p.is_valid(row)) {
                         Some(p) => {
-                            owned = compile(p.value(row))?;
+                            owned = self.compile(p.value(row))?;
                             Some(&owned)
                         }
                         None => None,

@@ -6,21 +6,25 @@ mod flink_string;
 mod flink_time;
 mod java_pattern;
 mod modulo;
+mod pg_pattern;
 
 use datafusion::logical_expr::ScalarUDF;
 
 pub use flink_string::{RegexpExtract, SplitIndex};
-pub use flink_time::{DateFormat, Part, TimePart};
+pub use flink_time::{Part, Patterns, TimeFormat, TimePart};
 pub use java_pattern::JavaPattern;
 pub use modulo::ModFunction;
+pub use pg_pattern::PgPattern;
 
 /// Every function Weir adds, to register in a planning context (each replaces any DataFusion
-/// function of the same name: DataFusion's `date_format` is `to_char` with strftime patterns,
-/// which would print Flink's `'yyyy-MM-dd'` as that literal text).
+/// function of the same name: DataFusion's `to_char`, alias `date_format`, takes strftime
+/// patterns, and so would print PostgreSQL's `'YYYY-MM-DD'` and Flink's `'yyyy-MM-dd'` as
+/// that literal text).
 pub fn all() -> Vec<ScalarUDF> {
     let mut out = vec![
         ScalarUDF::from(ModFunction::new()),
-        ScalarUDF::from(DateFormat::new()),
+        ScalarUDF::from(TimeFormat::new(Patterns::Java)),
+        ScalarUDF::from(TimeFormat::new(Patterns::Postgres)),
         ScalarUDF::from(RegexpExtract::new()),
         ScalarUDF::from(SplitIndex::new()),
     ];
