@@ -54,8 +54,8 @@ const REFUSED: &[(u32, &str)] = &[
     (4, "an aggregate over such results"),
     (6, "rownum"),
     (12, "plain views"),
-    (13, "SYSTEM_TIME"),
-    (14, "Expected: (, found: AS"),
+    (13, "FOR SYSTEM_TIME AS OF"),
+    (14, "loads a Java class"),
 ];
 
 const EVENTS: u64 = 40_000;

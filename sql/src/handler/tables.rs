@@ -16,6 +16,17 @@ impl Handler {
             return Err(Error::Internal("CREATE TABLE lost its statement".into()));
         };
         let name = object_name(&ct.name)?;
+        if !matches!(
+            ct.table_options,
+            datafusion::sql::sqlparser::ast::CreateTableOptions::None
+        ) {
+            return Err(Error::NotSupported(format!(
+                "CREATE TABLE {name} ... WITH (...): a table with connector options is Flink's \
+                 connector DDL, which Weir does not read. Weir's tables are reference tables \
+                 (CREATE TABLE with a PRIMARY KEY, filled by INSERT or COPY); an event source is \
+                 a stream (CREATE STREAM, or CREATE STREAM ... WITH (connector = 'kafka', ...))"
+            )));
+        }
         if let Some(done) = self.existing(&name, ct.if_not_exists, "CREATE TABLE")? {
             return Ok(done);
         }

@@ -127,6 +127,64 @@ pub(super) fn rewrite_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> 
     out
 }
 
+/// Flink's temporal joins (`JOIN t FOR SYSTEM_TIME AS OF x.ts`), refused with the reason
+/// rather than as a syntax error.
+pub(super) fn refuse_temporal_joins(tokens: &[TokenWithSpan]) -> Result<()> {
+    let words: Vec<&Token> = tokens
+        .iter()
+        .map(|t| &t.token)
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let at = words.windows(4).position(|w| {
+        is_word(w[0], "FOR")
+            && is_word(w[1], "SYSTEM_TIME")
+            && is_word(w[2], "AS")
+            && is_word(w[3], "OF")
+    });
+    match at {
+        Some(_) => Err(Error::NotSupported(
+            "FOR SYSTEM_TIME AS OF (a temporal join) is not supported yet; a join with a \
+             reference table without it is a lookup join, which sees the table as it is when \
+             each event is processed"
+                .into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Flink's `CREATE [TEMPORARY [SYSTEM]] FUNCTION [IF NOT EXISTS] name AS 'java.Class'
+/// [LANGUAGE JAVA]`: refused with the reason, rather than as a syntax error.
+pub(super) fn java_function(parser: &Parser<'_>) -> Option<Error> {
+    let word = |i: usize, w: &str| is_word(&parser.peek_nth_token(i).token, w);
+    if !word(0, "CREATE") {
+        return None;
+    }
+    let mut i = 1;
+    while word(i, "TEMPORARY") || word(i, "SYSTEM") {
+        i += 1;
+    }
+    if !word(i, "FUNCTION") {
+        return None;
+    }
+    i += 1;
+    if word(i, "IF") {
+        i += 3;
+    }
+    // name [. name ...] AS 'class'
+    i += 1;
+    while parser.peek_nth_token(i).token == Token::Period {
+        i += 2;
+    }
+    let class = match (word(i, "AS"), parser.peek_nth_token(i + 1).token) {
+        (true, Token::SingleQuotedString(class)) => class,
+        _ => return None,
+    };
+    Some(Error::NotSupported(format!(
+        "CREATE FUNCTION ... AS '{class}' loads a Java class, which Weir cannot run; \
+         write the function in SQL instead"
+    )))
+}
+
 /// A group window of Flink's legacy syntax: `GROUP BY k, TUMBLE(ts, size)`.
 struct GroupWindow {
     /// `tumble`, `hop` or `session`.

@@ -415,6 +415,7 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         .tokenize_with_location()
         .map_err(|e| Error::Syntax(e.to_string()))?;
     let tokens = super::flink::backtick_identifiers(tokens)?;
+    super::flink::refuse_temporal_joins(&tokens)?;
     let (tokens, emits) = take_emit_clauses(super::flink::rewrite_windows(tokens));
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut out = Vec::new();
@@ -426,6 +427,9 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         let t0 = parser.peek_nth_token(0).token;
         let t1 = parser.peek_nth_token(1).token;
         let t2 = parser.peek_nth_token(2).token;
+        if let Some(e) = super::flink::java_function(&parser) {
+            return Err(e);
+        }
         let stmt = if is_word(&t0, "CREATE") && is_word(&t1, "STREAM") {
             parser.next_token();
             parser.next_token();
@@ -476,18 +480,7 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
                 return Err(Error::Syntax("COPY (SUBSCRIBE ...) goes TO STDOUT".into()));
             }
             // Options (FORMAT text) are accepted; the rows are always text.
-            if parser.parse_keyword(Keyword::WITH) {
-                parser.expect_token(&Token::LParen)?;
-                let mut depth = 1;
-                while depth > 0 {
-                    match parser.next_token().token {
-                        Token::LParen => depth += 1,
-                        Token::RParen => depth -= 1,
-                        Token::EOF => return Err(Error::Syntax("unclosed WITH (".into())),
-                        _ => {}
-                    }
-                }
-            }
+            skip_with_options(&mut parser)?;
             WeirStatement::Subscribe {
                 target,
                 output: SubscribeOutput::Copy,
@@ -547,6 +540,23 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         }
     }
     Ok(out)
+}
+
+/// Skips a `WITH ( ... )` clause, if there is one.
+fn skip_with_options(parser: &mut Parser<'_>) -> Result<()> {
+    if parser.parse_keyword(Keyword::WITH) {
+        parser.expect_token(&Token::LParen)?;
+        let mut depth = 1;
+        while depth > 0 {
+            match parser.next_token().token {
+                Token::LParen => depth += 1,
+                Token::RParen => depth -= 1,
+                Token::EOF => return Err(Error::Syntax("unclosed WITH (".into())),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[TO] name` or `[TO] (query)` after SUBSCRIBE.
