@@ -13,7 +13,7 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 #[path = "support/server.rs"]
 mod server;
-use server::{Server, count, rows};
+use server::{Server, count, generate, rows};
 
 const CREATE_CLICKS: &str = "CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP, \
     WATERMARK FOR ts AS ts - INTERVAL '2' SECOND) WITH (partitions = 4, key = 'user_id')";
@@ -1222,27 +1222,6 @@ async fn every_type_round_trips_in_text_and_binary() {
             "2026-01-02 03:04:05.678901+00",
             "\\x0001ff",
         ]
-    );
-}
-
-/// `weir gen KIND --events N` against `server`.
-fn generate(server: &Server, kind: &str, events: u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args(["gen", kind, "--events", &events.to_string(), "--seed", "7"])
-        .args([
-            "--connect",
-            &format!("postgres://weir@127.0.0.1:{}/weir", server.port),
-        ])
-        .output()
-        .expect("weir gen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains(&format!("{events} events in")),
-        "a progress line"
     );
 }
 

@@ -14,14 +14,13 @@
 //! `a` has closed. A query without windows compares with batch on `a`, later rows included.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
 #[path = "support/server.rs"]
 mod server;
-use server::{Server, rows};
+use server::{Server, generate, rows};
 
 /// Queries Weir runs (besides q11, checked on its own): whether their results are windows
 /// that the watermark closes, and the columns compared (all but for a Top-N, whose rows at
@@ -59,29 +58,6 @@ const REFUSED: &[(u32, &str)] = &[
 ];
 
 const EVENTS: u64 = 40_000;
-
-fn generate(server: &Server) {
-    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
-        .args([
-            "gen",
-            "nexmark",
-            "--events",
-            &EVENTS.to_string(),
-            "--seed",
-            "7",
-        ])
-        .args([
-            "--connect",
-            &format!("postgres://weir@127.0.0.1:{}/weir", server.port),
-        ])
-        .output()
-        .expect("weir gen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Rows a day after every generated event, on keys of their own, for every partition.
 async fn close_every_window(c: &Client) {
@@ -242,8 +218,8 @@ async fn every_nexmark_query_in_flink_text() {
         tempfile::tempdir().expect("dir"),
     );
     let (server_a, server_b) = (Server::start(dir_a.path()), Server::start(dir_b.path()));
-    generate(&server_a);
-    generate(&server_b);
+    generate(&server_a, "nexmark", EVENTS);
+    generate(&server_b, "nexmark", EVENTS);
     let (a, b) = (server_a.client().await, server_b.client().await);
     let same = "SELECT count(*), sum(price), max(datetime) FROM bid";
     assert_eq!(

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, LargeListArray, ListArray, StructArray, UInt32Array,
+    Array, ArrayRef, AsArray, GenericListArray, OffsetSizeTrait, StructArray, UInt32Array,
 };
 use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -105,6 +105,19 @@ fn compact(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
+/// A list array with rebased offsets and only the values its rows use, themselves compacted.
+fn compact_list<O: OffsetSizeTrait>(array: &ArrayRef, field: &FieldRef) -> Result<ArrayRef> {
+    let all = UInt32Array::from_iter_values(0..array.len() as u32);
+    let copied = take(array, &all, None)?;
+    let list = copied.as_list::<O>();
+    Ok(Arc::new(GenericListArray::<O>::try_new(
+        Arc::clone(field),
+        list.offsets().clone(),
+        compact_array(list.values())?,
+        list.nulls().cloned(),
+    )?))
+}
+
 /// A copy of `array` that holds only its own rows, child arrays included.
 fn compact_array(array: &ArrayRef) -> Result<ArrayRef> {
     Ok(match array.data_type() {
@@ -128,35 +141,8 @@ fn compact_array(array: &ArrayRef) -> Result<ArrayRef> {
                 s.nulls().cloned(),
             )?)
         }
-        DataType::List(field) => {
-            // Rebased offsets and only the values the rows use, themselves compacted.
-            let copied = take(
-                array,
-                &UInt32Array::from_iter_values(0..array.len() as u32),
-                None,
-            )?;
-            let list = copied.as_list::<i32>();
-            Arc::new(ListArray::try_new(
-                Arc::clone(field),
-                list.offsets().clone(),
-                compact_array(list.values())?,
-                list.nulls().cloned(),
-            )?)
-        }
-        DataType::LargeList(field) => {
-            let copied = take(
-                array,
-                &UInt32Array::from_iter_values(0..array.len() as u32),
-                None,
-            )?;
-            let list = copied.as_list::<i64>();
-            Arc::new(LargeListArray::try_new(
-                Arc::clone(field),
-                list.offsets().clone(),
-                compact_array(list.values())?,
-                list.nulls().cloned(),
-            )?)
-        }
+        DataType::List(field) => compact_list::<i32>(array, field)?,
+        DataType::LargeList(field) => compact_list::<i64>(array, field)?,
         _ => take(
             array,
             &UInt32Array::from_iter_values(0..array.len() as u32),

@@ -129,3 +129,24 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
 pub async fn count(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.expect(sql).get(0)
 }
+
+/// `weir gen KIND --events N` against `server`.
+pub fn generate(server: &Server, kind: &str, events: u64) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["gen", kind, "--events", &events.to_string(), "--seed", "7"])
+        .args([
+            "--connect",
+            &format!("postgres://weir@127.0.0.1:{}/weir", server.port),
+        ])
+        .output()
+        .expect("weir gen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("{events} events in")),
+        "a progress line"
+    );
+}

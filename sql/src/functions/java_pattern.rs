@@ -3,6 +3,8 @@
 
 use chrono::{Datelike, NaiveDateTime, Timelike};
 
+use super::{DAYS, MONTHS};
+
 /// A field of a date-time that a pattern letter prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -54,30 +56,6 @@ enum Piece {
 /// A compiled pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JavaPattern(Vec<Piece>);
-
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const DAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
 
 /// The field of a pattern letter and the largest count Java accepts for it, or why Weir
 /// refuses the letter.
@@ -239,7 +217,7 @@ impl JavaPattern {
                     }
                 }
                 Field::DayOfWeek => {
-                    let d = DAYS[t.weekday().num_days_from_monday() as usize];
+                    let d = DAYS[t.weekday().num_days_from_sunday() as usize];
                     match n {
                         1..=3 => out.push_str(&d[..3]),
                         4 => out.push_str(d),

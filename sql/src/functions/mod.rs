@@ -10,6 +10,33 @@ mod pg_pattern;
 
 use datafusion::logical_expr::ScalarUDF;
 
+/// Month names in English, January first.
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+
+/// Day names in English, Sunday first.
+const DAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+
 pub use flink_string::{RegexpExtract, SplitIndex};
 pub use flink_time::{Part, Patterns, TimeFormat, TimePart};
 pub use java_pattern::JavaPattern;

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use chrono::{Datelike, NaiveDateTime, Timelike};
 
+use super::{DAYS, MONTHS};
+
 /// A field of a date-time that a template pattern prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -260,29 +262,6 @@ enum Piece {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgPattern(Vec<Piece>);
 
-const MONTHS: [&str; 12] = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-];
-const DAYS: [&str; 7] = [
-    "Sunday",
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-];
 const ROMAN: [&str; 12] = [
     "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII",
 ];
