@@ -52,7 +52,7 @@ const RUNS: &[(u32, bool, Option<&[usize]>)] = &[
 const REFUSED: &[(u32, &str)] = &[
     (4, "an aggregate over such results"),
     (6, "rownum"),
-    (12, "plain views"),
+    (12, "PROCTIME() (processing time) is not supported"),
     (13, "FOR SYSTEM_TIME AS OF"),
     (14, "loads a Java class"),
 ];

@@ -221,10 +221,14 @@ impl Session {
         match kind {
             StatementKind::CreateView(_) => h.create_view(stmt, emit).await,
             StatementKind::ExplainContinuous => h.explain_create_view(stmt, emit).await,
-            StatementKind::DropView | StatementKind::DropTable => {
+            StatementKind::CreatePlainView => h.create_view(stmt, emit).await,
+            StatementKind::DropView | StatementKind::DropTable | StatementKind::DropPlainView => {
                 let (names, if_exists, cascade) = drop_targets(&stmt)?;
                 match kind {
                     StatementKind::DropView => h.drop_views(names, if_exists, cascade).await,
+                    StatementKind::DropPlainView => {
+                        h.drop_plain_views(names, if_exists, cascade).await
+                    }
                     _ => h.drop_tables(names, if_exists, cascade).await,
                 }
             }

@@ -156,6 +156,16 @@ pub struct ViewDef {
     pub memory_limit: Option<u64>,
 }
 
+/// A view that is a named query (`CREATE VIEW`): expanded wherever it is read, in batch
+/// queries and in the queries of materialized views alike; it holds no rows of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlainViewDef {
+    /// View name.
+    pub name: String,
+    /// The SELECT that defines it.
+    pub query: String,
+}
+
 /// A table of reference data: rows inserted, updated and deleted by primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableDef {
@@ -214,6 +224,9 @@ pub struct CatalogData {
     /// Reference tables in creation order.
     #[serde(default)]
     pub tables: Vec<TableDef>,
+    /// Plain views (named queries) in creation order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plain_views: Vec<PlainViewDef>,
 }
 
 /// The catalog file of a data directory.
@@ -310,6 +323,10 @@ mod tests {
             streams: vec![def],
             views: vec![],
             tables: vec![],
+            plain_views: vec![PlainViewDef {
+                name: "recent".into(),
+                query: "SELECT * FROM orders".into(),
+            }],
         };
         file.store(&data).expect("store");
         assert_eq!(file.load().expect("load"), data);

@@ -12,7 +12,7 @@ use weir_engine::runtime::RunningQuery;
 
 use super::connector::Connector;
 use super::table::TableEntry;
-use super::{CatalogData, StreamDef, ViewDef};
+use super::{CatalogData, PlainViewDef, StreamDef, ViewDef};
 use crate::{Error, Result};
 
 /// The catalog every object lives in, as SQL names it (`weir.public.clicks`).
@@ -86,6 +86,8 @@ pub enum ObjectKind {
     MaterializedView,
     /// `CREATE TABLE`.
     Table,
+    /// `CREATE VIEW`: a named query.
+    PlainView,
 }
 
 /// Everything the registry holds, behind one lock.
@@ -111,6 +113,8 @@ impl State {
             Some(ObjectKind::MaterializedView)
         } else if self.tables.contains_key(name) {
             Some(ObjectKind::Table)
+        } else if self.data.plain_views.iter().any(|v| v.name == name) {
+            Some(ObjectKind::PlainView)
         } else {
             None
         }
@@ -160,6 +164,21 @@ impl Registry {
     /// Whether a stream, view or table is called `name`.
     pub fn exists(&self, name: &str) -> bool {
         self.kind_of(name).is_some()
+    }
+
+    /// A plain view (named query) by name.
+    pub fn plain_view(&self, name: &str) -> Option<PlainViewDef> {
+        self.state()
+            .data
+            .plain_views
+            .iter()
+            .find(|v| v.name == name)
+            .cloned()
+    }
+
+    /// All plain views, in creation order.
+    pub fn plain_views(&self) -> Vec<PlainViewDef> {
+        self.state().data.plain_views.clone()
     }
 
     /// All streams, by name.

@@ -340,3 +340,51 @@ impl ScalarUDFImpl for TimePart {
         Ok(ColumnarValue::Array(Arc::new(parts) as ArrayRef))
     }
 }
+
+/// Flink's `PROCTIME()`, refused when planned: a result that depended on when Weir happened to
+/// process each row would differ between a live run, a replay after a restart and a batch
+/// query, which Weir does not allow.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct ProcTime {
+    signature: Signature,
+}
+
+impl ProcTime {
+    /// The function.
+    pub fn new() -> Self {
+        Self {
+            signature: Signature::nullary(Volatility::Volatile),
+        }
+    }
+}
+
+impl Default for ProcTime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ScalarUDFImpl for ProcTime {
+    fn name(&self) -> &str {
+        "proctime"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Err(datafusion::error::DataFusionError::External(Box::new(
+            crate::Error::NotSupported(
+                "PROCTIME() (processing time) is not supported: Weir's results are defined by \
+                 event time, so that they are the same live, after a restart and in batch. \
+                 Window and join on the stream's event time (its WATERMARK column) instead"
+                    .into(),
+            ),
+        )))
+    }
+
+    fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+        exec_err!("PROCTIME() is not supported")
+    }
+}

@@ -38,7 +38,7 @@ const DAYS: [&str; 7] = [
 ];
 
 pub use flink_string::{RegexpExtract, SplitIndex};
-pub use flink_time::{Part, Patterns, TimeFormat, TimePart};
+pub use flink_time::{Part, Patterns, ProcTime, TimeFormat, TimePart};
 pub use java_pattern::JavaPattern;
 pub use modulo::ModFunction;
 pub use pg_pattern::PgPattern;
@@ -54,6 +54,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(TimeFormat::new(Patterns::Postgres)),
         ScalarUDF::from(RegexpExtract::new()),
         ScalarUDF::from(SplitIndex::new()),
+        ScalarUDF::from(ProcTime::new()),
     ];
     for (part, name) in Part::ALL {
         out.push(ScalarUDF::from(TimePart::new(part, name)));

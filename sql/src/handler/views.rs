@@ -6,9 +6,9 @@ use datafusion::sql::sqlparser::ast::{
 };
 
 use super::Handler;
-use crate::catalog::ViewDef;
+use crate::catalog::{PlainViewDef, ViewDef};
 use crate::output::Output;
-use crate::plan::{ViewOptions, compile_query_statement};
+use crate::plan::{ViewOptions, compile_query_statement, refuse_duplicate_names};
 use crate::syntax::{EmitMode, WeirStatement, normalize, object_name};
 use crate::time::interval_ns;
 use crate::{Error, Result};
@@ -76,9 +76,7 @@ impl Handler {
             return Err(Error::Internal("CREATE VIEW lost its statement".into()));
         };
         if !cv.materialized {
-            return Err(Error::NotSupported(
-                "plain views are not supported; use CREATE MATERIALIZED VIEW".into(),
-            ));
+            return self.create_plain_view(cv, emit).await;
         }
         if cv.or_replace || cv.or_alter {
             return Err(Error::NotSupported(
@@ -105,6 +103,72 @@ impl Handler {
         self.blocking(move |db| db.create_view(def, compiled))
             .await?;
         Ok(Output::Command("CREATE MATERIALIZED VIEW".into()))
+    }
+
+    /// `CREATE VIEW [IF NOT EXISTS] name [(columns)] AS SELECT ...`: a named query, planned now
+    /// so that a broken one is refused, and expanded wherever it is read.
+    async fn create_plain_view(
+        &self,
+        cv: datafusion::sql::sqlparser::ast::CreateView,
+        emit: Option<EmitMode>,
+    ) -> Result<Output> {
+        if emit.is_some() {
+            return Err(Error::Syntax(
+                "EMIT ON ... belongs to CREATE MATERIALIZED VIEW".into(),
+            ));
+        }
+        if cv.or_replace || cv.or_alter || cv.temporary {
+            return Err(Error::NotSupported(
+                "CREATE OR REPLACE and TEMPORARY views are not supported; drop the view first"
+                    .into(),
+            ));
+        }
+        if !matches!(cv.options, CreateTableOptions::None) {
+            return Err(Error::NotSupported(
+                "options on a plain view (it holds no state); give them to the materialized views that read it".into(),
+            ));
+        }
+        let name = object_name(&cv.name)?;
+        if let Some(done) = self.existing(&name, cv.if_not_exists, "CREATE VIEW")? {
+            return Ok(done);
+        }
+        let query = rename_columns(cv.query, &name, &cv.columns)?;
+        let plan = self.plan(Statement::Query(query.clone())).await?;
+        refuse_duplicate_names(&plan)?;
+        let def = PlainViewDef {
+            name,
+            query: query.to_string(),
+        };
+        self.blocking(move |db| db.create_plain_view(def)).await?;
+        Ok(Output::Command("CREATE VIEW".into()))
+    }
+
+    /// `DROP VIEW [IF EXISTS] name, ... [CASCADE]`.
+    pub(crate) async fn drop_plain_views(
+        &self,
+        names: Vec<String>,
+        if_exists: bool,
+        cascade: bool,
+    ) -> Result<Output> {
+        for name in names {
+            if self.db.registry().plain_view(&name).is_none() {
+                if if_exists {
+                    continue;
+                }
+                return Err(match self.db.registry().kind_of(&name) {
+                    Some(_) => Error::WrongObject {
+                        sqlstate: "42809",
+                        message: format!(
+                            "\"{name}\" is not a view; DROP MATERIALIZED VIEW, DROP STREAM or DROP TABLE drops it"
+                        ),
+                    },
+                    None => Error::UndefinedRelation(name),
+                });
+            }
+            self.blocking(move |db| db.drop_plain_view(&name, cascade))
+                .await?;
+        }
+        Ok(Output::Command("DROP VIEW".into()))
     }
 
     /// `DROP MATERIALIZED VIEW [IF EXISTS] name, ... [CASCADE]`.

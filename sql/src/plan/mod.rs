@@ -208,7 +208,7 @@ async fn plan_views(
 
 /// A view's rows are read by column name, so two output columns of one name would make every
 /// read fail: refused at CREATE with PostgreSQL's 42701, naming the column.
-fn refuse_duplicate_columns(plan: &LogicalPlan) -> Result<()> {
+pub(crate) fn refuse_duplicate_names(plan: &LogicalPlan) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for field in plan.schema().fields() {
         if !seen.insert(field.name().as_str()) {
@@ -234,7 +234,7 @@ pub(crate) async fn compile_query_statement(
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
     let plan = state.optimize(&plan)?;
-    refuse_duplicate_columns(&plan)?;
+    refuse_duplicate_names(&plan)?;
     let view_plans = plan_views(state, &plan).await?;
     let mut planner = Planner::new(state, options, view_plans);
     let built = planner.build(&plan)?;

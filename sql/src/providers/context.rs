@@ -15,8 +15,9 @@ use super::system::{
 use super::table::RefTable;
 use super::view::ViewTable;
 use super::window::WindowFunction;
-use crate::catalog::{CATALOG, Registry, SCHEMA};
+use crate::catalog::{CATALOG, PlainViewDef, Registry, SCHEMA};
 use crate::settings::Settings;
+use crate::syntax::WeirStatement;
 
 /// Resolves table names to the database's streams and views, as they are right now.
 #[derive(Debug)]
@@ -35,6 +36,7 @@ impl SchemaProvider for WeirSchema {
             .collect();
         names.extend(self.registry.views().iter().map(|v| v.def.name.clone()));
         names.extend(self.registry.tables().iter().map(|t| t.def.name.clone()));
+        names.extend(self.registry.plain_views().into_iter().map(|v| v.name));
         names
     }
 
@@ -59,6 +61,9 @@ impl SchemaProvider for WeirSchema {
         if let Some(t) = self.registry.table(name) {
             return Ok(Some(Arc::new(RefTable::new(t))));
         }
+        if let Some(v) = self.registry.plain_view(name) {
+            return plain_view(&self.registry, v).await.map(Some);
+        }
         Ok(self
             .registry
             .view(name)
@@ -71,6 +76,27 @@ impl SchemaProvider for WeirSchema {
             || name == VIEW_PROGRESS
             || name == CONNECTORS
     }
+}
+
+/// A plain view as DataFusion's view table: its query planned now, over the objects as they
+/// are, and inlined by the planner where it is read (a materialized view's query included).
+async fn plain_view(
+    registry: &Registry,
+    def: PlainViewDef,
+) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+    let mut stmts = crate::syntax::parse(&def.query).map_err(external)?;
+    let (Some(WeirStatement::Sql(stmt)), true) = (stmts.pop(), stmts.is_empty()) else {
+        return datafusion::common::plan_err!("view {} is not defined by one query", def.name);
+    };
+    let ctx = new_context(registry, &Settings::default());
+    let plan = ctx
+        .state()
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(stmt))
+        .await?;
+    Ok(Arc::new(datafusion::catalog::view::ViewTable::new(
+        plan,
+        Some(def.query),
+    )))
 }
 
 /// A DataFusion context that sees the database's objects and Weir's table functions.

@@ -219,6 +219,11 @@ impl WindowFunction {
         } else if let Some(view) = self.db.view(name) {
             let schema = Arc::clone(view.table.schema());
             Ok((WindowInput::View(view), schema))
+        } else if self.db.plain_view(name).is_some() {
+            Err(external(crate::Error::NotSupported(format!(
+                "a window over view {name} by name; window its rows as a subquery: \
+                 TUMBLE((SELECT * FROM {name}), ts, ...)"
+            ))))
         } else {
             Err(external(crate::Error::UndefinedRelation(name.to_string())))
         }

@@ -19,6 +19,10 @@ pub enum StatementKind {
     CreateView(String),
     /// `DROP MATERIALIZED VIEW`.
     DropView,
+    /// `CREATE VIEW name AS SELECT ...`: a named query.
+    CreatePlainView,
+    /// `DROP VIEW`.
+    DropPlainView,
     /// `CREATE TABLE`.
     CreateTable,
     /// `DROP TABLE`.
@@ -96,6 +100,8 @@ impl StatementKind {
                 | Self::DropStream
                 | Self::CreateView(_)
                 | Self::DropView
+                | Self::CreatePlainView
+                | Self::DropPlainView
                 | Self::CreateTable
                 | Self::DropTable
         )
@@ -157,9 +163,11 @@ pub fn command_tag(stmt: &WeirStatement) -> &'static str {
 
 fn sql_tag(s: &Statement) -> &'static str {
     match s {
-        Statement::CreateView(_) => "CREATE MATERIALIZED VIEW",
+        Statement::CreateView(cv) if cv.materialized => "CREATE MATERIALIZED VIEW",
+        Statement::CreateView(_) => "CREATE VIEW",
         Statement::Drop { object_type, .. } => match object_type {
             ObjectType::MaterializedView => "DROP MATERIALIZED VIEW",
+            ObjectType::View => "DROP VIEW",
             ObjectType::Table => "DROP TABLE",
             _ => "DROP",
         },
@@ -194,9 +202,10 @@ fn classify_sql(s: &Statement) -> StatementKind {
         Statement::Explain { statement, .. } if matches!(statement.as_ref(), Statement::CreateView(cv) if cv.materialized) => {
             StatementKind::ExplainContinuous
         }
-        Statement::CreateView(_) => StatementKind::CreateView(String::new()),
+        Statement::CreateView(_) => StatementKind::CreatePlainView,
         Statement::Drop { object_type, .. } => match object_type {
             ObjectType::MaterializedView => StatementKind::DropView,
+            ObjectType::View => StatementKind::DropPlainView,
             ObjectType::Table => StatementKind::DropTable,
             _ => StatementKind::Unsupported,
         },
