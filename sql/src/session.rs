@@ -184,6 +184,7 @@ impl Session {
     /// Hands a statement to the handler of its family.
     async fn dispatch(&self, stmt: WeirStatement, params: Option<ParamValues>) -> Result<Output> {
         let h = &self.handler;
+        h.sync_functions();
         let kind = classify(&stmt);
         match stmt {
             WeirStatement::Subscribe { target, output } => {
@@ -222,6 +223,8 @@ impl Session {
             StatementKind::CreateView(_) => h.create_view(stmt, emit).await,
             StatementKind::ExplainContinuous => h.explain_create_view(stmt, emit).await,
             StatementKind::CreatePlainView => h.create_view(stmt, emit).await,
+            StatementKind::CreateFunction => h.create_function(stmt).await,
+            StatementKind::DropFunction => h.drop_function(stmt).await,
             StatementKind::DropView | StatementKind::DropTable | StatementKind::DropPlainView => {
                 let (names, if_exists, cascade) = drop_targets(&stmt)?;
                 match kind {

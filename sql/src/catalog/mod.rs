@@ -166,6 +166,20 @@ pub struct PlainViewDef {
     pub query: String,
 }
 
+/// A function written in SQL (`CREATE FUNCTION ... LANGUAGE SQL`): one expression over its
+/// named arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionDef {
+    /// Function name.
+    pub name: String,
+    /// Arguments in order: name and SQL type.
+    pub args: Vec<(String, String)>,
+    /// The SQL type it returns.
+    pub returns: String,
+    /// The expression it computes, as SQL over the argument names.
+    pub body: String,
+}
+
 /// A table of reference data: rows inserted, updated and deleted by primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableDef {
@@ -227,6 +241,9 @@ pub struct CatalogData {
     /// Plain views (named queries) in creation order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plain_views: Vec<PlainViewDef>,
+    /// Functions written in SQL, in creation order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionDef>,
 }
 
 /// The catalog file of a data directory.
@@ -326,6 +343,12 @@ mod tests {
             plain_views: vec![PlainViewDef {
                 name: "recent".into(),
                 query: "SELECT * FROM orders".into(),
+            }],
+            functions: vec![FunctionDef {
+                name: "twice".into(),
+                args: vec![("x".into(), "BIGINT".into())],
+                returns: "BIGINT".into(),
+                body: "x * 2".into(),
             }],
         };
         file.store(&data).expect("store");

@@ -12,7 +12,7 @@ use weir_engine::runtime::RunningQuery;
 
 use super::connector::Connector;
 use super::table::TableEntry;
-use super::{CatalogData, PlainViewDef, StreamDef, ViewDef};
+use super::{CatalogData, FunctionDef, PlainViewDef, StreamDef, ViewDef};
 use crate::{Error, Result};
 
 /// The catalog every object lives in, as SQL names it (`weir.public.clicks`).
@@ -174,6 +174,11 @@ impl Registry {
             .iter()
             .find(|v| v.name == name)
             .cloned()
+    }
+
+    /// The functions written in SQL, in creation order.
+    pub fn functions(&self) -> Vec<FunctionDef> {
+        self.state().data.functions.clone()
     }
 
     /// All plain views, in creation order.

@@ -19,7 +19,7 @@ use crate::plan::compile_view;
 use crate::{Error, Result};
 
 mod ddl;
-mod plain_views;
+mod named;
 mod queries;
 mod retention;
 

@@ -7,6 +7,7 @@ mod flink_time;
 mod java_pattern;
 mod modulo;
 mod pg_pattern;
+mod sql_function;
 
 use datafusion::logical_expr::ScalarUDF;
 
@@ -42,6 +43,7 @@ pub use flink_time::{Part, Patterns, ProcTime, TimeFormat, TimePart};
 pub use java_pattern::JavaPattern;
 pub use modulo::ModFunction;
 pub use pg_pattern::PgPattern;
+pub use sql_function::SqlFunction;
 
 /// Every function Weir adds, to register in a planning context (each replaces any DataFusion
 /// function of the same name: DataFusion's `to_char`, alias `date_format`, takes strftime

@@ -10,6 +10,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
+use crate::catalog::FunctionDef;
 use crate::database::Database;
 use crate::output::{Notice, Output};
 use crate::providers::{WeirContext, new_context};
@@ -21,6 +22,7 @@ mod copy;
 mod cursors;
 mod dml;
 mod explain;
+mod functions;
 mod query;
 mod settings;
 mod show;
@@ -44,6 +46,8 @@ pub(crate) struct Handler {
     pub(crate) cursors: tokio::sync::Mutex<HashMap<String, Cursor>>,
     /// Notices for the client (`relation "x" already exists, skipping`), oldest first.
     notices: Mutex<Vec<Notice>>,
+    /// The SQL functions registered in `ctx`, to catch up with other sessions' changes.
+    functions: Mutex<Vec<FunctionDef>>,
 }
 
 impl Handler {
@@ -51,6 +55,7 @@ impl Handler {
     pub(crate) fn new(db: Database) -> Self {
         let settings = Settings::default();
         let ctx = new_context(db.registry(), &settings);
+        let functions = Mutex::new(db.registry().functions());
         Self {
             db,
             ctx,
@@ -58,7 +63,26 @@ impl Handler {
             transaction: Mutex::new(None),
             cursors: tokio::sync::Mutex::new(HashMap::new()),
             notices: Mutex::new(Vec::new()),
+            functions,
         }
+    }
+
+    /// Brings the context's SQL functions up to date with the catalog (created or dropped by
+    /// any session), before a statement is planned.
+    pub(crate) fn sync_functions(&self) {
+        let current = self.db.registry().functions();
+        let mut known = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if *known == current {
+            return;
+        }
+        for gone in known
+            .iter()
+            .filter(|k| !current.iter().any(|c| c.name == k.name))
+        {
+            self.ctx.deregister_udf(&gone.name);
+        }
+        crate::providers::context::register_sql_functions(&self.ctx, &current);
+        *known = current;
     }
 
     /// Queues a notice for the client.

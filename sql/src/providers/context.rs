@@ -15,7 +15,7 @@ use super::system::{
 use super::table::RefTable;
 use super::view::ViewTable;
 use super::window::WindowFunction;
-use crate::catalog::{CATALOG, PlainViewDef, Registry, SCHEMA};
+use crate::catalog::{CATALOG, FunctionDef, PlainViewDef, Registry, SCHEMA};
 use crate::settings::Settings;
 use crate::syntax::WeirStatement;
 
@@ -75,6 +75,21 @@ impl SchemaProvider for WeirSchema {
             || name == LATE_EVENTS
             || name == VIEW_PROGRESS
             || name == CONNECTORS
+    }
+}
+
+/// Registers functions written in SQL, in order (a body may call those before it). One that
+/// no longer plans (a function it calls was dropped) is left out, and calls to it fail.
+pub(crate) fn register_sql_functions(ctx: &SessionContext, defs: &[FunctionDef]) {
+    for def in defs {
+        match super::functions::plan_function(&ctx.state(), def) {
+            Ok(f) => {
+                ctx.register_udf(datafusion::logical_expr::ScalarUDF::from(f));
+            }
+            Err(e) => {
+                tracing::warn!(function = %def.name, error = %e, "a SQL function does not plan");
+            }
+        }
     }
 }
 
@@ -180,6 +195,7 @@ pub(crate) fn new_context(registry: &Registry, settings: &Settings) -> WeirConte
     for f in crate::functions::all() {
         ctx.register_udf(f);
     }
+    register_sql_functions(&ctx, &registry.functions());
     for f in crate::settings::functions(settings) {
         ctx.register_udf(f);
     }

@@ -3,6 +3,7 @@
 //! plans statements over them. Providers read the catalog's registry, never the database.
 
 pub mod context;
+pub(crate) mod functions;
 pub mod pg_catalog;
 pub mod stream;
 pub mod system;

@@ -23,6 +23,10 @@ pub enum StatementKind {
     CreatePlainView,
     /// `DROP VIEW`.
     DropPlainView,
+    /// `CREATE FUNCTION`.
+    CreateFunction,
+    /// `DROP FUNCTION`.
+    DropFunction,
     /// `CREATE TABLE`.
     CreateTable,
     /// `DROP TABLE`.
@@ -102,6 +106,8 @@ impl StatementKind {
                 | Self::DropView
                 | Self::CreatePlainView
                 | Self::DropPlainView
+                | Self::CreateFunction
+                | Self::DropFunction
                 | Self::CreateTable
                 | Self::DropTable
         )
@@ -172,6 +178,8 @@ fn sql_tag(s: &Statement) -> &'static str {
             _ => "DROP",
         },
         Statement::CreateTable(_) => "CREATE TABLE",
+        Statement::CreateFunction(_) => "CREATE FUNCTION",
+        Statement::DropFunction(_) => "DROP FUNCTION",
         Statement::Insert(_) => "INSERT",
         Statement::Update(_) => "UPDATE",
         Statement::Delete(_) => "DELETE",
@@ -210,6 +218,8 @@ fn classify_sql(s: &Statement) -> StatementKind {
             _ => StatementKind::Unsupported,
         },
         Statement::CreateTable(_) => StatementKind::CreateTable,
+        Statement::CreateFunction(_) => StatementKind::CreateFunction,
+        Statement::DropFunction(_) => StatementKind::DropFunction,
         Statement::Insert(_) => StatementKind::Insert,
         Statement::Update(_) => StatementKind::Update,
         Statement::Delete(_) => StatementKind::Delete,
