@@ -26,7 +26,7 @@ pub use lookup_join::LookupJoinOperator;
 pub use projection::ProjectionOperator;
 pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
 pub use stream_join::{JoinInput, StreamJoinOperator};
-pub use top_n::{TopNOperator, TopNOrder};
+pub use top_n::{TopNExpiry, TopNOperator, TopNOrder};
 pub use tumble::TumbleOperator;
 pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
 

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, UInt64Array};
-use datafusion::arrow::compute::{SortOptions, cast};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array, UInt64Array};
+use datafusion::arrow::compute::{SortOptions, cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
@@ -23,6 +23,24 @@ pub struct TopNOrder {
     pub expr: Arc<dyn PhysicalExpr>,
     /// Descending and where NULLs go.
     pub options: SortOptions,
+}
+
+/// A partition key column that ends the partition: a window's end (or its start, with the
+/// window's size as `offset_ns`). Once the watermark passes it, the partition's rows are
+/// final: its state goes, and rows for it that still come are late.
+#[derive(Debug, Clone, Copy)]
+pub struct TopNExpiry {
+    /// Which of the PARTITION BY expressions (a timestamp).
+    pub partition_index: usize,
+    /// Added to its value to get the time the partition is complete.
+    pub offset_ns: i64,
+}
+
+/// The rows kept for one partition, best first, and when the partition is complete.
+#[derive(Debug, Default)]
+struct Kept {
+    end: Option<i64>,
+    rows: Vec<Ranked>,
 }
 
 /// A kept row: its sort key (byte-comparable) and its values.
@@ -47,8 +65,12 @@ pub struct TopNOperator {
     sort: RowConverter,
     keys: Option<RowConverter>,
     /// Kept rows per partition key (`None` without PARTITION BY), best first.
-    partitions: HashMap<Option<OwnedRow>, Vec<Ranked>>,
+    partitions: HashMap<Option<OwnedRow>, Kept>,
     bytes: usize,
+    expiry: Option<TopNExpiry>,
+    watermark: Option<i64>,
+    late_rows: u64,
+    late: Vec<RecordBatch>,
 }
 
 fn evaluate(exprs: &[&Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
@@ -108,7 +130,44 @@ impl TopNOperator {
             },
             partitions: HashMap::new(),
             bytes: 0,
+            expiry: None,
+            watermark: None,
+            late_rows: 0,
+            late: Vec::new(),
         })
+    }
+
+    /// Frees each partition once the watermark passes `expiry` (a window's end): its rows are
+    /// final then, and rows for it that come later are late.
+    pub fn with_expiry(mut self, expiry: TopNExpiry) -> Self {
+        self.expiry = Some(expiry);
+        self
+    }
+
+    /// When each row's partition is complete, if partitions end.
+    fn ends(&self, batch: &RecordBatch) -> Result<Option<Vec<i64>>> {
+        let Some(expiry) = self.expiry else {
+            return Ok(None);
+        };
+        let column = self.partition[expiry.partition_index]
+            .evaluate(batch)?
+            .into_array(batch.num_rows())?;
+        let ns = cast(
+            &column,
+            &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+        )?;
+        let ns = ns.as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        Ok(Some(
+            (0..ns.len())
+                .map(|i| {
+                    if ns.is_null(i) {
+                        i64::MAX
+                    } else {
+                        ns.value(i).saturating_add(expiry.offset_ns)
+                    }
+                })
+                .collect(),
+        ))
     }
 
     /// Ranks the rows of `batch`; returns, per partition touched, the first rank that moved.
@@ -124,10 +183,21 @@ impl TopNOperator {
             }
             None => None,
         };
+        let ends = self.ends(batch)?;
+        let mut late = Vec::new();
         let mut moved: HashMap<Option<OwnedRow>, usize> = HashMap::new();
         for i in 0..n {
+            let end = ends.as_ref().map(|e| e[i]);
+            if let (Some(end), Some(w)) = (end, self.watermark) {
+                if end <= w {
+                    late.push(i as u32);
+                    continue;
+                }
+            }
             let key = keys.as_ref().map(|k| k.row(i).owned());
-            let kept = self.partitions.entry(key.clone()).or_default();
+            let partition = self.partitions.entry(key.clone()).or_default();
+            partition.end = end;
+            let kept = &mut partition.rows;
             let s = sort.row(i);
             // After every row that sorts before or equal to it: ties keep arrival order.
             let at = kept.partition_point(|r| r.sort.row() <= s);
@@ -147,6 +217,17 @@ impl TopNOperator {
             }
             let first = moved.entry(key).or_insert(at);
             *first = (*first).min(at);
+        }
+        if !late.is_empty() {
+            self.late_rows += late.len() as u64;
+            let rows = UInt32Array::from(late);
+            let columns = batch
+                .columns()
+                .iter()
+                .map(|c| Ok(take(c, &rows, None)?))
+                .collect::<Result<Vec<_>>>()?;
+            self.late
+                .push(RecordBatch::try_new(batch.schema(), columns)?);
         }
         Ok(moved)
     }
@@ -172,7 +253,7 @@ impl Operator for TopNOperator {
             let Some(kept) = self.partitions.get(key) else {
                 continue;
             };
-            for (r, ranked) in kept.iter().enumerate().skip(*first) {
+            for (r, ranked) in kept.rows.iter().enumerate().skip(*first) {
                 rows.push(ranked.row.row());
                 ranks.push(r as u64 + 1);
             }
@@ -201,8 +282,20 @@ impl Operator for TopNOperator {
             })
             .collect();
         let partition: Vec<String> = self.partition.iter().map(|e| e.to_string()).collect();
+        let state = match self.expiry {
+            Some(e) => format!(
+                "those rows until the watermark passes {}{}",
+                partition[e.partition_index],
+                if e.offset_ns > 0 {
+                    format!(" + {}", super::tumble::format_duration_ns(e.offset_ns))
+                } else {
+                    String::new()
+                }
+            ),
+            None => "those rows (no time bound)".into(),
+        };
         format!(
-            "TopN: {} rows per [{}] by [{}], ties in arrival order; state: those rows (no time bound), upserts by partition and rank",
+            "TopN: {} rows per [{}] by [{}], ties in arrival order; state: {state}, upserts by partition and rank",
             self.limit,
             partition.join(", "),
             order.join(", ")
@@ -219,19 +312,26 @@ impl Operator for TopNOperator {
         let rows: Vec<_> = self
             .partitions
             .values()
-            .flat_map(|kept| kept.iter().map(|r| r.row.row()))
+            .flat_map(|kept| kept.rows.iter().map(|r| r.row.row()))
             .collect();
+        let values = vec![self.watermark, Some(self.late_rows as i64)];
         if rows.is_empty() {
-            return Ok(OperatorState::default());
+            return Ok(OperatorState {
+                values,
+                batches: Vec::new(),
+            });
         }
         let columns = self.rows.convert_rows(rows)?;
         Ok(OperatorState {
-            values: Vec::new(),
+            values,
             batches: vec![RecordBatch::try_new(Arc::clone(&self.input), columns)?],
         })
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
+        // Rows are ranked again before the watermark is set: they were kept, so not late.
+        let watermark = state.values.first().copied().flatten();
+        self.late_rows = state.value(1)?.unwrap_or(0) as u64;
         for batch in state.batches {
             let columns = batch
                 .columns()
@@ -242,14 +342,46 @@ impl Operator for TopNOperator {
             let batch = RecordBatch::try_new(Arc::clone(&self.input), columns)?;
             self.rank(&batch)?;
         }
+        self.watermark = watermark;
         Ok(())
+    }
+
+    fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
+        if self.watermark.is_some_and(|w| w >= watermark_ns) {
+            return Ok(Vec::new());
+        }
+        self.watermark = Some(watermark_ns);
+        if self.expiry.is_some() {
+            let mut freed = 0;
+            self.partitions.retain(|_, kept| {
+                let done = kept.end.is_some_and(|end| end <= watermark_ns);
+                if done {
+                    freed += kept
+                        .rows
+                        .iter()
+                        .map(|r| r.sort.as_ref().len() + r.row.as_ref().len() + 64)
+                        .sum::<usize>();
+                }
+                !done
+            });
+            self.bytes -= freed;
+        }
+        Ok(Vec::new())
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.late_rows
+    }
+
+    fn take_late(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.late)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, AsArray, Int64Array};
+    use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::Int64Type;
     use datafusion::physical_expr::expressions::Column;
     use proptest::prelude::*;

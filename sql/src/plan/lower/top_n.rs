@@ -4,10 +4,10 @@
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator as BinaryOp, Window};
-use weir_engine::operator::{TopNOperator, TopNOrder};
+use weir_engine::operator::{TopNExpiry, TopNOperator, TopNOrder};
 
 use super::{Built, Planner, arrow_schema, unsupported};
-use crate::plan::bounds::conjuncts;
+use crate::plan::bounds::{TimeColumn, conjuncts};
 use crate::{Error, Result};
 
 /// A filter's bound on a rank column: keep ranks up to `limit`.
@@ -122,17 +122,36 @@ impl Planner<'_> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        // A Top-N per window (PARTITION BY window_end, or window_start) is final once the
+        // watermark passes the window's end: its state goes then.
+        let expiry = key
+            .iter()
+            .enumerate()
+            .filter_map(|(j, &k)| match built.times.get(k).copied().flatten() {
+                Some(TimeColumn::WindowEnd { .. }) => Some((0, j, 0)),
+                Some(TimeColumn::WindowStart { size_ns }) => Some((1, j, size_ns)),
+                _ => None,
+            })
+            .min()
+            .map(|(_, partition_index, offset_ns)| TopNExpiry {
+                partition_index,
+                offset_ns,
+            });
         // Ranks 2..=N of a partition are told apart by the rank; a Top-1 needs the key alone.
         if limit > 1 {
             key.push(input_width);
         }
-        built.operators.push(Box::new(TopNOperator::try_new(
+        let mut op = TopNOperator::try_new(
             arrow_schema(&window.input),
             partition,
             order,
             limit,
             &rank_name,
-        )?));
+        )?;
+        if let Some(expiry) = expiry {
+            op = op.with_expiry(expiry);
+        }
+        built.operators.push(Box::new(op));
         built.times.push(None);
         built.key = Some(key);
         Ok(built)
