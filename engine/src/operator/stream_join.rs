@@ -4,9 +4,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, UInt32Array, new_null_array,
+};
 use datafusion::arrow::compute::{cast, filter, filter_record_batch, interleave, take};
-use datafusion::arrow::datatypes::{DataType, SchemaRef, TimeUnit, TimestampNanosecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::hash_utils::{RandomState, create_hashes};
@@ -34,6 +38,20 @@ pub struct JoinInput {
     pub expiry_column: Option<usize>,
     /// See `expiry_column`.
     pub expiry_offset_ns: i64,
+    /// Whether this input's rows that match nothing are emitted too, with NULLs for the other
+    /// input's columns (the preserved side of a LEFT, RIGHT or FULL join), once they can no
+    /// longer match: when the watermark passes their expiry. Needs `expiry_column`.
+    pub keep_unmatched: bool,
+}
+
+/// What [`StreamJoinOperator::probe`] found.
+struct Probed {
+    /// The joined rows (after the join's filter).
+    joined: Option<RecordBatch>,
+    /// Per row of the probing batch, whether it joined.
+    matched: Vec<bool>,
+    /// The stored rows of the other input that joined, as `(chunk id, row)`.
+    partners: Vec<(usize, u32)>,
 }
 
 /// One batch of stored rows with their keys (in row format) and when it can go.
@@ -43,6 +61,8 @@ struct Chunk {
     keys: Option<Rows>,
     /// The largest expiry time of its rows: the chunk goes once the watermark passes it.
     expiry: i64,
+    /// For an input whose unmatched rows are emitted: per row, whether it has joined yet.
+    matched: Option<Vec<bool>>,
 }
 
 /// The stored rows of one input, indexed by the hash of their key.
@@ -158,6 +178,16 @@ impl StreamJoinOperator {
         filter: Option<Arc<dyn PhysicalExpr>>,
         output: SchemaRef,
     ) -> Result<Self> {
+        if [&left, &right]
+            .iter()
+            .any(|i| i.keep_unmatched && i.expiry_column.is_none())
+        {
+            return Err(Error::InvalidArgument(
+                "an outer join of two streams needs a time bound: its unmatched rows are emitted \
+                 once they can no longer match"
+                    .into(),
+            ));
+        }
         if left.keys.len() != right.keys.len() {
             return Err(Error::Internal(
                 "join inputs have different numbers of keys; this is a bug".into(),
@@ -235,8 +265,9 @@ impl StreamJoinOperator {
         keys: Option<&Rows>,
         hashes: &[u64],
         usable: &[bool],
-    ) -> Result<Option<RecordBatch>> {
+    ) -> Result<Probed> {
         let other = &self.stored[1 - side];
+        let mut matched = vec![false; batch.num_rows()];
         let mut this_rows = Vec::new();
         let mut picks: Vec<(usize, u32)> = Vec::new();
         // Joined rows are about as wide as a row of each side: past the memory limit, the
@@ -275,7 +306,11 @@ impl StreamJoinOperator {
             }
         }
         if this_rows.is_empty() {
-            return Ok(None);
+            return Ok(Probed {
+                joined: None,
+                matched,
+                partners: Vec::new(),
+            });
         }
         // The picked chunks, numbered densely for `interleave`.
         let mut used: Vec<usize> = picks.iter().map(|p| p.0).collect();
@@ -289,11 +324,11 @@ impl StreamJoinOperator {
             .iter()
             .filter_map(|&c| other.chunk(c).map(|ch| &ch.batch))
             .collect();
-        let this_rows = UInt32Array::from(this_rows);
+        let this_indices = UInt32Array::from(this_rows.clone());
         let this_columns = batch
             .columns()
             .iter()
-            .map(|c| Ok(take(c, &this_rows, None)?))
+            .map(|c| Ok(take(c, &this_indices, None)?))
             .collect::<Result<Vec<ArrayRef>>>()?;
         let width = chunks.first().map_or(0, |b| b.num_columns());
         let other_columns = (0..width)
@@ -309,14 +344,52 @@ impl StreamJoinOperator {
             other_columns.into_iter().chain(this_columns).collect()
         };
         let joined = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
-        let joined = match &self.filter {
-            None => joined,
+        // Only pairs that pass the join's filter have joined.
+        let (joined, passed) = match &self.filter {
+            None => (joined, None),
             Some(f) => {
                 let mask = f.evaluate(&joined)?.into_array(joined.num_rows())?;
-                filter_record_batch(&joined, mask.as_boolean())?
+                let mask = mask.as_boolean().clone();
+                (filter_record_batch(&joined, &mask)?, Some(mask))
             }
         };
-        Ok((joined.num_rows() > 0).then_some(joined))
+        let mut partners = Vec::with_capacity(picks.len());
+        for (p, (&row, &pick)) in this_rows.iter().zip(&picks).enumerate() {
+            if passed.as_ref().is_none_or(|m| m.is_valid(p) && m.value(p)) {
+                matched[row as usize] = true;
+                partners.push(pick);
+            }
+        }
+        Ok(Probed {
+            joined: (joined.num_rows() > 0).then_some(joined),
+            matched,
+            partners,
+        })
+    }
+
+    /// Rows `rows` of `batch` (of input `side`) with NULLs for the other input's columns.
+    fn padded(&self, side: usize, batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+        let indices = UInt32Array::from(rows.to_vec());
+        let this = batch
+            .columns()
+            .iter()
+            .map(|c| Ok(take(c, &indices, None)?))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let left_width = self.schema.fields().len() - self.right_width;
+        let (from, to) = if side == 0 {
+            (left_width, self.schema.fields().len())
+        } else {
+            (0, left_width)
+        };
+        let nulls = self.schema.fields()[from..to]
+            .iter()
+            .map(|f| new_null_array(f.data_type(), rows.len()));
+        let columns: Vec<ArrayRef> = if side == 0 {
+            this.into_iter().chain(nulls).collect()
+        } else {
+            nulls.chain(this).collect()
+        };
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 }
 
@@ -330,6 +403,7 @@ impl StreamJoinOperator {
         keys: Option<Rows>,
         hashes: &[u64],
         expiry: &[i64],
+        matched: Option<Vec<bool>>,
     ) {
         let stored = &mut self.stored[s];
         stored.bytes += chunk_bytes(&batch, keys.as_ref());
@@ -343,11 +417,24 @@ impl StreamJoinOperator {
             batch,
             keys,
             expiry: expiry.iter().copied().max().unwrap_or(i64::MIN),
+            matched,
         }));
     }
 
-    /// Stores rows of input `s` from a checkpoint: keys, hashes and expiry as on arrival.
+    /// Stores rows of input `s` from a checkpoint: keys, hashes and expiry as on arrival. An
+    /// input whose unmatched rows are emitted has one more, last, column: whether each joined.
     fn store_restored(&mut self, s: usize, batch: RecordBatch) -> Result<()> {
+        let (batch, matched) = if self.inputs[s].keep_unmatched {
+            let last = batch.num_columns().saturating_sub(1);
+            let flags = batch.column(last).as_boolean();
+            let matched: Vec<bool> = (0..flags.len()).map(|i| flags.value(i)).collect();
+            (
+                batch.project(&(0..last).collect::<Vec<_>>())?,
+                Some(matched),
+            )
+        } else {
+            (batch, None)
+        };
         let expiry = expiry_of(&self.inputs[s], &batch)?;
         let keys = self.keys_of(s, &batch)?;
         let key_rows = match &self.converter {
@@ -355,8 +442,27 @@ impl StreamJoinOperator {
             None => None,
         };
         let hashes = self.hashes(&keys, batch.num_rows())?;
-        self.store(s, batch, key_rows, &hashes, &expiry);
+        self.store(s, batch, key_rows, &hashes, &expiry, matched);
         Ok(())
+    }
+
+    /// Marks the stored rows of input `s` that `partners` names as joined.
+    fn mark_matched(&mut self, s: usize, partners: &[(usize, u32)]) {
+        if !self.inputs[s].keep_unmatched {
+            return;
+        }
+        let stored = &mut self.stored[s];
+        for &(c, r) in partners {
+            let chunk = c
+                .checked_sub(stored.first)
+                .and_then(|i| stored.chunks.get_mut(i))
+                .and_then(Option::as_mut);
+            if let Some(flags) = chunk.and_then(|ch| ch.matched.as_mut()) {
+                if let Some(f) = flags.get_mut(r as usize) {
+                    *f = true;
+                }
+            }
+        }
     }
 }
 
@@ -390,7 +496,7 @@ impl BinaryOperator for StreamJoinOperator {
             .map(|i| !late[i] && keys.iter().all(|k| !k.is_null(i)))
             .collect();
         if late.iter().any(|&l| l) {
-            let rows = filter_record_batch(&batch, &BooleanArray::from(late))?;
+            let rows = filter_record_batch(&batch, &BooleanArray::from(late.clone()))?;
             self.late_rows += rows.num_rows() as u64;
             self.late.push(rows);
         }
@@ -399,13 +505,34 @@ impl BinaryOperator for StreamJoinOperator {
             None => None,
         };
         let hashes = self.hashes(&keys, n)?;
-        let out = self.probe(s, &batch, key_rows.as_ref(), &hashes, &usable)?;
+        let probed = self.probe(s, &batch, key_rows.as_ref(), &hashes, &usable)?;
+        self.mark_matched(1 - s, &probed.partners);
+        let mut out: Vec<RecordBatch> = probed.joined.into_iter().collect();
         // Keep what a later row of the other input could still match.
         let keep: Vec<bool> = (0..n)
             .map(|i| usable[i] && self.watermark.is_none_or(|w| expiry[i] >= w))
             .collect();
+        // A preserved row that matched nothing and cannot match later (a NULL key, or already
+        // past its expiry) goes out padded now; late rows are late, not unmatched.
+        if self.inputs[s].keep_unmatched {
+            let alone: Vec<u32> = (0..n)
+                .filter(|&i| !late[i] && !probed.matched[i] && !keep[i])
+                .map(|i| i as u32)
+                .collect();
+            if !alone.is_empty() {
+                out.push(self.padded(s, &batch, &alone)?);
+            }
+        }
+        let matched = self.inputs[s].keep_unmatched.then_some(probed.matched);
         let kept = keep.iter().filter(|&&k| k).count();
         if kept > 0 {
+            let matched = matched.map(|m| {
+                m.into_iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(m, _)| m)
+                    .collect::<Vec<bool>>()
+            });
             let (batch, keys, hashes, expiry) = if kept == n {
                 (batch, key_rows, hashes, expiry)
             } else {
@@ -440,9 +567,9 @@ impl BinaryOperator for StreamJoinOperator {
                     pick(&expiry),
                 )
             };
-            self.store(s, batch, keys, &hashes, &expiry);
+            self.store(s, batch, keys, &hashes, &expiry, matched);
         }
-        Ok(out.into_iter().collect())
+        Ok(out)
     }
 
     fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
@@ -450,13 +577,24 @@ impl BinaryOperator for StreamJoinOperator {
             return Ok(Vec::new());
         }
         self.watermark = Some(watermark_ns);
-        for stored in &mut self.stored {
+        let mut alone: Vec<(usize, RecordBatch, Vec<u32>)> = Vec::new();
+        for (s, stored) in self.stored.iter_mut().enumerate() {
             let mut dropped = 0;
             for slot in stored.chunks.iter_mut() {
                 if slot.as_ref().is_some_and(|c| c.expiry < watermark_ns) {
                     if let Some(c) = slot.take() {
                         dropped += c.batch.num_rows();
                         stored.bytes -= chunk_bytes(&c.batch, c.keys.as_ref());
+                        // Preserved rows that never joined go out now, padded: none can come.
+                        if let Some(flags) = &c.matched {
+                            let rows: Vec<u32> = (0..flags.len())
+                                .filter(|&i| !flags[i])
+                                .map(|i| i as u32)
+                                .collect();
+                            if !rows.is_empty() {
+                                alone.push((s, c.batch, rows));
+                            }
+                        }
                     }
                 }
             }
@@ -467,7 +605,10 @@ impl BinaryOperator for StreamJoinOperator {
             stored.rows -= dropped;
             stored.compact_index();
         }
-        Ok(Vec::new())
+        alone
+            .iter()
+            .map(|(s, batch, rows)| self.padded(*s, batch, rows))
+            .collect()
     }
 
     fn late_rows(&self) -> u64 {
@@ -493,11 +634,33 @@ impl BinaryOperator for StreamJoinOperator {
     /// Values: watermark, late rows, and how many of the batches are the left input's; the
     /// batches are the stored rows of the left input, then of the right.
     fn snapshot(&mut self) -> Result<OperatorState> {
-        let batches = |s: &Stored| -> Vec<RecordBatch> {
-            s.chunks.iter().flatten().map(|c| c.batch.clone()).collect()
+        // A preserved input's rows carry whether each has joined, as a last column.
+        let batches = |s: &Stored| -> Result<Vec<RecordBatch>> {
+            s.chunks
+                .iter()
+                .flatten()
+                .map(|c| match &c.matched {
+                    None => Ok(c.batch.clone()),
+                    Some(flags) => {
+                        let mut fields: Vec<_> =
+                            c.batch.schema().fields().iter().cloned().collect();
+                        fields.push(Arc::new(Field::new(
+                            "weir_matched",
+                            DataType::Boolean,
+                            false,
+                        )));
+                        let mut columns = c.batch.columns().to_vec();
+                        columns.push(Arc::new(BooleanArray::from(flags.clone())));
+                        Ok(RecordBatch::try_new(
+                            Arc::new(Schema::new(fields)),
+                            columns,
+                        )?)
+                    }
+                })
+                .collect()
         };
-        let left = batches(&self.stored[0]);
-        let right = batches(&self.stored[1]);
+        let left = batches(&self.stored[0])?;
+        let right = batches(&self.stored[1])?;
         Ok(OperatorState {
             values: vec![
                 self.watermark,
@@ -550,14 +713,20 @@ impl BinaryOperator for StreamJoinOperator {
             .as_ref()
             .map(|f| format!(" filter {f}"))
             .unwrap_or_default();
+        let kind = match (self.inputs[0].keep_unmatched, self.inputs[1].keep_unmatched) {
+            (false, false) => "inner",
+            (true, false) => "left outer",
+            (false, true) => "right outer",
+            (true, true) => "full outer",
+        };
         if self.inputs.iter().all(|i| i.expiry_column.is_none()) {
             return format!(
-                "StreamJoin: inner on [{}]{filter}; state: every row of both inputs (no time bound), within the view's memory limit",
+                "StreamJoin: {kind} on [{}]{filter}; state: every row of both inputs (no time bound), within the view's memory limit",
                 on.join(", ")
             );
         }
         format!(
-            "StreamJoin: inner on [{}]{filter}; state: left rows until the watermark passes {}, right rows until it passes {}",
+            "StreamJoin: {kind} on [{}]{filter}; state: left rows until the watermark passes {}, right rows until it passes {}",
             on.join(", "),
             keep(0),
             keep(1)
@@ -617,6 +786,7 @@ mod tests {
             time_lag_ns: 0,
             expiry_column: Some(1),
             expiry_offset_ns: 0,
+            keep_unmatched: false,
         };
         let op =
             StreamJoinOperator::try_new(input("l"), input("r"), &l, None, output).expect("join");
@@ -692,5 +862,99 @@ mod tests {
         );
         op.on_watermark(21).expect("watermark");
         assert_eq!(op.stored_rows(), [0, 0]);
+    }
+
+    /// A FULL join of windows: unmatched rows go out padded when their window closes, NULL keys
+    /// at once, and a checkpoint keeps which stored rows have joined.
+    #[test]
+    fn outer_joins_emit_unmatched_rows_when_they_can_no_longer_match() {
+        let nullable = |prefix: &str| {
+            Arc::new(Schema::new(vec![
+                Field::new(format!("{prefix}k"), DataType::Int64, true),
+                Field::new(
+                    format!("{prefix}t"),
+                    DataType::Timestamp(TimeUnit::Nanosecond, None),
+                    true,
+                ),
+            ]))
+        };
+        let (l, r) = (nullable("l"), nullable("r"));
+        let output = Arc::new(Schema::new(
+            l.fields()
+                .iter()
+                .chain(r.fields())
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
+        let make = || {
+            let input = |name: &str| JoinInput {
+                keys: vec![
+                    Arc::new(Column::new(&format!("{name}k"), 0)) as _,
+                    Arc::new(Column::new(&format!("{name}t"), 1)) as _,
+                ],
+                time: Some(1),
+                time_lag_ns: 0,
+                expiry_column: Some(1),
+                expiry_offset_ns: 0,
+                keep_unmatched: true,
+            };
+            StreamJoinOperator::try_new(input("l"), input("r"), &l, None, Arc::clone(&output))
+                .expect("join")
+        };
+        let cells = |out: &[RecordBatch]| {
+            let mut v = Vec::new();
+            for b in out {
+                for i in 0..b.num_rows() {
+                    let cell = |c: usize| {
+                        let a = b.column(c);
+                        if a.is_null(i) {
+                            None
+                        } else {
+                            Some(
+                                cast(a, &DataType::Int64)
+                                    .expect("cast")
+                                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                                    .value(i),
+                            )
+                        }
+                    };
+                    v.push((cell(0), cell(1), cell(2), cell(3)));
+                }
+            }
+            v.sort_unstable();
+            v
+        };
+        let mut op = make();
+        let mut out = op
+            .process_batch(
+                Side::Left,
+                batch(&l, &[(Some(1), 10), (Some(2), 10), (None, 10)]),
+            )
+            .expect("left");
+        out.extend(
+            op.process_batch(Side::Right, batch(&r, &[(Some(1), 10), (Some(3), 10)]))
+                .expect("right"),
+        );
+        assert_eq!(
+            cells(&out),
+            vec![
+                (None, Some(10), None, None),
+                (Some(1), Some(10), Some(1), Some(10))
+            ]
+        );
+        // Restored from a checkpoint, the operator still knows rows 1 joined and 2 and 3 did not.
+        let state = op.snapshot().expect("snapshot");
+        let mut op = make();
+        op.restore(state).expect("restore");
+        let closed = op.on_watermark(11).expect("watermark");
+        assert_eq!(
+            cells(&closed),
+            vec![
+                (None, None, Some(3), Some(10)),
+                (Some(2), Some(10), None, None)
+            ]
+        );
+        assert_eq!(op.stored_rows(), [0, 0]);
+        assert!(op.explain().starts_with("StreamJoin: full outer"));
     }
 }

@@ -83,9 +83,12 @@ impl Planner<'_> {
             (None, Some(table)) => self.build_lookup_join(join, table, false),
             (Some(table), None) => self.build_lookup_join(join, table, true),
             (None, None) => {
-                if join.join_type != JoinType::Inner {
+                if !matches!(
+                    join.join_type,
+                    JoinType::Inner | JoinType::Left | JoinType::Right | JoinType::Full
+                ) {
                     return Err(unsupported(&format!(
-                        "a {} join of two streams (only inner joins)",
+                        "a {} join of two streams (inner and outer joins only)",
                         join.join_type
                     )));
                 }
@@ -245,6 +248,22 @@ impl Planner<'_> {
             (Some(l), Some(r)) => Some((l, r)),
             _ => None,
         };
+        use datafusion::logical_expr::JoinType;
+        let (keep_left, keep_right) = match join.join_type {
+            JoinType::Left => (true, false),
+            JoinType::Right => (false, true),
+            JoinType::Full => (true, true),
+            _ => (false, false),
+        };
+        if (keep_left || keep_right) && bounded.is_none() {
+            return Err(Error::NotSupported(format!(
+                "a {} join of two streams without a time bound (its unmatched rows would have to \
+                 be retracted when a match arrives) is not supported yet; bound it in time, as \
+                 an interval or window join, and unmatched rows are emitted once they can no \
+                 longer match",
+                join.join_type
+            )));
+        }
         let left_schema = join.left.schema();
         let right_schema = join.right.schema();
         let mut left_keys = Vec::new();
@@ -257,7 +276,7 @@ impl Planner<'_> {
             Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
             None => None,
         };
-        let input = |keys, side: Option<(usize, i64)>, offset: usize| match side {
+        let input = |keys, side: Option<(usize, i64)>, offset: usize, keep_unmatched| match side {
             Some((column, expiry_offset_ns)) => JoinInput {
                 keys,
                 time: Some(column),
@@ -266,6 +285,7 @@ impl Planner<'_> {
                 ),
                 expiry_column: Some(column),
                 expiry_offset_ns,
+                keep_unmatched,
             },
             None => JoinInput {
                 keys,
@@ -273,19 +293,21 @@ impl Planner<'_> {
                 time_lag_ns: 0,
                 expiry_column: None,
                 expiry_offset_ns: 0,
+                keep_unmatched,
             },
         };
         let op = StreamJoinOperator::try_new(
-            input(left_keys, bounded.map(|b| b.0), 0),
-            input(right_keys, bounded.map(|b| b.1), left_width),
+            input(left_keys, bounded.map(|b| b.0), 0, keep_left),
+            input(right_keys, bounded.map(|b| b.1), left_width, keep_right),
             &Arc::new(left_schema.as_arrow().clone()),
             filter,
             Arc::new(join.schema.as_arrow().clone()),
         )?;
         // Window columns equated across the join keep their meaning in the output: a match is
-        // emitted when its later row arrives, which is never behind the watermark.
+        // emitted when its later row arrives, which is never behind the watermark. An outer
+        // join's unmatched rows come out behind it, so its output follows no watermark.
         let mut out_times = vec![None; times.len()];
-        for b in &bounds {
+        for b in bounds.iter().filter(|_| !keep_left && !keep_right) {
             if b.low == Some(0) && b.high == Some(0) {
                 let r = left_width + b.right;
                 if matches!(
