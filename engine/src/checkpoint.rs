@@ -18,13 +18,6 @@ use std::fs;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
-
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, GenericListArray, OffsetSizeTrait, StructArray, UInt32Array,
-};
-use datafusion::arrow::compute::{cast, take};
-use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -76,81 +69,6 @@ pub struct Checkpoint {
     pub parts: Vec<OperatorState>,
 }
 
-/// `batch` with columns that hold only its own rows. A slice of a larger batch (one group's
-/// rows, a few stored join rows) shares its parent's buffers, and Arrow IPC writes some of them
-/// whole: the values of view and dictionary arrays and of nested children. Columns that are
-/// already compact are kept as they are.
-fn compact(batch: &RecordBatch) -> Result<RecordBatch> {
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    let mut changed = false;
-    for column in batch.columns() {
-        // A dictionary's size counts its whole dictionary as needed: judged by its values.
-        let sparse = match column.as_any_dictionary_opt() {
-            Some(d) => d.values().len() > 2 * d.len() + 64,
-            None => {
-                let needed = column.to_data().get_slice_memory_size()?;
-                column.get_array_memory_size() > 2 * needed + 4096
-            }
-        };
-        if sparse {
-            columns.push(compact_array(column)?);
-            changed = true;
-        } else {
-            columns.push(Arc::clone(column));
-        }
-    }
-    if !changed {
-        return Ok(batch.clone());
-    }
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
-}
-
-/// A list array with rebased offsets and only the values its rows use, themselves compacted.
-fn compact_list<O: OffsetSizeTrait>(array: &ArrayRef, field: &FieldRef) -> Result<ArrayRef> {
-    let all = UInt32Array::from_iter_values(0..array.len() as u32);
-    let copied = take(array, &all, None)?;
-    let list = copied.as_list::<O>();
-    Ok(Arc::new(GenericListArray::<O>::try_new(
-        Arc::clone(field),
-        list.offsets().clone(),
-        compact_array(list.values())?,
-        list.nulls().cloned(),
-    )?))
-}
-
-/// A copy of `array` that holds only its own rows, child arrays included.
-fn compact_array(array: &ArrayRef) -> Result<ArrayRef> {
-    Ok(match array.data_type() {
-        DataType::Utf8View => Arc::new(array.as_string_view().gc()),
-        DataType::BinaryView => Arc::new(array.as_binary_view().gc()),
-        DataType::Dictionary(_, values) => {
-            // Through the values' type and back: the dictionary keeps only the values used.
-            let plain = cast(array, values)?;
-            cast(&plain, array.data_type())?
-        }
-        DataType::Struct(fields) => {
-            let s = array.as_struct();
-            let children = s
-                .columns()
-                .iter()
-                .map(compact_array)
-                .collect::<Result<_>>()?;
-            Arc::new(StructArray::try_new(
-                fields.clone(),
-                children,
-                s.nulls().cloned(),
-            )?)
-        }
-        DataType::List(field) => compact_list::<i32>(array, field)?,
-        DataType::LargeList(field) => compact_list::<i64>(array, field)?,
-        _ => take(
-            array,
-            &UInt32Array::from_iter_values(0..array.len() as u32),
-            None,
-        )?,
-    })
-}
-
 impl Checkpoint {
     /// The checkpoint as bytes (see the module documentation).
     pub fn encode(&self) -> Result<Vec<u8>> {
@@ -171,7 +89,7 @@ impl Checkpoint {
                 let mut ipc = Vec::new();
                 {
                     let mut w = StreamWriter::try_new(&mut ipc, b.schema_ref())?;
-                    w.write(&compact(b)?)?;
+                    w.write(&crate::compact::compact(b)?)?;
                     w.finish()?;
                 }
                 put_len(&mut out, ipc.len())?;
@@ -387,8 +305,10 @@ impl CheckpointStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use datafusion::arrow::array::{Int64Array, StringArray};
-    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
 

@@ -4,6 +4,7 @@
 //! [`operator::Operator`]s and hands them to [`runtime`] together with the [`log`] they read.
 
 pub mod checkpoint;
+pub mod compact;
 pub mod dataflow;
 pub mod error;
 pub mod log;

@@ -579,17 +579,13 @@ impl ResultTable {
         }
     }
 
-    /// Bytes of memory the rows hold (for the query's memory budget). Batches that share
-    /// buffers are counted once each, so this errs on the high side.
+    /// Bytes of memory the rows hold (for the query's memory budget): each batch's own rows,
+    /// so a batch sliced from a larger one counts its slice.
     pub fn memory_bytes(&self) -> usize {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
-            Rows::Append(all) => all.iter().map(RecordBatch::get_array_memory_size).sum(),
+            Rows::Append(all) => all.iter().map(crate::compact::batch_bytes).sum(),
             Rows::Keyed(keyed) => {
-                let chunks: usize = keyed
-                    .chunks
-                    .iter()
-                    .map(RecordBatch::get_array_memory_size)
-                    .sum();
+                let chunks: usize = keyed.chunks.iter().map(crate::compact::batch_bytes).sum();
                 let keys: usize = keyed.live.keys().map(|k| k.as_ref().len() + 48).sum();
                 chunks + keys
             }

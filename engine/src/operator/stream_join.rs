@@ -134,9 +134,9 @@ pub struct StreamJoinOperator {
     memory_limit: usize,
 }
 
-/// Memory of a stored chunk: its batch and key rows.
+/// Memory of a stored chunk: its batch's rows and key rows.
 fn chunk_bytes(batch: &RecordBatch, keys: Option<&Rows>) -> usize {
-    batch.get_array_memory_size() + keys.map_or(0, Rows::size)
+    crate::compact::batch_bytes(batch) + keys.map_or(0, Rows::size)
 }
 
 /// Expiry times of `batch`'s rows as `input` defines them; `i64::MAX` (never) without a column.
@@ -567,6 +567,8 @@ impl BinaryOperator for StreamJoinOperator {
                     pick(&expiry),
                 )
             };
+            // Kept for long, a slice of a larger batch would hold the whole of it.
+            let batch = crate::compact::compact(&batch)?;
             self.store(s, batch, keys, &hashes, &expiry, matched);
         }
         Ok(out)
