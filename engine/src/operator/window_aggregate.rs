@@ -88,6 +88,9 @@ pub struct WindowAggregateOperator {
     late_rows: u64,
     late: Vec<RecordBatch>,
     group_ids: Vec<usize>,
+    /// Per window updated by the batch being processed, the group ids it touched: only their
+    /// rows are emitted again (the output is upserts by group key).
+    touched: BTreeMap<i64, Vec<usize>>,
 }
 
 impl WindowAggregateOperator {
@@ -179,6 +182,7 @@ impl WindowAggregateOperator {
             late_rows: 0,
             late: Vec::new(),
             group_ids: Vec::new(),
+            touched: BTreeMap::new(),
         };
         // Accumulators are created per window as windows open; create one set now so that an
         // aggregate that cannot run on these types fails here, at CREATE time, not later.
@@ -226,9 +230,23 @@ impl WindowAggregateOperator {
             if self.emit == Emit::OnWindowClose && end > closed_up_to {
                 continue;
             }
-            let columns = self.current_values(end)?;
+            let mut columns = self.current_values(end)?;
+            // Group ids are the rows' positions: keep the rows of the groups just updated.
+            let rows = columns.first().map_or(0, |c| c.len());
+            if let Some(mut ids) = self.touched.remove(&end) {
+                ids.sort_unstable();
+                ids.dedup();
+                if ids.len() < rows {
+                    let ids = UInt32Array::from_iter_values(ids.into_iter().map(|i| i as u32));
+                    columns = columns
+                        .iter()
+                        .map(|c| Ok(take(c, &ids, None)?))
+                        .collect::<Result<Vec<_>>>()?;
+                }
+            }
             out.push(batch_of(&self.schema, columns)?);
         }
+        self.touched.clear();
         Ok(out)
     }
 
@@ -309,6 +327,10 @@ impl WindowAggregateOperator {
             .get_mut(&end)
             .ok_or_else(|| Error::Internal("window vanished during update".into()))?;
         state.groups.intern(groups, &mut self.group_ids)?;
+        self.touched
+            .entry(end)
+            .or_default()
+            .extend_from_slice(&self.group_ids);
         let total = state.groups.len();
         for ((acc, args), filter) in state.accumulators.iter_mut().zip(args).zip(filters) {
             acc.update_batch(args, &self.group_ids, filter.as_ref(), total)?;
@@ -695,11 +717,11 @@ mod tests {
         let out = op.process_batch(batch(&[(0, 1, 3)])).expect("p");
         assert_eq!(
             rows(&out),
-            vec![(0, 1, 2, 8), (0, 2, 1, 7)],
-            "the touched window, all groups"
+            vec![(0, 1, 2, 8)],
+            "the touched group only: the output is upserts by group"
         );
         let out = op.process_batch(batch(&[(0, 1, 1), (0, 3, 2)])).expect("p");
-        assert_eq!(rows(&out), vec![(0, 1, 3, 9), (0, 2, 1, 7), (0, 3, 1, 2)]);
+        assert_eq!(rows(&out), vec![(0, 1, 3, 9), (0, 3, 1, 2)]);
         assert!(
             op.on_watermark(10 * S).expect("wm").is_empty(),
             "final values already out"
