@@ -586,7 +586,16 @@ impl ResultTable {
             Rows::Append(all) => all.iter().map(crate::compact::batch_bytes).sum(),
             Rows::Keyed(keyed) => {
                 let chunks: usize = keyed.chunks.iter().map(crate::compact::batch_bytes).sum();
-                let keys: usize = keyed.live.keys().map(|k| k.as_ref().len() + 48).sum();
+                // Keys by a sample's average width: walking millions of keys on every check
+                // would cost more than the query.
+                let sample: Vec<usize> = keyed
+                    .live
+                    .keys()
+                    .take(64)
+                    .map(|k| k.as_ref().len())
+                    .collect();
+                let width = sample.iter().sum::<usize>() / sample.len().max(1);
+                let keys = keyed.live.len() * (width + 48);
                 chunks + keys
             }
         }
