@@ -733,13 +733,19 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
         let seen = wake.generation();
         let mut progressed = false;
         let last_watermark = position.last_watermark;
-        for (s, source) in position.sources.iter_mut().enumerate() {
+        'round: for (s, source) in position.sources.iter_mut().enumerate() {
             let partitions = source.spec.log.partitions().to_vec();
             let ends = source.spec.log.snapshot_offsets();
             for (p, partition) in partitions.iter().enumerate() {
                 for (offset, batch) in
                     partition.read_until(source.offsets[p], ends[p], ROWS_PER_ROUND)?
                 {
+                    // A stop (DROP, shutdown) is seen between batches, not only between
+                    // rounds: a round of a slow query can take minutes. The offsets say
+                    // exactly what was processed.
+                    if stop.load(Ordering::Acquire) {
+                        break 'round;
+                    }
                     if offset > source.offsets[p] {
                         // Retention removed rows this query had not read yet.
                         tracing::warn!(
