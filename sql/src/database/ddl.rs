@@ -105,6 +105,7 @@ impl Database {
     /// Drops a stream and its log; its views (and streams made from it `AS SELECT`) go too with
     /// `cascade`, else their existence is an error.
     pub fn drop_stream(&self, name: &str, cascade: bool) -> Result<()> {
+        self.drop_plain_views_reading("stream", name, cascade)?;
         self.drop_streams_made_from("stream", name, cascade, |p| p.reads(name))?;
         // Refused before anything stops: a refused drop must leave the stream's own query and
         // connector running.
@@ -206,6 +207,9 @@ impl Database {
     /// they are an error.
     pub fn drop_view(&self, name: &str, cascade: bool) -> Result<()> {
         if self.view(name).is_some() {
+            self.drop_plain_views_reading("materialized view", name, cascade)?;
+        }
+        if self.view(name).is_some() {
             self.drop_streams_made_from("materialized view", name, cascade, |p| {
                 p.views.iter().any(|v| v == name)
             })?;
@@ -270,6 +274,7 @@ impl Database {
 
     /// Drops a reference table; views that join it go too with `cascade`, else they are an error.
     pub fn drop_table(&self, name: &str, cascade: bool) -> Result<()> {
+        self.drop_plain_views_reading("table", name, cascade)?;
         self.drop_streams_made_from("table", name, cascade, |p| {
             p.tables.iter().any(|t| t == name)
         })?;

@@ -50,6 +50,50 @@ fn functions_called(query: &str) -> Vec<String> {
 }
 
 impl Database {
+    /// The plain views whose definitions read relation `name` (a stream, a materialized view or
+    /// a table about to be dropped): an error (2BP01) without `cascade`, else dropped first.
+    pub(crate) fn drop_plain_views_reading(
+        &self,
+        kind: &str,
+        name: &str,
+        cascade: bool,
+    ) -> Result<()> {
+        let readers: Vec<String> = self
+            .state()
+            .data
+            .plain_views
+            .iter()
+            .filter(|v| relations_named(&v.query).iter().any(|r| r == name))
+            .map(|v| v.name.clone())
+            .collect();
+        if readers.is_empty() {
+            return Ok(());
+        }
+        if !cascade {
+            return Err(Error::WrongObject {
+                sqlstate: "2BP01",
+                message: format!(
+                    "cannot drop {kind} {name} because view {} depends on it; use DROP {} {name} \
+                     CASCADE to drop them too",
+                    readers.join(", "),
+                    kind.to_uppercase()
+                ),
+            });
+        }
+        for view in &readers {
+            if self
+                .state()
+                .data
+                .plain_views
+                .iter()
+                .any(|v| &v.name == view)
+            {
+                self.drop_plain_view(view, true)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Persists a function written in SQL (planned by the caller).
     pub(crate) fn create_function(&self, def: FunctionDef) -> Result<()> {
         check_name(&def.name)?;
