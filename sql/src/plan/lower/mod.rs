@@ -158,9 +158,14 @@ impl Planner<'_> {
                     None => (None, Vec::new()),
                 };
                 let bounded = rank.is_some();
-                self.rank_limit = rank;
-                let mut built = self.build(&f.input)?;
-                let predicate = if bounded && self.rank_limit.take().is_none() {
+                // A bound is only for a ROW_NUMBER right below this filter: one from a filter
+                // above waits until this subtree is built.
+                let outer = std::mem::replace(&mut self.rank_limit, rank);
+                let built = self.build(&f.input);
+                let consumed = bounded && self.rank_limit.is_none();
+                self.rank_limit = outer;
+                let mut built = built?;
+                let predicate = if consumed {
                     rest.into_iter().reduce(Expr::and)
                 } else {
                     Some(f.predicate.clone())
