@@ -1,6 +1,6 @@
 //! Plain views (CREATE VIEW: named queries, expanded where they are read) and functions written
 //! in SQL, kept in the catalog. What uses one is found by the names in the definitions of
-//! the views: the relations they read, the functions they call.
+//! the views and functions: the relations they read, the functions they call.
 
 use std::ops::ControlFlow;
 
@@ -11,87 +11,146 @@ use crate::catalog::{FunctionDef, PlainViewDef};
 use crate::syntax::{WeirStatement, normalize, parse};
 use crate::{Error, Result};
 
-/// The relations a query's text names (streams, views, tables), by their last name part.
-pub(crate) fn relations_named(query: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    if let Ok(stmts) = parse(query) {
-        for stmt in stmts {
-            if let WeirStatement::Sql(s) | WeirStatement::Emit(s, _) = stmt {
-                let _ = visit_relations(s.as_ref(), |name: &ObjectName| {
-                    if let Some(ident) = name.0.last().and_then(|p| p.as_ident()) {
-                        names.push(normalize(ident));
-                    }
-                    ControlFlow::<()>::Continue(())
-                });
-            }
-        }
-    }
-    names
+/// How a definition can use a named object.
+#[derive(Debug, Clone, Copy)]
+enum Use {
+    /// Reads it as a relation (a stream, view or table).
+    Reads,
+    /// Calls it as a function.
+    Calls,
 }
 
-/// The functions a query's text calls, by their last name part.
-fn functions_called(query: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    if let Ok(stmts) = parse(query) {
-        for stmt in stmts {
-            if let WeirStatement::Sql(s) | WeirStatement::Emit(s, _) = stmt {
-                let _ = visit_expressions(s.as_ref(), |e: &Expr| {
-                    if let Expr::Function(f) = e {
-                        if let Some(ident) = f.name.0.last().and_then(|p| p.as_ident()) {
-                            names.push(normalize(ident));
-                        }
-                    }
-                    ControlFlow::<()>::Continue(())
-                });
-            }
-        }
-    }
-    names
+/// Whether the SQL `query` uses `name` in the way `how` says (names compare by their last
+/// part, folded as Weir folds them).
+fn uses(query: &str, how: Use, name: &str) -> bool {
+    let Ok(stmts) = parse(query) else {
+        return false;
+    };
+    let last = |n: &ObjectName| n.0.last().and_then(|p| p.as_ident()).map(normalize);
+    stmts.iter().any(|stmt| {
+        let (WeirStatement::Sql(s) | WeirStatement::Emit(s, _)) = stmt else {
+            return false;
+        };
+        let found = match how {
+            Use::Reads => visit_relations(s.as_ref(), |n: &ObjectName| {
+                if last(n).as_deref() == Some(name) {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            }),
+            Use::Calls => visit_expressions(s.as_ref(), |e: &Expr| match e {
+                Expr::Function(f) if last(&f.name).as_deref() == Some(name) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }),
+        };
+        found.is_break()
+    })
+}
+
+/// What uses an object about to be dropped, by kind.
+#[derive(Debug, Default)]
+struct Dependents {
+    functions: Vec<String>,
+    plain: Vec<String>,
+    materialized: Vec<String>,
 }
 
 impl Database {
+    /// The functions, plain views and materialized views (other than `name` itself) whose
+    /// definitions use `name` as `how` says.
+    fn dependents(&self, name: &str, how: Use) -> Dependents {
+        let state = self.state();
+        let data = &state.data;
+        Dependents {
+            functions: data
+                .functions
+                .iter()
+                .filter(|f| f.name != name && uses(&format!("SELECT {}", f.body), how, name))
+                .map(|f| f.name.clone())
+                .collect(),
+            plain: data
+                .plain_views
+                .iter()
+                .filter(|v| v.name != name && uses(&v.query, how, name))
+                .map(|v| v.name.clone())
+                .collect(),
+            materialized: data
+                .views
+                .iter()
+                .filter(|v| v.name != name && uses(&v.query, how, name))
+                .map(|v| v.name.clone())
+                .collect(),
+        }
+    }
+
+    /// Refuses to drop `what` (`"view x"`, for the message, where `label` names the kind of
+    /// the dependents if it is one; `drop` is its statement) while `deps` exist (2BP01), or
+    /// with `cascade` drops them first.
+    fn drop_dependents(
+        &self,
+        what: &str,
+        label: &str,
+        drop: &str,
+        deps: Dependents,
+        cascade: bool,
+    ) -> Result<()> {
+        let all: Vec<&String> = deps
+            .functions
+            .iter()
+            .chain(&deps.plain)
+            .chain(&deps.materialized)
+            .collect();
+        if all.is_empty() {
+            return Ok(());
+        }
+        if !cascade {
+            let names: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+            return Err(Error::WrongObject {
+                sqlstate: "2BP01",
+                message: format!(
+                    "cannot drop {what} because {label}{} depends on it; use {drop} CASCADE to \
+                     drop them too",
+                    names.join(", ")
+                ),
+            });
+        }
+        // One may already be gone with another's cascade.
+        for f in &deps.functions {
+            if self.state().data.functions.iter().any(|d| &d.name == f) {
+                self.drop_function(f, true)?;
+            }
+        }
+        for view in &deps.plain {
+            if self.registry().plain_view(view).is_some() {
+                self.drop_plain_view(view, true)?;
+            }
+        }
+        for view in &deps.materialized {
+            if self.view(view).is_some() {
+                self.drop_view(view, true)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The plain views whose definitions read relation `name` (a stream, a materialized view or
     /// a table about to be dropped): an error (2BP01) without `cascade`, else dropped first.
+    /// (Materialized views that read it are the caller's to check.)
     pub(crate) fn drop_plain_views_reading(
         &self,
         kind: &str,
         name: &str,
         cascade: bool,
     ) -> Result<()> {
-        let readers: Vec<String> = self
-            .state()
-            .data
-            .plain_views
-            .iter()
-            .filter(|v| relations_named(&v.query).iter().any(|r| r == name))
-            .map(|v| v.name.clone())
-            .collect();
-        if readers.is_empty() {
-            return Ok(());
-        }
-        if !cascade {
-            return Err(Error::WrongObject {
-                sqlstate: "2BP01",
-                message: format!(
-                    "cannot drop {kind} {name} because view {} depends on it; use DROP {} {name} \
-                     CASCADE to drop them too",
-                    readers.join(", "),
-                    kind.to_uppercase()
-                ),
-            });
-        }
-        for view in &readers {
-            if self
-                .state()
-                .data
-                .plain_views
-                .iter()
-                .any(|v| &v.name == view)
-            {
-                self.drop_plain_view(view, true)?;
-            }
-        }
-        Ok(())
+        let plain = Dependents {
+            plain: self.dependents(name, Use::Reads).plain,
+            ..Dependents::default()
+        };
+        let drop = format!("DROP {} {name}", kind.to_uppercase());
+        self.drop_dependents(&format!("{kind} {name}"), "view ", &drop, plain, cascade)
     }
 
     /// Persists a function written in SQL (planned by the caller).
@@ -115,69 +174,14 @@ impl Database {
     /// Forgets a function. Views (plain or materialized) and functions that call it are an
     /// error (2BP01), or with `cascade` are dropped too.
     pub fn drop_function(&self, name: &str, cascade: bool) -> Result<()> {
-        let (plain, materialized, functions) = {
-            let state = self.state();
-            let calls = |query: &str| functions_called(query).iter().any(|f| f == name);
-            let plain: Vec<String> = state
-                .data
-                .plain_views
-                .iter()
-                .filter(|v| calls(&v.query))
-                .map(|v| v.name.clone())
-                .collect();
-            let materialized: Vec<String> = state
-                .data
-                .views
-                .iter()
-                .filter(|v| calls(&v.query))
-                .map(|v| v.name.clone())
-                .collect();
-            let functions: Vec<String> = state
-                .data
-                .functions
-                .iter()
-                .filter(|f| f.name != name && calls(&format!("SELECT {}", f.body)))
-                .map(|f| f.name.clone())
-                .collect();
-            (plain, materialized, functions)
-        };
-        let all: Vec<String> = plain
-            .iter()
-            .chain(&materialized)
-            .chain(&functions)
-            .cloned()
-            .collect();
-        if !cascade && !all.is_empty() {
-            return Err(Error::WrongObject {
-                sqlstate: "2BP01",
-                message: format!(
-                    "cannot drop function {name} because {} depends on it; use DROP FUNCTION \
-                     {name} CASCADE to drop them too",
-                    all.join(", ")
-                ),
-            });
-        }
-        for f in &functions {
-            if self.state().data.functions.iter().any(|d| &d.name == f) {
-                self.drop_function(f, true)?;
-            }
-        }
-        for view in &plain {
-            if self
-                .state()
-                .data
-                .plain_views
-                .iter()
-                .any(|v| &v.name == view)
-            {
-                self.drop_plain_view(view, true)?;
-            }
-        }
-        for view in &materialized {
-            if self.view(view).is_some() {
-                self.drop_view(view, true)?;
-            }
-        }
+        let deps = self.dependents(name, Use::Calls);
+        self.drop_dependents(
+            &format!("function {name}"),
+            "",
+            &format!("DROP FUNCTION {name}"),
+            deps,
+            cascade,
+        )?;
         let mut state = self.state();
         let mut data = state.data.clone();
         data.functions.retain(|f| f.name != name);
@@ -202,55 +206,17 @@ impl Database {
     /// Forgets a plain view. The views (plain or materialized) whose definitions read it are an
     /// error (2BP01), or with `cascade` are dropped too.
     pub fn drop_plain_view(&self, name: &str, cascade: bool) -> Result<()> {
-        let (plain, materialized) = {
-            let state = self.state();
-            if !state.data.plain_views.iter().any(|v| v.name == name) {
-                return Err(Error::UndefinedRelation(name.to_string()));
-            }
-            let reads = |query: &str| relations_named(query).iter().any(|r| r == name);
-            let plain: Vec<String> = state
-                .data
-                .plain_views
-                .iter()
-                .filter(|v| v.name != name && reads(&v.query))
-                .map(|v| v.name.clone())
-                .collect();
-            let materialized: Vec<String> = state
-                .data
-                .views
-                .iter()
-                .filter(|v| reads(&v.query))
-                .map(|v| v.name.clone())
-                .collect();
-            (plain, materialized)
-        };
-        if !cascade && !(plain.is_empty() && materialized.is_empty()) {
-            let all: Vec<String> = plain.iter().chain(&materialized).cloned().collect();
-            return Err(Error::WrongObject {
-                sqlstate: "2BP01",
-                message: format!(
-                    "cannot drop view {name} because {} depends on it; use DROP VIEW {name} \
-                     CASCADE to drop them too",
-                    all.join(", ")
-                ),
-            });
+        if self.registry().plain_view(name).is_none() {
+            return Err(Error::UndefinedRelation(name.to_string()));
         }
-        for view in &plain {
-            if self
-                .state()
-                .data
-                .plain_views
-                .iter()
-                .any(|v| &v.name == view)
-            {
-                self.drop_plain_view(view, true)?;
-            }
-        }
-        for view in &materialized {
-            if self.view(view).is_some() {
-                self.drop_view(view, true)?;
-            }
-        }
+        let deps = self.dependents(name, Use::Reads);
+        self.drop_dependents(
+            &format!("view {name}"),
+            "",
+            &format!("DROP VIEW {name}"),
+            deps,
+            cascade,
+        )?;
         let mut state = self.state();
         let mut data = state.data.clone();
         data.plain_views.retain(|v| v.name != name);
