@@ -64,8 +64,8 @@ pub struct TopNOperator {
     rows: RowConverter,
     sort: RowConverter,
     keys: Option<RowConverter>,
-    /// Kept rows per partition key (`None` without PARTITION BY), best first.
-    partitions: HashMap<Option<OwnedRow>, Kept>,
+    /// Kept rows per partition key (its row-format bytes; empty without PARTITION BY).
+    partitions: HashMap<Box<[u8]>, Kept>,
     bytes: usize,
     expiry: Option<TopNExpiry>,
     watermark: Option<i64>,
@@ -171,7 +171,7 @@ impl TopNOperator {
     }
 
     /// Ranks the rows of `batch`; returns, per partition touched, the first rank that moved.
-    fn rank(&mut self, batch: &RecordBatch) -> Result<HashMap<Option<OwnedRow>, usize>> {
+    fn rank(&mut self, batch: &RecordBatch) -> Result<HashMap<Box<[u8]>, usize>> {
         let n = batch.num_rows();
         let order: Vec<&Arc<dyn PhysicalExpr>> = self.order.iter().map(|o| &o.expr).collect();
         let sort = self.sort.convert_columns(&evaluate(&order, batch)?)?;
@@ -185,7 +185,7 @@ impl TopNOperator {
         };
         let ends = self.ends(batch)?;
         let mut late = Vec::new();
-        let mut moved: HashMap<Option<OwnedRow>, usize> = HashMap::new();
+        let mut moved: HashMap<Box<[u8]>, usize> = HashMap::new();
         for i in 0..n {
             let end = ends.as_ref().map(|e| e[i]);
             if let (Some(end), Some(w)) = (end, self.watermark) {
@@ -194,8 +194,14 @@ impl TopNOperator {
                     continue;
                 }
             }
-            let key = keys.as_ref().map(|k| k.row(i).owned());
-            let partition = self.partitions.entry(key.clone()).or_default();
+            // Keys are copied only for a partition's first row, not for every row.
+            let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
+            if !self.partitions.contains_key(key) {
+                self.partitions.insert(key.into(), Kept::default());
+            }
+            let Some(partition) = self.partitions.get_mut(key) else {
+                continue;
+            };
             partition.end = end;
             let kept = &mut partition.rows;
             let s = sort.row(i);
@@ -215,8 +221,12 @@ impl TopNOperator {
                     self.bytes -= out.sort.as_ref().len() + out.row.as_ref().len() + 64;
                 }
             }
-            let first = moved.entry(key).or_insert(at);
-            *first = (*first).min(at);
+            match moved.get_mut(key) {
+                Some(first) => *first = (*first).min(at),
+                None => {
+                    moved.insert(key.into(), at);
+                }
+            }
         }
         if !late.is_empty() {
             self.late_rows += late.len() as u64;
