@@ -7,10 +7,12 @@ mod filter;
 mod hop;
 mod lookup_join;
 mod projection;
+mod retract_aggregate;
 mod session;
 mod stream_join;
 mod top_n;
 mod tumble;
+mod upsert_changelog;
 mod window_aggregate;
 
 use std::sync::Arc;
@@ -24,10 +26,12 @@ pub use filter::FilterOperator;
 pub use hop::HopOperator;
 pub use lookup_join::LookupJoinOperator;
 pub use projection::ProjectionOperator;
+pub use retract_aggregate::{RetractAggregateOperator, retract_refusal};
 pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
 pub use stream_join::{JoinInput, StreamJoinOperator};
 pub use top_n::{TopNExpiry, TopNOperator, TopNOrder};
 pub use tumble::TumbleOperator;
+pub use upsert_changelog::{INSERTED, UpsertChangelogOperator};
 pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
 
 use crate::checkpoint::OperatorState;

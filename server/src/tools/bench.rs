@@ -69,6 +69,7 @@ pub const QUERIES: &[(&str, &str)] = &[
 /// RisingWave's form: each file creates the view `nexmark_<name>`.
 pub const FLINK_QUERIES: &[(&str, &str)] = &[
     ("q3", include_str!("../../../tests/nexmark/q3.sql")),
+    ("q4", include_str!("../../../tests/nexmark/q4.sql")),
     ("q9", include_str!("../../../tests/nexmark/q9.sql")),
     ("q10", include_str!("../../../tests/nexmark/q10.sql")),
     ("q11", include_str!("../../../tests/nexmark/q11.sql")),

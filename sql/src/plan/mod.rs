@@ -255,6 +255,16 @@ pub(crate) async fn compile_query_statement(
             "a materialized view must read a stream".into(),
         ));
     }
+    if built.changelog {
+        return Err(Error::NotSupported(
+            "results that change (EMIT ON UPDATE, GROUP BY without a window, a Top-N) must \
+             select every GROUP BY column (of a Top-N: its PARTITION BY columns, and its ROW_NUMBER \
+             unless it keeps one row), so that each row can be updated in place; or aggregate \
+             them again (SELECT category, AVG(m) FROM (... GROUP BY auction, category) GROUP BY \
+             category)"
+                .into(),
+        ));
+    }
     let key = built.key.clone();
     let visibility = built.visibility;
     let delay_ns = planner

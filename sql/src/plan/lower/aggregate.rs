@@ -10,8 +10,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column;
 use weir_engine::operator::{
-    AggregateSpec, Emit, ProjectionOperator, SessionAggregateOperator, SessionColumn,
-    WindowAggregateOperator, WindowColumn,
+    AggregateSpec, Emit, ProjectionOperator, RetractAggregateOperator, SessionAggregateOperator,
+    SessionColumn, WindowAggregateOperator, WindowColumn, retract_refusal,
 };
 
 use super::{Built, Planner, arrow_schema, unsupported};
@@ -117,10 +117,10 @@ impl Planner<'_> {
         plan: &LogicalPlan,
     ) -> Result<Built> {
         let mut built = self.build(&agg.input)?;
-        if built.key.is_some() {
-            return Err(unsupported(
-                "an aggregate over results that change (EMIT ON UPDATE, allowed_lateness, or GROUP BY without a window)",
-            ));
+        if built.changes() {
+            let schema = Self::physical_schema(&agg.input, &built);
+            let built = Self::into_changelog(built, &schema)?;
+            return self.build_retract_aggregate(built, agg, plan);
         }
         if agg.group_expr.is_empty() {
             return self.build_global_aggregate(built, agg, plan);
@@ -203,6 +203,102 @@ impl Planner<'_> {
         built.operators.push(Box::new(operator));
         built.aggregated = true;
         built.times = out_times;
+        Ok(built)
+    }
+
+    /// An aggregate over results that change, fed their changelog: each group's result follows
+    /// as rows arrive and are taken back. Without GROUP BY there is always one row (a COUNT of
+    /// 0 once every row is gone); with it, a group leaves when it has no rows.
+    pub(crate) fn build_retract_aggregate(
+        &self,
+        mut built: Built,
+        agg: &datafusion::logical_expr::Aggregate,
+        plan: &LogicalPlan,
+    ) -> Result<Built> {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema};
+        if self.options.emit == Some(EmitMode::OnWindowClose)
+            || self.options.allowed_lateness_ns > 0
+        {
+            return Err(Error::NotSupported(
+                "EMIT ON WINDOW CLOSE and allowed_lateness apply to windowed aggregates over rows \
+                 that only append, not to an aggregate over results that change"
+                    .into(),
+            ));
+        }
+        if agg
+            .group_expr
+            .iter()
+            .any(|e| matches!(e, Expr::GroupingSet(_)))
+        {
+            return Err(unsupported("GROUPING SETS / ROLLUP / CUBE"));
+        }
+        let input = Self::physical_schema(&agg.input, &built);
+        let aggregates = aggregate_specs(agg, self.state)?;
+        for a in &aggregates {
+            if let Some(why) = retract_refusal(a, &input)? {
+                return Err(Error::NotSupported(format!(
+                    "{why} is not supported: over results that change (a GROUP BY without a \
+                     window, a Top-N, EMIT ON UPDATE), Weir keeps COUNT, SUM, AVG, MIN and MAX \
+                     exactly"
+                )));
+            }
+        }
+        let global = agg.group_expr.is_empty();
+        let mut groups = agg
+            .group_expr
+            .iter()
+            .map(|e| {
+                self.state
+                    .create_physical_expr(e.clone(), agg.input.schema())
+            })
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let output = arrow_schema(plan);
+        let mut fields: Vec<_> = output.fields().iter().cloned().collect();
+        if global {
+            // One constant group, dropped below.
+            groups.push(datafusion::physical_expr::expressions::lit(
+                datafusion::common::ScalarValue::Int64(Some(0)),
+            ));
+            fields.insert(0, Arc::new(Field::new("weir_all", DataType::Int64, false)));
+        }
+        fields.push(Arc::new(Field::new(
+            super::VISIBLE,
+            DataType::Boolean,
+            true,
+        )));
+        let with_visibility = Arc::new(Schema::new(fields));
+        built
+            .operators
+            .push(Box::new(RetractAggregateOperator::try_new(
+                &input,
+                groups,
+                &aggregates,
+                Arc::clone(&with_visibility),
+            )?));
+        built.changelog = false;
+        built.aggregated = true;
+        built.times = vec![None; output.fields().len()];
+        if global {
+            let exprs = output
+                .fields()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    (
+                        Arc::new(Column::new(f.name(), i + 1)) as Arc<dyn PhysicalExpr>,
+                        f.name().clone(),
+                    )
+                })
+                .collect();
+            built.operators.push(Box::new(ProjectionOperator::try_new(
+                exprs,
+                &with_visibility,
+            )?));
+            built.key = Some(Vec::new());
+        } else {
+            built.key = Some((0..agg.group_expr.len()).collect());
+            built.visibility = true;
+        }
         Ok(built)
     }
 

@@ -116,7 +116,7 @@ impl Planner<'_> {
         };
         let stream_plan = if table_first { &join.right } else { &join.left };
         let mut built = self.build(stream_plan)?;
-        if built.key.is_some() {
+        if built.changes() {
             return Err(unsupported(
                 "a lookup join of results that change (EMIT ON UPDATE or GROUP BY without a window)",
             ));
@@ -208,7 +208,7 @@ impl Planner<'_> {
     ) -> Result<Built> {
         let left = self.build(&join.left)?;
         let right = self.build(&join.right)?;
-        if left.key.is_some() || right.key.is_some() {
+        if left.changes() || right.changes() {
             return Err(unsupported(
                 "a join of results that change (EMIT ON UPDATE, allowed_lateness, or GROUP BY without a window)",
             ));
@@ -332,6 +332,7 @@ impl Planner<'_> {
             windowed_aggregate,
             key: None,
             visibility: false,
+            changelog: false,
         })
     }
 }

@@ -12,7 +12,9 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use weir_engine::dataflow::Dataflow;
-use weir_engine::operator::{BinaryOperator, FilterOperator, Operator, ProjectionOperator};
+use weir_engine::operator::{
+    BinaryOperator, FilterOperator, INSERTED, Operator, ProjectionOperator, UpsertChangelogOperator,
+};
 use weir_engine::pipeline::Pipeline;
 
 use super::ViewOptions;
@@ -52,12 +54,32 @@ pub(crate) struct Built {
     pub(crate) key: Option<Vec<usize>>,
     /// Upserts carry one more, last, column: whether the row passes HAVING (else it leaves).
     pub(crate) visibility: bool,
+    /// The rows are a changelog (results that change, without their key): one more, last,
+    /// column ([`INSERTED`]) says whether each row is inserted or taken back.
+    pub(crate) changelog: bool,
 }
 
 /// The name of the column that says whether an upserted row passes HAVING.
 pub(crate) const VISIBLE: &str = "weir_visible";
 
 impl Built {
+    /// Whether the rows change after they are emitted (upserts or a changelog), rather than
+    /// only append.
+    pub(crate) fn changes(&self) -> bool {
+        self.key.is_some() || self.changelog
+    }
+
+    /// The column that follows the rows' own: [`VISIBLE`] or [`INSERTED`], if either.
+    pub(crate) fn trailer(&self) -> Option<(&'static str, bool)> {
+        if self.visibility {
+            Some((VISIBLE, true))
+        } else if self.changelog {
+            Some((INSERTED, false))
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn into_dataflow(self) -> Dataflow {
         let pipeline = Pipeline::new(self.input, self.operators);
         match self.base {
@@ -83,7 +105,7 @@ pub(crate) fn derived_window_input(
     time: &str,
     what: &str,
 ) -> Result<Built> {
-    if built.key.is_some() {
+    if built.changes() {
         return Err(Error::NotSupported(format!(
             "a window over {what}, whose rows change (EMIT ON UPDATE, allowed_lateness, \
              or GROUP BY without a window); window over rows that only append"
@@ -181,10 +203,10 @@ impl Planner<'_> {
                     // view: compute the condition as a column that the view's table obeys.
                     return self.push_visibility(built, &f.input, predicate);
                 }
-                built.operators.push(Box::new(FilterOperator::try_new(
-                    predicate,
-                    arrow_schema(&f.input),
-                )?));
+                let schema = Self::physical_schema(&f.input, &built);
+                built
+                    .operators
+                    .push(Box::new(FilterOperator::try_new(predicate, schema)?));
                 Ok(built)
             }
             LogicalPlan::Projection(p) => self.build_projection(p),
@@ -219,14 +241,14 @@ impl Planner<'_> {
     /// The schema the operators see for `plan`'s rows: with the visibility column if any.
     pub(crate) fn physical_schema(plan: &LogicalPlan, built: &Built) -> SchemaRef {
         let schema = arrow_schema(plan);
-        if !built.visibility {
+        let Some((name, nullable)) = built.trailer() else {
             return schema;
-        }
+        };
         let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
         fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
-            VISIBLE,
+            name,
             datafusion::arrow::datatypes::DataType::Boolean,
-            true,
+            nullable,
         )));
         Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
     }
@@ -289,7 +311,27 @@ impl Planner<'_> {
             windowed_aggregate: false,
             key: None,
             visibility: false,
+            changelog: false,
         }
+    }
+
+    /// Upserts that lose a column of their key (a projection, or an aggregate over them) go on
+    /// as a changelog: each change of a key's row becomes the old row taken back and the new one
+    /// inserted. `schema` is the schema of the rows so far, with their visibility column.
+    pub(crate) fn into_changelog(mut built: Built, schema: &SchemaRef) -> Result<Built> {
+        let Some(key) = built.key.take() else {
+            return Ok(built);
+        };
+        built
+            .operators
+            .push(Box::new(UpsertChangelogOperator::try_new(
+                schema,
+                key,
+                built.visibility,
+            )?));
+        built.visibility = false;
+        built.changelog = true;
+        Ok(built)
     }
 
     /// Another materialized view's query, compiled into this one (a derived stream).
@@ -354,15 +396,14 @@ impl Planner<'_> {
                     .iter()
                     .map(|k| projection.iter().position(|p| p == k))
                     .collect();
-                built.key = Some(mapped.ok_or_else(|| {
-                    Error::NotSupported(
-                        "reading a view whose rows change needs every column of its key".into(),
-                    )
-                })?);
+                match mapped {
+                    Some(mapped) => built.key = Some(mapped),
+                    None => built = Self::into_changelog(built, &schema)?,
+                }
             }
-            if built.visibility {
+            if let Some((name, _)) = built.trailer() {
                 let last = schema.fields().len() - 1;
-                exprs.push((Arc::new(Column::new(VISIBLE, last)), VISIBLE.to_string()));
+                exprs.push((Arc::new(Column::new(name, last)), name.to_string()));
             }
             built.times = projection
                 .iter()
@@ -394,17 +435,13 @@ impl Planner<'_> {
         if let Some(key) = &built.key {
             let position = |k: usize| p.expr.iter().position(|e| source_index(e) == Some(k));
             let mapped: Option<Vec<usize>> = key.iter().map(|&k| position(k)).collect();
-            built.key = Some(mapped.ok_or_else(|| {
-                Error::NotSupported(
-                    "results that change (EMIT ON UPDATE, GROUP BY without a window, a Top-N) \
-                     must select every GROUP BY column (of a Top-N: its PARTITION BY columns, and \
-                     its ROW_NUMBER unless it keeps one row), so that each row can be updated in \
-                     place; \
-                     an aggregate over such results (an AVG of a MAX per group) is not \
-                     supported yet"
-                        .into(),
-                )
-            })?);
+            match mapped {
+                Some(mapped) => built.key = Some(mapped),
+                None => {
+                    let schema = Self::physical_schema(&p.input, &built);
+                    built = Self::into_changelog(built, &schema)?;
+                }
+            }
         }
         built.times = p
             .expr
@@ -422,9 +459,9 @@ impl Planner<'_> {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        if built.visibility {
+        if let Some((name, _)) = built.trailer() {
             let width = input.fields().len();
-            exprs.push((Arc::new(Column::new(VISIBLE, width)), VISIBLE.to_string()));
+            exprs.push((Arc::new(Column::new(name, width)), name.to_string()));
         }
         let schema = Self::physical_schema(&p.input, &built);
         built

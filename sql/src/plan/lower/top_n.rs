@@ -91,7 +91,7 @@ impl Planner<'_> {
             }
         };
         let mut built = self.build(&window.input)?;
-        if built.key.is_some() {
+        if built.changes() {
             return Err(unsupported(
                 "a Top-N over results that change (EMIT ON UPDATE, or GROUP BY without a window)",
             ));

@@ -1,0 +1,879 @@
+//! Grouped aggregation over a changelog (rows inserted, and rows taken back): COUNT, SUM, AVG,
+//! MIN and MAX kept exactly, emitted as upserts of the groups each batch changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, FixedSizeBinaryArray,
+    FixedSizeBinaryBuilder, Float64Array, Int64Array, UInt32Array,
+};
+use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, TryCastExpr};
+
+use super::{AggregateSpec, Operator, batch_of};
+use crate::checkpoint::OperatorState;
+use crate::{Error, Result};
+
+/// Bytes a group costs beyond its key: the map entry, the key's allocation, counters.
+const GROUP_OVERHEAD: usize = 96;
+/// Bytes a distinct MIN/MAX value costs beyond its bytes (a B-tree entry and its allocation).
+const VALUE_OVERHEAD: usize = 48;
+
+/// What an aggregate keeps per group, so that rows can be taken back exactly.
+#[derive(Debug)]
+enum Kept {
+    /// COUNT(x): how many non-NULL values.
+    Count(Vec<i64>),
+    /// SUM or AVG over integers or decimals (`scale` digits after the point): the exact sum in
+    /// 128 bits and how many values it has.
+    Sum {
+        avg: bool,
+        scale: i8,
+        sums: Vec<i128>,
+        counts: Vec<i64>,
+    },
+    /// MIN or MAX: every value with its multiplicity, ordered by row-format bytes.
+    Extreme {
+        max: bool,
+        converter: RowConverter,
+        values: Vec<BTreeMap<Box<[u8]>, i64>>,
+        null: OwnedRow,
+    },
+}
+
+/// One aggregate: its argument, its filter, and its kept state.
+#[derive(Debug)]
+struct Retractable {
+    arg: Arc<dyn PhysicalExpr>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    kept: Kept,
+}
+
+fn is_integer(t: &DataType) -> bool {
+    t.is_integer()
+}
+
+/// The argument of `expr` as given, before a cast of an integer to a float that DataFusion's
+/// AVG puts in (the sum stays exact in integers).
+fn exact_argument(
+    arg: &Arc<dyn PhysicalExpr>,
+    input: &Schema,
+) -> Result<(Arc<dyn PhysicalExpr>, DataType)> {
+    let expr: &dyn PhysicalExpr = arg.as_ref();
+    let inner = if let Some(c) = expr.downcast_ref::<CastExpr>() {
+        Some(c.expr())
+    } else {
+        expr.downcast_ref::<TryCastExpr>().map(|c| c.expr())
+    };
+    if let Some(inner) = inner {
+        let t = inner.data_type(input)?;
+        if is_integer(&t) {
+            return Ok((Arc::clone(inner), t));
+        }
+    }
+    Ok((Arc::clone(arg), arg.data_type(input)?))
+}
+
+/// Why `spec` cannot be kept over rows that may be taken back, or `None` if it can.
+pub fn retract_refusal(spec: &AggregateSpec, input: &Schema) -> Result<Option<String>> {
+    let name = spec.expr.fun().name().to_ascii_lowercase();
+    if spec.expr.is_distinct() {
+        return Ok(Some(format!(
+            "{}(DISTINCT ...) over rows that change",
+            name.to_uppercase()
+        )));
+    }
+    let args = spec.expr.expressions();
+    let refusal = match (name.as_str(), args.as_slice()) {
+        ("count", [_]) | ("min" | "max", [_]) => None,
+        ("sum" | "avg", [arg]) => {
+            let (_, t) = exact_argument(arg, input)?;
+            match t {
+                t if is_integer(&t) => None,
+                DataType::Decimal128(..) => None,
+                t => Some(format!(
+                    "{}() of {t} over rows that change: a floating-point sum cannot take a value \
+                     back exactly (PostgreSQL does not either); cast the argument to numeric",
+                    name.to_uppercase()
+                )),
+            }
+        }
+        _ => Some(format!(
+            "{}() over rows that change (COUNT, SUM, AVG, MIN and MAX can be kept)",
+            name.to_uppercase()
+        )),
+    };
+    Ok(refusal)
+}
+
+impl Retractable {
+    fn try_new(spec: &AggregateSpec, input: &Schema) -> Result<Self> {
+        if let Some(why) = retract_refusal(spec, input)? {
+            return Err(Error::InvalidArgument(why));
+        }
+        let name = spec.expr.fun().name().to_ascii_lowercase();
+        let arg = Arc::clone(&spec.expr.expressions()[0]);
+        let (arg, t) = exact_argument(&arg, input)?;
+        let kept = match name.as_str() {
+            "count" => Kept::Count(Vec::new()),
+            "sum" | "avg" => Kept::Sum {
+                avg: name == "avg",
+                scale: match t {
+                    DataType::Decimal128(_, s) => s,
+                    _ => 0,
+                },
+                sums: Vec::new(),
+                counts: Vec::new(),
+            },
+            _ => {
+                let converter = RowConverter::new(vec![SortField::new(t.clone())])?;
+                let null = converter
+                    .convert_columns(&[datafusion::arrow::array::new_null_array(&t, 1)])?
+                    .row(0)
+                    .owned();
+                Kept::Extreme {
+                    max: name == "max",
+                    converter,
+                    values: Vec::new(),
+                    null,
+                }
+            }
+        };
+        Ok(Self {
+            arg,
+            filter: spec.filter.clone(),
+            kept,
+        })
+    }
+
+    /// Makes room for group `len - 1` (or clears a reused slot `g`).
+    fn reset(&mut self, g: usize) {
+        match &mut self.kept {
+            Kept::Count(c) => set(c, g, 0),
+            Kept::Sum { sums, counts, .. } => {
+                set(sums, g, 0);
+                set(counts, g, 0);
+            }
+            Kept::Extreme { values, .. } => set(values, g, BTreeMap::new()),
+        }
+    }
+
+    /// Adds (or, where `inserted` is false, takes back) the rows of `batch` into groups `ids`;
+    /// returns the change in bytes of kept MIN/MAX values.
+    fn update(
+        &mut self,
+        batch: &RecordBatch,
+        ids: &[usize],
+        inserted: &BooleanArray,
+    ) -> Result<isize> {
+        let n = batch.num_rows();
+        let arg = self.arg.evaluate(batch)?.into_array(n)?;
+        let mask = match &self.filter {
+            Some(f) => Some(f.evaluate(batch)?.into_array(n)?.as_boolean().clone()),
+            None => None,
+        };
+        let counts =
+            |i: usize| arg.is_valid(i) && mask.as_ref().is_none_or(|m| m.is_valid(i) && m.value(i));
+        let sign = |i: usize| if inserted.value(i) { 1 } else { -1 };
+        let mut bytes = 0isize;
+        match &mut self.kept {
+            Kept::Count(c) => {
+                for i in (0..n).filter(|&i| counts(i)) {
+                    c[ids[i]] += sign(i);
+                }
+            }
+            Kept::Sum {
+                scale,
+                sums,
+                counts: k,
+                ..
+            } => {
+                let exact = cast(&arg, &DataType::Decimal128(38, *scale))?;
+                let exact = exact.as_primitive::<Decimal128Type>();
+                for i in (0..n).filter(|&i| counts(i)) {
+                    let g = ids[i];
+                    let v = exact.value(i);
+                    sums[g] = if inserted.value(i) {
+                        sums[g].checked_add(v)
+                    } else {
+                        sums[g].checked_sub(v)
+                    }
+                    .ok_or_else(|| Error::InvalidArgument("a sum overflowed 128 bits".into()))?;
+                    k[g] += sign(i);
+                }
+            }
+            Kept::Extreme {
+                converter, values, ..
+            } => {
+                let rows = converter.convert_columns(&[Arc::clone(&arg)])?;
+                for i in (0..n).filter(|&i| counts(i)) {
+                    let value = rows.row(i).data();
+                    let set = &mut values[ids[i]];
+                    if inserted.value(i) {
+                        match set.get_mut(value) {
+                            Some(m) => *m += 1,
+                            None => {
+                                set.insert(value.into(), 1);
+                                bytes += (value.len() + VALUE_OVERHEAD) as isize;
+                            }
+                        }
+                    } else {
+                        let m = set.get_mut(value).ok_or_else(|| {
+                            Error::Internal(
+                                "a MIN/MAX value was taken back that it never had".into(),
+                            )
+                        })?;
+                        *m -= 1;
+                        if *m == 0 {
+                            set.remove(value);
+                            bytes -= (value.len() + VALUE_OVERHEAD) as isize;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// The aggregate's current value for groups `ids`, in the type `out`.
+    fn evaluate(&self, ids: &[usize], out: &DataType) -> Result<ArrayRef> {
+        let strict = CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        let array: ArrayRef = match &self.kept {
+            Kept::Count(c) => Arc::new(Int64Array::from_iter_values(ids.iter().map(|&g| c[g]))),
+            Kept::Sum {
+                avg: false,
+                scale,
+                sums,
+                counts,
+            } => Arc::new(
+                Decimal128Array::from_iter(ids.iter().map(|&g| (counts[g] > 0).then_some(sums[g])))
+                    .with_precision_and_scale(38, *scale)?,
+            ),
+            Kept::Sum {
+                avg: true,
+                scale,
+                sums,
+                counts,
+            } => average(ids, *scale, sums, counts, out)?,
+            Kept::Extreme {
+                max,
+                converter,
+                values,
+                null,
+            } => {
+                let parser = converter.parser();
+                let rows: Vec<_> = ids
+                    .iter()
+                    .map(|&g| {
+                        let best = if *max {
+                            values[g].keys().next_back()
+                        } else {
+                            values[g].keys().next()
+                        };
+                        best.map_or_else(|| null.row(), |b| parser.parse(b))
+                    })
+                    .collect();
+                converter.convert_rows(rows)?.remove(0)
+            }
+        };
+        if array.data_type() == out {
+            Ok(array)
+        } else {
+            Ok(cast_with_options(&array, out, &strict)?)
+        }
+    }
+}
+
+/// AVG as DataFusion computes it: a float quotient for integers; for decimals, the sum scaled to
+/// the result's scale and divided by the count, truncated.
+fn average(
+    ids: &[usize],
+    scale: i8,
+    sums: &[i128],
+    counts: &[i64],
+    out: &DataType,
+) -> Result<ArrayRef> {
+    if let DataType::Decimal128(precision, out_scale) = *out {
+        let factor = 10i128
+            .checked_pow(u32::try_from(out_scale - scale).unwrap_or(0))
+            .ok_or_else(|| Error::InvalidArgument("an average's scale is too large".into()))?;
+        let values = ids
+            .iter()
+            .map(|&g| {
+                if counts[g] <= 0 {
+                    return Ok(None);
+                }
+                let scaled = sums[g].checked_mul(factor).ok_or_else(|| {
+                    Error::InvalidArgument("an average overflowed 128 bits".into())
+                })?;
+                Ok(Some(scaled / i128::from(counts[g])))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        return Ok(Arc::new(
+            Decimal128Array::from(values).with_precision_and_scale(precision, out_scale)?,
+        ));
+    }
+    let unit = 10f64.powi(i32::from(scale));
+    Ok(Arc::new(Float64Array::from_iter(ids.iter().map(|&g| {
+        (counts[g] > 0).then(|| sums[g] as f64 / unit / counts[g] as f64)
+    }))))
+}
+
+/// Sets `v[i]`, growing `v` with copies of `value` if it is too short.
+fn set<T: Clone>(v: &mut Vec<T>, i: usize, value: T) {
+    if v.len() <= i {
+        v.resize(i + 1, value);
+    } else {
+        v[i] = value;
+    }
+}
+
+/// Aggregates a changelog (the input's last column is true for an inserted row, false for one
+/// taken back) per group, and after each batch emits the groups it changed as upserts: the
+/// group columns, one column per aggregate, and a last boolean column that is false once a
+/// group has no rows left (its row leaves the view, and its state is freed).
+#[derive(Debug)]
+pub struct RetractAggregateOperator {
+    group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+    group_rows: RowConverter,
+    aggregates: Vec<Retractable>,
+    schema: SchemaRef,
+    /// Group ids by the group key's row-format bytes.
+    ids: HashMap<Box<[u8]>, usize>,
+    /// Per group id, its key (`None` for a freed id).
+    keys: Vec<Option<OwnedRow>>,
+    /// Per group id, how many rows it holds.
+    rows: Vec<i64>,
+    free: Vec<usize>,
+    bytes: usize,
+}
+
+impl RetractAggregateOperator {
+    /// Aggregates changelog batches of `input` by `group_exprs`; `output` has the group columns,
+    /// the aggregates' columns and a last boolean visibility column.
+    pub fn try_new(
+        input: &Schema,
+        group_exprs: Vec<Arc<dyn PhysicalExpr>>,
+        aggregates: &[AggregateSpec],
+        output: SchemaRef,
+    ) -> Result<Self> {
+        if input.fields().last().map(|f| f.data_type()) != Some(&DataType::Boolean) {
+            return Err(Error::InvalidArgument(
+                "a changelog ends with a boolean column".into(),
+            ));
+        }
+        if output.fields().len() != group_exprs.len() + aggregates.len() + 1 {
+            return Err(Error::InvalidArgument(format!(
+                "an aggregation's output has its groups, its aggregates and a visibility \
+                 column, not {output}"
+            )));
+        }
+        let sort = group_exprs
+            .iter()
+            .map(|e| Ok(SortField::new(e.data_type(input)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            group_rows: RowConverter::new(sort)?,
+            aggregates: aggregates
+                .iter()
+                .map(|a| Retractable::try_new(a, input))
+                .collect::<Result<_>>()?,
+            group_exprs,
+            schema: output,
+            ids: HashMap::new(),
+            keys: Vec::new(),
+            rows: Vec::new(),
+            free: Vec::new(),
+            bytes: 0,
+        })
+    }
+
+    fn group_id(&mut self, key: &[u8]) -> usize {
+        if let Some(&g) = self.ids.get(key) {
+            return g;
+        }
+        let g = self.free.pop().unwrap_or(self.keys.len());
+        set(
+            &mut self.keys,
+            g,
+            Some(self.group_rows.parser().parse(key).owned()),
+        );
+        set(&mut self.rows, g, 0);
+        for a in &mut self.aggregates {
+            a.reset(g);
+        }
+        self.ids.insert(key.into(), g);
+        self.bytes += key.len() * 2 + GROUP_OVERHEAD;
+        g
+    }
+
+    /// The output rows of groups `ids`; groups left without rows are then freed.
+    fn emit(&mut self, ids: &[usize]) -> Result<RecordBatch> {
+        let keys = ids.iter().map(|&g| {
+            self.keys[g]
+                .as_ref()
+                .map(|k| k.row())
+                .ok_or_else(|| Error::Internal("a freed group was emitted".into()))
+        });
+        let keys = keys.collect::<Result<Vec<_>>>()?;
+        let mut columns = self.group_rows.convert_rows(keys)?;
+        let offset = columns.len();
+        for (i, a) in self.aggregates.iter().enumerate() {
+            columns.push(a.evaluate(ids, self.schema.field(offset + i).data_type())?);
+        }
+        columns.push(Arc::new(BooleanArray::from_iter(
+            ids.iter().map(|&g| Some(self.rows[g] > 0)),
+        )));
+        let batch = batch_of(&self.schema, columns)?;
+        for &g in ids {
+            if self.rows[g] == 0
+                && let Some(key) = self.keys[g].take()
+            {
+                self.ids.remove(key.row().data());
+                self.bytes -= key.row().data().len() * 2 + GROUP_OVERHEAD;
+                self.free.push(g);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Adds `batch`'s rows (inserted or taken back) to their groups; returns the groups touched.
+    fn absorb(&mut self, batch: &RecordBatch) -> Result<Vec<usize>> {
+        let n = batch.num_rows();
+        let inserted = batch.column(batch.num_columns() - 1).as_boolean().clone();
+        let columns = self
+            .group_exprs
+            .iter()
+            .map(|e| Ok(e.evaluate(batch)?.into_array(n)?))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.group_rows.convert_columns(&columns)?;
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let g = self.group_id(keys.row(i).data());
+            ids.push(g);
+            self.rows[g] += if inserted.value(i) { 1 } else { -1 };
+            if self.rows[g] < 0 {
+                return Err(Error::Internal("a group lost more rows than it had".into()));
+            }
+        }
+        for a in &mut self.aggregates {
+            let change = a.update(batch, &ids, &inserted)?;
+            self.bytes = self.bytes.saturating_add_signed(change);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+}
+
+impl Operator for RetractAggregateOperator {
+    fn name(&self) -> &'static str {
+        "RetractAggregate"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn process_batch(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let touched = self.absorb(&batch)?;
+        Ok(vec![self.emit(&touched)?])
+    }
+
+    fn explain(&self) -> String {
+        let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
+        format!("RetractAggregate: groups=[{}]", groups.join(", "))
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let live: Vec<usize> = (0..self.keys.len())
+            .filter(|&g| self.keys[g].is_some())
+            .collect();
+        if live.is_empty() {
+            return Ok(OperatorState::default());
+        }
+        let keys: Vec<_> = live
+            .iter()
+            .filter_map(|&g| self.keys[g].as_ref().map(|k| k.row()))
+            .collect();
+        let mut columns = self.group_rows.convert_rows(keys)?;
+        columns.push(int64s(&live, &self.rows));
+        let mut extremes = Vec::new();
+        for a in &self.aggregates {
+            match &a.kept {
+                Kept::Count(c) => columns.push(int64s(&live, c)),
+                Kept::Sum { sums, counts, .. } => {
+                    columns.push(i128s(&live, sums)?);
+                    columns.push(int64s(&live, counts));
+                }
+                Kept::Extreme {
+                    converter, values, ..
+                } => extremes.push(extreme_batch(&live, converter, values)?),
+            }
+        }
+        let mut batches = vec![unnamed_batch(columns)?];
+        batches.extend(extremes);
+        Ok(OperatorState {
+            values: Vec::new(),
+            batches,
+        })
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        let mut batches = state.batches.into_iter();
+        let Some(groups) = batches.next() else {
+            return Ok(());
+        };
+        let corrupt = || Error::Corrupt("aggregate state lacks columns".into());
+        let width = self.group_exprs.len();
+        let columns = groups.columns();
+        let keys = self
+            .group_rows
+            .convert_columns(columns.get(..width).ok_or_else(corrupt)?)?;
+        let mut next = width;
+        let column = |next: &mut usize| {
+            *next += 1;
+            columns.get(*next - 1).cloned().ok_or_else(corrupt)
+        };
+        let rows = column(&mut next)?;
+        for i in 0..groups.num_rows() {
+            let g = self.group_id(keys.row(i).data());
+            self.rows[g] = rows.as_primitive::<Int64Type>().value(i);
+        }
+        for a in &mut self.aggregates {
+            let change = match &mut a.kept {
+                Kept::Count(c) => {
+                    c.copy_from_slice(column(&mut next)?.as_primitive::<Int64Type>().values());
+                    0
+                }
+                Kept::Sum { sums, counts, .. } => {
+                    let s = column(&mut next)?;
+                    for (g, bytes) in s.as_fixed_size_binary().iter().enumerate() {
+                        let bytes: [u8; 16] =
+                            bytes.and_then(|b| b.try_into().ok()).ok_or_else(corrupt)?;
+                        sums[g] = i128::from_le_bytes(bytes);
+                    }
+                    counts.copy_from_slice(column(&mut next)?.as_primitive::<Int64Type>().values());
+                    0
+                }
+                Kept::Extreme {
+                    converter, values, ..
+                } => restore_extreme(batches.next().ok_or_else(corrupt)?, converter, values)?,
+            };
+            self.bytes = self.bytes.saturating_add_signed(change);
+        }
+        Ok(())
+    }
+}
+
+fn int64s(live: &[usize], v: &[i64]) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(live.iter().map(|&g| v[g])))
+}
+
+fn i128s(live: &[usize], v: &[i128]) -> Result<ArrayRef> {
+    let mut b = FixedSizeBinaryBuilder::with_capacity(live.len(), 16);
+    for &g in live {
+        b.append_value(v[g].to_le_bytes())?;
+    }
+    Ok(Arc::new(b.finish()) as Arc<FixedSizeBinaryArray>)
+}
+
+fn unnamed_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    let options =
+        RecordBatchOptions::new().with_row_count(Some(columns.first().map_or(0, |c| c.len())));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &options,
+    )?)
+}
+
+/// A MIN/MAX's values as (the group's position among `live`, value, multiplicity).
+fn extreme_batch(
+    live: &[usize],
+    converter: &RowConverter,
+    values: &[BTreeMap<Box<[u8]>, i64>],
+) -> Result<RecordBatch> {
+    let parser = converter.parser();
+    let (mut position, mut rows, mut counts) = (Vec::new(), Vec::new(), Vec::new());
+    for (p, &g) in live.iter().enumerate() {
+        for (value, &m) in &values[g] {
+            position.push(p as u32);
+            rows.push(parser.parse(value));
+            counts.push(m);
+        }
+    }
+    let mut columns = vec![Arc::new(UInt32Array::from(position)) as ArrayRef];
+    columns.push(converter.convert_rows(rows)?.remove(0));
+    columns.push(Arc::new(Int64Array::from(counts)));
+    unnamed_batch(columns)
+}
+
+/// Restores a MIN/MAX from [`extreme_batch`] into groups numbered as they were restored (the
+/// group at position p has id p); returns the bytes its values take.
+fn restore_extreme(
+    batch: RecordBatch,
+    converter: &RowConverter,
+    values: &mut [BTreeMap<Box<[u8]>, i64>],
+) -> Result<isize> {
+    let corrupt = || Error::Corrupt("MIN/MAX state is malformed".into());
+    if batch.num_columns() != 3 {
+        return Err(corrupt());
+    }
+    let position = batch
+        .column(0)
+        .as_primitive::<datafusion::arrow::datatypes::UInt32Type>();
+    let rows = converter.convert_columns(&[Arc::clone(batch.column(1))])?;
+    let counts = batch.column(2).as_primitive::<Int64Type>();
+    let mut bytes = 0isize;
+    for i in 0..batch.num_rows() {
+        let set = values
+            .get_mut(position.value(i) as usize)
+            .ok_or_else(corrupt)?;
+        let value = rows.row(i).data();
+        bytes += (value.len() + VALUE_OVERHEAD) as isize;
+        set.insert(value.into(), counts.value(i));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use datafusion::arrow::array::StringArray;
+    use datafusion::functions_aggregate::average::avg_udaf;
+    use datafusion::functions_aggregate::count::count_udaf;
+    use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};
+    use datafusion::functions_aggregate::sum::sum_udaf;
+    use datafusion::physical_expr::aggregate::AggregateExprBuilder;
+    use datafusion::physical_expr::expressions::{Column, cast as cast_expr};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn input() -> Arc<Schema> {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, true),
+            Field::new("weir_inserted", DataType::Boolean, false),
+        ]))
+    }
+
+    /// COUNT(v), SUM(v), AVG(v) (over v cast to a float, as DataFusion plans it), MIN(v) and
+    /// MAX(v) per k.
+    fn operator() -> RetractAggregateOperator {
+        let schema = input();
+        let v = || Arc::new(Column::new("v", 1)) as Arc<dyn PhysicalExpr>;
+        let spec = |udaf, arg, name: &str| AggregateSpec {
+            expr: Arc::new(
+                AggregateExprBuilder::new(udaf, vec![arg])
+                    .schema(Arc::clone(&schema))
+                    .alias(name)
+                    .build()
+                    .expect("aggregate"),
+            ),
+            filter: None,
+        };
+        let as_float = cast_expr(v(), &schema, DataType::Float64).expect("cast");
+        let specs = vec![
+            spec(count_udaf(), v(), "n"),
+            spec(sum_udaf(), v(), "total"),
+            spec(avg_udaf(), as_float, "mean"),
+            spec(min_udaf(), v(), "low"),
+            spec(max_udaf(), v(), "high"),
+        ];
+        let output = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("total", DataType::Int64, true),
+            Field::new("mean", DataType::Float64, true),
+            Field::new("low", DataType::Int64, true),
+            Field::new("high", DataType::Int64, true),
+            Field::new("visible", DataType::Boolean, false),
+        ]));
+        RetractAggregateOperator::try_new(
+            &schema,
+            vec![Arc::new(Column::new("k", 0))],
+            &specs,
+            output,
+        )
+        .expect("operator")
+    }
+
+    fn changes(rows: &[(&str, Option<i64>, bool)]) -> RecordBatch {
+        RecordBatch::try_new(
+            input(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.1))),
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.2)))),
+            ],
+        )
+        .expect("batch")
+    }
+
+    /// One group's output: n, total, mean, low, high, visible.
+    type Out = (
+        i64,
+        Option<i64>,
+        Option<f64>,
+        Option<i64>,
+        Option<i64>,
+        bool,
+    );
+
+    /// The latest output row per group.
+    fn apply(view: &mut BTreeMap<String, Out>, out: &[RecordBatch]) {
+        for b in out {
+            let k = b.column(0).as_string::<i32>();
+            let int = |c: usize, i: usize| {
+                let a = b.column(c).as_primitive::<Int64Type>();
+                a.is_valid(i).then(|| a.value(i))
+            };
+            let mean = b
+                .column(3)
+                .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+            for i in 0..b.num_rows() {
+                let row = (
+                    int(1, i).unwrap(),
+                    int(2, i),
+                    mean.is_valid(i).then(|| mean.value(i)),
+                    int(4, i),
+                    int(5, i),
+                    b.column(6).as_boolean().value(i),
+                );
+                view.insert(k.value(i).to_string(), row);
+            }
+        }
+    }
+
+    #[test]
+    fn taking_back_the_maximum_reveals_the_next_one_and_an_empty_group_leaves() {
+        let mut op = operator();
+        let mut view = BTreeMap::new();
+        let out = op
+            .process_batch(changes(&[
+                ("a", Some(5), true),
+                ("a", Some(9), true),
+                ("a", None, true),
+                ("b", Some(1), true),
+            ]))
+            .unwrap();
+        apply(&mut view, &out);
+        assert_eq!(view["a"], (2, Some(14), Some(7.0), Some(5), Some(9), true));
+        let out = op
+            .process_batch(changes(&[("a", Some(9), false), ("b", Some(1), false)]))
+            .unwrap();
+        apply(&mut view, &out);
+        assert_eq!(view["a"], (1, Some(5), Some(5.0), Some(5), Some(5), true));
+        assert_eq!(view["b"], (0, None, None, None, None, false));
+        // b's state is freed; a new b starts afresh.
+        let out = op.process_batch(changes(&[("b", Some(3), true)])).unwrap();
+        apply(&mut view, &out);
+        assert_eq!(view["b"], (1, Some(3), Some(3.0), Some(3), Some(3), true));
+        // A group holding only a NULL is there, with NULL aggregates and a count of 0.
+        let out = op.process_batch(changes(&[("a", Some(5), false)])).unwrap();
+        apply(&mut view, &out);
+        assert_eq!(view["a"], (0, None, None, None, None, true));
+    }
+
+    #[test]
+    fn a_float_sum_is_refused() {
+        let schema = input();
+        let as_float =
+            cast_expr(Arc::new(Column::new("k", 0)), &schema, DataType::Float64).expect("cast");
+        let spec = AggregateSpec {
+            expr: Arc::new(
+                AggregateExprBuilder::new(sum_udaf(), vec![as_float])
+                    .schema(Arc::clone(&schema))
+                    .alias("s")
+                    .build()
+                    .expect("sum"),
+            ),
+            filter: None,
+        };
+        let why = retract_refusal(&spec, &schema).unwrap().expect("refused");
+        assert!(why.contains("floating-point"), "{why}");
+    }
+
+    /// Inserts (true) and retractions (false, of a row inserted earlier) in batches.
+    fn changelog() -> impl Strategy<Value = Vec<Vec<(u8, Option<i64>, bool)>>> {
+        prop::collection::vec(
+            prop::collection::vec((0u8..4, prop::option::of(-50i64..50), any::<bool>()), 1..12),
+            1..8,
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn the_result_equals_aggregating_the_rows_that_remain(batches in changelog()) {
+            let mut op = operator();
+            let mut view = BTreeMap::new();
+            let mut present: Vec<(String, Option<i64>)> = Vec::new();
+            for (b, batch) in batches.iter().enumerate() {
+                let mut rows = Vec::new();
+                for &(k, v, insert) in batch {
+                    let key = format!("k{k}");
+                    // A retraction takes back a row that is there (else it becomes an insert).
+                    match present.iter().position(|r| r.0 == key && r.1 == v) {
+                        Some(p) if !insert => {
+                            present.swap_remove(p);
+                            rows.push((key, v, false));
+                        }
+                        _ => {
+                            present.push((key.clone(), v));
+                            rows.push((key, v, true));
+                        }
+                    }
+                }
+                let rows: Vec<_> = rows.iter().map(|(k, v, i)| (k.as_str(), *v, *i)).collect();
+                let out = op.process_batch(changes(&rows)).unwrap();
+                apply(&mut view, &out);
+                if b % 3 == 1 {
+                    // A restored copy goes on exactly as the original would.
+                    let state = op.snapshot().unwrap();
+                    let mut again = operator();
+                    again.restore(state).unwrap();
+                    op = again;
+                }
+            }
+            let mut expected = BTreeMap::new();
+            for (k, _) in &present {
+                let values: Vec<i64> = present.iter().filter(|r| &r.0 == k).filter_map(|r| r.1).collect();
+                let n = values.len() as i64;
+                let total = (n > 0).then(|| values.iter().sum::<i64>());
+                expected.insert(k.clone(), (
+                    n,
+                    total,
+                    total.map(|t| t as f64 / n as f64),
+                    values.iter().min().copied(),
+                    values.iter().max().copied(),
+                    true,
+                ));
+            }
+            let visible: BTreeMap<_, _> = view.into_iter().filter(|(_, r)| r.5).collect();
+            prop_assert_eq!(visible, expected);
+        }
+    }
+}
