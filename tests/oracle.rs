@@ -316,7 +316,7 @@ async fn check_updating(
 }
 
 fn updating_query() -> impl Strategy<Value = String> {
-    (window(), 0u8..7).prop_map(|(window, shape)| {
+    (window(), 0u8..10).prop_map(|(window, shape)| {
         let aggregates = "COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
                           COUNT(DISTINCT v % 5) AS residues";
         match shape {
@@ -339,7 +339,21 @@ fn updating_query() -> impl Strategy<Value = String> {
                   (PARTITION BY k ORDER BY ts DESC, v) AS rn FROM events) WHERE rn = 1"
                 .into(),
             // A join without a time bound.
-            _ => "SELECT a.k, a.v, b.v AS w FROM events a JOIN events b ON a.k = b.k AND a.v < b.v"
+            6 => "SELECT a.k, a.v, b.v AS w FROM events a JOIN events b ON a.k = b.k AND a.v < b.v"
+                .into(),
+            // Aggregates over results that change: rows move between groups as the inner
+            // results change, and groups leave when they lose their last row.
+            7 => "SELECT lo, COUNT(*) AS n, SUM(total) AS s, MAX(hi) AS m, AVG(total) AS a \
+                  FROM (SELECT k, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi FROM events \
+                  GROUP BY k) GROUP BY lo"
+                .into(),
+            8 => "SELECT v % 3 AS r, COUNT(*) AS n, MIN(ts) AS first, SUM(k) AS keys \
+                  FROM (SELECT * FROM (SELECT *, ROW_NUMBER() OVER \
+                  (PARTITION BY k ORDER BY v DESC, ts) AS rn FROM events) WHERE rn <= 2) \
+                  GROUP BY v % 3"
+                .into(),
+            _ => "SELECT COUNT(*) AS n, SUM(c) AS s, MIN(k) AS lo FROM \
+                  (SELECT k, COUNT(*) AS c FROM events GROUP BY k HAVING SUM(v) > 0)"
                 .into(),
         }
     })
@@ -350,7 +364,7 @@ proptest! {
 
     /// Events in event-time order (no watermark delay is needed then): the view equals the
     /// batch query for updating aggregates (every window and group), Top-N and deduplication,
-    /// and a join without a time bound.
+    /// a join without a time bound, and aggregates over all of these.
     #[test]
     fn updating_results_equal_batch(
         (events, _) in events(),
