@@ -127,6 +127,26 @@ impl Dataflow {
         }
     }
 
+    /// What the dataflow produces before any input ([`Pipeline::start`]), through joins too.
+    pub fn start(&mut self) -> Result<Vec<RecordBatch>> {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.start(),
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                let from_left = left.start()?;
+                let from_right = right.start()?;
+                let mut out = join_inputs(join.as_mut(), pipeline, from_left, from_right)?;
+                out.extend(pipeline.start()?);
+                Ok(out)
+            }
+        }
+    }
+
     /// This node's watermark given every source's: a join's is the smaller of its inputs'.
     pub fn watermark(&self, sources: &[Option<i64>]) -> Option<i64> {
         match self {

@@ -63,6 +63,19 @@ impl Pipeline {
         self.push_from(0, vec![batch])
     }
 
+    /// What the operators produce before any input ([`Operator::start`]), each operator's
+    /// passed through the ones after it.
+    pub fn start(&mut self) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for i in 0..self.operators.len() {
+            let first = self.operators[i].start()?;
+            if !first.is_empty() {
+                out.extend(self.push_from(i + 1, first)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Advances the watermark through the pipeline, in operator order, so that what one operator
     /// releases reaches the next before the next sees the watermark.
     pub fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {

@@ -708,6 +708,13 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
     if let Some(limit) = spec.memory_limit {
         spec.dataflow.limit_memory(limit);
     }
+    if position.offsets().iter().all(|&o| o == 0) {
+        // From the beginning (not resumed): rows that exist before any input, such as an
+        // aggregate's over no rows. They are upserts, so a restart at offset 0 repeats them
+        // harmlessly.
+        let first = spec.dataflow.start()?;
+        emit(&spec, &mut results, first)?;
+    }
     loop {
         if stop.load(Ordering::Acquire) {
             if let Some(c) = checkpointer.as_mut() {

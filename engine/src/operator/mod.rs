@@ -4,10 +4,10 @@
 //! [`Operator::on_watermark`]; tests drive them directly with literal batches.
 
 mod filter;
+mod group_aggregate;
 mod hop;
 mod lookup_join;
 mod projection;
-mod retract_aggregate;
 mod session;
 mod stream_join;
 mod top_n;
@@ -23,10 +23,10 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 pub use filter::FilterOperator;
+pub use group_aggregate::{GroupAggregateOperator, group_aggregate_refusal};
 pub use hop::HopOperator;
 pub use lookup_join::LookupJoinOperator;
 pub use projection::ProjectionOperator;
-pub use retract_aggregate::{RetractAggregateOperator, retract_refusal};
 pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
 pub use stream_join::{JoinInput, StreamJoinOperator};
 pub use top_n::{TopNExpiry, TopNOperator, TopNOrder};
@@ -52,6 +52,13 @@ pub trait Operator: Send + std::fmt::Debug {
     /// is still to come; returns what that completes (closed windows, for example).
     fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
         let _ = watermark_ns;
+        Ok(Vec::new())
+    }
+
+    /// The rows the operator produces before any input: an aggregate without GROUP BY has
+    /// one row even over no rows (a COUNT of 0). Called once, when a query starts from the
+    /// beginning of its sources.
+    fn start(&mut self) -> Result<Vec<RecordBatch>> {
         Ok(Vec::new())
     }
 

@@ -181,7 +181,15 @@ impl Operator for UpsertChangelogOperator {
     }
 
     fn explain(&self) -> String {
-        format!("UpsertChangelog: key={:?}", self.key)
+        let key: Vec<&str> = self
+            .key
+            .iter()
+            .map(|&k| self.values.field(k).name().as_str())
+            .collect();
+        format!(
+            "UpsertChangelog: key=[{}] (a key's new row takes its previous row back)",
+            key.join(", ")
+        )
     }
 
     fn state_bytes(&self) -> usize {

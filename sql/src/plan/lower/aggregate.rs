@@ -10,8 +10,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column;
 use weir_engine::operator::{
-    AggregateSpec, Emit, ProjectionOperator, RetractAggregateOperator, SessionAggregateOperator,
-    SessionColumn, WindowAggregateOperator, WindowColumn, retract_refusal,
+    AggregateSpec, Emit, GroupAggregateOperator, ProjectionOperator, SessionAggregateOperator,
+    SessionColumn, WindowAggregateOperator, WindowColumn, group_aggregate_refusal,
 };
 
 use super::{Built, Planner, arrow_schema, unsupported};
@@ -54,6 +54,26 @@ pub(crate) fn aggregate_specs(
             })
         })
         .collect()
+}
+
+/// The aggregation of a GROUP BY over a whole stream that keeps state per group, so that each
+/// batch costs in proportion to itself, not to the number of groups; `None` if one of the
+/// aggregates needs DataFusion's accumulators (which emit all groups at once).
+fn per_group_operator(
+    input: &datafusion::arrow::datatypes::Schema,
+    groups: &[(Arc<dyn PhysicalExpr>, String)],
+    aggregates: &[AggregateSpec],
+    output: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Option<GroupAggregateOperator>> {
+    for a in aggregates {
+        if group_aggregate_refusal(a, input, false)?.is_some() {
+            return Ok(None);
+        }
+    }
+    let groups = groups.iter().map(|(e, _)| Arc::clone(e)).collect();
+    Ok(Some(GroupAggregateOperator::try_new(
+        input, groups, aggregates, output, false,
+    )?))
 }
 
 impl Planner<'_> {
@@ -180,6 +200,17 @@ impl Planner<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let aggregates = aggregate_specs(agg, self.state)?;
+        if window.is_none() && self.options.allowed_lateness_ns == 0 {
+            if let Some(operator) =
+                per_group_operator(&input_arrow, &groups, &aggregates, arrow_schema(plan))?
+            {
+                built.operators.push(Box::new(operator));
+                built.key = Some((0..agg.group_expr.len()).collect());
+                built.aggregated = true;
+                built.times = out_times;
+                return Ok(built);
+            }
+        }
         let mut operator = WindowAggregateOperator::try_new(
             &input_arrow,
             groups,
@@ -235,7 +266,7 @@ impl Planner<'_> {
         let input = Self::physical_schema(&agg.input, &built);
         let aggregates = aggregate_specs(agg, self.state)?;
         for a in &aggregates {
-            if let Some(why) = retract_refusal(a, &input)? {
+            if let Some(why) = group_aggregate_refusal(a, &input, true)? {
                 return Err(Error::NotSupported(format!(
                     "{why} is not supported: over results that change (a GROUP BY without a \
                      window, a Top-N, EMIT ON UPDATE), Weir keeps COUNT, SUM, AVG, MIN and MAX \
@@ -267,14 +298,17 @@ impl Planner<'_> {
             true,
         )));
         let with_visibility = Arc::new(Schema::new(fields));
-        built
-            .operators
-            .push(Box::new(RetractAggregateOperator::try_new(
-                &input,
-                groups,
-                &aggregates,
-                Arc::clone(&with_visibility),
-            )?));
+        let mut operator = GroupAggregateOperator::try_new(
+            &input,
+            groups,
+            &aggregates,
+            Arc::clone(&with_visibility),
+            true,
+        )?;
+        if global {
+            operator = operator.with_one_row();
+        }
+        built.operators.push(Box::new(operator));
         built.changelog = false;
         built.aggregated = true;
         built.times = vec![None; output.fields().len()];
@@ -337,16 +371,23 @@ impl Planner<'_> {
         let group: Arc<dyn PhysicalExpr> = datafusion::physical_expr::expressions::lit(
             datafusion::common::ScalarValue::Int64(Some(0)),
         );
-        let operator = WindowAggregateOperator::try_new(
-            &arrow_schema(&agg.input),
-            vec![(group, ALL.to_string())],
-            None,
-            0,
-            aggregate_specs(agg, self.state)?,
-            Arc::clone(&with_group),
-            Emit::OnUpdate,
-        )?;
-        built.operators.push(Box::new(operator));
+        let input = arrow_schema(&agg.input);
+        let groups = vec![(group, ALL.to_string())];
+        let aggregates = aggregate_specs(agg, self.state)?;
+        match per_group_operator(&input, &groups, &aggregates, Arc::clone(&with_group))? {
+            Some(operator) => built.operators.push(Box::new(operator.with_one_row())),
+            None => built
+                .operators
+                .push(Box::new(WindowAggregateOperator::try_new(
+                    &input,
+                    groups,
+                    None,
+                    0,
+                    aggregates,
+                    Arc::clone(&with_group),
+                    Emit::OnUpdate,
+                )?)),
+        }
         let exprs = output
             .fields()
             .iter()

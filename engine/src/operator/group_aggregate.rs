@@ -1,5 +1,6 @@
-//! Grouped aggregation over a changelog (rows inserted, and rows taken back): COUNT, SUM, AVG,
-//! MIN and MAX kept exactly, emitted as upserts of the groups each batch changed.
+//! Grouped aggregation over a whole stream (no window) with state per group: COUNT, SUM, AVG,
+//! MIN and MAX over rows that only append, or over a changelog (rows inserted, and rows taken
+//! back, kept exactly); emits upserts of just the groups each batch changed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -29,6 +30,13 @@ const VALUE_OVERHEAD: usize = 48;
 enum Kept {
     /// COUNT(x): how many non-NULL values.
     Count(Vec<i64>),
+    /// SUM or AVG over floating-point numbers (rows that only append): the sum and how many
+    /// values it has.
+    FloatSum {
+        avg: bool,
+        sums: Vec<f64>,
+        counts: Vec<i64>,
+    },
     /// SUM or AVG over integers or decimals (`scale` digits after the point): the exact sum in
     /// 128 bits and how many values it has.
     Sum {
@@ -37,9 +45,11 @@ enum Kept {
         sums: Vec<i128>,
         counts: Vec<i64>,
     },
-    /// MIN or MAX: every value with its multiplicity, ordered by row-format bytes.
+    /// MIN or MAX: every value with its multiplicity, ordered by row-format bytes (over rows
+    /// that only append, just the best value).
     Extreme {
         max: bool,
+        append_only: bool,
         converter: RowConverter,
         values: Vec<BTreeMap<Box<[u8]>, i64>>,
         null: OwnedRow,
@@ -49,6 +59,7 @@ enum Kept {
 /// One aggregate: its argument, its filter, and its kept state.
 #[derive(Debug)]
 struct Retractable {
+    name: String,
     arg: Arc<dyn PhysicalExpr>,
     filter: Option<Arc<dyn PhysicalExpr>>,
     kept: Kept,
@@ -79,8 +90,13 @@ fn exact_argument(
     Ok((Arc::clone(arg), arg.data_type(input)?))
 }
 
-/// Why `spec` cannot be kept over rows that may be taken back, or `None` if it can.
-pub fn retract_refusal(spec: &AggregateSpec, input: &Schema) -> Result<Option<String>> {
+/// Why `spec` cannot be kept per group by [`GroupAggregateOperator`] (over rows that may be
+/// taken back if `changelog`), or `None` if it can.
+pub fn group_aggregate_refusal(
+    spec: &AggregateSpec,
+    input: &Schema,
+    changelog: bool,
+) -> Result<Option<String>> {
     let name = spec.expr.fun().name().to_ascii_lowercase();
     if spec.expr.is_distinct() {
         return Ok(Some(format!(
@@ -96,11 +112,13 @@ pub fn retract_refusal(spec: &AggregateSpec, input: &Schema) -> Result<Option<St
             match t {
                 t if is_integer(&t) => None,
                 DataType::Decimal128(..) => None,
-                t => Some(format!(
+                DataType::Float64 | DataType::Float32 if !changelog => None,
+                t if changelog => Some(format!(
                     "{}() of {t} over rows that change: a floating-point sum cannot take a value \
                      back exactly (PostgreSQL does not either); cast the argument to numeric",
                     name.to_uppercase()
                 )),
+                t => Some(format!("{}() of {t}", name.to_uppercase())),
             }
         }
         _ => Some(format!(
@@ -112,8 +130,8 @@ pub fn retract_refusal(spec: &AggregateSpec, input: &Schema) -> Result<Option<St
 }
 
 impl Retractable {
-    fn try_new(spec: &AggregateSpec, input: &Schema) -> Result<Self> {
-        if let Some(why) = retract_refusal(spec, input)? {
+    fn try_new(spec: &AggregateSpec, input: &Schema, changelog: bool) -> Result<Self> {
+        if let Some(why) = group_aggregate_refusal(spec, input, changelog)? {
             return Err(Error::InvalidArgument(why));
         }
         let name = spec.expr.fun().name().to_ascii_lowercase();
@@ -121,6 +139,11 @@ impl Retractable {
         let (arg, t) = exact_argument(&arg, input)?;
         let kept = match name.as_str() {
             "count" => Kept::Count(Vec::new()),
+            "sum" | "avg" if t.is_floating() => Kept::FloatSum {
+                avg: name == "avg",
+                sums: Vec::new(),
+                counts: Vec::new(),
+            },
             "sum" | "avg" => Kept::Sum {
                 avg: name == "avg",
                 scale: match t {
@@ -138,6 +161,7 @@ impl Retractable {
                     .owned();
                 Kept::Extreme {
                     max: name == "max",
+                    append_only: !changelog,
                     converter,
                     values: Vec::new(),
                     null,
@@ -145,6 +169,7 @@ impl Retractable {
             }
         };
         Ok(Self {
+            name: spec.expr.name().to_string(),
             arg,
             filter: spec.filter.clone(),
             kept,
@@ -155,6 +180,10 @@ impl Retractable {
     fn reset(&mut self, g: usize) {
         match &mut self.kept {
             Kept::Count(c) => set(c, g, 0),
+            Kept::FloatSum { sums, counts, .. } => {
+                set(sums, g, 0.0);
+                set(counts, g, 0);
+            }
             Kept::Sum { sums, counts, .. } => {
                 set(sums, g, 0);
                 set(counts, g, 0);
@@ -187,6 +216,16 @@ impl Retractable {
                     c[ids[i]] += sign(i);
                 }
             }
+            Kept::FloatSum {
+                sums, counts: k, ..
+            } => {
+                let floats = cast(&arg, &DataType::Float64)?;
+                let floats = floats.as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+                for i in (0..n).filter(|&i| counts(i)) {
+                    sums[ids[i]] += floats.value(i);
+                    k[ids[i]] += 1;
+                }
+            }
             Kept::Sum {
                 scale,
                 sums,
@@ -205,6 +244,34 @@ impl Retractable {
                     }
                     .ok_or_else(|| Error::InvalidArgument("a sum overflowed 128 bits".into()))?;
                     k[g] += sign(i);
+                }
+            }
+            Kept::Extreme {
+                converter,
+                values,
+                max,
+                append_only: true,
+                ..
+            } => {
+                // Over rows that only append, only the best value so far matters.
+                let rows = converter.convert_columns(&[Arc::clone(&arg)])?;
+                for i in (0..n).filter(|&i| counts(i)) {
+                    let value = rows.row(i).data();
+                    let set = &mut values[ids[i]];
+                    let better = set.keys().next().is_none_or(|best| {
+                        if *max {
+                            value > best.as_ref()
+                        } else {
+                            value < best.as_ref()
+                        }
+                    });
+                    if better {
+                        if let Some((old, _)) = set.pop_first() {
+                            bytes -= (old.len() + VALUE_OVERHEAD) as isize;
+                        }
+                        set.insert(value.into(), 1);
+                        bytes += (value.len() + VALUE_OVERHEAD) as isize;
+                    }
                 }
             }
             Kept::Extreme {
@@ -248,6 +315,17 @@ impl Retractable {
         };
         let array: ArrayRef = match &self.kept {
             Kept::Count(c) => Arc::new(Int64Array::from_iter_values(ids.iter().map(|&g| c[g]))),
+            Kept::FloatSum { avg, sums, counts } => {
+                Arc::new(Float64Array::from_iter(ids.iter().map(|&g| {
+                    (counts[g] > 0).then(|| {
+                        if *avg {
+                            sums[g] / counts[g] as f64
+                        } else {
+                            sums[g]
+                        }
+                    })
+                })))
+            }
             Kept::Sum {
                 avg: false,
                 scale,
@@ -268,6 +346,7 @@ impl Retractable {
                 converter,
                 values,
                 null,
+                ..
             } => {
                 let parser = converter.parser();
                 let rows: Vec<_> = ids
@@ -336,12 +415,19 @@ fn set<T: Clone>(v: &mut Vec<T>, i: usize, value: T) {
     }
 }
 
-/// Aggregates a changelog (the input's last column is true for an inserted row, false for one
-/// taken back) per group, and after each batch emits the groups it changed as upserts: the
-/// group columns, one column per aggregate, and a last boolean column that is false once a
-/// group has no rows left (its row leaves the view, and its state is freed).
+/// Aggregates rows per group over a whole stream, and after each batch emits the groups it
+/// changed as upserts (the group columns and one column per aggregate): work per batch is
+/// proportional to the batch, however many groups there are.
+///
+/// Over a changelog (the input's last column is true for an inserted row, false for one taken
+/// back) the output has one more, last, boolean column that is false once a group has no rows
+/// left: its row leaves the view, and its state is freed.
 #[derive(Debug)]
-pub struct RetractAggregateOperator {
+pub struct GroupAggregateOperator {
+    changelog: bool,
+    input: SchemaRef,
+    /// An aggregate without GROUP BY (its groups are constants): one row even before any input.
+    one_row: bool,
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     group_rows: RowConverter,
     aggregates: Vec<Retractable>,
@@ -356,24 +442,26 @@ pub struct RetractAggregateOperator {
     bytes: usize,
 }
 
-impl RetractAggregateOperator {
-    /// Aggregates changelog batches of `input` by `group_exprs`; `output` has the group columns,
-    /// the aggregates' columns and a last boolean visibility column.
+impl GroupAggregateOperator {
+    /// Aggregates batches of `input` (a changelog if `changelog`) by `group_exprs`; `output` has
+    /// the group columns, the aggregates' columns and, for a changelog, a last boolean
+    /// visibility column.
     pub fn try_new(
         input: &Schema,
         group_exprs: Vec<Arc<dyn PhysicalExpr>>,
         aggregates: &[AggregateSpec],
         output: SchemaRef,
+        changelog: bool,
     ) -> Result<Self> {
-        if input.fields().last().map(|f| f.data_type()) != Some(&DataType::Boolean) {
+        if changelog && input.fields().last().map(|f| f.data_type()) != Some(&DataType::Boolean) {
             return Err(Error::InvalidArgument(
                 "a changelog ends with a boolean column".into(),
             ));
         }
-        if output.fields().len() != group_exprs.len() + aggregates.len() + 1 {
+        if output.fields().len() != group_exprs.len() + aggregates.len() + usize::from(changelog) {
             return Err(Error::InvalidArgument(format!(
-                "an aggregation's output has its groups, its aggregates and a visibility \
-                 column, not {output}"
+                "an aggregation's output has its groups, its aggregates and (over a changelog) \
+                 a visibility column, not {output}"
             )));
         }
         let sort = group_exprs
@@ -384,8 +472,11 @@ impl RetractAggregateOperator {
             group_rows: RowConverter::new(sort)?,
             aggregates: aggregates
                 .iter()
-                .map(|a| Retractable::try_new(a, input))
+                .map(|a| Retractable::try_new(a, input, changelog))
                 .collect::<Result<_>>()?,
+            changelog,
+            input: Arc::new(input.clone()),
+            one_row: false,
             group_exprs,
             schema: output,
             ids: HashMap::new(),
@@ -394,6 +485,13 @@ impl RetractAggregateOperator {
             free: Vec::new(),
             bytes: 0,
         })
+    }
+
+    /// Makes this an aggregate without GROUP BY, whose one row exists before any input: its
+    /// group expressions must be constants.
+    pub fn with_one_row(mut self) -> Self {
+        self.one_row = true;
+        self
     }
 
     fn group_id(&mut self, key: &[u8]) -> usize {
@@ -429,9 +527,11 @@ impl RetractAggregateOperator {
         for (i, a) in self.aggregates.iter().enumerate() {
             columns.push(a.evaluate(ids, self.schema.field(offset + i).data_type())?);
         }
-        columns.push(Arc::new(BooleanArray::from_iter(
-            ids.iter().map(|&g| Some(self.rows[g] > 0)),
-        )));
+        if self.changelog {
+            columns.push(Arc::new(BooleanArray::from_iter(
+                ids.iter().map(|&g| Some(self.rows[g] > 0)),
+            )));
+        }
         let batch = batch_of(&self.schema, columns)?;
         for &g in ids {
             if self.rows[g] == 0
@@ -448,7 +548,11 @@ impl RetractAggregateOperator {
     /// Adds `batch`'s rows (inserted or taken back) to their groups; returns the groups touched.
     fn absorb(&mut self, batch: &RecordBatch) -> Result<Vec<usize>> {
         let n = batch.num_rows();
-        let inserted = batch.column(batch.num_columns() - 1).as_boolean().clone();
+        let inserted = if self.changelog {
+            batch.column(batch.num_columns() - 1).as_boolean().clone()
+        } else {
+            BooleanArray::from(vec![true; n])
+        };
         let columns = self
             .group_exprs
             .iter()
@@ -474,9 +578,9 @@ impl RetractAggregateOperator {
     }
 }
 
-impl Operator for RetractAggregateOperator {
+impl Operator for GroupAggregateOperator {
     fn name(&self) -> &'static str {
-        "RetractAggregate"
+        "GroupAggregate"
     }
 
     fn schema(&self) -> SchemaRef {
@@ -491,9 +595,39 @@ impl Operator for RetractAggregateOperator {
         Ok(vec![self.emit(&touched)?])
     }
 
+    fn start(&mut self) -> Result<Vec<RecordBatch>> {
+        if !self.one_row {
+            return Ok(Vec::new());
+        }
+        // The group key of a single-row aggregation is constant: evaluate it over no rows.
+        let empty = RecordBatch::new_empty(Arc::clone(&self.input));
+        let key = self
+            .group_exprs
+            .iter()
+            .map(|e| Ok(e.evaluate(&empty)?.into_array(1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.group_rows.convert_columns(&key)?;
+        let g = self.group_id(keys.row(0).data());
+        Ok(vec![self.emit(&[g])?])
+    }
+
     fn explain(&self) -> String {
-        let groups: Vec<String> = self.group_exprs.iter().map(|e| e.to_string()).collect();
-        format!("RetractAggregate: groups=[{}]", groups.join(", "))
+        let width = self.group_exprs.len();
+        let groups: Vec<&str> = self.schema.fields()[..width]
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        let aggregates: Vec<&str> = self.aggregates.iter().map(|a| a.name.as_str()).collect();
+        format!(
+            "UpdatingAggregate: state_key=[{}] aggregates=[{}] emit=on update{}",
+            groups.join(", "),
+            aggregates.join(", "),
+            if self.changelog {
+                " input=changelog (rows inserted and taken back)"
+            } else {
+                ""
+            }
+        )
     }
 
     fn state_bytes(&self) -> usize {
@@ -517,6 +651,12 @@ impl Operator for RetractAggregateOperator {
         for a in &self.aggregates {
             match &a.kept {
                 Kept::Count(c) => columns.push(int64s(&live, c)),
+                Kept::FloatSum { sums, counts, .. } => {
+                    columns.push(Arc::new(Float64Array::from_iter_values(
+                        live.iter().map(|&g| sums[g]),
+                    )));
+                    columns.push(int64s(&live, counts));
+                }
                 Kept::Sum { sums, counts, .. } => {
                     columns.push(i128s(&live, sums)?);
                     columns.push(int64s(&live, counts));
@@ -559,6 +699,15 @@ impl Operator for RetractAggregateOperator {
             let change = match &mut a.kept {
                 Kept::Count(c) => {
                     c.copy_from_slice(column(&mut next)?.as_primitive::<Int64Type>().values());
+                    0
+                }
+                Kept::FloatSum { sums, counts, .. } => {
+                    let s = column(&mut next)?;
+                    sums.copy_from_slice(
+                        s.as_primitive::<datafusion::arrow::datatypes::Float64Type>()
+                            .values(),
+                    );
+                    counts.copy_from_slice(column(&mut next)?.as_primitive::<Int64Type>().values());
                     0
                 }
                 Kept::Sum { sums, counts, .. } => {
@@ -682,7 +831,7 @@ mod tests {
 
     /// COUNT(v), SUM(v), AVG(v) (over v cast to a float, as DataFusion plans it), MIN(v) and
     /// MAX(v) per k.
-    fn operator() -> RetractAggregateOperator {
+    fn operator() -> GroupAggregateOperator {
         let schema = input();
         let v = || Arc::new(Column::new("v", 1)) as Arc<dyn PhysicalExpr>;
         let spec = |udaf, arg, name: &str| AggregateSpec {
@@ -712,11 +861,12 @@ mod tests {
             Field::new("high", DataType::Int64, true),
             Field::new("visible", DataType::Boolean, false),
         ]));
-        RetractAggregateOperator::try_new(
+        GroupAggregateOperator::try_new(
             &schema,
             vec![Arc::new(Column::new("k", 0))],
             &specs,
             output,
+            true,
         )
         .expect("operator")
     }
@@ -813,7 +963,9 @@ mod tests {
             ),
             filter: None,
         };
-        let why = retract_refusal(&spec, &schema).unwrap().expect("refused");
+        let why = group_aggregate_refusal(&spec, &schema, true)
+            .unwrap()
+            .expect("refused");
         assert!(why.contains("floating-point"), "{why}");
     }
 
