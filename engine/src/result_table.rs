@@ -71,7 +71,7 @@ struct KeyedRows {
     /// `None` without key columns: the table holds a single row (an aggregate without GROUP BY).
     converter: Option<RowConverter>,
     chunks: Vec<RecordBatch>,
-    live: HashMap<OwnedRow, (usize, usize)>,
+    live: foldhash::HashMap<OwnedRow, (usize, usize)>,
     /// Incoming batches carry one more, last, boolean column: false deletes the row's key.
     visibility: bool,
 }
@@ -416,7 +416,7 @@ impl ResultTable {
                 key,
                 converter,
                 chunks: Vec::new(),
-                live: HashMap::new(),
+                live: foldhash::HashMap::default(),
                 visibility: false,
             })),
             schema,

@@ -2,7 +2,9 @@
 //! MIN and MAX over rows that only append, or over a changelog (rows inserted, and rows taken
 //! back, kept exactly); emits upserts of just the groups each batch changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -946,6 +948,75 @@ mod tests {
         let out = op.process_batch(changes(&[("a", Some(5), false)])).unwrap();
         apply(&mut view, &out);
         assert_eq!(view["a"], (0, None, None, None, None, true));
+    }
+
+    #[test]
+    fn over_rows_that_only_append_floats_sum_and_only_the_best_value_is_kept() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("x", DataType::Float64, true),
+        ]));
+        let spec = |udaf, arg: Arc<dyn PhysicalExpr>, name: &str| AggregateSpec {
+            expr: Arc::new(
+                AggregateExprBuilder::new(udaf, vec![arg])
+                    .schema(Arc::clone(&schema))
+                    .alias(name)
+                    .build()
+                    .expect("aggregate"),
+            ),
+            filter: None,
+        };
+        let x = || Arc::new(Column::new("x", 1)) as Arc<dyn PhysicalExpr>;
+        let k = || Arc::new(Column::new("k", 0)) as Arc<dyn PhysicalExpr>;
+        let specs = vec![spec(avg_udaf(), x(), "mean"), spec(max_udaf(), k(), "top")];
+        assert!(
+            group_aggregate_refusal(&specs[0], &schema, false)
+                .unwrap()
+                .is_none()
+        );
+        let output = Arc::new(Schema::new(vec![
+            Field::new("all", DataType::Int64, false),
+            Field::new("mean", DataType::Float64, true),
+            Field::new("top", DataType::Utf8, true),
+        ]));
+        let make = || {
+            GroupAggregateOperator::try_new(
+                &schema,
+                vec![datafusion::physical_expr::expressions::lit(0i64)],
+                &specs,
+                Arc::clone(&output),
+                false,
+            )
+            .unwrap()
+            .with_one_row()
+        };
+        let mut op = make();
+        let first = op.start().unwrap();
+        assert_eq!(first[0].num_rows(), 1);
+        assert!(first[0].column(1).is_null(0));
+        let batch = |rows: &[(&str, f64)]| {
+            RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                ],
+            )
+            .unwrap()
+        };
+        op.process_batch(batch(&[("b", 1.5), ("c", 2.0)])).unwrap();
+        let before = op.state_bytes();
+        op.process_batch(batch(&[("a", 0.5)])).unwrap();
+        // A worse value does not grow the state.
+        assert_eq!(op.state_bytes(), before);
+        let mut again = make();
+        again.restore(op.snapshot().unwrap()).unwrap();
+        let out = again.process_batch(batch(&[("d", 4.0)])).unwrap();
+        let mean = out[0]
+            .column(1)
+            .as_primitive::<datafusion::arrow::datatypes::Float64Type>();
+        assert_eq!(mean.value(0), 2.0);
+        assert_eq!(out[0].column(2).as_string::<i32>().value(0), "d");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! x) <= N`), and so deduplication (`... = 1`): keeps each partition's best N rows and emits
 //! upserts of the ranks whose row changed.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, UInt32Array, UInt64Array};

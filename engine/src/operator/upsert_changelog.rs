@@ -1,7 +1,7 @@
 //! Turns upserts (the latest row per key) into a changelog: for each key a batch changes, the
 //! retraction of its previous row and the insertion of its new one (Flink's ChangelogNormalize).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
