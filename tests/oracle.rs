@@ -605,3 +605,94 @@ proptest! {
         rt.block_on(check_join((a, b), disorder, cuts, partitions, kind, size_ms, restart));
     }
 }
+
+/// OVER aggregates against the same query in batch, over the rows the watermark has passed.
+async fn check_over(
+    events: Vec<Event>,
+    disorder_ms: i64,
+    cuts: Vec<usize>,
+    partitions: u32,
+    frame: String,
+    restart: Option<usize>,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).await.expect("open");
+    let s = Session::new(db.clone());
+    let create = format!(
+        "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, \
+         WATERMARK FOR ts AS ts - INTERVAL '{disorder_ms} milliseconds') \
+         WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
+    );
+    for r in s.execute(&create).await {
+        r.expect("create stream");
+    }
+    let query = format!(
+        "SELECT k, v, ts, SUM(v) OVER w AS total, COUNT(*) OVER w AS n, MIN(v) OVER w AS lo, \
+         AVG(v) OVER w AS mean FROM events WINDOW w AS (PARTITION BY k ORDER BY ts {frame})"
+    );
+    for r in s
+        .execute(&format!("CREATE MATERIALIZED VIEW v AS {query}"))
+        .await
+    {
+        r.expect("create view");
+    }
+    if partitions > 1 {
+        // A row per key a millisecond before the first event, so that no seed row shares a
+        // key and time with an event (rows of one time have no order for a ROWS frame).
+        let first = events.iter().map(|e| e.2).min().expect("an event");
+        let seeds: Vec<Event> = events.iter().map(|e| (e.0, 0, first - 1)).collect();
+        seed(&s, &seeds).await;
+    }
+    let (db, s) = insert_with_restart(dir.path(), db, s, &events, cuts, restart).await;
+    let view = text_rows(&s, "SELECT * FROM v").await;
+    let views = text_rows(&s, "SHOW MATERIALIZED VIEWS").await;
+    let watermark = views[0].split('|').nth(3).expect("watermark column");
+    let passed = if watermark == "NULL" {
+        "false".to_string()
+    } else {
+        format!("ts < TIMESTAMP '{watermark}'")
+    };
+    let batch = text_rows(&s, &format!("SELECT * FROM ({query}) WHERE {passed}")).await;
+    assert_same(&view, &batch);
+    db.shutdown();
+}
+
+fn over_frame() -> impl Strategy<Value = (String, bool)> {
+    prop_oneof![
+        (0u32..4).prop_map(|n| (format!("ROWS BETWEEN {n} PRECEDING AND CURRENT ROW"), true)),
+        Just((
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW".to_string(),
+            true
+        )),
+        (0u32..800).prop_map(|ms| (
+            format!("RANGE BETWEEN INTERVAL '{ms} milliseconds' PRECEDING AND CURRENT ROW"),
+            false
+        )),
+        Just((String::new(), false)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// OVER aggregates over events with disorder (nothing late), in INSERT batches over several
+    /// partitions, with restarts: each row the watermark has passed is in the view once, with
+    /// the aggregates batch gives it. ROWS frames get one event per key and time, since rows of
+    /// one time have no order of their own.
+    #[test]
+    fn over_aggregates_equal_batch(
+        (events, disorder) in events(),
+        cuts in prop::collection::vec(0usize..120, 0..8),
+        partitions in 1u32..5,
+        (frame, rows) in over_frame(),
+        restart in prop::option::of(0usize..120),
+    ) {
+        let mut events = events;
+        if rows {
+            let mut seen = std::collections::HashSet::new();
+            events.retain(|e| seen.insert((e.0, e.2)));
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        rt.block_on(check_over(events, disorder, cuts, partitions, frame, restart));
+    }
+}

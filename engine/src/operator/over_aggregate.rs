@@ -152,7 +152,8 @@ impl OverAggregateOperator {
 
     /// Partition keys as rows; a leading constant column makes a key without PARTITION BY.
     fn partition_rows(&self, batch: &RecordBatch) -> Result<Rows> {
-        let mut columns = vec![Arc::new(BooleanArray::from(vec![true; batch.num_rows()])) as ArrayRef];
+        let mut columns =
+            vec![Arc::new(BooleanArray::from(vec![true; batch.num_rows()])) as ArrayRef];
         columns.extend(evaluate(&self.partition, batch)?);
         Ok(self.keys.convert_columns(&columns)?)
     }
@@ -294,7 +295,11 @@ impl OverAggregateOperator {
             return Ok(Vec::new());
         }
         let rest = filter_record_batch(&all, &not(&done)?)?;
-        self.pending = if rest.num_rows() > 0 { vec![rest] } else { Vec::new() };
+        self.pending = if rest.num_rows() > 0 {
+            vec![rest]
+        } else {
+            Vec::new()
+        };
         let released = filter_record_batch(&all, &done)?;
         let times = self.times(&released)?;
         let keys = self.partition_rows(&released)?;
@@ -451,14 +456,18 @@ impl Operator for OverAggregateOperator {
             }
         }
         let rows = concat_batches(&self.history_schema, &histories)?;
-        let mut columns = vec![Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(
-            keys,
-        )) as ArrayRef];
+        let mut columns = vec![
+            Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(
+                keys,
+            )) as ArrayRef,
+        ];
         columns.extend(rows.columns().iter().cloned());
         state.batches.push(unnamed(columns)?);
-        let mut columns = vec![Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(
-            running_keys,
-        )) as ArrayRef];
+        let mut columns = vec![
+            Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(
+                running_keys,
+            )) as ArrayRef,
+        ];
         for (a, states) in running.into_iter().enumerate() {
             let width = self.aggregates[a].state_fields()?.len();
             for f in 0..width {
@@ -480,8 +489,8 @@ impl Operator for OverAggregateOperator {
         let corrupt = || Error::Corrupt("OVER aggregate state is malformed".into());
         self.watermark = state.value(0)?;
         self.late_rows = state.value(1)?.unwrap_or(0) as u64;
-        let [pending, histories, running] = <[RecordBatch; 3]>::try_from(state.batches)
-            .map_err(|_| corrupt())?;
+        let [pending, histories, running] =
+            <[RecordBatch; 3]>::try_from(state.batches).map_err(|_| corrupt())?;
         let columns = pending
             .columns()
             .iter()
@@ -490,7 +499,10 @@ impl Operator for OverAggregateOperator {
             .collect::<Result<Vec<_>>>()?;
         self.pending = vec![RecordBatch::try_new(Arc::clone(&self.input), columns)?];
         self.partitions.clear();
-        let keys = histories.column(0).as_binary_opt::<i32>().ok_or_else(corrupt)?;
+        let keys = histories
+            .column(0)
+            .as_binary_opt::<i32>()
+            .ok_or_else(corrupt)?;
         let rows = RecordBatch::try_new(
             Arc::clone(&self.history_schema),
             histories.columns()[1..].to_vec(),
@@ -507,7 +519,10 @@ impl Operator for OverAggregateOperator {
                 .rows = Some(rows.slice(start, end - start));
             start = end;
         }
-        let keys = running.column(0).as_binary_opt::<i32>().ok_or_else(corrupt)?;
+        let keys = running
+            .column(0)
+            .as_binary_opt::<i32>()
+            .ok_or_else(corrupt)?;
         for i in 0..running.num_rows() {
             let history = self.partitions.entry(keys.value(i).into()).or_default();
             let mut column = 1;
@@ -544,7 +559,6 @@ fn unnamed(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
         &options,
     )?)
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -589,7 +603,11 @@ mod tests {
             vec![Arc::new(Column::new("k", 0))],
             2,
             frame,
-            vec![agg(sum_udaf(), "s"), agg(count_udaf(), "n"), agg(max_udaf(), "m")],
+            vec![
+                agg(sum_udaf(), "s"),
+                agg(count_udaf(), "n"),
+                agg(max_udaf(), "m"),
+            ],
             Arc::new(Schema::new(fields)),
         )
         .expect("operator")
@@ -603,7 +621,9 @@ mod tests {
             vec![
                 Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
                 Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.1))),
-                Arc::new(TimestampSecondArray::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(TimestampSecondArray::from_iter_values(
+                    rows.iter().map(|r| r.2),
+                )),
             ],
         )
         .expect("batch")
@@ -615,10 +635,19 @@ mod tests {
         for b in out {
             let int = |c: usize| b.column(c).as_primitive::<Int64Type>().clone();
             let (k, v, s, n, m) = (int(0), int(1), int(3), int(4), int(5));
-            let ts = b.column(2).as_primitive::<datafusion::arrow::datatypes::TimestampSecondType>();
+            let ts = b
+                .column(2)
+                .as_primitive::<datafusion::arrow::datatypes::TimestampSecondType>();
             let opt = |a: &Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
             for i in 0..b.num_rows() {
-                all.push((k.value(i), opt(&v, i), ts.value(i), opt(&s, i), n.value(i), opt(&m, i)));
+                all.push((
+                    k.value(i),
+                    opt(&v, i),
+                    ts.value(i),
+                    opt(&s, i),
+                    n.value(i),
+                    opt(&m, i),
+                ));
             }
         }
         all
@@ -716,7 +745,8 @@ mod tests {
     fn rows_behind_the_watermark_are_late() {
         let mut op = operator(OverFrame::Rows(Some(1)));
         op.on_watermark(10_000_000_000).unwrap();
-        op.process_batch(batch(&[(1, Some(1), 5), (1, Some(2), 12)])).unwrap();
+        op.process_batch(batch(&[(1, Some(1), 5), (1, Some(2), 12)]))
+            .unwrap();
         assert_eq!(op.late_rows(), 1);
         assert_eq!(op.take_late()[0].num_rows(), 1);
         let out = op.on_watermark(20_000_000_000).unwrap();

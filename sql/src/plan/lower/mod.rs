@@ -25,6 +25,7 @@ use crate::{Error, Result};
 
 mod aggregate;
 mod join;
+mod over;
 mod top_n;
 mod window;
 
@@ -225,6 +226,7 @@ impl Planner<'_> {
             LogicalPlan::Distinct(_) => Err(unsupported(
                 "DISTINCT (write GROUP BY over the columns instead)",
             )),
+            LogicalPlan::Window(w) if over::is_over_aggregate(w) => self.build_over(w),
             LogicalPlan::Window(w) => self.build_top_n(w),
             LogicalPlan::Union(_) => Err(unsupported("UNION")),
             other => Err(unsupported(

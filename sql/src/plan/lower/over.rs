@@ -1,0 +1,185 @@
+//! Lowering of aggregates OVER a frame of preceding rows ordered by event time (`AVG(x) OVER
+//! (PARTITION BY k ORDER BY ts ROWS BETWEEN 10 PRECEDING AND CURRENT ROW)`), Flink's OVER
+//! aggregation: each row is emitted once the watermark passes it, with its aggregates.
+
+use std::sync::Arc;
+
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{
+    Expr, Window, WindowFrame, WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition,
+};
+use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
+use weir_engine::operator::{OverAggregateOperator, OverFrame};
+
+use super::{Built, Planner, arrow_schema};
+use crate::plan::bounds::TimeColumn;
+use crate::{Error, Result};
+
+fn refuse(what: &str) -> Error {
+    Error::NotSupported(format!(
+        "{what}; an OVER aggregate in a continuous query is ordered by the stream's event time \
+         and framed by preceding rows: OVER (PARTITION BY k ORDER BY ts ROWS BETWEEN n PRECEDING \
+         AND CURRENT ROW), or RANGE BETWEEN INTERVAL '...' PRECEDING AND CURRENT ROW"
+    ))
+}
+
+/// Whether every window function of `window` is an aggregate (rather than ROW_NUMBER & co).
+pub(crate) fn is_over_aggregate(window: &Window) -> bool {
+    window.window_expr.iter().all(|e| {
+        matches!(e.clone().unalias(), Expr::WindowFunction(f)
+            if matches!(f.fun, WindowFunctionDefinition::AggregateUDF(_)))
+    })
+}
+
+/// Nanoseconds of a constant interval without months (whose length varies).
+fn interval_ns(v: &ScalarValue) -> Option<i64> {
+    match v {
+        ScalarValue::IntervalMonthDayNano(Some(i)) if i.months == 0 => i64::from(i.days)
+            .checked_mul(86_400_000_000_000)?
+            .checked_add(i.nanoseconds),
+        ScalarValue::IntervalDayTime(Some(i)) => i64::from(i.days)
+            .checked_mul(86_400_000_000_000)?
+            .checked_add(i64::from(i.milliseconds).checked_mul(1_000_000)?),
+        ScalarValue::DurationSecond(Some(s)) => s.checked_mul(1_000_000_000),
+        ScalarValue::DurationMillisecond(Some(s)) => s.checked_mul(1_000_000),
+        ScalarValue::DurationMicrosecond(Some(s)) => s.checked_mul(1_000),
+        ScalarValue::DurationNanosecond(Some(s)) => Some(*s),
+        _ => None,
+    }
+}
+
+/// The engine's frame for a SQL frame that ends at the current row.
+fn over_frame(frame: &WindowFrame) -> Result<OverFrame> {
+    if frame.end_bound != WindowFrameBound::CurrentRow {
+        return Err(refuse(
+            "a frame that ends after the current row (FOLLOWING) would hold each row back for \
+             rows still to come",
+        ));
+    }
+    match (frame.units, &frame.start_bound) {
+        (WindowFrameUnits::Rows, WindowFrameBound::CurrentRow) => Ok(OverFrame::Rows(Some(0))),
+        (WindowFrameUnits::Range, WindowFrameBound::CurrentRow) => Ok(OverFrame::Range(Some(0))),
+        (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v)) if v.is_null() => {
+            Ok(OverFrame::Rows(None))
+        }
+        (WindowFrameUnits::Range, WindowFrameBound::Preceding(v)) if v.is_null() => {
+            Ok(OverFrame::Range(None))
+        }
+        (WindowFrameUnits::Rows, WindowFrameBound::Preceding(v)) => {
+            match v.cast_to(&datafusion::arrow::datatypes::DataType::UInt64)? {
+                ScalarValue::UInt64(Some(n)) => Ok(OverFrame::Rows(Some(n))),
+                _ => Err(refuse(&format!("a ROWS frame of {v} PRECEDING"))),
+            }
+        }
+        (WindowFrameUnits::Range, WindowFrameBound::Preceding(v)) => match interval_ns(v) {
+            Some(ns) if ns >= 0 => Ok(OverFrame::Range(Some(ns))),
+            _ => Err(refuse(&format!(
+                "a RANGE frame of {v} PRECEDING (give a fixed interval: seconds, minutes, \
+                 hours or days, not months)"
+            ))),
+        },
+        (units, _) => Err(refuse(&format!("a {units} frame"))),
+    }
+}
+
+impl Planner<'_> {
+    /// Aggregates OVER one window (partition, event-time order, frame) of an append-only input.
+    pub(crate) fn build_over(&mut self, window: &Window) -> Result<Built> {
+        let mut built = self.build(&window.input)?;
+        if built.changes() {
+            return Err(refuse(
+                "an OVER aggregate over results that change (a GROUP BY without a window, a \
+                 Top-N, EMIT ON UPDATE)",
+            ));
+        }
+        let input = window.input.schema();
+        let input_arrow = arrow_schema(&window.input);
+        let width = input.fields().len();
+        let mut shared = None;
+        let mut aggregates: Vec<Arc<AggregateFunctionExpr>> = Vec::new();
+        for (e, field) in window
+            .window_expr
+            .iter()
+            .zip(&window.schema.fields()[width..])
+        {
+            let Expr::WindowFunction(f) = e.clone().unalias() else {
+                return Err(Error::Internal(
+                    "a window node without a window function".into(),
+                ));
+            };
+            let WindowFunctionDefinition::AggregateUDF(udaf) = &f.fun else {
+                return Err(refuse("ranking functions beside aggregates"));
+            };
+            let p = &f.params;
+            if p.distinct || p.filter.is_some() || p.null_treatment.is_some() {
+                return Err(refuse(&format!(
+                    "{}(DISTINCT ...), FILTER or IGNORE NULLS over a frame",
+                    udaf.name()
+                )));
+            }
+            let over = (
+                p.partition_by.clone(),
+                p.order_by.clone(),
+                p.window_frame.clone(),
+            );
+            match &shared {
+                None => shared = Some(over),
+                Some(s) if *s == over => {}
+                Some(_) => {
+                    return Err(refuse(
+                        "OVER clauses that differ within one SELECT (compute each in a subquery \
+                         of its own)",
+                    ));
+                }
+            }
+            let args = p
+                .args
+                .iter()
+                .map(|a| self.state.create_physical_expr(a.clone(), input))
+                .collect::<datafusion::error::Result<Vec<_>>>()?;
+            let aggregate = AggregateExprBuilder::new(Arc::clone(udaf), args)
+                .schema(Arc::clone(&input_arrow))
+                .alias(field.name())
+                .build()?;
+            aggregates.push(Arc::new(aggregate));
+        }
+        let Some((partition_by, order_by, frame)) = shared else {
+            return Err(Error::Internal(
+                "a window node without a window function".into(),
+            ));
+        };
+        let [sort] = order_by.as_slice() else {
+            return Err(refuse("an OVER aggregate without ORDER BY the event time"));
+        };
+        let time = match &sort.expr {
+            Expr::Column(c) => input.index_of_column(c).ok(),
+            _ => None,
+        }
+        .filter(|&i| matches!(built.times.get(i), Some(Some(TimeColumn::EventTime))))
+        .filter(|_| sort.asc);
+        let Some(time) = time else {
+            return Err(refuse(&format!(
+                "ORDER BY {} in an OVER aggregate (order by the event time column that the \
+                 watermark follows, ascending)",
+                sort.expr
+            )));
+        };
+        let frame = over_frame(&frame)?;
+        let partition = partition_by
+            .iter()
+            .map(|e| self.state.create_physical_expr(e.clone(), input))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        built
+            .operators
+            .push(Box::new(OverAggregateOperator::try_new(
+                input_arrow,
+                partition,
+                time,
+                frame,
+                aggregates,
+                Arc::new(window.schema.as_arrow().clone()),
+            )?));
+        built.times.resize(window.schema.fields().len(), None);
+        Ok(built)
+    }
+}
