@@ -57,6 +57,14 @@ pub const QUERIES: &[(&str, &str)] = &[
            GROUP BY seller, window_start, window_end) A
          ON P.id = A.seller AND P.starttime = A.starttime AND P.endtime = A.endtime",
     ),
+    // Not a Nexmark query: q6's moving average of the last 11 prices, over every bid of an
+    // auction (q6 itself averages winning bids, which needs a Top-1 that becomes final).
+    (
+        "over",
+        "SELECT auction, price, dateTime, AVG(price) OVER (PARTITION BY auction ORDER BY dateTime
+           ROWS BETWEEN 10 PRECEDING AND CURRENT ROW) AS avg_price
+         FROM bid",
+    ),
     (
         "hashtags",
         "SELECT hashtag, window_start, window_end, COUNT(*) AS n
