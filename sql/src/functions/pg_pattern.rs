@@ -253,6 +253,8 @@ enum Piece {
         field: Field,
         /// `FM`: no padding.
         fill: bool,
+        /// `FM` or `TM`: day and month names without padding.
+        bare_names: bool,
         /// `TH` / `th`: an ordinal suffix, upper or lower case.
         ordinal: Option<bool>,
     },
@@ -299,7 +301,57 @@ impl PgPattern {
         let mut text = String::new();
         let mut i = 0;
         while i < chars.len() {
+            // As PostgreSQL reads a template: at each position at most one prefix (FM: no
+            // padding; TM: names without padding), then a keyword or one literal character;
+            // a prefix that no keyword follows is dropped.
+            let r = &chars[i..];
+            let fill = starts_with(r, "FM") || starts_with(r, "fm");
+            let tm = starts_with(r, "TM") || starts_with(r, "tm");
+            if fill || tm {
+                i += 2;
+                if i == chars.len() {
+                    break;
+                }
+            }
             let rest = &chars[i..];
+            if starts_with(rest, "FX") || starts_with(rest, "fx") {
+                // Fixed-format matching, which only to_timestamp reads: prints nothing.
+                i += 2;
+                continue;
+            }
+            if let Some(zone) = ZONES.iter().find(|z| starts_with(rest, z)) {
+                return Err(format!(
+                    "template pattern \"{zone}\" prints a time zone, which a timestamp without time zone does not have"
+                ));
+            }
+            if let Some((field, len)) = keyword(rest) {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                let mut k = i + len;
+                // At most one suffix: TH / th (an ordinal), or SP (spell mode, which
+                // PostgreSQL accepts and ignores).
+                let ordinal = if starts_with(&chars[k..], "TH") {
+                    k += 2;
+                    Some(true)
+                } else if starts_with(&chars[k..], "th") {
+                    k += 2;
+                    Some(false)
+                } else {
+                    if starts_with(&chars[k..], "SP") {
+                        k += 2;
+                    }
+                    None
+                };
+                pieces.push(Piece::Field {
+                    field,
+                    fill,
+                    bare_names: fill || tm,
+                    ordinal,
+                });
+                i = k;
+                continue;
+            }
             if rest[0] == '"' {
                 let mut j = i + 1;
                 while j < chars.len() && chars[j] != '"' {
@@ -312,60 +364,14 @@ impl PgPattern {
                 i = j + 1;
                 continue;
             }
-            if rest[0] == '\\' && rest.len() > 1 {
-                text.push(rest[1]);
+            // Outside quotes a backslash is only special before a double quote.
+            if rest[0] == '\\' && rest.get(1) == Some(&'"') {
+                text.push('"');
                 i += 2;
                 continue;
             }
-            if let Some(zone) = ZONES.iter().find(|z| starts_with(rest, z)) {
-                return Err(format!(
-                    "template pattern \"{zone}\" prints a time zone, which a timestamp without time zone does not have"
-                ));
-            }
-            // Prefixes that modify the next keyword: FM (no padding); FX and TM change nothing
-            // when printing in English.
-            let mut fill = false;
-            let mut j = i;
-            loop {
-                let r = &chars[j..];
-                if starts_with_any_case(r, "FM") && keyword(&r[2..]).is_some() {
-                    fill = true;
-                    j += 2;
-                } else if (starts_with_any_case(r, "FX") || starts_with_any_case(r, "TM"))
-                    && keyword(&r[2..]).is_some()
-                {
-                    j += 2;
-                } else {
-                    break;
-                }
-            }
-            match keyword(&chars[j..]) {
-                Some((field, len)) => {
-                    if !text.is_empty() {
-                        pieces.push(Piece::Text(std::mem::take(&mut text)));
-                    }
-                    let mut k = j + len;
-                    let ordinal = if starts_with(&chars[k..], "TH") {
-                        k += 2;
-                        Some(true)
-                    } else if starts_with(&chars[k..], "th") {
-                        k += 2;
-                        Some(false)
-                    } else {
-                        None
-                    };
-                    pieces.push(Piece::Field {
-                        field,
-                        fill,
-                        ordinal,
-                    });
-                    i = k;
-                }
-                None => {
-                    text.push(rest[0]);
-                    i += 1;
-                }
-            }
+            text.push(rest[0]);
+            i += 1;
         }
         if !text.is_empty() {
             pieces.push(Piece::Text(text));
@@ -381,9 +387,10 @@ impl PgPattern {
                 Piece::Field {
                     field,
                     fill,
+                    bare_names,
                     ordinal,
                 } => {
-                    let number = format_field(*field, *fill, t, out);
+                    let number = format_field(*field, *fill, *bare_names, t, out);
                     if let (Some(upper), Some(n)) = (ordinal, number) {
                         let suffix = match (n % 100, n % 10) {
                             (11..=13, _) => "th",
@@ -413,7 +420,13 @@ fn cased(s: &str, case: Case) -> String {
 }
 
 /// Prints one field; returns its value when it is a number (for an ordinal suffix).
-fn format_field(field: Field, fill: bool, t: &NaiveDateTime, out: &mut String) -> Option<i64> {
+fn format_field(
+    field: Field,
+    fill: bool,
+    bare_names: bool,
+    t: &NaiveDateTime,
+    out: &mut String,
+) -> Option<i64> {
     let number = |out: &mut String, v: i64, width: usize| {
         if fill {
             let _ = write!(out, "{v}");
@@ -423,7 +436,7 @@ fn format_field(field: Field, fill: bool, t: &NaiveDateTime, out: &mut String) -
         Some(v)
     };
     let name = |out: &mut String, s: String| {
-        if fill {
+        if bare_names {
             out.push_str(&s);
         } else {
             let _ = write!(out, "{s:<9}");
@@ -580,6 +593,18 @@ mod tests {
         assert_eq!(fmt("\"Week\" IW \"of\" IYYY", at), "Week 10 of 2026");
         assert_eq!(fmt("Y,YYY CC J RM", at), "2,026 21 2461107 III ");
         assert_eq!(fmt("FMDDth FMMMth", "2026-01-02 00:00:00.0"), "2nd 1st");
+        // Read off PostgreSQL 15's to_char for 2026-03-07 08:05:09: one prefix per position,
+        // dropped when no keyword follows; TM names unpadded; FX and SP print nothing; a
+        // backslash outside quotes is itself unless a double quote follows.
+        let at = "2026-03-07 08:05:09.0";
+        assert_eq!(fmt("FMxyz", at), "x6z");
+        assert_eq!(fmt("Fmday", at), "Fmsaturday ");
+        assert_eq!(fmt("TMMonth tmmonth TMDD", at), "March march 07");
+        assert_eq!(fmt("FMTMDay", at), "TMSaturday ");
+        assert_eq!(fmt("MI:SS FX fx", at), "05:09  ");
+        assert_eq!(fmt("DDSP DDthSP DDsp", at), "07 07thSP 07sp");
+        assert_eq!(fmt("x\\y x\\\"y", at), "x\\6 x\"6");
+        assert_eq!(fmt("FMFM", at), "FM");
     }
 
     #[test]
