@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod kafka;
 pub mod pg;
+mod text_rows;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -69,7 +69,10 @@ fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireRe
                 .map(move |batch: Result<RecordBatch, _>| {
                     let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
                         match batch {
-                            Ok(b) => encode_recordbatch(Arc::clone(&f), b),
+                            Ok(b) => match crate::text_rows::text_rows(&f, &b) {
+                                Some(rows) => Box::new(rows.into_iter().map(Ok)),
+                                None => encode_recordbatch(Arc::clone(&f), b),
+                            },
                             Err(e) => Box::new(std::iter::once(Err(user_error(e.into())))),
                         };
                     stream::iter(rows)

@@ -82,7 +82,8 @@ impl PgText {
 
     /// Whether row `row` is NULL.
     pub fn is_null(&self, row: usize) -> bool {
-        self.array.is_null(row)
+        // A NullArray has no validity buffer: its values are NULL without being marked so.
+        self.array.data_type() == &DataType::Null || self.array.is_null(row)
     }
 
     /// Appends the text of the (non-NULL) value at `row`.

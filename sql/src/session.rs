@@ -146,6 +146,7 @@ impl Session {
 
     /// The parameters (and, for a query, the columns) of a statement DataFusion plans.
     async fn describe_planned(&self, stmt: Statement, returns_rows: bool) -> Result<Description> {
+        let named = matches!(stmt, Statement::Query(_)).then(|| stmt.clone());
         let plan = self.handler.plan(stmt).await?;
         let types = plan.get_parameter_types()?;
         let mut params: Vec<(usize, Option<DataType>)> = types
@@ -165,7 +166,13 @@ impl Session {
         }
         Ok(Description {
             params: ordered,
-            columns: returns_rows.then(|| Arc::new(plan.schema().as_arrow().clone())),
+            columns: returns_rows.then(|| {
+                let schema = plan.schema().as_arrow();
+                Arc::new(match &named {
+                    Some(stmt) => crate::handler::with_pg_names(schema, stmt),
+                    None => schema.clone(),
+                })
+            }),
         })
     }
 

@@ -31,6 +31,7 @@ mod tables;
 mod transactions;
 mod views;
 
+pub(crate) use query::with_pg_names;
 pub(crate) use settings::{setting_name, setting_schema};
 pub(crate) use show::{show_streams_schema, show_views_schema};
 

@@ -3,6 +3,7 @@
 //! classification of statements that execution, Describe and the shell share.
 
 pub mod classify;
+pub mod column_names;
 pub mod compat;
 mod flink;
 pub mod parser;
