@@ -212,24 +212,30 @@ pub(crate) fn refuse_duplicate_names(plan: &LogicalPlan) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     for field in plan.schema().fields() {
         if !seen.insert(field.name().as_str()) {
-            return Err(Error::WrongObject {
-                sqlstate: "42701",
-                message: format!(
-                    "column \"{}\" specified more than once; give the columns distinct names with AS",
-                    field.name()
-                ),
-            });
+            return Err(duplicate_column(field.name()));
         }
     }
     Ok(())
 }
 
+fn duplicate_column(name: &str) -> Error {
+    Error::WrongObject {
+        sqlstate: "42701",
+        message: format!(
+            "column \"{name}\" specified more than once; give the columns distinct names with AS"
+        ),
+    }
+}
+
 /// Plans and compiles a SELECT statement with the view's options.
 pub(crate) async fn compile_query_statement(
     state: &SessionState,
-    stmt: Statement,
+    mut stmt: Statement,
     options: ViewOptions,
 ) -> Result<CompiledView> {
+    if let Some(name) = crate::syntax::column_names::name_view_columns(&mut stmt) {
+        return Err(duplicate_column(&name));
+    }
     let plan = state
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;

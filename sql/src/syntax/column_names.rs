@@ -144,6 +144,49 @@ fn names_of(query: &Query, width: usize) -> Option<Vec<Option<String>>> {
     (names.len() == width).then_some(names)
 }
 
+/// Names the select-list expressions of `stmt` (a query) that have no alias and are not plain
+/// columns as PostgreSQL would (`count`, `?column?`), so that a view's columns are named as in
+/// PostgreSQL. Returns a name that two columns would then share (PostgreSQL refuses such a
+/// view, 42701), if any.
+pub fn name_view_columns(stmt: &mut Statement) -> Option<String> {
+    let Statement::Query(query) = stmt else {
+        return None;
+    };
+    let items = leftmost_select_mut(&mut query.body)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut twice = None;
+    for item in items.iter_mut() {
+        let name = match item {
+            SelectItem::UnnamedExpr(e @ (Expr::Identifier(_) | Expr::CompoundIdentifier(_))) => {
+                column_name(e)
+            }
+            SelectItem::UnnamedExpr(e) => {
+                let name = column_name(e);
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::with_quote('"', name.clone()),
+                };
+                name
+            }
+            SelectItem::ExprWithAlias { alias, .. } => folded(alias),
+            _ => continue,
+        };
+        if !seen.insert(name.clone()) && twice.is_none() {
+            twice = Some(name);
+        }
+    }
+    twice
+}
+
+fn leftmost_select_mut(body: &mut SetExpr) -> Option<&mut Vec<SelectItem>> {
+    match body {
+        SetExpr::Select(s) => Some(&mut s.projection),
+        SetExpr::Query(q) => leftmost_select_mut(&mut q.body),
+        SetExpr::SetOperation { left, .. } => leftmost_select_mut(left),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
