@@ -5,7 +5,7 @@ use datafusion::sql::sqlparser::ast::Statement;
 
 use super::Handler;
 use crate::output::Output;
-use crate::plan::{ViewOptions, compile_query_statement};
+use crate::plan::{ViewOptions, compile_query_statement, name_columns};
 use crate::syntax::{CreateStream, EmitMode, object_name};
 use crate::{Error, Result};
 
@@ -26,8 +26,9 @@ impl Handler {
         };
         let name = object_name(&cv.name)?;
         let options = self.view_options(&cv.options, emit).await?;
-        let compiled =
-            compile_query_statement(&self.ctx.state(), Statement::Query(cv.query), options).await?;
+        let mut query = Statement::Query(cv.query);
+        name_columns(&mut query)?;
+        let compiled = compile_query_statement(&self.ctx.state(), query, options).await?;
         Output::explain(compiled.explain(&name))
     }
 
@@ -36,8 +37,10 @@ impl Handler {
         let query = cs
             .query
             .ok_or_else(|| Error::Internal("EXPLAIN CREATE STREAM without a query".into()))?;
+        let mut query = *query;
+        name_columns(&mut query)?;
         let compiled =
-            compile_query_statement(&self.ctx.state(), *query, ViewOptions::default()).await?;
+            compile_query_statement(&self.ctx.state(), query, ViewOptions::default()).await?;
         Output::explain(compiled.explain_into(&format!(
             "stream {}, appended exactly once with each checkpoint",
             cs.name

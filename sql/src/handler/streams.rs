@@ -8,7 +8,7 @@ use weir_engine::log::supports_key_type;
 use super::Handler;
 use crate::catalog::{ColumnDef, KafkaEndpoint, StreamDef, WatermarkDef};
 use crate::output::Output;
-use crate::plan::{ViewOptions, compile_query_statement};
+use crate::plan::{ViewOptions, compile_query_statement, name_columns};
 use crate::syntax::{CreateStream, normalize};
 use crate::time::interval_ns;
 use crate::{Error, Result};
@@ -172,6 +172,8 @@ impl Handler {
                 ),
             });
         }
+        let mut query = query;
+        name_columns(&mut query)?;
         let text = query.to_string();
         let compiled =
             compile_query_statement(&self.ctx.state(), query, ViewOptions::default()).await?;

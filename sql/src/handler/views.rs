@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::ast::{
 use super::Handler;
 use crate::catalog::{PlainViewDef, ViewDef};
 use crate::output::Output;
-use crate::plan::{ViewOptions, compile_query_statement, refuse_duplicate_names};
+use crate::plan::{ViewOptions, compile_query_statement, name_columns, refuse_duplicate_names};
 use crate::syntax::{EmitMode, WeirStatement, normalize, object_name};
 use crate::time::interval_ns;
 use crate::{Error, Result};
@@ -87,11 +87,15 @@ impl Handler {
         if let Some(done) = self.existing(&name, cv.if_not_exists, "CREATE MATERIALIZED VIEW")? {
             return Ok(done);
         }
-        let query = rename_columns(cv.query, &name, &cv.columns)?;
+        let mut query = Statement::Query(rename_columns(cv.query, &name, &cv.columns)?);
+        name_columns(&mut query)?;
         let options = self.view_options(&cv.options, emit).await?;
-        let compiled =
-            compile_query_statement(&self.ctx.state(), Statement::Query(query.clone()), options)
-                .await?;
+        let compiled = compile_query_statement(&self.ctx.state(), query.clone(), options).await?;
+        let Statement::Query(query) = query else {
+            return Err(Error::Internal(
+                "a view's query became another statement".into(),
+            ));
+        };
         let query = query.to_string();
         let def = ViewDef {
             name,

@@ -218,6 +218,16 @@ pub(crate) fn refuse_duplicate_names(plan: &LogicalPlan) -> Result<()> {
     Ok(())
 }
 
+/// Names a new view's unnamed result columns as PostgreSQL does (`count`, `?column?`), in the
+/// statement itself, so that the text the catalog keeps (and replans on restart) carries the
+/// names; refuses two columns of one name (42701), as PostgreSQL does.
+pub(crate) fn name_columns(stmt: &mut Statement) -> Result<()> {
+    match crate::syntax::column_names::name_view_columns(stmt) {
+        Some(name) => Err(duplicate_column(&name)),
+        None => Ok(()),
+    }
+}
+
 fn duplicate_column(name: &str) -> Error {
     Error::WrongObject {
         sqlstate: "42701",
@@ -230,12 +240,9 @@ fn duplicate_column(name: &str) -> Error {
 /// Plans and compiles a SELECT statement with the view's options.
 pub(crate) async fn compile_query_statement(
     state: &SessionState,
-    mut stmt: Statement,
+    stmt: Statement,
     options: ViewOptions,
 ) -> Result<CompiledView> {
-    if let Some(name) = crate::syntax::column_names::name_view_columns(&mut stmt) {
-        return Err(duplicate_column(&name));
-    }
     let plan = state
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
