@@ -162,10 +162,13 @@ pub(crate) fn aggregate_inputs(
     let mut args = Vec::with_capacity(aggregates.len());
     let mut filters = Vec::with_capacity(aggregates.len());
     for a in aggregates {
+        // The arguments, then the aggregate's own ORDER BY columns (first_value(x ORDER BY ts)
+        // compares them), as DataFusion's aggregation feeds its accumulators.
+        let all = a.expr.all_expressions();
         args.push(
-            a.expr
-                .expressions()
+            all.args
                 .iter()
+                .chain(&all.order_by_exprs)
                 .map(|e| e.evaluate(batch)?.into_array(n))
                 .collect::<datafusion::error::Result<Vec<_>>>()?,
         );

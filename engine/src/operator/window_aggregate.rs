@@ -155,17 +155,9 @@ impl WindowAggregateOperator {
                 aggregates.len()
             )));
         }
-        // Ordered-set aggregates (percentiles: WITHIN GROUP (ORDER BY x)) name a column with
-        // their ORDER BY and do not depend on input order; other ordered aggregates do.
-        if aggregates
-            .iter()
-            .any(|a| !a.expr.order_bys().is_empty() && !a.expr.fun().supports_within_group_clause())
-        {
-            return Err(Error::InvalidArgument(
-                "ordered aggregates (ORDER BY inside an aggregate) are not supported in windows yet"
-                    .into(),
-            ));
-        }
+        // Aggregates with an ORDER BY of their own (first_value(x ORDER BY ts), array_agg(x
+        // ORDER BY y)) carry it in their accumulators, which order rows whatever order they
+        // arrive in (and merge partial states in order), so they need nothing here.
         let operator = Self {
             group_names: group_exprs.iter().map(|(_, n)| n.clone()).collect(),
             group_exprs: group_exprs.into_iter().map(|(e, _)| e).collect(),

@@ -43,11 +43,8 @@ pub(crate) fn aggregate_specs(
             )
             .with_name(name)
             .build()?;
-            if !lowered.order_bys.is_empty()
-                && !lowered.aggregate.fun().supports_within_group_clause()
-            {
-                return Err(unsupported("ORDER BY inside an aggregate"));
-            }
+            // An aggregate's own ORDER BY (first_value(x ORDER BY ts), array_agg(x ORDER BY y))
+            // is in its accumulator, which orders rows whatever order they arrive in.
             Ok(AggregateSpec {
                 expr: lowered.aggregate,
                 filter: lowered.filter,
