@@ -347,8 +347,8 @@ fn updating_query() -> impl Strategy<Value = String> {
                 .into(),
             // Aggregates over results that change: rows move between groups as the inner
             // results change, and groups leave when they lose their last row.
-            7 => "SELECT lo, COUNT(*) AS n, SUM(total) AS s, MAX(hi) AS m, AVG(total) AS a \
-                  FROM (SELECT k, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi FROM events \
+            7 => "SELECT lo, COUNT(*) AS n, SUM(total) AS s, MAX(hi) AS m, AVG(total) AS a, \
+                  COUNT(DISTINCT hi) AS his FROM (SELECT k, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi FROM events \
                   GROUP BY k) GROUP BY lo"
                 .into(),
             8 => "SELECT v % 3 AS r, COUNT(*) AS n, MIN(ts) AS first, SUM(k) AS keys \

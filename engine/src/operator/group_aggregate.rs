@@ -52,6 +52,8 @@ enum Kept {
     Extreme {
         max: bool,
         append_only: bool,
+        /// COUNT(DISTINCT x): the number of values kept, not the best of them.
+        count_distinct: bool,
         converter: RowConverter,
         values: Vec<BTreeMap<Box<[u8]>, i64>>,
         null: OwnedRow,
@@ -100,7 +102,7 @@ pub fn group_aggregate_refusal(
     changelog: bool,
 ) -> Result<Option<String>> {
     let name = spec.expr.fun().name().to_ascii_lowercase();
-    if spec.expr.is_distinct() {
+    if spec.expr.is_distinct() && !(name == "count" && spec.expr.expressions().len() == 1) {
         return Ok(Some(format!(
             "{}(DISTINCT ...) over rows that change",
             name.to_uppercase()
@@ -140,7 +142,7 @@ impl Retractable {
         let arg = Arc::clone(&spec.expr.expressions()[0]);
         let (arg, t) = exact_argument(&arg, input)?;
         let kept = match name.as_str() {
-            "count" => Kept::Count(Vec::new()),
+            "count" if !spec.expr.is_distinct() => Kept::Count(Vec::new()),
             "sum" | "avg" if t.is_floating() => Kept::FloatSum {
                 avg: name == "avg",
                 sums: Vec::new(),
@@ -161,9 +163,12 @@ impl Retractable {
                     .convert_columns(&[datafusion::arrow::array::new_null_array(&t, 1)])?
                     .row(0)
                     .owned();
+                let count_distinct = name == "count";
                 Kept::Extreme {
                     max: name == "max",
-                    append_only: !changelog,
+                    // COUNT(DISTINCT) keeps every value even over rows that only append.
+                    append_only: !changelog && !count_distinct,
+                    count_distinct,
                     converter,
                     values: Vec::new(),
                     null,
@@ -294,7 +299,8 @@ impl Retractable {
                     } else {
                         let m = set.get_mut(value).ok_or_else(|| {
                             Error::Internal(
-                                "a MIN/MAX value was taken back that it never had".into(),
+                                "a MIN/MAX or DISTINCT value was taken back that it never had"
+                                    .into(),
                             )
                         })?;
                         *m -= 1;
@@ -343,6 +349,13 @@ impl Retractable {
                 sums,
                 counts,
             } => average(ids, *scale, sums, counts, out)?,
+            Kept::Extreme {
+                count_distinct: true,
+                values,
+                ..
+            } => Arc::new(Int64Array::from_iter_values(
+                ids.iter().map(|&g| values[g].len() as i64),
+            )),
             Kept::Extreme {
                 max,
                 converter,
