@@ -52,13 +52,64 @@ enum Kept {
     Extreme {
         max: bool,
         append_only: bool,
-        /// COUNT(DISTINCT x): the number of values kept, not the best of them.
-        count_distinct: bool,
         converter: RowConverter,
         values: Vec<BTreeMap<Box<[u8]>, i64>>,
         null: OwnedRow,
     },
+    /// COUNT(DISTINCT x): every value with its multiplicity.
+    CountDistinct {
+        converter: RowConverter,
+        values: Vec<Distinct>,
+    },
 }
+
+/// COUNT(DISTINCT x): every value with its multiplicity, hashed by row-format bytes.
+type Distinct = HashMap<Box<[u8]>, i64>;
+
+/// A multiset of values by their row-format bytes: what MIN, MAX and COUNT(DISTINCT) keep.
+trait Multiset: Default + Clone {
+    fn entries(&self) -> Vec<(&[u8], i64)>;
+    fn put(&mut self, value: &[u8], multiplicity: i64);
+    /// Adds one of `value` (or takes one back); returns the change in bytes kept.
+    fn add(&mut self, value: &[u8], inserted: bool) -> Result<isize>;
+}
+
+macro_rules! multiset {
+    ($t:ty) => {
+        impl Multiset for $t {
+            fn entries(&self) -> Vec<(&[u8], i64)> {
+                self.iter().map(|(k, &m)| (k.as_ref(), m)).collect()
+            }
+
+            fn put(&mut self, value: &[u8], multiplicity: i64) {
+                self.insert(value.into(), multiplicity);
+            }
+
+            fn add(&mut self, value: &[u8], inserted: bool) -> Result<isize> {
+                if inserted {
+                    if let Some(m) = self.get_mut(value) {
+                        *m += 1;
+                        return Ok(0);
+                    }
+                    self.insert(value.into(), 1);
+                    return Ok((value.len() + VALUE_OVERHEAD) as isize);
+                }
+                let m = self.get_mut(value).ok_or_else(|| {
+                    Error::Internal("a value was taken back that was never added".into())
+                })?;
+                *m -= 1;
+                if *m > 0 {
+                    return Ok(0);
+                }
+                self.remove(value);
+                Ok(-((value.len() + VALUE_OVERHEAD) as isize))
+            }
+        }
+    };
+}
+
+multiset!(BTreeMap<Box<[u8]>, i64>);
+multiset!(Distinct);
 
 /// One aggregate: its argument, its filter, and its kept state.
 #[derive(Debug)]
@@ -157,18 +208,19 @@ impl Retractable {
                 sums: Vec::new(),
                 counts: Vec::new(),
             },
+            "count" => Kept::CountDistinct {
+                converter: RowConverter::new(vec![SortField::new(t.clone())])?,
+                values: Vec::new(),
+            },
             _ => {
                 let converter = RowConverter::new(vec![SortField::new(t.clone())])?;
                 let null = converter
                     .convert_columns(&[datafusion::arrow::array::new_null_array(&t, 1)])?
                     .row(0)
                     .owned();
-                let count_distinct = name == "count";
                 Kept::Extreme {
                     max: name == "max",
-                    // COUNT(DISTINCT) keeps every value even over rows that only append.
-                    append_only: !changelog && !count_distinct,
-                    count_distinct,
+                    append_only: !changelog,
                     converter,
                     values: Vec::new(),
                     null,
@@ -196,6 +248,7 @@ impl Retractable {
                 set(counts, g, 0);
             }
             Kept::Extreme { values, .. } => set(values, g, BTreeMap::new()),
+            Kept::CountDistinct { values, .. } => set(values, g, Distinct::default()),
         }
     }
 
@@ -286,29 +339,13 @@ impl Retractable {
             } => {
                 let rows = converter.convert_columns(&[Arc::clone(&arg)])?;
                 for i in (0..n).filter(|&i| counts(i)) {
-                    let value = rows.row(i).data();
-                    let set = &mut values[ids[i]];
-                    if inserted.value(i) {
-                        match set.get_mut(value) {
-                            Some(m) => *m += 1,
-                            None => {
-                                set.insert(value.into(), 1);
-                                bytes += (value.len() + VALUE_OVERHEAD) as isize;
-                            }
-                        }
-                    } else {
-                        let m = set.get_mut(value).ok_or_else(|| {
-                            Error::Internal(
-                                "a MIN/MAX or DISTINCT value was taken back that it never had"
-                                    .into(),
-                            )
-                        })?;
-                        *m -= 1;
-                        if *m == 0 {
-                            set.remove(value);
-                            bytes -= (value.len() + VALUE_OVERHEAD) as isize;
-                        }
-                    }
+                    bytes += values[ids[i]].add(rows.row(i).data(), inserted.value(i))?;
+                }
+            }
+            Kept::CountDistinct { converter, values } => {
+                let rows = converter.convert_columns(&[Arc::clone(&arg)])?;
+                for i in (0..n).filter(|&i| counts(i)) {
+                    bytes += values[ids[i]].add(rows.row(i).data(), inserted.value(i))?;
                 }
             }
         }
@@ -349,11 +386,7 @@ impl Retractable {
                 sums,
                 counts,
             } => average(ids, *scale, sums, counts, out)?,
-            Kept::Extreme {
-                count_distinct: true,
-                values,
-                ..
-            } => Arc::new(Int64Array::from_iter_values(
+            Kept::CountDistinct { values, .. } => Arc::new(Int64Array::from_iter_values(
                 ids.iter().map(|&g| values[g].len() as i64),
             )),
             Kept::Extreme {
@@ -679,6 +712,9 @@ impl Operator for GroupAggregateOperator {
                 Kept::Extreme {
                     converter, values, ..
                 } => extremes.push(extreme_batch(&live, converter, values)?),
+                Kept::CountDistinct { converter, values } => {
+                    extremes.push(extreme_batch(&live, converter, values)?)
+                }
             }
         }
         let mut batches = vec![unnamed_batch(columns)?];
@@ -738,6 +774,9 @@ impl Operator for GroupAggregateOperator {
                 Kept::Extreme {
                     converter, values, ..
                 } => restore_extreme(batches.next().ok_or_else(corrupt)?, converter, values)?,
+                Kept::CountDistinct { converter, values } => {
+                    restore_extreme(batches.next().ok_or_else(corrupt)?, converter, values)?
+                }
             };
             self.bytes = self.bytes.saturating_add_signed(change);
         }
@@ -773,15 +812,15 @@ fn unnamed_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
 }
 
 /// A MIN/MAX's values as (the group's position among `live`, value, multiplicity).
-fn extreme_batch(
+fn extreme_batch<M: Multiset>(
     live: &[usize],
     converter: &RowConverter,
-    values: &[BTreeMap<Box<[u8]>, i64>],
+    values: &[M],
 ) -> Result<RecordBatch> {
     let parser = converter.parser();
     let (mut position, mut rows, mut counts) = (Vec::new(), Vec::new(), Vec::new());
     for (p, &g) in live.iter().enumerate() {
-        for (value, &m) in &values[g] {
+        for (value, m) in values[g].entries() {
             position.push(p as u32);
             rows.push(parser.parse(value));
             counts.push(m);
@@ -795,10 +834,10 @@ fn extreme_batch(
 
 /// Restores a MIN/MAX from [`extreme_batch`] into groups numbered as they were restored (the
 /// group at position p has id p); returns the bytes its values take.
-fn restore_extreme(
+fn restore_extreme<M: Multiset>(
     batch: RecordBatch,
     converter: &RowConverter,
-    values: &mut [BTreeMap<Box<[u8]>, i64>],
+    values: &mut [M],
 ) -> Result<isize> {
     let corrupt = || Error::Corrupt("MIN/MAX state is malformed".into());
     if batch.num_columns() != 3 {
@@ -816,7 +855,7 @@ fn restore_extreme(
             .ok_or_else(corrupt)?;
         let value = rows.row(i).data();
         bytes += (value.len() + VALUE_OVERHEAD) as isize;
-        set.insert(value.into(), counts.value(i));
+        set.put(value, counts.value(i));
     }
     Ok(bytes)
 }
