@@ -12,8 +12,8 @@ use datafusion::arrow::array::{
     FixedSizeBinaryBuilder, Float64Array, Int64Array, UInt32Array,
 };
 use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, TryCastExpr};
@@ -717,7 +717,7 @@ impl Operator for GroupAggregateOperator {
                 }
             }
         }
-        let mut batches = vec![unnamed_batch(columns)?];
+        let mut batches = vec![super::state_batch(columns)?];
         batches.extend(extremes);
         Ok(OperatorState {
             values: Vec::new(),
@@ -796,21 +796,6 @@ fn i128s(live: &[usize], v: &[i128]) -> Result<ArrayRef> {
     Ok(Arc::new(b.finish()) as Arc<FixedSizeBinaryArray>)
 }
 
-fn unnamed_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-    let fields: Vec<Field> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
-        .collect();
-    let options =
-        RecordBatchOptions::new().with_row_count(Some(columns.first().map_or(0, |c| c.len())));
-    Ok(RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        columns,
-        &options,
-    )?)
-}
-
 /// A MIN/MAX's values as (the group's position among `live`, value, multiplicity).
 fn extreme_batch<M: Multiset>(
     live: &[usize],
@@ -829,7 +814,7 @@ fn extreme_batch<M: Multiset>(
     let mut columns = vec![Arc::new(UInt32Array::from(position)) as ArrayRef];
     columns.push(converter.convert_rows(rows)?.remove(0));
     columns.push(Arc::new(Int64Array::from(counts)));
-    unnamed_batch(columns)
+    super::state_batch(columns)
 }
 
 /// Restores a MIN/MAX from [`extreme_batch`] into groups numbered as they were restored (the
@@ -865,6 +850,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::datatypes::Field;
     use datafusion::functions_aggregate::average::avg_udaf;
     use datafusion::functions_aggregate::count::count_udaf;
     use datafusion::functions_aggregate::min_max::{max_udaf, min_udaf};

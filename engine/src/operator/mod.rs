@@ -180,6 +180,25 @@ pub(crate) fn aggregate_inputs(
     Ok((args, filters))
 }
 
+/// A batch of operator state: `columns` under placeholder names (`c0`, `c1`, ...), any number
+/// of rows (also none, and for no columns).
+pub(crate) fn state_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatchOptions;
+    let fields: Vec<Field> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+        .collect();
+    let options =
+        RecordBatchOptions::new().with_row_count(Some(columns.first().map_or(0, |c| c.len())));
+    Ok(RecordBatch::try_new_with_options(
+        Arc::new(Schema::new(fields)),
+        columns,
+        &options,
+    )?)
+}
+
 /// A batch of `schema` from `columns`, casting those whose type differs (accumulators may
 /// produce a related type, e.g. a different timestamp unit).
 pub(crate) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {

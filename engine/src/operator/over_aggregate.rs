@@ -462,7 +462,7 @@ impl Operator for OverAggregateOperator {
             )) as ArrayRef,
         ];
         columns.extend(rows.columns().iter().cloned());
-        state.batches.push(unnamed(columns)?);
+        state.batches.push(super::state_batch(columns)?);
         let mut columns = vec![
             Arc::new(datafusion::arrow::array::BinaryArray::from_iter_values(
                 running_keys,
@@ -481,7 +481,7 @@ impl Operator for OverAggregateOperator {
                 });
             }
         }
-        state.batches.push(unnamed(columns)?);
+        state.batches.push(super::state_batch(columns)?);
         Ok(state)
     }
 
@@ -543,21 +543,6 @@ impl Operator for OverAggregateOperator {
         }
         Ok(())
     }
-}
-
-fn unnamed(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
-    let fields: Vec<Field> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
-        .collect();
-    let options =
-        RecordBatchOptions::new().with_row_count(Some(columns.first().map_or(0, |c| c.len())));
-    Ok(RecordBatch::try_new_with_options(
-        Arc::new(Schema::new(fields)),
-        columns,
-        &options,
-    )?)
 }
 
 #[cfg(test)]

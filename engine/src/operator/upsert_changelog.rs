@@ -8,7 +8,7 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Arr
 use datafusion::arrow::compute::{cast, concat_batches, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 
 use super::Operator;
 use crate::checkpoint::OperatorState;
@@ -85,6 +85,15 @@ impl UpsertChangelogOperator {
         Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
     }
 
+    /// The keys of rows with `columns` as row-format bytes; `None` without key columns.
+    fn key_rows(&self, columns: &[ArrayRef]) -> Result<Option<Rows>> {
+        let Some(converter) = &self.keys else {
+            return Ok(None);
+        };
+        let keys: Vec<ArrayRef> = self.key.iter().map(|&k| Arc::clone(&columns[k])).collect();
+        Ok(Some(converter.convert_columns(&keys)?))
+    }
+
     fn forget(&mut self, key: &[u8]) -> Option<OwnedRow> {
         let (key, row) = self.last.remove_entry(key)?;
         self.bytes -= key.len() + row.row().data().len() + ENTRY_OVERHEAD;
@@ -116,18 +125,7 @@ impl Operator for UpsertChangelogOperator {
         let visible = self
             .visibility
             .then(|| batch.column(width).as_boolean().clone());
-        let key_rows = match &self.keys {
-            Some(c) => Some(
-                c.convert_columns(
-                    &self
-                        .key
-                        .iter()
-                        .map(|&k| Arc::clone(&values[k]))
-                        .collect::<Vec<_>>(),
-                )?,
-            ),
-            None => None,
-        };
+        let key_rows = self.key_rows(&values)?;
         let key_of = |i: usize| key_rows.as_ref().map_or(&[][..], |r| r.row(i).data());
         // The last row of each key in this batch, keys in order of first appearance.
         let mut latest: HashMap<&[u8], usize> = HashMap::new();
@@ -220,18 +218,7 @@ impl Operator for UpsertChangelogOperator {
                 .map(|(c, f)| Ok(cast(c, f.data_type())?))
                 .collect::<Result<Vec<_>>>()?;
             let rows = self.rows.convert_columns(&columns)?;
-            let key_rows = match &self.keys {
-                Some(c) => Some(
-                    c.convert_columns(
-                        &self
-                            .key
-                            .iter()
-                            .map(|&k| Arc::clone(&columns[k]))
-                            .collect::<Vec<_>>(),
-                    )?,
-                ),
-                None => None,
-            };
+            let key_rows = self.key_rows(&columns)?;
             for i in 0..batch.num_rows() {
                 let k = key_rows.as_ref().map_or(&[][..], |r| r.row(i).data());
                 self.remember(k, rows.row(i).owned());

@@ -73,6 +73,26 @@ fn per_group_operator(
     )?))
 }
 
+/// The projection after an aggregate without GROUP BY: every column of `output` but the
+/// constant group column the aggregation ran on (the first of `input`).
+fn drop_constant_group(
+    output: &datafusion::arrow::datatypes::Schema,
+    input: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<ProjectionOperator> {
+    let exprs = output
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                Arc::new(Column::new(f.name(), i + 1)) as Arc<dyn PhysicalExpr>,
+                f.name().clone(),
+            )
+        })
+        .collect();
+    Ok(ProjectionOperator::try_new(exprs, input)?)
+}
+
 impl Planner<'_> {
     /// GROUP BY over SESSION(...): the group columns other than the window's are the session key.
     pub(crate) fn build_session_aggregate(
@@ -310,21 +330,9 @@ impl Planner<'_> {
         built.aggregated = true;
         built.times = vec![None; output.fields().len()];
         if global {
-            let exprs = output
-                .fields()
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    (
-                        Arc::new(Column::new(f.name(), i + 1)) as Arc<dyn PhysicalExpr>,
-                        f.name().clone(),
-                    )
-                })
-                .collect();
-            built.operators.push(Box::new(ProjectionOperator::try_new(
-                exprs,
-                &with_visibility,
-            )?));
+            built
+                .operators
+                .push(Box::new(drop_constant_group(&output, &with_visibility)?));
             built.key = Some(Vec::new());
         } else {
             built.key = Some((0..agg.group_expr.len()).collect());
@@ -385,20 +393,9 @@ impl Planner<'_> {
                     Emit::OnUpdate,
                 )?)),
         }
-        let exprs = output
-            .fields()
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                (
-                    Arc::new(Column::new(f.name(), i + 1)) as Arc<dyn PhysicalExpr>,
-                    f.name().clone(),
-                )
-            })
-            .collect();
         built
             .operators
-            .push(Box::new(ProjectionOperator::try_new(exprs, &with_group)?));
+            .push(Box::new(drop_constant_group(&output, &with_group)?));
         built.key = Some(Vec::new());
         built.aggregated = true;
         built.times = vec![None; output.fields().len()];
