@@ -155,11 +155,6 @@ impl SessionAggregateOperator {
                 "session aggregate output does not fit its layout".into(),
             ));
         }
-        if aggregates.iter().any(|a| !a.expr.order_bys().is_empty()) {
-            return Err(Error::InvalidArgument(
-                "ordered aggregates are not supported in session windows".into(),
-            ));
-        }
         let fields = keys
             .iter()
             .map(|k| Ok(SortField::new(k.data_type(input)?)))
