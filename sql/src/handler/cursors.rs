@@ -182,7 +182,8 @@ impl Handler {
             ));
         };
         let name = normalize(name);
-        let plan = self.plan(Statement::Query(query.clone())).await?;
+        let query = Statement::Query(query.clone());
+        let plan = self.plan(query.clone()).await?;
         let out = self.run_plan(plan, params).await?;
         let Output::Rows { schema, stream } = out else {
             return Err(Error::Internal(
@@ -192,7 +193,8 @@ impl Handler {
         self.cursors.lock().await.insert(
             name,
             Cursor::Rows {
-                schema,
+                // FETCH (psql's FETCH_COUNT) shows the names a plain SELECT shows.
+                schema: Arc::new(super::with_pg_names(&schema, &query)),
                 stream,
                 batches: VecDeque::new(),
             },
