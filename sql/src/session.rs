@@ -296,6 +296,32 @@ mod tests {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Result columns carry PostgreSQL's names in a SELECT, its Describe and a cursor's FETCH.
+    #[tokio::test]
+    async fn result_columns_have_postgres_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::open(dir.path()).await.expect("open");
+        let session = Session::new(db.clone());
+        let sql = "SELECT x, x * 2, count(*) OVER (), CAST(1 AS smallint), upper('a') \
+                   FROM (VALUES (1)) t(x)";
+        let names = |schema: &datafusion::arrow::datatypes::Schema| -> Vec<String> {
+            schema.fields().iter().map(|f| f.name().clone()).collect()
+        };
+        let expected = ["x", "?column?", "count", "int2", "upper"];
+        let Output::Rows { schema, .. } = run(&session, sql).await else {
+            panic!("rows")
+        };
+        assert_eq!(names(&schema), expected);
+        let described = session.describe(sql).await.expect("describe");
+        assert_eq!(names(&described.columns.expect("columns")), expected);
+        run(&session, &format!("DECLARE c CURSOR FOR {sql}")).await;
+        let Output::Rows { schema, .. } = run(&session, "FETCH 1 FROM c").await else {
+            panic!("rows")
+        };
+        assert_eq!(names(&schema), expected);
+        db.shutdown();
+    }
+
     /// `CREATE ... IF NOT EXISTS` over an object of another kind does what PostgreSQL does:
     /// a notice, and nothing changed.
     #[tokio::test]
