@@ -326,8 +326,8 @@ fn updating_query() -> impl Strategy<Value = String> {
             ),
             // State per group (no DISTINCT): each batch costs what it holds.
             1 => "SELECT k, COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
-                  AVG(v) AS mean, COUNT(v) FILTER (WHERE v > 0) AS positive, MAX(ts) AS last \
-                  FROM events GROUP BY k"
+                  AVG(v) AS mean, COUNT(v) FILTER (WHERE v > 0) AS positive, MAX(ts) AS last, \
+                  MIN(CAST(v + 0 AS TEXT)) AS least_text FROM events GROUP BY k"
                 .into(),
             // Groups enter and leave the view as they pass and stop passing HAVING.
             2 => format!(

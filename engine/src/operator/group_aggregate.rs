@@ -120,12 +120,10 @@ struct Retractable {
     kept: Kept,
 }
 
-fn is_integer(t: &DataType) -> bool {
-    t.is_integer()
-}
-
-/// The argument of `expr` as given, before a cast of an integer to a float that DataFusion's
-/// AVG puts in (the sum stays exact in integers).
+/// The argument of SUM or AVG as given, before a cast of an integer to a float (which
+/// DataFusion's AVG puts in): the sum then stays exact in integers, and equals the float sum
+/// wherever that is exact. Any other cast (to a narrower integer, to text) stays, since
+/// leaving it out would change the values.
 fn exact_argument(
     arg: &Arc<dyn PhysicalExpr>,
     input: &Schema,
@@ -136,13 +134,14 @@ fn exact_argument(
     } else {
         expr.downcast_ref::<TryCastExpr>().map(|c| c.expr())
     };
-    if let Some(inner) = inner {
-        let t = inner.data_type(input)?;
-        if is_integer(&t) {
-            return Ok((Arc::clone(inner), t));
+    let t = arg.data_type(input)?;
+    if let Some(inner) = inner.filter(|_| t.is_floating()) {
+        let from = inner.data_type(input)?;
+        if from.is_integer() {
+            return Ok((Arc::clone(inner), from));
         }
     }
-    Ok((Arc::clone(arg), arg.data_type(input)?))
+    Ok((Arc::clone(arg), t))
 }
 
 /// Why `spec` cannot be kept per group by [`GroupAggregateOperator`] (over rows that may be
@@ -165,7 +164,7 @@ pub fn group_aggregate_refusal(
         ("sum" | "avg", [arg]) => {
             let (_, t) = exact_argument(arg, input)?;
             match t {
-                t if is_integer(&t) => None,
+                t if t.is_integer() => None,
                 DataType::Decimal128(..) => None,
                 DataType::Float64 | DataType::Float32 if !changelog => None,
                 t if changelog => Some(format!(
@@ -191,7 +190,12 @@ impl Retractable {
         }
         let name = spec.expr.fun().name().to_ascii_lowercase();
         let arg = Arc::clone(&spec.expr.expressions()[0]);
-        let (arg, t) = exact_argument(&arg, input)?;
+        let (arg, t) = if matches!(name.as_str(), "sum" | "avg") {
+            exact_argument(&arg, input)?
+        } else {
+            let t = arg.data_type(input)?;
+            (arg, t)
+        };
         let kept = match name.as_str() {
             "count" if !spec.expr.is_distinct() => Kept::Count(Vec::new()),
             "sum" | "avg" if t.is_floating() => Kept::FloatSum {
