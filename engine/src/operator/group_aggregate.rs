@@ -873,21 +873,31 @@ mod tests {
         ]))
     }
 
-    /// COUNT(v), SUM(v), AVG(v) (over v cast to a float, as DataFusion plans it), MIN(v) and
-    /// MAX(v) per k.
-    fn operator() -> GroupAggregateOperator {
-        let schema = input();
-        let v = || Arc::new(Column::new("v", 1)) as Arc<dyn PhysicalExpr>;
-        let spec = |udaf, arg, name: &str| AggregateSpec {
+    /// `udaf(arg)` over rows of `schema`, named `name`.
+    fn spec(
+        schema: &SchemaRef,
+        udaf: Arc<datafusion::logical_expr::AggregateUDF>,
+        arg: Arc<dyn PhysicalExpr>,
+        name: &str,
+    ) -> AggregateSpec {
+        AggregateSpec {
             expr: Arc::new(
                 AggregateExprBuilder::new(udaf, vec![arg])
-                    .schema(Arc::clone(&schema))
+                    .schema(Arc::clone(schema))
                     .alias(name)
                     .build()
                     .expect("aggregate"),
             ),
             filter: None,
-        };
+        }
+    }
+
+    /// COUNT(v), SUM(v), AVG(v) (over v cast to a float, as DataFusion plans it), MIN(v) and
+    /// MAX(v) per k.
+    fn operator() -> GroupAggregateOperator {
+        let schema = input();
+        let v = || Arc::new(Column::new("v", 1)) as Arc<dyn PhysicalExpr>;
+        let spec = |udaf, arg, name: &str| spec(&schema, udaf, arg, name);
         let as_float = cast_expr(v(), &schema, DataType::Float64).expect("cast");
         let specs = vec![
             spec(count_udaf(), v(), "n"),
@@ -998,16 +1008,7 @@ mod tests {
             Field::new("k", DataType::Utf8, false),
             Field::new("x", DataType::Float64, true),
         ]));
-        let spec = |udaf, arg: Arc<dyn PhysicalExpr>, name: &str| AggregateSpec {
-            expr: Arc::new(
-                AggregateExprBuilder::new(udaf, vec![arg])
-                    .schema(Arc::clone(&schema))
-                    .alias(name)
-                    .build()
-                    .expect("aggregate"),
-            ),
-            filter: None,
-        };
+        let spec = |udaf, arg, name: &str| spec(&schema, udaf, arg, name);
         let x = || Arc::new(Column::new("x", 1)) as Arc<dyn PhysicalExpr>;
         let k = || Arc::new(Column::new("k", 0)) as Arc<dyn PhysicalExpr>;
         let specs = vec![spec(avg_udaf(), x(), "mean"), spec(max_udaf(), k(), "top")];
@@ -1066,16 +1067,7 @@ mod tests {
         let schema = input();
         let as_float =
             cast_expr(Arc::new(Column::new("k", 0)), &schema, DataType::Float64).expect("cast");
-        let spec = AggregateSpec {
-            expr: Arc::new(
-                AggregateExprBuilder::new(sum_udaf(), vec![as_float])
-                    .schema(Arc::clone(&schema))
-                    .alias("s")
-                    .build()
-                    .expect("sum"),
-            ),
-            filter: None,
-        };
+        let spec = spec(&schema, sum_udaf(), as_float, "s");
         let why = group_aggregate_refusal(&spec, &schema, true)
             .unwrap()
             .expect("refused");

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, not, take};
+use datafusion::arrow::compute::{cast, concat_batches, filter, filter_record_batch, not, take};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::arrow::row::{RowConverter, Rows, SortField};
@@ -301,7 +301,7 @@ impl OverAggregateOperator {
             Vec::new()
         };
         let released = filter_record_batch(&all, &done)?;
-        let times = self.times(&released)?;
+        let times = filter(&times, &done)?.as_primitive::<Int64Type>().clone();
         let keys = self.partition_rows(&released)?;
         // By partition, then time, then arrival.
         let mut order: Vec<u32> = (0..released.num_rows() as u32).collect();
@@ -315,14 +315,15 @@ impl OverAggregateOperator {
         let order = UInt32Array::from(order);
         let sorted = take_batch(&released, &order)?;
         let columns = self.frame_columns(&sorted)?;
-        let sorted_keys = self.partition_rows(&sorted)?;
+        // The partition key of the j-th row in sorted order.
+        let key_at = |j: usize| keys.row(order.value(j) as usize);
         let mut values = vec![Vec::with_capacity(sorted.num_rows()); self.aggregates.len()];
         let mut start = 0;
         let n = sorted.num_rows();
         while start < n {
-            let key = sorted_keys.row(start);
+            let key = key_at(start);
             let mut end = start + 1;
-            while end < n && sorted_keys.row(end) == key {
+            while end < n && key_at(end) == key {
                 end += 1;
             }
             let mut history = self.partitions.remove(key.data()).unwrap_or_default();
