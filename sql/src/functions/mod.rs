@@ -2,11 +2,14 @@
 //! with the meaning its author intended: PostgreSQL's functions keep PostgreSQL's meaning, and
 //! Flink's own (`DATE_FORMAT`, `HOUR`, `REGEXP_EXTRACT`, `SPLIT_INDEX`, ...) Flink's.
 
+mod bytea;
+mod checked;
 mod flink_string;
 mod flink_time;
 mod java_pattern;
 mod modulo;
 mod pg_pattern;
+mod postgres_rule;
 mod sql_function;
 
 use datafusion::logical_expr::ScalarUDF;
@@ -43,6 +46,8 @@ pub use flink_time::{Part, Patterns, ProcTime, TimeFormat, TimePart};
 pub use java_pattern::JavaPattern;
 pub use modulo::ModFunction;
 pub use pg_pattern::PgPattern;
+pub use postgres_rule::PostgresMeaning;
+pub(crate) use postgres_rule::postgres_meaning;
 pub use sql_function::SqlFunction;
 
 /// Every function Weir adds, to register in a planning context (each replaces any DataFusion
@@ -57,6 +62,11 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(RegexpExtract::new()),
         ScalarUDF::from(SplitIndex::new()),
         ScalarUDF::from(ProcTime::new()),
+        // PostgreSQL's name for DataFusion's signum.
+        datafusion::functions::math::signum()
+            .as_ref()
+            .clone()
+            .with_aliases(["sign"]),
     ];
     for (part, name) in Part::ALL {
         out.push(ScalarUDF::from(TimePart::new(part, name)));

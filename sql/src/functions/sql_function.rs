@@ -4,7 +4,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::compute::cast;
+use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::common::exec_err;
@@ -105,7 +105,7 @@ impl ScalarUDFImpl for SqlFunction {
                 Ok(if array.data_type() == f.data_type() {
                     array
                 } else {
-                    cast(&array, f.data_type())?
+                    strict_cast(&array, f.data_type())?
                 })
             })
             .collect::<datafusion::error::Result<Vec<_>>>()?;
@@ -117,8 +117,21 @@ impl ScalarUDFImpl for SqlFunction {
             if out.data_type() == &self.return_type {
                 out
             } else {
-                cast(&out, &self.return_type)?
+                strict_cast(&out, &self.return_type)?
             },
         ))
     }
+}
+
+/// A cast that fails on a value the type cannot hold (as PostgreSQL's does) where Arrow's
+/// default cast would give NULL.
+fn strict_cast(
+    array: &datafusion::arrow::array::ArrayRef,
+    to: &datafusion::arrow::datatypes::DataType,
+) -> datafusion::error::Result<datafusion::arrow::array::ArrayRef> {
+    let options = CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    Ok(cast_with_options(array, to, &options)?)
 }

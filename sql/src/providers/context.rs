@@ -165,6 +165,9 @@ pub(crate) fn new_context(registry: &Registry, settings: &Settings) -> WeirConte
         .collect();
     let mut state = SessionStateBuilder::new_from_existing(state)
         .with_optimizer_rules(rules)
+        // Integer arithmetic that fails on overflow (22003) and text read as bytea as
+        // PostgreSQL does; after type coercion, which the default rules end with.
+        .with_analyzer_rule(Arc::new(crate::functions::PostgresMeaning))
         .build();
     // JSON functions and operators (`json_get_str(value, 'user')`, `value->>'user'`), for
     // JSON held in text columns such as a raw Kafka topic's values. Registering into a fresh
@@ -195,6 +198,13 @@ pub(crate) fn new_context(registry: &Registry, settings: &Settings) -> WeirConte
     for f in crate::functions::all() {
         ctx.register_udf(f);
     }
+    // PostgreSQL's `variance`, the sample variance as DataFusion's var_samp.
+    ctx.register_udaf(
+        datafusion::functions_aggregate::variance::var_samp_udaf()
+            .as_ref()
+            .clone()
+            .with_aliases(["variance"]),
+    );
     register_sql_functions(&ctx, &registry.functions());
     for f in crate::settings::functions(settings) {
         ctx.register_udf(f);

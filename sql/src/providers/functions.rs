@@ -110,6 +110,7 @@ pub(crate) fn plan_function(state: &SessionState, def: &FunctionDef) -> Result<S
     let arguments = Arc::new(Schema::new(fields));
     let schema = DFSchema::try_from(arguments.as_ref().clone())?;
     let body = planner.sql_to_expr(parse_expr(&def.body)?, &schema, &mut PlannerContext::new())?;
+    let body = crate::functions::postgres_meaning(body, &schema)?.data;
     // Types are coerced here, as for any expression the context plans.
     let physical = state.create_physical_expr(body, &schema)?;
     Ok(SqlFunction::new(

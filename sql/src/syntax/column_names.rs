@@ -2,7 +2,7 @@
 //! name, a function's name, a cast's type, `?column?` for other expressions.
 
 use datafusion::sql::sqlparser::ast::{
-    DataType as SqlType, Expr, Ident, ObjectName, Query, SelectItem, SetExpr, Statement,
+    AccessExpr, DataType as SqlType, Expr, Ident, ObjectName, Query, SelectItem, SetExpr, Statement,
 };
 
 /// How sure a name is: PostgreSQL lets a cast keep its argument's name only if that is a
@@ -76,7 +76,18 @@ fn figure(expr: &Expr) -> Figured {
         Expr::Interval(_) => Figured::Type("interval".into()),
         Expr::Extract { .. } => Figured::Name("extract".into()),
         Expr::Case { .. } => Figured::Name("case".into()),
-        Expr::Substring { .. } => Figured::Name("substring".into()),
+        Expr::Substring { shorthand, .. } => {
+            Figured::Name(if *shorthand { "substr" } else { "substring" }.into())
+        }
+        // The last field name accessed, else the name of what the subscripts apply to.
+        Expr::CompoundFieldAccess { root, access_chain } => access_chain
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                AccessExpr::Dot(Expr::Identifier(i)) => Some(Figured::Name(folded(i))),
+                _ => None,
+            })
+            .unwrap_or_else(|| figure(root)),
         Expr::Trim { .. } => Figured::Name("btrim".into()),
         Expr::Position { .. } => Figured::Name("position".into()),
         Expr::Overlay { .. } => Figured::Name("overlay".into()),
@@ -237,6 +248,13 @@ mod tests {
                 3
             ),
             ["extract", "case", "x"]
+        );
+        assert_eq!(
+            names(
+                "SELECT substr(s, 1), substring(s FROM 1), (ARRAY[1])[1], a[1], r.f[2] FROM t",
+                5
+            ),
+            ["substr", "substring", "array", "a", "f"]
         );
         assert_eq!(
             names("SELECT *, x + 1, y AS z FROM t", 4),

@@ -205,3 +205,36 @@ impl VisitorMut for AggregateScalarSubqueries {
         ControlFlow::Continue(())
     }
 }
+
+/// Refuses casts to text of a length (`CAST(x AS varchar(2))`, `x::char(3)`): PostgreSQL cuts
+/// or pads the text to that length, and Weir's text has no length, so it would keep the whole
+/// text and give a plausible wrong value.
+pub(crate) fn refuse_text_lengths(stmt: &Statement) -> crate::Result<()> {
+    use datafusion::sql::sqlparser::ast::{DataType, Visit, Visitor};
+    struct Lengths;
+    impl Visitor for Lengths {
+        type Break = String;
+        fn pre_visit_expr(&mut self, expr: &SqlExpr) -> ControlFlow<String> {
+            if let SqlExpr::Cast { data_type, .. } = expr {
+                if let DataType::Character(Some(_))
+                | DataType::Char(Some(_))
+                | DataType::CharacterVarying(Some(_))
+                | DataType::CharVarying(Some(_))
+                | DataType::Varchar(Some(_))
+                | DataType::Nvarchar(Some(_)) = data_type
+                {
+                    return ControlFlow::Break(data_type.to_string());
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    match stmt.visit(&mut Lengths) {
+        ControlFlow::Break(ty) => Err(crate::Error::NotSupported(format!(
+            "a cast to {ty} is not supported: Weir's text has no length, so it cannot cut or pad \
+             the text as PostgreSQL does; cast to text, and use left(x, n) or rpad(x, n) for the \
+             length"
+        ))),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}

@@ -509,6 +509,7 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         } else {
             let mut stmt = parser.parse_statement()?;
             super::flink::rewrite_group_windows(&mut stmt)?;
+            super::compat::refuse_text_lengths(&stmt)?;
             normalize_relations(&mut stmt);
             match emits.iter().find(|(n, _)| *n == out.len()) {
                 None => WeirStatement::Sql(Box::new(stmt)),

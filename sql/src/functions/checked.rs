@@ -1,0 +1,97 @@
+//! Integer `+`, `-` and `*` that fail on overflow (SQLSTATE 22003) as PostgreSQL's and Flink's
+//! do, where DataFusion's wrap around and so would give a plausible wrong number.
+
+use std::sync::Arc;
+
+use datafusion::arrow::compute::kernels::cast::cast;
+use datafusion::arrow::compute::kernels::numeric::{add, mul, sub};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{ExprSchema, Result, ScalarValue};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
+use datafusion::logical_expr::{
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, Operator, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
+};
+
+/// One checked integer operation: `checked_add`, `checked_sub` or `checked_mul`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct CheckedArithmetic {
+    op: Operator,
+    signature: Signature,
+}
+
+impl CheckedArithmetic {
+    /// The checked form of `op`, one of `+`, `-` and `*`.
+    fn new(op: Operator) -> Self {
+        Self {
+            op,
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for CheckedArithmetic {
+    fn name(&self) -> &str {
+        match self.op {
+            Operator::Plus => "checked_add",
+            Operator::Minus => "checked_sub",
+            _ => "checked_mul",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        let [l, r] = arg_types else {
+            return datafusion::common::plan_err!("{} takes two arguments", self.name());
+        };
+        BinaryTypeCoercer::new(l, &self.op, r).get_result_type()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [l, r] = arrays.as_slice() else {
+            return datafusion::common::plan_err!("{} takes two arguments", self.name());
+        };
+        let ty = args.return_field.data_type();
+        let (l, r) = (cast(l, ty)?, cast(r, ty)?);
+        let out = match self.op {
+            Operator::Plus => add(&l, &r)?,
+            Operator::Minus => sub(&l, &r)?,
+            _ => mul(&l, &r)?,
+        };
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
+        })
+    }
+}
+
+/// Rewrites `a + b`, `a - b` and `a * b` over integers in `expr` into their checked forms.
+pub(crate) fn checked_arithmetic(expr: Expr, schema: &dyn ExprSchema) -> Result<Transformed<Expr>> {
+    expr.transform_up(|e| {
+        let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &e else {
+            return Ok(Transformed::no(e));
+        };
+        if !matches!(op, Operator::Plus | Operator::Minus | Operator::Multiply)
+            || !left.get_type(schema)?.is_integer()
+            || !right.get_type(schema)?.is_integer()
+        {
+            return Ok(Transformed::no(e));
+        }
+        let udf = ScalarUDF::from(CheckedArithmetic::new(*op));
+        let args = vec![left.as_ref().clone(), right.as_ref().clone()];
+        Ok(Transformed::yes(Expr::ScalarFunction(
+            ScalarFunction::new_udf(Arc::new(udf), args),
+        )))
+    })
+}
