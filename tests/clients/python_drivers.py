@@ -1,5 +1,6 @@
-"""Weir through Python's Postgres drivers: psycopg 3, psycopg2, asyncpg and SQLAlchemy's inspector
-(schema, table and view names).
+"""Weir through Python's Postgres drivers: psycopg 3, psycopg2, asyncpg (with its type
+introspection), and SQLAlchemy 2.1 over both psycopg drivers (the inspector, a reflected table's
+select(), pandas.read_sql of a view).
 
 Run by tests/e2e.rs with the server's port as the only argument; exits non-zero on the first
 failure. Each driver creates its own stream, inserts with parameters, reads a view and checks types.
@@ -126,6 +127,15 @@ async def with_asyncpg_async():
           [(8, 2.0, t0 + datetime.timedelta(minutes=8)), (9, 2.25, t0 + datetime.timedelta(minutes=9))],
           "asyncpg rows")
     check(await conn.fetchval("SELECT count(*) FROM apg"), 10, "asyncpg count")
+    # A codec of one's own makes asyncpg introspect the type in pg_catalog (pg_type and
+    # pg_namespace, with its recursive query over element and base types).
+    await conn.set_type_codec("float8", schema="pg_catalog", encoder=str,
+                              decoder=lambda text: "f:" + text, format="text")
+    check(await conn.fetchval("SELECT v FROM apg WHERE id = 2"), "f:0.5", "asyncpg own codec")
+    # Result types as asyncpg describes them from the statement's row description.
+    stmt = await conn.prepare("SELECT id, count(*), max(ts) FROM apg GROUP BY id")
+    check([(a.name, a.type.name) for a in stmt.get_attributes()],
+          [("id", "int8"), ("count", "int8"), ("max", "timestamp")], "asyncpg attributes")
     await conn.close()
 
 
@@ -134,9 +144,16 @@ def with_asyncpg():
 
 
 def with_sqlalchemy():
+    for driver in ("psycopg2", "psycopg"):
+        sqlalchemy_with(driver)
+
+
+def sqlalchemy_with(driver):
+    """SQLAlchemy 2.1 over `driver`: the inspector, a reflected table's select() and pandas."""
+    import pandas
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(f"postgresql+psycopg2://weir@127.0.0.1:{PORT}/weir")
+    engine = sqlalchemy.create_engine(f"postgresql+{driver}://weir@127.0.0.1:{PORT}/weir")
     inspector = sqlalchemy.inspect(engine)
     check("public" in inspector.get_schema_names(), True, "sqlalchemy schemas")
     tables = inspector.get_table_names()
@@ -155,6 +172,17 @@ def with_sqlalchemy():
     check(all(c["default"] is None for c in columns), True, "sqlalchemy column defaults")
     view_columns = [c["name"] for c in inspector.get_columns("p3_by_name")]
     check(view_columns, ["name", "n", "total"], "sqlalchemy view columns")
+    p3 = sqlalchemy.Table("p3", sqlalchemy.MetaData(), autoload_with=engine)
+    query = sqlalchemy.select(p3.c.id, p3.c.name).where(p3.c.id < 2).order_by(p3.c.id)
+    with engine.connect() as conn:
+        check([tuple(r) for r in conn.execute(query)], [(0, "n0"), (1, "n1")],
+              f"sqlalchemy {driver} select()")
+        frame = pandas.read_sql("SELECT * FROM p3_by_name ORDER BY name", conn)
+    check(list(frame.columns), ["name", "n", "total"], f"pandas {driver} columns")
+    check(frame["name"].tolist()[:3], ["copied", "n0", "n1"], f"pandas {driver} rows")
+    frame = pandas.read_sql(sqlalchemy.select(sqlalchemy.func.count()).select_from(p3), engine)
+    check(int(frame.iloc[0, 0]), 33, f"pandas {driver} count")
+    engine.dispose()
 
 
 for test in (with_psycopg3, with_psycopg2, with_asyncpg, with_sqlalchemy):

@@ -7,6 +7,7 @@ mod checked;
 mod flink_string;
 mod flink_time;
 mod java_pattern;
+mod like_escape;
 mod modulo;
 mod pg_pattern;
 mod postgres_rule;
@@ -44,6 +45,7 @@ const DAYS: [&str; 7] = [
 pub use flink_string::{RegexpExtract, SplitIndex};
 pub use flink_time::{Part, Patterns, ProcTime, TimeFormat, TimePart};
 pub use java_pattern::JavaPattern;
+pub use like_escape::{LikeEscape, backslash_escapes};
 pub use modulo::ModFunction;
 pub use pg_pattern::PgPattern;
 pub use postgres_rule::PostgresMeaning;
@@ -62,6 +64,7 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(RegexpExtract::new()),
         ScalarUDF::from(SplitIndex::new()),
         ScalarUDF::from(ProcTime::new()),
+        ScalarUDF::from(LikeEscape::new()),
         // PostgreSQL's name for DataFusion's signum.
         datafusion::functions::math::signum()
             .as_ref()

@@ -359,10 +359,20 @@ impl SchemaProvider for WeirPgCatalog {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         let table = self.inner.table(name).await?;
         Ok(match table {
-            Some(t) if name == "pg_class" => Some(Arc::new(PgClass {
-                inner: t,
-                db: self.db.clone(),
-            })),
+            Some(t) if name == "pg_class" => Some(Arc::new(PgClass::new(t, self.db.clone()))),
+            Some(t) if name == "pg_index" => Some(Arc::new(ShortArrays::new(
+                t,
+                &[
+                    ("indkey", DataType::Int16),
+                    ("indoption", DataType::Int16),
+                    ("indclass", DataType::Int32),
+                    ("indcollation", DataType::Int32),
+                ],
+            ))),
+            Some(t) if name == "pg_constraint" => Some(Arc::new(ShortArrays::new(
+                t,
+                &[("conkey", DataType::Int16), ("confkey", DataType::Int16)],
+            ))),
             None if name == WEIR_COLUMNS => Some(Arc::new(PgColumns {
                 db: self.db.clone(),
             })),
@@ -375,16 +385,37 @@ impl SchemaProvider for WeirPgCatalog {
     }
 }
 
+/// `pg_class` with Weir's materialized views as such (`relkind` `m`), and with the
+/// `reloptions` column (storage options; NULL, as Weir's relations have none) that
+/// datafusion-pg-catalog's lacks and SQLAlchemy's index reflection reads.
 #[derive(Debug)]
 struct PgClass {
     inner: Arc<dyn TableProvider>,
     db: Registry,
+    schema: SchemaRef,
+}
+
+impl PgClass {
+    fn new(inner: Arc<dyn TableProvider>, db: Registry) -> Self {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let base = inner.schema();
+        let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+        if base.index_of("reloptions").is_err() {
+            fields.push(Field::new(
+                "reloptions",
+                DataType::new_list(DataType::Utf8, true),
+                true,
+            ));
+        }
+        let schema = Arc::new(Schema::new_with_metadata(fields, base.metadata().clone()));
+        Self { inner, db, schema }
+    }
 }
 
 #[async_trait]
 impl TableProvider for PgClass {
     fn schema(&self) -> SchemaRef {
-        self.inner.schema()
+        Arc::clone(&self.schema)
     }
 
     fn table_type(&self) -> TableType {
@@ -401,6 +432,20 @@ impl TableProvider for PgClass {
         let plan = self.inner.scan(state, None, &[], None).await?;
         let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
         let schema = self.schema();
+        // The columns the inner table lacks, as NULLs.
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let mut columns = b.columns().to_vec();
+                for f in schema.fields().iter().skip(columns.len()) {
+                    columns.push(datafusion::arrow::array::new_null_array(
+                        f.data_type(),
+                        b.num_rows(),
+                    ));
+                }
+                RecordBatch::try_new(Arc::clone(&schema), columns)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (Ok(kind), Ok(name)) = (schema.index_of("relkind"), schema.index_of("relname")) else {
             return Ok(MemorySourceConfig::try_new_exec(
                 &[batches],
@@ -441,6 +486,50 @@ impl TableProvider for PgClass {
     }
 }
 
+/// The OID of a built-in PostgreSQL type by a name `to_regtype` accepts (its own, an SQL alias,
+/// with `pg_catalog.` or not; `[]` for its array type), as `pg_type` has it; None for a type
+/// PostgreSQL 15 does not have built in (an extension's `hstore`, which psycopg looks up).
+fn builtin_type_oid(name: &str) -> Option<i32> {
+    let name = name.trim().to_ascii_lowercase();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    let (base, array) = match name.strip_suffix("[]") {
+        Some(b) => (b.trim_end(), true),
+        None => (name, false),
+    };
+    let (oid, array_oid) = match base {
+        "bool" | "boolean" => (16, 1000),
+        "bytea" => (17, 1001),
+        "char" | "\"char\"" => (18, 1002),
+        "name" => (19, 1003),
+        "int8" | "bigint" => (20, 1016),
+        "int2" | "smallint" => (21, 1005),
+        "int4" | "integer" | "int" => (23, 1007),
+        "regproc" => (24, 1008),
+        "text" => (25, 1009),
+        "oid" => (26, 1028),
+        "json" => (114, 199),
+        "xml" => (142, 143),
+        "float4" | "real" => (700, 1021),
+        "float8" | "double precision" => (701, 1022),
+        "bpchar" | "character" => (1042, 1014),
+        "varchar" | "character varying" => (1043, 1015),
+        "date" => (1082, 1182),
+        "time" | "time without time zone" => (1083, 1183),
+        "timestamp" | "timestamp without time zone" => (1114, 1115),
+        "timestamptz" | "timestamp with time zone" => (1184, 1185),
+        "interval" => (1186, 1187),
+        "timetz" | "time with time zone" => (1266, 1270),
+        "numeric" | "decimal" => (1700, 1231),
+        "regclass" => (2205, 2210),
+        "regtype" => (2206, 2211),
+        "uuid" => (2950, 2951),
+        "jsonb" => (3802, 3807),
+        "record" => (2249, 2287),
+        _ => return None,
+    };
+    Some(if array { array_oid } else { oid })
+}
+
 /// Installs `pg_catalog` and the Postgres functions clients use into `ctx` (catalog `catalog`).
 pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Registry) {
     if let Err(e) = datafusion_pg_catalog::setup_pg_catalog(
@@ -471,6 +560,9 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Registry) {
         ("col_description", text(None)),
         ("shobj_description", text(None)),
         ("pg_get_viewdef", text(None)),
+        // Weir's relations have no indexes; SQLAlchemy's index reflection names the function
+        // in a branch for expression indexes that no row reaches.
+        ("pg_get_indexdef", text(None)),
         ("pg_get_serial_sequence", text(None)),
         ("pg_table_size", ScalarValue::Int64(None)),
         ("pg_database_size", ScalarValue::Int64(None)),
@@ -497,6 +589,19 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Registry) {
             Ok(ColumnarValue::Array(Arc::new(pretty)))
         }),
     ));
+    ctx.register_udf(datafusion::logical_expr::create_udf(
+        "to_regtype",
+        vec![DataType::Utf8],
+        DataType::Int32,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let arrays = ColumnarValue::values_to_arrays(args)?;
+            let names = arrays[0].as_string::<i32>();
+            let oids: datafusion::arrow::array::Int32Array =
+                names.iter().map(|n| n.and_then(builtin_type_oid)).collect();
+            Ok(ColumnarValue::Array(Arc::new(oids)))
+        }),
+    ));
     for name in [
         "pg_function_is_visible",
         "pg_type_is_visible",
@@ -506,5 +611,127 @@ pub(crate) fn install(ctx: &SessionContext, catalog: &str, db: &Registry) {
             name,
             signature: Signature::any(1, Volatility::Stable),
         }));
+    }
+}
+
+/// A static catalog table whose number lists (`pg_index.indkey`, an int2vector, its
+/// `indclass`, an oidvector, and `pg_constraint.conkey`, an int2[]) datafusion-pg-catalog keeps
+/// as text (`1 2`, `[1, 2]`): here arrays, as in PostgreSQL, so that clients can `unnest` them
+/// (SQLAlchemy's primary-key and index reflection do, for every table it reflects).
+#[derive(Debug)]
+struct ShortArrays {
+    inner: Arc<dyn TableProvider>,
+    columns: Vec<(usize, DataType)>,
+    schema: SchemaRef,
+}
+
+impl ShortArrays {
+    /// `inner` with each named text column as a list of the given element type.
+    fn new(inner: Arc<dyn TableProvider>, names: &[(&str, DataType)]) -> Self {
+        use datafusion::arrow::datatypes::{Field, Schema};
+        let schema = inner.schema();
+        let columns: Vec<(usize, DataType)> = names
+            .iter()
+            .filter_map(|(n, t)| Some((schema.index_of(n).ok()?, t.clone())))
+            .filter(|(i, _)| schema.field(*i).data_type() == &DataType::Utf8)
+            .collect();
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| match columns.iter().find(|(c, _)| *c == i) {
+                Some((_, t)) => Field::new(
+                    f.name(),
+                    DataType::new_list(t.clone(), true),
+                    f.is_nullable(),
+                ),
+                None => f.as_ref().clone(),
+            })
+            .collect();
+        let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+        Self {
+            inner,
+            columns,
+            schema,
+        }
+    }
+}
+
+/// `1 2`, `[1, 2]` or `{1,2}` as a list of `element`; NULL stays NULL.
+fn number_lists(texts: &StringArray, element: &DataType) -> DfResult<ArrayRef> {
+    use datafusion::arrow::array::{Int64Builder, ListBuilder};
+    let mut out = ListBuilder::new(Int64Builder::new());
+    for text in texts.iter() {
+        match text {
+            None => out.append_null(),
+            Some(t) => {
+                let numbers = t
+                    .split(|c: char| !(c.is_ascii_digit() || c == '-'))
+                    .filter_map(|n| n.parse::<i64>().ok());
+                for n in numbers {
+                    out.values().append_value(n);
+                }
+                out.append(true);
+            }
+        }
+    }
+    let list: ArrayRef = Arc::new(out.finish());
+    Ok(datafusion::arrow::compute::cast(
+        &list,
+        &DataType::new_list(element.clone(), true),
+    )?)
+}
+
+#[async_trait]
+impl TableProvider for ShortArrays {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        self.inner.table_type()
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let plan = self.inner.scan(state, None, &[], None).await?;
+        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let mut columns: Vec<ArrayRef> = b.columns().to_vec();
+                for (i, element) in &self.columns {
+                    columns[*i] = number_lists(b.column(*i).as_string::<i32>(), element)?;
+                }
+                Ok(RecordBatch::try_new(Arc::clone(&self.schema), columns)?)
+            })
+            .collect::<DfResult<Vec<_>>>()?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            self.schema(),
+            projection.cloned(),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::builtin_type_oid;
+
+    #[test]
+    fn to_regtype_knows_builtin_types_only() {
+        assert_eq!(builtin_type_oid("int4"), Some(23));
+        assert_eq!(
+            builtin_type_oid("pg_catalog.Timestamp With Time Zone"),
+            Some(1184)
+        );
+        assert_eq!(builtin_type_oid("text[]"), Some(1009));
+        assert_eq!(builtin_type_oid("hstore"), None);
+        assert_eq!(builtin_type_oid("hstore[]"), None);
     }
 }

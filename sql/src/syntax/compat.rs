@@ -97,31 +97,87 @@ impl VisitorMut for LikeEscapes {
             return ControlFlow::Continue(());
         }
         let Some(text) = constant_text(pattern) else {
+            // A pattern known only when the statement runs (a parameter, as psycopg 3 binds
+            // SQLAlchemy's): PostgreSQL's like_escape converts it then.
+            let sql = format!("like_escape({pattern}, '{escape}')");
+            let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+            if escape != '\'' {
+                if let Ok(call) = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+                    .try_with_sql(&sql)
+                    .and_then(|mut p| p.parse_expr())
+                {
+                    **pattern = call;
+                    *escape_char = None;
+                }
+            }
             return ControlFlow::Continue(());
         };
-        let mut out = String::with_capacity(text.len());
-        let mut chars = text.chars();
-        while let Some(c) = chars.next() {
-            if c == escape {
-                out.push('\\');
-                if let Some(next) = chars.next() {
-                    out.push(next);
-                }
-            } else if c == '\\' {
-                out.push_str("\\\\");
-            } else {
-                out.push(c);
-            }
-        }
+        let out = crate::functions::backslash_escapes(&text, escape);
         **pattern = SqlExpr::Value(Value::SingleQuotedString(out).into());
         *escape_char = None;
         ControlFlow::Continue(())
     }
 }
 
+/// `generate_subscripts(a, d)` (the subscripts of an array's dimension `d`, a set-returning
+/// function DataFusion lacks) as `unnest(range(1, cardinality(a) + 1))` for `d` = 1: beside an
+/// `unnest(a)` in the same select list, as SQLAlchemy's primary-key reflection writes it, the
+/// two unnest in step, as PostgreSQL's set-returning functions do.
+struct GenerateSubscripts;
+
+impl VisitorMut for GenerateSubscripts {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::{FunctionArg, FunctionArgExpr, FunctionArguments};
+        let SqlExpr::Function(f) = expr else {
+            return ControlFlow::Continue(());
+        };
+        let named = f
+            .name
+            .0
+            .last()
+            .and_then(|p| p.as_ident())
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("generate_subscripts"));
+        let FunctionArguments::List(list) = &f.args else {
+            return ControlFlow::Continue(());
+        };
+        let [
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(array)),
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(dim)),
+        ] = list.args.as_slice()
+        else {
+            return ControlFlow::Continue(());
+        };
+        if !named {
+            return ControlFlow::Continue(());
+        }
+        // Weir's arrays have one dimension: any other has no subscripts.
+        let sql = format!(
+            "unnest(range(1, CASE WHEN {dim} = 1 THEN CAST(cardinality({array}) AS BIGINT) + 1 \
+             ELSE 1 END))"
+        );
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        if let Ok(rewritten) = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+            .try_with_sql(&sql)
+            .and_then(|mut p| p.parse_expr())
+        {
+            *expr = rewritten;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// PostgreSQL forms DataFusion lacks, in any statement: `LIKE ... ESCAPE 'c'` and
+/// `generate_subscripts(a, 1)`.
+pub(crate) fn rewrite_postgres_forms(stmt: &mut Statement) {
+    let _ = stmt.visit(&mut LikeEscapes);
+    let _ = stmt.visit(&mut GenerateSubscripts);
+}
+
 /// Applies Weir's rewrites of client catalog queries to a parsed statement.
 pub(crate) fn rewrite_statement(stmt: &mut Statement) {
-    let _ = stmt.visit(&mut LikeEscapes);
+    rewrite_postgres_forms(stmt);
     let _ = stmt.visit(&mut AggregateScalarSubqueries);
     // information_schema.columns with Postgres type names (DataFusion's shows Arrow's).
     let _ = datafusion::sql::sqlparser::ast::visit_relations_mut(stmt, |name| {

@@ -510,6 +510,7 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
             let mut stmt = parser.parse_statement()?;
             super::flink::rewrite_group_windows(&mut stmt)?;
             super::compat::refuse_text_lengths(&stmt)?;
+            super::compat::rewrite_postgres_forms(&mut stmt);
             normalize_relations(&mut stmt);
             match emits.iter().find(|(n, _)| *n == out.len()) {
                 None => WeirStatement::Sql(Box::new(stmt)),

@@ -43,6 +43,18 @@ public class WeirJdbc {
                 r.next();
                 check(r.getString(1) + "=" + r.getDouble(2), "n1=22.5", "view row 2");
             }
+            // Result columns as JDBC describes them: PostgreSQL's names and types.
+            try (Statement s = c.createStatement();
+                 ResultSet r = s.executeQuery("SELECT count(*), upper(name), max(price), min(ts), id + 1 FROM jdbc_events GROUP BY id, name")) {
+                ResultSetMetaData rm = r.getMetaData();
+                List<String> described = new ArrayList<>();
+                for (int i = 1; i <= rm.getColumnCount(); i++) {
+                    described.add(rm.getColumnName(i) + ":" + rm.getColumnTypeName(i) + ":" + rm.getColumnType(i));
+                }
+                check(described, List.of("count:int8:" + Types.BIGINT, "upper:text:" + Types.VARCHAR,
+                        "max:float8:" + Types.DOUBLE, "min:timestamp:" + Types.TIMESTAMP,
+                        "?column?:int8:" + Types.BIGINT), "ResultSetMetaData");
+            }
             DatabaseMetaData md = c.getMetaData();
             List<String> tables = new ArrayList<>();
             try (ResultSet r = md.getTables(null, "public", "%", null)) {
