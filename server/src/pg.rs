@@ -95,8 +95,12 @@ fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireRe
         )),
         Output::Transaction(true, tag) => Ok(Response::TransactionStart(Tag::new(tag))),
         Output::Transaction(false, tag) => Ok(Response::TransactionEnd(Tag::new(tag))),
-        Output::CopyOut { columns, stream } => Ok(Response::CopyOut(CopyResponse::new(
-            0,
+        Output::CopyOut {
+            columns,
+            binary,
+            stream,
+        } => Ok(Response::CopyOut(CopyResponse::new(
+            binary.into(),
             columns,
             stream.map(|r| {
                 r.map(|chunk| CopyData::new(chunk.data.into()))
@@ -115,13 +119,14 @@ fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireRe
 async fn copy_out_live<C>(
     client: &mut C,
     columns: usize,
+    binary: bool,
     stream: futures::stream::BoxStream<'static, weir_sql::Result<CopyChunk>>,
 ) -> Result<(), weir_sql::Error>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
     C::Error: Debug,
 {
-    let rows = copy_out_stream(client, columns, stream).await?;
+    let rows = copy_out_stream(client, columns, binary, stream).await?;
     let tag = Tag::new("COPY").with_rows(rows);
     client
         .send(PgWireBackendMessage::CommandComplete(tag.into()))
@@ -134,6 +139,7 @@ where
 async fn copy_out_stream<C>(
     client: &mut C,
     columns: usize,
+    binary: bool,
     mut stream: futures::stream::BoxStream<'static, weir_sql::Result<CopyChunk>>,
 ) -> Result<usize, weir_sql::Error>
 where
@@ -141,7 +147,8 @@ where
     C::Error: Debug,
 {
     let closed = |e: C::Error| weir_sql::Error::Internal(format!("client connection: {e:?}"));
-    let response = CopyOutResponse::new(0, columns as i16, vec![0; columns]);
+    let format = i16::from(binary);
+    let response = CopyOutResponse::new(format as i8, columns as i16, vec![format; columns]);
     client
         .send(PgWireBackendMessage::CopyOutResponse(response))
         .await
@@ -166,6 +173,15 @@ where
                 return Err(e);
             }
         }
+    }
+    if binary {
+        // The binary format's trailer: a field count of -1.
+        client
+            .send(PgWireBackendMessage::CopyData(CopyData::new(
+                (-1i16).to_be_bytes().to_vec().into(),
+            )))
+            .await
+            .map_err(closed)?;
     }
     client
         .send(PgWireBackendMessage::CopyDone(CopyDone::new()))
@@ -302,10 +318,14 @@ impl SimpleQueryHandler for Handler {
         send_notices(client, &session).await?;
         for result in results {
             match result {
-                Ok(Output::CopyOut { columns, stream }) => {
+                Ok(Output::CopyOut {
+                    columns,
+                    binary,
+                    stream,
+                }) => {
                     // Sent here rather than as a response so that every change is flushed as it
                     // happens; a CancelRequest drops this future, and the subscription with it.
-                    if let Err(e) = copy_out_live(client, columns, stream).await {
+                    if let Err(e) = copy_out_live(client, columns, binary, stream).await {
                         responses.push(Response::Error(Box::new(pg_error(&e))));
                         break;
                     }
@@ -478,9 +498,14 @@ impl ExtendedQueryHandler for Handler {
         let out = session.execute_one(sql, params).await;
         send_notices(client, &session).await?;
         let out = out.map_err(user_error)?;
-        if let Output::CopyOut { columns, stream } = out {
+        if let Output::CopyOut {
+            columns,
+            binary,
+            stream,
+        } = out
+        {
             // Streamed here so that each change is flushed as it happens (see the simple path).
-            let rows = copy_out_stream(client, columns, stream)
+            let rows = copy_out_stream(client, columns, binary, stream)
                 .await
                 .map_err(user_error)?;
             return Ok(Response::Execution(Tag::new("COPY").with_rows(rows)));

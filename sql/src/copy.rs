@@ -24,6 +24,9 @@ pub enum CopyFormat {
     Text,
     /// CSV: comma-separated, quoted with `"`, empty unquoted fields are NULL.
     Csv,
+    /// PostgreSQL's binary format (`COPY ... TO` only): a signature, then each row as its
+    /// field count and each field's length and value in the binary wire form.
+    Binary,
 }
 
 /// A `COPY ... FROM STDIN` waiting for its data.
@@ -53,7 +56,6 @@ enum Extra {
     Escape(char),
     ForceQuote(Vec<String>),
     Freeze,
-    Binary,
 }
 
 /// The options of a COPY: those every form takes, resolved with CSV's defaults, and the rest
@@ -83,6 +85,7 @@ fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<C
                 o.format = match f.value.to_lowercase().as_str() {
                     "text" => CopyFormat::Text,
                     "csv" => CopyFormat::Csv,
+                    "binary" => CopyFormat::Binary,
                     other => return Err(bad_option(format!("FORMAT {other}"))),
                 };
                 continue;
@@ -128,13 +131,27 @@ fn copy_options(options: &[CopyOption], legacy: &[CopyLegacyOption]) -> Result<C
             CopyLegacyOption::Header => o.header = true,
             CopyLegacyOption::Delimiter(d) => delimiter = Some(*d),
             CopyLegacyOption::Null(n) => null = Some(n.clone()),
-            CopyLegacyOption::Binary => o.extras.push((Extra::Binary, option.to_string())),
+            CopyLegacyOption::Binary => o.format = CopyFormat::Binary,
             other => return Err(bad_option(other.to_string())),
         }
     }
     if o.format == CopyFormat::Csv {
         o.delimiter = ',';
         o.null = String::new();
+    }
+    if o.format == CopyFormat::Binary {
+        // The SQLSTATEs are PostgreSQL's.
+        if o.header {
+            return Err(Error::NotSupported(
+                "cannot specify HEADER in BINARY mode".into(),
+            ));
+        }
+        let given = [("DELIMITER", delimiter.is_some()), ("NULL", null.is_some())];
+        if let Some((name, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(Error::Syntax(format!(
+                "cannot specify {name} in BINARY mode"
+            )));
+        }
     }
     if let Some(d) = delimiter {
         if !d.is_ascii() || d == '\n' || d == '\r' {
@@ -198,6 +215,11 @@ pub(crate) fn copy_in(
         }
     }
     let options = copy_options(options, legacy_options)?;
+    if options.format == CopyFormat::Binary {
+        return Err(Error::NotSupported(
+            "COPY FROM in the binary format is not supported; send text or CSV".into(),
+        ));
+    }
     for (extra, written) in &options.extras {
         match extra {
             Extra::Quote('"') | Extra::Freeze => {}
@@ -325,9 +347,6 @@ pub(crate) fn copy_to(stmt: &Statement) -> Result<CopyTo> {
                 "FORCE_QUOTE"
             }
             Extra::Freeze => return Err(bad_option(written)),
-            Extra::Binary => {
-                return Err(bad_option("BINARY (text and CSV are written)".into()));
-            }
         };
         if f.format != CopyFormat::Csv {
             return Err(Error::WrongObject {
@@ -354,6 +373,12 @@ pub(crate) fn copy_to(stmt: &Statement) -> Result<CopyTo> {
 impl CopyOutFormat {
     /// The header line, if asked for: the column names, quoted where CSV needs it.
     pub(crate) fn header(&self, names: &[String]) -> Option<CopyChunk> {
+        if self.format == CopyFormat::Binary {
+            // The signature, no flags (no OIDs), no header extension.
+            let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
+            data.extend_from_slice(&[0; 8]);
+            return Some(CopyChunk { rows: 0, data });
+        }
         if !self.header {
             return None;
         }
@@ -371,8 +396,16 @@ impl CopyOutFormat {
         })
     }
 
+    /// Whether the data is in the binary format.
+    pub(crate) fn is_binary(&self) -> bool {
+        self.format == CopyFormat::Binary
+    }
+
     /// `batch`'s rows as COPY data; `forced[i]` says column `i` is always quoted (CSV).
     pub(crate) fn rows(&self, batch: &RecordBatch, forced: &[bool]) -> Result<CopyChunk> {
+        if self.format == CopyFormat::Binary {
+            return binary_rows(batch);
+        }
         let columns = batch
             .columns()
             .iter()
@@ -404,6 +437,7 @@ impl CopyOutFormat {
     /// Appends one non-NULL value: escaped (text) or quoted where needed (CSV).
     fn field(&self, out: &mut String, value: &str, force: bool) {
         match self.format {
+            CopyFormat::Binary => out.push_str(value),
             CopyFormat::Text => {
                 for c in value.chars() {
                     match c {
@@ -445,6 +479,27 @@ impl CopyOutFormat {
             }
         }
     }
+}
+
+/// `batch`'s rows in the binary COPY format. A binary DataRow's body is exactly a binary COPY
+/// tuple (a field count, then each field's length, -1 for NULL, and bytes), so the values are
+/// encoded as binary results are, by arrow-pg.
+fn binary_rows(batch: &RecordBatch) -> Result<CopyChunk> {
+    use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
+    use pgwire::api::portal::Format;
+    let wire = |e: pgwire::error::PgWireError| Error::NotSupported(format!("COPY BINARY: {e}"));
+    let fields =
+        arrow_schema_to_pg_fields(&batch.schema(), &Format::UnifiedBinary, None).map_err(wire)?;
+    let mut data = Vec::with_capacity(batch.num_rows() * (2 + 8 * fields.len()));
+    for row in encode_recordbatch(Arc::new(fields), batch.clone()) {
+        let row = row.map_err(wire)?;
+        data.extend_from_slice(&row.field_count.to_be_bytes());
+        data.extend_from_slice(&row.data);
+    }
+    Ok(CopyChunk {
+        rows: batch.num_rows(),
+        data,
+    })
 }
 
 /// One data row: its fields (`None` for NULL) and the line it started on.
@@ -603,6 +658,11 @@ pub(crate) fn parse(copy: &CopyIn, schema: &SchemaRef, data: &[u8]) -> Result<Re
     let rows = match copy.format {
         CopyFormat::Text => parse_text(copy, data)?,
         CopyFormat::Csv => parse_csv(copy, data)?,
+        CopyFormat::Binary => {
+            return Err(Error::NotSupported(
+                "COPY FROM in the binary format is not supported; send text or CSV".into(),
+            ));
+        }
     };
     let width = copy.columns.len();
     for r in &rows {

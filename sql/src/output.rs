@@ -35,6 +35,9 @@ pub enum Output {
     CopyOut {
         /// Columns per row.
         columns: usize,
+        /// The data is in PostgreSQL's binary COPY format (else text or CSV): the signature
+        /// and the rows; the trailer that ends it is the wire protocol's to send.
+        binary: bool,
         /// The data. A subscription's ends only with an error (the subscriber fell behind) or
         /// when dropped; a query's when its rows are all sent.
         stream: futures::stream::BoxStream<'static, Result<CopyChunk>>,

@@ -272,7 +272,19 @@ SELECT * FROM diff_t WHERE id = 99
 UPDATE diff_t SET score = 20 WHERE id = 1
 DELETE FROM diff_t WHERE id = 2
 SELECT id, score FROM diff_t ORDER BY id
+COPY diff_t TO STDOUT
+COPY diff_t (id, name) TO STDOUT WITH (FORMAT csv, HEADER)
+COPY diff_t TO STDOUT (FORMAT binary)
+COPY (SELECT id, at FROM diff_t WHERE id = 1) TO STDOUT (FORMAT binary)
 \dt
 DROP TABLE diff_t
 DROP TABLE diff_t
 SELECT 1; SELECT 2
+-- COPY (query) TO STDOUT in each format (binary: the bytes PostgreSQL writes)
+COPY (SELECT 1 AS a, 'x,y' AS b, NULL::text AS c, 'tab	here' AS d) TO STDOUT
+COPY (SELECT 1 AS a, 'x,y' AS b, NULL::text AS c, 'q"uote' AS d) TO STDOUT WITH (FORMAT csv, HEADER)
+COPY (SELECT 1 AS a, 'x' AS b) TO STDOUT WITH (FORMAT csv, DELIMITER ';', NULL 'null', FORCE_QUOTE (b))
+COPY (SELECT CAST(1 AS BIGINT), CAST(2 AS INT), CAST(3 AS SMALLINT), 1.5::float8, 'héllo'::text, true, NULL::bigint) TO STDOUT (FORMAT binary)
+COPY (SELECT TIMESTAMP '2026-01-01 12:34:56.5', DATE '2026-03-07', CAST('\x00ff' AS BYTEA), CAST(12.34 AS NUMERIC(10,2)), TIMESTAMPTZ '2026-01-01 00:00:00+02', CAST(2.5 AS REAL)) TO STDOUT (FORMAT binary)
+COPY (SELECT 1) TO STDOUT (FORMAT binary, HEADER)
+COPY (SELECT 1) TO STDOUT (FORMAT binary, DELIMITER ',')

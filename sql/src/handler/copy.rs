@@ -107,14 +107,17 @@ impl Handler {
         }
         let columns = names.len();
         let header = copy.format.header(&names);
+        let binary = copy.format.is_binary();
         let format = copy.format;
         let rows = df.execute_stream().await?.map(move |batch| {
             let batch = batch?;
             format.rows(&batch, &forced)
         });
+        // The binary format's trailer is the wire layer's to send, as pgwire's CopyEncoder does.
         let stream = futures::stream::iter(header.map(Ok)).chain(rows);
         Ok(Output::CopyOut {
             columns,
+            binary,
             stream: Box::pin(stream),
         })
     }

@@ -120,6 +120,7 @@ impl Handler {
                 });
                 Ok(Output::CopyOut {
                     columns,
+                    binary: false,
                     stream: Box::pin(stream),
                 })
             }
