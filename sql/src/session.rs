@@ -486,7 +486,8 @@ mod tests {
         let (named, rows) = copy_out(&session, "COPY s (id, ok) TO STDOUT").await;
         assert_eq!((named.as_str(), rows), ("1\tt\n2\tf\n3\t\\N\n", 3));
         for (sql, state) in [
-            ("COPY s TO STDOUT WITH (FORMAT binary)", "0A000"),
+            ("COPY s TO STDOUT WITH (FORMAT binary, HEADER)", "0A000"),
+            ("COPY s FROM STDIN WITH (FORMAT binary)", "0A000"),
             ("COPY s TO STDOUT WITH (QUOTE '\"')", "0A000"),
             (
                 "COPY (SELECT 1 AS a) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE (b))",

@@ -253,6 +253,101 @@ impl JavaPattern {
     }
 }
 
+/// The digits of one numeric field read from `text` at `at`: exactly `width` of them, or
+/// between `min` and `max` (greedy) when the width is free.
+fn digits(text: &[u8], at: &mut usize, min: usize, max: usize) -> Result<(i64, usize), String> {
+    let run = text[*at..]
+        .iter()
+        .take(max)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if run < min {
+        return Err(format!("expected {min} digit(s) at position {}", *at + 1));
+    }
+    let s = std::str::from_utf8(&text[*at..*at + run]).unwrap_or("0");
+    let v = s.parse::<i64>().map_err(|e| e.to_string())?;
+    *at += run;
+    Ok((v, run))
+}
+
+impl JavaPattern {
+    /// Reads `text` as `DateTimeFormatter.parse` with this pattern would, for numeric fields
+    /// (year, month, day, hour, minute, second, fraction): a field of one letter takes one or
+    /// two digits, more letters exactly that many (a year at least that many; `yy` is 2000 to
+    /// 2099), and a field followed at once by another takes exactly its width. Fields not
+    /// given are the start of their unit (1970-01-01 00:00:00). The whole text must match.
+    pub fn parse_datetime(&self, text: &str) -> Result<NaiveDateTime, String> {
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        let (mut year, mut month, mut day) = (1970i64, 1i64, 1i64);
+        let (mut hour, mut minute, mut second, mut nanos) = (0i64, 0i64, 0i64, 0i64);
+        for (i, piece) in self.0.iter().enumerate() {
+            let (field, n) = match piece {
+                Piece::Text(t) => {
+                    if !text[at..].starts_with(t.as_str()) {
+                        return Err(format!("expected {t:?} at position {}", at + 1));
+                    }
+                    at += t.len();
+                    continue;
+                }
+                Piece::Field(f, n) => (*f, *n),
+            };
+            let adjacent = matches!(self.0.get(i + 1), Some(Piece::Field(..)));
+            let (min, max) = match (field, n) {
+                _ if adjacent => (n, n),
+                (Field::YearOfEra | Field::Year, 2) => (2, 2),
+                (Field::YearOfEra | Field::Year, _) => (n, 19),
+                (Field::Fraction, _) => (n, n),
+                (_, 1) => (1, 2),
+                _ => (n, n),
+            };
+            let numeric = matches!(
+                field,
+                Field::YearOfEra
+                    | Field::Year
+                    | Field::DayOfMonth
+                    | Field::Hour
+                    | Field::Minute
+                    | Field::Second
+                    | Field::Fraction
+            ) || (field == Field::Month && n <= 2);
+            if !numeric {
+                return Err(format!(
+                    "Weir reads only numeric fields (years, months as numbers, days, hours, \
+                     minutes, seconds, fractions), not {field:?}"
+                ));
+            }
+            let (v, _) = digits(bytes, &mut at, min, max)?;
+            match field {
+                Field::YearOfEra | Field::Year if n == 2 => year = 2000 + v,
+                Field::YearOfEra | Field::Year => year = v,
+                Field::Month => month = v,
+                Field::DayOfMonth => day = v,
+                Field::Hour => hour = v,
+                Field::Minute => minute = v,
+                Field::Second => second = v,
+                Field::Fraction => nanos = v * 10i64.pow(9 - n as u32),
+                _ => {}
+            }
+        }
+        if at != bytes.len() {
+            return Err(format!("unexpected text at position {}", at + 1));
+        }
+        let date = i32::try_from(year)
+            .ok()
+            .and_then(|y| chrono::NaiveDate::from_ymd_opt(y, month as u32, day as u32))
+            .ok_or_else(|| format!("no such date: {year}-{month}-{day}"))?;
+        let time = chrono::NaiveTime::from_hms_nano_opt(
+            hour as u32,
+            minute as u32,
+            second as u32,
+            nanos as u32,
+        )
+        .ok_or_else(|| format!("no such time: {hour}:{minute}:{second}"))?;
+        Ok(NaiveDateTime::new(date, time))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +395,36 @@ mod tests {
         ] {
             assert!(JavaPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_numeric_fields_as_java_does() {
+        let at = |p: &str, t: &str| {
+            JavaPattern::parse(p)
+                .expect("pattern")
+                .parse_datetime(t)
+                .map(|d| d.to_string())
+        };
+        assert_eq!(
+            at("yyyy-MM-dd HH:mm:ss", "2026-03-07 08:05:09").as_deref(),
+            Ok("2026-03-07 08:05:09")
+        );
+        assert_eq!(
+            at("yyyy-MM-dd", "2026-03-07").as_deref(),
+            Ok("2026-03-07 00:00:00")
+        );
+        assert_eq!(
+            at("yyyyMMddHHmm", "202603070805").as_deref(),
+            Ok("2026-03-07 08:05:00")
+        );
+        assert_eq!(at("d/M/yy", "7/3/26").as_deref(), Ok("2026-03-07 00:00:00"));
+        assert_eq!(
+            at("HH:mm:ss.SSS", "08:05:09.012").as_deref(),
+            Ok("1970-01-01 08:05:09.012")
+        );
+        assert!(at("yyyy-MM-dd", "2026-3-07").is_err());
+        assert!(at("yyyy-MM-dd", "2026-02-30").is_err());
+        assert!(at("yyyy-MM-dd", "2026-03-07 extra").is_err());
+        assert!(at("EEE yyyy", "Sat 2026").is_err());
     }
 }

@@ -6,6 +6,7 @@ mod bytea;
 mod checked;
 mod flink_string;
 mod flink_time;
+mod flink_unix;
 mod java_pattern;
 mod like_escape;
 mod modulo;
@@ -44,6 +45,7 @@ const DAYS: [&str; 7] = [
 
 pub use flink_string::{RegexpExtract, SplitIndex};
 pub use flink_time::{Part, Patterns, ProcTime, TimeFormat, TimePart};
+pub use flink_unix::{UnixTime, UnixTimeFunction};
 pub use java_pattern::JavaPattern;
 pub use like_escape::{LikeEscape, backslash_escapes};
 pub use modulo::ModFunction;
@@ -65,6 +67,8 @@ pub fn all() -> Vec<ScalarUDF> {
         ScalarUDF::from(SplitIndex::new()),
         ScalarUDF::from(ProcTime::new()),
         ScalarUDF::from(LikeEscape::new()),
+        ScalarUDF::from(UnixTimeFunction::new(UnixTime::ToSeconds)),
+        ScalarUDF::from(UnixTimeFunction::new(UnixTime::FromSeconds)),
         // PostgreSQL's name for DataFusion's signum.
         datafusion::functions::math::signum()
             .as_ref()
