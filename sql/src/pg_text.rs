@@ -67,6 +67,7 @@ impl PgText {
             | DataType::Time64(_)
             | DataType::Timestamp(..)
             | DataType::Interval(_)
+            | DataType::Duration(_)
             | DataType::Decimal128(..) => {}
             DataType::List(_) | DataType::LargeList(_) => {
                 let values = match &t {
@@ -116,6 +117,7 @@ impl PgText {
                 timestamp(out, timestamp_nanos(a, *unit, row), tz.is_some())
             }
             DataType::Interval(unit) => interval_value(out, a, *unit, row),
+            DataType::Duration(unit) => duration(out, a, *unit, row),
             // numeric keeps its scale's digits: 12.50.
             DataType::Decimal128(precision, scale) => {
                 out.push_str(&<Decimal128Type as DecimalType>::format_decimal(
@@ -403,6 +405,30 @@ fn interval_value(out: &mut String, a: &ArrayRef, unit: IntervalUnit, row: usize
         }
     };
     interval(out, months, days, nanos / 1000);
+}
+
+/// A duration (the difference of two timestamps) as PostgreSQL writes that difference, an
+/// interval whose whole days are taken out of its hours (`1 day 02:00:00`, not `26:00:00`).
+fn duration(out: &mut String, a: &ArrayRef, unit: TimeUnit, row: usize) {
+    use datafusion::arrow::datatypes::{
+        DurationMicrosecondType, DurationMillisecondType, DurationNanosecondType,
+        DurationSecondType,
+    };
+    let micros = match unit {
+        TimeUnit::Second => a
+            .as_primitive::<DurationSecondType>()
+            .value(row)
+            .saturating_mul(1_000_000),
+        TimeUnit::Millisecond => a
+            .as_primitive::<DurationMillisecondType>()
+            .value(row)
+            .saturating_mul(1000),
+        TimeUnit::Microsecond => a.as_primitive::<DurationMicrosecondType>().value(row),
+        TimeUnit::Nanosecond => a.as_primitive::<DurationNanosecondType>().value(row) / 1000,
+    };
+    const DAY: i64 = 86_400_000_000;
+    let days = i32::try_from(micros / DAY).unwrap_or(i32::MAX);
+    interval(out, 0, days, micros % DAY);
 }
 
 /// An interval as IntervalStyle `postgres` writes it: `1 year 2 mons 3 days 04:05:06.5`,

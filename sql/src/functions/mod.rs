@@ -13,6 +13,7 @@ mod modulo;
 mod pg_pattern;
 mod postgres_rule;
 mod sql_function;
+mod time_input;
 
 use datafusion::logical_expr::ScalarUDF;
 
@@ -53,6 +54,7 @@ pub use pg_pattern::PgPattern;
 pub use postgres_rule::PostgresMeaning;
 pub(crate) use postgres_rule::postgres_meaning;
 pub use sql_function::SqlFunction;
+pub use time_input::{TimeInput, interval_text, timestamp_text};
 
 /// Every function Weir adds, to register in a planning context (each replaces any DataFusion
 /// function of the same name: DataFusion's `to_char`, alias `date_format`, takes strftime

@@ -1,5 +1,6 @@
 //! The analyzer rule that gives expressions PostgreSQL's meaning where DataFusion's differs and
-//! would otherwise give a plausible wrong value: integer overflow, and text read as `bytea`.
+//! would otherwise give a plausible wrong value (integer overflow, text read as `bytea`) or
+//! refuse what PostgreSQL reads (timestamps without seconds, intervals with `hh:mm:ss`).
 
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result};
@@ -10,19 +11,23 @@ use datafusion::optimizer::AnalyzerRule;
 
 use super::bytea::bytea_input;
 use super::checked::checked_arithmetic;
+use super::time_input::time_input;
 
-/// Applies [`checked_arithmetic`] and [`bytea_input`] to every expression of a plan, after
+/// Applies [`checked_arithmetic`], [`bytea_input`] and [`time_input`] to every expression of a
+/// plan, after
 /// type coercion (so that the types it decides on are final); names stay as written (`a + b`,
 /// not `checked_add(a, b)`). Running it twice changes nothing more.
 #[derive(Debug, Default)]
 pub struct PostgresMeaning;
 
-/// Both rewrites, for an expression over `schema` (a SQL function's body, say).
+/// The rewrites, for an expression over `schema` (a SQL function's body, say).
 pub(crate) fn postgres_meaning(
     expr: datafusion::logical_expr::Expr,
     schema: &DFSchema,
 ) -> Result<Transformed<datafusion::logical_expr::Expr>> {
-    checked_arithmetic(expr, schema)?.transform_data(|e| bytea_input(e, schema))
+    checked_arithmetic(expr, schema)?
+        .transform_data(|e| bytea_input(e, schema))?
+        .transform_data(|e| time_input(e, schema))
 }
 
 impl AnalyzerRule for PostgresMeaning {

@@ -168,11 +168,39 @@ impl VisitorMut for GenerateSubscripts {
     }
 }
 
-/// PostgreSQL forms DataFusion lacks, in any statement: `LIKE ... ESCAPE 'c'` and
-/// `generate_subscripts(a, 1)`.
+/// PostgreSQL forms DataFusion lacks, in any statement: `LIKE ... ESCAPE 'c'`,
+/// `generate_subscripts(a, 1)`, and interval literals with `hh:mm:ss` (`INTERVAL '1 day
+/// 02:03:04'`, as PostgreSQL writes intervals), which DataFusion reads when it plans.
 pub(crate) fn rewrite_postgres_forms(stmt: &mut Statement) {
     let _ = stmt.visit(&mut LikeEscapes);
     let _ = stmt.visit(&mut GenerateSubscripts);
+    let _ = stmt.visit(&mut IntervalClocks);
+}
+
+/// Interval literals whose text has `hh:mm:ss`, written out in units (see
+/// [`crate::functions::interval_text`]).
+struct IntervalClocks;
+
+impl VisitorMut for IntervalClocks {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut SqlExpr) -> ControlFlow<()> {
+        use datafusion::sql::sqlparser::ast::Value;
+        let SqlExpr::Interval(interval) = expr else {
+            return ControlFlow::Continue(());
+        };
+        if interval.leading_field.is_some() {
+            return ControlFlow::Continue(());
+        }
+        if let SqlExpr::Value(v) = interval.value.as_mut() {
+            if let Value::SingleQuotedString(text) = &mut v.value {
+                if let std::borrow::Cow::Owned(written) = crate::functions::interval_text(text) {
+                    *text = written;
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Applies Weir's rewrites of client catalog queries to a parsed statement.
