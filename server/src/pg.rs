@@ -36,7 +36,7 @@ use pgwire::messages::data::{NoData, ParameterDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use weir_sql::copy::CopyIn;
+use weir_sql::copy::CopyLoader;
 
 use crate::auth::Users;
 use weir_sql::datafusion::arrow::datatypes::Schema;
@@ -190,23 +190,24 @@ where
     Ok(rows)
 }
 
-/// The COPY FROM STDIN a connection is receiving data for, and the data so far.
+/// The COPY FROM STDIN a connection is receiving data for: its rows parsed so far, or why it
+/// cannot load (told when the data ends, as the protocol answers then).
 #[derive(Debug, Default)]
-struct PendingCopy(Mutex<Option<(CopyIn, Vec<u8>)>>);
+struct PendingCopy(Mutex<Option<weir_sql::Result<CopyLoader>>>);
 
 impl PendingCopy {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(CopyIn, Vec<u8>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<weir_sql::Result<CopyLoader>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// Remembers a COPY FROM STDIN that is about to receive data on this connection.
-fn expect_copy<C: ClientInfo>(client: &C, out: &Output) {
+fn expect_copy<C: ClientInfo>(client: &C, session: &Session, out: &Output) {
     if let Output::CopyIn(copy) = out {
         let pending = client
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
-        *pending.lock() = Some((copy.clone(), Vec::new()));
+        *pending.lock() = Some(session.copy_loader(copy));
     }
 }
 
@@ -331,7 +332,7 @@ impl SimpleQueryHandler for Handler {
                     }
                 }
                 Ok(out) => {
-                    expect_copy(client, &out);
+                    expect_copy(client, &session, &out);
                     responses.push(response(
                         out,
                         &Format::UnifiedText,
@@ -510,7 +511,7 @@ impl ExtendedQueryHandler for Handler {
                 .map_err(user_error)?;
             return Ok(Response::Execution(Tag::new("COPY").with_rows(rows)));
         }
-        expect_copy(client, &out);
+        expect_copy(client, &session, &out);
         response(
             out,
             &portal.result_column_format,
@@ -530,8 +531,8 @@ impl CopyHandler for Handler {
         let pending = client
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
-        if let Some((_, data)) = pending.lock().as_mut() {
-            data.extend_from_slice(&copy_data.data);
+        if let Some(Ok(loader)) = pending.lock().as_mut() {
+            loader.feed(&copy_data.data);
         }
         Ok(())
     }
@@ -546,16 +547,17 @@ impl CopyHandler for Handler {
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
         let taken = pending.lock().take();
-        let Some((copy, data)) = taken else {
+        let Some(loader) = taken else {
             return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
                 "ERROR".to_owned(),
                 "08P01".to_owned(),
                 "COPY data ended, but no COPY FROM STDIN was running".to_owned(),
             ))));
         };
+        let loader = loader.map_err(user_error)?;
         let rows = self
             .session(client)
-            .copy_data(&copy, data)
+            .copy_finish(loader)
             .await
             .map_err(user_error)?;
         let tag = Tag::new("COPY").with_rows(rows as usize);

@@ -541,20 +541,22 @@ fn unescape(field: &str, line: u64) -> Result<String> {
     Ok(out)
 }
 
-fn parse_text(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
+/// The rows of text-format `data` whose first line is line `first` of the COPY, skipping a
+/// header line if `header`; and whether the end marker (`\.`) came.
+fn parse_text(copy: &CopyIn, data: &str, first: u64, header: bool) -> Result<(Vec<Row>, bool)> {
     let mut rows = Vec::new();
     let delimiter = copy.delimiter as char;
     let body = data.strip_suffix('\n').unwrap_or(data);
     if body.is_empty() {
-        return Ok(rows);
+        return Ok((rows, false));
     }
     for (i, line) in body.split('\n').enumerate() {
-        let number = i as u64 + 1;
+        let number = first + i as u64;
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line == "\\." {
-            break;
+            return Ok((rows, true));
         }
-        if i == 0 && copy.header {
+        if i == 0 && header {
             continue;
         }
         let fields = line
@@ -572,12 +574,14 @@ fn parse_text(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
             fields,
         });
     }
-    Ok(rows)
+    Ok((rows, false))
 }
 
-fn parse_csv(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
+/// The rows of CSV `data`, as [`parse_text`] reads text.
+fn parse_csv(copy: &CopyIn, data: &str, first: u64, header: bool) -> Result<(Vec<Row>, bool)> {
+    let offset = first - 1;
     let mut reader = csv::ReaderBuilder::new()
-        .has_headers(copy.header)
+        .has_headers(header)
         .delimiter(copy.delimiter)
         .flexible(true)
         .from_reader(data.as_bytes());
@@ -590,12 +594,12 @@ fn parse_csv(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
             Ok(true) => {}
             Err(e) => {
                 let line = e.position().map_or(line, csv::Position::line);
-                return Err(line_error(line, e));
+                return Err(line_error(line + offset, e));
             }
         }
-        let line = record.position().map_or(line, csv::Position::line);
+        let line = record.position().map_or(line, csv::Position::line) + offset;
         if record.len() == 1 && record.get(0) == Some(b"\\.") {
-            break;
+            return Ok((rows, true));
         }
         // A field equal to the NULL text (empty by default) is NULL. Postgres reads a quoted
         // empty string ("") as an empty string; the csv crate does not report quoting, so here
@@ -613,7 +617,7 @@ fn parse_csv(copy: &CopyIn, data: &str) -> Result<Vec<Row>> {
             .collect::<Result<Vec<_>>>()?;
         rows.push(Row { line, fields });
     }
-    Ok(rows)
+    Ok((rows, false))
 }
 
 /// A BYTEA column from COPY text: `\x` then hex digits, as Postgres writes and reads it.
@@ -646,18 +650,31 @@ fn bytea(rows: &[Row], position: usize, name: &str, data_type: &DataType) -> Res
 
 /// Parses `data` into a batch of `schema` (the target's columns; those the COPY does not name
 /// are NULL). Any bad row fails the whole COPY with its line number.
+#[cfg(test)]
 pub(crate) fn parse(copy: &CopyIn, schema: &SchemaRef, data: &[u8]) -> Result<RecordBatch> {
+    Ok(parse_chunk(copy, schema, data, 1, copy.header)?.0)
+}
+
+/// Parses a piece of the data that starts at line `first` and holds whole rows, skipping a
+/// header line if `header`; and says whether the end marker (`\.`) came.
+fn parse_chunk(
+    copy: &CopyIn,
+    schema: &SchemaRef,
+    data: &[u8],
+    first: u64,
+    header: bool,
+) -> Result<(RecordBatch, bool)> {
     let data = std::str::from_utf8(data).map_err(|e| {
         let line = data[..e.valid_up_to()]
             .iter()
             .filter(|&&b| b == b'\n')
             .count() as u64
-            + 1;
+            + first;
         line_error(line, "invalid UTF-8")
     })?;
-    let rows = match copy.format {
-        CopyFormat::Text => parse_text(copy, data)?,
-        CopyFormat::Csv => parse_csv(copy, data)?,
+    let (rows, ended) = match copy.format {
+        CopyFormat::Text => parse_text(copy, data, first, header)?,
+        CopyFormat::Csv => parse_csv(copy, data, first, header)?,
         CopyFormat::Binary => {
             return Err(Error::NotSupported(
                 "COPY FROM in the binary format is not supported; send text or CSV".into(),
@@ -743,7 +760,151 @@ pub(crate) fn parse(copy: &CopyIn, schema: &SchemaRef, data: &[u8]) -> Result<Re
         Arc::new(datafusion::arrow::datatypes::Schema::new(nullable)),
         columns,
     )?;
-    Ok(batch)
+    Ok((batch, ended))
+}
+
+/// How much COPY data is parsed at a time: the rows of about this many bytes.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// The most memory one COPY's parsed rows may hold before it commits.
+pub const COPY_MEMORY_LIMIT_BYTES: usize = 512 << 20;
+
+/// A `COPY ... FROM STDIN`'s data, parsed into batches as it arrives (a few MiB of text at a
+/// time), so that the text is never held whole; the batches are appended together, all or
+/// none, by [`CopyLoader::finish`]'s caller. The first bad row (or the memory limit) is kept
+/// and reported at the end, when PostgreSQL's protocol lets the server answer.
+#[derive(Debug)]
+pub struct CopyLoader {
+    copy: CopyIn,
+    schema: SchemaRef,
+    /// Data not yet parsed: the start of a row at most, once a chunk is parsed.
+    pending: Vec<u8>,
+    /// The line number of `pending`'s first line.
+    line: u64,
+    /// The header line is still to be skipped.
+    header: bool,
+    /// The end marker (`\.`) came: what follows is ignored.
+    ended: bool,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+    /// Parse once this much data waits.
+    chunk: usize,
+    limit: usize,
+    failed: Option<Error>,
+}
+
+impl CopyLoader {
+    /// A loader of `copy`'s data into rows of `schema` (its target's).
+    pub fn new(copy: CopyIn, schema: SchemaRef) -> Self {
+        let header = copy.header;
+        Self {
+            copy,
+            schema,
+            pending: Vec::new(),
+            line: 1,
+            header,
+            ended: false,
+            batches: Vec::new(),
+            bytes: 0,
+            chunk: CHUNK_BYTES,
+            limit: COPY_MEMORY_LIMIT_BYTES,
+            failed: None,
+        }
+    }
+
+    /// The loader with a chunk size and a memory limit of its own, for tests.
+    #[cfg(test)]
+    fn with_sizes(mut self, chunk: usize, limit: usize) -> Self {
+        self.chunk = chunk;
+        self.limit = limit;
+        self
+    }
+
+    /// The COPY being loaded.
+    pub fn copy(&self) -> &CopyIn {
+        &self.copy
+    }
+
+    /// Takes the next piece of data, and parses the whole rows once a chunk's worth waits.
+    pub fn feed(&mut self, data: &[u8]) {
+        if self.failed.is_some() || self.ended {
+            return;
+        }
+        self.pending.extend_from_slice(data);
+        if self.pending.len() >= self.chunk {
+            if let Some(cut) = self.last_row_end() {
+                if let Err(e) = self.parse_up_to(cut) {
+                    // Nothing of it will load: its memory goes now, not when the data ends.
+                    self.failed = Some(e);
+                    self.pending = Vec::new();
+                    self.batches = Vec::new();
+                }
+            }
+        }
+    }
+
+    /// Where the last whole row in `pending` ends (after its newline), outside CSV quotes.
+    fn last_row_end(&self) -> Option<usize> {
+        if self.copy.format != CopyFormat::Csv {
+            return self
+                .pending
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map(|i| i + 1);
+        }
+        let mut quoted = false;
+        let mut end = None;
+        for (i, &b) in self.pending.iter().enumerate() {
+            match b {
+                b'"' => quoted = !quoted,
+                b'\n' if !quoted => end = Some(i + 1),
+                _ => {}
+            }
+        }
+        end
+    }
+
+    fn parse_up_to(&mut self, cut: usize) -> Result<()> {
+        let rest = self.pending.split_off(cut);
+        let chunk = std::mem::replace(&mut self.pending, rest);
+        let lines = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        let (batch, ended) = parse_chunk(&self.copy, &self.schema, &chunk, self.line, self.header)?;
+        self.header = false;
+        self.line += lines;
+        self.ended = ended;
+        if ended {
+            self.pending = Vec::new();
+        }
+        self.bytes += batch.get_array_memory_size();
+        if self.bytes > self.limit {
+            return Err(Error::WrongObject {
+                sqlstate: "54000",
+                message: format!(
+                    "COPY into {}: its rows take more than {} MiB of memory before it commits \
+                     (a COPY is held until its end, to load all of its rows or none); split the \
+                     data into several COPYs",
+                    self.copy.target,
+                    self.limit >> 20
+                ),
+            });
+        }
+        if batch.num_rows() > 0 {
+            self.batches.push(batch);
+        }
+        Ok(())
+    }
+
+    /// The rows of all the data, in batches; or the first error.
+    pub fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if !self.ended && !self.pending.is_empty() {
+            let all = self.pending.len();
+            self.parse_up_to(all)?;
+        }
+        Ok(self.batches)
+    }
 }
 
 #[cfg(test)]
@@ -812,5 +973,67 @@ mod tests {
         let e = parse(&copy(CopyFormat::Csv, false), &schema(), null_id.as_bytes())
             .expect_err("null id");
         assert_eq!(e.sqlstate(), "23502");
+    }
+
+    /// Loads `data` fed in pieces of `piece` bytes, parsing every `chunk` bytes.
+    fn load(copy: CopyIn, data: &str, piece: usize, chunk: usize) -> Result<Vec<RecordBatch>> {
+        let mut loader = CopyLoader::new(copy, schema()).with_sizes(chunk, usize::MAX);
+        for p in data.as_bytes().chunks(piece) {
+            loader.feed(p);
+        }
+        loader.finish()
+    }
+
+    #[test]
+    fn a_loader_fed_in_pieces_parses_as_the_whole_data_does() {
+        let mut csv = String::from("id,name,ts\n");
+        let mut text = String::new();
+        for i in 0..200 {
+            // A quoted field with a line break and a quote in it, every so often.
+            let name = if i % 7 == 0 {
+                format!("\"n{i}\nwith \"\"q\"\"\"")
+            } else {
+                format!("n{i}")
+            };
+            csv.push_str(&format!("{i},{name},2026-01-01 00:00:{:02}\n", i % 60));
+            text.push_str(&format!("{i}\tt{i}\\tx\t\\N\n"));
+        }
+        text.push_str("\\.\nignored after the end marker\n");
+        for (copy, data) in [
+            (copy(CopyFormat::Csv, true), csv.as_str()),
+            (copy(CopyFormat::Text, false), text.as_str()),
+        ] {
+            let whole = parse(&copy, &schema(), data.as_bytes()).expect("whole");
+            for (piece, chunk) in [(1, 1), (7, 50), (64, 300), (1000, 10_000)] {
+                let batches = load(copy.clone(), data, piece, chunk).expect("pieces");
+                let all = datafusion::arrow::compute::concat_batches(&whole.schema(), &batches)
+                    .expect("concat");
+                assert_eq!(all, whole, "pieces of {piece}, chunks of {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_loader_names_the_line_of_a_bad_row_and_keeps_to_its_memory_limit() {
+        let mut data = String::new();
+        for i in 1..=100 {
+            data.push_str(&format!("{i},n,\n"));
+        }
+        data.push_str("seven,n,\n");
+        let e = load(copy(CopyFormat::Csv, false), &data, 13, 100).expect_err("bad row");
+        assert!(e.to_string().contains("line 101"), "{e}");
+        let mut loader =
+            CopyLoader::new(copy(CopyFormat::Csv, false), schema()).with_sizes(100, 2_000);
+        for _ in 0..100 {
+            loader.feed(
+                data.lines()
+                    .next()
+                    .map(|l| format!("{l}\n"))
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
+        }
+        let e = loader.finish().expect_err("over the limit");
+        assert_eq!(e.sqlstate(), "54000", "{e}");
     }
 }

@@ -100,6 +100,19 @@ impl Session {
         self.handler.copy_data(copy, data).await
     }
 
+    /// A loader for the data of `copy` that parses it as it arrives ([`CopyLoader::feed`]),
+    /// so that the text of a large COPY is never held whole; [`Session::copy_finish`] loads it.
+    pub fn copy_loader(&self, copy: &CopyIn) -> Result<crate::copy::CopyLoader> {
+        self.handler.copy_loader(copy)
+    }
+
+    /// Loads what `loader` parsed once the data has ended: all rows, or none and the error.
+    /// Returns the rows loaded.
+    pub async fn copy_finish(&self, loader: crate::copy::CopyLoader) -> Result<u64> {
+        self.handler.note_change();
+        self.handler.copy_load(loader).await
+    }
+
     /// Describes one statement: its parameters and result columns.
     pub async fn describe(&self, sql: &str) -> Result<Description> {
         let mut stmts = parse(sql)?;

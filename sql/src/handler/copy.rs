@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::concat_batches;
 use datafusion::common::TableReference;
 use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 
 use super::Handler;
-use crate::copy::{self, CopyIn, CopyToSource};
+use crate::copy::{self, CopyIn, CopyLoader, CopyToSource};
 use crate::output::Output;
 use crate::{Error, Result};
 
@@ -41,21 +42,36 @@ impl Handler {
         Ok(Output::CopyIn(copy))
     }
 
-    /// Loads the data of a `COPY ... FROM STDIN` (everything the client sent): all rows in one
+    /// A loader for the data of `copy`, into its target's columns.
+    pub(crate) fn copy_loader(&self, copy: &CopyIn) -> Result<CopyLoader> {
+        let schema = if let Some(stream) = self.db.stream(&copy.target) {
+            Arc::clone(&stream.schema)
+        } else if let Some(table) = self.db.table(&copy.target) {
+            Arc::clone(&table.schema)
+        } else {
+            return Err(Error::UndefinedRelation(copy.target.clone()));
+        };
+        Ok(CopyLoader::new(copy.clone(), schema))
+    }
+
+    /// Loads the rows of a `COPY ... FROM STDIN` once its data has ended: all of them in one
     /// append, or none and an error naming the first bad line. Returns the rows loaded.
-    pub(crate) async fn copy_data(&self, copy: &CopyIn, data: Vec<u8>) -> Result<u64> {
+    pub(crate) async fn copy_load(&self, loader: CopyLoader) -> Result<u64> {
         self.note_change();
-        let name = copy.target.clone();
+        let name = loader.copy().target.clone();
+        let batches = loader.finish()?;
         if let Some(stream) = self.db.stream(&name) {
-            let batch = copy::parse(copy, &stream.schema, &data)?;
             let entry = Arc::clone(&stream);
-            let receipt = tokio::task::spawn_blocking(move || entry.log.append(&[batch]))
+            let receipt = tokio::task::spawn_blocking(move || entry.log.append(&batches))
                 .await
                 .map_err(|e| Error::Internal(format!("COPY append failed: {e}")))??;
             return Ok(receipt.rows());
         }
         if let Some(table) = self.db.table(&name) {
-            let batch = copy::parse(copy, &table.schema, &data)?;
+            let batch = match batches.first() {
+                Some(first) => concat_batches(&first.schema(), &batches)?,
+                None => return Ok(0),
+            };
             let batch = RecordBatch::try_new(Arc::clone(&table.schema), batch.columns().to_vec())
                 .map_err(|e| Error::WrongObject {
                 sqlstate: "23502",
@@ -66,6 +82,14 @@ impl Handler {
                 .map_err(|e| Error::Internal(format!("COPY insert failed: {e}")))?;
         }
         Err(Error::UndefinedRelation(name))
+    }
+
+    /// Loads the data of a `COPY ... FROM STDIN` given whole (see [`Handler::copy_load`]).
+    pub(crate) async fn copy_data(&self, copy: &CopyIn, data: Vec<u8>) -> Result<u64> {
+        let mut loader = self.copy_loader(copy)?;
+        loader.feed(&data);
+        drop(data);
+        self.copy_load(loader).await
     }
 
     /// `COPY (query) TO STDOUT` / `COPY name [(columns)] TO STDOUT`: rows as DataFusion
