@@ -8,7 +8,7 @@ use datafusion::arrow::compute::kernels::cast::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{ExprSchema, Result, ScalarValue};
+use datafusion::common::{ExprSchema, Result};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
     Cast, ColumnarValue, Expr, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
@@ -97,7 +97,6 @@ impl ScalarUDFImpl for ByteaIn {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = matches!(args.args.as_slice(), [ColumnarValue::Scalar(_)]);
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let [text] = arrays.as_slice() else {
             return datafusion::common::plan_err!("bytea_in takes one argument");
@@ -115,11 +114,7 @@ impl ScalarUDFImpl for ByteaIn {
             }
         }
         let out: ArrayRef = Arc::new(out.finish());
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        super::result_of(&args.args, out)
     }
 }
 

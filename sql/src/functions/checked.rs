@@ -7,7 +7,7 @@ use datafusion::arrow::compute::kernels::cast::cast;
 use datafusion::arrow::compute::kernels::numeric::{add, mul, sub};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{ExprSchema, Result, ScalarValue};
+use datafusion::common::{ExprSchema, Result};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
@@ -53,10 +53,6 @@ impl ScalarUDFImpl for CheckedArithmetic {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let [l, r] = arrays.as_slice() else {
             return datafusion::common::plan_err!("{} takes two arguments", self.name());
@@ -68,11 +64,7 @@ impl ScalarUDFImpl for CheckedArithmetic {
             Operator::Minus => sub(&l, &r)?,
             _ => mul(&l, &r)?,
         };
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        super::result_of(&args.args, out)
     }
 }
 

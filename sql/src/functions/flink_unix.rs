@@ -117,7 +117,6 @@ impl ScalarUDFImpl for UnixTimeFunction {
         };
         let pattern = self.pattern(&args.args)?;
         let rows = args.number_rows;
-        let scalar = matches!(value, ColumnarValue::Scalar(_));
         let out: Arc<dyn Array> = match self.which {
             UnixTime::ToSeconds => {
                 let texts = cast(&value.to_array(rows)?, &DataType::Utf8)?;
@@ -170,10 +169,6 @@ impl ScalarUDFImpl for UnixTimeFunction {
                 Arc::new(out.finish())
             }
         };
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        super::result_of(&args.args, out)
     }
 }

@@ -17,6 +17,22 @@ mod time_input;
 
 use datafusion::logical_expr::ScalarUDF;
 
+/// A function's result `out` for `args`: a scalar when every argument is one (so that constant
+/// folding keeps a constant), else the array.
+fn result_of(
+    args: &[datafusion::logical_expr::ColumnarValue],
+    out: datafusion::arrow::array::ArrayRef,
+) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+    use datafusion::logical_expr::ColumnarValue;
+    Ok(
+        if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
+        },
+    )
+}
+
 /// Month names in English, January first.
 const MONTHS: [&str; 12] = [
     "January",

@@ -9,7 +9,7 @@ use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::compute::{CastOptions, cast, cast_with_options};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{ExprSchema, Result, ScalarValue};
+use datafusion::common::{ExprSchema, Result};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
     Cast, ColumnarValue, Expr, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
@@ -95,7 +95,6 @@ impl ScalarUDFImpl for TimeInput {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let scalar = matches!(args.args.as_slice(), [ColumnarValue::Scalar(_)]);
         let arrays = ColumnarValue::values_to_arrays(&args.args)?;
         let [text] = arrays.as_slice() else {
             return datafusion::common::exec_err!("{} takes one argument", self.name());
@@ -119,11 +118,7 @@ impl ScalarUDFImpl for TimeInput {
                 cast_with_options(&(Arc::new(rewritten) as ArrayRef), &self.to, &strict)?
             }
         };
-        Ok(if scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        super::result_of(&args.args, out)
     }
 }
 
