@@ -69,6 +69,9 @@ fn insert_sql(events: &[Event]) -> String {
 /// watermark. No partition goes idle in these tests, so once the view has caught up its
 /// watermark is the smallest partition maximum minus the delay.
 async fn closed_windows(s: &Session) -> String {
+    // SHOW does not wait for a view; a SELECT from it does, so that the watermark shown is
+    // the one after every event.
+    text_rows(s, "SELECT count(*) FROM v").await;
     let views = text_rows(s, "SHOW MATERIALIZED VIEWS").await;
     let watermark = views[0].split('|').nth(3).expect("watermark column");
     if watermark == "NULL" {

@@ -6,10 +6,9 @@ use datafusion::arrow::array::{Int32Array, Int64Array, RecordBatch, StringArray}
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::Handler;
+use crate::Result;
 use crate::output::Output;
-use crate::providers::VIEW_READ_WAIT;
 use crate::time::humanize_ns;
-use crate::{Error, Result};
 
 impl Handler {
     pub(crate) fn show_streams(&self) -> Result<Output> {
@@ -49,27 +48,18 @@ impl Handler {
         Ok(Output::batch(schema, batch))
     }
 
+    /// `SHOW MATERIALIZED VIEWS`: each view as it is now, without waiting for views that are
+    /// behind (their `backlog` says by how many events); a SELECT from a view waits instead.
     pub(crate) async fn show_views(&self) -> Result<Output> {
         let views = self.db.views();
-        // Like a SELECT from a view, report each view as of everything committed to its source.
-        let waiting = views.clone();
-        let progress = tokio::task::spawn_blocking(move || {
-            waiting
-                .iter()
-                .map(|v| {
-                    let offsets = v.source_offsets();
-                    v.table.wait_for(&offsets, VIEW_READ_WAIT)
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("waiting for views failed: {e}")))?;
+        let progress: Vec<_> = views.iter().map(|v| v.table.progress()).collect();
         let schema = show_views_schema();
         let mut name = Vec::new();
         let mut source = Vec::new();
         let mut row_count = Vec::new();
         let mut watermark = Vec::new();
         let mut late = Vec::new();
+        let mut backlog = Vec::new();
         let mut status = Vec::new();
         let mut definition = Vec::new();
         for (v, p) in views.iter().zip(progress) {
@@ -85,6 +75,8 @@ impl Handler {
             row_count.push(v.table.num_rows() as i64);
             watermark.push(p.watermark_ns.map(|ns| ns / 1000));
             late.push(p.late_rows as i64);
+            let committed = v.source_offsets().iter().sum::<u64>();
+            backlog.push(committed.saturating_sub(v.table.read()) as i64);
             status.push(match p.error {
                 Some(e) => format!("failed: {e}"),
                 None => "running".into(),
@@ -101,6 +93,7 @@ impl Handler {
                     watermark,
                 )),
                 Arc::new(Int64Array::from(late)),
+                Arc::new(Int64Array::from(backlog)),
                 Arc::new(StringArray::from(status)),
                 Arc::new(StringArray::from(definition)),
             ],
@@ -131,6 +124,8 @@ pub(crate) fn show_views_schema() -> SchemaRef {
             true,
         ),
         Field::new("late_events", DataType::Int64, false),
+        // Events committed to the view's sources that it has not processed yet.
+        Field::new("backlog", DataType::Int64, false),
         Field::new("status", DataType::Utf8, false),
         Field::new("definition", DataType::Utf8, false),
     ]))
