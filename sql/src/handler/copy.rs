@@ -122,6 +122,10 @@ impl Handler {
             .collect();
         let mut forced = vec![false; names.len()];
         for c in &copy.format.force_quote {
+            if c == crate::syntax::compat::FORCE_QUOTE_ALL {
+                forced = vec![true; names.len()];
+                continue;
+            }
             let i = names.iter().position(|n| n == c).ok_or_else(|| {
                 Error::UndefinedColumn(format!(
                     "FORCE_QUOTE column \"{c}\" is not among the columns written"

@@ -322,3 +322,51 @@ pub(crate) fn refuse_text_lengths(stmt: &Statement) -> crate::Result<()> {
         ControlFlow::Continue(()) => Ok(()),
     }
 }
+
+/// The column name that stands for `*` in `FORCE_QUOTE *` once parsed: PostgreSQL's
+/// identifiers cannot hold a NUL, so no column has it.
+pub const FORCE_QUOTE_ALL: &str = "\u{0}*";
+
+/// `FORCE_QUOTE *` (and the older `FORCE QUOTE *`), which sqlparser does not read, with the `*`
+/// as a column named [`FORCE_QUOTE_ALL`], so that COPY quotes every column.
+pub(crate) fn force_quote_all(
+    tokens: Vec<datafusion::sql::sqlparser::tokenizer::TokenWithSpan>,
+) -> Vec<datafusion::sql::sqlparser::tokenizer::TokenWithSpan> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Word};
+    let word = |t: &Token, w: &str| matches!(t, Token::Word(x) if x.value.eq_ignore_ascii_case(w));
+    let mut out = Vec::with_capacity(tokens.len());
+    // The tokens of the last two words seen (whitespace skipped), to recognize the two forms.
+    let mut last: Vec<Token> = Vec::new();
+    for mut t in tokens {
+        if t.token == Token::Mul {
+            let n = last.len();
+            let all = Token::Word(Word {
+                value: FORCE_QUOTE_ALL.into(),
+                quote_style: Some('"'),
+                keyword: datafusion::sql::sqlparser::keywords::Keyword::NoKeyword,
+            });
+            if n >= 1 && word(&last[n - 1], "FORCE_QUOTE") {
+                // The option list's form takes its columns in parentheses.
+                let span = t.span;
+                for token in [Token::LParen, all, Token::RParen] {
+                    out.push(datafusion::sql::sqlparser::tokenizer::TokenWithSpan::new(
+                        token, span,
+                    ));
+                }
+                last.clear();
+                continue;
+            }
+            if n >= 2 && word(&last[n - 2], "FORCE") && word(&last[n - 1], "QUOTE") {
+                t.token = all;
+            }
+        }
+        if !matches!(t.token, Token::Whitespace(_)) {
+            last.push(t.token.clone());
+            if last.len() > 2 {
+                last.remove(0);
+            }
+        }
+        out.push(t);
+    }
+    out
+}
