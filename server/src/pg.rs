@@ -59,7 +59,11 @@ fn user_error(e: weir_sql::Error) -> PgWireError {
 /// fires while they are being sent.
 fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireResult<Response> {
     match out {
-        Output::Rows { schema, stream } => {
+        Output::Rows {
+            schema,
+            stream,
+            zone,
+        } => {
             let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, None)?);
             let f = Arc::clone(&fields);
             let seen = cancel.generation();
@@ -69,7 +73,7 @@ fn response(out: Output, format: &Format, cancel: Arc<CancelSignal>) -> PgWireRe
                 .map(move |batch: Result<RecordBatch, _>| {
                     let rows: Box<dyn Iterator<Item = PgWireResult<DataRow>> + Send + Sync> =
                         match batch {
-                            Ok(b) => match crate::text_rows::text_rows(&f, &b) {
+                            Ok(b) => match crate::text_rows::text_rows(&f, &b, zone) {
                                 Some(rows) => Box::new(rows.into_iter().map(Ok)),
                                 None => encode_recordbatch(Arc::clone(&f), b),
                             },

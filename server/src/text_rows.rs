@@ -8,11 +8,16 @@ use bytes::{BufMut, BytesMut};
 use pgwire::api::results::{FieldFormat, FieldInfo};
 use pgwire::messages::data::DataRow;
 use weir_sql::datafusion::arrow::record_batch::RecordBatch;
-use weir_sql::pg_text::PgText;
+use weir_sql::pg_text::{PgText, Zone};
 
 /// `batch`'s rows as DataRows in text form, when every field goes out as text and every column
 /// has a PostgreSQL text form here; `None` otherwise (the caller encodes them another way).
-pub(crate) fn text_rows(fields: &[FieldInfo], batch: &RecordBatch) -> Option<Vec<DataRow>> {
+/// `timestamptz` values are written in `zone`, the session's TimeZone.
+pub(crate) fn text_rows(
+    fields: &[FieldInfo],
+    batch: &RecordBatch,
+    zone: Option<Zone>,
+) -> Option<Vec<DataRow>> {
     if fields.len() != batch.num_columns() || fields.iter().any(|f| f.format() != FieldFormat::Text)
     {
         return None;
@@ -20,7 +25,7 @@ pub(crate) fn text_rows(fields: &[FieldInfo], batch: &RecordBatch) -> Option<Vec
     let columns = batch
         .columns()
         .iter()
-        .map(|c| PgText::try_new(Arc::clone(c)).ok())
+        .map(|c| PgText::try_new(Arc::clone(c)).ok().map(|t| t.in_zone(zone)))
         .collect::<Option<Vec<_>>>()?;
     let width = i16::try_from(columns.len()).ok()?;
     let mut rows = Vec::with_capacity(batch.num_rows());

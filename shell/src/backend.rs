@@ -331,7 +331,7 @@ impl Backend {
         let mut replies = Vec::new();
         for result in session.execute(sql).await {
             replies.push(match result {
-                Ok(Output::Rows { schema, stream }) => {
+                Ok(Output::Rows { schema, stream, .. }) => {
                     match stream.try_collect::<Vec<RecordBatch>>().await {
                         Ok(batches) => Reply::Table {
                             columns: schema.fields().iter().map(|f| f.name().clone()).collect(),

@@ -282,6 +282,8 @@ pub(crate) struct CopyOutFormat {
     escape: char,
     /// CSV: columns whose non-NULL values are always quoted.
     pub(crate) force_quote: Vec<String>,
+    /// The session's TimeZone, for `timestamptz` values.
+    pub(crate) zone: Option<crate::pg_text::Zone>,
 }
 
 /// The COPY TO STDOUT described by `stmt`.
@@ -330,6 +332,7 @@ pub(crate) fn copy_to(stmt: &Statement) -> Result<CopyTo> {
         quote: '"',
         escape: '"',
         force_quote: Vec::new(),
+        zone: None,
     };
     let mut escape = None;
     for (extra, written) in options.extras {
@@ -409,7 +412,7 @@ impl CopyOutFormat {
         let columns = batch
             .columns()
             .iter()
-            .map(|c| PgText::try_new(Arc::clone(c)))
+            .map(|c| PgText::try_new(Arc::clone(c)).map(|t| t.in_zone(self.zone)))
             .collect::<Result<Vec<_>>>()?;
         let mut out = String::with_capacity(batch.num_rows() * 16 * columns.len().max(1));
         let mut value = String::new();

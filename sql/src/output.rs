@@ -19,6 +19,9 @@ pub enum Output {
         schema: SchemaRef,
         /// The rows.
         stream: SendableRecordBatchStream,
+        /// The session's TimeZone when the statement ran, in which `timestamptz` values are
+        /// written as text (a later `SET TimeZone` in the same query string does not apply).
+        zone: Option<crate::pg_text::Zone>,
     },
     /// A command completed: its Postgres command tag (`CREATE STREAM`, `DROP STREAM`, ...).
     Command(String),
@@ -89,6 +92,7 @@ impl Output {
         Self::Rows {
             schema: Arc::clone(&schema),
             stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+            zone: None,
         }
     }
 

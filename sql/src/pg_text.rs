@@ -1,5 +1,5 @@
 //! Values as PostgreSQL 15 writes them in text form with its default settings (DateStyle ISO,
-//! TimeZone UTC, IntervalStyle postgres, extra_float_digits 1): `t` / `f`, `2026-01-01 00:00:00`,
+//! IntervalStyle postgres, extra_float_digits 1) and the session's TimeZone: `t` / `f`, `2026-01-01 00:00:00`,
 //! `1 day 02:03:04`, `Infinity`, `\x00ff`, `{1,2}`. A column of a type PostgreSQL has no text
 //! form for here is refused when the formatter is made, never written approximately.
 
@@ -22,6 +22,44 @@ pub struct PgText {
     array: ArrayRef,
     /// For lists: the elements' formatter.
     items: Option<Box<PgText>>,
+    /// Where `timestamptz` values are written in local time; UTC without one.
+    zone: Option<Zone>,
+}
+
+/// A session's `TimeZone`, in which `timestamptz` values are written (`2026-01-01
+/// 01:00:00+01` in Europe/Paris): an IANA zone name, as PostgreSQL takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Zone(chrono_tz::Tz);
+
+impl Zone {
+    /// The zone named `name` (`Europe/Paris`, `UTC`), if there is one.
+    pub fn named(name: &str) -> Option<Self> {
+        let name = name.trim().trim_matches('\'');
+        name.parse::<chrono_tz::Tz>()
+            .ok()
+            .or_else(|| {
+                // PostgreSQL's zone names are case-insensitive.
+                chrono_tz::TZ_VARIANTS
+                    .iter()
+                    .find(|z| z.name().eq_ignore_ascii_case(name))
+                    .copied()
+            })
+            .map(Self)
+    }
+
+    /// Seconds east of UTC at the instant `utc_micros`.
+    fn offset_seconds(self, utc_micros: i64) -> i64 {
+        use chrono::{Offset, TimeZone};
+        let Some(at) = chrono::DateTime::from_timestamp_micros(utc_micros) else {
+            return 0;
+        };
+        i64::from(
+            self.0
+                .offset_from_utc_datetime(&at.naive_utc())
+                .fix()
+                .local_minus_utc(),
+        )
+    }
 }
 
 impl std::fmt::Debug for PgText {
@@ -78,7 +116,18 @@ impl PgText {
             }
             other => return Err(unsupported(other)),
         }
-        Ok(Self { array, items })
+        Ok(Self {
+            array,
+            items,
+            zone: None,
+        })
+    }
+
+    /// The formatter writing `timestamptz` values in `zone` (UTC for `None`).
+    pub fn in_zone(mut self, zone: Option<Zone>) -> Self {
+        self.zone = zone;
+        self.items = self.items.map(|i| Box::new(i.in_zone(zone)));
+        self
     }
 
     /// Whether row `row` is NULL.
@@ -113,8 +162,13 @@ impl PgText {
             DataType::Date32 => date(out, i64::from(a.as_primitive::<Date32Type>().value(row))),
             DataType::Date64 => date(out, a.as_primitive::<Date64Type>().value(row) / 86_400_000),
             DataType::Time32(unit) | DataType::Time64(unit) => time(out, time_nanos(a, *unit, row)),
-            DataType::Timestamp(unit, tz) => {
-                timestamp(out, timestamp_nanos(a, *unit, row), tz.is_some())
+            DataType::Timestamp(unit, None) => timestamp(out, timestamp_nanos(a, *unit, row), None),
+            DataType::Timestamp(unit, Some(_)) => {
+                let nanos = timestamp_nanos(a, *unit, row);
+                let offset = self
+                    .zone
+                    .map_or(0, |z| z.offset_seconds(nanos.div_euclid(1000)));
+                timestamp(out, nanos + offset * 1_000_000_000, Some(offset))
             }
             DataType::Interval(unit) => interval_value(out, a, *unit, row),
             DataType::Duration(unit) => duration(out, a, *unit, row),
@@ -343,7 +397,9 @@ fn fraction(out: &mut String, micros: i64) {
 
 /// A timestamp (nanoseconds since the epoch, UTC) to microseconds, as PostgreSQL stores them;
 /// `with_zone` adds the session's offset (Weir's sessions are UTC: `+00`).
-fn timestamp(out: &mut String, nanos: i64, with_zone: bool) {
+/// A timestamp; with `offset` (seconds east of UTC, `nanos` already local), a timestamptz's
+/// offset after it as PostgreSQL writes it: `+00`, `-04`, `+05:30`.
+fn timestamp(out: &mut String, nanos: i64, offset: Option<i64>) {
     let micros = nanos.div_euclid(1000);
     let days = micros.div_euclid(86_400_000_000);
     let (y, m, d) = civil(days);
@@ -353,8 +409,16 @@ fn timestamp(out: &mut String, nanos: i64, with_zone: bool) {
         let _ = write!(out, "{y:04}-{m:02}-{d:02} ");
     }
     time(out, micros.rem_euclid(86_400_000_000) * 1000);
-    if with_zone {
-        out.push_str("+00");
+    if let Some(offset) = offset {
+        let sign = if offset < 0 { '-' } else { '+' };
+        let abs = offset.abs();
+        let _ = write!(out, "{sign}{:02}", abs / 3600);
+        if abs % 3600 != 0 {
+            let _ = write!(out, ":{:02}", (abs / 60) % 60);
+        }
+        if abs % 60 != 0 {
+            let _ = write!(out, ":{:02}", abs % 60);
+        }
     }
     if y <= 0 {
         out.push_str(" BC");
@@ -617,5 +681,26 @@ mod tests {
             Some(vec![]),
         ]);
         assert_eq!(texts(Arc::new(list)), ["{1,NULL,3}", "{}"]);
+    }
+
+    #[test]
+    fn timestamptz_in_the_session_zone() {
+        use datafusion::arrow::array::TimestampMicrosecondArray;
+        let at = |zone: &str, micros: i64| {
+            let array: ArrayRef =
+                Arc::new(TimestampMicrosecondArray::from(vec![micros]).with_timezone("+00:00"));
+            let f = PgText::try_new(array)
+                .expect("formatter")
+                .in_zone(Zone::named(zone));
+            let mut s = String::new();
+            f.write(0, &mut s);
+            s
+        };
+        let jan = 1_767_225_600_000_000; // 2026-01-01 00:00:00 UTC
+        assert_eq!(at("UTC", jan), "2026-01-01 00:00:00+00");
+        assert_eq!(at("europe/paris", jan), "2026-01-01 01:00:00+01");
+        assert_eq!(at("Asia/Kolkata", jan), "2026-01-01 05:30:00+05:30");
+        assert_eq!(at("America/St_Johns", jan), "2025-12-31 20:30:00-03:30");
+        assert!(Zone::named("Mars/Olympus").is_none());
     }
 }

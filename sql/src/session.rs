@@ -70,7 +70,7 @@ impl Session {
         };
         let mut out = Vec::with_capacity(stmts.len());
         for stmt in stmts {
-            let r = self.execute_statement(stmt, None).await;
+            let r = self.in_zone(self.execute_statement(stmt, None).await);
             let failed = r.is_err();
             out.push(r);
             if failed {
@@ -80,13 +80,25 @@ impl Session {
         out
     }
 
+    /// Rows with the TimeZone in effect now, for their `timestamptz` text.
+    fn in_zone(&self, out: Result<Output>) -> Result<Output> {
+        match out {
+            Ok(Output::Rows { schema, stream, .. }) => Ok(Output::Rows {
+                schema,
+                stream,
+                zone: self.handler.settings.time_zone(),
+            }),
+            other => other,
+        }
+    }
+
     /// Runs one statement with parameter values for `$1`, `$2`, ...
     pub async fn execute_one(&self, sql: &str, params: Option<ParamValues>) -> Result<Output> {
         self.handler.take_notices();
         let mut stmts = parse(sql)?;
         match stmts.len() {
             0 => Ok(Output::Command(String::new())),
-            1 => self.execute_statement(stmts.remove(0), params).await,
+            1 => self.in_zone(self.execute_statement(stmts.remove(0), params).await),
             _ => Err(Error::Syntax(
                 "cannot run several statements in one prepared statement".into(),
             )),

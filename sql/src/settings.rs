@@ -105,6 +105,12 @@ impl Settings {
         }
     }
 
+    /// The session's `TimeZone`, in which `timestamptz` values are written as text.
+    pub fn time_zone(&self) -> Option<crate::pg_text::Zone> {
+        self.get("timezone")
+            .and_then(|v| crate::pg_text::Zone::named(&v))
+    }
+
     /// Every setting, by name.
     pub fn all(&self) -> Vec<(String, String)> {
         self.values

@@ -95,7 +95,8 @@ impl Handler {
     /// `COPY (query) TO STDOUT` / `COPY name [(columns)] TO STDOUT`: rows as DataFusion
     /// produces them, batch by batch, so that an export of any size streams.
     pub(crate) async fn copy_to(&self, stmt: &Statement) -> Result<Output> {
-        let copy = copy::copy_to(stmt)?;
+        let mut copy = copy::copy_to(stmt)?;
+        copy.format.zone = self.settings.time_zone();
         let df = match copy.source {
             CopyToSource::Query(query) => {
                 let plan = self.plan(Statement::Query(query)).await?;

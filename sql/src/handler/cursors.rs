@@ -102,6 +102,7 @@ impl Handler {
                 Ok(Output::Rows {
                     schema: Arc::clone(&schema),
                     stream: Box::pin(RecordBatchStreamAdapter::new(schema, stream)),
+                    zone: None,
                 })
             }
             SubscribeOutput::Copy => {
@@ -186,7 +187,7 @@ impl Handler {
         let query = Statement::Query(query.clone());
         let plan = self.plan(query.clone()).await?;
         let out = self.run_plan(plan, params).await?;
-        let Output::Rows { schema, stream } = out else {
+        let Output::Rows { schema, stream, .. } = out else {
             return Err(Error::Internal(
                 "a query returned no rows; this is a bug".into(),
             ));

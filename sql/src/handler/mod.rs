@@ -133,7 +133,11 @@ impl Handler {
         let df = self.ctx.execute_logical_plan(plan).await?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         let stream = df.execute_stream().await?;
-        Ok(Output::Rows { schema, stream })
+        Ok(Output::Rows {
+            schema,
+            stream,
+            zone: None,
+        })
     }
 
     /// Runs `f` on a blocking thread: catalog changes fsync.

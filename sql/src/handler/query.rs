@@ -41,9 +41,17 @@ impl Handler {
         let named = matches!(stmt, Statement::Query(_)).then(|| stmt.clone());
         let plan = self.plan(stmt).await?;
         match (self.run_plan(plan, params).await?, named) {
-            (Output::Rows { schema, stream }, Some(stmt)) => Ok(Output::Rows {
+            (
+                Output::Rows {
+                    schema,
+                    stream,
+                    zone,
+                },
+                Some(stmt),
+            ) => Ok(Output::Rows {
                 schema: Arc::new(with_pg_names(&schema, &stmt)),
                 stream,
+                zone,
             }),
             (out, _) => Ok(out),
         }

@@ -22,6 +22,9 @@ impl Handler {
             } => {
                 let value: Vec<String> = values.iter().map(setting_value).collect();
                 let name = variable.to_string();
+                if name.trim_matches('"').eq_ignore_ascii_case("timezone") {
+                    check_time_zone(&value.join(", "))?;
+                }
                 if value.len() == 1 && value[0].eq_ignore_ascii_case("default") {
                     self.settings.reset(&name);
                 } else {
@@ -29,7 +32,9 @@ impl Handler {
                 }
             }
             Set::SetTimeZone { value, .. } => {
-                self.settings.set("timezone", &setting_value(&value));
+                let value = setting_value(&value);
+                check_time_zone(&value)?;
+                self.settings.set("timezone", &value);
             }
             other => {
                 tracing::debug!(statement = %other, "SET accepted without effect");
@@ -100,4 +105,19 @@ fn setting_value(e: &SqlExpr) -> String {
         SqlExpr::Identifier(i) => i.value.clone(),
         other => other.to_string(),
     }
+}
+
+/// Refuses a `TimeZone` that is not an IANA zone name (or `DEFAULT`), as PostgreSQL refuses
+/// names it does not know; numeric offsets (`'+02'`) are not read yet.
+fn check_time_zone(value: &str) -> Result<()> {
+    if value.eq_ignore_ascii_case("default") || crate::pg_text::Zone::named(value).is_some() {
+        return Ok(());
+    }
+    Err(Error::WrongObject {
+        sqlstate: "22023",
+        message: format!(
+            "invalid value for parameter \"TimeZone\": \"{value}\" (Weir takes IANA zone names, \
+             such as 'UTC' or 'Europe/Paris')"
+        ),
+    })
 }
