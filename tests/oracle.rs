@@ -65,19 +65,40 @@ fn insert_sql(events: &[Event]) -> String {
     format!("INSERT INTO events VALUES {}", values.join(", "))
 }
 
-/// A predicate selecting the windows view `v` has closed: those ending at or before its
-/// watermark. No partition goes idle in these tests, so once the view has caught up its
-/// watermark is the smallest partition maximum minus the delay.
-async fn closed_windows(s: &Session) -> String {
-    // SHOW does not wait for a view; a SELECT from it does, so that the watermark shown is
-    // the one after every event.
-    text_rows(s, "SELECT count(*) FROM v").await;
-    let views = text_rows(s, "SHOW MATERIALIZED VIEWS").await;
-    let watermark = views[0].split('|').nth(3).expect("watermark column");
-    if watermark == "NULL" {
-        "false".to_string()
-    } else {
-        format!("window_end <= TIMESTAMP '{watermark}'")
+/// View `v`'s rows, and a predicate selecting the windows it has closed: those ending at or
+/// before its watermark. No partition goes idle in these tests, so once the view has caught up
+/// its watermark is the smallest partition maximum minus the delay. The rows and the watermark
+/// are read until the watermark is the same before and after the rows (the view may still be
+/// closing windows as it is read), so that both are of one moment.
+async fn view_and_closed_windows(s: &Session) -> (Vec<String>, String) {
+    view_and_passed(s, "window_end <=").await
+}
+
+/// View `v`'s rows and the predicate `{column_op} TIMESTAMP 'watermark'`, read as
+/// [`view_and_closed_windows`] reads them.
+async fn view_and_passed(s: &Session, column_op: &str) -> (Vec<String>, String) {
+    async fn watermark(s: &Session) -> String {
+        let views = text_rows(s, "SHOW MATERIALIZED VIEWS").await;
+        views[0]
+            .split('|')
+            .nth(3)
+            .expect("watermark column")
+            .to_string()
+    }
+    loop {
+        // A SELECT waits for the view to process every committed event; SHOW does not.
+        text_rows(s, "SELECT count(*) FROM v").await;
+        let before = watermark(s).await;
+        let view = text_rows(s, "SELECT * FROM v").await;
+        if watermark(s).await != before {
+            continue;
+        }
+        let closed = if before == "NULL" {
+            "false".to_string()
+        } else {
+            format!("{column_op} TIMESTAMP '{before}'")
+        };
+        return (view, closed);
     }
 }
 
@@ -221,8 +242,7 @@ async fn check(
             r.expect("create view");
         }
     }
-    let view = text_rows(&s, "SELECT * FROM v").await;
-    let closed = closed_windows(&s).await;
+    let (view, closed) = view_and_closed_windows(&s).await;
     let batch = text_rows(&s, &format!("SELECT * FROM ({query}) WHERE {closed}")).await;
     assert_same(&view, &batch);
     let mut distinct = view.clone();
@@ -419,8 +439,7 @@ async fn check_sessions(
         seed(&s, &events).await;
     }
     let (db, s) = insert_with_restart(dir.path(), db, s, &events, cuts, restart).await;
-    let view = text_rows(&s, "SELECT * FROM v").await;
-    let closed = closed_windows(&s).await;
+    let (view, closed) = view_and_closed_windows(&s).await;
     let gap = format!("INTERVAL '{gap_ms} milliseconds'");
     let batch = text_rows(
         &s,
@@ -568,12 +587,13 @@ async fn check_join(
             (db, s)
         }
     };
-    let view = text_rows(&s, "SELECT * FROM v").await;
-    let batch = if kind == 2 {
-        let closed = closed_windows(&s).await;
-        text_rows(&s, &format!("SELECT * FROM ({query}) WHERE {closed}")).await
+    let (view, batch) = if kind == 2 {
+        let (view, closed) = view_and_closed_windows(&s).await;
+        let batch = text_rows(&s, &format!("SELECT * FROM ({query}) WHERE {closed}")).await;
+        (view, batch)
     } else {
-        text_rows(&s, &query).await
+        let view = text_rows(&s, "SELECT * FROM v").await;
+        (view, text_rows(&s, &query).await)
     };
     assert_same(&view, &batch);
     let late = text_rows(&s, "SELECT watermark, event FROM weir_late_events").await;
@@ -647,14 +667,9 @@ async fn check_over(
         seed(&s, &seeds).await;
     }
     let (db, s) = insert_with_restart(dir.path(), db, s, &events, cuts, restart).await;
-    let view = text_rows(&s, "SELECT * FROM v").await;
-    let views = text_rows(&s, "SHOW MATERIALIZED VIEWS").await;
-    let watermark = views[0].split('|').nth(3).expect("watermark column");
-    let passed = if watermark == "NULL" {
-        "false".to_string()
-    } else {
-        format!("ts < TIMESTAMP '{watermark}'")
-    };
+    // The rows whose time the watermark has passed (the predicate is on windows' ends for
+    // windowed views; here on each row's time).
+    let (view, passed) = view_and_passed(&s, "ts <").await;
     let batch = text_rows(&s, &format!("SELECT * FROM ({query}) WHERE {passed}")).await;
     assert_same(&view, &batch);
     db.shutdown();
