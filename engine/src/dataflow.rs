@@ -1,11 +1,14 @@
 //! A continuous query's operators as a tree: pipelines over sources, joined by two-input operators.
 
+use std::sync::Arc;
+
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::checkpoint::OperatorState;
 use crate::operator::{BinaryOperator, Side};
 use crate::pipeline::Pipeline;
+use crate::stats::OperatorStats;
 use crate::{Error, Result};
 
 /// Feeds what the inputs of a join produced into the join, and what it joins through `pipeline`.
@@ -197,6 +200,54 @@ impl Dataflow {
             left.limit_memory(bytes);
             right.limit_memory(bytes);
             join.limit_memory(bytes);
+        }
+    }
+
+    /// [`Dataflow::state_bytes`], each pipeline operator's also kept in its counters.
+    pub fn measure_state(&self) -> usize {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.measure_state(),
+            Self::Join {
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                left.measure_state()
+                    + right.measure_state()
+                    + join.state_bytes()
+                    + pipeline.measure_state()
+            }
+        }
+    }
+
+    /// The counters of every pipeline operator, inputs first, each with where it is: `source
+    /// N` for the operators over the query's source N, `join` for those over a join's output
+    /// (the join itself is not counted yet).
+    pub fn stats(&self) -> Vec<(String, Arc<OperatorStats>)> {
+        match self {
+            Self::Source { source, pipeline } => pipeline
+                .stats()
+                .iter()
+                .map(|s| (format!("source {source}"), Arc::clone(s)))
+                .collect(),
+            Self::Join {
+                left,
+                right,
+                pipeline,
+                ..
+            } => {
+                let mut out = left.stats();
+                out.extend(right.stats());
+                out.extend(
+                    pipeline
+                        .stats()
+                        .iter()
+                        .map(|s| ("join".to_string(), Arc::clone(s))),
+                );
+                out
+            }
         }
     }
 

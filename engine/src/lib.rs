@@ -12,6 +12,7 @@ pub mod operator;
 pub mod pipeline;
 pub mod result_table;
 pub mod runtime;
+pub mod stats;
 pub mod watermark;
 
 pub use error::{Error, Result};

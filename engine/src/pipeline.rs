@@ -3,8 +3,12 @@
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use crate::checkpoint::OperatorState;
 use crate::operator::Operator;
+use crate::stats::OperatorStats;
 use crate::{Error, Result};
 
 /// Operators applied one after another; the output of one is the input of the next.
@@ -12,12 +16,27 @@ use crate::{Error, Result};
 pub struct Pipeline {
     operators: Vec<Box<dyn Operator>>,
     input: SchemaRef,
+    /// Each operator's counters, in operator order.
+    stats: Vec<Arc<OperatorStats>>,
 }
 
 impl Pipeline {
     /// A pipeline over batches of `input`; an empty one passes batches through.
     pub fn new(input: SchemaRef, operators: Vec<Box<dyn Operator>>) -> Self {
-        Self { operators, input }
+        let stats = operators
+            .iter()
+            .map(|op| Arc::new(OperatorStats::new(op.name(), op.explain())))
+            .collect();
+        Self {
+            operators,
+            input,
+            stats,
+        }
+    }
+
+    /// Each operator's counters, first to last.
+    pub fn stats(&self) -> &[Arc<OperatorStats>] {
+        &self.stats
     }
 
     /// The schema of what comes out.
@@ -37,15 +56,33 @@ impl Pipeline {
         self.operators.iter().map(|op| op.state_bytes()).sum()
     }
 
+    /// [`Pipeline::state_bytes`], each operator's also kept in its counters. Measuring walks the
+    /// state, so the runtime does it now and then, not per batch.
+    pub fn measure_state(&self) -> usize {
+        self.operators
+            .iter()
+            .zip(&self.stats)
+            .map(|(op, stats)| {
+                let bytes = op.state_bytes();
+                stats.state_bytes(bytes);
+                bytes
+            })
+            .sum()
+    }
+
     fn push_from(
         &mut self,
         start: usize,
         mut batches: Vec<RecordBatch>,
     ) -> Result<Vec<RecordBatch>> {
-        for op in &mut self.operators[start..] {
+        for (op, stats) in self.operators[start..].iter_mut().zip(&self.stats[start..]) {
             let mut next = Vec::with_capacity(batches.len());
             for b in batches {
-                next.extend(op.process_batch(b)?);
+                let since = Instant::now();
+                let rows = b.num_rows();
+                let out = op.process_batch(b)?;
+                stats.record(rows, rows_of(&out), since);
+                next.extend(out);
             }
             batches = next;
             if batches.is_empty() {
@@ -80,12 +117,20 @@ impl Pipeline {
     /// releases reaches the next before the next sees the watermark.
     pub fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
         let mut pending: Vec<RecordBatch> = Vec::new();
-        for i in 0..self.operators.len() {
+        for (op, stats) in self.operators.iter_mut().zip(&self.stats) {
             let mut out = Vec::new();
             for b in std::mem::take(&mut pending) {
-                out.extend(self.operators[i].process_batch(b)?);
+                let since = Instant::now();
+                let rows = b.num_rows();
+                let released = op.process_batch(b)?;
+                stats.record(rows, rows_of(&released), since);
+                out.extend(released);
             }
-            out.extend(self.operators[i].on_watermark(watermark_ns)?);
+            let since = Instant::now();
+            let released = op.on_watermark(watermark_ns)?;
+            stats.watermark(watermark_ns);
+            stats.record(0, rows_of(&released), since);
+            out.extend(released);
             pending = out;
         }
         Ok(pending)
@@ -146,4 +191,9 @@ impl Pipeline {
             )))
         }
     }
+}
+
+/// The rows of `batches`.
+fn rows_of(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
 }

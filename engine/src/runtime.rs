@@ -16,6 +16,7 @@ use crate::dataflow::Dataflow;
 use crate::log::Notifier;
 use crate::log::StreamLog;
 use crate::result_table::{Progress, QueryError, ResultTable};
+use crate::stats::OperatorStats;
 use crate::watermark::{WatermarkTracker, max_event_time_ns};
 use crate::{Error, Result};
 
@@ -117,6 +118,8 @@ fn late_events(view: &str, watermark_ns: Option<i64>, rows: &[RecordBatch]) -> R
 #[derive(Debug)]
 pub struct RunningQuery {
     name: String,
+    /// Each operator's counters, with where it is in the plan.
+    stats: Vec<(String, Arc<OperatorStats>)>,
     stop: Arc<AtomicBool>,
     wake: Arc<Notifier>,
     handle: Option<JoinHandle<()>>,
@@ -143,6 +146,7 @@ impl RunningQuery {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let name = spec.name.clone();
+        let stats = spec.dataflow.stats();
         // One notifier wakes the query when any of its sources commits rows.
         let wake = Arc::new(Notifier::default());
         for s in &spec.sources {
@@ -168,10 +172,17 @@ impl RunningQuery {
             })?;
         Ok(Self {
             name,
+            stats,
             stop,
             wake,
             handle: Some(handle),
         })
+    }
+
+    /// Each operator's counters, inputs first, with where it is in the plan (see
+    /// [`Dataflow::stats`]).
+    pub fn operator_stats(&self) -> &[(String, Arc<OperatorStats>)] {
+        &self.stats
     }
 
     /// The query's name.
@@ -645,8 +656,9 @@ fn emit(spec: &QuerySpec, results: &mut Vec<RecordBatch>, out: Vec<RecordBatch>)
     }
 }
 
-/// Checks a query's memory against its limit, at most every [`Budget::EVERY`]: measuring walks
-/// every operator's state, and a query that grows grows over many batches.
+/// Measures a query's state and checks it against its memory limit, at most every
+/// [`Budget::EVERY`]: measuring walks every operator's state, and a query that grows grows over
+/// many batches.
 #[derive(Debug, Default)]
 struct Budget {
     next: Option<Instant>,
@@ -656,15 +668,16 @@ impl Budget {
     const EVERY: Duration = Duration::from_millis(100);
 
     fn check(&mut self, spec: &QuerySpec) -> Result<()> {
-        let Some(limit) = spec.memory_limit else {
-            return Ok(());
-        };
         let now = Instant::now();
         if self.next.is_some_and(|n| now < n) {
             return Ok(());
         }
         self.next = Some(now + Self::EVERY);
-        let state = spec.dataflow.state_bytes();
+        // Also what each operator's counters show as its state.
+        let state = spec.dataflow.measure_state();
+        let Some(limit) = spec.memory_limit else {
+            return Ok(());
+        };
         let results = spec.sink.memory_bytes();
         if state + results > limit {
             return Err(Error::MemoryExceeded(format!(

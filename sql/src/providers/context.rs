@@ -58,6 +58,11 @@ impl SchemaProvider for WeirSchema {
         if name == CONNECTORS {
             return connectors_table(&self.registry).map(Some).map_err(external);
         }
+        if name == super::OPERATORS {
+            return super::operators::operators_table(&self.registry)
+                .map(Some)
+                .map_err(external);
+        }
         if let Some(t) = self.registry.table(name) {
             return Ok(Some(Arc::new(RefTable::new(t))));
         }
@@ -75,6 +80,7 @@ impl SchemaProvider for WeirSchema {
             || name == LATE_EVENTS
             || name == VIEW_PROGRESS
             || name == CONNECTORS
+            || name == super::OPERATORS
     }
 }
 

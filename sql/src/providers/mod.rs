@@ -4,6 +4,7 @@
 
 pub mod context;
 pub(crate) mod functions;
+pub mod operators;
 pub mod pg_catalog;
 pub mod stream;
 pub mod system;
@@ -12,6 +13,7 @@ pub mod view;
 pub mod window;
 
 pub(crate) use context::{WeirContext, new_context};
+pub use operators::OPERATORS;
 pub use stream::StreamTable;
 pub use system::{CONNECTORS, LATE_EVENTS, LateEventsTable, VIEW_PROGRESS, ViewProgressTable};
 pub use table::RefTable;
