@@ -14,6 +14,7 @@ use crate::{Error, Result};
 /// Feeds what the inputs of a join produced into the join, and what it joins through `pipeline`.
 fn join_inputs(
     join: &mut dyn BinaryOperator,
+    stats: &OperatorStats,
     pipeline: &mut Pipeline,
     from_left: Vec<RecordBatch>,
     from_right: Vec<RecordBatch>,
@@ -21,8 +22,12 @@ fn join_inputs(
     let mut out = Vec::new();
     for (side, batches) in [(Side::Left, from_left), (Side::Right, from_right)] {
         for b in batches {
-            for joined in join.process_batch(side, b)? {
-                out.extend(pipeline.process_batch(joined)?);
+            let since = std::time::Instant::now();
+            let rows = b.num_rows();
+            let joined = join.process_batch(side, b)?;
+            stats.record(rows, joined.iter().map(RecordBatch::num_rows).sum(), since);
+            for j in joined {
+                out.extend(pipeline.process_batch(j)?);
             }
         }
     }
@@ -51,6 +56,8 @@ pub enum Dataflow {
         pipeline: Pipeline,
         /// The watermark last passed to `join`.
         watermark: Option<i64>,
+        /// The join's counters.
+        stats: Arc<OperatorStats>,
     },
 }
 
@@ -70,12 +77,14 @@ impl Dataflow {
         join: Box<dyn BinaryOperator>,
         pipeline: Pipeline,
     ) -> Self {
+        let stats = Arc::new(OperatorStats::new("Join", join.explain()));
         Self::Join {
             left: Box::new(left),
             right: Box::new(right),
             join,
             pipeline,
             watermark: None,
+            stats,
         }
     }
 
@@ -121,11 +130,12 @@ impl Dataflow {
                 right,
                 join,
                 pipeline,
+                stats,
                 ..
             } => {
                 let from_left = left.process_batch(source, batch)?;
                 let from_right = right.process_batch(source, batch)?;
-                join_inputs(join.as_mut(), pipeline, from_left, from_right)
+                join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)
             }
         }
     }
@@ -139,11 +149,12 @@ impl Dataflow {
                 right,
                 join,
                 pipeline,
+                stats,
                 ..
             } => {
                 let from_left = left.start()?;
                 let from_right = right.start()?;
-                let mut out = join_inputs(join.as_mut(), pipeline, from_left, from_right)?;
+                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
                 out.extend(pipeline.start()?);
                 Ok(out)
             }
@@ -175,13 +186,18 @@ impl Dataflow {
                 join,
                 pipeline,
                 watermark,
+                stats,
             } => {
                 let from_left = left.on_watermark(sources)?;
                 let from_right = right.on_watermark(sources)?;
-                let mut out = join_inputs(join.as_mut(), pipeline, from_left, from_right)?;
+                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
                 if let Some(w) = own.filter(|&w| *watermark != Some(w)) {
                     *watermark = Some(w);
-                    for b in join.on_watermark(w)? {
+                    let since = std::time::Instant::now();
+                    let released = join.on_watermark(w)?;
+                    stats.watermark(w);
+                    stats.record(0, released.iter().map(RecordBatch::num_rows).sum(), since);
+                    for b in released {
                         out.extend(pipeline.process_batch(b)?);
                     }
                     out.extend(pipeline.on_watermark(w)?);
@@ -212,19 +228,18 @@ impl Dataflow {
                 right,
                 join,
                 pipeline,
+                stats,
                 ..
             } => {
-                left.measure_state()
-                    + right.measure_state()
-                    + join.state_bytes()
-                    + pipeline.measure_state()
+                let own = join.state_bytes();
+                stats.state_bytes(own);
+                left.measure_state() + right.measure_state() + own + pipeline.measure_state()
             }
         }
     }
 
-    /// The counters of every pipeline operator, inputs first, each with where it is: `source
-    /// N` for the operators over the query's source N, `join` for those over a join's output
-    /// (the join itself is not counted yet).
+    /// The counters of every operator, inputs first, each with where it is: `source N` for
+    /// the operators over the query's source N, `join` for a join and those over its output.
     pub fn stats(&self) -> Vec<(String, Arc<OperatorStats>)> {
         match self {
             Self::Source { source, pipeline } => pipeline
@@ -236,10 +251,12 @@ impl Dataflow {
                 left,
                 right,
                 pipeline,
+                stats,
                 ..
             } => {
                 let mut out = left.stats();
                 out.extend(right.stats());
+                out.push(("join".to_string(), Arc::clone(stats)));
                 out.extend(
                     pipeline
                         .stats()
@@ -314,6 +331,7 @@ impl Dataflow {
                 join,
                 pipeline,
                 watermark,
+                ..
             } => {
                 left.snapshot(out)?;
                 right.snapshot(out)?;
@@ -335,6 +353,7 @@ impl Dataflow {
                 join,
                 pipeline,
                 watermark,
+                ..
             } => {
                 left.restore(parts)?;
                 right.restore(parts)?;
