@@ -20,7 +20,7 @@ with open(path, "w") as f:
                 f"{'x' * random.randint(0, 40)}\n")
 PY
 
-"$weir" serve --listen 127.0.0.1:55434 --kafka-listen off --data-dir "$data/weir" \
+"$weir" serve --listen 127.0.0.1:55434 --kafka-listen off --http off --data-dir "$data/weir" \
     > "$data/serve.log" 2>&1 &
 pid=$!
 psql_() { psql -X -q -h 127.0.0.1 -p 55434 -U weir weir "$@"; }

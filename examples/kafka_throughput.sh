@@ -10,7 +10,7 @@ data="$(mktemp -d)"
 lines="$data/records.txt"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
 
-"$weir" serve --listen 127.0.0.1:55433 --kafka-listen 127.0.0.1:59092 --data-dir "$data/weir" \
+"$weir" serve --listen 127.0.0.1:55433 --kafka-listen 127.0.0.1:59092 --http off --data-dir "$data/weir" \
     > "$data/serve.log" 2>&1 &
 pid=$!
 until grep -q "listening" "$data/serve.log" 2>/dev/null; do sleep 0.1; done

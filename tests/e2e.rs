@@ -2503,3 +2503,72 @@ async fn a_view_over_tansu_survives_kill_9_exactly_once() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `/metrics` over HTTP while views run: Prometheus' own parser (the `prometheus_client`
+/// package's) reads it, and it has each view's progress and each operator's counters; a
+/// dropped view is gone from the next scrape.
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("stream");
+    c.batch_execute(CREATE_VIEW).await.expect("view");
+    c.batch_execute(
+        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), \
+         (2, '/b', '2026-01-01 00:00:30'), (1, '/c', '2026-01-01 00:01:10')",
+    )
+    .await
+    .expect("insert");
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
+    let port = server.http_port.expect("the HTTP listener");
+    let scrape = |path: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    };
+    assert!(scrape("/healthz").starts_with("HTTP/1.1 200 OK"));
+    assert!(scrape("/nope").starts_with("HTTP/1.1 404"));
+    let response = scrape("/metrics");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let parse = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families\n\
+        for f in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in f.samples:\n\
+        \x20       print(s.name, s.labels.get('view', ''), s.labels.get('kind', ''), s.value)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(body.as_bytes()).expect("writes");
+    }
+    let out = child.wait_with_output().expect("parser ends");
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse:\n{body}"
+    );
+    let samples = String::from_utf8_lossy(&out.stdout).into_owned();
+    for expected in [
+        "weir_view_events_processed_total clicks_per_min  3.0",
+        "weir_view_rows clicks_per_min  2.0",
+        "weir_view_backlog_events clicks_per_min  0.0",
+        "weir_operator_rows_in_total clicks_per_min WindowAggregate 3.0",
+        "weir_operator_rows_out_total clicks_per_min WindowAggregate 2.0",
+    ] {
+        assert!(samples.contains(expected), "no {expected:?} in:\n{samples}");
+    }
+    c.batch_execute("DROP MATERIALIZED VIEW clicks_per_min")
+        .await
+        .expect("drop");
+    assert!(!scrape("/metrics").contains("clicks_per_min"));
+}

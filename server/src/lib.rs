@@ -1,6 +1,7 @@
 //! Weir's Postgres wire server: every connection gets a `weir_sql::Session`.
 
 pub mod auth;
+mod http;
 pub mod kafka;
 pub mod pg;
 mod text_rows;
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     pub kafka_listen: Option<SocketAddr>,
     /// Whether Kafka clients create topics by using them (Metadata or Produce).
     pub kafka_auto_create: bool,
+    /// Address for HTTP (`/metrics`, `/healthz`); `None` turns it off.
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// Errors that stop the server from starting.
@@ -58,6 +61,7 @@ pub struct Server {
     listener: TcpListener,
     kafka: Option<TcpListener>,
     kafka_auto_create: bool,
+    http: Option<TcpListener>,
     db: Database,
     users: Option<Arc<auth::Users>>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
@@ -90,6 +94,12 @@ impl Server {
                  (SASL), so it listens on loopback only"
             )));
         }
+        if let Some(http) = config.http_listen.filter(|a| !a.ip().is_loopback()) {
+            return Err(Error::Config(format!(
+                "refusing to serve HTTP on {http}: it has no authentication or TLS yet, so it \
+                 listens on loopback only"
+            )));
+        }
         let tls = match &config.tls {
             Some((cert, key)) => Some(auth::tls_acceptor(cert, key)?),
             None => None,
@@ -116,10 +126,18 @@ impl Server {
             })?),
             None => None,
         };
+        let http = match config.http_listen {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {
+                context: format!("listening for HTTP on {addr}"),
+                source,
+            })?),
+            None => None,
+        };
         Ok(Self {
             listener,
             kafka,
             kafka_auto_create: config.kafka_auto_create,
+            http,
             db,
             users: config.users.clone(),
             tls,
@@ -139,6 +157,11 @@ impl Server {
         self.kafka.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// The address HTTP (`/metrics`) is served on, if it is.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The database served.
     pub fn database(&self) -> &Database {
         &self.db
@@ -154,6 +177,9 @@ impl Server {
                 self.kafka_auto_create,
             )))
         });
+        let _http = self
+            .http
+            .map(|listener| AbortOnDrop(tokio::spawn(http::run(listener, self.db.clone()))));
         let factory = Arc::new(pg::HandlerFactory::new(self.db.clone(), self.users.clone()));
         loop {
             let (socket, peer) = match self.listener.accept().await {

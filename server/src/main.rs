@@ -58,6 +58,10 @@ enum Command {
         /// it has no authentication yet.
         #[arg(long, default_value = "127.0.0.1:9092", value_parser = parse_kafka_listen)]
         kafka_listen: KafkaListen,
+        /// Address for HTTP: Prometheus metrics on /metrics, /healthz; or `off`. Loopback
+        /// only: it has no authentication yet.
+        #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_kafka_listen)]
+        http: KafkaListen,
         /// Create a topic (a raw stream of one partition) when a Kafka client asks for or
         /// produces to one that does not exist.
         #[arg(long)]
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
             view_memory_limit_mb,
             kafka_listen,
             kafka_auto_create,
+            http,
         } => {
             let password = password.or_else(|| std::env::var("WEIR_PASSWORD").ok());
             let tls = tls_cert.zip(tls_key);
@@ -168,6 +173,7 @@ fn main() -> ExitCode {
                     view_memory_limit: view_memory_limit_mb << 20,
                     kafka_listen: kafka_listen.0,
                     kafka_auto_create,
+                    http_listen: http.0,
                 })),
                 Err(e) => Err(e),
             }
@@ -241,7 +247,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--kafka-listen`: an address, or `off`.
+/// `--kafka-listen` and `--http`: an address, or `off`.
 #[derive(Debug, Clone, Copy)]
 struct KafkaListen(Option<SocketAddr>);
 
@@ -278,11 +284,14 @@ async fn serve(config: weir_server::ServeConfig) -> Result<(), String> {
     let kafka = server
         .kafka_addr()
         .map_or_else(String::new, |k| format!(", {k} (kafka)"));
+    let http = server
+        .http_addr()
+        .map_or_else(String::new, |h| format!(", {h} (http)"));
     // Tests and scripts wait for this line.
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "weir listening on {addr} (postgres wire){kafka}, data in {}",
+        "weir listening on {addr} (postgres wire){kafka}{http}, data in {}",
         config.data_dir.display()
     );
     let _ = out.flush();

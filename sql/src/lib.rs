@@ -22,6 +22,7 @@ pub mod database;
 pub mod error;
 pub mod functions;
 mod handler;
+pub mod metrics;
 pub mod output;
 pub mod pg_text;
 pub mod plan;

@@ -17,6 +17,8 @@ pub struct Server {
     pub port: u16,
     /// The Kafka listener's port, unless it is off.
     pub kafka_port: Option<u16>,
+    /// The HTTP listener's port, unless it is off.
+    pub http_port: Option<u16>,
 }
 
 impl Server {
@@ -32,10 +34,16 @@ impl Server {
         } else {
             &["--kafka-listen", "127.0.0.1:0"]
         };
+        let http: &[&str] = if args.contains(&"--http") {
+            &[]
+        } else {
+            &["--http", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("serve")
             .args(args)
             .args(kafka)
+            .args(http)
             .arg("--data-dir")
             .arg(dir)
             .envs(env.iter().copied())
@@ -60,16 +68,18 @@ impl Server {
             .and_then(|addr| addr.rsplit(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        let kafka_port = line
-            .split(", ")
-            .find(|part| part.ends_with("(kafka)"))
-            .and_then(|part| part.split_whitespace().next())
-            .and_then(|addr| addr.rsplit(':').next())
-            .and_then(|p| p.parse().ok());
+        let port_of = |what: &str| {
+            line.split(", ")
+                .find(|part| part.ends_with(what))
+                .and_then(|part| part.split_whitespace().next())
+                .and_then(|addr| addr.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+        };
         Self {
             child,
             port,
-            kafka_port,
+            kafka_port: port_of("(kafka)"),
+            http_port: port_of("(http)"),
         }
     }
 

@@ -39,6 +39,7 @@ pub async fn kafka(options: KafkaBenchOptions) -> Result<(), String> {
         view_memory_limit: weir_sql::DEFAULT_VIEW_MEMORY_LIMIT,
         kafka_listen: Some("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?),
         kafka_auto_create: false,
+        http_listen: None,
     };
     let server = Server::bind(&config).await.map_err(|e| e.to_string())?;
     let broker = server

@@ -1,0 +1,170 @@
+//! Prometheus' text exposition format (version 0.0.4) of what runs: each view's progress and
+//! each operator's counters, read when scraped, so that a dropped view is gone from the next
+//! scrape.
+
+use std::fmt::Write as _;
+
+use crate::catalog::Registry;
+
+/// One metric family being written: its samples follow its HELP and TYPE lines.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Family<'a> {
+    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Self {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        Self { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// A label value with `\`, `"` and line breaks escaped, as the format requires.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Every metric, now.
+pub fn prometheus_text(registry: &Registry) -> String {
+    let mut out = String::new();
+    let views = registry.queries();
+    type ViewMetric = (&'static str, &'static str, &'static str);
+    const VIEW_METRICS: [ViewMetric; 6] = [
+        (
+            "weir_view_events_processed_total",
+            "counter",
+            "Events the view's query has processed.",
+        ),
+        (
+            "weir_view_backlog_events",
+            "gauge",
+            "Events committed to the view's sources and not processed yet.",
+        ),
+        ("weir_view_rows", "gauge", "Rows in the view."),
+        (
+            "weir_view_late_events_total",
+            "counter",
+            "Events that came after their window had closed.",
+        ),
+        (
+            "weir_view_watermark_seconds",
+            "gauge",
+            "The view's watermark, in seconds since the epoch.",
+        ),
+        (
+            "weir_view_failed",
+            "gauge",
+            "1 if the view's query stopped on an error.",
+        ),
+    ];
+    for (m, (name, kind, help)) in VIEW_METRICS.iter().enumerate() {
+        let mut family = Family::new(&mut out, name, kind, help);
+        for v in &views {
+            let p = v.table.progress();
+            let processed = v.table.read();
+            let committed: u64 = v.source_offsets().iter().sum();
+            let value = match m {
+                0 => processed as f64,
+                1 => committed.saturating_sub(processed) as f64,
+                2 => v.table.num_rows() as f64,
+                3 => p.late_rows as f64,
+                4 => match p.watermark_ns {
+                    Some(w) => w as f64 / 1e9,
+                    None => continue,
+                },
+                _ => f64::from(u8::from(p.error.is_some())),
+            };
+            family.sample(name, &[("view", &v.def.name)], value);
+        }
+    }
+    operator_metrics(&mut out, &views);
+    out
+}
+
+/// Each running operator's counters (see `weir_operators`).
+fn operator_metrics(out: &mut String, views: &[std::sync::Arc<crate::catalog::ViewEntry>]) {
+    let mut rows = Vec::new();
+    for v in views {
+        let query = v.query.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = query.as_ref() {
+            for (i, (_, stats)) in q.operator_stats().iter().enumerate() {
+                rows.push((v.def.name.clone(), (i + 1).to_string(), stats.snapshot()));
+            }
+        }
+    }
+    type OperatorMetric = (&'static str, &'static str, &'static str);
+    const OPERATOR_METRICS: [OperatorMetric; 5] = [
+        (
+            "weir_operator_rows_in_total",
+            "counter",
+            "Rows the operator was given.",
+        ),
+        (
+            "weir_operator_rows_out_total",
+            "counter",
+            "Rows the operator emitted.",
+        ),
+        (
+            "weir_operator_busy_seconds_total",
+            "counter",
+            "Time spent in the operator.",
+        ),
+        (
+            "weir_operator_state_bytes",
+            "gauge",
+            "Bytes of state the operator holds.",
+        ),
+        (
+            "weir_operator_watermark_seconds",
+            "gauge",
+            "The last watermark the operator was given, in seconds since the epoch.",
+        ),
+    ];
+    for (m, (name, kind, help)) in OPERATOR_METRICS.iter().enumerate() {
+        let mut family = Family::new(out, name, kind, help);
+        for (view, position, s) in &rows {
+            let value = match m {
+                0 => s.rows_in as f64,
+                1 => s.rows_out as f64,
+                2 => s.busy_ns as f64 / 1e9,
+                3 => s.state_bytes as f64,
+                _ => match s.watermark_ns {
+                    Some(w) => w as f64 / 1e9,
+                    None => continue,
+                },
+            };
+            family.sample(
+                name,
+                &[("view", view), ("operator", position), ("kind", s.name)],
+                value,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
