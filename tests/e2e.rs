@@ -2531,6 +2531,24 @@ async fn metrics_are_served_in_prometheus_format() {
         out
     };
     assert!(scrape("/healthz").starts_with("HTTP/1.1 200 OK"));
+    // Every view has caught up (the count above waited for it).
+    assert!(scrape("/readyz").starts_with("HTTP/1.1 200 OK"));
+    // A view that stops on an error (an integer overflow) makes the server not ready, and says
+    // which view.
+    c.batch_execute(
+        "CREATE MATERIALIZED VIEW boom AS SELECT user_id * 9223372036854775807 AS x FROM clicks",
+    )
+    .await
+    .expect("view");
+    c.simple_query("SELECT * FROM boom")
+        .await
+        .expect_err("the view stopped on the overflow");
+    let not_ready = scrape("/readyz");
+    assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+    assert!(not_ready.contains("boom: failed"), "{not_ready}");
+    c.batch_execute("DROP MATERIALIZED VIEW boom")
+        .await
+        .expect("drop");
     assert!(scrape("/nope").starts_with("HTTP/1.1 404"));
     let response = scrape("/metrics");
     let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");

@@ -1,5 +1,5 @@
-//! The HTTP listener (`weir serve --http`): `/metrics` in Prometheus' text format, and
-//! `/healthz`. Loopback only, as it has no authentication yet; one request per connection.
+//! The HTTP listener (`weir serve --http`): `/metrics` in Prometheus' text format,
+//! `/healthz` and `/readyz`. Loopback only, as it has no authentication yet; one request per connection.
 
 use std::time::Duration;
 
@@ -68,6 +68,13 @@ async fn serve(mut socket: TcpStream, db: &Database) {
             .await;
         }
         ("GET", "/healthz") => respond(&mut socket, "200 OK", "text/plain", "ok\n").await,
+        // Recovered (the listener serves once the database is open) and caught up.
+        ("GET", "/readyz") => match weir_sql::metrics::readiness(db.registry()) {
+            Ok(()) => respond(&mut socket, "200 OK", "text/plain", "ready\n").await,
+            Err(why) => {
+                respond(&mut socket, "503 Service Unavailable", "text/plain", &why).await;
+            }
+        },
         ("GET", _) => respond(&mut socket, "404 Not Found", "text/plain", "not found\n").await,
         _ => {
             respond(

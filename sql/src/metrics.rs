@@ -98,6 +98,27 @@ pub fn prometheus_text(registry: &Registry) -> String {
     out
 }
 
+/// Whether every view has caught up with its sources and none has failed (`/readyz`): `Ok`, or
+/// a line per view that is behind or stopped.
+pub fn readiness(registry: &Registry) -> Result<(), String> {
+    let mut reasons = String::new();
+    for v in registry.queries() {
+        let p = v.table.progress();
+        let committed: u64 = v.source_offsets().iter().sum();
+        let backlog = committed.saturating_sub(v.table.read());
+        if let Some(e) = &p.error {
+            let _ = writeln!(reasons, "{}: failed: {}", v.def.name, e.message);
+        } else if backlog > 0 {
+            let _ = writeln!(reasons, "{}: {backlog} events behind", v.def.name);
+        }
+    }
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(reasons)
+    }
+}
+
 /// Each running operator's counters (see `weir_operators`).
 fn operator_metrics(out: &mut String, views: &[std::sync::Arc<crate::catalog::ViewEntry>]) {
     let mut rows = Vec::new();
