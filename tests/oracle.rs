@@ -187,6 +187,29 @@ async fn seed(s: &Session, events: &[Event]) {
     }
 }
 
+/// A fresh database with streams `names` of events (k, v, ts) over `partitions` partitions,
+/// keyed by k, whose watermark trails ts by `delay_ms` and whose partitions never go idle.
+async fn open_with_streams(
+    names: &[&str],
+    delay_ms: i64,
+    partitions: u32,
+) -> (tempfile::TempDir, Database, Session) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Database::open(dir.path()).await.expect("open");
+    let s = Session::new(db.clone());
+    for name in names {
+        let create = format!(
+            "CREATE STREAM {name} (k BIGINT, v BIGINT, ts TIMESTAMP, \
+             WATERMARK FOR ts AS ts - INTERVAL '{delay_ms} milliseconds') \
+             WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
+        );
+        for r in s.execute(&create).await {
+            r.expect("create stream");
+        }
+    }
+    (dir, db, s)
+}
+
 async fn check(
     events: Vec<Event>,
     disorder_ms: i64,
@@ -204,23 +227,13 @@ async fn check(
     } else {
         (disorder_ms, 0)
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path()).await.expect("open");
-    let s = Session::new(db.clone());
-    let create = format!(
-        "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, \
-         WATERMARK FOR ts AS ts - INTERVAL '{delay_ms} milliseconds') \
-         WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
-    );
+    let (dir, db, s) = open_with_streams(&["events"], delay_ms, partitions).await;
     let query = format!(
         "SELECT window_start, window_end, k, COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, \
          MAX(v) AS hi, AVG(v) AS mean, COUNT(*) FILTER (WHERE v > 0) AS positive, \
          COUNT(DISTINCT v % 5) AS residues \
          FROM {window} GROUP BY window_start, window_end, k"
     );
-    for r in s.execute(&create).await {
-        r.expect("create stream");
-    }
     let create_view = if lateness {
         format!(
             "CREATE MATERIALIZED VIEW v WITH (allowed_lateness = '{lateness_ms} milliseconds') AS {query}"
@@ -307,16 +320,7 @@ async fn check_updating(
     query: String,
     restart: Option<usize>,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path()).await.expect("open");
-    let s = Session::new(db.clone());
-    let create = format!(
-        "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts) \
-         WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
-    );
-    for r in s.execute(&create).await {
-        r.expect("create stream");
-    }
+    let (dir, db, s) = open_with_streams(&["events"], 0, partitions).await;
     let emit = if query.contains("window_start") {
         " EMIT ON UPDATE"
     } else {
@@ -416,17 +420,7 @@ async fn check_sessions(
     gap_ms: i64,
     restart: Option<usize>,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path()).await.expect("open");
-    let s = Session::new(db.clone());
-    let create = format!(
-        "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, \
-         WATERMARK FOR ts AS ts - INTERVAL '{disorder_ms} milliseconds') \
-         WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
-    );
-    for r in s.execute(&create).await {
-        r.expect("create stream");
-    }
+    let (dir, db, s) = open_with_streams(&["events"], disorder_ms, partitions).await;
     let view = format!(
         "CREATE MATERIALIZED VIEW v AS SELECT k, window_start, window_end, COUNT(*) AS n, \
          SUM(v) AS total, MAX(v) AS hi FROM SESSION(events, ts, INTERVAL '{gap_ms} milliseconds') \
@@ -516,19 +510,7 @@ async fn check_join(
     size_ms: i64,
     restart: Option<usize>,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path()).await.expect("open");
-    let s = Session::new(db.clone());
-    for stream in ["a", "b"] {
-        let create = format!(
-            "CREATE STREAM {stream} (k BIGINT, v BIGINT, ts TIMESTAMP, \
-             WATERMARK FOR ts AS ts - INTERVAL '{disorder_ms} milliseconds') \
-             WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
-        );
-        for r in s.execute(&create).await {
-            r.expect("create stream");
-        }
-    }
+    let (dir, db, s) = open_with_streams(&["a", "b"], disorder_ms, partitions).await;
     let size = format!("INTERVAL '{size_ms} milliseconds'");
     let query = match kind {
         0 => format!(
@@ -638,17 +620,7 @@ async fn check_over(
     frame: String,
     restart: Option<usize>,
 ) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let db = Database::open(dir.path()).await.expect("open");
-    let s = Session::new(db.clone());
-    let create = format!(
-        "CREATE STREAM events (k BIGINT, v BIGINT, ts TIMESTAMP, \
-         WATERMARK FOR ts AS ts - INTERVAL '{disorder_ms} milliseconds') \
-         WITH (partitions = {partitions}, key = 'k', idle_timeout_ms = 3600000)"
-    );
-    for r in s.execute(&create).await {
-        r.expect("create stream");
-    }
+    let (dir, db, s) = open_with_streams(&["events"], disorder_ms, partitions).await;
     let query = format!(
         "SELECT k, v, ts, SUM(v) OVER w AS total, COUNT(*) OVER w AS n, MIN(v) OVER w AS lo, \
          AVG(v) OVER w AS mean FROM events WINDOW w AS (PARTITION BY k ORDER BY ts {frame})"

@@ -535,8 +535,16 @@ impl CopyHandler for Handler {
         let pending = client
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
-        if let Some(Ok(loader)) = pending.lock().as_mut() {
-            loader.feed(&copy_data.data);
+        let feed = || {
+            if let Some(Ok(loader)) = pending.lock().as_mut() {
+                loader.feed(&copy_data.data);
+            }
+        };
+        // Feeding parses a few MiB of rows now and then: off the async workers where the
+        // runtime allows, so that other connections are not held up meanwhile.
+        match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(feed),
+            _ => feed(),
         }
         Ok(())
     }

@@ -834,15 +834,34 @@ impl CopyLoader {
             return;
         }
         self.pending.extend_from_slice(data);
-        if self.pending.len() >= self.chunk {
-            if let Some(cut) = self.last_row_end() {
-                if let Err(e) = self.parse_up_to(cut) {
-                    // Nothing of it will load: its memory goes now, not when the data ends.
-                    self.failed = Some(e);
-                    self.pending = Vec::new();
-                    self.batches = Vec::new();
-                }
-            }
+        if self.pending.len() < self.chunk {
+            return;
+        }
+        let parsed = match self.last_row_end() {
+            Some(cut) => self.parse_up_to(cut),
+            // One row (or an unclosed CSV quote) as large as the limit: no row ends in sight.
+            None if self.pending.len() > self.limit => Err(self.over_limit()),
+            None => Ok(()),
+        };
+        if let Err(e) = parsed {
+            // Nothing of it will load: its memory goes now, not when the data ends.
+            self.failed = Some(e);
+            self.pending = Vec::new();
+            self.batches = Vec::new();
+        }
+    }
+
+    /// The error of a COPY that needs more memory than its limit.
+    fn over_limit(&self) -> Error {
+        Error::WrongObject {
+            sqlstate: "54000",
+            message: format!(
+                "COPY into {}: its rows take more than {} MiB of memory before it commits (a \
+                 COPY is held until its end, to load all of its rows or none); split the data \
+                 into several COPYs",
+                self.copy.target,
+                self.limit >> 20
+            ),
         }
     }
 
@@ -880,16 +899,7 @@ impl CopyLoader {
         }
         self.bytes += batch.get_array_memory_size();
         if self.bytes > self.limit {
-            return Err(Error::WrongObject {
-                sqlstate: "54000",
-                message: format!(
-                    "COPY into {}: its rows take more than {} MiB of memory before it commits \
-                     (a COPY is held until its end, to load all of its rows or none); split the \
-                     data into several COPYs",
-                    self.copy.target,
-                    self.limit >> 20
-                ),
-            });
+            return Err(self.over_limit());
         }
         if batch.num_rows() > 0 {
             self.batches.push(batch);
@@ -1036,6 +1046,19 @@ mod tests {
                     .as_bytes(),
             );
         }
+        let e = loader.finish().expect_err("over the limit");
+        assert_eq!(e.sqlstate(), "54000", "{e}");
+        // A row that never ends (no line break, or an unclosed quote) is held to the limit too.
+        let mut loader =
+            CopyLoader::new(copy(CopyFormat::Csv, false), schema()).with_sizes(100, 2_000);
+        loader.feed(b"1,\"");
+        for _ in 0..100 {
+            loader.feed(&[b'x'; 100]);
+        }
+        assert!(
+            loader.pending.is_empty(),
+            "the endless row's bytes were let go"
+        );
         let e = loader.finish().expect_err("over the limit");
         assert_eq!(e.sqlstate(), "54000", "{e}");
     }

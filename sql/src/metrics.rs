@@ -74,24 +74,29 @@ pub fn prometheus_text(registry: &Registry) -> String {
             "1 if the view's query stopped on an error.",
         ),
     ];
-    for (m, (name, kind, help)) in VIEW_METRICS.iter().enumerate() {
-        let mut family = Family::new(&mut out, name, kind, help);
-        for v in &views {
+    // Each view's values, read once: processed, backlog, rows, late, watermark, failed.
+    let values: Vec<[Option<f64>; 6]> = views
+        .iter()
+        .map(|v| {
             let p = v.table.progress();
             let processed = v.table.read();
             let committed: u64 = v.source_offsets().iter().sum();
-            let value = match m {
-                0 => processed as f64,
-                1 => committed.saturating_sub(processed) as f64,
-                2 => v.table.num_rows() as f64,
-                3 => p.late_rows as f64,
-                4 => match p.watermark_ns {
-                    Some(w) => w as f64 / 1e9,
-                    None => continue,
-                },
-                _ => f64::from(u8::from(p.error.is_some())),
-            };
-            family.sample(name, &[("view", &v.def.name)], value);
+            [
+                Some(processed as f64),
+                Some(committed.saturating_sub(processed) as f64),
+                Some(v.table.num_rows() as f64),
+                Some(p.late_rows as f64),
+                p.watermark_ns.map(|w| w as f64 / 1e9),
+                Some(f64::from(u8::from(p.error.is_some()))),
+            ]
+        })
+        .collect();
+    for (m, (name, kind, help)) in VIEW_METRICS.iter().enumerate() {
+        let mut family = Family::new(&mut out, name, kind, help);
+        for (v, values) in views.iter().zip(&values) {
+            if let Some(value) = values[m] {
+                family.sample(name, &[("view", &v.def.name)], value);
+            }
         }
     }
     operator_metrics(&mut out, &views);

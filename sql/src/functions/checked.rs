@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::array::Datum;
 use datafusion::arrow::compute::kernels::cast::cast;
 use datafusion::arrow::compute::kernels::numeric::{add, mul, sub};
 use datafusion::arrow::datatypes::DataType;
@@ -53,19 +54,28 @@ impl ScalarUDFImpl for CheckedArithmetic {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let [l, r] = arrays.as_slice() else {
+        let [l, r] = args.args.as_slice() else {
             return datafusion::common::plan_err!("{} takes two arguments", self.name());
         };
         let ty = args.return_field.data_type();
-        let (l, r) = (cast(l, ty)?, cast(r, ty)?);
+        let (l, r) = (operand(l, ty)?, operand(r, ty)?);
         let out = match self.op {
-            Operator::Plus => add(&l, &r)?,
-            Operator::Minus => sub(&l, &r)?,
-            _ => mul(&l, &r)?,
+            Operator::Plus => add(l.as_ref(), r.as_ref())?,
+            Operator::Minus => sub(l.as_ref(), r.as_ref())?,
+            _ => mul(l.as_ref(), r.as_ref())?,
         };
         super::result_of(&args.args, out)
     }
+}
+
+/// An argument in the result's type; a constant stays one value (`x * 2` does not make an
+/// array of 2s for every batch), as DataFusion's own arithmetic does.
+fn operand(value: &ColumnarValue, ty: &DataType) -> Result<Box<dyn Datum>> {
+    Ok(match value {
+        ColumnarValue::Array(a) if a.data_type() == ty => Box::new(Arc::clone(a)),
+        ColumnarValue::Array(a) => Box::new(cast(a, ty)?),
+        ColumnarValue::Scalar(s) => Box::new(s.cast_to(ty)?.to_scalar()?),
+    })
 }
 
 /// Rewrites `a + b`, `a - b` and `a * b` over integers in `expr` into their checked forms.

@@ -385,6 +385,15 @@ impl SchemaProvider for WeirPgCatalog {
     }
 }
 
+/// Every row of a (small, static) catalog table, to rewrite before serving it.
+async fn all_rows(
+    table: &Arc<dyn TableProvider>,
+    state: &dyn DfSession,
+) -> DfResult<Vec<RecordBatch>> {
+    let plan = table.scan(state, None, &[], None).await?;
+    datafusion::physical_plan::collect(plan, state.task_ctx()).await
+}
+
 /// `pg_class` with Weir's materialized views as such (`relkind` `m`), and with the
 /// `reloptions` column (storage options; NULL, as Weir's relations have none) that
 /// datafusion-pg-catalog's lacks and SQLAlchemy's index reflection reads.
@@ -429,8 +438,7 @@ impl TableProvider for PgClass {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let plan = self.inner.scan(state, None, &[], None).await?;
-        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+        let batches = all_rows(&self.inner, state).await?;
         let schema = self.schema();
         // The columns the inner table lacks, as NULLs.
         let batches = batches
@@ -699,8 +707,7 @@ impl TableProvider for ShortArrays {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let plan = self.inner.scan(state, None, &[], None).await?;
-        let batches = datafusion::physical_plan::collect(plan, state.task_ctx()).await?;
+        let batches = all_rows(&self.inner, state).await?;
         let batches = batches
             .into_iter()
             .map(|b| {
