@@ -343,7 +343,7 @@ async fn check_updating(
 }
 
 fn updating_query() -> impl Strategy<Value = String> {
-    (window(), 0u8..10).prop_map(|(window, shape)| {
+    (window(), 0u8..13).prop_map(|(window, shape)| {
         let aggregates = "COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
                           COUNT(DISTINCT v % 5) AS residues";
         match shape {
@@ -383,8 +383,19 @@ fn updating_query() -> impl Strategy<Value = String> {
                   (PARTITION BY k ORDER BY v DESC, ts) AS rn FROM events) WHERE rn <= 2) \
                   GROUP BY v % 3"
                 .into(),
-            _ => "SELECT COUNT(*) AS n, SUM(c) AS s, MIN(k) AS lo FROM \
+            9 => "SELECT COUNT(*) AS n, SUM(c) AS s, MIN(k) AS lo FROM \
                   (SELECT k, COUNT(*) AS c FROM events GROUP BY k HAVING SUM(v) > 0)"
+                .into(),
+            // RANK and DENSE_RANK: ties share a rank, so a key keeps every row up to N.
+            10 => "SELECT k, v, r FROM (SELECT *, RANK() OVER \
+                  (PARTITION BY k ORDER BY v DESC) AS r FROM events) WHERE r <= 2"
+                .into(),
+            11 => "SELECT k, v, ts, r FROM (SELECT *, DENSE_RANK() OVER \
+                  (PARTITION BY k ORDER BY v % 4) AS r FROM events) WHERE r <= 2"
+                .into(),
+            // Results that change without their key: a multiset of rows.
+            _ => "SELECT total, hi FROM (SELECT k, SUM(v) AS total, MAX(v) AS hi FROM events \
+                  GROUP BY k)"
                 .into(),
         }
     })

@@ -129,7 +129,7 @@ impl RunningQuery {
     /// Starts `spec` on a new thread.
     pub fn spawn(spec: QuerySpec) -> Result<Self> {
         spec.dataflow
-            .check_output(spec.sink.schema(), usize::from(spec.sink.has_visibility()))?;
+            .check_output(spec.sink.schema(), spec.sink.trailing_columns())?;
         if spec.dataflow.source_count() > spec.sources.len() {
             return Err(Error::Internal(format!(
                 "query {} reads source {} of {}; this is a bug",

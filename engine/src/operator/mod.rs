@@ -31,7 +31,7 @@ pub use over_aggregate::{OverAggregateOperator, OverFrame};
 pub use projection::ProjectionOperator;
 pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
 pub use stream_join::{JoinInput, StreamJoinOperator};
-pub use top_n::{TopNExpiry, TopNOperator, TopNOrder};
+pub use top_n::{RankKind, TopNExpiry, TopNOperator, TopNOrder};
 pub use tumble::TumbleOperator;
 pub use upsert_changelog::{INSERTED, UpsertChangelogOperator};
 pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};

@@ -1,6 +1,7 @@
 //! Top-N per partition over rows that only append (`ROW_NUMBER() OVER (PARTITION BY k ORDER BY
 //! x) <= N`), and so deduplication (`... = 1`): keeps each partition's best N rows and emits
-//! upserts of the ranks whose row changed.
+//! upserts of the ranks whose row changed. With `RANK()` or `DENSE_RANK()`, ties share a rank
+//! and a partition keeps every row ranked up to N, emitted as a changelog.
 
 use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::Operator;
+use super::{INSERTED, Operator};
 use crate::checkpoint::OperatorState;
 use crate::{Error, Result};
 
@@ -43,12 +44,50 @@ struct Kept {
     rows: Vec<Ranked>,
 }
 
-/// A kept row: its sort key (byte-comparable) and its values.
+/// A kept row: its sort key (byte-comparable), its values, and a number that tells it apart
+/// from rows of equal values within the operator.
 #[derive(Debug)]
 struct Ranked {
     sort: OwnedRow,
     row: OwnedRow,
+    id: u64,
 }
+
+impl Ranked {
+    fn bytes(&self) -> usize {
+        self.sort.as_ref().len() + self.row.as_ref().len() + 64
+    }
+}
+
+/// Which ranking function numbers the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankKind {
+    /// `ROW_NUMBER()`: 1, 2, 3, ...; ties in arrival order. Output: upserts by partition and
+    /// rank.
+    RowNumber,
+    /// `RANK()`: ties share a rank, and the next rank skips (1, 1, 3). Output: a changelog.
+    Rank,
+    /// `DENSE_RANK()`: ties share a rank, and the next rank follows (1, 1, 2). Output: a
+    /// changelog.
+    DenseRank,
+}
+
+/// The rank of every kept row of a partition, in order, by `kind` (not for ROW_NUMBER).
+fn ranks_of(kind: RankKind, rows: &[Ranked]) -> Vec<u64> {
+    let mut ranks = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let rank = match ranks.last() {
+            Some(&previous) if rows[i - 1].sort == r.sort => previous,
+            Some(&previous) if kind == RankKind::DenseRank => previous + 1,
+            _ => i as u64 + 1,
+        };
+        ranks.push(rank);
+    }
+    ranks
+}
+
+/// A partition's rows and ranks before a batch changed it: (id, rank, row).
+type Before = Vec<(u64, u64, OwnedRow)>;
 
 /// Keeps the best `limit` rows per partition, ranked by `order`, ties in arrival order (as
 /// Flink's append-only Top-N does). Input rows never leave (the input only appends), so every
@@ -64,6 +103,8 @@ pub struct TopNOperator {
     rows: RowConverter,
     sort: RowConverter,
     keys: Option<RowConverter>,
+    kind: RankKind,
+    next_id: u64,
     /// Kept rows per partition key (its row-format bytes; empty without PARTITION BY).
     partitions: HashMap<Box<[u8]>, Kept>,
     bytes: usize,
@@ -119,6 +160,8 @@ impl TopNOperator {
             partition,
             order,
             limit,
+            kind: RankKind::RowNumber,
+            next_id: 0,
             schema: Arc::new(Schema::new(out)),
             input,
             rows: RowConverter::new(fields)?,
@@ -135,6 +178,23 @@ impl TopNOperator {
             late_rows: 0,
             late: Vec::new(),
         })
+    }
+
+    /// Numbers rows by `kind`. With RANK or DENSE_RANK the output is a changelog: one more,
+    /// last, column ([`INSERTED`]) says whether a row (with its rank) is inserted or taken back.
+    pub fn with_rank(mut self, kind: RankKind) -> Self {
+        if kind != RankKind::RowNumber && self.kind == RankKind::RowNumber {
+            let mut fields: Vec<Field> = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(INSERTED, DataType::Boolean, false));
+            self.schema = Arc::new(Schema::new(fields));
+        }
+        self.kind = kind;
+        self
     }
 
     /// Frees each partition once the watermark passes `expiry` (a window's end): its rows are
@@ -170,8 +230,9 @@ impl TopNOperator {
         ))
     }
 
-    /// Ranks the rows of `batch`; returns, per partition touched, the first rank that moved.
-    fn rank(&mut self, batch: &RecordBatch) -> Result<HashMap<Box<[u8]>, usize>> {
+    /// Ranks the rows of `batch`; returns, per partition touched, the first rank that moved,
+    /// and (for RANK and DENSE_RANK) the partition's rows and ranks before the batch.
+    fn rank(&mut self, batch: &RecordBatch) -> Result<HashMap<Box<[u8]>, (usize, Before)>> {
         let n = batch.num_rows();
         let order: Vec<&Arc<dyn PhysicalExpr>> = self.order.iter().map(|o| &o.expr).collect();
         let sort = self.sort.convert_columns(&evaluate(&order, batch)?)?;
@@ -185,7 +246,7 @@ impl TopNOperator {
         };
         let ends = self.ends(batch)?;
         let mut late = Vec::new();
-        let mut moved: HashMap<Box<[u8]>, usize> = HashMap::new();
+        let mut moved: HashMap<Box<[u8]>, (usize, Before)> = HashMap::new();
         for i in 0..n {
             let end = ends.as_ref().map(|e| e[i]);
             if let (Some(end), Some(w)) = (end, self.watermark) {
@@ -207,24 +268,50 @@ impl TopNOperator {
             let s = sort.row(i);
             // After every row that sorts before or equal to it: ties keep arrival order.
             let at = kept.partition_point(|r| r.sort.row() <= s);
-            if at >= self.limit {
+            let rank = match self.kind {
+                RankKind::RowNumber => at + 1,
+                RankKind::Rank => kept.partition_point(|r| r.sort.row() < s) + 1,
+                RankKind::DenseRank => {
+                    let better = kept.partition_point(|r| r.sort.row() < s);
+                    ranks_of(self.kind, &kept[..better])
+                        .last()
+                        .map_or(1, |&r| r as usize + 1)
+                }
+            };
+            if rank > self.limit {
                 continue;
+            }
+            if self.kind != RankKind::RowNumber && !moved.contains_key(key) {
+                let ranks = ranks_of(self.kind, kept);
+                let before = kept
+                    .iter()
+                    .zip(ranks)
+                    .map(|(r, rank)| (r.id, rank, r.row.clone()))
+                    .collect();
+                moved.insert(key.into(), (at, before));
             }
             let ranked = Ranked {
                 sort: s.owned(),
                 row: rows.row(i).owned(),
+                id: self.next_id,
             };
-            self.bytes += ranked.sort.as_ref().len() + ranked.row.as_ref().len() + 64;
+            self.next_id += 1;
+            self.bytes += ranked.bytes();
             kept.insert(at, ranked);
-            if kept.len() > self.limit {
-                if let Some(out) = kept.pop() {
-                    self.bytes -= out.sort.as_ref().len() + out.row.as_ref().len() + 64;
-                }
+            let keep = match self.kind {
+                RankKind::RowNumber => self.limit,
+                _ => ranks_of(self.kind, kept)
+                    .iter()
+                    .position(|&r| r as usize > self.limit)
+                    .unwrap_or(kept.len()),
+            };
+            for out in kept.drain(keep.min(kept.len())..) {
+                self.bytes -= out.bytes();
             }
             match moved.get_mut(key) {
-                Some(first) => *first = (*first).min(at),
+                Some((first, _)) => *first = (*first).min(at),
                 None => {
-                    moved.insert(key.into(), at);
+                    moved.insert(key.into(), (at, Vec::new()));
                 }
             }
         }
@@ -243,6 +330,52 @@ impl TopNOperator {
     }
 }
 
+impl TopNOperator {
+    /// For RANK and DENSE_RANK: per partition touched, the rows whose rank changed or that left
+    /// taken back with their old rank, then the rows whose rank changed or that came inserted
+    /// with their new one.
+    fn changes(&self, moved: HashMap<Box<[u8]>, (usize, Before)>) -> Result<Vec<RecordBatch>> {
+        let mut taken_back: Vec<(OwnedRow, u64)> = Vec::new();
+        let mut inserted: Vec<(&OwnedRow, u64)> = Vec::new();
+        for (key, (_, before)) in &moved {
+            let kept = self.partitions.get(key).map_or(&[][..], |k| &k.rows[..]);
+            let now: HashMap<u64, (u64, &OwnedRow)> = kept
+                .iter()
+                .zip(ranks_of(self.kind, kept))
+                .map(|(r, rank)| (r.id, (rank, &r.row)))
+                .collect();
+            let mut was: HashMap<u64, u64> = HashMap::with_capacity(before.len());
+            for (id, rank, row) in before {
+                was.insert(*id, *rank);
+                if now.get(id).is_none_or(|&(r, _)| r != *rank) {
+                    taken_back.push((row.clone(), *rank));
+                }
+            }
+            for (id, (rank, row)) in now {
+                if was.get(&id) != Some(&rank) {
+                    inserted.push((row, rank));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let taken_back: Vec<(&OwnedRow, u64)> = taken_back.iter().map(|(r, k)| (r, *k)).collect();
+        for (rows, flag) in [(taken_back, false), (inserted, true)] {
+            if rows.is_empty() {
+                continue;
+            }
+            let mut columns = self.rows.convert_rows(rows.iter().map(|(r, _)| r.row()))?;
+            columns.push(Arc::new(UInt64Array::from_iter_values(
+                rows.iter().map(|&(_, rank)| rank),
+            )));
+            columns.push(Arc::new(datafusion::arrow::array::BooleanArray::from(
+                vec![flag; rows.len()],
+            )));
+            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        }
+        Ok(out)
+    }
+}
+
 impl Operator for TopNOperator {
     fn name(&self) -> &'static str {
         "TopN"
@@ -257,9 +390,12 @@ impl Operator for TopNOperator {
             return Ok(Vec::new());
         }
         let moved = self.rank(&batch)?;
+        if self.kind != RankKind::RowNumber {
+            return self.changes(moved);
+        }
         let mut rows = Vec::new();
         let mut ranks = Vec::new();
-        for (key, first) in &moved {
+        for (key, (first, _)) in &moved {
             let Some(kept) = self.partitions.get(key) else {
                 continue;
             };
@@ -305,10 +441,23 @@ impl Operator for TopNOperator {
             None => "those rows (no time bound)".into(),
         };
         format!(
-            "TopN: {} rows per [{}] by [{}], ties in arrival order; state: {state}, upserts by partition and rank",
+            "TopN: {} {} per [{}] by [{}], {}; state: {state}, {}",
             self.limit,
+            if self.kind == RankKind::RowNumber {
+                "rows"
+            } else {
+                "ranks"
+            },
             partition.join(", "),
-            order.join(", ")
+            order.join(", "),
+            match self.kind {
+                RankKind::RowNumber => "ties in arrival order",
+                _ => "ties share a rank",
+            },
+            match self.kind {
+                RankKind::RowNumber => "upserts by partition and rank",
+                _ => "a changelog of rows and their ranks",
+            }
         )
     }
 
@@ -366,11 +515,7 @@ impl Operator for TopNOperator {
             self.partitions.retain(|_, kept| {
                 let done = kept.end.is_some_and(|end| end <= watermark_ns);
                 if done {
-                    freed += kept
-                        .rows
-                        .iter()
-                        .map(|r| r.sort.as_ref().len() + r.row.as_ref().len() + 64)
-                        .sum::<usize>();
+                    freed += kept.rows.iter().map(Ranked::bytes).sum::<usize>();
                 }
                 !done
             });
@@ -517,5 +662,89 @@ mod tests {
         assert_eq!(table[&(1, 1)], (9, 3));
         assert_eq!(table[&(2, 1)], (1, 1));
         assert!(op.state_bytes() > 0);
+    }
+
+    type Multiset = std::collections::BTreeMap<(i64, i64, i64, u64), i64>;
+
+    /// Applies a changelog of (k, v, id, rank, inserted) to a multiset.
+    fn apply_changes(table: &mut Multiset, out: &[RecordBatch]) {
+        for b in out {
+            let int = |c: usize| b.column(c).as_primitive::<Int64Type>().clone();
+            let (k, v, id) = (int(0), int(1), int(2));
+            let rank = b
+                .column(3)
+                .as_primitive::<datafusion::arrow::datatypes::UInt64Type>();
+            let inserted = b.column(4).as_boolean();
+            for i in 0..b.num_rows() {
+                let entry = table
+                    .entry((k.value(i), v.value(i), id.value(i), rank.value(i)))
+                    .or_default();
+                *entry += if inserted.value(i) { 1 } else { -1 };
+                assert!(*entry >= 0, "took back a row that was not there");
+            }
+        }
+        table.retain(|_, n| *n != 0);
+    }
+
+    /// RANK or DENSE_RANK in batch: per key, every row whose rank is at most `limit`.
+    fn batch_rank(
+        rows: &[(i64, i64, i64)],
+        limit: u64,
+        kind: RankKind,
+        descending: bool,
+    ) -> Multiset {
+        let mut out = Multiset::new();
+        for &(k, v, id) in rows {
+            let mut better: Vec<i64> = rows
+                .iter()
+                .filter(|r| r.0 == k && if descending { r.1 > v } else { r.1 < v })
+                .map(|r| r.1)
+                .collect();
+            if kind == RankKind::DenseRank {
+                better.sort_unstable();
+                better.dedup();
+            }
+            let rank = better.len() as u64 + 1;
+            if rank <= limit {
+                out.insert((k, v, id, rank), 1);
+            }
+        }
+        out
+    }
+
+    proptest! {
+        /// RANK and DENSE_RANK: the changelog applied in order gives the batch ranks, however
+        /// the rows are split, and across a restore.
+        #[test]
+        fn rank_changelog_equals_batch(
+            values in prop::collection::vec((0i64..3, 0i64..8), 1..150),
+            cuts in prop::collection::vec(0usize..150, 0..6),
+            limit in 1usize..5,
+            dense: bool,
+            descending: bool,
+            restore_at in 0usize..6,
+        ) {
+            let kind = if dense { RankKind::DenseRank } else { RankKind::Rank };
+            let rows: Vec<(i64, i64, i64)> =
+                values.iter().enumerate().map(|(i, &(k, v))| (k, v, i as i64)).collect();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % rows.len()).collect();
+            cuts.push(0);
+            cuts.push(rows.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let make = || top(limit, descending).with_rank(kind);
+            let mut op = make();
+            let mut table = Multiset::new();
+            for (i, w) in cuts.windows(2).enumerate() {
+                if i == restore_at {
+                    let state = op.snapshot().expect("snapshot");
+                    op = make();
+                    op.restore(state).expect("restore");
+                }
+                let out = op.process_batch(batch(&rows[w[0]..w[1]])).expect("process");
+                apply_changes(&mut table, &out);
+            }
+            prop_assert_eq!(table, batch_rank(&rows, limit as u64, kind, descending));
+        }
     }
 }

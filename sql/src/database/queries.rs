@@ -54,6 +54,7 @@ impl Database {
         })?;
         let schema = compiled.schema();
         let table = Arc::new(match &compiled.key {
+            None if compiled.changelog => ResultTable::counted(schema)?,
             None => ResultTable::new(schema),
             Some(key) if compiled.visibility => {
                 ResultTable::keyed_with_visibility(schema, key.clone())?

@@ -177,7 +177,7 @@ impl Handler {
         let text = query.to_string();
         let compiled =
             compile_query_statement(&self.ctx.state(), query, ViewOptions::default()).await?;
-        if compiled.key.is_some() {
+        if compiled.key.is_some() || compiled.changelog {
             return Err(Error::NotSupported(
                 "a stream holds rows that never change, but this query's results change \
                  (an aggregate without a window, or EMIT ON UPDATE); use CREATE MATERIALIZED VIEW"

@@ -47,6 +47,9 @@ pub struct CompiledView {
     /// The dataflow's last column says whether an upserted row passes HAVING; it is not part
     /// of the view.
     pub visibility: bool,
+    /// The results change but have no key of their own: the dataflow's last column says
+    /// whether each row is inserted or taken back, and the view keeps rows with their counts.
+    pub changelog: bool,
     /// An output column that follows the watermark, and how far behind the largest value seen
     /// rows still to come can be: a watermark for a stream of these rows. Window ends come
     /// first (nothing is behind), then event times passed through (behind by the sources'
@@ -55,10 +58,10 @@ pub struct CompiledView {
 }
 
 impl CompiledView {
-    /// The view's schema (without the visibility column).
+    /// The view's schema (without the visibility or changelog column).
     pub fn schema(&self) -> SchemaRef {
         let schema = self.dataflow.schema();
-        if !self.visibility {
+        if !self.visibility && !self.changelog {
             return schema;
         }
         let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
@@ -76,6 +79,9 @@ impl CompiledView {
     pub fn explain_into(&self, sink: &str) -> Vec<String> {
         let view = sink;
         let mut lines = vec![match &self.key {
+            None if self.changelog => format!(
+                "Sink: {view} (a changelog: rows inserted and taken back, kept with their counts)"
+            ),
             None => format!("Sink: {view} (append-only)"),
             Some(key) => {
                 let schema = self.dataflow.schema();
@@ -268,18 +274,9 @@ pub(crate) async fn compile_query_statement(
             "a materialized view must read a stream".into(),
         ));
     }
-    if built.changelog {
-        return Err(Error::NotSupported(
-            "results that change (EMIT ON UPDATE, GROUP BY without a window, a Top-N) must \
-             select every GROUP BY column (of a Top-N: its PARTITION BY columns, and its ROW_NUMBER \
-             unless it keeps one row), so that each row can be updated in place; or aggregate \
-             them again (SELECT category, AVG(m) FROM (... GROUP BY auction, category) GROUP BY \
-             category)"
-                .into(),
-        ));
-    }
     let key = built.key.clone();
     let visibility = built.visibility;
+    let changelog = built.changelog;
     let delay_ns = planner
         .sources
         .iter()
@@ -311,7 +308,7 @@ pub(crate) async fn compile_query_statement(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    if visibility {
+    if visibility || changelog {
         got.pop();
     }
     if names != got {
@@ -326,6 +323,7 @@ pub(crate) async fn compile_query_statement(
         dataflow,
         key,
         visibility,
+        changelog,
         watermark,
     })
 }

@@ -1,10 +1,12 @@
 //! Lowering of `ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...)` with a filter on the rank
-//! (`WHERE rn <= N`): Top-N per partition and deduplication, as upserts by partition and rank.
+//! (`WHERE rn <= N`): Top-N per partition and deduplication, as upserts by partition and rank;
+//! `RANK()` and `DENSE_RANK()` the same way, as a changelog (ties share a rank, so a rank is
+//! not a key).
 
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator as BinaryOp, Window};
-use weir_engine::operator::{TopNExpiry, TopNOperator, TopNOrder};
+use weir_engine::operator::{RankKind, TopNExpiry, TopNOperator, TopNOrder};
 
 use super::{Built, Planner, arrow_schema, unsupported};
 use crate::plan::bounds::{TimeColumn, conjuncts};
@@ -58,7 +60,8 @@ pub(crate) fn rank_limit(predicate: &Expr) -> Option<(RankLimit, Vec<Expr>)> {
 }
 
 impl Planner<'_> {
-    /// A window node: only ROW_NUMBER whose rank a filter above bounds ([`RankLimit`]).
+    /// A window node: only ROW_NUMBER, RANK or DENSE_RANK whose rank a filter above bounds
+    /// ([`RankLimit`]).
     pub(crate) fn build_top_n(&mut self, window: &Window) -> Result<Built> {
         let [expr] = window.window_expr.as_slice() else {
             return Err(unsupported(
@@ -69,25 +72,30 @@ impl Planner<'_> {
             return Err(unsupported("this window function (OVER)"));
         };
         let name = f.fun.name().to_lowercase();
-        if name != "row_number" {
-            return Err(Error::NotSupported(format!(
-                "{name}() OVER (...) is not supported in a continuous query yet: a Top-N or \
-                 deduplication is ROW_NUMBER() OVER (PARTITION BY ... ORDER BY ...) with a filter \
-                 on it (WHERE rn <= N)"
-            )));
-        }
+        let kind = match name.as_str() {
+            "row_number" => RankKind::RowNumber,
+            "rank" => RankKind::Rank,
+            "dense_rank" => RankKind::DenseRank,
+            _ => {
+                return Err(Error::NotSupported(format!(
+                    "{name}() OVER (...) is not supported in a continuous query yet: a Top-N or \
+                     deduplication is ROW_NUMBER(), RANK() or DENSE_RANK() OVER (PARTITION BY ... \
+                     ORDER BY ...) with a filter on it (WHERE rn <= N)"
+                )));
+            }
+        };
         let input_width = window.input.schema().fields().len();
         let rank_name = window.schema.field(input_width).name().clone();
         let limit = match self.rank_limit.take() {
             Some(l) if l.column == rank_name => l.limit,
             other => {
                 self.rank_limit = other;
-                return Err(Error::NotSupported(
-                    "ROW_NUMBER() OVER (...) without a filter on its result would renumber every \
-                     row as rows arrive; filter it (WHERE rn <= N) for a Top-N, or (WHERE rn = 1) \
-                     to keep one row per key"
-                        .into(),
-                ));
+                return Err(Error::NotSupported(format!(
+                    "{}() OVER (...) without a filter on its result would renumber every \
+                         row as rows arrive; filter it (WHERE rn <= N) for a Top-N, or (WHERE rn = \
+                         1) to keep one row per key",
+                    name.to_uppercase()
+                )));
             }
         };
         let mut built = self.build(&window.input)?;
@@ -147,13 +155,19 @@ impl Planner<'_> {
             order,
             limit,
             &rank_name,
-        )?;
+        )?
+        .with_rank(kind);
         if let Some(expiry) = expiry {
             op = op.with_expiry(expiry);
         }
         built.operators.push(Box::new(op));
         built.times.push(None);
-        built.key = Some(key);
+        if kind == RankKind::RowNumber {
+            built.key = Some(key);
+        } else {
+            // Ties share a rank, so (partition, rank) is no key: the rows go as a changelog.
+            built.changelog = true;
+        }
         Ok(built)
     }
 }

@@ -13,6 +13,9 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
 use crate::{Error, Result};
 
+mod counted;
+use counted::CountedRows;
+
 /// Why a continuous query stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryError {
@@ -57,12 +60,14 @@ pub struct Progress {
     pub checkpoint: Option<(u64, u64)>,
 }
 
-/// The rows of a view: appended (closed windows are final) or upserted by a key (results that
-/// change: EMIT ON UPDATE, aggregates over a whole stream).
+/// The rows of a view: appended (closed windows are final), upserted by a key (results that
+/// change: EMIT ON UPDATE, aggregates over a whole stream), or counted (a changelog of results
+/// that change without a key of their own).
 #[derive(Debug)]
 enum Rows {
     Append(Vec<RecordBatch>),
     Keyed(KeyedRows),
+    Counted(CountedRows),
 }
 
 /// The latest row per key, as chunks of emitted batches plus where each key's row is.
@@ -437,9 +442,23 @@ impl ResultTable {
         Ok(table)
     }
 
-    /// Whether incoming batches carry a visibility column (see [`Self::keyed_with_visibility`]).
-    pub fn has_visibility(&self) -> bool {
-        matches!(&*self.rows.read().unwrap_or_else(|e| e.into_inner()), Rows::Keyed(k) if k.visibility)
+    /// An empty table fed a changelog: incoming batches carry one more, last, boolean column,
+    /// true for a row inserted and false for one taken back; identical rows are kept as many
+    /// times as they are inserted.
+    pub fn counted(schema: SchemaRef) -> Result<Self> {
+        let mut table = Self::new(Arc::clone(&schema));
+        table.rows = RwLock::new(Rows::Counted(CountedRows::try_new(schema)?));
+        Ok(table)
+    }
+
+    /// How many columns incoming batches carry after the table's own: a visibility column
+    /// (see [`Self::keyed_with_visibility`]) or a changelog's (see [`Self::counted`]).
+    pub fn trailing_columns(&self) -> usize {
+        match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Keyed(k) if k.visibility => 1,
+            Rows::Counted(_) => 1,
+            _ => 0,
+        }
     }
 
     /// The schema of the rows.
@@ -466,6 +485,7 @@ impl ResultTable {
                     all.push(b);
                 }
                 Rows::Keyed(keyed) => keyed.upsert(b, changes.as_mut())?,
+                Rows::Counted(counted) => counted.apply(&b, changes.as_mut())?,
             }
         }
         if let Some(changes) = changes {
@@ -498,6 +518,7 @@ impl ResultTable {
         let snapshot = match &*rows {
             Rows::Append(all) => all.clone(),
             Rows::Keyed(keyed) => keyed.current()?,
+            Rows::Counted(counted) => counted.current()?,
         };
         let subscriber = Arc::new(Subscriber {
             pending: Mutex::new(Pending::default()),
@@ -516,8 +537,8 @@ impl ResultTable {
     /// columns are read). An append-only table refuses.
     pub fn delete(&self, batch: &RecordBatch) -> Result<()> {
         match &mut *self.rows.write().unwrap_or_else(|e| e.into_inner()) {
-            Rows::Append(_) => Err(Error::Internal(
-                "delete from an append-only result table".into(),
+            Rows::Append(_) | Rows::Counted(_) => Err(Error::Internal(
+                "delete by key from a result table without keys".into(),
             )),
             Rows::Keyed(keyed) => keyed.delete(batch),
         }
@@ -535,8 +556,8 @@ impl ResultTable {
         keys: &[ArrayRef],
     ) -> Result<(Vec<RecordBatch>, Vec<Option<(usize, usize)>>)> {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
-            Rows::Append(_) => Err(Error::Internal(
-                "lookup in an append-only result table".into(),
+            Rows::Append(_) | Rows::Counted(_) => Err(Error::Internal(
+                "lookup by key in a result table without keys".into(),
             )),
             Rows::Keyed(keyed) => {
                 let n = keys.first().map_or(0, |k| k.len());
@@ -555,6 +576,7 @@ impl ResultTable {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
             Rows::Append(all) => Ok(all.clone()),
             Rows::Keyed(keyed) => keyed.current(),
+            Rows::Counted(counted) => counted.current(),
         }
     }
 
@@ -566,6 +588,7 @@ impl ResultTable {
             match &mut *rows {
                 Rows::Append(all) => all.push(b),
                 Rows::Keyed(keyed) => keyed.put(b, None, None)?,
+                Rows::Counted(counted) => counted.insert(&b)?,
             }
         }
         Ok(())
@@ -576,6 +599,7 @@ impl ResultTable {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
             Rows::Append(all) => all.iter().map(RecordBatch::num_rows).sum(),
             Rows::Keyed(keyed) => keyed.live.len(),
+            Rows::Counted(counted) => counted.num_rows(),
         }
     }
 
@@ -598,6 +622,7 @@ impl ResultTable {
                 let keys = keyed.live.len() * (width + 48);
                 chunks + keys
             }
+            Rows::Counted(counted) => counted.memory_bytes(),
         }
     }
 
@@ -759,5 +784,52 @@ mod tests {
         let big: Vec<(i64, i64)> = (0..200).map(|i| (i, i)).collect();
         t.append(vec![batch(&big)]).expect("append");
         assert!(feed.try_next().is_err());
+    }
+
+    fn changelog(rows: &[(i64, i64, bool)]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+            Field::new("weir_inserted", DataType::Boolean, false),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.2)))),
+            ],
+        )
+        .expect("changelog batch")
+    }
+
+    #[test]
+    fn counted_tables_keep_repeats_and_take_rows_back() {
+        let t = ResultTable::counted(batch(&[]).schema()).expect("counted");
+        assert_eq!(t.trailing_columns(), 1);
+        t.append(vec![changelog(&[
+            (1, 10, true),
+            (1, 10, true),
+            (2, 20, true),
+        ])])
+        .expect("append");
+        assert_eq!(contents(&t), vec![(1, 10), (1, 10), (2, 20)]);
+        let (_, feed) = t.subscribe(100).expect("subscribe");
+        t.append(vec![changelog(&[(1, 10, false), (3, 30, true)])])
+            .expect("append");
+        assert_eq!(contents(&t), vec![(1, 10), (2, 20), (3, 30)]);
+        assert_eq!(t.num_rows(), 3);
+        let mut seen = Vec::new();
+        while let Some(c) = feed.try_next().expect("within bounds") {
+            seen.extend(pairs(&c.rows).into_iter().map(|p| (c.diff, p)));
+        }
+        assert_eq!(seen, vec![(-1, (1, 10)), (1, (3, 30))]);
+        // A restore puts back the same multiset.
+        let copy = ResultTable::counted(batch(&[]).schema()).expect("counted");
+        copy.restore(t.snapshot().expect("snapshot"))
+            .expect("restore");
+        assert_eq!(contents(&copy), contents(&t));
+        // Taking back a row the table does not hold is an error, not a silent no-op.
+        assert!(t.append(vec![changelog(&[(9, 9, false)])]).is_err());
     }
 }
