@@ -343,7 +343,7 @@ async fn check_updating(
 }
 
 fn updating_query() -> impl Strategy<Value = String> {
-    (window(), 0u8..13).prop_map(|(window, shape)| {
+    (window(), 0u8..16).prop_map(|(window, shape)| {
         let aggregates = "COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
                           COUNT(DISTINCT v % 5) AS residues";
         match shape {
@@ -392,6 +392,16 @@ fn updating_query() -> impl Strategy<Value = String> {
                 .into(),
             11 => "SELECT k, v, ts, r FROM (SELECT *, DENSE_RANK() OVER \
                   (PARTITION BY k ORDER BY v % 4) AS r FROM events) WHERE r <= 2"
+                .into(),
+            // Outer joins without a time bound: an unmatched row is taken back when it matches.
+            13 => "SELECT a.k, a.v, b.v AS w FROM events a LEFT JOIN events b \
+                  ON a.k = b.k AND a.v < b.v"
+                .into(),
+            14 => "SELECT a.k, a.v, b.k AS k2, b.v AS w FROM events a FULL JOIN events b \
+                  ON a.k = b.k + 1 AND a.v > b.v + 2"
+                .into(),
+            15 => "SELECT a.k, COUNT(*) AS n, COUNT(b.v) AS matched, SUM(b.v) AS s \
+                  FROM events a RIGHT JOIN events b ON a.k = b.k AND a.v < b.v GROUP BY a.k"
                 .into(),
             // Results that change without their key: a multiset of rows.
             _ => "SELECT total, hi FROM (SELECT k, SUM(v) AS total, MAX(v) AS hi FROM events \

@@ -1,5 +1,6 @@
 //! Joins two append-only inputs (window joins, interval joins), keeping each input's rows only
-//! while a row still to come from the other input could match them.
+//! while a row still to come from the other input could match them; without a time bound, an
+//! outer join's output is a changelog (an unmatched row is taken back when its match comes).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::tumble::format_duration_ns;
-use super::{BinaryOperator, Side};
+use super::{BinaryOperator, INSERTED, Side};
 use crate::checkpoint::OperatorState;
 use crate::{Error, Result};
 
@@ -39,8 +40,9 @@ pub struct JoinInput {
     /// See `expiry_column`.
     pub expiry_offset_ns: i64,
     /// Whether this input's rows that match nothing are emitted too, with NULLs for the other
-    /// input's columns (the preserved side of a LEFT, RIGHT or FULL join), once they can no
-    /// longer match: when the watermark passes their expiry. Needs `expiry_column`.
+    /// input's columns (the preserved side of a LEFT, RIGHT or FULL join): once they can no
+    /// longer match (when the watermark passes their expiry) or, without an `expiry_column`,
+    /// at once, taken back when their first match comes (the output is then a changelog).
     pub keep_unmatched: bool,
 }
 
@@ -132,6 +134,8 @@ pub struct StreamJoinOperator {
     late_rows: u64,
     /// The most memory one batch of output may take (see [`BinaryOperator::limit_memory`]).
     memory_limit: usize,
+    /// An outer join without a time bound: the output is `schema` plus [`INSERTED`].
+    changelog: Option<SchemaRef>,
 }
 
 /// Memory of a stored chunk: its batch's rows and key rows.
@@ -169,8 +173,9 @@ fn times_ns(column: &ArrayRef) -> Result<Vec<i64>> {
 }
 
 impl StreamJoinOperator {
-    /// An inner join of `left` and `right` on their keys and `filter` (over the output, whose
-    /// schema is the left columns followed by the right ones).
+    /// A join of `left` and `right` on their keys and `filter` (over the output, whose schema
+    /// is the left columns followed by the right ones). An outer join without a time bound on
+    /// either input emits a changelog: the output has one more, last, column, [`INSERTED`].
     pub fn try_new(
         left: JoinInput,
         right: JoinInput,
@@ -178,16 +183,22 @@ impl StreamJoinOperator {
         filter: Option<Arc<dyn PhysicalExpr>>,
         output: SchemaRef,
     ) -> Result<Self> {
-        if [&left, &right]
-            .iter()
-            .any(|i| i.keep_unmatched && i.expiry_column.is_none())
+        let updating = [&left, &right].iter().any(|i| i.keep_unmatched)
+            && [&left, &right].iter().all(|i| i.expiry_column.is_none());
+        if !updating
+            && [&left, &right]
+                .iter()
+                .any(|i| i.keep_unmatched && i.expiry_column.is_none())
         {
             return Err(Error::InvalidArgument(
-                "an outer join of two streams needs a time bound: its unmatched rows are emitted \
-                 once they can no longer match"
-                    .into(),
+                "an outer join bounded in time on one input only; this is a bug".into(),
             ));
         }
+        let changelog = updating.then(|| {
+            let mut fields: Vec<_> = output.fields().iter().cloned().collect();
+            fields.push(Arc::new(Field::new(INSERTED, DataType::Boolean, false)));
+            Arc::new(Schema::new(fields))
+        });
         if left.keys.len() != right.keys.len() {
             return Err(Error::Internal(
                 "join inputs have different numbers of keys; this is a bug".into(),
@@ -227,7 +238,50 @@ impl StreamJoinOperator {
             late: Vec::new(),
             late_rows: 0,
             memory_limit: usize::MAX,
+            changelog,
         })
+    }
+
+    /// `batch` (of the join's columns) with [`INSERTED`] set to `inserted`, for a changelog.
+    fn tagged(&self, batch: RecordBatch, inserted: bool) -> Result<RecordBatch> {
+        let Some(schema) = &self.changelog else {
+            return Ok(batch);
+        };
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from(vec![
+            inserted;
+            batch.num_rows()
+        ])));
+        Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+    }
+
+    /// The stored rows of preserved input `s` among `partners` that had not joined before, padded
+    /// with NULLs: in a changelog they were emitted alone and are now taken back.
+    fn first_matches(&self, s: usize, partners: &[(usize, u32)]) -> Result<Vec<RecordBatch>> {
+        if self.changelog.is_none() || !self.inputs[s].keep_unmatched {
+            return Ok(Vec::new());
+        }
+        let mut first: Vec<(usize, u32)> = partners
+            .iter()
+            .copied()
+            .filter(|&(c, r)| {
+                self.stored[s]
+                    .chunk(c)
+                    .and_then(|ch| ch.matched.as_ref())
+                    .is_some_and(|m| !m[r as usize])
+            })
+            .collect();
+        first.sort_unstable();
+        first.dedup();
+        let mut out = Vec::new();
+        for run in first.chunk_by(|a, b| a.0 == b.0) {
+            let Some(chunk) = self.stored[s].chunk(run[0].0) else {
+                continue;
+            };
+            let rows: Vec<u32> = run.iter().map(|p| p.1).collect();
+            out.push(self.tagged(self.padded(s, &chunk.batch, &rows)?, false)?);
+        }
+        Ok(out)
     }
 
     /// Rows currently kept, per input (for tests and metrics).
@@ -468,7 +522,7 @@ impl StreamJoinOperator {
 
 impl BinaryOperator for StreamJoinOperator {
     fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+        Arc::clone(self.changelog.as_ref().unwrap_or(&self.schema))
     }
 
     fn process_batch(&mut self, side: Side, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
@@ -506,21 +560,28 @@ impl BinaryOperator for StreamJoinOperator {
         };
         let hashes = self.hashes(&keys, n)?;
         let probed = self.probe(s, &batch, key_rows.as_ref(), &hashes, &usable)?;
+        let mut out = self.first_matches(1 - s, &probed.partners)?;
         self.mark_matched(1 - s, &probed.partners);
-        let mut out: Vec<RecordBatch> = probed.joined.into_iter().collect();
+        if let Some(joined) = probed.joined {
+            out.push(self.tagged(joined, true)?);
+        }
         // Keep what a later row of the other input could still match.
         let keep: Vec<bool> = (0..n)
             .map(|i| usable[i] && self.watermark.is_none_or(|w| expiry[i] >= w))
             .collect();
         // A preserved row that matched nothing and cannot match later (a NULL key, or already
         // past its expiry) goes out padded now; late rows are late, not unmatched.
+        // In a changelog, one that matched nothing goes out now, to be taken back if a match
+        // comes.
         if self.inputs[s].keep_unmatched {
+            let updating = self.changelog.is_some();
             let alone: Vec<u32> = (0..n)
-                .filter(|&i| !late[i] && !probed.matched[i] && !keep[i])
+                .filter(|&i| !late[i] && !probed.matched[i] && (updating || !keep[i]))
                 .map(|i| i as u32)
                 .collect();
             if !alone.is_empty() {
-                out.push(self.padded(s, &batch, &alone)?);
+                let padded = self.padded(s, &batch, &alone)?;
+                out.push(self.tagged(padded, true)?);
             }
         }
         let matched = self.inputs[s].keep_unmatched.then_some(probed.matched);
@@ -722,8 +783,13 @@ impl BinaryOperator for StreamJoinOperator {
             (true, true) => "full outer",
         };
         if self.inputs.iter().all(|i| i.expiry_column.is_none()) {
+            let output = if self.changelog.is_some() {
+                "; output: a changelog (an unmatched row goes out with NULLs and is taken back when its first match comes)"
+            } else {
+                ""
+            };
             return format!(
-                "StreamJoin: {kind} on [{}]{filter}; state: every row of both inputs (no time bound), within the view's memory limit",
+                "StreamJoin: {kind} on [{}]{filter}; state: every row of both inputs (no time bound), within the view's memory limit{output}",
                 on.join(", ")
             );
         }

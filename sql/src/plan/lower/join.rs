@@ -6,7 +6,9 @@ use std::sync::Arc;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
-use weir_engine::operator::{FilterOperator, JoinInput, LookupJoinOperator, StreamJoinOperator};
+use weir_engine::operator::{
+    BinaryOperator, FilterOperator, JoinInput, LookupJoinOperator, StreamJoinOperator,
+};
 
 use super::{Base, Built, Planner, unsupported};
 use crate::catalog::TableEntry;
@@ -255,15 +257,9 @@ impl Planner<'_> {
             JoinType::Full => (true, true),
             _ => (false, false),
         };
-        if (keep_left || keep_right) && bounded.is_none() {
-            return Err(Error::NotSupported(format!(
-                "a {} join of two streams without a time bound (its unmatched rows would have to \
-                 be retracted when a match arrives) is not supported yet; bound it in time, as \
-                 an interval or window join, and unmatched rows are emitted once they can no \
-                 longer match",
-                join.join_type
-            )));
-        }
+        // An outer join without a time bound emits an unmatched row at once and takes it back
+        // when its first match comes: its output is a changelog.
+        let updating = (keep_left || keep_right) && bounded.is_none();
         let left_schema = join.left.schema();
         let right_schema = join.right.schema();
         let mut left_keys = Vec::new();
@@ -321,7 +317,7 @@ impl Planner<'_> {
         }
         let windowed_aggregate = left.windowed_aggregate || right.windowed_aggregate;
         let aggregated = left.aggregated || right.aggregated;
-        let input = Arc::new(join.schema.as_arrow().clone());
+        let input = op.schema();
         Ok(Built {
             base: Base::Join(left.into_dataflow(), right.into_dataflow(), Box::new(op)),
             input,
@@ -332,7 +328,7 @@ impl Planner<'_> {
             windowed_aggregate,
             key: None,
             visibility: false,
-            changelog: false,
+            changelog: updating,
         })
     }
 }
