@@ -65,6 +65,9 @@ struct Chunk {
     expiry: i64,
     /// For an input whose unmatched rows are emitted: per row, whether it has joined yet.
     matched: Option<Vec<bool>>,
+    /// Under a TTL, each row's expiry: a row past it no longer matches, though its chunk waits
+    /// for the rest of its rows before it goes.
+    expiries: Option<Vec<i64>>,
 }
 
 /// The stored rows of one input, indexed by the hash of their key.
@@ -136,6 +139,9 @@ pub struct StreamJoinOperator {
     memory_limit: usize,
     /// An outer join without a time bound: the output is `schema` plus [`INSERTED`].
     changelog: Option<SchemaRef>,
+    /// A join without a time bound whose inputs' expiries are a TTL (see
+    /// [`StreamJoinOperator::with_state_ttl`]).
+    ttl_ns: Option<i64>,
 }
 
 /// Memory of a stored chunk: its batch's rows and key rows.
@@ -183,8 +189,10 @@ impl StreamJoinOperator {
         filter: Option<Arc<dyn PhysicalExpr>>,
         output: SchemaRef,
     ) -> Result<Self> {
+        // Without a time bound (no input's rows can be late; a TTL may still expire them), an
+        // outer join's output is a changelog.
         let updating = [&left, &right].iter().any(|i| i.keep_unmatched)
-            && [&left, &right].iter().all(|i| i.expiry_column.is_none());
+            && [&left, &right].iter().all(|i| i.time.is_none());
         if !updating
             && [&left, &right]
                 .iter()
@@ -239,7 +247,16 @@ impl StreamJoinOperator {
             late_rows: 0,
             memory_limit: usize::MAX,
             changelog,
+            ttl_ns: None,
         })
+    }
+
+    /// Says that the inputs' expiries (their time column plus `ttl_ns`) are a state TTL on a
+    /// join without a time bound (Flink's `table.exec.state.ttl`, in event time): a stored row
+    /// matches until the watermark passes its expiry, so rows further apart may not match.
+    pub fn with_state_ttl(mut self, ttl_ns: Option<i64>) -> Self {
+        self.ttl_ns = ttl_ns.filter(|_| self.inputs.iter().all(|i| i.time.is_none()));
+        self
     }
 
     /// `batch` (of the join's columns) with [`INSERTED`] set to `inserted`, for a changelog.
@@ -349,6 +366,12 @@ impl StreamJoinOperator {
                 let Some(chunk) = other.chunk(c) else {
                     continue;
                 };
+                // Under a TTL, a row past its expiry no longer matches.
+                if let (Some(e), Some(w)) = (&chunk.expiries, self.watermark) {
+                    if e[r as usize] < w {
+                        continue;
+                    }
+                }
                 let same = match (keys, &chunk.keys) {
                     (Some(k), Some(ck)) => k.row(i) == ck.row(r as usize),
                     _ => true,
@@ -459,6 +482,7 @@ impl StreamJoinOperator {
         expiry: &[i64],
         matched: Option<Vec<bool>>,
     ) {
+        let expiries = self.ttl_ns.map(|_| expiry.to_vec());
         let stored = &mut self.stored[s];
         stored.bytes += chunk_bytes(&batch, keys.as_ref());
         let id = stored.first + stored.chunks.len();
@@ -472,6 +496,7 @@ impl StreamJoinOperator {
             keys,
             expiry: expiry.iter().copied().max().unwrap_or(i64::MIN),
             matched,
+            expiries,
         }));
     }
 
@@ -641,6 +666,7 @@ impl BinaryOperator for StreamJoinOperator {
         }
         self.watermark = Some(watermark_ns);
         let mut alone: Vec<(usize, RecordBatch, Vec<u32>)> = Vec::new();
+        let changelog = self.changelog.is_some();
         for (s, stored) in self.stored.iter_mut().enumerate() {
             let mut dropped = 0;
             for slot in stored.chunks.iter_mut() {
@@ -649,7 +675,8 @@ impl BinaryOperator for StreamJoinOperator {
                         dropped += c.batch.num_rows();
                         stored.bytes -= chunk_bytes(&c.batch, c.keys.as_ref());
                         // Preserved rows that never joined go out now, padded: none can come.
-                        if let Some(flags) = &c.matched {
+                        // (A changelog emitted them on arrival.)
+                        if let Some(flags) = c.matched.as_ref().filter(|_| !changelog) {
                             let rows: Vec<u32> = (0..flags.len())
                                 .filter(|&i| !flags[i])
                                 .map(|i| i as u32)
@@ -782,19 +809,24 @@ impl BinaryOperator for StreamJoinOperator {
             (false, true) => "right outer",
             (true, true) => "full outer",
         };
+        let output = if self.changelog.is_some() {
+            "; output: a changelog (an unmatched row goes out with NULLs and is taken back when its first match comes)"
+        } else {
+            ""
+        };
         if self.inputs.iter().all(|i| i.expiry_column.is_none()) {
-            let output = if self.changelog.is_some() {
-                "; output: a changelog (an unmatched row goes out with NULLs and is taken back when its first match comes)"
-            } else {
-                ""
-            };
             return format!(
                 "StreamJoin: {kind} on [{}]{filter}; state: every row of both inputs (no time bound), within the view's memory limit{output}",
                 on.join(", ")
             );
         }
+        let ttl = if self.ttl_ns.is_some() {
+            " (state_ttl: no time bound, so rows further apart may not match)"
+        } else {
+            ""
+        };
         format!(
-            "StreamJoin: {kind} on [{}]{filter}; state: left rows until the watermark passes {}, right rows until it passes {}",
+            "StreamJoin: {kind} on [{}]{filter}; state: left rows until the watermark passes {}, right rows until it passes {}{ttl}{output}",
             on.join(", "),
             keep(0),
             keep(1)
@@ -1024,5 +1056,97 @@ mod tests {
         );
         assert_eq!(op.stored_rows(), [0, 0]);
         assert!(op.explain().starts_with("StreamJoin: full outer"));
+    }
+
+    /// A LEFT JOIN on key without a time bound, with a TTL of `ttl` on column t if given.
+    fn unbounded_left_join(ttl: Option<i64>) -> (StreamJoinOperator, SchemaRef, SchemaRef) {
+        let (l, r) = (schema("l"), schema("r"));
+        // The right input's columns are NULL where a left row matched nothing.
+        let output = Arc::new(Schema::new(
+            l.fields()
+                .iter()
+                .cloned()
+                .chain(
+                    r.fields()
+                        .iter()
+                        .map(|f| Arc::new(f.as_ref().clone().with_nullable(true))),
+                )
+                .collect::<Vec<_>>(),
+        ));
+        let input = |name: &str, keep_unmatched| JoinInput {
+            keys: vec![Arc::new(Column::new(&format!("{name}k"), 0)) as _],
+            time: None,
+            time_lag_ns: 0,
+            expiry_column: ttl.map(|_| 1),
+            expiry_offset_ns: ttl.unwrap_or(0),
+            keep_unmatched,
+        };
+        let op = StreamJoinOperator::try_new(input("l", true), input("r", false), &l, None, output)
+            .expect("join")
+            .with_state_ttl(ttl);
+        (op, l, r)
+    }
+
+    /// (left key, right key or -1, inserted) of a changelog.
+    fn changes(out: &[RecordBatch]) -> Vec<(i64, i64, bool)> {
+        out.iter()
+            .flat_map(|b| {
+                let int = |c: usize| {
+                    b.column(c)
+                        .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                        .clone()
+                };
+                let (lk, rk, ins) = (int(0), int(2), b.column(4).as_boolean().clone());
+                (0..b.num_rows()).map(move |i| {
+                    (
+                        if lk.is_null(i) { -1 } else { lk.value(i) },
+                        if rk.is_null(i) { -1 } else { rk.value(i) },
+                        ins.value(i),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_unbounded_outer_join_takes_an_unmatched_row_back_on_its_first_match() {
+        let (mut op, l, r) = unbounded_left_join(None);
+        assert_eq!(
+            op.schema().fields().last().map(|f| f.name().as_str()),
+            Some(INSERTED)
+        );
+        let out = op
+            .process_batch(Side::Left, batch(&l, &[(Some(1), 10), (None, 10)]))
+            .expect("left");
+        // A NULL key matches nothing, ever: its row goes out for good.
+        assert_eq!(changes(&out), vec![(1, -1, true), (-1, -1, true)]);
+        let out = op
+            .process_batch(Side::Right, batch(&r, &[(Some(1), 20), (Some(1), 30)]))
+            .expect("right");
+        assert_eq!(
+            changes(&out),
+            vec![(1, -1, false), (1, 1, true), (1, 1, true)]
+        );
+        // A watermark does not emit the unmatched rows again.
+        assert!(op.on_watermark(1_000).expect("watermark").is_empty());
+        let out = op
+            .process_batch(Side::Right, batch(&r, &[(Some(1), 40)]))
+            .expect("right");
+        assert_eq!(changes(&out), vec![(1, 1, true)]);
+    }
+
+    #[test]
+    fn a_state_ttl_stops_old_rows_matching_and_frees_them() {
+        let (mut op, l, r) = unbounded_left_join(Some(100));
+        op.process_batch(Side::Left, batch(&l, &[(Some(1), 10), (Some(2), 500)]))
+            .expect("left");
+        op.on_watermark(200).expect("watermark");
+        // Key 1's row (10 + 100 < 200) no longer matches, even while its chunk is kept.
+        let out = op
+            .process_batch(Side::Right, batch(&r, &[(Some(1), 210), (Some(2), 220)]))
+            .expect("right");
+        assert_eq!(changes(&out), vec![(2, -1, false), (2, 2, true)]);
+        op.on_watermark(700).expect("watermark");
+        assert_eq!(op.stored_rows(), [0, 0]);
     }
 }

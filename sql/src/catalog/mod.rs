@@ -154,6 +154,14 @@ pub struct ViewDef {
     /// server's default without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<u64>,
+    /// `WITH (state_ttl = '1 day')`: state a join without a time bound keeps for a row, in
+    /// event time (0: for good).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub state_ttl_ns: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// A view that is a named query (`CREATE VIEW`): expanded wherever it is read, in batch

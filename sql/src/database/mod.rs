@@ -334,6 +334,7 @@ fn producer_def(def: &StreamDef) -> ViewDef {
         query: def.query.clone().unwrap_or_default(),
         emit_on_update: false,
         allowed_lateness_ns: 0,
+        state_ttl_ns: 0,
         memory_limit: None,
     }
 }

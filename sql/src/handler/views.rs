@@ -103,6 +103,7 @@ impl Handler {
             emit_on_update: emit == Some(EmitMode::OnUpdate),
             allowed_lateness_ns: options.allowed_lateness_ns,
             memory_limit: options.memory_limit,
+            state_ttl_ns: options.state_ttl_ns,
         };
         self.blocking(move |db| db.create_view(def, compiled))
             .await?;
@@ -205,6 +206,7 @@ impl Handler {
             emit,
             allowed_lateness_ns: 0,
             memory_limit: None,
+            state_ttl_ns: 0,
         };
         let list = match options {
             CreateTableOptions::None => return Ok(out),
@@ -241,6 +243,27 @@ impl Handler {
                             ),
                         })?;
                 }
+                "state_ttl" => {
+                    let text = match value {
+                        SqlExpr::Value(v) => match &v.value {
+                            Value::SingleQuotedString(s) => {
+                                format!("INTERVAL '{}'", s.replace('\'', "''"))
+                            }
+                            other => other.to_string(),
+                        },
+                        other => other.to_string(),
+                    };
+                    out.state_ttl_ns = self
+                        .interval_of(&text)
+                        .await
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| Error::WrongObject {
+                            sqlstate: "22023",
+                            message: format!(
+                                "state_ttl must be a fixed, positive interval such as '1 day', not {value}"
+                            ),
+                        })?;
+                }
                 "memory_limit" => {
                     let text = match value {
                         SqlExpr::Value(v) => match &v.value {
@@ -260,7 +283,7 @@ impl Handler {
                     return Err(Error::WrongObject {
                         sqlstate: "22023",
                         message: format!(
-                            "unknown materialized view option {other}; known: allowed_lateness, memory_limit"
+                            "unknown materialized view option {other}; known: allowed_lateness, memory_limit, state_ttl"
                         ),
                     });
                 }

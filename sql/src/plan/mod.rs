@@ -128,6 +128,8 @@ pub struct ViewOptions {
     pub allowed_lateness_ns: i64,
     /// The most memory the view's state may hold, in bytes (the server's default if `None`).
     pub memory_limit: Option<u64>,
+    /// How long, in event time, a join without a time bound keeps a row (0: for good).
+    pub state_ttl_ns: i64,
 }
 
 /// The statement and options of a view's catalog definition: parsed in one place for both
@@ -144,6 +146,7 @@ fn view_statement(def: &ViewDef) -> Result<(Box<Statement>, ViewOptions)> {
         emit: def.emit_on_update.then_some(EmitMode::OnUpdate),
         allowed_lateness_ns: def.allowed_lateness_ns,
         memory_limit: def.memory_limit,
+        state_ttl_ns: def.state_ttl_ns,
     };
     Ok((stmt, options))
 }
@@ -243,6 +246,21 @@ fn duplicate_column(name: &str) -> Error {
     }
 }
 
+/// Optimizes `plan` without pruning the columns that no node above reads: a join under
+/// `state_ttl` needs its inputs' event times, which the view may not select.
+fn optimize_keeping_columns(state: &SessionState, plan: &LogicalPlan) -> Result<LogicalPlan> {
+    let rules = state
+        .optimizers()
+        .iter()
+        .filter(|r| r.name() != "optimize_projections")
+        .cloned()
+        .collect();
+    let state = datafusion::execution::SessionStateBuilder::new_from_existing(state.clone())
+        .with_optimizer_rules(rules)
+        .build();
+    Ok(state.optimize(plan)?)
+}
+
 /// Plans and compiles a SELECT statement with the view's options.
 pub(crate) async fn compile_query_statement(
     state: &SessionState,
@@ -252,7 +270,11 @@ pub(crate) async fn compile_query_statement(
     let plan = state
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
-    let plan = state.optimize(&plan)?;
+    let plan = if options.state_ttl_ns > 0 {
+        optimize_keeping_columns(state, &plan)?
+    } else {
+        state.optimize(&plan)?
+    };
     refuse_duplicate_names(&plan)?;
     let view_plans = plan_views(state, &plan).await?;
     let mut planner = Planner::new(state, options, view_plans);
@@ -260,6 +282,14 @@ pub(crate) async fn compile_query_statement(
     if built.session_gap_ns.is_some() && !built.aggregated {
         return Err(Error::NotSupported(
             "SESSION windows need an aggregate: GROUP BY window_start, window_end and the session key"
+                .into(),
+        ));
+    }
+    if options.state_ttl_ns > 0 && !planner.ttl_applied {
+        return Err(Error::NotSupported(
+            "state_ttl applies to joins of streams without a time bound (their rows are kept \
+             until the watermark passes their time plus the TTL); this query has none, and the \
+             state of other operators (aggregates and Top-N without a window) cannot expire yet"
                 .into(),
         ));
     }

@@ -260,6 +260,33 @@ impl Planner<'_> {
         // An outer join without a time bound emits an unmatched row at once and takes it back
         // when its first match comes: its output is a changelog.
         let updating = (keep_left || keep_right) && bounded.is_none();
+        // Without a time bound, `state_ttl` keeps each row until the watermark passes its event
+        // time plus the TTL (the view's plan keeps the event times for this).
+        let ttl = if bounded.is_none() {
+            self.options.state_ttl_ns
+        } else {
+            0
+        };
+        let ttl_times = if ttl > 0 {
+            let time_of = |side: &[Option<TimeColumn>], name: &str| {
+                side.iter()
+                    .position(|t| matches!(t, Some(TimeColumn::EventTime)))
+                    .or_else(|| side.iter().position(Option::is_some))
+                    .ok_or_else(|| {
+                        Error::NotSupported(format!(
+                            "state_ttl needs an event time on both inputs of a join, and its \
+                             {name} input has none (a column the watermark follows)"
+                        ))
+                    })
+            };
+            self.ttl_applied = true;
+            Some((
+                time_of(&left.times, "left")?,
+                time_of(&right.times, "right")?,
+            ))
+        } else {
+            None
+        };
         let left_schema = join.left.schema();
         let right_schema = join.right.schema();
         let mut left_keys = Vec::new();
@@ -292,13 +319,24 @@ impl Planner<'_> {
                 keep_unmatched,
             },
         };
-        let op = StreamJoinOperator::try_new(
+        let (mut left_input, mut right_input) = (
             input(left_keys, bounded.map(|b| b.0), 0, keep_left),
             input(right_keys, bounded.map(|b| b.1), left_width, keep_right),
+        );
+        if let Some((l, r)) = ttl_times {
+            for (side, column) in [(&mut left_input, l), (&mut right_input, r)] {
+                side.expiry_column = Some(column);
+                side.expiry_offset_ns = ttl;
+            }
+        }
+        let op = StreamJoinOperator::try_new(
+            left_input,
+            right_input,
             &Arc::new(left_schema.as_arrow().clone()),
             filter,
             Arc::new(join.schema.as_arrow().clone()),
-        )?;
+        )?
+        .with_state_ttl(ttl_times.map(|_| ttl));
         // Window columns equated across the join keep their meaning in the output: a match is
         // emitted when its later row arrives, which is never behind the watermark. An outer
         // join's unmatched rows come out behind it, so its output follows no watermark.

@@ -134,6 +134,8 @@ pub(crate) struct Planner<'a> {
     pub(crate) views: Vec<String>,
     /// A filter's bound on a rank, on its way down to the ROW_NUMBER it bounds.
     pub(crate) rank_limit: Option<top_n::RankLimit>,
+    /// Whether the view's `state_ttl` bounds some operator's state.
+    pub(crate) ttl_applied: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -151,6 +153,7 @@ impl<'a> Planner<'a> {
             view_plans,
             views: Vec::new(),
             rank_limit: None,
+            ttl_applied: false,
         }
     }
 }
