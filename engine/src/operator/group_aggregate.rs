@@ -239,6 +239,22 @@ impl Retractable {
         })
     }
 
+    /// Empties group `g`'s kept values; returns the bytes they held.
+    fn release(&mut self, g: usize) -> usize {
+        let held = |m: &mut dyn Iterator<Item = usize>| m.map(|len| len + VALUE_OVERHEAD).sum();
+        let bytes = match &mut self.kept {
+            Kept::Extreme { values, .. } => values
+                .get_mut(g)
+                .map_or(0, |v| held(&mut std::mem::take(v).keys().map(|k| k.len()))),
+            Kept::CountDistinct { values, .. } => values
+                .get_mut(g)
+                .map_or(0, |v| held(&mut std::mem::take(v).keys().map(|k| k.len()))),
+            _ => 0,
+        };
+        self.reset(g);
+        bytes
+    }
+
     /// Makes room for group `len - 1` (or clears a reused slot `g`).
     fn reset(&mut self, g: usize) {
         match &mut self.kept {
@@ -492,6 +508,20 @@ pub struct GroupAggregateOperator {
     rows: Vec<i64>,
     free: Vec<usize>,
     bytes: usize,
+    /// A state TTL (see [`GroupAggregateOperator::with_state_ttl`]).
+    ttl: Option<StateTtl>,
+}
+
+/// Groups whose newest row is older than the watermark by more than `ttl_ns` are forgotten.
+#[derive(Debug)]
+struct StateTtl {
+    /// The input's event time column.
+    time: usize,
+    ttl_ns: i64,
+    /// Per group id, the newest event time it has seen.
+    newest: Vec<i64>,
+    /// (expiry, group) of every update, soonest first; stale entries are skipped.
+    queue: std::collections::BinaryHeap<std::cmp::Reverse<(i64, usize)>>,
 }
 
 impl GroupAggregateOperator {
@@ -536,7 +566,91 @@ impl GroupAggregateOperator {
             rows: Vec::new(),
             free: Vec::new(),
             bytes: 0,
+            ttl: None,
         })
+    }
+
+    /// Forgets a group once the watermark passes its newest row's event time (input column
+    /// `time`, a timestamp) plus `ttl_ns` (Flink's `table.exec.state.ttl`, in event time). Its
+    /// row stays in the view as it was; a later row of the group starts it again from nothing.
+    /// Over rows that only append.
+    pub fn with_state_ttl(mut self, time: usize, ttl_ns: i64) -> Result<Self> {
+        if self.changelog {
+            return Err(Error::InvalidArgument(
+                "a state TTL on an aggregate over results that change would take back rows it \
+                 has forgotten"
+                    .into(),
+            ));
+        }
+        self.ttl = Some(StateTtl {
+            time,
+            ttl_ns,
+            newest: Vec::new(),
+            queue: Default::default(),
+        });
+        Ok(self)
+    }
+
+    /// Notes the newest event time of the groups of `batch`'s rows (`ids`, per row).
+    fn touch(&mut self, batch: &RecordBatch, ids: &[usize]) -> Result<()> {
+        let Some(ttl) = &mut self.ttl else {
+            return Ok(());
+        };
+        let times = cast(
+            batch.column(ttl.time),
+            &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+        )?;
+        let times = times.as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        for (i, &g) in ids.iter().enumerate() {
+            if times.is_null(i) {
+                continue;
+            }
+            if ttl.newest.len() <= g {
+                ttl.newest.resize(g + 1, i64::MIN);
+            }
+            if times.value(i) > ttl.newest[g] {
+                ttl.newest[g] = times.value(i);
+                ttl.queue.push(std::cmp::Reverse((
+                    times.value(i).saturating_add(ttl.ttl_ns),
+                    g,
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the groups whose TTL the watermark has passed.
+    fn expire(&mut self, watermark_ns: i64) {
+        let Some(ttl) = &mut self.ttl else {
+            return;
+        };
+        let mut gone = Vec::new();
+        while let Some(&std::cmp::Reverse((expiry, g))) = ttl.queue.peek() {
+            if expiry >= watermark_ns {
+                break;
+            }
+            ttl.queue.pop();
+            // Only the entry of the group's newest time counts; a freed group has none.
+            if ttl
+                .newest
+                .get(g)
+                .is_some_and(|&t| t.saturating_add(ttl.ttl_ns) == expiry)
+            {
+                ttl.newest[g] = i64::MIN;
+                gone.push(g);
+            }
+        }
+        for g in gone {
+            if let Some(key) = self.keys[g].take() {
+                self.ids.remove(key.row().data());
+                self.bytes -= key.row().data().len() * 2 + GROUP_OVERHEAD;
+                for a in &mut self.aggregates {
+                    self.bytes = self.bytes.saturating_sub(a.release(g));
+                }
+                self.rows[g] = 0;
+                self.free.push(g);
+            }
+        }
     }
 
     /// Makes this an aggregate without GROUP BY, whose one row exists before any input: its
@@ -620,6 +734,7 @@ impl GroupAggregateOperator {
                 return Err(Error::Internal("a group lost more rows than it had".into()));
             }
         }
+        self.touch(batch, &ids)?;
         for a in &mut self.aggregates {
             let change = a.update(batch, &ids, &inserted)?;
             self.bytes = self.bytes.saturating_add_signed(change);
@@ -647,6 +762,11 @@ impl Operator for GroupAggregateOperator {
         Ok(vec![self.emit(&touched)?])
     }
 
+    fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
+        self.expire(watermark_ns);
+        Ok(Vec::new())
+    }
+
     fn start(&mut self) -> Result<Vec<RecordBatch>> {
         if !self.one_row {
             return Ok(Vec::new());
@@ -670,8 +790,16 @@ impl Operator for GroupAggregateOperator {
             .map(|f| f.name().as_str())
             .collect();
         let aggregates: Vec<&str> = self.aggregates.iter().map(|a| a.name.as_str()).collect();
+        let ttl = match &self.ttl {
+            Some(t) => format!(
+                " state_ttl={} (a group is forgotten once the watermark passes its newest {} plus it; its row stays, and a later row starts it again)",
+                super::tumble::format_duration_ns(t.ttl_ns),
+                self.input.field(t.time).name()
+            ),
+            None => String::new(),
+        };
         format!(
-            "UpdatingAggregate: state_key=[{}] aggregates=[{}] emit=on update{}",
+            "UpdatingAggregate: state_key=[{}] aggregates=[{}] emit=on update{}{ttl}",
             groups.join(", "),
             aggregates.join(", "),
             if self.changelog {
@@ -699,6 +827,12 @@ impl Operator for GroupAggregateOperator {
             .collect();
         let mut columns = self.group_rows.convert_rows(keys)?;
         columns.push(int64s(&live, &self.rows));
+        if let Some(ttl) = &self.ttl {
+            let newest = |g: usize| ttl.newest.get(g).copied().unwrap_or(i64::MIN);
+            columns.push(Arc::new(Int64Array::from_iter_values(
+                live.iter().map(|&g| newest(g)),
+            )));
+        }
         let mut extremes = Vec::new();
         for a in &self.aggregates {
             match &a.kept {
@@ -746,9 +880,23 @@ impl Operator for GroupAggregateOperator {
             columns.get(*next - 1).cloned().ok_or_else(corrupt)
         };
         let rows = column(&mut next)?;
+        let newest = match self.ttl {
+            Some(_) => Some(column(&mut next)?),
+            None => None,
+        };
+        let mut ids = Vec::with_capacity(groups.num_rows());
         for i in 0..groups.num_rows() {
             let g = self.group_id(keys.row(i).data());
             self.rows[g] = rows.as_primitive::<Int64Type>().value(i);
+            ids.push(g);
+        }
+        if let (Some(ttl), Some(newest)) = (&mut self.ttl, newest) {
+            for (i, &g) in ids.iter().enumerate() {
+                let t = newest.as_primitive::<Int64Type>().value(i);
+                set(&mut ttl.newest, g, t);
+                ttl.queue
+                    .push(std::cmp::Reverse((t.saturating_add(ttl.ttl_ns), g)));
+            }
         }
         for a in &mut self.aggregates {
             let change = match &mut a.kept {
@@ -1132,5 +1280,90 @@ mod tests {
             let visible: BTreeMap<_, _> = view.into_iter().filter(|(_, r)| r.5).collect();
             prop_assert_eq!(visible, expected);
         }
+    }
+
+    /// COUNT(v) and MAX(v) per k over rows (k, v, t) that only append, with a TTL of 100 ns.
+    fn with_ttl() -> (GroupAggregateOperator, SchemaRef) {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, true),
+            Field::new(
+                "t",
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+                false,
+            ),
+        ]));
+        let v = || Arc::new(Column::new("v", 1)) as Arc<dyn PhysicalExpr>;
+        let specs = vec![
+            spec(&schema, count_udaf(), v(), "n"),
+            spec(&schema, max_udaf(), v(), "high"),
+        ];
+        let output = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, false),
+            Field::new("high", DataType::Int64, true),
+        ]));
+        let op = GroupAggregateOperator::try_new(
+            &schema,
+            vec![Arc::new(Column::new("k", 0))],
+            &specs,
+            output,
+            false,
+        )
+        .expect("operator")
+        .with_state_ttl(2, 100)
+        .expect("ttl");
+        (op, schema)
+    }
+
+    fn timed(schema: &SchemaRef, rows: &[(&str, i64, i64)]) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(
+                    datafusion::arrow::array::TimestampNanosecondArray::from_iter_values(
+                        rows.iter().map(|r| r.2),
+                    ),
+                ),
+            ],
+        )
+        .expect("batch")
+    }
+
+    /// (k, n, high) of an output batch.
+    fn counted(out: &[RecordBatch]) -> Vec<(String, i64, i64)> {
+        out.iter()
+            .flat_map(|b| {
+                let k = b.column(0).as_string::<i32>().clone();
+                let n = b.column(1).as_primitive::<Int64Type>().clone();
+                let h = b.column(2).as_primitive::<Int64Type>().clone();
+                (0..b.num_rows()).map(move |i| (k.value(i).to_string(), n.value(i), h.value(i)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_state_ttl_forgets_groups_the_watermark_has_left_behind() {
+        let (mut op, schema) = with_ttl();
+        op.process_batch(timed(&schema, &[("a", 5, 10), ("b", 7, 150), ("a", 9, 20)]))
+            .expect("rows");
+        let bytes = op.state_bytes();
+        // a's newest row is at 20: past 20 + 100 it is forgotten; b (150) is kept.
+        op.on_watermark(121).expect("watermark");
+        assert!(op.state_bytes() < bytes);
+        // Across a restore too, b keeps its count and its newest time.
+        let state = op.snapshot().expect("snapshot");
+        let (mut op, _) = with_ttl();
+        op.restore(state).expect("restore");
+        let out = op
+            .process_batch(timed(&schema, &[("a", 1, 130), ("b", 2, 160)]))
+            .expect("rows");
+        let mut got = counted(&out);
+        got.sort();
+        assert_eq!(got, vec![("a".into(), 1, 1), ("b".into(), 2, 7)]);
+        op.on_watermark(1_000).expect("watermark");
+        assert_eq!(op.snapshot().expect("snapshot").batches.len(), 0);
     }
 }

@@ -217,16 +217,43 @@ impl Planner<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let aggregates = aggregate_specs(agg, self.state)?;
+        let ttl = if window.is_none() {
+            self.options.state_ttl_ns
+        } else {
+            0
+        };
         if window.is_none() && self.options.allowed_lateness_ns == 0 {
-            if let Some(operator) =
+            if let Some(mut operator) =
                 per_group_operator(&input_arrow, &groups, &aggregates, arrow_schema(plan))?
             {
+                if ttl > 0 {
+                    let time = built
+                        .times
+                        .iter()
+                        .position(|t| matches!(t, Some(TimeColumn::EventTime)))
+                        .ok_or_else(|| {
+                            Error::NotSupported(
+                                "state_ttl needs the aggregate's input to have an event time (a \
+                                 column the watermark follows)"
+                                    .into(),
+                            )
+                        })?;
+                    operator = operator.with_state_ttl(time, ttl)?;
+                    self.ttl_applied = true;
+                }
                 built.operators.push(Box::new(operator));
                 built.key = Some((0..agg.group_expr.len()).collect());
                 built.aggregated = true;
                 built.times = out_times;
                 return Ok(built);
             }
+        }
+        if ttl > 0 {
+            return Err(Error::NotSupported(
+                "state_ttl on this aggregate: its state can expire per group only for COUNT, \
+                 SUM, AVG, MIN, MAX and COUNT(DISTINCT)"
+                    .into(),
+            ));
         }
         let mut operator = WindowAggregateOperator::try_new(
             &input_arrow,
