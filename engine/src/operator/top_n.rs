@@ -610,6 +610,41 @@ mod tests {
         out
     }
 
+    /// The rows (k, v, arrival number) and where batches start and end.
+    fn numbered(values: &[(i64, i64)], cuts: Vec<usize>) -> (Vec<(i64, i64, i64)>, Vec<usize>) {
+        let rows: Vec<(i64, i64, i64)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &(k, v))| (k, v, i as i64))
+            .collect();
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % rows.len()).collect();
+        cuts.push(0);
+        cuts.push(rows.len());
+        cuts.sort_unstable();
+        cuts.dedup();
+        (rows, cuts)
+    }
+
+    /// Feeds `rows` to an operator from `make` in the batches `cuts` gives, restoring a fresh
+    /// one from a snapshot before batch `restore_at`; hands each output to `apply`.
+    fn run(
+        make: impl Fn() -> TopNOperator,
+        rows: &[(i64, i64, i64)],
+        cuts: &[usize],
+        restore_at: usize,
+        mut apply: impl FnMut(&[RecordBatch]),
+    ) {
+        let mut op = make();
+        for (i, w) in cuts.windows(2).enumerate() {
+            if i == restore_at {
+                let state = op.snapshot().expect("snapshot");
+                op = make();
+                op.restore(state).expect("restore");
+            }
+            apply(&op.process_batch(batch(&rows[w[0]..w[1]])).expect("process"));
+        }
+    }
+
     proptest! {
         /// Upserts applied in order give the batch Top-N, however the rows are split into
         /// batches, and so does a restore from a snapshot taken part-way.
@@ -621,24 +656,9 @@ mod tests {
             descending: bool,
             restore_at in 0usize..6,
         ) {
-            let rows: Vec<(i64, i64, i64)> =
-                values.iter().enumerate().map(|(i, &(k, v))| (k, v, i as i64)).collect();
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % rows.len()).collect();
-            cuts.push(0);
-            cuts.push(rows.len());
-            cuts.sort_unstable();
-            cuts.dedup();
-            let mut op = top(limit, descending);
+            let (rows, cuts) = numbered(&values, cuts);
             let mut table = HashMap::new();
-            for (i, w) in cuts.windows(2).enumerate() {
-                if i == restore_at {
-                    let state = op.snapshot().expect("snapshot");
-                    op = top(limit, descending);
-                    op.restore(state).expect("restore");
-                }
-                let out = op.process_batch(batch(&rows[w[0]..w[1]])).expect("process");
-                apply(&mut table, &out);
-            }
+            run(|| top(limit, descending), &rows, &cuts, restore_at, |out| apply(&mut table, out));
             prop_assert_eq!(table, batch_top(&rows, limit, descending));
         }
     }
@@ -725,25 +745,10 @@ mod tests {
             restore_at in 0usize..6,
         ) {
             let kind = if dense { RankKind::DenseRank } else { RankKind::Rank };
-            let rows: Vec<(i64, i64, i64)> =
-                values.iter().enumerate().map(|(i, &(k, v))| (k, v, i as i64)).collect();
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % rows.len()).collect();
-            cuts.push(0);
-            cuts.push(rows.len());
-            cuts.sort_unstable();
-            cuts.dedup();
+            let (rows, cuts) = numbered(&values, cuts);
             let make = || top(limit, descending).with_rank(kind);
-            let mut op = make();
             let mut table = Multiset::new();
-            for (i, w) in cuts.windows(2).enumerate() {
-                if i == restore_at {
-                    let state = op.snapshot().expect("snapshot");
-                    op = make();
-                    op.restore(state).expect("restore");
-                }
-                let out = op.process_batch(batch(&rows[w[0]..w[1]])).expect("process");
-                apply_changes(&mut table, &out);
-            }
+            run(make, &rows, &cuts, restore_at, |out| apply_changes(&mut table, out));
             prop_assert_eq!(table, batch_rank(&rows, limit as u64, kind, descending));
         }
     }

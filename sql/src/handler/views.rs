@@ -223,19 +223,9 @@ impl Handler {
             };
             match normalize(key).as_str() {
                 "allowed_lateness" => {
-                    let text = match value {
-                        SqlExpr::Value(v) => match &v.value {
-                            Value::SingleQuotedString(s) => {
-                                format!("INTERVAL '{}'", s.replace('\'', "''"))
-                            }
-                            other => other.to_string(),
-                        },
-                        other => other.to_string(),
-                    };
                     out.allowed_lateness_ns = self
-                        .interval_of(&text)
+                        .interval_option(value, 0)
                         .await
-                        .filter(|n| *n >= 0)
                         .ok_or_else(|| Error::WrongObject {
                             sqlstate: "22023",
                             message: format!(
@@ -244,19 +234,9 @@ impl Handler {
                         })?;
                 }
                 "state_ttl" => {
-                    let text = match value {
-                        SqlExpr::Value(v) => match &v.value {
-                            Value::SingleQuotedString(s) => {
-                                format!("INTERVAL '{}'", s.replace('\'', "''"))
-                            }
-                            other => other.to_string(),
-                        },
-                        other => other.to_string(),
-                    };
                     out.state_ttl_ns = self
-                        .interval_of(&text)
+                        .interval_option(value, 1)
                         .await
-                        .filter(|n| *n > 0)
                         .ok_or_else(|| Error::WrongObject {
                             sqlstate: "22023",
                             message: format!(
@@ -290,6 +270,19 @@ impl Handler {
             }
         }
         Ok(out)
+    }
+
+    /// An option's interval (`'10 seconds'` or `INTERVAL '10' SECOND`) in nanoseconds, if it
+    /// has a fixed length of at least `least`.
+    async fn interval_option(&self, value: &SqlExpr, least: i64) -> Option<i64> {
+        let text = match value {
+            SqlExpr::Value(v) => match &v.value {
+                Value::SingleQuotedString(s) => format!("INTERVAL '{}'", s.replace('\'', "''")),
+                other => other.to_string(),
+            },
+            other => other.to_string(),
+        };
+        self.interval_of(&text).await.filter(|n| *n >= least)
     }
 
     /// The length in nanoseconds of an interval expression, if it is one of fixed length.

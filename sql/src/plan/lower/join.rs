@@ -202,6 +202,30 @@ impl Planner<'_> {
         Ok(built)
     }
 
+    /// Under `state_ttl`, a join without a time bound keeps each row until the watermark passes
+    /// its event time plus the TTL: the event time column of each input (the view's plan keeps
+    /// them for this).
+    fn ttl_times(
+        &mut self,
+        left: &[Option<TimeColumn>],
+        right: &[Option<TimeColumn>],
+    ) -> Result<(usize, usize)> {
+        let time_of = |side: &[Option<TimeColumn>], name: &str| {
+            side.iter()
+                .position(|t| matches!(t, Some(TimeColumn::EventTime)))
+                .or_else(|| side.iter().position(Option::is_some))
+                .ok_or_else(|| {
+                    Error::NotSupported(format!(
+                        "state_ttl needs an event time on both inputs of a join, and its {name} \
+                         input has none (a column the watermark follows)"
+                    ))
+                })
+        };
+        let times = (time_of(left, "left")?, time_of(right, "right")?);
+        self.ttl_applied = true;
+        Ok(times)
+    }
+
     /// A join of two streams, bounded in time by window columns or an interval condition, or
     /// without a bound, keeping every row of both.
     pub(crate) fn build_stream_join(
@@ -260,32 +284,10 @@ impl Planner<'_> {
         // An outer join without a time bound emits an unmatched row at once and takes it back
         // when its first match comes: its output is a changelog.
         let updating = (keep_left || keep_right) && bounded.is_none();
-        // Without a time bound, `state_ttl` keeps each row until the watermark passes its event
-        // time plus the TTL (the view's plan keeps the event times for this).
-        let ttl = if bounded.is_none() {
-            self.options.state_ttl_ns
-        } else {
-            0
-        };
-        let ttl_times = if ttl > 0 {
-            let time_of = |side: &[Option<TimeColumn>], name: &str| {
-                side.iter()
-                    .position(|t| matches!(t, Some(TimeColumn::EventTime)))
-                    .or_else(|| side.iter().position(Option::is_some))
-                    .ok_or_else(|| {
-                        Error::NotSupported(format!(
-                            "state_ttl needs an event time on both inputs of a join, and its \
-                             {name} input has none (a column the watermark follows)"
-                        ))
-                    })
-            };
-            self.ttl_applied = true;
-            Some((
-                time_of(&left.times, "left")?,
-                time_of(&right.times, "right")?,
-            ))
-        } else {
-            None
+        let ttl = self.options.state_ttl_ns;
+        let ttl_times = match bounded {
+            None if ttl > 0 => Some(self.ttl_times(&left.times, &right.times)?),
+            _ => None,
         };
         let left_schema = join.left.schema();
         let right_schema = join.right.schema();
