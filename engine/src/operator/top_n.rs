@@ -112,6 +112,18 @@ pub struct TopNOperator {
     watermark: Option<i64>,
     late_rows: u64,
     late: Vec<RecordBatch>,
+    /// A state TTL on a deduplication (see [`TopNOperator::with_state_ttl`]).
+    ttl: Option<TopNTtl>,
+}
+
+/// A deduplication forgets a key once the watermark passes its kept row's time plus `ttl_ns`.
+#[derive(Debug, Clone, Copy)]
+struct TopNTtl {
+    /// The input's event time column.
+    time: usize,
+    ttl_ns: i64,
+    /// The watermark from which forgotten keys are next swept from memory.
+    next_sweep: i64,
 }
 
 fn evaluate(exprs: &[&Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
@@ -177,7 +189,49 @@ impl TopNOperator {
             watermark: None,
             late_rows: 0,
             late: Vec::new(),
+            ttl: None,
         })
+    }
+
+    /// For a deduplication (one row per key, ROW_NUMBER): forgets a key once the watermark
+    /// passes the event time (input column `time`) of the row it keeps plus `ttl_ns` (Flink's
+    /// `table.exec.state.ttl`, counted from the state's last write, in event time). The key's row
+    /// stays in the view; a later row of the key is then kept as if it were the first.
+    pub fn with_state_ttl(mut self, time: usize, ttl_ns: i64) -> Result<Self> {
+        if self.limit != 1 || self.kind != RankKind::RowNumber || self.expiry.is_some() {
+            return Err(Error::InvalidArgument(
+                "a state TTL applies to a deduplication without a window".into(),
+            ));
+        }
+        self.ttl = Some(TopNTtl {
+            time,
+            ttl_ns,
+            next_sweep: i64::MIN,
+        });
+        Ok(self)
+    }
+
+    /// Per row of `batch`, when its key's state would expire if the row were kept.
+    fn ttl_ends(&self, batch: &RecordBatch) -> Result<Option<Vec<i64>>> {
+        let Some(ttl) = self.ttl else {
+            return Ok(None);
+        };
+        let ns = cast(
+            batch.column(ttl.time),
+            &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+        )?;
+        let ns = ns.as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        Ok(Some(
+            (0..ns.len())
+                .map(|i| {
+                    if ns.is_null(i) {
+                        i64::MAX
+                    } else {
+                        ns.value(i).saturating_add(ttl.ttl_ns)
+                    }
+                })
+                .collect(),
+        ))
     }
 
     /// Numbers rows by `kind`. With RANK or DENSE_RANK the output is a changelog: one more,
@@ -245,6 +299,7 @@ impl TopNOperator {
             None => None,
         };
         let ends = self.ends(batch)?;
+        let ttl_ends = self.ttl_ends(batch)?;
         let mut late = Vec::new();
         let mut moved: HashMap<Box<[u8]>, (usize, Before)> = HashMap::new();
         for i in 0..n {
@@ -263,7 +318,19 @@ impl TopNOperator {
             let Some(partition) = self.partitions.get_mut(key) else {
                 continue;
             };
-            partition.end = end;
+            match &ttl_ends {
+                // A key the watermark has passed is forgotten: this row starts it again.
+                Some(_) => {
+                    if partition
+                        .end
+                        .is_some_and(|e| self.watermark.is_some_and(|w| e <= w))
+                    {
+                        self.bytes -= partition.rows.drain(..).map(|r| r.bytes()).sum::<usize>();
+                        partition.end = None;
+                    }
+                }
+                None => partition.end = end,
+            }
             let kept = &mut partition.rows;
             let s = sort.row(i);
             // After every row that sorts before or equal to it: ties keep arrival order.
@@ -298,6 +365,10 @@ impl TopNOperator {
             self.next_id += 1;
             self.bytes += ranked.bytes();
             kept.insert(at, ranked);
+            // Under a TTL, the key's state was written now: it lives from this row's time.
+            if let Some(ttl_ends) = &ttl_ends {
+                partition.end = Some(partition.end.unwrap_or(i64::MIN).max(ttl_ends[i]));
+            }
             let keep = match self.kind {
                 RankKind::RowNumber => self.limit,
                 _ => ranks_of(self.kind, kept)
@@ -438,7 +509,14 @@ impl Operator for TopNOperator {
                     String::new()
                 }
             ),
-            None => "those rows (no time bound)".into(),
+            None => match self.ttl {
+                Some(t) => format!(
+                    "that row until the watermark passes its {} + {} (state_ttl: the key is then forgotten, its row stays, and a later row is kept as its first)",
+                    self.input.field(t.time).name(),
+                    super::tumble::format_duration_ns(t.ttl_ns)
+                ),
+                None => "those rows (no time bound)".into(),
+            },
         };
         format!(
             "TopN: {} {} per [{}] by [{}], {}; state: {state}, {}",
@@ -510,7 +588,15 @@ impl Operator for TopNOperator {
             return Ok(Vec::new());
         }
         self.watermark = Some(watermark_ns);
-        if self.expiry.is_some() {
+        // Forgotten keys (under a TTL) go from memory a sweep at a time, every quarter TTL.
+        let sweep = match &mut self.ttl {
+            Some(ttl) if watermark_ns >= ttl.next_sweep => {
+                ttl.next_sweep = watermark_ns.saturating_add(ttl.ttl_ns / 4);
+                true
+            }
+            _ => false,
+        };
+        if self.expiry.is_some() || sweep {
             let mut freed = 0;
             self.partitions.retain(|_, kept| {
                 let done = kept.end.is_some_and(|end| end <= watermark_ns);
@@ -751,5 +837,31 @@ mod tests {
             run(make, &rows, &cuts, restore_at, |out| apply_changes(&mut table, out));
             prop_assert_eq!(table, batch_rank(&rows, limit as u64, kind, descending));
         }
+    }
+
+    #[test]
+    fn a_state_ttl_lets_a_forgotten_key_start_again() {
+        // Keep the smallest v per k, forgetting a key 10 ns of event time (column id) after
+        // its kept row.
+        let mut op = top(1, false).with_state_ttl(2, 10).expect("dedup");
+        let mut table = HashMap::new();
+        apply(
+            &mut table,
+            &op.process_batch(batch(&[(1, 5, 0), (2, 1, 15)]))
+                .expect("ok"),
+        );
+        op.on_watermark(20).expect("watermark");
+        // Key 1 (kept at 0) is forgotten: 9 is kept though 5 was smaller. Key 2 (15) is not.
+        apply(
+            &mut table,
+            &op.process_batch(batch(&[(1, 9, 21), (2, 3, 22)]))
+                .expect("ok"),
+        );
+        assert_eq!(table[&(1, 1)], (9, 21));
+        assert_eq!(table[&(2, 1)], (1, 15));
+        // Forgotten keys leave memory once a sweep passes them.
+        op.on_watermark(1_000).expect("watermark");
+        assert_eq!(op.state_bytes(), 0);
+        assert!(top(2, false).with_state_ttl(2, 10).is_err());
     }
 }

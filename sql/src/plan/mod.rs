@@ -287,10 +287,10 @@ pub(crate) async fn compile_query_statement(
     }
     if options.state_ttl_ns > 0 && !planner.ttl_applied {
         return Err(Error::NotSupported(
-            "state_ttl applies to joins of streams without a time bound and to aggregates \
-             without a window over rows that only append (their state is kept until the \
-             watermark passes its newest event time plus the TTL); this query has neither, and \
-             the state of a Top-N or an aggregate over results that change cannot expire yet"
+            "state_ttl applies to joins of streams without a time bound, aggregates without a \
+             window over rows that only append, and deduplications without a window (their \
+             state is kept until the watermark passes its event time plus the TTL); this query \
+             has none of them"
                 .into(),
         ));
     }

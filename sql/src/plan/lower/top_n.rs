@@ -160,6 +160,30 @@ impl Planner<'_> {
         if let Some(expiry) = expiry {
             op = op.with_expiry(expiry);
         }
+        let ttl = self.options.state_ttl_ns;
+        if ttl > 0 && expiry.is_none() {
+            if limit != 1 || kind != RankKind::RowNumber {
+                return Err(Error::NotSupported(
+                    "state_ttl on a Top-N without a window applies to a deduplication (ROW_NUMBER() \
+                     ... = 1) so far: a key forgotten by a Top-N of several rows would leave its \
+                     other ranks behind in the view"
+                        .into(),
+                ));
+            }
+            let time = built
+                .times
+                .iter()
+                .position(|t| matches!(t, Some(TimeColumn::EventTime)))
+                .ok_or_else(|| {
+                    Error::NotSupported(
+                        "state_ttl needs the Top-N's input to have an event time (a column the \
+                         watermark follows)"
+                            .into(),
+                    )
+                })?;
+            op = op.with_state_ttl(time, ttl)?;
+            self.ttl_applied = true;
+        }
         built.operators.push(Box::new(op));
         built.times.push(None);
         if kind == RankKind::RowNumber {
