@@ -197,6 +197,10 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     /// The primary key columns, in key order.
     pub primary_key: Vec<String>,
+    /// For a table read from a file (Flink's filesystem connector), the file: its rows were
+    /// loaded at CREATE and never change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl TableDef {

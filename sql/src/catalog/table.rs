@@ -140,6 +140,28 @@ impl TableEntry {
 
     /// Inserts new rows: every key must be new (and not repeated), or nothing is inserted.
     pub fn insert(&self, rows: RecordBatch) -> Result<u64> {
+        self.refuse_if_read_from_a_file()?;
+        self.load(rows)
+    }
+
+    /// A table read from a file never changes: joins index its rows once.
+    fn refuse_if_read_from_a_file(&self) -> Result<()> {
+        match &self.def.source {
+            Some(path) => Err(Error::WrongObject {
+                sqlstate: "42809",
+                message: format!(
+                    "table {} is read from the file {path} and does not change; to keep data \
+                     that changes, create a table with a PRIMARY KEY",
+                    self.def.name
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Inserts rows as [`TableEntry::insert`] does, also into a table read from a file (its
+    /// rows, when it is created).
+    pub fn load(&self, rows: RecordBatch) -> Result<u64> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let keys = self.key_columns(&rows);
         for (i, f) in self.key.iter().map(|&k| self.schema.field(k)).enumerate() {
@@ -186,6 +208,7 @@ impl TableEntry {
         &self,
         change: impl FnOnce(&[RecordBatch]) -> Result<Option<(RecordBatch, bool)>>,
     ) -> Result<u64> {
+        self.refuse_if_read_from_a_file()?;
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         match change(&self.rows.snapshot()?)? {
             Some((rows, deleted)) => self.log_change(rows, deleted),
@@ -203,6 +226,7 @@ mod tests {
 
     fn def() -> TableDef {
         TableDef {
+            source: None,
             name: "users".into(),
             columns: vec![
                 ColumnDef {

@@ -5,6 +5,9 @@ use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::record_batch::RecordBatch;
+
 use super::{Database, check_name, io, producer_def};
 use crate::catalog::registry::State;
 use crate::catalog::{StreamDef, TableDef, TableEntry, ViewDef, ViewEntry};
@@ -249,8 +252,9 @@ impl Database {
         Ok(())
     }
 
-    /// Creates a reference table: its log first, then the catalog entry.
-    pub fn create_table(&self, def: TableDef) -> Result<()> {
+    /// Creates a reference table with `rows` (a file's, or none): its log first, then the
+    /// catalog entry; rows the table refuses leave nothing behind.
+    pub fn create_table(&self, def: TableDef, rows: Vec<RecordBatch>) -> Result<()> {
         check_name(&def.name)?;
         let mut state = self.state();
         state.check_free(&def.name)?;
@@ -260,6 +264,25 @@ impl Database {
                 .map_err(|e| io(format!("removing orphan {}", dir.display()), e))?;
         }
         let entry = TableEntry::open(&dir, def.clone())?;
+        let loaded = match rows.first() {
+            Some(first) => concat_batches(&first.schema(), &rows)
+                .map_err(Error::from)
+                .and_then(|rows| {
+                    // The file's columns as the table declares them (NOT NULL included).
+                    RecordBatch::try_new(Arc::clone(&entry.schema), rows.columns().to_vec())
+                        .map_err(|e| Error::WrongObject {
+                            sqlstate: "23502",
+                            message: format!("table {}: {e}", def.name),
+                        })
+                })
+                .and_then(|rows| entry.load(rows)),
+            None => Ok(0),
+        };
+        if let Err(e) = loaded {
+            drop(entry);
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         let mut data = state.data.clone();
         data.tables.push(def.clone());
         if let Err(e) = self.inner.catalog.store(&data) {

@@ -22,6 +22,7 @@ mod copy;
 mod cursors;
 mod dml;
 mod explain;
+mod file_table;
 mod functions;
 mod query;
 mod settings;

@@ -4,6 +4,7 @@ use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::sql::sqlparser::ast::Statement;
 
 use super::Handler;
+use super::file_table::{file_source, read_csv};
 use crate::catalog::{ColumnDef, TableDef};
 use crate::output::Output;
 use crate::syntax::object_name;
@@ -16,22 +17,28 @@ impl Handler {
             return Err(Error::Internal("CREATE TABLE lost its statement".into()));
         };
         let name = object_name(&ct.name)?;
-        if !matches!(
-            ct.table_options,
-            datafusion::sql::sqlparser::ast::CreateTableOptions::None
-        ) {
-            return Err(Error::NotSupported(format!(
-                "CREATE TABLE {name} ... WITH (...): a table with connector options is Flink's \
-                 connector DDL, which Weir does not read. Weir's tables are reference tables \
-                 (CREATE TABLE with a PRIMARY KEY, filled by INSERT or COPY); an event source is \
-                 a stream (CREATE STREAM, or CREATE STREAM ... WITH (connector = 'kafka', ...))"
-            )));
-        }
+        let source = file_source(&name, &ct.table_options)?;
         if let Some(done) = self.existing(&name, ct.if_not_exists, "CREATE TABLE")? {
             return Ok(done);
         }
-        let def = self.table_def(name, stmt).await?;
-        self.blocking(move |db| db.create_table(def)).await?;
+        // DataFusion plans the columns; the connector options are Weir's to read (above).
+        let mut stmt = stmt;
+        if let Statement::CreateTable(ct) = &mut stmt {
+            ct.table_options = datafusion::sql::sqlparser::ast::CreateTableOptions::None;
+        }
+        let mut def = self.table_def(name, stmt, source.is_some()).await?;
+        // A file's rows are read before anything is created: a bad file changes nothing.
+        let rows = match &source {
+            Some(source) => {
+                let (name, source, schema) = (def.name.clone(), source.clone(), def.schema()?);
+                tokio::task::spawn_blocking(move || read_csv(&name, &source, &schema))
+                    .await
+                    .map_err(|e| Error::Internal(format!("reading a table's file: {e}")))??
+            }
+            None => Vec::new(),
+        };
+        def.source = source.map(|s| s.path);
+        self.blocking(move |db| db.create_table(def, rows)).await?;
         Ok(Output::Command("CREATE TABLE".into()))
     }
 
@@ -61,8 +68,9 @@ impl Handler {
         Ok(Output::Command("DROP TABLE".into()))
     }
 
-    /// Resolves the columns and primary key of a CREATE TABLE.
-    async fn table_def(&self, name: String, stmt: Statement) -> Result<TableDef> {
+    /// Resolves the columns and primary key of a CREATE TABLE; a table read from a file
+    /// (`from_file`) without a PRIMARY KEY is keyed by all its columns.
+    async fn table_def(&self, name: String, stmt: Statement, from_file: bool) -> Result<TableDef> {
         let plan = self.plan(stmt).await?;
         let LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(ct)) = plan else {
             return Err(Error::NotSupported(
@@ -87,10 +95,14 @@ impl Handler {
                 key = Some(k.clone());
             }
         }
-        let Some(key) = key else {
-            return Err(Error::Syntax(format!(
-                "table {name} needs a PRIMARY KEY: rows are updated, deleted and joined by it"
-            )));
+        let key = match key {
+            Some(key) => key,
+            None if from_file => (0..schema.fields().len()).collect(),
+            None => {
+                return Err(Error::Syntax(format!(
+                    "table {name} needs a PRIMARY KEY: rows are updated, deleted and joined by it"
+                )));
+            }
         };
         let mut columns: Vec<ColumnDef> = Vec::new();
         for (i, f) in schema.fields().iter().enumerate() {
@@ -108,6 +120,7 @@ impl Handler {
             name,
             columns,
             primary_key,
+            source: None,
         })
     }
 }

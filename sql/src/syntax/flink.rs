@@ -127,29 +127,108 @@ pub(super) fn rewrite_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> 
     out
 }
 
-/// Flink's temporal joins (`JOIN t FOR SYSTEM_TIME AS OF x.ts`), refused with the reason
-/// rather than as a syntax error.
-pub(super) fn refuse_temporal_joins(tokens: &[TokenWithSpan]) -> Result<()> {
-    let words: Vec<&Token> = tokens
-        .iter()
-        .map(|t| &t.token)
-        .filter(|t| !matches!(t, Token::Whitespace(_)))
-        .collect();
-    let at = words.windows(4).position(|w| {
-        is_word(w[0], "FOR")
-            && is_word(w[1], "SYSTEM_TIME")
-            && is_word(w[2], "AS")
-            && is_word(w[3], "OF")
-    });
-    match at {
-        Some(_) => Err(Error::NotSupported(
-            "FOR SYSTEM_TIME AS OF (a temporal join) is not supported yet; a join with a \
-             reference table without it is a lookup join, which sees the table as it is when \
-             each event is processed"
-                .into(),
-        )),
-        None => Ok(()),
+/// Flink's temporal joins (`JOIN t FOR SYSTEM_TIME AS OF x.p_time`). As of a processing-time
+/// attribute (a column the statement defines as `PROCTIME()`), the join sees the table as it is
+/// when each event is processed: Weir's lookup join, so the clause goes, and with it the
+/// `PROCTIME()` column if nothing else reads it. As of any other column (Flink's event-time
+/// temporal join against a versioned table) it is refused with the reason.
+pub(super) fn temporal_joins(mut tokens: Vec<TokenWithSpan>) -> Result<Vec<TokenWithSpan>> {
+    while let Some(at) = find_words(&tokens, &["FOR", "SYSTEM_TIME", "AS", "OF"]) {
+        // The attribute: name [. name ...]; its last part is the column.
+        let mut end = at.last().copied().unwrap_or(0);
+        let mut column = None;
+        loop {
+            let Some(next) = next_solid(&tokens, end + 1) else {
+                break;
+            };
+            match &tokens[next].token {
+                Token::Word(w) if column.is_none() || tokens[end].token == Token::Period => {
+                    column = Some(w.value.to_lowercase());
+                    end = next;
+                }
+                Token::Period if column.is_some() => end = next,
+                _ => break,
+            }
+        }
+        let Some(column) = column else {
+            return Err(Error::Syntax("FOR SYSTEM_TIME AS OF needs a column".into()));
+        };
+        let Some(definition) = proctime_definition(&tokens, &column) else {
+            return Err(Error::NotSupported(format!(
+                "FOR SYSTEM_TIME AS OF {column}: Weir joins a table as of processing time (a \
+                 column defined as PROCTIME()), which is its lookup join, seeing the table as it \
+                 is when each event is processed; as of an event-time column (Flink's event-time \
+                 temporal join against a versioned table) it is not supported yet"
+            )));
+        };
+        let first = at[0];
+        tokens.splice(first..=end, [blank()]);
+        // The PROCTIME() column goes too when nothing else reads it (it comes before the join).
+        let (from, alias) = definition;
+        let read_elsewhere = tokens.iter().enumerate().any(|(i, t)| {
+            i != alias && matches!(&t.token, Token::Word(w) if w.value.to_lowercase() == column)
+        });
+        if !read_elsewhere && alias < first {
+            tokens.splice(from..=alias, [blank()]);
+        }
     }
+    Ok(tokens)
+}
+
+fn blank() -> TokenWithSpan {
+    TokenWithSpan::wrap(Token::Whitespace(
+        datafusion::sql::sqlparser::tokenizer::Whitespace::Space,
+    ))
+}
+
+/// The index of the first token that is not whitespace, from `from` on.
+fn next_solid(tokens: &[TokenWithSpan], from: usize) -> Option<usize> {
+    (from..tokens.len()).find(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+}
+
+/// The indexes of the first run of `words` (unquoted, between whitespace).
+fn find_words(tokens: &[TokenWithSpan], words: &[&str]) -> Option<Vec<usize>> {
+    let solid: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+        .collect();
+    solid
+        .windows(words.len())
+        .find(|w| {
+            w.iter()
+                .zip(words)
+                .all(|(&i, word)| is_word(&tokens[i].token, word))
+        })
+        .map(<[usize]>::to_vec)
+}
+
+/// Where the select item `, PROCTIME() [AS] column` is: the index of its comma and of the
+/// alias.
+fn proctime_definition(tokens: &[TokenWithSpan], column: &str) -> Option<(usize, usize)> {
+    let solid: Vec<usize> = (0..tokens.len())
+        .filter(|&i| !matches!(tokens[i].token, Token::Whitespace(_)))
+        .collect();
+    solid.iter().enumerate().find_map(|(k, &i)| {
+        if !is_word(&tokens[i].token, "PROCTIME") {
+            return None;
+        }
+        let at = |d: usize| solid.get(k + d).map(|&j| (j, &tokens[j].token));
+        let comma = k.checked_sub(1).map(|p| solid[p]);
+        let (Some((_, Token::LParen)), Some((_, Token::RParen))) = (at(1), at(2)) else {
+            return None;
+        };
+        let alias = match at(3) {
+            Some((_, t)) if is_word(t, "AS") => at(4),
+            other => other,
+        };
+        match (comma, alias) {
+            (Some(c), Some((a, Token::Word(w))))
+                if tokens[c].token == Token::Comma && w.value.to_lowercase() == column =>
+            {
+                Some((c, a))
+            }
+            _ => None,
+        }
+    })
 }
 
 /// Flink's `CREATE [TEMPORARY [SYSTEM]] FUNCTION [IF NOT EXISTS] name AS 'java.Class'

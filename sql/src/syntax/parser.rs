@@ -416,7 +416,7 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
         .map_err(|e| Error::Syntax(e.to_string()))?;
     let tokens = super::flink::backtick_identifiers(tokens)?;
     let tokens = super::compat::force_quote_all(tokens);
-    super::flink::refuse_temporal_joins(&tokens)?;
+    let tokens = super::flink::temporal_joins(tokens)?;
     let (tokens, emits) = take_emit_clauses(super::flink::rewrite_windows(tokens));
     let mut parser = Parser::new(&dialect).with_tokens_with_locations(tokens);
     let mut out = Vec::new();

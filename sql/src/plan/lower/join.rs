@@ -7,7 +7,8 @@ use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use weir_engine::operator::{
-    BinaryOperator, FilterOperator, JoinInput, LookupJoinOperator, StreamJoinOperator,
+    BinaryOperator, FilterOperator, JoinInput, LookupJoinOperator, StaticJoinOperator,
+    StreamJoinOperator,
 };
 
 use super::{Base, Built, Planner, unsupported};
@@ -130,11 +131,21 @@ impl Planner<'_> {
             join.right.schema()
         };
         let mut keys: Vec<Option<Arc<dyn PhysicalExpr>>> = vec![None; entry.key.len()];
+        // A table read from a file never changes: joined on any of its columns, through an
+        // index made once.
+        let mut file_keys: Vec<(usize, Arc<dyn PhysicalExpr>)> = Vec::new();
         for (l, r) in &join.on {
             let (stream_expr, table_expr) = if table_first { (r, l) } else { (l, r) };
             let column = column_of(table_expr)
                 .and_then(|c| table_schema.index_of_column(c).ok())
                 .map(|i| table.projection[i]);
+            if let (Some(c), Some(_)) = (column, &entry.def.source) {
+                let e = self
+                    .state
+                    .create_physical_expr(stream_expr.clone(), stream_plan.schema())?;
+                file_keys.push((c, e));
+                continue;
+            }
             let Some(position) = column.and_then(|c| entry.key.iter().position(|&k| k == c)) else {
                 return Err(Error::NotSupported(format!(
                     "a stream joins table {} on its primary key ({}); {table_expr} is not part of it",
@@ -146,6 +157,9 @@ impl Planner<'_> {
                 self.state
                     .create_physical_expr(stream_expr.clone(), stream_plan.schema())?,
             );
+        }
+        if entry.def.source.is_some() {
+            return self.build_file_join(join, table, table_first, built, file_keys);
         }
         let keys: Vec<Arc<dyn PhysicalExpr>> =
             keys.into_iter().collect::<Option<_>>().ok_or_else(|| {
@@ -191,6 +205,73 @@ impl Planner<'_> {
             built.times.into_iter().chain(table_times).collect()
         };
         if let Some(predicate) = after.into_iter().reduce(Expr::and) {
+            let predicate = self.state.create_physical_expr(predicate, &join.schema)?;
+            built
+                .operators
+                .push(Box::new(FilterOperator::try_new(predicate, output)?));
+        }
+        if !self.tables.iter().any(|t| t.def.name == entry.def.name) {
+            self.tables.push(entry);
+        }
+        Ok(built)
+    }
+
+    /// `stream JOIN table` where the table was read from a file and never changes: each event
+    /// with every table row whose columns equal its keys (`keys`: table column, event key).
+    fn build_file_join(
+        &mut self,
+        join: &datafusion::logical_expr::Join,
+        table: TableSide,
+        table_first: bool,
+        mut built: Built,
+        keys: Vec<(usize, Arc<dyn PhysicalExpr>)>,
+    ) -> Result<Built> {
+        let entry = Arc::clone(&table.table);
+        if keys.len() != join.on.len() || keys.is_empty() {
+            return Err(Error::NotSupported(format!(
+                "a stream joins table {} with equalities between its columns and the stream's",
+                entry.def.name
+            )));
+        }
+        let keep_unmatched = join.join_type == datafusion::logical_expr::JoinType::Left
+            || join.join_type == datafusion::logical_expr::JoinType::Right;
+        if keep_unmatched && join.filter.is_some() {
+            return Err(unsupported(
+                "a condition across the stream and the table in a LEFT JOIN (use an inner join)",
+            ));
+        }
+        let table_filter = match table.filters.iter().cloned().reduce(Expr::and) {
+            None => None,
+            Some(f) => {
+                let schema = datafusion::common::DFSchema::try_from_qualified_schema(
+                    table.name.clone(),
+                    &entry.schema,
+                )?;
+                Some(self.state.create_physical_expr(f, &schema)?)
+            }
+        };
+        let output = Arc::new(join.schema.as_arrow().clone());
+        let (table_keys, stream_keys) = keys.into_iter().unzip();
+        let op = StaticJoinOperator::try_new(
+            entry.def.name.clone(),
+            stream_keys,
+            Arc::clone(&entry.schema),
+            entry.rows.snapshot()?,
+            table_keys,
+            table_filter,
+            table.projection.clone(),
+            keep_unmatched,
+            table_first,
+            Arc::clone(&output),
+        )?;
+        built.operators.push(Box::new(op));
+        let table_times = vec![None; table.projection.len()];
+        built.times = if table_first {
+            table_times.into_iter().chain(built.times).collect()
+        } else {
+            built.times.into_iter().chain(table_times).collect()
+        };
+        if let Some(predicate) = join.filter.clone() {
             let predicate = self.state.create_physical_expr(predicate, &join.schema)?;
             built
                 .operators
