@@ -98,7 +98,7 @@ enum Command {
         /// Events to load (persons, auctions and bids together; for `kafka`, records).
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
-        /// Queries to run, comma-separated (q0,q1,q2,q3,q4,q5,q7,q8,q9,q10,q11,q15,...,q22,over,hashtags);
+        /// Queries to run, comma-separated (q0,q1,q2,q3,q4,q5,q7,q8,q9,q10,q11,q13,q15,...,q22,over,hashtags);
         /// all by default.
         #[arg(long, value_delimiter = ',')]
         query: Vec<String>,

@@ -81,6 +81,7 @@ pub const FLINK_QUERIES: &[(&str, &str)] = &[
     ("q9", include_str!("../../../tests/nexmark/q9.sql")),
     ("q10", include_str!("../../../tests/nexmark/q10.sql")),
     ("q11", include_str!("../../../tests/nexmark/q11.sql")),
+    ("q13", include_str!("../../../tests/nexmark/q13.sql")),
     ("q15", include_str!("../../../tests/nexmark/q15.sql")),
     ("q16", include_str!("../../../tests/nexmark/q16.sql")),
     ("q17", include_str!("../../../tests/nexmark/q17.sql")),
@@ -233,8 +234,9 @@ async fn load(session: &Session, kind: Kind, events: u64) -> Result<(), String> 
 }
 
 /// Each query: its name, the statements that create its view, the view's name, and the SELECT
-/// alone (for the batch run).
-fn bench_queries() -> Vec<(&'static str, String, String, String)> {
+/// alone (for the batch run). `${FLINK_HOME}` becomes `flink_home`, as Nexmark's runner does.
+fn bench_queries(flink_home: &std::path::Path) -> Vec<(&'static str, String, String, String)> {
+    let home = flink_home.display().to_string();
     let ours = QUERIES.iter().map(|(name, sql)| {
         (
             *name,
@@ -244,6 +246,7 @@ fn bench_queries() -> Vec<(&'static str, String, String, String)> {
         )
     });
     let flink = FLINK_QUERIES.iter().map(|(name, file)| {
+        let file = file.replace("${FLINK_HOME}", &home);
         let view = file.rfind("CREATE MATERIALIZED VIEW").unwrap_or(0);
         let select = file[view..]
             .find(" AS\n")
@@ -358,7 +361,13 @@ pub async fn nexmark(options: BenchOptions) -> Result<(), String> {
     if let Some(secs) = tweets_secs {
         line("load tweets", options.events, secs, 0, None);
     }
-    for (name, sql, view_name, select) in bench_queries() {
+    // q13's side input, as Nexmark's SideInputGenerator writes it (`--num 10000`).
+    let flink_home = dir.path().join("flink");
+    std::fs::create_dir_all(flink_home.join("data")).map_err(|e| format!("side input: {e}"))?;
+    let side: String = (0..10_000).map(|i| format!("{i},{i}\n")).collect();
+    std::fs::write(flink_home.join("data/side_input.txt"), side)
+        .map_err(|e| format!("side input: {e}"))?;
+    for (name, sql, view_name, select) in bench_queries(&flink_home) {
         if !wants(name) {
             continue;
         }
