@@ -343,7 +343,7 @@ async fn check_updating(
 }
 
 fn updating_query() -> impl Strategy<Value = String> {
-    (window(), 0u8..16).prop_map(|(window, shape)| {
+    (window(), 0u8..19).prop_map(|(window, shape)| {
         let aggregates = "COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
                           COUNT(DISTINCT v % 5) AS residues";
         match shape {
@@ -402,6 +402,19 @@ fn updating_query() -> impl Strategy<Value = String> {
                 .into(),
             15 => "SELECT a.k, COUNT(*) AS n, COUNT(b.v) AS matched, SUM(b.v) AS s \
                   FROM events a RIGHT JOIN events b ON a.k = b.k AND a.v < b.v GROUP BY a.k"
+                .into(),
+            // Top-N over results that change: a total that falls brings another into the top.
+            16 => "SELECT k, total, r FROM (SELECT k, total, ROW_NUMBER() OVER \
+                  (ORDER BY total DESC, k) AS r FROM (SELECT k, SUM(v) AS total FROM events \
+                  GROUP BY k)) WHERE r <= 3"
+                .into(),
+            17 => "SELECT lo, k, r FROM (SELECT lo, k, DENSE_RANK() OVER (PARTITION BY lo \
+                  ORDER BY hi DESC) AS r FROM (SELECT k, MIN(v) % 3 AS lo, MAX(v) AS hi \
+                  FROM events GROUP BY k)) WHERE r <= 2"
+                .into(),
+            18 => "SELECT k, w, r FROM (SELECT a.k, b.v AS w, RANK() OVER (PARTITION BY a.k \
+                  ORDER BY b.v) AS r FROM events a LEFT JOIN events b ON a.k = b.k AND a.v < b.v) \
+                  WHERE r <= 2"
                 .into(),
             // Results that change without their key: a multiset of rows.
             _ => "SELECT total, hi FROM (SELECT k, SUM(v) AS total, MAX(v) AS hi FROM events \

@@ -6,7 +6,7 @@
 use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator as BinaryOp, Window};
-use weir_engine::operator::{RankKind, TopNExpiry, TopNOperator, TopNOrder};
+use weir_engine::operator::{RankKind, RetractTopNOperator, TopNExpiry, TopNOperator, TopNOrder};
 
 use super::{Built, Planner, arrow_schema, unsupported};
 use crate::plan::bounds::{TimeColumn, conjuncts};
@@ -60,6 +60,32 @@ pub(crate) fn rank_limit(predicate: &Expr) -> Option<(RankLimit, Vec<Expr>)> {
 }
 
 impl Planner<'_> {
+    /// A Top-N over results that change (an updating aggregate's, an outer join's): fed their
+    /// changelog, it keeps every row and emits the changes of the top as a changelog.
+    fn build_retract_top_n(
+        &mut self,
+        window: &Window,
+        built: Built,
+        partition: Vec<std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>>,
+        order: Vec<TopNOrder>,
+        limit: usize,
+        kind: RankKind,
+    ) -> Result<Built> {
+        if self.options.state_ttl_ns > 0 {
+            return Err(unsupported("state_ttl on a Top-N over results that change"));
+        }
+        let schema = Self::physical_schema(&window.input, &built);
+        let mut built = Self::into_changelog(built, &schema)?;
+        let input = Self::physical_schema(&window.input, &built);
+        let input_width = window.input.schema().fields().len();
+        let rank_name = window.schema.field(input_width).name().clone();
+        let op = RetractTopNOperator::try_new(&input, partition, order, limit, kind, &rank_name)?;
+        built.operators.push(Box::new(op));
+        built.times = vec![None; input_width + 1];
+        built.changelog = true;
+        Ok(built)
+    }
+
     /// A window node: only ROW_NUMBER, RANK or DENSE_RANK whose rank a filter above bounds
     /// ([`RankLimit`]).
     pub(crate) fn build_top_n(&mut self, window: &Window) -> Result<Built> {
@@ -99,11 +125,6 @@ impl Planner<'_> {
             }
         };
         let mut built = self.build(&window.input)?;
-        if built.changes() {
-            return Err(unsupported(
-                "a Top-N over results that change (EMIT ON UPDATE, or GROUP BY without a window)",
-            ));
-        }
         let input = window.input.schema();
         let mut key = Vec::new();
         let mut partition = Vec::new();
@@ -130,6 +151,9 @@ impl Planner<'_> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        if built.changes() {
+            return self.build_retract_top_n(window, built, partition, order, limit, kind);
+        }
         // A Top-N per window (PARTITION BY window_end, or window_start) is final once the
         // watermark passes the window's end: its state goes then.
         let expiry = key
