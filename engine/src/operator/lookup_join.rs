@@ -96,6 +96,29 @@ impl LookupJoinOperator {
     }
 }
 
+/// The output of a stream-table join: rows `events` of `batch` beside `table_columns` (one
+/// row each), the table's first if `table_first`.
+pub(super) fn joined(
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+    events: Vec<u32>,
+    table_columns: Vec<ArrayRef>,
+    table_first: bool,
+) -> Result<Vec<RecordBatch>> {
+    let events = UInt32Array::from(events);
+    let event_columns = batch
+        .columns()
+        .iter()
+        .map(|c| Ok(take(c, &events, None)?))
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let columns = if table_first {
+        table_columns.into_iter().chain(event_columns).collect()
+    } else {
+        event_columns.into_iter().chain(table_columns).collect()
+    };
+    Ok(vec![RecordBatch::try_new(Arc::clone(schema), columns)?])
+}
+
 impl Operator for LookupJoinOperator {
     fn name(&self) -> &'static str {
         "LookupJoin"
@@ -137,12 +160,6 @@ impl Operator for LookupJoinOperator {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let events = UInt32Array::from(events);
-        let event_columns = batch
-            .columns()
-            .iter()
-            .map(|c| Ok(take(c, &events, None)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
         let table_schema: &Schema = self.table.schema();
         let table_columns = self
             .table_columns
@@ -155,15 +172,13 @@ impl Operator for LookupJoinOperator {
                 Ok(interleave(&sources, &picks)?)
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let columns = if self.table_first {
-            table_columns.into_iter().chain(event_columns).collect()
-        } else {
-            event_columns.into_iter().chain(table_columns).collect()
-        };
-        Ok(vec![RecordBatch::try_new(
-            Arc::clone(&self.schema),
-            columns,
-        )?])
+        joined(
+            &self.schema,
+            &batch,
+            events,
+            table_columns,
+            self.table_first,
+        )
     }
 
     fn explain(&self) -> String {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt64Array};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
@@ -45,12 +45,7 @@ pub struct RetractTopNOperator {
     bytes: usize,
 }
 
-fn evaluate(exprs: &[&Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-    exprs
-        .iter()
-        .map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?))
-        .collect()
-}
+use super::top_n::evaluate;
 
 impl RetractTopNOperator {
     /// A Top-`limit` by `order` per `partition` over a changelog of `input` (its last column is
@@ -261,17 +256,7 @@ impl Operator for RetractTopNOperator {
     }
 
     fn explain(&self) -> String {
-        let order: Vec<String> = self
-            .order
-            .iter()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    o.expr,
-                    if o.options.descending { " DESC" } else { "" }
-                )
-            })
-            .collect();
+        let order = super::top_n::order_text(&self.order);
         let partition: Vec<String> = self.partition.iter().map(|e| e.to_string()).collect();
         format!(
             "RetractTopN: {} {} per [{}] by [{}] over rows that change; state: every input row (a row taken back can bring another into the top), a changelog of rows and their ranks",
@@ -281,7 +266,7 @@ impl Operator for RetractTopNOperator {
                 _ => "ranks",
             },
             partition.join(", "),
-            order.join(", ")
+            order
         )
     }
 

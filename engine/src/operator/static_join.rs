@@ -151,27 +151,19 @@ impl Operator for StaticJoinOperator {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let events = UInt32Array::from(events);
         let picks = UInt32Array::from(picks);
-        let event_columns = batch
-            .columns()
-            .iter()
-            .map(|c| Ok(take(c, &events, None)?))
-            .collect::<Result<Vec<ArrayRef>>>()?;
         let table_columns = self
             .table_columns
             .iter()
             .map(|&c| Ok(take(self.built.rows.column(c), &picks, None)?))
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let columns = if self.table_first {
-            table_columns.into_iter().chain(event_columns).collect()
-        } else {
-            event_columns.into_iter().chain(table_columns).collect()
-        };
-        Ok(vec![RecordBatch::try_new(
-            Arc::clone(&self.schema),
-            columns,
-        )?])
+        super::lookup_join::joined(
+            &self.schema,
+            &batch,
+            events,
+            table_columns,
+            self.table_first,
+        )
     }
 
     fn explain(&self) -> String {

@@ -126,7 +126,43 @@ struct TopNTtl {
     next_sweep: i64,
 }
 
-fn evaluate(exprs: &[&Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+/// The times of a timestamp column in nanoseconds plus `offset_ns`; NULL as never (`i64::MAX`).
+fn times_plus(column: &ArrayRef, offset_ns: i64) -> Result<Vec<i64>> {
+    let ns = cast(
+        column,
+        &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
+    )?;
+    let ns = ns.as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+    Ok((0..ns.len())
+        .map(|i| {
+            if ns.is_null(i) {
+                i64::MAX
+            } else {
+                ns.value(i).saturating_add(offset_ns)
+            }
+        })
+        .collect())
+}
+
+/// How a Top-N's ORDER BY reads in EXPLAIN.
+pub(super) fn order_text(order: &[TopNOrder]) -> String {
+    order
+        .iter()
+        .map(|o| {
+            format!(
+                "{}{}",
+                o.expr,
+                if o.options.descending { " DESC" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(super) fn evaluate(
+    exprs: &[&Arc<dyn PhysicalExpr>],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>> {
     exprs
         .iter()
         .map(|e| Ok(e.evaluate(batch)?.into_array(batch.num_rows())?))
@@ -216,22 +252,7 @@ impl TopNOperator {
         let Some(ttl) = self.ttl else {
             return Ok(None);
         };
-        let ns = cast(
-            batch.column(ttl.time),
-            &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
-        )?;
-        let ns = ns.as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
-        Ok(Some(
-            (0..ns.len())
-                .map(|i| {
-                    if ns.is_null(i) {
-                        i64::MAX
-                    } else {
-                        ns.value(i).saturating_add(ttl.ttl_ns)
-                    }
-                })
-                .collect(),
-        ))
+        Ok(Some(times_plus(batch.column(ttl.time), ttl.ttl_ns)?))
     }
 
     /// Numbers rows by `kind`. With RANK or DENSE_RANK the output is a changelog: one more,
@@ -266,22 +287,7 @@ impl TopNOperator {
         let column = self.partition[expiry.partition_index]
             .evaluate(batch)?
             .into_array(batch.num_rows())?;
-        let ns = cast(
-            &column,
-            &DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Nanosecond, None),
-        )?;
-        let ns = ns.as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
-        Ok(Some(
-            (0..ns.len())
-                .map(|i| {
-                    if ns.is_null(i) {
-                        i64::MAX
-                    } else {
-                        ns.value(i).saturating_add(expiry.offset_ns)
-                    }
-                })
-                .collect(),
-        ))
+        Ok(Some(times_plus(&column, expiry.offset_ns)?))
     }
 
     /// Ranks the rows of `batch`; returns, per partition touched, the first rank that moved,
@@ -487,17 +493,7 @@ impl Operator for TopNOperator {
     }
 
     fn explain(&self) -> String {
-        let order: Vec<String> = self
-            .order
-            .iter()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    o.expr,
-                    if o.options.descending { " DESC" } else { "" }
-                )
-            })
-            .collect();
+        let order = order_text(&self.order);
         let partition: Vec<String> = self.partition.iter().map(|e| e.to_string()).collect();
         let state = match self.expiry {
             Some(e) => format!(
@@ -527,7 +523,7 @@ impl Operator for TopNOperator {
                 "ranks"
             },
             partition.join(", "),
-            order.join(", "),
+            order,
             match self.kind {
                 RankKind::RowNumber => "ties in arrival order",
                 _ => "ties share a rank",

@@ -14,7 +14,7 @@ use weir_engine::operator::{
     SessionColumn, WindowAggregateOperator, WindowColumn, group_aggregate_refusal,
 };
 
-use super::{Built, Planner, arrow_schema, unsupported};
+use super::{Built, Planner, arrow_schema, event_time_column, unsupported};
 use crate::plan::bounds::TimeColumn;
 use crate::syntax::EmitMode;
 use crate::{Error, Result};
@@ -227,17 +227,7 @@ impl Planner<'_> {
                 per_group_operator(&input_arrow, &groups, &aggregates, arrow_schema(plan))?
             {
                 if ttl > 0 {
-                    let time = built
-                        .times
-                        .iter()
-                        .position(|t| matches!(t, Some(TimeColumn::EventTime)))
-                        .ok_or_else(|| {
-                            Error::NotSupported(
-                                "state_ttl needs the aggregate's input to have an event time (a \
-                                 column the watermark follows)"
-                                    .into(),
-                            )
-                        })?;
+                    let time = event_time_column(&built.times, "the aggregate's input")?;
                     operator = operator.with_state_ttl(time, ttl)?;
                     self.ttl_applied = true;
                 }

@@ -118,7 +118,7 @@ impl Planner<'_> {
             }
         };
         let stream_plan = if table_first { &join.right } else { &join.left };
-        let mut built = self.build(stream_plan)?;
+        let built = self.build(stream_plan)?;
         if built.changes() {
             return Err(unsupported(
                 "a lookup join of results that change (EMIT ON UPDATE or GROUP BY without a window)",
@@ -169,23 +169,7 @@ impl Planner<'_> {
                     entry.def.primary_key.join(", ")
                 ))
             })?;
-        // Conditions on the table alone decide which table rows can match.
-        let table_filter = match table.filters.iter().cloned().reduce(Expr::and) {
-            None => None,
-            Some(f) => {
-                let schema = datafusion::common::DFSchema::try_from_qualified_schema(
-                    table.name.clone(),
-                    &entry.schema,
-                )?;
-                Some(self.state.create_physical_expr(f, &schema)?)
-            }
-        };
-        if keep_unmatched && join.filter.is_some() {
-            return Err(unsupported(
-                "a condition across the stream and the table in a LEFT JOIN (use an inner join)",
-            ));
-        }
-        let after: Vec<Expr> = join.filter.iter().cloned().collect();
+        let table_filter = self.table_filter(&table, keep_unmatched, join)?;
         let output = Arc::new(join.schema.as_arrow().clone());
         let op = LookupJoinOperator::try_new(
             entry.def.name.clone(),
@@ -197,74 +181,46 @@ impl Planner<'_> {
             table_first,
             Arc::clone(&output),
         )?;
-        built.operators.push(Box::new(op));
-        let table_times = vec![None; table.projection.len()];
-        built.times = if table_first {
-            table_times.into_iter().chain(built.times).collect()
-        } else {
-            built.times.into_iter().chain(table_times).collect()
-        };
-        if let Some(predicate) = after.into_iter().reduce(Expr::and) {
-            let predicate = self.state.create_physical_expr(predicate, &join.schema)?;
-            built
-                .operators
-                .push(Box::new(FilterOperator::try_new(predicate, output)?));
-        }
-        if !self.tables.iter().any(|t| t.def.name == entry.def.name) {
-            self.tables.push(entry);
-        }
-        Ok(built)
+        self.finish_table_join(built, Box::new(op), join, &table, table_first)
     }
 
-    /// `stream JOIN table` where the table was read from a file and never changes: each event
-    /// with every table row whose columns equal its keys (`keys`: table column, event key).
-    fn build_file_join(
-        &mut self,
+    /// Conditions on the table alone, which decide which table rows can match; a condition
+    /// across the stream and the table is refused in a LEFT JOIN.
+    fn table_filter(
+        &self,
+        table: &TableSide,
+        keep_unmatched: bool,
         join: &datafusion::logical_expr::Join,
-        table: TableSide,
-        table_first: bool,
-        mut built: Built,
-        keys: Vec<(usize, Arc<dyn PhysicalExpr>)>,
-    ) -> Result<Built> {
-        let entry = Arc::clone(&table.table);
-        if keys.len() != join.on.len() || keys.is_empty() {
-            return Err(Error::NotSupported(format!(
-                "a stream joins table {} with equalities between its columns and the stream's",
-                entry.def.name
-            )));
-        }
-        let keep_unmatched = join.join_type == datafusion::logical_expr::JoinType::Left
-            || join.join_type == datafusion::logical_expr::JoinType::Right;
+    ) -> Result<Option<Arc<dyn PhysicalExpr>>> {
         if keep_unmatched && join.filter.is_some() {
             return Err(unsupported(
                 "a condition across the stream and the table in a LEFT JOIN (use an inner join)",
             ));
         }
-        let table_filter = match table.filters.iter().cloned().reduce(Expr::and) {
-            None => None,
+        match table.filters.iter().cloned().reduce(Expr::and) {
+            None => Ok(None),
             Some(f) => {
                 let schema = datafusion::common::DFSchema::try_from_qualified_schema(
                     table.name.clone(),
-                    &entry.schema,
+                    &table.table.schema,
                 )?;
-                Some(self.state.create_physical_expr(f, &schema)?)
+                Ok(Some(self.state.create_physical_expr(f, &schema)?))
             }
-        };
-        let output = Arc::new(join.schema.as_arrow().clone());
-        let (table_keys, stream_keys) = keys.into_iter().unzip();
-        let op = StaticJoinOperator::try_new(
-            entry.def.name.clone(),
-            stream_keys,
-            Arc::clone(&entry.schema),
-            entry.rows.snapshot()?,
-            table_keys,
-            table_filter,
-            table.projection.clone(),
-            keep_unmatched,
-            table_first,
-            Arc::clone(&output),
-        )?;
-        built.operators.push(Box::new(op));
+        }
+    }
+
+    /// Adds a stream-table join `op` to `built`: the table's columns follow no time, the join's
+    /// condition across both filters its rows, and the query reads the table.
+    fn finish_table_join(
+        &mut self,
+        mut built: Built,
+        op: Box<dyn weir_engine::operator::Operator>,
+        join: &datafusion::logical_expr::Join,
+        table: &TableSide,
+        table_first: bool,
+    ) -> Result<Built> {
+        let output = op.schema();
+        built.operators.push(op);
         let table_times = vec![None; table.projection.len()];
         built.times = if table_first {
             table_times.into_iter().chain(built.times).collect()
@@ -277,10 +233,50 @@ impl Planner<'_> {
                 .operators
                 .push(Box::new(FilterOperator::try_new(predicate, output)?));
         }
-        if !self.tables.iter().any(|t| t.def.name == entry.def.name) {
-            self.tables.push(entry);
+        if !self
+            .tables
+            .iter()
+            .any(|t| t.def.name == table.table.def.name)
+        {
+            self.tables.push(Arc::clone(&table.table));
         }
         Ok(built)
+    }
+
+    /// `stream JOIN table` where the table was read from a file and never changes: each event
+    /// with every table row whose columns equal its keys (`keys`: table column, event key).
+    fn build_file_join(
+        &mut self,
+        join: &datafusion::logical_expr::Join,
+        table: TableSide,
+        table_first: bool,
+        built: Built,
+        keys: Vec<(usize, Arc<dyn PhysicalExpr>)>,
+    ) -> Result<Built> {
+        let entry = Arc::clone(&table.table);
+        if keys.len() != join.on.len() || keys.is_empty() {
+            return Err(Error::NotSupported(format!(
+                "a stream joins table {} with equalities between its columns and the stream's",
+                entry.def.name
+            )));
+        }
+        let keep_unmatched = join.join_type == datafusion::logical_expr::JoinType::Left
+            || join.join_type == datafusion::logical_expr::JoinType::Right;
+        let table_filter = self.table_filter(&table, keep_unmatched, join)?;
+        let (table_keys, stream_keys) = keys.into_iter().unzip();
+        let op = StaticJoinOperator::try_new(
+            entry.def.name.clone(),
+            stream_keys,
+            Arc::clone(&entry.schema),
+            entry.rows.snapshot()?,
+            table_keys,
+            table_filter,
+            table.projection.clone(),
+            keep_unmatched,
+            table_first,
+            Arc::new(join.schema.as_arrow().clone()),
+        )?;
+        self.finish_table_join(built, Box::new(op), join, &table, table_first)
     }
 
     /// Under `state_ttl`, a join without a time bound keeps each row until the watermark passes

@@ -94,6 +94,19 @@ pub(crate) fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
     Arc::new(plan.schema().as_arrow().clone())
 }
 
+/// The column of `times` that holds the event time, which a `state_ttl` counts from; `what`
+/// names the rows for the refusal.
+pub(crate) fn event_time_column(times: &[Option<TimeColumn>], what: &str) -> Result<usize> {
+    times
+        .iter()
+        .position(|t| matches!(t, Some(TimeColumn::EventTime)))
+        .ok_or_else(|| {
+            Error::NotSupported(format!(
+                "state_ttl needs {what} to have an event time (a column the watermark follows)"
+            ))
+        })
+}
+
 pub(crate) fn unsupported(what: &str) -> Error {
     Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
 }

@@ -8,7 +8,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator as BinaryOp, Window};
 use weir_engine::operator::{RankKind, RetractTopNOperator, TopNExpiry, TopNOperator, TopNOrder};
 
-use super::{Built, Planner, arrow_schema, unsupported};
+use super::{Built, Planner, arrow_schema, event_time_column, unsupported};
 use crate::plan::bounds::{TimeColumn, conjuncts};
 use crate::{Error, Result};
 
@@ -194,17 +194,7 @@ impl Planner<'_> {
                         .into(),
                 ));
             }
-            let time = built
-                .times
-                .iter()
-                .position(|t| matches!(t, Some(TimeColumn::EventTime)))
-                .ok_or_else(|| {
-                    Error::NotSupported(
-                        "state_ttl needs the Top-N's input to have an event time (a column the \
-                         watermark follows)"
-                            .into(),
-                    )
-                })?;
+            let time = event_time_column(&built.times, "the Top-N's input")?;
             op = op.with_state_ttl(time, ttl)?;
             self.ttl_applied = true;
         }
