@@ -343,7 +343,7 @@ async fn check_updating(
 }
 
 fn updating_query() -> impl Strategy<Value = String> {
-    (window(), 0u8..19).prop_map(|(window, shape)| {
+    (window(), 0u8..22).prop_map(|(window, shape)| {
         let aggregates = "COUNT(*) AS n, SUM(v) AS total, MIN(v) AS lo, MAX(v) AS hi, \
                           COUNT(DISTINCT v % 5) AS residues";
         match shape {
@@ -415,6 +415,17 @@ fn updating_query() -> impl Strategy<Value = String> {
             18 => "SELECT k, w, r FROM (SELECT a.k, b.v AS w, RANK() OVER (PARTITION BY a.k \
                   ORDER BY b.v) AS r FROM events a LEFT JOIN events b ON a.k = b.k AND a.v < b.v) \
                   WHERE r <= 2"
+                .into(),
+            // Joins of results that change: a changed row takes back what it joined.
+            19 => "SELECT a.k, a.total, b.n FROM (SELECT k, SUM(v) AS total FROM events GROUP BY k) a \
+                  JOIN (SELECT k % 3 AS k, COUNT(*) AS n FROM events GROUP BY k % 3) b ON a.k = b.k"
+                .into(),
+            20 => "SELECT e.k, e.v, a.total FROM events e LEFT JOIN (SELECT k, SUM(v) AS total \
+                  FROM events WHERE v > 0 GROUP BY k) a ON e.k = a.k AND e.v < a.total"
+                .into(),
+            21 => "SELECT a.k, a.n, b.hi FROM (SELECT k, COUNT(*) AS n FROM events GROUP BY k \
+                  HAVING COUNT(*) > 2) a FULL JOIN (SELECT k, MAX(v) AS hi FROM events \
+                  WHERE v > 10 GROUP BY k) b ON a.k = b.k"
                 .into(),
             // Results that change without their key: a multiset of rows.
             _ => "SELECT total, hi FROM (SELECT k, SUM(v) AS total, MAX(v) AS hi FROM events \

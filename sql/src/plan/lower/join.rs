@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use weir_engine::operator::{
-    BinaryOperator, FilterOperator, JoinInput, LookupJoinOperator, StaticJoinOperator,
-    StreamJoinOperator,
+    BinaryOperator, FilterOperator, JoinInput, LookupJoinOperator, RetractJoinOperator,
+    StaticJoinOperator, StreamJoinOperator,
 };
 
 use super::{Base, Built, Planner, unsupported};
@@ -279,6 +280,74 @@ impl Planner<'_> {
         self.finish_table_join(built, Box::new(op), join, &table, table_first)
     }
 
+    /// A join where either input's rows change (an updating aggregate, a Top-N, an outer join):
+    /// both are fed as changelogs, every row is kept with its count, and the output is a
+    /// changelog. No time bound applies: a changed row meets its partners whenever it comes.
+    fn build_retract_join(
+        &mut self,
+        join: &datafusion::logical_expr::Join,
+        left: Built,
+        right: Built,
+    ) -> Result<Built> {
+        use datafusion::logical_expr::JoinType;
+        if left.session_gap_ns.is_some() || right.session_gap_ns.is_some() {
+            return Err(unsupported("a join of SESSION windows"));
+        }
+        let (keep_left, keep_right) = match join.join_type {
+            JoinType::Left => (true, false),
+            JoinType::Right => (false, true),
+            JoinType::Full => (true, true),
+            _ => (false, false),
+        };
+        let side = |built: Built, plan: &LogicalPlan| -> Result<(Built, SchemaRef)> {
+            let schema = Self::physical_schema(plan, &built);
+            let built = Self::into_changelog(built, &schema)?;
+            let schema = Self::physical_schema(plan, &built);
+            Ok((built, schema))
+        };
+        let (left, left_schema) = side(left, &join.left)?;
+        let (right, right_schema) = side(right, &join.right)?;
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for (l, r) in &join.on {
+            left_keys.push(
+                self.state
+                    .create_physical_expr(l.clone(), join.left.schema())?,
+            );
+            right_keys.push(
+                self.state
+                    .create_physical_expr(r.clone(), join.right.schema())?,
+            );
+        }
+        let filter = match &join.filter {
+            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
+            None => None,
+        };
+        let op = RetractJoinOperator::try_new(
+            [
+                (left_schema, left_keys, left.changelog, keep_left),
+                (right_schema, right_keys, right.changelog, keep_right),
+            ],
+            filter,
+            Arc::new(join.schema.as_arrow().clone()),
+        )?;
+        let width = join.schema.fields().len();
+        let aggregated = left.aggregated || right.aggregated;
+        let windowed_aggregate = left.windowed_aggregate || right.windowed_aggregate;
+        Ok(Built {
+            input: op.schema(),
+            base: Base::Join(left.into_dataflow(), right.into_dataflow(), Box::new(op)),
+            operators: Vec::new(),
+            times: vec![None; width],
+            session_gap_ns: None,
+            aggregated,
+            windowed_aggregate,
+            key: None,
+            visibility: false,
+            changelog: true,
+        })
+    }
+
     /// Under `state_ttl`, a join without a time bound keeps each row until the watermark passes
     /// its event time plus the TTL: the event time column of each input (the view's plan keeps
     /// them for this).
@@ -312,9 +381,7 @@ impl Planner<'_> {
         let left = self.build(&join.left)?;
         let right = self.build(&join.right)?;
         if left.changes() || right.changes() {
-            return Err(unsupported(
-                "a join of results that change (EMIT ON UPDATE, allowed_lateness, or GROUP BY without a window)",
-            ));
+            return self.build_retract_join(join, left, right);
         }
         if left.session_gap_ns.is_some() || right.session_gap_ns.is_some() {
             return Err(unsupported("a join of SESSION windows"));

@@ -1,0 +1,468 @@
+//! Joins two inputs whose rows change (changelogs: an updating aggregate's, a Top-N's), without a
+//! time bound: each row inserted or taken back on one side adds or takes back its joined rows,
+//! and an outer join's NULL-padded rows follow as a row gains or loses its last match.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
+use datafusion::physical_expr::PhysicalExpr;
+use foldhash::{HashMap, HashMapExt};
+
+use super::{BinaryOperator, INSERTED, Side};
+use crate::checkpoint::OperatorState;
+use crate::{Error, Result};
+
+/// Bytes a kept row costs beyond its key and values.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// One distinct row of an input: how many times it holds, and how many rows of the other input
+/// (counted with their multiplicity) it joins now.
+#[derive(Debug)]
+struct Entry {
+    row: OwnedRow,
+    count: u64,
+    matches: u64,
+}
+
+/// One input: its keys and its rows by key (row-format bytes of the key columns).
+#[derive(Debug)]
+struct Input {
+    keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The input's columns, without its changelog column.
+    values: SchemaRef,
+    /// Whether batches end with [`INSERTED`] (else every row is inserted).
+    changelog: bool,
+    /// Whether rows without a match are emitted with NULLs (the preserved side of an outer join).
+    keep_unmatched: bool,
+    rows: RowConverter,
+    by_key: HashMap<Box<[u8]>, Vec<Entry>>,
+}
+
+/// One row of output: the left and right rows (`None`: NULLs) and whether it is inserted.
+type Change = (Option<OwnedRow>, Option<OwnedRow>, bool);
+
+/// A join of two inputs without a time bound whose rows may be taken back. Every distinct row of
+/// both inputs is kept with its multiplicity and its number of matches, so that a row taken back
+/// takes back exactly the joined rows it made. The output is a changelog: the join's columns and
+/// [`INSERTED`].
+#[derive(Debug)]
+pub struct RetractJoinOperator {
+    inputs: [Input; 2],
+    key_converter: RowConverter,
+    key_types: Vec<DataType>,
+    filter: Option<Arc<dyn PhysicalExpr>>,
+    /// The join's columns (left then right), without [`INSERTED`].
+    joined: SchemaRef,
+    schema: SchemaRef,
+    bytes: usize,
+}
+
+impl RetractJoinOperator {
+    /// A join on `keys` (per input, in the same order) and `filter` (over `joined`, the left
+    /// columns then the right ones) of inputs with schemas `left` and `right`, each a changelog
+    /// if its flag says so (its last column is then [`INSERTED`]); `keep` says which inputs an
+    /// outer join preserves.
+    pub fn try_new(
+        inputs: [(SchemaRef, Vec<Arc<dyn PhysicalExpr>>, bool, bool); 2],
+        filter: Option<Arc<dyn PhysicalExpr>>,
+        joined: SchemaRef,
+    ) -> Result<Self> {
+        let [
+            (l_schema, l_keys, l_log, l_keep),
+            (r_schema, r_keys, r_log, r_keep),
+        ] = inputs;
+        if l_keys.len() != r_keys.len() {
+            return Err(Error::Internal(
+                "join inputs have different numbers of keys".into(),
+            ));
+        }
+        let key_types = l_keys
+            .iter()
+            .map(|k| Ok(k.data_type(&l_schema)?))
+            .collect::<Result<Vec<_>>>()?;
+        let input = |schema: SchemaRef, keys, changelog: bool, keep_unmatched| -> Result<Input> {
+            let width = schema.fields().len() - usize::from(changelog);
+            let values = Arc::new(Schema::new(schema.fields()[..width].to_vec()));
+            let rows = RowConverter::new(
+                values
+                    .fields()
+                    .iter()
+                    .map(|f| SortField::new(f.data_type().clone()))
+                    .collect(),
+            )?;
+            Ok(Input {
+                keys,
+                values,
+                changelog,
+                keep_unmatched,
+                rows,
+                by_key: HashMap::new(),
+            })
+        };
+        let mut fields: Vec<_> = joined.fields().iter().cloned().collect();
+        fields.push(Arc::new(Field::new(INSERTED, DataType::Boolean, false)));
+        Ok(Self {
+            inputs: [
+                input(l_schema, l_keys, l_log, l_keep)?,
+                input(r_schema, r_keys, r_log, r_keep)?,
+            ],
+            key_converter: RowConverter::new(
+                key_types.iter().cloned().map(SortField::new).collect(),
+            )?,
+            key_types,
+            filter,
+            schema: Arc::new(Schema::new(fields)),
+            joined,
+            bytes: 0,
+        })
+    }
+
+    /// Per row of `batch` (input `s`), its key's bytes, or `None` for a NULL key (SQL equality
+    /// never matches it).
+    fn keys(&self, s: usize, batch: &RecordBatch) -> Result<Vec<Option<Box<[u8]>>>> {
+        let n = batch.num_rows();
+        let columns = self.inputs[s]
+            .keys
+            .iter()
+            .zip(&self.key_types)
+            .map(|(k, t)| {
+                let a = k.evaluate(batch)?.into_array(n)?;
+                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
+            })
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let rows = self.key_converter.convert_columns(&columns)?;
+        Ok((0..n)
+            .map(|i| (!columns.iter().any(|c| c.is_null(i))).then(|| rows.row(i).data().into()))
+            .collect())
+    }
+
+    /// `left` and `right` rows side by side (`None`: NULLs), as the join's columns.
+    fn pairs(&self, rows: &[(Option<&OwnedRow>, Option<&OwnedRow>)]) -> Result<RecordBatch> {
+        let mut columns = self.side_columns(0, rows.iter().map(|r| r.0).collect())?;
+        columns.extend(self.side_columns(1, rows.iter().map(|r| r.1).collect())?);
+        Ok(RecordBatch::try_new(Arc::clone(&self.joined), columns)?)
+    }
+
+    /// The columns of input `s` for `picks` (`None`: a row of NULLs).
+    fn side_columns(&self, s: usize, picks: Vec<Option<&OwnedRow>>) -> Result<Vec<ArrayRef>> {
+        let input = &self.inputs[s];
+        let arrays = input
+            .rows
+            .convert_rows(picks.iter().flatten().map(|r| r.row()))?;
+        let mut next = 0u32;
+        let indices = UInt32Array::from_iter(picks.iter().map(|p| {
+            p.map(|_| {
+                next += 1;
+                next - 1
+            })
+        }));
+        arrays
+            .iter()
+            .map(|a| Ok(take(a.as_ref(), &indices, None)?))
+            .collect()
+    }
+
+    /// Which of the candidate pairs `(row of the batch, entry of the other input)` pass the
+    /// join's filter.
+    fn passing(
+        &self,
+        s: usize,
+        rows: &[OwnedRow],
+        candidates: &[(usize, &Entry)],
+    ) -> Result<Vec<bool>> {
+        let Some(filter) = &self.filter else {
+            return Ok(vec![true; candidates.len()]);
+        };
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs: Vec<(Option<&OwnedRow>, Option<&OwnedRow>)> = candidates
+            .iter()
+            .map(|&(i, e)| {
+                if s == 0 {
+                    (Some(&rows[i]), Some(&e.row))
+                } else {
+                    (Some(&e.row), Some(&rows[i]))
+                }
+            })
+            .collect();
+        let batch = self.pairs(&pairs)?;
+        let mask = filter.evaluate(&batch)?.into_array(batch.num_rows())?;
+        let mask = mask.as_boolean();
+        Ok((0..mask.len())
+            .map(|i| mask.is_valid(i) && mask.value(i))
+            .collect())
+    }
+}
+
+impl RetractJoinOperator {
+    /// Applies one row of input `s` (inserted or taken back) with its passing partners (indexes
+    /// into the other input's entries for its key); appends the output changes.
+    fn apply(
+        &mut self,
+        s: usize,
+        key: Option<&[u8]>,
+        row: OwnedRow,
+        inserted: bool,
+        partners: &[usize],
+        out: &mut Vec<Change>,
+    ) -> Result<()> {
+        let o = 1 - s;
+        let pair = |this: &OwnedRow, other: &OwnedRow| -> (Option<OwnedRow>, Option<OwnedRow>) {
+            if s == 0 {
+                (Some(this.clone()), Some(other.clone()))
+            } else {
+                (Some(other.clone()), Some(this.clone()))
+            }
+        };
+        let padded = |side: usize, r: &OwnedRow| -> (Option<OwnedRow>, Option<OwnedRow>) {
+            if side == 0 {
+                (Some(r.clone()), None)
+            } else {
+                (None, Some(r.clone()))
+            }
+        };
+        let keep_other = self.inputs[o].keep_unmatched;
+        let mut matches = 0;
+        if let Some(key) = key {
+            let others = self.inputs[o].by_key.get_mut(key);
+            if let Some(others) = others {
+                for &p in partners {
+                    let e = &mut others[p];
+                    matches += e.count;
+                    for _ in 0..e.count {
+                        let (l, r) = pair(&row, &e.row);
+                        out.push((l, r, inserted));
+                    }
+                    // The partner gains its first match, or loses its last.
+                    let before = e.matches;
+                    if inserted {
+                        e.matches += 1;
+                    } else {
+                        e.matches = e.matches.checked_sub(1).ok_or_else(|| {
+                            Error::Internal("a joined row lost a match it did not have".into())
+                        })?;
+                    }
+                    if keep_other && (before == 0) != (e.matches == 0) {
+                        for _ in 0..e.count {
+                            let (l, r) = padded(o, &e.row);
+                            out.push((l, r, e.matches == 0));
+                        }
+                    }
+                }
+            }
+        }
+        // This row: alone (padded) when it has no match, in or out with it.
+        if self.inputs[s].keep_unmatched && matches == 0 {
+            let (l, r) = padded(s, &row);
+            out.push((l, r, inserted));
+        }
+        let Some(key) = key else {
+            return Ok(());
+        };
+        let cost = key.len() + row.as_ref().len() + ENTRY_OVERHEAD;
+        let entries = self.inputs[s].by_key.entry(key.into()).or_default();
+        match entries.iter().position(|e| e.row == row) {
+            Some(i) if inserted => entries[i].count += 1,
+            None if inserted => {
+                self.bytes += cost;
+                entries.push(Entry {
+                    row,
+                    count: 1,
+                    matches,
+                });
+            }
+            Some(i) => {
+                entries[i].count -= 1;
+                if entries[i].count == 0 {
+                    entries.swap_remove(i);
+                    self.bytes -= cost;
+                }
+            }
+            None => {
+                return Err(Error::Internal(
+                    "a join's input took back a row it never had; this is a bug".into(),
+                ));
+            }
+        }
+        if entries.is_empty() {
+            self.inputs[s].by_key.remove(key);
+        }
+        Ok(())
+    }
+
+    fn output(&self, changes: Vec<Change>) -> Result<Vec<RecordBatch>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Option<&OwnedRow>, Option<&OwnedRow>)> = changes
+            .iter()
+            .map(|(l, r, _)| (l.as_ref(), r.as_ref()))
+            .collect();
+        let joined = self.pairs(&rows)?;
+        let mut columns = joined.columns().to_vec();
+        columns.push(Arc::new(BooleanArray::from_iter(
+            changes.iter().map(|(_, _, inserted)| Some(*inserted)),
+        )));
+        Ok(vec![RecordBatch::try_new(
+            Arc::clone(&self.schema),
+            columns,
+        )?])
+    }
+}
+
+impl BinaryOperator for RetractJoinOperator {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn process_batch(&mut self, side: Side, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
+        let s = match side {
+            Side::Left => 0,
+            Side::Right => 1,
+        };
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let input = &self.inputs[s];
+        let width = input.values.fields().len();
+        let inserted: Vec<bool> = if input.changelog {
+            let flags = batch.column(width).as_boolean();
+            (0..n)
+                .map(|i| flags.is_valid(i) && flags.value(i))
+                .collect()
+        } else {
+            vec![true; n]
+        };
+        let converted = input.rows.convert_columns(&batch.columns()[..width])?;
+        let rows: Vec<OwnedRow> = converted.iter().map(|r| r.owned()).collect();
+        let keys = self.keys(s, &batch)?;
+        // Partners come from the other input, which this batch does not change: find them and
+        // run the filter over all of them at once.
+        let others = &self.inputs[1 - s].by_key;
+        let mut candidates: Vec<(usize, &Entry)> = Vec::new();
+        let mut positions: Vec<(usize, usize)> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            if let Some(entries) = key.as_ref().and_then(|k| others.get(k)) {
+                for (p, e) in entries.iter().enumerate() {
+                    candidates.push((i, e));
+                    positions.push((i, p));
+                }
+            }
+        }
+        let passes = self.passing(s, &rows, &candidates)?;
+        let mut partners: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for ((i, p), pass) in positions.into_iter().zip(passes) {
+            if pass {
+                partners[i].push(p);
+            }
+        }
+        let mut out = Vec::new();
+        for (i, row) in rows.into_iter().enumerate() {
+            self.apply(
+                s,
+                keys[i].as_deref(),
+                row,
+                inserted[i],
+                &partners[i],
+                &mut out,
+            )?;
+        }
+        self.output(out)
+    }
+
+    fn on_watermark(&mut self, _watermark_ns: i64) -> Result<Vec<RecordBatch>> {
+        Ok(Vec::new())
+    }
+
+    fn late_rows(&self) -> u64 {
+        0
+    }
+
+    fn take_late(&mut self) -> Vec<RecordBatch> {
+        Vec::new()
+    }
+
+    fn explain(&self) -> String {
+        let keys = |s: usize| -> Vec<String> {
+            self.inputs[s].keys.iter().map(|k| k.to_string()).collect()
+        };
+        let on: Vec<String> = keys(0)
+            .iter()
+            .zip(keys(1))
+            .map(|(l, r)| format!("{l} = {r}"))
+            .collect();
+        let kind = match (self.inputs[0].keep_unmatched, self.inputs[1].keep_unmatched) {
+            (false, false) => "inner",
+            (true, false) => "left outer",
+            (false, true) => "right outer",
+            (true, true) => "full outer",
+        };
+        let filter = self
+            .filter
+            .as_ref()
+            .map(|f| format!(" filter {f}"))
+            .unwrap_or_default();
+        format!(
+            "RetractJoin: {kind} on [{}]{filter} of rows that change; state: every row of both inputs with its count and matches (no time bound), within the view's memory limit; output: a changelog",
+            on.join(", ")
+        )
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn limit_memory(&mut self, _bytes: usize) {}
+
+    /// Per input, every kept row as many times as it holds (left first; the first value says
+    /// how many batches are the left input's). A restore inserts them again, which rebuilds
+    /// the counts of matches.
+    fn snapshot(&mut self) -> Result<OperatorState> {
+        let mut batches = Vec::new();
+        for input in &self.inputs {
+            let rows: Vec<_> = input
+                .by_key
+                .values()
+                .flatten()
+                .flat_map(|e| std::iter::repeat_n(e.row.row(), e.count as usize))
+                .collect();
+            let columns = input.rows.convert_rows(rows)?;
+            batches.push(RecordBatch::try_new(Arc::clone(&input.values), columns)?);
+        }
+        Ok(OperatorState {
+            values: Vec::new(),
+            batches,
+        })
+    }
+
+    fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if state.batches.is_empty() {
+            return Ok(());
+        }
+        let [left, right]: [RecordBatch; 2] = state
+            .batches
+            .try_into()
+            .map_err(|_| Error::Corrupt("a join's state has two batches".into()))?;
+        // Inserting the left rows, then the right ones, rebuilds every count; the output it
+        // makes was in the view's checkpoint already.
+        for (s, batch) in [(0, left), (1, right)] {
+            let batch = if self.inputs[s].changelog {
+                let mut columns = batch.columns().to_vec();
+                columns.push(Arc::new(BooleanArray::from(vec![true; batch.num_rows()])));
+                let mut fields: Vec<_> = batch.schema().fields().iter().cloned().collect();
+                fields.push(Arc::new(Field::new(INSERTED, DataType::Boolean, false)));
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?
+            } else {
+                batch
+            };
+            let side = if s == 0 { Side::Left } else { Side::Right };
+            self.process_batch(side, batch)?;
+        }
+        Ok(())
+    }
+}
