@@ -466,3 +466,106 @@ impl BinaryOperator for RetractJoinOperator {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::Int64Type;
+    use datafusion::physical_expr::expressions::Column;
+
+    fn changelog(name: &str) -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(format!("{name}k"), DataType::Int64, true),
+            Field::new(format!("{name}v"), DataType::Int64, true),
+            Field::new(INSERTED, DataType::Boolean, false),
+        ]))
+    }
+
+    fn batch(schema: &SchemaRef, rows: &[(i64, i64, bool)]) -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::clone(schema),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.2)))),
+            ],
+        )
+        .expect("batch")
+    }
+
+    /// (left v or -1, right v or -1, inserted) per output row.
+    fn changes(out: &[RecordBatch]) -> Vec<(i64, i64, bool)> {
+        out.iter()
+            .flat_map(|b| {
+                let (l, r) = (
+                    b.column(1).as_primitive::<Int64Type>().clone(),
+                    b.column(3).as_primitive::<Int64Type>().clone(),
+                );
+                let ins = b.column(4).as_boolean().clone();
+                (0..b.num_rows()).map(move |i| {
+                    let v = |a: &datafusion::arrow::array::Int64Array| {
+                        if a.is_null(i) { -1 } else { a.value(i) }
+                    };
+                    (v(&l), v(&r), ins.value(i))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_changed_row_takes_back_what_it_joined_and_padding_follows_matches() {
+        let (l, r) = (changelog("l"), changelog("r"));
+        let joined = Arc::new(Schema::new(vec![
+            Field::new("lk", DataType::Int64, true),
+            Field::new("lv", DataType::Int64, true),
+            Field::new("rk", DataType::Int64, true),
+            Field::new("rv", DataType::Int64, true),
+        ]));
+        let key = |name: &str| vec![Arc::new(Column::new(name, 0)) as Arc<dyn PhysicalExpr>];
+        // A LEFT JOIN on k.
+        let mut op = RetractJoinOperator::try_new(
+            [
+                (Arc::clone(&l), key("lk"), true, true),
+                (Arc::clone(&r), key("rk"), true, false),
+            ],
+            None,
+            joined,
+        )
+        .expect("join");
+        let out = op
+            .process_batch(Side::Left, batch(&l, &[(1, 10, true)]))
+            .expect("l");
+        assert_eq!(changes(&out), vec![(10, -1, true)]);
+        let out = op
+            .process_batch(Side::Right, batch(&r, &[(1, 5, true), (1, 6, true)]))
+            .expect("r");
+        assert_eq!(
+            changes(&out),
+            vec![(10, 5, true), (10, -1, false), (10, 6, true)]
+        );
+        // The left row changes: its joined rows go and come back with its new value.
+        let out = op
+            .process_batch(Side::Left, batch(&l, &[(1, 10, false), (1, 11, true)]))
+            .expect("l");
+        assert_eq!(
+            changes(&out),
+            vec![(10, 5, false), (10, 6, false), (11, 5, true), (11, 6, true)]
+        );
+        // The right rows leave: the left row is alone again.
+        let out = op
+            .process_batch(Side::Right, batch(&r, &[(1, 5, false), (1, 6, false)]))
+            .expect("r");
+        assert_eq!(
+            changes(&out),
+            vec![(11, 5, false), (11, 6, false), (11, -1, true)]
+        );
+        // State survives a restore.
+        let state = op.snapshot().expect("snapshot");
+        assert_eq!(state.batches[0].num_rows(), 1);
+        assert!(
+            op.process_batch(Side::Right, batch(&r, &[(9, 9, false)]))
+                .is_err()
+        );
+    }
+}
