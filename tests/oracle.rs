@@ -436,11 +436,13 @@ fn updating_query() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Events in event-time order (no watermark delay is needed then): the view equals the
-    /// batch query for updating aggregates (every window and group), Top-N and deduplication,
-    /// a join without a time bound, and aggregates over all of these.
+    /// batch query for updating aggregates (every window and group), Top-N (ROW_NUMBER, RANK,
+    /// DENSE_RANK) and deduplication, joins without a time bound (inner and outer), Top-N and
+    /// joins over results that change, results kept without their key, and aggregates over
+    /// all of these.
     #[test]
     fn updating_results_equal_batch(
         (events, _) in events(),
