@@ -2590,3 +2590,79 @@ async fn metrics_are_served_in_prometheus_format() {
         .expect("drop");
     assert!(!scrape("/metrics").contains("clicks_per_min"));
 }
+
+/// `EXPLAIN MATERIALIZED VIEW` shows the plan a view runs, and `EXPLAIN ANALYZE` the same tree
+/// with what every operator has done: rows in at a rate above zero on each, and one marked as
+/// the bottleneck.
+#[tokio::test]
+async fn explain_analyze_shows_every_operator_at_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("stream");
+    c.batch_execute(CREATE_VIEW).await.expect("view");
+    c.batch_execute(
+        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), \
+         (2, '/b', '2026-01-01 00:00:30'), (1, '/c', '2026-01-01 00:01:10')",
+    )
+    .await
+    .expect("insert");
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
+    let lines = |sql: &str| {
+        let c = &c;
+        let sql = sql.to_string();
+        async move {
+            c.query(&sql, &[])
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<String>>()
+        }
+    };
+    let plan = lines("EXPLAIN MATERIALIZED VIEW clicks_per_min").await;
+    assert!(
+        plan[0].starts_with("Sink: materialized view clicks_per_min"),
+        "{plan:?}"
+    );
+    let analyzed = lines("EXPLAIN ANALYZE MATERIALIZED VIEW clicks_per_min").await;
+    assert!(
+        analyzed[0].starts_with("Progress: 3 events read"),
+        "{analyzed:?}"
+    );
+    let operators: Vec<&String> = analyzed
+        .iter()
+        .filter(|l| l.contains("[rows in "))
+        .collect();
+    assert!(operators.len() >= 2, "{analyzed:?}");
+    for line in &operators {
+        let rate = line
+            .split("rows in ")
+            .nth(1)
+            .and_then(|r| r.split(['(', '/']).nth(1))
+            .and_then(|r| r.parse::<f64>().ok())
+            .unwrap_or_default();
+        assert!(rate > 0.0, "no rate in {line}");
+    }
+    assert_eq!(
+        analyzed
+            .iter()
+            .filter(|l| l.contains("the bottleneck"))
+            .count(),
+        1,
+        "{analyzed:?}"
+    );
+    // Every plan line is there, in order, numbers appended.
+    assert_eq!(analyzed.len(), plan.len() + 1);
+    for (p, a) in plan.iter().zip(&analyzed[1..]) {
+        assert!(a.starts_with(p.as_str()), "{a} for {p}");
+    }
+    let e = c
+        .simple_query("EXPLAIN ANALYZE MATERIALIZED VIEW nope")
+        .await
+        .expect_err("no such view");
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+    );
+}

@@ -237,6 +237,7 @@ impl Session {
             } => h.drop_stream(name, if_exists, cascade).await,
             WeirStatement::ShowStreams => h.show_streams(),
             WeirStatement::ShowMaterializedViews => h.show_views().await,
+            WeirStatement::ExplainView { name, analyze } => h.explain_view(&name, analyze),
             WeirStatement::Sql(s) => self.dispatch_sql(kind, *s, params, None).await,
             WeirStatement::Emit(s, mode) => self.dispatch_sql(kind, *s, params, Some(mode)).await,
         }

@@ -123,6 +123,7 @@ pub fn classify(stmt: &WeirStatement) -> StatementKind {
         WeirStatement::ExplainCreateStream(_) => StatementKind::ExplainContinuous,
         WeirStatement::ShowStreams => StatementKind::ShowStreams,
         WeirStatement::ShowMaterializedViews => StatementKind::ShowViews,
+        WeirStatement::ExplainView { .. } => StatementKind::ExplainContinuous,
         WeirStatement::Fetch { .. } => StatementKind::Fetch,
         WeirStatement::Subscribe { target, output } => StatementKind::Subscribe {
             output: output.clone(),
@@ -151,7 +152,7 @@ pub fn command_tag(stmt: &WeirStatement) -> &'static str {
         WeirStatement::CreateStream(_) => "CREATE STREAM",
         WeirStatement::CreateSink(_) => "CREATE SINK",
         WeirStatement::DropStream { .. } => "DROP STREAM",
-        WeirStatement::ExplainCreateStream(_) => "EXPLAIN",
+        WeirStatement::ExplainCreateStream(_) | WeirStatement::ExplainView { .. } => "EXPLAIN",
         WeirStatement::ShowStreams | WeirStatement::ShowMaterializedViews => "SHOW",
         WeirStatement::Fetch { .. } => "FETCH",
         WeirStatement::Subscribe {

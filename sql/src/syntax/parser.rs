@@ -37,6 +37,14 @@ pub enum WeirStatement {
     ShowStreams,
     /// `SHOW MATERIALIZED VIEWS`.
     ShowMaterializedViews,
+    /// `EXPLAIN [ANALYZE] MATERIALIZED VIEW name`: the plan of a running view, with what each
+    /// operator has done (ANALYZE).
+    ExplainView {
+        /// The view.
+        name: String,
+        /// Whether each operator's numbers are shown.
+        analyze: bool,
+    },
     /// Any standard statement.
     Sql(Box<Statement>),
     /// `CREATE MATERIALIZED VIEW ... EMIT ON ...` (or its EXPLAIN) with an explicit emit mode.
@@ -394,6 +402,24 @@ fn compatibility_parser() -> &'static datafusion_pg_catalog::sql::PostgresCompat
     PARSER.get_or_init(datafusion_pg_catalog::sql::PostgresCompatibilityParser::new)
 }
 
+/// `EXPLAIN [ANALYZE] MATERIALIZED VIEW name`, if the tokens start with it.
+fn parse_explain_view(parser: &mut Parser<'_>) -> Result<Option<WeirStatement>> {
+    let word = |i: usize, w: &str| is_word(&parser.peek_nth_token(i).token, w);
+    if !word(0, "EXPLAIN") {
+        return Ok(None);
+    }
+    let analyze = word(1, "ANALYZE");
+    let at = 1 + usize::from(analyze);
+    if !(word(at, "MATERIALIZED") && word(at + 1, "VIEW")) {
+        return Ok(None);
+    }
+    for _ in 0..at + 2 {
+        parser.next_token();
+    }
+    let name = object_name(&parser.parse_object_name(false)?)?;
+    Ok(Some(WeirStatement::ExplainView { name, analyze }))
+}
+
 /// Parses a string of `;`-separated statements, Weir's own (`CREATE STREAM`, ...) and standard
 /// ones.
 pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
@@ -502,6 +528,8 @@ pub fn parse(sql: &str) -> Result<Vec<WeirStatement>> {
             parser.next_token();
             parser.next_token();
             WeirStatement::ShowStreams
+        } else if let Some(stmt) = parse_explain_view(&mut parser)? {
+            stmt
         } else if is_word(&t0, "SHOW") && is_word(&t1, "MATERIALIZED") && is_word(&t2, "VIEWS") {
             for _ in 0..3 {
                 parser.next_token();
