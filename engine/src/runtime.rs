@@ -826,6 +826,11 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
             error: None,
             checkpoint_offsets: checkpointer.as_ref().and_then(Checkpointer::retained),
             checkpoint: checkpointer.as_ref().and_then(Checkpointer::newest),
+            partitions: position
+                .sources
+                .iter()
+                .map(|s| s.tracker.partitions(now))
+                .collect(),
         });
         if !progressed {
             wake.wait_past(seen, tick);

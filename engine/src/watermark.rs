@@ -33,6 +33,18 @@ pub fn max_event_time_ns(column: &dyn Array) -> Result<Option<i64>> {
     Ok(max(ns.as_primitive::<TimestampNanosecondType>()))
 }
 
+/// One source partition as its watermark stands: what holds a view's windows back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionWatermark {
+    /// Its largest event time minus the delay; `None` before it delivered data.
+    pub watermark_ns: Option<i64>,
+    /// When it last delivered data (this process's clock).
+    pub last_data: Option<Instant>,
+    /// Whether it counts for the source's watermark (it delivered data within the idle
+    /// timeout).
+    pub active: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct PartitionState {
     max_event_ns: i64,
@@ -104,6 +116,20 @@ impl WatermarkTracker {
         }
         self.current = state[self.partitions.len()];
         Ok(())
+    }
+
+    /// Each partition as the watermark sees it at `now`: see [`PartitionWatermark`].
+    pub fn partitions(&self, now: Instant) -> Vec<PartitionWatermark> {
+        self.partitions
+            .iter()
+            .map(|p| PartitionWatermark {
+                watermark_ns: p.map(|s| s.max_event_ns.saturating_sub(self.delay_ns)),
+                last_data: p.map(|s| s.last_data),
+                active: p.is_some_and(|s| {
+                    now.saturating_duration_since(s.last_data) < self.idle_timeout
+                }),
+            })
+            .collect()
     }
 
     /// The watermark at `now` in nanoseconds, once any partition has delivered data.

@@ -58,6 +58,8 @@ pub struct Progress {
     /// The epoch of the query's newest durable checkpoint and the events it covers (the sum
     /// of its source offsets), once it has one.
     pub checkpoint: Option<(u64, u64)>,
+    /// Per source, each partition's watermark as it stood when the progress was published.
+    pub partitions: Vec<Vec<crate::watermark::PartitionWatermark>>,
 }
 
 /// The rows of a view: appended (closed windows are final), upserted by a key (results that

@@ -58,6 +58,11 @@ impl SchemaProvider for WeirSchema {
         if name == CONNECTORS {
             return connectors_table(&self.registry).map(Some).map_err(external);
         }
+        if name == super::WATERMARKS {
+            return super::watermarks::watermarks_table(&self.registry)
+                .map(Some)
+                .map_err(external);
+        }
         if name == super::OPERATORS {
             return super::operators::operators_table(&self.registry)
                 .map(Some)
@@ -81,6 +86,7 @@ impl SchemaProvider for WeirSchema {
             || name == VIEW_PROGRESS
             || name == CONNECTORS
             || name == super::OPERATORS
+            || name == super::WATERMARKS
     }
 }
 

@@ -10,6 +10,7 @@ pub mod stream;
 pub mod system;
 pub mod table;
 pub mod view;
+pub mod watermarks;
 pub mod window;
 
 pub(crate) use context::{WeirContext, new_context};
@@ -19,4 +20,5 @@ pub use system::{CONNECTORS, LATE_EVENTS, LateEventsTable, VIEW_PROGRESS, ViewPr
 pub use table::RefTable;
 pub use view::ViewTable;
 pub(crate) use view::{VIEW_READ_WAIT, provider_as};
+pub use watermarks::WATERMARKS;
 pub use window::{WindowFunction, WindowInput, WindowSpec, WindowTable};
