@@ -2666,3 +2666,69 @@ async fn explain_analyze_shows_every_operator_at_work() {
         Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
     );
 }
+
+/// The console at `/` of the HTTP listener, opened in headless Chromium: it shows every view
+/// with its operators, and a rate that changes between two loads (rates are averages since the
+/// view started). `/api/views` is the JSON it reads.
+#[tokio::test]
+async fn the_console_shows_views_in_headless_chromium() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("stream");
+    c.batch_execute(CREATE_VIEW).await.expect("view");
+    c.batch_execute(
+        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), \
+         (2, '/b', '2026-01-01 00:00:30'), (1, '/c', '2026-01-01 00:01:10')",
+    )
+    .await
+    .expect("insert");
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
+    let port = server.http_port.expect("the HTTP listener");
+    let api = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        write!(s, "GET /api/views HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    };
+    let body = api.split("\r\n\r\n").nth(1).expect("a body");
+    let views: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(views[0]["name"], "clicks_per_min", "{views}");
+    assert_eq!(views[0]["events_processed"], 3, "{views}");
+    assert!(
+        views[0]["operators"]
+            .as_array()
+            .is_some_and(|o| o.len() >= 2),
+        "{views}"
+    );
+    let load = || {
+        let out = std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .expect("chromium runs (.ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let rates = |dom: &str| -> Vec<String> {
+        dom.split("<td class=\"num rate\">")
+            .skip(1)
+            .filter_map(|s| s.split('<').next().map(str::to_string))
+            .collect()
+    };
+    let first = load();
+    assert!(first.contains("clicks_per_min"), "{first}");
+    assert!(first.contains("TumbleWindow"), "{first}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = load();
+    let (a, b) = (rates(&first), rates(&second));
+    assert!(!a.is_empty(), "{first}");
+    assert_ne!(a, b, "the rates did not change between two loads");
+}

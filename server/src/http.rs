@@ -1,5 +1,5 @@
 //! The HTTP listener (`weir serve --http`): `/metrics` in Prometheus' text format,
-//! `/healthz` and `/readyz`. Loopback only, as it has no authentication yet; one request per connection.
+//! `/healthz`, `/readyz`, `/api/views` (JSON) and the console at `/`. Loopback only, as it has no authentication yet; one request per connection.
 
 use std::time::Duration;
 
@@ -64,6 +64,20 @@ async fn serve(mut socket: TcpStream, db: &Database) {
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
                 &body,
+            )
+            .await;
+        }
+        ("GET", "/api/views") => {
+            let body = weir_sql::metrics::views_json(db.registry()).to_string();
+            respond(&mut socket, "200 OK", "application/json", &body).await;
+        }
+        // The console: one page that reads /api/views every two seconds.
+        ("GET", "/") => {
+            respond(
+                &mut socket,
+                "200 OK",
+                "text/html; charset=utf-8",
+                include_str!("console.html"),
             )
             .await;
         }

@@ -103,6 +103,66 @@ pub fn prometheus_text(registry: &Registry) -> String {
     out
 }
 
+/// Every running view and stream query as JSON (`/api/views`, read by the console): its
+/// progress, its failure if any, and each operator's numbers as `weir_operators` has them.
+pub fn views_json(registry: &Registry) -> serde_json::Value {
+    let time = |ns: Option<i64>| {
+        ns.map(|ns| {
+            chrono::DateTime::from_timestamp_nanos(ns)
+                .naive_utc()
+                .to_string()
+        })
+    };
+    let views: Vec<serde_json::Value> = registry
+        .queries()
+        .iter()
+        .map(|v| {
+            let p = v.table.progress();
+            let processed = v.table.read();
+            let committed: u64 = v.source_offsets().iter().sum();
+            let operators: Vec<serde_json::Value> = v
+                .query
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|q| {
+                    q.operator_stats()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (input, stats))| {
+                            let s = stats.snapshot();
+                            let elapsed = s.elapsed_s.max(1e-9);
+                            serde_json::json!({
+                                "operator": i + 1,
+                                "input": input,
+                                "kind": s.name,
+                                "detail": s.detail,
+                                "rows_in": s.rows_in,
+                                "rows_out": s.rows_out,
+                                "rows_in_per_s": s.rows_in as f64 / elapsed,
+                                "busy_percent": s.busy_ns as f64 / 1e9 / elapsed * 100.0,
+                                "state_bytes": s.state_bytes,
+                                "watermark": time(s.watermark_ns),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({
+                "name": v.def.name,
+                "events_processed": processed,
+                "backlog": committed.saturating_sub(processed),
+                "rows": v.table.num_rows(),
+                "late_events": p.late_rows,
+                "watermark": time(p.watermark_ns),
+                "failed": p.error.as_ref().map(|e| e.message.clone()),
+                "operators": operators,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(views)
+}
+
 /// Whether every view has caught up with its sources and none has failed (`/readyz`): `Ok`, or
 /// a line per view that is behind or stopped.
 pub fn readiness(registry: &Registry) -> Result<(), String> {
