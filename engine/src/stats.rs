@@ -1,8 +1,18 @@
 //! Counters each operator of a running query keeps, per batch (atomics, never per row), for
 //! the `weir_operators` relation: rows in and out, batches, time spent, state size, watermark.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The span of the recent rates.
+const RECENT: Duration = Duration::from_secs(10);
+/// How far apart samples of the counters are, at least.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+/// The counters at one time: rows in, rows out, busy nanoseconds.
+type Sample = (Instant, u64, u64, u64);
 
 /// One operator's counters, shared between the query's thread (which writes them) and
 /// readers (which read them at any time).
@@ -20,6 +30,9 @@ pub struct OperatorStats {
     state_bytes: AtomicU64,
     /// The last watermark it was given; `i64::MIN` before any.
     watermark: AtomicI64,
+    /// Samples of the counters, a second or more apart, the newest last: recent rates are
+    /// measured against them.
+    samples: Mutex<VecDeque<Sample>>,
 }
 
 /// What an operator has done since its query started, read at one time.
@@ -43,6 +56,12 @@ pub struct OperatorSnapshot {
     pub watermark_ns: Option<i64>,
     /// Seconds since its query started (rates are over this time).
     pub elapsed_s: f64,
+    /// Rows in per second over about the last ten seconds.
+    pub recent_rows_in_per_s: f64,
+    /// Rows out per second over about the last ten seconds.
+    pub recent_rows_out_per_s: f64,
+    /// Share of time spent in it over about the last ten seconds, in percent.
+    pub recent_busy_percent: f64,
 }
 
 impl OperatorStats {
@@ -58,6 +77,7 @@ impl OperatorStats {
             busy_ns: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
+            samples: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -73,9 +93,53 @@ impl OperatorStats {
         self.busy_ns.fetch_add(busy, Ordering::Relaxed);
     }
 
-    /// Records the bytes of state the operator holds (measured now and then).
+    /// Records the bytes of state the operator holds (measured now and then, which is also
+    /// when the counters are sampled for recent rates).
     pub(crate) fn state_bytes(&self, bytes: usize) {
         self.state_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.sample(Instant::now());
+    }
+
+    /// Keeps the counters as they are at `now`, if the last sample is a second old or more.
+    fn sample(&self, now: Instant) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        if samples
+            .back()
+            .is_some_and(|s| now.saturating_duration_since(s.0) < SAMPLE_EVERY)
+        {
+            return;
+        }
+        samples.push_back((
+            now,
+            self.rows_in.load(Ordering::Relaxed),
+            self.rows_out.load(Ordering::Relaxed),
+            self.busy_ns.load(Ordering::Relaxed),
+        ));
+        // One sample older than the span is enough to measure it.
+        while samples.len() > 2 && now.saturating_duration_since(samples[1].0) >= RECENT {
+            samples.pop_front();
+        }
+    }
+
+    /// Rates over about the last ten seconds: against the newest sample at least that old
+    /// (counters did not move between it and the span's start, or there would be a later
+    /// sample), else the oldest, else since the start.
+    fn recent(&self, now: Instant, current: (u64, u64, u64)) -> (f64, f64, f64) {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let base = samples
+            .iter()
+            .rev()
+            .find(|s| now.saturating_duration_since(s.0) >= RECENT)
+            .or(samples.front())
+            .copied()
+            .unwrap_or((self.started, 0, 0, 0));
+        let span = now.saturating_duration_since(base.0).min(RECENT);
+        let secs = span.as_secs_f64().max(1e-9);
+        (
+            current.0.saturating_sub(base.1) as f64 / secs,
+            current.1.saturating_sub(base.2) as f64 / secs,
+            current.2.saturating_sub(base.3) as f64 / 1e9 / secs * 100.0,
+        )
     }
 
     /// Records the watermark the operator was given.
@@ -86,16 +150,54 @@ impl OperatorStats {
     /// The counters now.
     pub fn snapshot(&self) -> OperatorSnapshot {
         let w = self.watermark.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let (rows_in, rows_out, busy_ns) = (
+            self.rows_in.load(Ordering::Relaxed),
+            self.rows_out.load(Ordering::Relaxed),
+            self.busy_ns.load(Ordering::Relaxed),
+        );
+        let recent = self.recent(now, (rows_in, rows_out, busy_ns));
         OperatorSnapshot {
             name: self.name,
             detail: self.detail.clone(),
-            rows_in: self.rows_in.load(Ordering::Relaxed),
-            rows_out: self.rows_out.load(Ordering::Relaxed),
+            rows_in,
+            rows_out,
             batches: self.batches.load(Ordering::Relaxed),
-            busy_ns: self.busy_ns.load(Ordering::Relaxed),
+            busy_ns,
             state_bytes: self.state_bytes.load(Ordering::Relaxed),
             watermark_ns: (w != i64::MIN).then_some(w),
-            elapsed_s: self.started.elapsed().as_secs_f64(),
+            elapsed_s: now.saturating_duration_since(self.started).as_secs_f64(),
+            recent_rows_in_per_s: recent.0,
+            recent_rows_out_per_s: recent.1,
+            recent_busy_percent: recent.2,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_rates_follow_the_last_ten_seconds() {
+        let stats = OperatorStats::new("Filter", "Filter: x".into());
+        let t0 = Instant::now();
+        // 1000 rows early on, then nothing for a while: the rate since the start stays, the
+        // recent one falls to zero.
+        stats.rows_in.store(1000, Ordering::Relaxed);
+        stats.sample(t0);
+        stats.sample(t0 + Duration::from_secs(12));
+        let (rows_in, _, _) = stats.recent(t0 + Duration::from_secs(25), (1000, 0, 0));
+        assert_eq!(rows_in, 0.0);
+        // 500 more rows in the last ten seconds: 50 per second.
+        let (rows_in, _, _) = stats.recent(t0 + Duration::from_secs(25), (1500, 0, 0));
+        assert!((rows_in - 50.0).abs() < 1e-9, "{rows_in}");
+        // Samples are kept a second apart at least, and only as far back as needed.
+        for s in 13..60 {
+            stats.sample(t0 + Duration::from_millis(s * 1000 + 500));
+            stats.sample(t0 + Duration::from_millis(s * 1000 + 700));
+        }
+        let kept = stats.samples.lock().expect("lock").len();
+        assert!(kept <= 12, "{kept}");
     }
 }

@@ -141,6 +141,8 @@ pub fn views_json(registry: &Registry) -> serde_json::Value {
                                 "rows_out": s.rows_out,
                                 "rows_in_per_s": s.rows_in as f64 / elapsed,
                                 "busy_percent": s.busy_ns as f64 / 1e9 / elapsed * 100.0,
+                                "recent_rows_in_per_s": s.recent_rows_in_per_s,
+                                "recent_busy_percent": s.recent_busy_percent,
                                 "state_bytes": s.state_bytes,
                                 "watermark": time(s.watermark_ns),
                             })

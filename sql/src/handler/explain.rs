@@ -35,7 +35,8 @@ impl Handler {
 
     /// `EXPLAIN [ANALYZE] MATERIALIZED VIEW name`: the plan the view runs; with ANALYZE, each
     /// operator's rows in and out (averages per second since the view started), busy share,
-    /// state and watermark, the busiest marked as the bottleneck.
+    /// the same over about the last ten seconds, state and watermark, the busiest marked as
+    /// the bottleneck.
     pub(crate) fn explain_view(&self, name: &str, analyze: bool) -> Result<Output> {
         let view = self
             .db
@@ -119,12 +120,14 @@ fn analyzed_plan(
         let s = &stats[i];
         let elapsed = s.elapsed_s.max(1e-9);
         lines.push(format!(
-            "{line}  [rows in {} ({:.0}/s), out {} ({:.0}/s), busy {:.1}%, state {} bytes, watermark {}{}]",
+            "{line}  [rows in {} ({:.0}/s), out {} ({:.0}/s), busy {:.1}%, last 10 s {:.0} in/s busy {:.1}%, state {} bytes, watermark {}{}]",
             s.rows_in,
             s.rows_in as f64 / elapsed,
             s.rows_out,
             s.rows_out as f64 / elapsed,
             s.busy_ns as f64 / 1e9 / elapsed * 100.0,
+            s.recent_rows_in_per_s,
+            s.recent_busy_percent,
             s.state_bytes,
             time(s.watermark_ns),
             if busiest == Some(i) { "; the bottleneck" } else { "" }

@@ -38,6 +38,10 @@ fn operators_schema() -> SchemaRef {
             true,
         ),
         Field::new("detail", DataType::Utf8, false),
+        // Over about the last ten seconds.
+        float("recent_rows_in_per_s"),
+        float("recent_rows_out_per_s"),
+        float("recent_busy_percent"),
     ]))
 }
 
@@ -50,6 +54,7 @@ pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvid
     let (mut rows_in, mut rows_out, mut batches) = (Vec::new(), Vec::new(), Vec::new());
     let (mut in_rate, mut out_rate, mut busy) = (Vec::new(), Vec::new(), Vec::new());
     let (mut state, mut watermark, mut detail) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut recent_in, mut recent_out, mut recent_busy) = (Vec::new(), Vec::new(), Vec::new());
     for entry in registry.queries() {
         let query = entry.query.lock().unwrap_or_else(|e| e.into_inner());
         let Some(query) = query.as_ref() else {
@@ -71,6 +76,9 @@ pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvid
             state.push(s.state_bytes as i64);
             watermark.push(s.watermark_ns.map(|w| w / 1000));
             detail.push(s.detail);
+            recent_in.push(s.recent_rows_in_per_s);
+            recent_out.push(s.recent_rows_out_per_s);
+            recent_busy.push(s.recent_busy_percent);
         }
     }
     let schema = operators_schema();
@@ -90,6 +98,9 @@ pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvid
             Arc::new(Int64Array::from(state)),
             Arc::new(TimestampMicrosecondArray::from(watermark)),
             Arc::new(StringArray::from(detail)),
+            Arc::new(Float64Array::from(recent_in)),
+            Arc::new(Float64Array::from(recent_out)),
+            Arc::new(Float64Array::from(recent_busy)),
         ],
     )?;
     let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
