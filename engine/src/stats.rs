@@ -123,14 +123,14 @@ impl OperatorStats {
 
     /// Rates over about the last ten seconds: against the newest sample at least that old
     /// (counters did not move between it and the span's start, or there would be a later
-    /// sample), else the oldest, else since the start.
+    /// sample, give or take the second between samples), else against nothing at the start
+    /// (every sample is younger, so everything counted came within the span).
     fn recent(&self, now: Instant, current: (u64, u64, u64)) -> (f64, f64, f64) {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         let base = samples
             .iter()
             .rev()
             .find(|s| now.saturating_duration_since(s.0) >= RECENT)
-            .or(samples.front())
             .copied()
             .unwrap_or((self.started, 0, 0, 0));
         let span = now.saturating_duration_since(base.0).min(RECENT);
