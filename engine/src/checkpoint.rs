@@ -240,7 +240,8 @@ impl CheckpointStore {
     /// Writes `checkpoint` durably, then deletes all but the newest [`KEEP`] files.
     ///
     /// On error nothing changed that recovery depends on: the previous checkpoints are intact.
-    pub fn write(&self, checkpoint: &Checkpoint) -> Result<()> {
+    /// Returns the bytes written.
+    pub fn write(&self, checkpoint: &Checkpoint) -> Result<u64> {
         let bytes = checkpoint.encode()?;
         let name = file_name(checkpoint.epoch);
         let tmp = self.dir.join(format!("{name}.tmp"));
@@ -266,7 +267,7 @@ impl CheckpointStore {
         if old > 0 {
             sync_dir(&self.dir)?;
         }
-        Ok(())
+        Ok(bytes.len() as u64)
     }
 
     /// The newest checkpoint that reads back whole; damaged files are skipped with a warning.

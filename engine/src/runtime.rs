@@ -114,10 +114,35 @@ fn late_events(view: &str, watermark_ns: Option<i64>, rows: &[RecordBatch]) -> R
     )?)
 }
 
+/// One checkpoint the query wrote, or tried to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    /// Its epoch.
+    pub epoch: u64,
+    /// When it was durable (or failed).
+    pub finished: std::time::SystemTime,
+    /// How long encoding and writing it took, in milliseconds.
+    pub write_ms: u64,
+    /// Bytes written; 0 if it failed.
+    pub bytes: u64,
+    /// Source events it covers (the sum of the offsets it replays from).
+    pub events: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The newest checkpoints of a query, newest last.
+type History = Arc<Mutex<VecDeque<CheckpointRecord>>>;
+
+/// Checkpoints kept in a query's history.
+const HISTORY: usize = 20;
+
 /// A continuous query running on its own thread; dropping it stops the query.
 #[derive(Debug)]
 pub struct RunningQuery {
     name: String,
+    /// Its newest checkpoints.
+    checkpoints: History,
     /// Each operator's counters, with where it is in the plan.
     stats: Vec<(String, Arc<OperatorStats>)>,
     stop: Arc<AtomicBool>,
@@ -154,12 +179,14 @@ impl RunningQuery {
         }
         let flag = Arc::clone(&stop);
         let thread_wake = Arc::clone(&wake);
+        let checkpoints: History = Arc::default();
+        let history = Arc::clone(&checkpoints);
         let handle = std::thread::Builder::new()
             .name(format!("query-{}", spec.name))
             .spawn(move || {
                 let sink = Arc::clone(&spec.sink);
                 let name = spec.name.clone();
-                if let Err(e) = run(spec, &flag, &thread_wake) {
+                if let Err(e) = run(spec, &flag, &thread_wake, history) {
                     tracing::error!(query = %name, error = %e, "continuous query stopped");
                     let mut p = sink.progress();
                     p.error = Some(QueryError::from(&e));
@@ -172,6 +199,7 @@ impl RunningQuery {
             })?;
         Ok(Self {
             name,
+            checkpoints,
             stats,
             stop,
             wake,
@@ -183,6 +211,16 @@ impl RunningQuery {
     /// [`Dataflow::stats`]).
     pub fn operator_stats(&self) -> &[(String, Arc<OperatorStats>)] {
         &self.stats
+    }
+
+    /// The query's newest checkpoints (at most twenty), oldest first.
+    pub fn checkpoints(&self) -> Vec<CheckpointRecord> {
+        self.checkpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The query's name.
@@ -400,7 +438,12 @@ struct Checkpointer {
 impl Checkpointer {
     /// Restores the newest usable checkpoint into the query, if there is one, and starts the
     /// writer thread.
-    fn start(spec: CheckpointSpec, query: &mut QuerySpec, position: &mut Position) -> Result<Self> {
+    fn start(
+        spec: CheckpointSpec,
+        query: &mut QuerySpec,
+        position: &mut Position,
+        history: History,
+    ) -> Result<Self> {
         let mut durable = Durable::default();
         let mut output = query.output.as_ref().map(|log| Output {
             ends: log.committed_offsets(),
@@ -421,7 +464,9 @@ impl Checkpointer {
                     let started = Instant::now();
                     // The output rows go out only once the checkpoint that holds them is
                     // durable: a crash in between re-appends them from it on restart.
-                    let written = store.write(&checkpoint).and_then(|()| {
+                    let mut bytes = 0;
+                    let written = store.write(&checkpoint).and_then(|n| {
+                        bytes = n;
                         match &output_log {
                             Some(log) => rows
                                 .iter()
@@ -429,6 +474,21 @@ impl Checkpointer {
                             None => Ok(()),
                         }
                     });
+                    let record = CheckpointRecord {
+                        epoch: checkpoint.epoch,
+                        finished: std::time::SystemTime::now(),
+                        write_ms: started.elapsed().as_millis() as u64,
+                        bytes: if written.is_ok() { bytes } else { 0 },
+                        events: offsets.iter().sum(),
+                        error: written.as_ref().err().map(ToString::to_string),
+                    };
+                    {
+                        let mut h = history.lock().unwrap_or_else(|e| e.into_inner());
+                        h.push_back(record);
+                        while h.len() > HISTORY {
+                            h.pop_front();
+                        }
+                    }
                     match written {
                         Ok(()) => {
                             let mut d = thread_durable.lock().unwrap_or_else(|e| e.into_inner());
@@ -693,10 +753,10 @@ impl Budget {
     }
 }
 
-fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier) -> Result<()> {
+fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History) -> Result<()> {
     let mut position = Position::new(&spec.sources);
     let mut checkpointer = match spec.checkpoint.take() {
-        Some(c) => Some(Checkpointer::start(c, &mut spec, &mut position)?),
+        Some(c) => Some(Checkpointer::start(c, &mut spec, &mut position, history)?),
         None => None,
     };
     // Wake up often enough to notice partitions going idle.

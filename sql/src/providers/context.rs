@@ -58,6 +58,11 @@ impl SchemaProvider for WeirSchema {
         if name == CONNECTORS {
             return connectors_table(&self.registry).map(Some).map_err(external);
         }
+        if name == super::CHECKPOINTS {
+            return super::checkpoints::checkpoints_table(&self.registry)
+                .map(Some)
+                .map_err(external);
+        }
         if name == super::WATERMARKS {
             return super::watermarks::watermarks_table(&self.registry)
                 .map(Some)
@@ -87,6 +92,7 @@ impl SchemaProvider for WeirSchema {
             || name == CONNECTORS
             || name == super::OPERATORS
             || name == super::WATERMARKS
+            || name == super::CHECKPOINTS
     }
 }
 

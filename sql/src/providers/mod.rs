@@ -2,6 +2,7 @@
 //! windows, views, reference tables, system relations, `pg_catalog`), and the context that
 //! plans statements over them. Providers read the catalog's registry, never the database.
 
+pub mod checkpoints;
 pub mod context;
 pub(crate) mod functions;
 pub mod operators;
@@ -13,6 +14,7 @@ pub mod view;
 pub mod watermarks;
 pub mod window;
 
+pub use checkpoints::CHECKPOINTS;
 pub(crate) use context::{WeirContext, new_context};
 pub use operators::OPERATORS;
 pub use stream::StreamTable;
