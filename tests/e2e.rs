@@ -2732,3 +2732,39 @@ async fn the_console_shows_views_in_headless_chromium() {
     assert!(!a.is_empty(), "{first}");
     assert_ne!(a, b, "the rates did not change between two loads");
 }
+
+/// `weir_sessions` lists the connected clients: who, from where, and what each runs now (the
+/// query reading it is active) or ran last.
+#[tokio::test]
+async fn weir_sessions_lists_the_clients_and_what_they_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let (a, b) = (server.client().await, server.client().await);
+    a.batch_execute("SELECT 41 + 1").await.expect("a query");
+    let rows = b
+        .query(
+            "SELECT session, \"user\", address, state, statement FROM weir_sessions ORDER BY session",
+            &[],
+        )
+        .await
+        .expect("weir_sessions");
+    let sessions: Vec<(i64, String, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert!(sessions.len() >= 2, "{sessions:?}");
+    let idle = sessions
+        .iter()
+        .find(|s| s.4 == "SELECT 41 + 1")
+        .expect("a's last statement");
+    assert_eq!(idle.3, "idle", "{sessions:?}");
+    let active = sessions
+        .iter()
+        .find(|s| s.4.contains("FROM weir_sessions"))
+        .expect("b's running statement");
+    assert_eq!(active.3, "active", "{sessions:?}");
+    for s in [idle, active] {
+        assert!(!s.1.is_empty(), "a user: {sessions:?}");
+        assert!(s.2.starts_with("127.0.0.1:"), "an address: {sessions:?}");
+    }
+}

@@ -287,9 +287,17 @@ impl CancelHandler for WeirCancel {
 
 impl Handler {
     fn session<C: ClientInfo>(&self, client: &C) -> Arc<Session> {
-        client
-            .session_extensions()
-            .get_or_insert_with(|| Session::new(self.db.clone()))
+        client.session_extensions().get_or_insert_with(|| {
+            let session = Session::new(self.db.clone());
+            let meta = client.metadata();
+            let value = |k: &str| meta.get(k).cloned().unwrap_or_default();
+            session.set_client(weir_sql::catalog::sessions::ClientDesc {
+                user: value("user"),
+                address: client.socket_addr().to_string(),
+                application: value("application_name"),
+            });
+            session
+        })
     }
 
     /// The connection's cancel signal, registered under its process ID on first use.

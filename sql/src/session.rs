@@ -19,6 +19,8 @@ use crate::{Error, Result};
 /// A connection's session: runs statements against a [`Database`].
 pub struct Session {
     handler: Handler,
+    /// This session as `weir_sessions` shows it.
+    info: std::sync::Arc<crate::catalog::sessions::SessionInfo>,
 }
 
 impl std::fmt::Debug for Session {
@@ -32,9 +34,16 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A new session on `db`.
     pub fn new(db: Database) -> Self {
+        let info = db.registry().sessions().register();
         Self {
             handler: Handler::new(db),
+            info,
         }
+    }
+
+    /// Says who is on the other end (for `weir_sessions`).
+    pub fn set_client(&self, client: crate::catalog::sessions::ClientDesc) {
+        self.info.set_client(client);
     }
 
     /// Follows a view (or a query, run for as long as the subscription lasts) from its current
@@ -63,6 +72,7 @@ impl Session {
     /// Runs every statement in `sql`, in order, stopping at the first error (which is the last
     /// element). Statements before the error keep their effect.
     pub async fn execute(&self, sql: &str) -> Vec<Result<Output>> {
+        let _running = self.info.begin(sql);
         self.handler.take_notices();
         let stmts = match parse(sql) {
             Ok(s) => s,
@@ -94,6 +104,7 @@ impl Session {
 
     /// Runs one statement with parameter values for `$1`, `$2`, ...
     pub async fn execute_one(&self, sql: &str, params: Option<ParamValues>) -> Result<Output> {
+        let _running = self.info.begin(sql);
         self.handler.take_notices();
         let mut stmts = parse(sql)?;
         match stmts.len() {

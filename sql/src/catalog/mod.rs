@@ -4,6 +4,7 @@
 
 pub mod connector;
 pub mod registry;
+pub mod sessions;
 pub mod table;
 
 pub use connector::{Connector, ConnectorFactory, ConnectorStatus};

@@ -133,9 +133,15 @@ impl State {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     state: Arc<Mutex<State>>,
+    sessions: Arc<super::sessions::SessionRegistry>,
 }
 
 impl Registry {
+    /// The sessions open on the database.
+    pub fn sessions(&self) -> &super::sessions::SessionRegistry {
+        &self.sessions
+    }
+
     /// The state, locked. Only the database changes it.
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())

@@ -58,6 +58,11 @@ impl SchemaProvider for WeirSchema {
         if name == CONNECTORS {
             return connectors_table(&self.registry).map(Some).map_err(external);
         }
+        if name == super::SESSIONS {
+            return super::sessions::sessions_table(&self.registry)
+                .map(Some)
+                .map_err(external);
+        }
         if name == super::CHECKPOINTS {
             return super::checkpoints::checkpoints_table(&self.registry)
                 .map(Some)
@@ -93,6 +98,7 @@ impl SchemaProvider for WeirSchema {
             || name == super::OPERATORS
             || name == super::WATERMARKS
             || name == super::CHECKPOINTS
+            || name == super::SESSIONS
     }
 }
 
