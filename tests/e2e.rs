@@ -2510,17 +2510,7 @@ async fn a_view_over_tansu_survives_kill_9_exactly_once() {
 #[tokio::test]
 async fn metrics_are_served_in_prometheus_format() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
-    let c = server.client().await;
-    c.batch_execute(CREATE_CLICKS).await.expect("stream");
-    c.batch_execute(CREATE_VIEW).await.expect("view");
-    c.batch_execute(
-        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), \
-         (2, '/b', '2026-01-01 00:00:30'), (1, '/c', '2026-01-01 00:01:10')",
-    )
-    .await
-    .expect("insert");
-    assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
+    let (server, c) = clicks_counted(dir.path()).await;
     let port = server.http_port.expect("the HTTP listener");
     let scrape = |path: &str| {
         use std::io::{Read, Write};
@@ -2597,17 +2587,7 @@ async fn metrics_are_served_in_prometheus_format() {
 #[tokio::test]
 async fn explain_analyze_shows_every_operator_at_work() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
-    let c = server.client().await;
-    c.batch_execute(CREATE_CLICKS).await.expect("stream");
-    c.batch_execute(CREATE_VIEW).await.expect("view");
-    c.batch_execute(
-        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), \
-         (2, '/b', '2026-01-01 00:00:30'), (1, '/c', '2026-01-01 00:01:10')",
-    )
-    .await
-    .expect("insert");
-    assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
+    let (_server, c) = clicks_counted(dir.path()).await;
     let lines = |sql: &str| {
         let c = &c;
         let sql = sql.to_string();
@@ -2673,17 +2653,7 @@ async fn explain_analyze_shows_every_operator_at_work() {
 #[tokio::test]
 async fn the_console_shows_views_in_headless_chromium() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(dir.path());
-    let c = server.client().await;
-    c.batch_execute(CREATE_CLICKS).await.expect("stream");
-    c.batch_execute(CREATE_VIEW).await.expect("view");
-    c.batch_execute(
-        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), \
-         (2, '/b', '2026-01-01 00:00:30'), (1, '/c', '2026-01-01 00:01:10')",
-    )
-    .await
-    .expect("insert");
-    assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
+    let (server, _c) = clicks_counted(dir.path()).await;
     let port = server.http_port.expect("the HTTP listener");
     let api = {
         use std::io::{Read, Write};
@@ -2767,4 +2737,21 @@ async fn weir_sessions_lists_the_clients_and_what_they_run() {
         assert!(!s.1.is_empty(), "a user: {sessions:?}");
         assert!(s.2.starts_with("127.0.0.1:"), "an address: {sessions:?}");
     }
+}
+
+/// A server with the clicks stream and its per-minute view, three clicks in, counted: two
+/// closed windows in the view.
+async fn clicks_counted(dir: &std::path::Path) -> (Server, tokio_postgres::Client) {
+    let server = Server::start(dir);
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("stream");
+    c.batch_execute(CREATE_VIEW).await.expect("view");
+    c.batch_execute(
+        "INSERT INTO clicks VALUES (1, '/a', '2026-01-01 00:00:01'), \
+         (2, '/b', '2026-01-01 00:00:30'), (1, '/c', '2026-01-01 00:01:10')",
+    )
+    .await
+    .expect("insert");
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
+    (server, c)
 }
