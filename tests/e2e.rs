@@ -2755,3 +2755,37 @@ async fn clicks_counted(dir: &std::path::Path) -> (Server, tokio_postgres::Clien
     assert_eq!(count(&c, "SELECT count(*) FROM clicks_per_min").await, 2);
     (server, c)
 }
+
+/// `--log-format json` writes each log event as one JSON object per line on stderr.
+#[test]
+fn logs_come_as_json_lines_when_asked() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["--log-format", "json", "serve", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "off",
+            "--http",
+            "off",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weir serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let line = std::io::BufReader::new(stderr)
+        .lines()
+        .next()
+        .expect("a log line")
+        .expect("readable");
+    let _ = child.kill();
+    let _ = child.wait();
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(event["level"], "INFO", "{line}");
+    assert!(event["fields"]["message"].is_string(), "{line}");
+    assert!(event["timestamp"].is_string(), "{line}");
+}
