@@ -2575,6 +2575,32 @@ async fn metrics_are_served_in_prometheus_format() {
     ] {
         assert!(samples.contains(expected), "no {expected:?} in:\n{samples}");
     }
+    // Every metric the example Grafana dashboard queries is served.
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana-dashboard.json"),
+    )
+    .expect("the example dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("JSON");
+    let queried: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .flat_map(|e| {
+            e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("weir_"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(queried.len() >= 8, "{queried:?}");
+    for metric in queried {
+        assert!(
+            body.contains(&format!("# TYPE {metric} ")),
+            "the dashboard queries {metric}, which /metrics does not serve"
+        );
+    }
     c.batch_execute("DROP MATERIALIZED VIEW clicks_per_min")
         .await
         .expect("drop");
