@@ -58,6 +58,8 @@ pub struct RetractJoinOperator {
     joined: SchemaRef,
     schema: SchemaRef,
     bytes: usize,
+    /// The most memory one batch of output may take (see [`BinaryOperator::limit_memory`]).
+    memory_limit: usize,
 }
 
 impl RetractJoinOperator {
@@ -117,6 +119,7 @@ impl RetractJoinOperator {
             schema: Arc::new(Schema::new(fields)),
             joined,
             bytes: 0,
+            memory_limit: usize::MAX,
         })
     }
 
@@ -361,6 +364,17 @@ impl BinaryOperator for RetractJoinOperator {
                 partners[i].push(p);
             }
         }
+        // Joined rows are about as wide as a row of each input: past the memory limit, this one
+        // batch's output alone would outgrow the query's budget.
+        let width = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0)
+            + self.inputs[1 - s]
+                .by_key
+                .values()
+                .next()
+                .and_then(|e| e.first())
+                .map_or(0, |e| e.row.as_ref().len())
+            + 64;
+        let max_rows = self.memory_limit / width;
         let mut out = Vec::new();
         for (i, row) in rows.into_iter().enumerate() {
             self.apply(
@@ -371,6 +385,14 @@ impl BinaryOperator for RetractJoinOperator {
                 &partners[i],
                 &mut out,
             )?;
+            if out.len() > max_rows {
+                return Err(Error::MemoryExceeded(format!(
+                    "one batch of {n} rows would change more than {max_rows} joined rows, about \
+                     {} MiB, past the query's memory limit of {} MiB",
+                    (out.len() * width) >> 20,
+                    self.memory_limit >> 20
+                )));
+            }
         }
         self.output(out)
     }
@@ -417,7 +439,9 @@ impl BinaryOperator for RetractJoinOperator {
         self.bytes
     }
 
-    fn limit_memory(&mut self, _bytes: usize) {}
+    fn limit_memory(&mut self, bytes: usize) {
+        self.memory_limit = bytes;
+    }
 
     /// Per input, every kept row as many times as it holds (left first; the first value says
     /// how many batches are the left input's). A restore inserts them again, which rebuilds
@@ -567,5 +591,34 @@ mod tests {
             op.process_batch(Side::Right, batch(&r, &[(9, 9, false)]))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_batch_whose_output_outgrows_the_memory_limit_is_refused() {
+        let (l, r) = (changelog("l"), changelog("r"));
+        let joined = Arc::new(Schema::new(vec![
+            Field::new("lk", DataType::Int64, true),
+            Field::new("lv", DataType::Int64, true),
+            Field::new("rk", DataType::Int64, true),
+            Field::new("rv", DataType::Int64, true),
+        ]));
+        let key = |name: &str| vec![Arc::new(Column::new(name, 0)) as Arc<dyn PhysicalExpr>];
+        let mut op = RetractJoinOperator::try_new(
+            [
+                (Arc::clone(&l), key("lk"), true, false),
+                (Arc::clone(&r), key("rk"), true, false),
+            ],
+            None,
+            joined,
+        )
+        .expect("join");
+        op.limit_memory(64 << 10);
+        let many: Vec<(i64, i64, bool)> = (0..2000).map(|v| (1, v, true)).collect();
+        op.process_batch(Side::Left, batch(&l, &many))
+            .expect("stored");
+        let e = op
+            .process_batch(Side::Right, batch(&r, &many))
+            .expect_err("four million joined rows");
+        assert!(matches!(e, Error::MemoryExceeded(_)), "{e}");
     }
 }
