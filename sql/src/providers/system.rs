@@ -81,8 +81,9 @@ pub const VIEW_PROGRESS: &str = "weir_view_progress";
 
 /// `weir_view_progress`: per view, the events it has processed, the events committed to its
 /// sources (their difference is its backlog), its watermark, and its newest checkpoint (epoch
-/// and the events it covers: a restart replays only the events after them); read as is,
-/// without waiting.
+/// and the events it covers: a restart replays only the events after them); events per second
+/// over about the last ten seconds, how far its watermark is behind the wall clock, and the
+/// source partition that holds the watermark back; read as is, without waiting.
 #[derive(Debug)]
 pub struct ViewProgressTable {
     db: Registry,
@@ -107,6 +108,10 @@ impl ViewProgressTable {
             ),
             Field::new("checkpoint_epoch", DataType::Int64, true),
             Field::new("checkpointed", DataType::Int64, true),
+            Field::new("events_per_s", DataType::Float64, true),
+            Field::new("lag_seconds", DataType::Float64, true),
+            // `stream/partition`: the active partition with the lowest watermark.
+            Field::new("held_back_by", DataType::Utf8, true),
         ]))
     }
 }
@@ -136,6 +141,10 @@ impl TableProvider for ViewProgressTable {
         let mut watermarks = Vec::new();
         let mut epochs = Vec::new();
         let mut checkpointed = Vec::new();
+        let (mut rates, mut lags, mut held) = (Vec::new(), Vec::new(), Vec::new());
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
         for v in &views {
             let p = v.table.progress();
             names.push(v.def.name.clone());
@@ -144,6 +153,9 @@ impl TableProvider for ViewProgressTable {
             watermarks.push(p.watermark_ns.map(|w| w / 1000));
             epochs.push(p.checkpoint.map(|c| c.0 as i64));
             checkpointed.push(p.checkpoint.map(|c| c.1 as i64));
+            rates.push(events_per_s(v));
+            lags.push(p.watermark_ns.map(|w| (now_ns - w) as f64 / 1e9));
+            held.push(held_back_by(v, &p));
         }
         let batch = RecordBatch::try_new(
             self.schema(),
@@ -154,6 +166,9 @@ impl TableProvider for ViewProgressTable {
                 Arc::new(TimestampMicrosecondArray::from(watermarks)),
                 Arc::new(Int64Array::from(epochs)),
                 Arc::new(Int64Array::from(checkpointed)),
+                Arc::new(datafusion::arrow::array::Float64Array::from(rates)),
+                Arc::new(datafusion::arrow::array::Float64Array::from(lags)),
+                Arc::new(StringArray::from(held)),
             ],
         )?;
         Ok(MemorySourceConfig::try_new_exec(
@@ -162,6 +177,41 @@ impl TableProvider for ViewProgressTable {
             projection.cloned(),
         )?)
     }
+}
+
+/// Events per second a view reads, over about the last ten seconds: what the first operator
+/// over each of its sources took; `None` for a view without operators.
+fn events_per_s(view: &crate::catalog::ViewEntry) -> Option<f64> {
+    let query = view.query.lock().unwrap_or_else(|e| e.into_inner());
+    let stats = query.as_ref()?.operator_stats();
+    let mut seen: Vec<&str> = Vec::new();
+    let mut total = None;
+    for (input, s) in stats {
+        if input.starts_with("source") && !seen.contains(&input.as_str()) {
+            seen.push(input);
+            *total.get_or_insert(0.0) += s.snapshot().recent_rows_in_per_s;
+        }
+    }
+    total
+}
+
+/// `stream/partition` of the active source partition with the lowest watermark, if any.
+fn held_back_by(
+    view: &crate::catalog::ViewEntry,
+    progress: &weir_engine::result_table::Progress,
+) -> Option<String> {
+    progress
+        .partitions
+        .iter()
+        .enumerate()
+        .flat_map(|(s, parts)| parts.iter().enumerate().map(move |(i, p)| (s, i, p)))
+        .filter(|(_, _, p)| p.active)
+        .filter_map(|(s, i, p)| p.watermark_ns.map(|w| (w, s, i)))
+        .min()
+        .map(|(_, s, i)| {
+            let name = view.sources.get(s).map_or("?", |e| e.def.name.as_str());
+            format!("{name}/{i}")
+        })
 }
 
 /// `weir_connectors`: every external source and sink, as it is now.
