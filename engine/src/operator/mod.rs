@@ -205,6 +205,22 @@ pub(crate) fn state_batch(columns: Vec<ArrayRef>) -> Result<RecordBatch> {
     )?)
 }
 
+/// A join's key columns over `batch`, each cast to the type both inputs compare in.
+pub(crate) fn join_keys(
+    keys: &[Arc<dyn datafusion::physical_expr::PhysicalExpr>],
+    types: &[datafusion::arrow::datatypes::DataType],
+    batch: &RecordBatch,
+) -> Result<Vec<ArrayRef>> {
+    let n = batch.num_rows();
+    keys.iter()
+        .zip(types)
+        .map(|(k, t)| {
+            let a = k.evaluate(batch)?.into_array(n)?;
+            Ok(if a.data_type() == t { a } else { cast(&a, t)? })
+        })
+        .collect()
+}
+
 /// A batch of `schema` from `columns`, casting those whose type differs (accumulators may
 /// produce a related type, e.g. a different timestamp unit).
 pub(crate) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<RecordBatch> {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
@@ -127,15 +127,7 @@ impl RetractJoinOperator {
     /// never matches it).
     fn keys(&self, s: usize, batch: &RecordBatch) -> Result<Vec<Option<Box<[u8]>>>> {
         let n = batch.num_rows();
-        let columns = self.inputs[s]
-            .keys
-            .iter()
-            .zip(&self.key_types)
-            .map(|(k, t)| {
-                let a = k.evaluate(batch)?.into_array(n)?;
-                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let columns = super::join_keys(&self.inputs[s].keys, &self.key_types, batch)?;
         let rows = self.key_converter.convert_columns(&columns)?;
         Ok((0..n)
             .map(|i| (!columns.iter().any(|c| c.is_null(i))).then(|| rows.row(i).data().into()))
@@ -537,8 +529,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_changed_row_takes_back_what_it_joined_and_padding_follows_matches() {
+    /// A join on k of two changelogs (k, v), a LEFT one if `left_outer`.
+    fn join(left_outer: bool) -> (RetractJoinOperator, SchemaRef, SchemaRef) {
         let (l, r) = (changelog("l"), changelog("r"));
         let joined = Arc::new(Schema::new(vec![
             Field::new("lk", DataType::Int64, true),
@@ -547,16 +539,21 @@ mod tests {
             Field::new("rv", DataType::Int64, true),
         ]));
         let key = |name: &str| vec![Arc::new(Column::new(name, 0)) as Arc<dyn PhysicalExpr>];
-        // A LEFT JOIN on k.
-        let mut op = RetractJoinOperator::try_new(
+        let op = RetractJoinOperator::try_new(
             [
-                (Arc::clone(&l), key("lk"), true, true),
+                (Arc::clone(&l), key("lk"), true, left_outer),
                 (Arc::clone(&r), key("rk"), true, false),
             ],
             None,
             joined,
         )
         .expect("join");
+        (op, l, r)
+    }
+
+    #[test]
+    fn a_changed_row_takes_back_what_it_joined_and_padding_follows_matches() {
+        let (mut op, l, r) = join(true);
         let out = op
             .process_batch(Side::Left, batch(&l, &[(1, 10, true)]))
             .expect("l");
@@ -584,9 +581,16 @@ mod tests {
             changes(&out),
             vec![(11, 5, false), (11, 6, false), (11, -1, true)]
         );
-        // State survives a restore.
+        // State survives a restore: the left row is kept, and still alone.
         let state = op.snapshot().expect("snapshot");
         assert_eq!(state.batches[0].num_rows(), 1);
+        let (mut op, _, _) = join(true);
+        op.restore(state).expect("restore");
+        let out = op
+            .process_batch(Side::Right, batch(&r, &[(1, 7, true)]))
+            .expect("r");
+        assert_eq!(changes(&out), vec![(11, 7, true), (11, -1, false)]);
+        // Taking back a row that was never there is an error, not a silent no-op.
         assert!(
             op.process_batch(Side::Right, batch(&r, &[(9, 9, false)]))
                 .is_err()
@@ -595,23 +599,7 @@ mod tests {
 
     #[test]
     fn a_batch_whose_output_outgrows_the_memory_limit_is_refused() {
-        let (l, r) = (changelog("l"), changelog("r"));
-        let joined = Arc::new(Schema::new(vec![
-            Field::new("lk", DataType::Int64, true),
-            Field::new("lv", DataType::Int64, true),
-            Field::new("rk", DataType::Int64, true),
-            Field::new("rv", DataType::Int64, true),
-        ]));
-        let key = |name: &str| vec![Arc::new(Column::new(name, 0)) as Arc<dyn PhysicalExpr>];
-        let mut op = RetractJoinOperator::try_new(
-            [
-                (Arc::clone(&l), key("lk"), true, false),
-                (Arc::clone(&r), key("rk"), true, false),
-            ],
-            None,
-            joined,
-        )
-        .expect("join");
+        let (mut op, l, r) = join(false);
         op.limit_memory(64 << 10);
         let many: Vec<(i64, i64, bool)> = (0..2000).map(|v| (1, v, true)).collect();
         op.process_batch(Side::Left, batch(&l, &many))

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch, take};
+use datafusion::arrow::compute::{concat_batches, filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
@@ -117,15 +117,7 @@ impl Operator for StaticJoinOperator {
 
     fn process_batch(&mut self, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
         let n = batch.num_rows();
-        let keys = self
-            .keys
-            .iter()
-            .zip(&self.key_types)
-            .map(|(k, t)| {
-                let a = k.evaluate(&batch)?.into_array(n)?;
-                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let keys = super::join_keys(&self.keys, &self.key_types, &batch)?;
         let converted = self.converter.convert_columns(&keys)?;
         let mut events: Vec<u32> = Vec::with_capacity(n);
         // Table rows per output row; `None` pads an unmatched event with NULLs.

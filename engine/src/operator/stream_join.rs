@@ -307,16 +307,7 @@ impl StreamJoinOperator {
     }
 
     fn keys_of(&self, side: usize, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-        let n = batch.num_rows();
-        self.inputs[side]
-            .keys
-            .iter()
-            .zip(&self.key_types)
-            .map(|(k, t)| {
-                let a = k.evaluate(batch)?.into_array(n)?;
-                Ok(if a.data_type() == t { a } else { cast(&a, t)? })
-            })
-            .collect()
+        super::join_keys(&self.inputs[side].keys, &self.key_types, batch)
     }
 
     /// Per row, the hash of its key (all zero without keys).

@@ -107,11 +107,21 @@ pub(crate) fn file_source(name: &str, options: &CreateTableOptions) -> Result<Op
     Ok(Some(FileSource { path }))
 }
 
-/// The rows of a CSV file without a header (Flink's `csv` format), as `schema`.
+/// The rows of a CSV file without a header (Flink's `csv` format), as `schema`. The table holds
+/// them in memory, so a file larger than a COPY may load at once is refused (54000).
 pub(crate) fn read_csv(
     name: &str,
     source: &FileSource,
     schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    read_csv_within(name, source, schema, crate::copy::COPY_MEMORY_LIMIT_BYTES)
+}
+
+fn read_csv_within(
+    name: &str,
+    source: &FileSource,
+    schema: &SchemaRef,
+    limit: usize,
 ) -> Result<Vec<RecordBatch>> {
     let bad = |e: &dyn std::fmt::Display| Error::WrongObject {
         sqlstate: "22P02",
@@ -121,6 +131,19 @@ pub(crate) fn read_csv(
         sqlstate: "58P01",
         message: format!("table {name}: could not open {}: {e}", source.path),
     })?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > limit as u64 {
+        return Err(Error::WrongObject {
+            sqlstate: "54000",
+            message: format!(
+                "table {name}: {} is {} MiB, more than the {} MiB a table read from a file may \
+                 hold",
+                source.path,
+                size >> 20,
+                limit >> 20
+            ),
+        });
+    }
     let reader = datafusion::arrow::csv::ReaderBuilder::new(Arc::clone(schema))
         .with_header(false)
         .with_batch_size(64 * 1024)
@@ -142,6 +165,32 @@ mod tests {
             },
             _ => panic!("not one statement"),
         }
+    }
+
+    #[test]
+    fn a_file_larger_than_the_limit_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("big.csv");
+        std::fs::write(&path, "1,a\n2,b\n3,c\n").expect("file");
+        let source = FileSource {
+            path: path.display().to_string(),
+        };
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new(
+                "k",
+                datafusion::arrow::datatypes::DataType::Int64,
+                true,
+            ),
+            datafusion::arrow::datatypes::Field::new(
+                "v",
+                datafusion::arrow::datatypes::DataType::Utf8,
+                true,
+            ),
+        ]));
+        let e = read_csv_within("t", &source, &schema, 8).expect_err("too large");
+        assert_eq!(e.sqlstate(), "54000", "{e}");
+        let rows = read_csv_within("t", &source, &schema, 1 << 20).expect("fits");
+        assert_eq!(rows.iter().map(RecordBatch::num_rows).sum::<usize>(), 3);
     }
 
     #[test]
