@@ -384,6 +384,126 @@ async fn copy_loads_files_all_or_nothing() {
     );
 }
 
+/// Lines of `COPY clicks FROM STDIN` text: user `i % 50`, a distinct url, a time in the day.
+fn copy_lines(range: std::ops::Range<u64>) -> bytes::Bytes {
+    let mut out = String::new();
+    for i in range {
+        out.push_str(&format!(
+            "{}\t/copy/{i}\t2026-01-01 {:02}:{:02}:{:02}\n",
+            i % 50,
+            (i / 3600) % 24,
+            (i / 60) % 60,
+            i % 60
+        ));
+    }
+    bytes::Bytes::from(out)
+}
+
+/// A `COPY clicks FROM STDIN` begun on `client`, with `rows` rows of [`copy_lines`] sent.
+async fn copy_started(
+    client: &Client,
+    rows: u64,
+) -> std::pin::Pin<Box<tokio_postgres::CopyInSink<bytes::Bytes>>> {
+    use futures::SinkExt;
+    let sink = client
+        .copy_in("COPY clicks FROM STDIN")
+        .await
+        .expect("copy in starts");
+    let mut sink = Box::pin(sink);
+    for start in (0..rows).step_by(10_000) {
+        let end = (start + 10_000).min(rows);
+        sink.send(copy_lines(start..end)).await.expect("data");
+    }
+    sink
+}
+
+/// A COPY into a stream goes to the log as its data comes (in a log transaction) and shows
+/// all of its rows or none: nothing while it runs, nothing after a bad row near its end,
+/// nothing after `kill -9` in the middle of it; rows others insert meanwhile are kept; and
+/// views pass over the rows that never committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_all_or_nothing_across_a_bad_row_and_kill_9() {
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("stream");
+    c.batch_execute(CREATE_VIEW).await.expect("view");
+    // About 12 MiB of data: pieces of it are written to the log before the COPY ends.
+    let copying = server.client().await;
+    let mut sink = copy_started(&copying, 300_000).await;
+    c.execute(
+        "INSERT INTO clicks VALUES (7, '/meanwhile', TIMESTAMP '2026-01-01 00:00:00')",
+        &[],
+    )
+    .await
+    .expect("an insert while the COPY runs");
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM clicks WHERE url LIKE '/copy/%'").await,
+        0,
+        "nothing of a COPY still running is visible"
+    );
+    sink.send(bytes::Bytes::from_static(b"1\t/bad\tnot a time\n"))
+        .await
+        .expect("data");
+    let err = sink
+        .as_mut()
+        .finish()
+        .await
+        .expect_err("the bad row fails the COPY");
+    let db = err.as_db_error().expect("a database error");
+    assert!(db.message().contains("line 300001"), "{}", db.message());
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 1);
+
+    // The same COPY, cut by kill -9 once the server has written part of it.
+    let copying = server.client().await;
+    let _sink = copy_started(&copying, 300_000).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored_before_kill: u64 = std::fs::read_dir(dir.path().join("streams/clicks"))
+        .map(|parts| {
+            parts
+                .flatten()
+                .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    server.kill9();
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 1);
+    // A COPY after it loads, and the view, which read past both failed COPYs, counts its rows.
+    let copying = server.client().await;
+    let mut sink = copy_started(&copying, 1000).await;
+    assert_eq!(sink.as_mut().finish().await.expect("copy done"), 1000);
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 1001);
+    // The view reads past the rows that never committed: it catches up with the log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let behind =
+        "SELECT committed - processed FROM weir_view_progress WHERE view = 'clicks_per_min'";
+    while count(&c, behind).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the view stays behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM weir_view_progress WHERE processed >= 300000"
+        )
+        .await,
+        1,
+        "the failed COPYs' offsets count as read"
+    );
+    assert!(
+        stored_before_kill > 1 << 20,
+        "the killed COPY had written to the log ({stored_before_kill} bytes): the test cut it midway"
+    );
+}
+
 /// psql's `\\copy (query) TO 'file' CSV HEADER` exports a view's rows, and `\\copy name TO`
 /// a stream's, as PostgreSQL writes them.
 #[test]
@@ -1377,13 +1497,17 @@ struct Sent {
     acked: std::collections::HashSet<String>,
     /// Rows whose INSERT was in flight when the server died: stored or not, but never twice.
     uncertain: std::collections::HashSet<String>,
+    /// The rows of each INSERT or COPY in flight when the server died: all stored or none.
+    uncertain_writes: Vec<Vec<String>>,
 }
 
-/// Inserts rows of 20 into `clicks` through whichever server `port` names, reconnecting after
-/// every kill, until `stop`. Event time is the wall clock, so rows are never behind the
-/// watermark delay (10 s) however the writers interleave.
+/// Writes rows into `clicks` through whichever server `port` names, reconnecting after
+/// every kill, until `stop`: INSERTs of 20 rows (over several partitions), or with `copy`
+/// COPYs of 3,000. Event time is the wall clock, so rows are never behind the watermark
+/// delay (10 s) however the writers interleave.
 async fn kill_loop_writer(
     w: u64,
+    copy: bool,
     port: Arc<std::sync::atomic::AtomicU16>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     sent: Arc<std::sync::Mutex<Sent>>,
@@ -1404,24 +1528,50 @@ async fn kill_loop_writer(
         };
         tokio::spawn(connection);
         while !stop.load(Ordering::SeqCst) {
-            let ids: Vec<String> = (i..i + 20).map(|j| format!("w{w}-{j}")).collect();
-            let values: Vec<String> = ids
-                .iter()
-                .enumerate()
-                .map(|(k, id)| format!("({}, '{id}', now())", w * 100 + (i + k as u64) % 7))
-                .collect();
-            i += 20;
-            let sql = format!("INSERT INTO clicks VALUES {}", values.join(", "));
-            let ok = client.batch_execute(&sql).await.is_ok();
+            let n = if copy { 3000 } else { 20 };
+            let ids: Vec<String> = (i..i + n).map(|j| format!("w{w}-{j}")).collect();
+            i += n;
+            let ok = if copy {
+                copy_rows(&client, w, &ids).await
+            } else {
+                let values: Vec<String> = ids
+                    .iter()
+                    .enumerate()
+                    .map(|(k, id)| format!("({}, '{id}', now())", w * 100 + k as u64 % 7))
+                    .collect();
+                let sql = format!("INSERT INTO clicks VALUES {}", values.join(", "));
+                client.batch_execute(&sql).await.is_ok()
+            };
             let mut s = sent.lock().expect("sent");
             if ok {
                 s.acked.extend(ids);
             } else {
-                s.uncertain.extend(ids);
+                s.uncertain.extend(ids.iter().cloned());
+                s.uncertain_writes.push(ids);
                 break;
             }
         }
     }
+}
+
+/// COPYs rows `ids` into `clicks` (users `w * 100 + 0..7`, the time now); whether it ended well.
+async fn copy_rows(client: &Client, w: u64, ids: &[String]) -> bool {
+    use futures::SinkExt;
+    let now = chrono::Utc::now()
+        .naive_utc()
+        .format("%Y-%m-%d %H:%M:%S%.6f");
+    let mut data = String::new();
+    for (k, id) in ids.iter().enumerate() {
+        data.push_str(&format!("{}\t{id}\t{now}\n", w * 100 + k as u64 % 7));
+    }
+    let Ok(sink) = client.copy_in("COPY clicks FROM STDIN").await else {
+        return false;
+    };
+    futures::pin_mut!(sink);
+    if sink.send(bytes::Bytes::from(data)).await.is_err() {
+        return false;
+    }
+    sink.finish().await.is_ok()
 }
 
 /// Asserts that `relation` (a windowed view, or a stream made `AS SELECT`) holds exactly the
@@ -1502,10 +1652,11 @@ async fn kill_9_loop_loses_and_doubles_nothing() {
     let port = Arc::new(std::sync::atomic::AtomicU16::new(server.port));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = Arc::new(std::sync::Mutex::new(Sent::default()));
-    let writers: Vec<_> = (0..4)
+    let writers: Vec<_> = (0..5)
         .map(|w| {
             tokio::spawn(kill_loop_writer(
                 w,
+                w == 4,
                 Arc::clone(&port),
                 Arc::clone(&stop),
                 Arc::clone(&sent),
@@ -1560,6 +1711,18 @@ async fn kill_9_loop_loses_and_doubles_nothing() {
         .filter(|id| !sent.acked.contains(**id) && !sent.uncertain.contains(**id))
         .collect();
     assert!(foreign.is_empty(), "rows nobody sent: {foreign:?}");
+    for write in &sent.uncertain_writes {
+        let kept = write.iter().filter(|id| unique.contains(id)).count();
+        assert!(
+            kept == 0 || kept == write.len(),
+            "{kept} of the {} rows of one INSERT or COPY survived a kill: all or none",
+            write.len()
+        );
+    }
+    assert!(
+        sent.acked.iter().any(|id| id.starts_with("w4-")),
+        "the COPY writer got rows in"
+    );
     assert!(
         sent.acked.len() > 1000,
         "the writers got rows in: {}",

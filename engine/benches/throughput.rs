@@ -274,10 +274,11 @@ fn bench_interval_join(total: i64) {
     let output = Arc::new(Schema::new(fields));
     let side = |offset_ns: i64| JoinInput {
         keys: vec![Arc::new(Column::new("user_id", 0))],
-        time: 2,
+        time: Some(2),
         time_lag_ns: 0,
-        expiry_column: 2,
+        expiry_column: Some(2),
         expiry_offset_ns: offset_ns,
+        keep_unmatched: false,
     };
     // right.ts >= left.ts; the one-second bound is what frees state.
     let filter = Arc::new(BinaryExpr::new(

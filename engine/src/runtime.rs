@@ -13,8 +13,8 @@ use datafusion::arrow::json::LineDelimitedWriter;
 
 use crate::checkpoint::{Checkpoint, CheckpointStore, OperatorState};
 use crate::dataflow::Dataflow;
-use crate::log::Notifier;
 use crate::log::StreamLog;
+use crate::log::{Notifier, Partition};
 use crate::result_table::{Progress, QueryError, ResultTable};
 use crate::stats::OperatorStats;
 use crate::watermark::{WatermarkTracker, max_event_time_ns};
@@ -753,6 +753,27 @@ impl Budget {
     }
 }
 
+/// Warns when a read of `(source, partition)` from `from` began at `got`, past rows retention
+/// deleted before the query read them (rows of aborted transactions are passed over too, and
+/// are no loss).
+fn warn_if_deleted(
+    query: &str,
+    (s, p): (usize, usize),
+    partition: &Partition,
+    from: u64,
+    got: u64,
+) {
+    if got > from && from < partition.start_offset() {
+        tracing::warn!(
+            query,
+            source = s,
+            partition = p,
+            skipped = got - from,
+            "rows were deleted by retention before the query read them"
+        );
+    }
+}
+
 fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History) -> Result<()> {
     let mut position = Position::new(&spec.sources);
     let mut checkpointer = match spec.checkpoint.take() {
@@ -826,18 +847,18 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
                     if stop.load(Ordering::Acquire) {
                         break 'round;
                     }
-                    if offset > source.offsets[p] {
-                        // Retention removed rows this query had not read yet.
-                        tracing::warn!(
-                            query = %spec.name,
-                            source = s,
-                            partition = p,
-                            skipped = offset - source.offsets[p],
-                            "rows were deleted by retention before the query read them"
-                        );
-                    }
-                    source.offsets[p] = offset + batch.num_rows() as u64;
+                    warn_if_deleted(&spec.name, (s, p), partition, source.offsets[p], offset);
+                    let next = offset + batch.num_rows() as u64;
+                    // Offsets, not rows: passed-over rows count as read, as the backlog
+                    // (committed offsets less these) expects.
+                    read += next.saturating_sub(source.offsets[p]);
+                    source.offsets[p] = next;
                     progressed = true;
+                    if batch.num_rows() == 0 {
+                        // Where passed-over rows of an aborted transaction end.
+                        spec.sink.set_read(read);
+                        continue;
+                    }
                     if let Some(t) = source.spec.event_time {
                         if let Some(max) = max_event_time_ns(batch.column(t).as_ref())? {
                             source.tracker.observe(p, max, Instant::now());
@@ -846,7 +867,6 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
                     let out = spec.dataflow.process_batch(s, &batch)?;
                     emit(&spec, &mut results, out)?;
                     budget.check(&spec)?;
-                    read += batch.num_rows() as u64;
                     spec.sink.set_read(read);
                     let late = spec.dataflow.take_late();
                     if !late.is_empty() {

@@ -36,7 +36,7 @@ use pgwire::messages::data::{NoData, ParameterDescription};
 use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::startup::SecretKey;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use weir_sql::copy::CopyLoader;
+use weir_sql::copy_pipe::CopyPipe;
 
 use crate::auth::Users;
 use weir_sql::datafusion::arrow::datatypes::Schema;
@@ -194,13 +194,13 @@ where
     Ok(rows)
 }
 
-/// The COPY FROM STDIN a connection is receiving data for: its rows parsed so far, or why it
+/// The COPY FROM STDIN a connection is receiving data for: the pipe to its loader, or why it
 /// cannot load (told when the data ends, as the protocol answers then).
 #[derive(Debug, Default)]
-struct PendingCopy(Mutex<Option<weir_sql::Result<CopyLoader>>>);
+struct PendingCopy(Mutex<Option<weir_sql::Result<CopyPipe>>>);
 
 impl PendingCopy {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<weir_sql::Result<CopyLoader>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<weir_sql::Result<CopyPipe>>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -211,7 +211,7 @@ fn expect_copy<C: ClientInfo>(client: &C, session: &Session, out: &Output) {
         let pending = client
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
-        *pending.lock() = Some(session.copy_loader(copy));
+        *pending.lock() = Some(session.copy_loader(copy).and_then(CopyPipe::start));
     }
 }
 
@@ -543,16 +543,13 @@ impl CopyHandler for Handler {
         let pending = client
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
-        let feed = || {
-            if let Some(Ok(loader)) = pending.lock().as_mut() {
-                loader.feed(&copy_data.data);
-            }
-        };
-        // Feeding parses a few MiB of rows now and then: off the async workers where the
-        // runtime allows, so that other connections are not held up meanwhile.
-        match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(feed),
-            _ => feed(),
+        // Out of the lock while it waits: the loader's thread may be behind.
+        let taken = pending.lock().take();
+        if let Some(Ok(mut pipe)) = taken {
+            pipe.feed(&copy_data.data).await;
+            *pending.lock() = Some(Ok(pipe));
+        } else {
+            *pending.lock() = taken;
         }
         Ok(())
     }
@@ -574,7 +571,11 @@ impl CopyHandler for Handler {
                 "COPY data ended, but no COPY FROM STDIN was running".to_owned(),
             ))));
         };
-        let loader = loader.map_err(user_error)?;
+        let loader = loader
+            .map_err(user_error)?
+            .finish()
+            .await
+            .map_err(user_error)?;
         let rows = self
             .session(client)
             .copy_finish(loader)

@@ -769,13 +769,34 @@ fn parse_chunk(
 /// How much COPY data is parsed at a time: the rows of about this many bytes.
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// The most memory one COPY's parsed rows may hold before it commits.
+/// The most memory one COPY's parsed rows may hold before it commits, where they are held
+/// (a COPY into a table; one into a stream hands them to its [`CopySink`] as they come).
 pub const COPY_MEMORY_LIMIT_BYTES: usize = 512 << 20;
 
+/// Where a COPY's rows go as they are parsed, for a target that can take them before the COPY
+/// ends without showing them (a stream: a log transaction).
+pub trait CopySink: Send + std::fmt::Debug {
+    /// Takes the rows parsed so far; none may be visible before [`CopySink::commit`].
+    fn write(&mut self, batches: Vec<RecordBatch>) -> Result<()>;
+    /// Takes the last rows and makes all of them visible at once; returns the rows loaded.
+    /// Dropping the sink without committing throws every row away.
+    fn commit(self: Box<Self>, batches: Vec<RecordBatch>) -> Result<u64>;
+}
+
+/// How a COPY's data ended well (see [`CopyLoader::end`]).
+#[derive(Debug)]
+pub enum CopyEnd {
+    /// The sink committed this many rows.
+    Committed(u64),
+    /// Every row, held: for the caller to load all together.
+    Rows(Vec<RecordBatch>),
+}
+
 /// A `COPY ... FROM STDIN`'s data, parsed into batches as it arrives (a few MiB of text at a
-/// time), so that the text is never held whole; the batches are appended together, all or
-/// none, by [`CopyLoader::finish`]'s caller. The first bad row (or the memory limit) is kept
-/// and reported at the end, when PostgreSQL's protocol lets the server answer.
+/// time), so that the text is never held whole. The rows go to a [`CopySink`] as they are
+/// parsed, or are held and appended together, all or none, by [`CopyLoader::finish`]'s
+/// caller. The first bad row (or the memory limit) is kept and reported at the end, when
+/// PostgreSQL's protocol lets the server answer.
 #[derive(Debug)]
 pub struct CopyLoader {
     copy: CopyIn,
@@ -794,6 +815,7 @@ pub struct CopyLoader {
     chunk: usize,
     limit: usize,
     failed: Option<Error>,
+    sink: Option<Box<dyn CopySink>>,
 }
 
 impl CopyLoader {
@@ -812,7 +834,15 @@ impl CopyLoader {
             chunk: CHUNK_BYTES,
             limit: COPY_MEMORY_LIMIT_BYTES,
             failed: None,
+            sink: None,
         }
+    }
+
+    /// The loader handing its rows to `sink` as they are parsed, so that it holds no more
+    /// than a chunk of them whatever the data's size.
+    pub fn with_sink(mut self, sink: Box<dyn CopySink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 
     /// The loader with a chunk size and a memory limit of its own, for tests.
@@ -843,12 +873,27 @@ impl CopyLoader {
             None if self.pending.len() > self.limit => Err(self.over_limit()),
             None => Ok(()),
         };
-        if let Err(e) = parsed {
-            // Nothing of it will load: its memory goes now, not when the data ends.
+        let written = parsed.and_then(|()| self.hand_over());
+        if let Err(e) = written {
+            // Nothing of it will load: its memory (and its transaction) goes now, not when
+            // the data ends.
             self.failed = Some(e);
             self.pending = Vec::new();
             self.batches = Vec::new();
+            self.sink = None;
         }
+    }
+
+    /// Gives the rows parsed so far to the sink, if there is one.
+    fn hand_over(&mut self) -> Result<()> {
+        let Some(sink) = self.sink.as_mut() else {
+            return Ok(());
+        };
+        if self.batches.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        sink.write(std::mem::take(&mut self.batches))
     }
 
     /// The error of a COPY that needs more memory than its limit.
@@ -917,6 +962,18 @@ impl CopyLoader {
             self.parse_up_to(all)?;
         }
         Ok(self.batches)
+    }
+
+    /// Ends the data: the sink commits every row (see [`CopySink::commit`]), or, without one,
+    /// the rows are returned as [`CopyLoader::finish`] does. A bad row drops the sink, and
+    /// with it every row it took.
+    pub fn end(mut self) -> Result<CopyEnd> {
+        let sink = self.sink.take();
+        let batches = self.finish()?;
+        match sink {
+            Some(sink) => Ok(CopyEnd::Committed(sink.commit(batches)?)),
+            None => Ok(CopyEnd::Rows(batches)),
+        }
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod catalog;
 pub mod copy;
+pub mod copy_pipe;
 pub mod database;
 pub mod error;
 pub mod functions;

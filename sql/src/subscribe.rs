@@ -269,7 +269,11 @@ fn read_log(
             batches.push(RecordBatch::try_new(Arc::clone(schema), columns)?);
             offsets[p] = offset + n as u64;
         }
-        return Ok(Some(concat_batches(schema, &batches)?));
+        let rows = concat_batches(schema, &batches)?;
+        if rows.num_rows() == 0 {
+            continue; // only where rows of an aborted transaction end
+        }
+        return Ok(Some(rows));
     }
     Ok(None)
 }

@@ -16,13 +16,17 @@ const PAYLOAD_HEADER_V1: usize = 4 + 8 + 4 + 8;
 /// Version 2 adds the producer of the frame: id, epoch and first sequence number.
 const PAYLOAD_HEADER_V2: usize = PAYLOAD_HEADER_V1 + 8 + 4 + 4;
 /// Version 3 adds the position in an external source that follows the frame's rows.
-const PAYLOAD_HEADER: usize = PAYLOAD_HEADER_V2 + 8;
+const PAYLOAD_HEADER_V3: usize = PAYLOAD_HEADER_V2 + 8;
+/// Version 4 adds the log transaction of the frame and the frame's kind (rows or a marker).
+const PAYLOAD_HEADER: usize = PAYLOAD_HEADER_V3 + 8 + 1;
 /// "WB" (Weir batch), format version 1 (still read).
 const MAGIC_V1: [u8; 4] = [b'W', b'B', 0, 1];
 /// "WB", format version 2 (still read).
 const MAGIC_V2: [u8; 4] = [b'W', b'B', 0, 2];
-/// "WB", format version 3 (written).
-const MAGIC: [u8; 4] = [b'W', b'B', 0, 3];
+/// "WB", format version 3 (still read).
+const MAGIC_V3: [u8; 4] = [b'W', b'B', 0, 3];
+/// "WB", format version 4 (written).
+const MAGIC: [u8; 4] = [b'W', b'B', 0, 4];
 /// Refuse frames claiming more than this, so a corrupt length cannot make recovery allocate wildly.
 pub(crate) const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -42,6 +46,51 @@ pub(crate) struct FrameMeta {
     /// For rows copied from an external source (a Kafka partition), the source offset to read
     /// next: stored in the same frame as the rows, so the two are durable together.
     pub source_next: Option<i64>,
+    /// The log transaction the frame belongs to, and whether it holds rows or ends it.
+    pub txn: Option<(u64, FrameKind)>,
+}
+
+/// What a frame of a log transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// Rows, visible once the transaction's commit marker is durable.
+    Rows,
+    /// The transaction committed: its rows are visible.
+    Commit,
+    /// The transaction aborted: its rows are skipped by every reader.
+    Abort,
+}
+
+impl FrameKind {
+    fn code(self) -> u8 {
+        match self {
+            Self::Rows => 0,
+            Self::Commit => 1,
+            Self::Abort => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Rows),
+            1 => Some(Self::Commit),
+            2 => Some(Self::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// Who wrote a frame, and why: everything of the header but the offset and the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    /// Wall-clock time of the append, in milliseconds since the epoch.
+    pub append_ms: i64,
+    /// The idempotent producer that appended it, if one did.
+    pub producer: Option<ProducerSeq>,
+    /// The external source position that follows the rows, for rows copied from a source.
+    pub source_next: Option<i64>,
+    /// The log transaction, for its rows and its markers.
+    pub txn: Option<(u64, FrameKind)>,
 }
 
 /// An idempotent producer's batch: who sent it and the sequence number of its first row, so
@@ -59,29 +108,10 @@ pub struct ProducerSeq {
 /// Encodes `batch` as a frame, still to be [`seal`]ed with its base offset.
 ///
 /// The expensive part (IPC encoding and compression) happens here, outside any lock; sealing is cheap.
-pub(crate) fn encode(
-    batch: &RecordBatch,
-    append_ms: i64,
-    producer: Option<ProducerSeq>,
-    source_next: Option<i64>,
-) -> Result<Vec<u8>> {
-    let base_offset = 0u64;
+pub(crate) fn encode(batch: &RecordBatch, stamp: Stamp) -> Result<Vec<u8>> {
     let rows = u32::try_from(batch.num_rows())
         .map_err(|_| Error::InvalidArgument("a batch may hold at most 2^32-1 rows".into()))?;
-    let mut out = vec![0u8; FRAME_HEADER];
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&base_offset.to_le_bytes());
-    out.extend_from_slice(&rows.to_le_bytes());
-    out.extend_from_slice(&append_ms.to_le_bytes());
-    let p = producer.unwrap_or(ProducerSeq {
-        id: -1,
-        epoch: -1,
-        base_sequence: -1,
-    });
-    out.extend_from_slice(&p.id.to_le_bytes());
-    out.extend_from_slice(&i32::from(p.epoch).to_le_bytes());
-    out.extend_from_slice(&p.base_sequence.to_le_bytes());
-    out.extend_from_slice(&source_next.unwrap_or(-1).to_le_bytes());
+    let mut out = header(rows, stamp);
     // Version 3 compresses the whole IPC stream as one LZ4 block, rather than each buffer as
     // an LZ4 frame (versions 1 and 2): a read is then one decompression into one allocation,
     // from which the batch is decoded without copying.
@@ -105,8 +135,48 @@ pub(crate) fn encode(
         )));
     }
     out[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    seal(&mut out, base_offset);
+    seal(&mut out, 0);
     Ok(out)
+}
+
+/// Encodes the marker that ends log transaction `txn`: a frame of no rows and no batch.
+pub(crate) fn encode_marker(txn: u64, kind: FrameKind, append_ms: i64) -> Vec<u8> {
+    let stamp = Stamp {
+        append_ms,
+        producer: None,
+        source_next: None,
+        txn: Some((txn, kind)),
+    };
+    let mut out = header(0, stamp);
+    let payload_len = out.len() - FRAME_HEADER;
+    out[0..4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    seal(&mut out, 0);
+    out
+}
+
+/// The frame header and payload header of a frame of `rows` rows, base offset still 0.
+fn header(rows: u32, stamp: Stamp) -> Vec<u8> {
+    let mut out = vec![0u8; FRAME_HEADER];
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&rows.to_le_bytes());
+    out.extend_from_slice(&stamp.append_ms.to_le_bytes());
+    let p = stamp.producer.unwrap_or(ProducerSeq {
+        id: -1,
+        epoch: -1,
+        base_sequence: -1,
+    });
+    out.extend_from_slice(&p.id.to_le_bytes());
+    out.extend_from_slice(&i32::from(p.epoch).to_le_bytes());
+    out.extend_from_slice(&p.base_sequence.to_le_bytes());
+    out.extend_from_slice(&stamp.source_next.unwrap_or(-1).to_le_bytes());
+    // Transaction ids stay below 2^63, so -1 marks a frame outside any transaction.
+    let (txn, kind) = stamp
+        .txn
+        .map_or((-1i64, 0u8), |(t, k)| (t as i64, k.code()));
+    out.extend_from_slice(&txn.to_le_bytes());
+    out.push(kind);
+    out
 }
 
 /// Sets the base offset of an [`encode`]d frame and its checksum.
@@ -131,7 +201,8 @@ pub(crate) fn check(bytes: &[u8]) -> Option<FrameMeta> {
     if crc32c::crc32c(payload) != crc || payload_header_len(payload)? > len {
         return None;
     }
-    let producer = if payload[0..4] == MAGIC || payload[0..4] == MAGIC_V2 {
+    let version = payload[3];
+    let producer = if version >= 2 {
         let id = i64::from_le_bytes(payload[24..32].try_into().ok()?);
         let epoch = i32::from_le_bytes(payload[32..36].try_into().ok()?);
         let base_sequence = i32::from_le_bytes(payload[36..40].try_into().ok()?);
@@ -143,19 +214,33 @@ pub(crate) fn check(bytes: &[u8]) -> Option<FrameMeta> {
     } else {
         None
     };
-    let source_next = if payload[0..4] == MAGIC {
+    let source_next = if version >= 3 {
         let next = i64::from_le_bytes(payload[40..48].try_into().ok()?);
         (next >= 0).then_some(next)
     } else {
         None
     };
+    let txn = if version >= 4 {
+        let txn = i64::from_le_bytes(payload[48..56].try_into().ok()?);
+        let kind = FrameKind::from_code(payload[56])?;
+        (txn >= 0).then_some((txn as u64, kind))
+    } else {
+        None
+    };
+    let rows = u32::from_le_bytes(payload[12..16].try_into().ok()?);
+    // A marker holds no rows; a frame of rows holds a batch.
+    let marker = matches!(txn, Some((_, FrameKind::Commit | FrameKind::Abort)));
+    if marker && (rows != 0 || len != PAYLOAD_HEADER) {
+        return None;
+    }
     Some(FrameMeta {
         base_offset: u64::from_le_bytes(payload[4..12].try_into().ok()?),
-        rows: u32::from_le_bytes(payload[12..16].try_into().ok()?),
+        rows,
         append_ms: i64::from_le_bytes(payload[16..24].try_into().ok()?),
         len: (FRAME_HEADER + len) as u32,
         producer,
         source_next,
+        txn,
     })
 }
 
@@ -163,6 +248,7 @@ pub(crate) fn check(bytes: &[u8]) -> Option<FrameMeta> {
 fn payload_header_len(payload: &[u8]) -> Option<usize> {
     match payload.get(0..4)? {
         m if m == MAGIC => Some(PAYLOAD_HEADER),
+        m if m == MAGIC_V3 => Some(PAYLOAD_HEADER_V3),
         m if m == MAGIC_V2 => Some(PAYLOAD_HEADER_V2),
         m if m == MAGIC_V1 => Some(PAYLOAD_HEADER_V1),
         _ => None,
@@ -175,7 +261,7 @@ pub(crate) fn decode(frame: &[u8]) -> Result<RecordBatch> {
     let header = payload_header_len(payload)
         .ok_or_else(|| Error::Corrupt("a frame of an unknown format version".into()))?;
     let body = &payload[header..];
-    if payload[0..4] != MAGIC {
+    if payload[0..4] != MAGIC && payload[0..4] != MAGIC_V3 {
         // Versions 1 and 2: an IPC stream with LZ4-frame compressed buffers.
         let mut reader = StreamReader::try_new(Cursor::new(body), None)?;
         return match reader.next() {
@@ -249,9 +335,16 @@ mod tests {
             epoch: 2,
             base_sequence: 40,
         };
-        let mut frame = encode(&b, 7, Some(producer), Some(1234)).expect("encode");
+        let stamp = Stamp {
+            append_ms: 7,
+            producer: Some(producer),
+            source_next: Some(1234),
+            txn: Some((77, FrameKind::Rows)),
+        };
+        let mut frame = encode(&b, stamp).expect("encode");
         seal(&mut frame, 42);
         let meta = check(&frame).expect("valid frame");
+        assert_eq!(meta.txn, Some((77, FrameKind::Rows)));
         assert_eq!(meta.producer, Some(producer));
         assert_eq!(meta.source_next, Some(1234));
         assert_eq!(meta.base_offset, 42);
@@ -262,8 +355,29 @@ mod tests {
     }
 
     #[test]
+    fn markers_hold_no_rows() {
+        for kind in [FrameKind::Commit, FrameKind::Abort] {
+            let mut marker = encode_marker(5, kind, 9);
+            seal(&mut marker, 100);
+            let meta = check(&marker).expect("valid marker");
+            assert_eq!((meta.rows, meta.base_offset), (0, 100));
+            assert_eq!(meta.txn, Some((5, kind)));
+            assert_eq!(meta.len as usize, marker.len());
+            for cut in 0..marker.len() {
+                assert!(check(&marker[..cut]).is_none(), "truncated at {cut}");
+            }
+        }
+    }
+
+    #[test]
     fn every_truncation_and_bit_flip_is_rejected() {
-        let frame = encode(&batch(), 0, None, Some(3)).expect("encode");
+        let stamp = Stamp {
+            append_ms: 0,
+            producer: None,
+            source_next: Some(3),
+            txn: None,
+        };
+        let frame = encode(&batch(), stamp).expect("encode");
         for cut in 0..frame.len() {
             assert!(check(&frame[..cut]).is_none(), "truncated at {cut}");
         }
@@ -303,7 +417,13 @@ mod tests {
             epoch: 1,
             base_sequence: 8,
         };
-        let v3 = encode(&b, 7, Some(producer), Some(99)).expect("encode");
+        let stamp = Stamp {
+            append_ms: 7,
+            producer: Some(producer),
+            source_next: Some(99),
+            txn: None,
+        };
+        let v3 = encode(&b, stamp).expect("encode");
         // Older versions held an IPC stream with LZ4-frame compressed buffers.
         let mut body = Vec::new();
         {

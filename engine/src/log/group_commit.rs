@@ -15,7 +15,7 @@ use datafusion::arrow::array::RecordBatch;
 use tokio::sync::oneshot;
 
 use super::coalesce::RowBuffer;
-use super::{AppendReceipt, Core, Frame};
+use super::{AppendReceipt, Core, Frame, Transaction};
 use crate::{Error, Result};
 
 /// Appends of fewer rows than this are coalesced; larger ones are written on their own, with
@@ -225,7 +225,7 @@ impl Drop for Committer {
 }
 
 /// The committer thread: writes each group that has appends, until the stream is closed.
-fn run(core: &Core, shared: &Shared) {
+fn run(core: &Arc<Core>, shared: &Shared) {
     /// However the thread ends, later appends are written on their own, and the appends still
     /// queued are answered (their replies dropped) rather than left waiting.
     struct Stopped<'a>(&'a Shared);
@@ -257,7 +257,10 @@ fn run(core: &Core, shared: &Shared) {
 
 /// A group ready to be written: its frames and what is needed to answer each append.
 struct Encoded {
-    frames: Vec<(u32, Frame)>,
+    frames: Vec<(u32, u64, Frame)>,
+    /// For a group of several partitions, the transaction its frames belong to, so that a
+    /// crash keeps all of the group or none.
+    txn: Option<Transaction>,
     /// The rows of each append, in order.
     rows: Vec<usize>,
     /// The partition of every row of the group, for a keyed stream.
@@ -267,21 +270,29 @@ struct Encoded {
 
 /// Builds a group's rows into one batch and encodes it as one frame per partition; a group
 /// that cannot be encoded is answered with the error at once.
-fn encode_group(core: &Core, group: Open) -> Option<Encoded> {
+fn encode_group(core: &Arc<Core>, group: Open) -> Option<Encoded> {
     let Open { rows, appends, .. } = group;
     let (counts, replies): (Vec<usize>, Vec<Reply>) = appends.into_iter().unzip();
     let encoded = (|| -> Result<_> {
         let whole = rows.finish(&core.schema)?;
         let (parts, assignment) = core.split(&whole)?;
+        let txn = (parts.len() > 1).then(|| Transaction::new(Arc::clone(core)));
         let frames = parts
             .into_iter()
-            .map(|(p, part)| Ok((p, Frame::encode(&part)?)))
+            .map(|(p, part)| {
+                let frame = match &txn {
+                    Some(t) => Frame::encode_in(&part, t.id())?,
+                    None => Frame::encode(&part)?,
+                };
+                Ok((p, part.num_rows() as u64, frame))
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok((frames, assignment))
+        Ok((frames, txn, assignment))
     })();
     match encoded {
-        Ok((frames, assignment)) => Some(Encoded {
+        Ok((frames, txn, assignment)) => Some(Encoded {
             frames,
+            txn,
             rows: counts,
             assignment,
             replies,
@@ -297,11 +308,24 @@ fn encode_group(core: &Core, group: Open) -> Option<Encoded> {
 fn write_group(core: &Core, group: Encoded) {
     let Encoded {
         frames,
+        txn,
         rows,
         assignment,
         replies,
     } = group;
-    match core.write_encoded(frames) {
+    let written = match txn {
+        Some(mut txn) => txn
+            .write_encoded(frames)
+            .and_then(|()| txn.commit())
+            .map(|r| {
+                r.ranges
+                    .into_iter()
+                    .map(|(p, first, rows)| (p, first, first + rows))
+                    .collect()
+            }),
+        None => core.write_encoded(frames.into_iter().map(|(p, _, f)| (p, f)).collect()),
+    };
+    match written {
         Ok(written) => {
             let receipts = receipts(
                 core.partitions.len(),

@@ -48,6 +48,7 @@ mod frame;
 mod group_commit;
 mod partition;
 mod partitioner;
+mod transaction;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -59,8 +60,9 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
-pub use partition::{Frame, Partition, ProducerSeq, Written, abort_on_fsync_failure};
+pub use partition::{Frame, FrameKind, Partition, ProducerSeq, Written, abort_on_fsync_failure};
 pub use partitioner::{murmur2, partition_indices, supports_key_type};
+pub use transaction::Transaction;
 
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -231,6 +233,7 @@ impl StreamLog {
                 Partition::open(
                     format!("{name}/{p}"),
                     &dir.join(p.to_string()),
+                    Arc::clone(&schema),
                     config,
                     Arc::clone(&notifier),
                 )
@@ -238,6 +241,7 @@ impl StreamLog {
             })
             .collect::<Result<Vec<_>>>()?;
         sync_dir(dir)?;
+        transaction::recover(&name, &partitions)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             notifier,
@@ -291,7 +295,15 @@ impl StreamLog {
         self.committed_offsets()
     }
 
-    /// Appends `batches` durably and atomically per partition (each partition gets one frame).
+    /// Starts a log transaction: rows appended through it go to the log as they come and
+    /// become visible, in every partition at once, only when it commits.
+    pub fn begin(&self) -> Transaction {
+        Transaction::new(Arc::clone(&self.core))
+    }
+
+    /// Appends `batches` durably and atomically (each partition gets one frame; an append of
+    /// several partitions is all or nothing across a crash too, except small ones written by
+    /// the group commit, which are all or nothing while the process runs).
     ///
     /// Returns only after every row is fsynced. The batches must have the stream's column types.
     /// Small appends that arrive together share one frame per partition and one fsync (group
@@ -460,9 +472,21 @@ impl StreamLog {
 }
 
 impl Core {
-    /// Writes one batch as one frame per partition and waits for it to be durable.
-    fn append_whole(&self, batch: &RecordBatch) -> Result<AppendReceipt> {
+    /// Held while an append writes its frames: appends write one at a time, so that a failed
+    /// one can take its frames back.
+    fn one_append(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.append_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes one batch as one frame per partition and waits for it to be durable. Rows for
+    /// several partitions go in a log transaction, so that a crash keeps all of them or none.
+    fn append_whole(self: &Arc<Self>, batch: &RecordBatch) -> Result<AppendReceipt> {
         let (parts, _) = self.split(batch)?;
+        if parts.len() > 1 {
+            let mut txn = Transaction::new(Arc::clone(self));
+            txn.append_parts(parts)?;
+            return txn.commit();
+        }
         let written = self.write_and_sync(parts)?;
         Ok(AppendReceipt {
             ranges: written.into_iter().map(|(p, b, e)| (p, b, e - b)).collect(),

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
-pub use super::frame::ProducerSeq;
-use super::frame::{self, FrameMeta};
+use super::frame::{self, FrameMeta, Stamp};
+pub use super::frame::{FrameKind, ProducerSeq};
 use super::{LogConfig, Notifier, now_ms, sync_dir};
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -32,6 +33,7 @@ pub struct Frame {
     append_ms: i64,
     producer: Option<ProducerSeq>,
     source_next: Option<i64>,
+    txn: Option<(u64, FrameKind)>,
 }
 
 impl Frame {
@@ -57,21 +59,56 @@ impl Frame {
         Self::encode_with(batch, None, Some(next))
     }
 
+    /// Encodes rows of log transaction `txn`: readers see them once its commit marker is
+    /// durable, and never if it aborts (see [`crate::log::Transaction`]).
+    pub fn encode_in(batch: &RecordBatch, txn: u64) -> Result<Self> {
+        let stamp = Stamp {
+            append_ms: now_ms(),
+            producer: None,
+            source_next: None,
+            txn: Some((txn, FrameKind::Rows)),
+        };
+        Self::encode_stamped(batch, stamp)
+    }
+
     fn encode_with(
         batch: &RecordBatch,
         producer: Option<ProducerSeq>,
         source_next: Option<i64>,
     ) -> Result<Self> {
-        let append_ms = now_ms();
-        let bytes = frame::encode(batch, append_ms, producer, source_next)?;
+        let stamp = Stamp {
+            append_ms: now_ms(),
+            producer,
+            source_next,
+            txn: None,
+        };
+        Self::encode_stamped(batch, stamp)
+    }
+
+    fn encode_stamped(batch: &RecordBatch, stamp: Stamp) -> Result<Self> {
+        let bytes = frame::encode(batch, stamp)?;
         Ok(Self {
             bytes,
             // `frame::encode` refuses batches of more rows than a u32 holds.
             rows: batch.num_rows() as u32,
-            append_ms,
-            producer,
-            source_next,
+            append_ms: stamp.append_ms,
+            producer: stamp.producer,
+            source_next: stamp.source_next,
+            txn: stamp.txn,
         })
+    }
+
+    /// The marker that ends transaction `txn` in a partition: no rows, no offset.
+    fn marker(txn: u64, kind: FrameKind) -> Self {
+        let append_ms = now_ms();
+        Self {
+            bytes: frame::encode_marker(txn, kind, append_ms),
+            rows: 0,
+            append_ms,
+            producer: None,
+            source_next: None,
+            txn: Some((txn, kind)),
+        }
     }
 }
 
@@ -104,6 +141,10 @@ struct FrameRef {
     len: u32,
     producer: Option<ProducerSeq>,
     source_next: Option<i64>,
+    /// The log transaction whose rows (or marker) the frame holds.
+    txn: Option<(u64, FrameKind)>,
+    /// Rows of an aborted transaction: readers pass over them.
+    aborted: bool,
 }
 
 /// One segment file: frames from `base_offset` on.
@@ -133,9 +174,32 @@ struct State {
     next_offset: u64,
     /// Idempotent producers' last batches, rebuilt from the frames on open.
     producers: std::collections::HashMap<i64, ProducerState>,
+    /// Log transactions with rows here and no marker yet: transaction id to its first offset.
+    /// Readers stop at the first of them (Kafka's last stable offset).
+    open: std::collections::BTreeMap<u64, u64>,
 }
 
 impl State {
+    /// The first offset of the oldest open transaction, `u64::MAX` without one: rows from
+    /// there on are not visible yet, whatever wrote them.
+    fn first_open(&self) -> u64 {
+        self.open.values().copied().min().unwrap_or(u64::MAX)
+    }
+
+    /// Marks the rows of transaction `txn` as aborted, from offset `from` on.
+    fn mark_aborted(&mut self, txn: u64, from: u64) {
+        let first = self.segments.partition_point(|s| s.end_offset() <= from);
+        for seg in &mut self.segments[first.saturating_sub(1)..] {
+            for f in seg
+                .frames
+                .iter_mut()
+                .filter(|f| f.txn == Some((txn, FrameKind::Rows)))
+            {
+                f.aborted = true;
+            }
+        }
+    }
+
     /// Remembers a producer's batch stored at `[base, end)`.
     fn record(&mut self, p: ProducerSeq, rows: u32, base: u64, end: u64) {
         let state = self.producers.entry(p.id).or_default();
@@ -165,6 +229,10 @@ pub struct Partition {
     committed: AtomicU64,
     poisoned: AtomicBool,
     notifier: Arc<Notifier>,
+    /// The stream's schema, for the empty batch that tells a reader where skipped rows end.
+    schema: SchemaRef,
+    /// Transactions found committed while opening, for [`Partition::take_recovered`].
+    recovered_commits: Mutex<Vec<u64>>,
 }
 
 fn segment_path(dir: &Path, base_offset: u64) -> PathBuf {
@@ -190,6 +258,7 @@ impl Partition {
     pub fn open(
         name: String,
         dir: &Path,
+        schema: SchemaRef,
         config: LogConfig,
         notifier: Arc<Notifier>,
     ) -> Result<Self> {
@@ -242,7 +311,9 @@ impl Partition {
             segments,
             next_offset,
             producers: std::collections::HashMap::new(),
+            open: std::collections::BTreeMap::new(),
         };
+        let recovered_commits = recover_transactions(&mut state);
         let produced: Vec<FrameRef> = state
             .segments
             .iter()
@@ -253,16 +324,45 @@ impl Partition {
                 state.record(p, f.rows, f.base_offset, f.base_offset + u64::from(f.rows));
             }
         }
+        let visible = next_offset.min(state.first_open());
         Ok(Self {
             name,
             dir: dir.to_path_buf(),
             config,
             state: Mutex::new(state),
             synced: Mutex::new(next_offset),
-            committed: AtomicU64::new(next_offset),
+            committed: AtomicU64::new(visible),
             poisoned: AtomicBool::new(false),
             notifier,
+            schema,
+            recovered_commits: Mutex::new(recovered_commits),
         })
+    }
+
+    /// The transactions whose commit marker opening found in this partition (once; the
+    /// stream commits them in partitions where a crash left them open).
+    pub(crate) fn take_recovered(&self) -> Vec<u64> {
+        std::mem::take(
+            &mut *self
+                .recovered_commits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Transactions with rows here and no marker yet.
+    pub(crate) fn open_transactions(&self) -> Vec<u64> {
+        self.state().open.keys().copied().collect()
+    }
+
+    /// The highest transaction id this partition holds rows or markers of.
+    pub(crate) fn max_transaction(&self) -> Option<u64> {
+        let state = self.state();
+        state
+            .segments
+            .iter()
+            .flat_map(|s| s.frames.iter().filter_map(|f| f.txn.map(|t| t.0)))
+            .max()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -271,7 +371,9 @@ impl Partition {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The offset below which rows are durable and readable.
+    /// The offset below which rows are durable and readable: the end of the durable rows, or
+    /// the first row of the oldest transaction still open, whichever is lower (rows of aborted
+    /// transactions below it are passed over by reads).
     pub fn committed(&self) -> u64 {
         self.committed.load(Ordering::Acquire)
     }
@@ -279,6 +381,21 @@ impl Partition {
     /// The oldest offset still stored (retention deletes whole segments below it).
     pub fn start_offset(&self) -> u64 {
         self.state().segments.first().map_or(0, |s| s.base_offset)
+    }
+
+    /// Rows stored and readable: those from the start offset to the committed one, less the
+    /// rows of aborted transactions among them.
+    pub fn visible_rows(&self) -> u64 {
+        let committed = self.committed();
+        let state = self.state();
+        state
+            .segments
+            .iter()
+            .flat_map(|s| s.frames.iter())
+            .take_while(|f| f.base_offset < committed)
+            .filter(|f| !f.aborted)
+            .map(|f| u64::from(f.rows))
+            .sum()
     }
 
     /// Bytes stored in all segments.
@@ -357,6 +474,7 @@ impl Partition {
             append_ms,
             producer,
             source_next,
+            txn,
         } = frame;
         let mut state = self.state();
         if let Some(p) = producer {
@@ -409,10 +527,15 @@ impl Partition {
             len: frame_len as u32,
             producer,
             source_next,
+            txn,
+            aborted: false,
         });
         active.size += frame_len;
         active.last_append_ms = append_ms;
         state.next_offset = base + u64::from(rows);
+        if let Some((t, FrameKind::Rows)) = txn {
+            state.open.entry(t).or_insert(base);
+        }
         if let Some(p) = producer {
             let end = state.next_offset;
             state.record(p, rows, base, end);
@@ -490,8 +613,19 @@ impl Partition {
         if *synced >= end {
             return Ok(());
         }
+        self.sync_locked(&mut synced)
+    }
+
+    /// Fsyncs everything written so far, markers included (they take no offset, so
+    /// [`Partition::sync_to`] cannot tell whether one is durable).
+    pub(crate) fn sync_written(&self) -> Result<()> {
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        self.sync_locked(&mut synced)
+    }
+
+    fn sync_locked(&self, synced: &mut u64) -> Result<()> {
         self.check_poisoned()?;
-        let (target, file, path) = {
+        let (target, first_open, file, path) = {
             let state = self.state();
             let active = state
                 .segments
@@ -499,6 +633,7 @@ impl Partition {
                 .ok_or_else(|| Error::Internal("a partition has no active segment".into()))?;
             (
                 state.next_offset,
+                state.first_open(),
                 Arc::clone(&active.file),
                 active.path.clone(),
             )
@@ -511,9 +646,42 @@ impl Partition {
             });
         }
         *synced = target;
-        self.committed.store(target, Ordering::Release);
+        // A transaction opened since `first_open` was read starts at or after `target`.
+        self.committed
+            .fetch_max(target.min(first_open), Ordering::AcqRel);
         self.notifier.notify();
         Ok(())
+    }
+
+    /// Writes the marker that ends transaction `txn` here, not yet durable
+    /// ([`Partition::sync_written`]). The rows stay as they were until
+    /// [`Partition::publish_end`].
+    pub(crate) fn write_marker(&self, txn: u64, kind: FrameKind) -> Result<()> {
+        self.write_frame(Frame::marker(txn, kind)).map(|_| ())
+    }
+
+    /// Stops the partition as after a failed fsync ([`abort_on_fsync_failure`]): what it
+    /// holds on disk is right only after the next start recovers it.
+    pub(crate) fn stop(&self, why: &str) {
+        self.poison(&std::io::Error::other(why.to_owned()));
+    }
+
+    /// Ends transaction `txn` for readers: its rows become visible (commit) or are passed
+    /// over (abort), and so do the rows behind it that it held back.
+    pub(crate) fn publish_end(&self, txn: u64, kind: FrameKind) {
+        let synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state();
+        let Some(first) = state.open.remove(&txn) else {
+            return;
+        };
+        if kind == FrameKind::Abort {
+            state.mark_aborted(txn, first);
+        }
+        let visible = (*synced).min(state.first_open());
+        drop(state);
+        drop(synced);
+        self.committed.fetch_max(visible, Ordering::AcqRel);
+        self.notifier.notify();
     }
 
     /// Appends `batch` durably and returns the offset of its first row.
@@ -542,6 +710,9 @@ impl Partition {
     ) -> Result<Vec<(u64, RecordBatch)>> {
         let committed = self.committed().min(until);
         let mut wanted: Vec<(Arc<File>, FrameRef, PathBuf)> = Vec::new();
+        // The end of aborted rows passed over after the last frame wanted: a reader that
+        // gets nothing else still moves past them.
+        let mut passed_to = None;
         {
             let state = self.state();
             let first_seg = state
@@ -557,6 +728,14 @@ impl Partition {
                     if f.base_offset >= committed || rows >= max_rows {
                         break 'outer;
                     }
+                    if f.rows == 0 {
+                        continue; // a transaction's marker
+                    }
+                    if f.aborted {
+                        passed_to = Some(f.base_offset + u64::from(f.rows));
+                        continue;
+                    }
+                    passed_to = None;
                     rows += f.rows as usize;
                     wanted.push((Arc::clone(&seg.file), *f, seg.path.clone()));
                 }
@@ -587,6 +766,9 @@ impl Partition {
                 out.push((f.base_offset, batch));
             }
         }
+        if let Some(end) = passed_to.filter(|&end| end > from) {
+            out.push((end, RecordBatch::new_empty(Arc::clone(&self.schema))));
+        }
         Ok(out)
     }
 
@@ -601,6 +783,8 @@ impl Partition {
     /// after offset `keep` (a checkpoint replays from there).
     pub fn enforce_retention_keeping(&self, now_ms: i64, keep: u64) -> Result<usize> {
         let mut state = self.state();
+        // An open transaction's rows are still to commit or abort.
+        let keep = keep.min(state.first_open());
         let mut deleted = 0;
         let mut total: u64 = state.segments.iter().map(|s| s.size).sum();
         while state.segments.len() > 1 {
@@ -649,6 +833,7 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
         len,
         producer,
         source_next,
+        txn,
     }) = frame::check(&bytes[pos..])
     {
         if base_offset != expected {
@@ -661,6 +846,9 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
             len,
             producer,
             source_next,
+            txn,
+            // Set once the transaction's markers are read (see `recover_transactions`).
+            aborted: false,
         });
         pos += len as usize;
         expected += u64::from(rows);
@@ -694,4 +882,32 @@ fn recover_segment(name: &str, dir: &Path, base: u64, is_last: bool) -> Result<S
         frames,
         last_append_ms,
     })
+}
+
+/// Finds, from the frames opening read, the transactions still open and the aborted ones (whose
+/// rows it marks); returns the transactions this partition has a commit marker of.
+fn recover_transactions(state: &mut State) -> Vec<u64> {
+    let mut commits = Vec::new();
+    let mut aborted = Vec::new();
+    for f in state.segments.iter().flat_map(|s| s.frames.iter()) {
+        match f.txn {
+            Some((txn, FrameKind::Rows)) => {
+                state.open.entry(txn).or_insert(f.base_offset);
+            }
+            Some((txn, FrameKind::Commit)) => {
+                state.open.remove(&txn);
+                commits.push(txn);
+            }
+            Some((txn, FrameKind::Abort)) => {
+                if let Some(first) = state.open.remove(&txn) {
+                    aborted.push((txn, first));
+                }
+            }
+            None => {}
+        }
+    }
+    for (txn, first) in aborted {
+        state.mark_aborted(txn, first);
+    }
+    commits
 }

@@ -475,3 +475,145 @@ fn the_source_position_is_kept_with_its_rows() {
     assert_eq!(p.source_next(), Some(40));
     assert_eq!(keys_in(p), (0..5).collect::<Vec<_>>());
 }
+
+fn all_keys(log: &StreamLog) -> Vec<i64> {
+    let mut keys: Vec<i64> = log.partitions().iter().flat_map(|p| keys_in(p)).collect();
+    keys.sort_unstable();
+    keys
+}
+
+fn open_keyed(dir: &Path, partitions: u32) -> StreamLog {
+    StreamLog::open(dir, schema(), partitions, Some(0), LogConfig::default()).expect("open")
+}
+
+#[test]
+fn a_transaction_is_visible_only_once_committed_and_holds_back_later_rows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = open_keyed(tmp.path(), 3);
+    log.append(&[rows(0..10)]).expect("append");
+    let before = log.committed_offsets();
+    let mut txn = log.begin();
+    txn.append(&[rows(100..200)]).expect("txn append");
+    txn.append(&[rows(200..300)]).expect("txn append");
+    assert_eq!(txn.rows(), 200);
+    // An append after the transaction began is durable, but readers see it only past the
+    // transaction's end (the last stable offset).
+    log.append(&[rows(1000..1010)]).expect("append");
+    assert_eq!(log.committed_offsets(), before);
+    assert_eq!(all_keys(&log), (0..10).collect::<Vec<_>>());
+    let receipt = txn.commit().expect("commit");
+    assert_eq!(receipt.rows(), 200);
+    let mut expected: Vec<i64> = (0..10).chain(100..300).chain(1000..1010).collect();
+    expected.sort_unstable();
+    assert_eq!(all_keys(&log), expected);
+    let total: u64 = log.committed_offsets().iter().sum();
+    assert_eq!(total, 220);
+}
+
+#[test]
+fn an_aborted_transaction_is_passed_over_by_readers() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = open_keyed(tmp.path(), 2);
+    let mut txn = log.begin();
+    txn.append(&[rows(0..50)]).expect("txn append");
+    let ends = log.committed_offsets();
+    assert_eq!(ends, vec![0, 0]);
+    txn.abort();
+    // Nothing of it, and a reader that gets nothing else still learns where it ends. (Its
+    // rows were never fsynced: readers reach them with the next durable append.)
+    for p in log.partitions() {
+        p.sync_written().expect("sync");
+        let end = p.committed();
+        assert!(end > 0, "the aborted rows took offsets");
+        let read = p.read(0, 100).expect("read");
+        assert_eq!(read.len(), 1);
+        assert_eq!((read[0].0, read[0].1.num_rows()), (end, 0));
+    }
+    log.append(&[rows(60..70)]).expect("append");
+    assert_eq!(all_keys(&log), (60..70).collect::<Vec<_>>());
+    // A transaction dropped without a commit aborts too.
+    {
+        let mut dropped = log.begin();
+        dropped.append(&[rows(80..90)]).expect("txn append");
+    }
+    log.append(&[rows(90..95)]).expect("append");
+    assert_eq!(all_keys(&log), (60..70).chain(90..95).collect::<Vec<_>>());
+    drop(log);
+    let log = open_keyed(tmp.path(), 2);
+    assert_eq!(all_keys(&log), (60..70).chain(90..95).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_crash_aborts_open_transactions_and_completes_a_commit_begun() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    {
+        let log = open_keyed(tmp.path(), 2);
+        log.append(&[rows(0..5)]).expect("append");
+        let mut open = log.begin();
+        open.append(&[rows(100..120)]).expect("txn append");
+        let mut half = log.begin();
+        half.append(&[rows(200..220)]).expect("txn append");
+        for p in log.partitions() {
+            p.sync_written().expect("sync");
+        }
+        // The commit marker reached one partition before the crash.
+        log.partitions()[0]
+            .write_marker(half.id(), FrameKind::Commit)
+            .expect("marker");
+        log.partitions()[0].sync_written().expect("sync");
+        log.append(&[rows(300..305)]).expect("append");
+        // A crash: neither transaction ends in this process.
+        std::mem::forget(open);
+        std::mem::forget(half);
+    }
+    let log = open_keyed(tmp.path(), 2);
+    let expected: Vec<i64> = (0..5).chain(200..220).chain(300..305).collect();
+    assert_eq!(all_keys(&log), expected);
+    // And the markers recovery wrote hold across the next restart.
+    drop(log);
+    let log = open_keyed(tmp.path(), 2);
+    assert_eq!(all_keys(&log), expected);
+    let mut next = log.begin();
+    next.append(&[rows(400..410)]).expect("txn append");
+    next.commit().expect("commit");
+    assert_eq!(all_keys(&log).len(), expected.len() + 10);
+}
+
+#[test]
+fn a_large_append_of_several_partitions_is_one_transaction() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = open_keyed(tmp.path(), 4);
+    let big = group_commit::COALESCE_BELOW_ROWS as i64 * 2;
+    let receipt = log.append(&[rows(0..big)]).expect("append");
+    assert_eq!(receipt.rows(), big as u64);
+    assert_eq!(receipt.ranges.len(), 4);
+    for &(p, first, n) in &receipt.ranges {
+        assert_eq!(first, 0);
+        assert_eq!(log.partitions()[p as usize].committed(), n);
+    }
+    assert_eq!(all_keys(&log), (0..big).collect::<Vec<_>>());
+}
+
+#[test]
+fn retention_keeps_the_segments_of_an_open_transaction() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 1,
+        retention_ms: None,
+        retention_bytes: Some(1),
+    };
+    let log = StreamLog::open(tmp.path(), schema(), 1, None, config).expect("open");
+    let mut txn = log.begin();
+    txn.append(&[rows(0..10)]).expect("txn append");
+    for i in 0..5 {
+        log.append(&[rows(100 + i * 10..110 + i * 10)])
+            .expect("append");
+    }
+    assert_eq!(log.enforce_retention().expect("retention"), 0);
+    txn.commit().expect("commit");
+    assert_eq!(
+        keys_in(&log.partitions()[0])[..10],
+        (0..10).collect::<Vec<_>>()[..]
+    );
+    assert!(log.enforce_retention().expect("retention") > 0);
+}

@@ -343,6 +343,11 @@ impl Topic {
             let chunk = p.read(from, 4096)?;
             let before = from;
             for (base, batch) in chunk {
+                if batch.num_rows() == 0 {
+                    // Rows of an aborted transaction end here: the next records follow.
+                    from = from.max(base);
+                    continue;
+                }
                 let skip = from.saturating_sub(base) as usize;
                 if skip >= batch.num_rows() {
                     continue;

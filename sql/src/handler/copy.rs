@@ -1,5 +1,6 @@
-//! COPY ... FROM STDIN (all rows of the data in one append, or none) and COPY ... TO STDOUT
-//! (a query's, stream's, table's or view's rows, written as they are produced).
+//! COPY ... FROM STDIN (all rows of the data or none: into a stream through a log transaction
+//! as the data comes, into a table in one insert at its end) and COPY ... TO STDOUT (a
+//! query's, stream's, table's or view's rows, written as they are produced).
 
 use std::sync::Arc;
 
@@ -10,7 +11,9 @@ use datafusion::sql::sqlparser::ast::Statement;
 use futures::StreamExt;
 
 use super::Handler;
-use crate::copy::{self, CopyIn, CopyLoader, CopyToSource};
+use weir_engine::log::Transaction;
+
+use crate::copy::{self, CopyEnd, CopyIn, CopyLoader, CopySink, CopyToSource};
 use crate::output::Output;
 use crate::{Error, Result};
 
@@ -42,10 +45,14 @@ impl Handler {
         Ok(Output::CopyIn(copy))
     }
 
-    /// A loader for the data of `copy`, into its target's columns.
+    /// A loader for the data of `copy`, into its target's columns. Into a stream, the rows go
+    /// to the log in a transaction as they are parsed, so a COPY of any size takes a few MiB.
     pub(crate) fn copy_loader(&self, copy: &CopyIn) -> Result<CopyLoader> {
         let schema = if let Some(stream) = self.db.stream(&copy.target) {
-            Arc::clone(&stream.schema)
+            let sink = LogSink(stream.log.begin());
+            return Ok(
+                CopyLoader::new(copy.clone(), Arc::clone(&stream.schema)).with_sink(Box::new(sink))
+            );
         } else if let Some(table) = self.db.table(&copy.target) {
             Arc::clone(&table.schema)
         } else {
@@ -54,19 +61,19 @@ impl Handler {
         Ok(CopyLoader::new(copy.clone(), schema))
     }
 
-    /// Loads the rows of a `COPY ... FROM STDIN` once its data has ended: all of them in one
-    /// append, or none and an error naming the first bad line. Returns the rows loaded.
+    /// Loads the rows of a `COPY ... FROM STDIN` once its data has ended: all of them, or
+    /// none and an error naming the first bad line. Returns the rows loaded.
     pub(crate) async fn copy_load(&self, loader: CopyLoader) -> Result<u64> {
         self.note_change();
         let name = loader.copy().target.clone();
-        let batches = loader.finish()?;
-        if let Some(stream) = self.db.stream(&name) {
-            let entry = Arc::clone(&stream);
-            let receipt = tokio::task::spawn_blocking(move || entry.log.append(&batches))
-                .await
-                .map_err(|e| Error::Internal(format!("COPY append failed: {e}")))??;
-            return Ok(receipt.rows());
-        }
+        // Committing fsyncs: off the async workers.
+        let batches = match tokio::task::spawn_blocking(move || loader.end())
+            .await
+            .map_err(|e| Error::Internal(format!("COPY commit failed: {e}")))??
+        {
+            CopyEnd::Committed(rows) => return Ok(rows),
+            CopyEnd::Rows(batches) => batches,
+        };
         if let Some(table) = self.db.table(&name) {
             let batch = match batches.first() {
                 Some(first) => concat_batches(&first.schema(), &batches)?,
@@ -149,5 +156,21 @@ impl Handler {
             binary,
             stream: Box::pin(stream),
         })
+    }
+}
+
+/// A COPY's rows on their way into a stream's log: written as they are parsed, visible
+/// together when the COPY ends well, and never when it fails or its connection goes.
+#[derive(Debug)]
+struct LogSink(Transaction);
+
+impl CopySink for LogSink {
+    fn write(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        Ok(self.0.append(&batches)?)
+    }
+
+    fn commit(mut self: Box<Self>, batches: Vec<RecordBatch>) -> Result<u64> {
+        self.0.append(&batches)?;
+        Ok(self.0.commit()?.rows())
     }
 }

@@ -30,7 +30,7 @@ impl Handler {
                 s.log
                     .partitions()
                     .iter()
-                    .map(|p| (p.committed() - p.start_offset()) as i64)
+                    .map(|p| p.visible_rows() as i64)
                     .sum::<i64>(),
             );
         }
