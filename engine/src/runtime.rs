@@ -753,6 +753,41 @@ impl Budget {
     }
 }
 
+/// Below this many rows to read in a round, partitions are read one after another: threads
+/// would cost more than they save.
+const PARALLEL_READ_ROWS: u64 = 32 * 1024;
+
+/// Reads the next rows of every partition, from `offsets` up to `ends` (at most
+/// [`ROWS_PER_ROUND`] each). A query catching up spends most of its time decompressing
+/// frames, so with much to read the partitions are read on threads of their own, while the
+/// query itself still processes them one after another, in order.
+fn read_round(
+    partitions: &[Arc<Partition>],
+    offsets: &[u64],
+    ends: &[u64],
+) -> Result<Vec<Vec<(u64, RecordBatch)>>> {
+    let read = |p: usize| partitions[p].read_until(offsets[p], ends[p], ROWS_PER_ROUND);
+    let waiting: u64 = (0..partitions.len())
+        .map(|p| ends[p].saturating_sub(offsets[p]))
+        .sum();
+    if partitions.len() < 2 || waiting < PARALLEL_READ_ROWS {
+        return (0..partitions.len()).map(read).collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..partitions.len())
+            .map(|p| scope.spawn(move || read(p)))
+            .collect();
+        let mut chunks = vec![read(0)?];
+        for h in handles {
+            chunks.push(
+                h.join()
+                    .map_err(|_| Error::Internal("a log reader thread panicked".into()))??,
+            );
+        }
+        Ok(chunks)
+    })
+}
+
 /// Warns when a read of `(source, partition)` from `from` began at `got`, past rows retention
 /// deleted before the query read them (rows of aborted transactions are passed over too, and
 /// are no loss).
@@ -837,10 +872,9 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
         'round: for (s, source) in position.sources.iter_mut().enumerate() {
             let partitions = source.spec.log.partitions().to_vec();
             let ends = source.spec.log.snapshot_offsets();
-            for (p, partition) in partitions.iter().enumerate() {
-                for (offset, batch) in
-                    partition.read_until(source.offsets[p], ends[p], ROWS_PER_ROUND)?
-                {
+            let chunks = read_round(&partitions, &source.offsets, &ends)?;
+            for ((p, partition), chunk) in partitions.iter().enumerate().zip(chunks) {
+                for (offset, batch) in chunk {
                     // A stop (DROP, shutdown) is seen between batches, not only between
                     // rounds: a round of a slow query can take minutes. The offsets say
                     // exactly what was processed.
