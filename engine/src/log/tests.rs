@@ -617,3 +617,30 @@ fn retention_keeps_the_segments_of_an_open_transaction() {
     );
     assert!(log.enforce_retention().expect("retention") > 0);
 }
+
+#[test]
+fn retention_reclaims_the_rows_of_an_aborted_transaction() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = LogConfig {
+        segment_bytes: 1,
+        retention_ms: None,
+        retention_bytes: Some(1),
+    };
+    let log = StreamLog::open(tmp.path(), schema(), 1, None, config).expect("open");
+    let mut txn = log.begin();
+    for i in 0..5 {
+        txn.append(&[rows(i * 10..i * 10 + 10)])
+            .expect("txn append");
+    }
+    log.append(&[rows(100..110)]).expect("append");
+    let size = log.partitions()[0].size_bytes();
+    txn.abort();
+    log.append(&[rows(110..120)]).expect("append");
+    assert_eq!(
+        keys_in(&log.partitions()[0]),
+        (100..120).collect::<Vec<_>>()
+    );
+    assert!(log.enforce_retention().expect("retention") >= 5);
+    assert!(log.partitions()[0].size_bytes() < size);
+    assert_eq!(log.partitions()[0].visible_rows(), 10);
+}

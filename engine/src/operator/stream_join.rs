@@ -2,7 +2,10 @@
 //! while a row still to come from the other input could match them; without a time bound, an
 //! outer join's output is a changelog (an unmatched row is taken back when its match comes).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
@@ -77,11 +80,46 @@ struct Stored {
     chunks: VecDeque<Option<Chunk>>,
     first: usize,
     /// Key hash to `(chunk id, row)`; entries of dropped chunks are skipped and compacted away.
-    index: HashMap<u64, Vec<(usize, u32)>>,
+    index: HashMap<u64, Hits>,
     entries: usize,
     rows: usize,
     /// Memory of the stored chunks' batches and key rows.
     bytes: usize,
+}
+
+/// The stored rows under one key hash. Most keys of a window join hold one row, kept inline:
+/// a vector per key was an allocation per stored row.
+#[derive(Debug, Clone)]
+enum Hits {
+    One((usize, u32)),
+    Many(Vec<(usize, u32)>),
+}
+
+impl Hits {
+    fn push(&mut self, hit: (usize, u32)) {
+        match self {
+            Self::One(first) => *self = Self::Many(vec![*first, hit]),
+            Self::Many(all) => all.push(hit),
+        }
+    }
+
+    fn as_slice(&self) -> &[(usize, u32)] {
+        match self {
+            Self::One(hit) => std::slice::from_ref(hit),
+            Self::Many(all) => all,
+        }
+    }
+
+    /// Keeps the hits `keep` accepts; whether any is left.
+    fn retain(&mut self, keep: impl Fn(&(usize, u32)) -> bool) -> bool {
+        match self {
+            Self::One(hit) => keep(hit),
+            Self::Many(all) => {
+                all.retain(|h| keep(h));
+                !all.is_empty()
+            }
+        }
+    }
 }
 
 impl Stored {
@@ -103,11 +141,8 @@ impl Stored {
                 .and_then(|i| chunks.get(i))
                 .is_some_and(Option::is_some)
         };
-        self.index.retain(|_, hits| {
-            hits.retain(|&(c, _)| live(c));
-            !hits.is_empty()
-        });
-        self.entries = self.index.values().map(Vec::len).sum();
+        self.index.retain(|_, hits| hits.retain(|&(c, _)| live(c)));
+        self.entries = self.index.values().map(|h| h.as_slice().len()).sum();
     }
 }
 
@@ -353,7 +388,7 @@ impl StreamJoinOperator {
             let Some(hits) = other.index.get(h) else {
                 continue;
             };
-            for &(c, r) in hits {
+            for &(c, r) in hits.as_slice() {
                 let Some(chunk) = other.chunk(c) else {
                     continue;
                 };
@@ -478,7 +513,12 @@ impl StreamJoinOperator {
         stored.bytes += chunk_bytes(&batch, keys.as_ref());
         let id = stored.first + stored.chunks.len();
         for (r, h) in hashes.iter().enumerate() {
-            stored.index.entry(*h).or_default().push((id, r as u32));
+            match stored.index.entry(*h) {
+                Entry::Occupied(mut hits) => hits.get_mut().push((id, r as u32)),
+                Entry::Vacant(slot) => {
+                    slot.insert(Hits::One((id, r as u32)));
+                }
+            }
         }
         stored.entries += hashes.len();
         stored.rows += batch.num_rows();

@@ -37,6 +37,14 @@ pub const QUERIES: &[(&str, &str)] = &[
            GROUP BY CountBids.starttime_c) AS MaxBids
          ON AuctionBids.starttime = MaxBids.starttime_c AND AuctionBids.num >= MaxBids.maxn",
     ),
+    // Not a Nexmark query: the issue's first windowed query, a TUMBLE aggregate per auction.
+    (
+        "tumble",
+        "SELECT auction, window_start, window_end, COUNT(*) AS n, SUM(price) AS total,
+           MAX(price) AS top
+         FROM TUMBLE(bid, dateTime, INTERVAL '10' SECOND)
+         GROUP BY auction, window_start, window_end",
+    ),
     (
         "q7",
         "SELECT B.auction, B.price, B.bidder, B.dateTime FROM bid B
