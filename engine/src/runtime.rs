@@ -135,7 +135,7 @@ pub struct CheckpointRecord {
 type History = Arc<Mutex<VecDeque<CheckpointRecord>>>;
 
 /// Checkpoints kept in a query's history.
-const HISTORY: usize = 20;
+const HISTORY: usize = 50;
 
 /// A continuous query running on its own thread; dropping it stops the query.
 #[derive(Debug)]
