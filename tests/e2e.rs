@@ -2120,10 +2120,7 @@ fn python_client(script: &str, args: &[&str]) -> String {
 fn kafka_consumer_groups_split_rebalance_and_resume_after_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The restarted server must listen where the clients' group was: a fixed free port.
-    let kafka_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let kafka_port = free_port();
     let kafka_addr = format!("127.0.0.1:{kafka_port}");
     let args = ["--listen", "127.0.0.1:0", "--kafka-listen", &kafka_addr];
     let phase = |server: &Server, phase: &str| {
@@ -2141,16 +2138,97 @@ fn kafka_consumer_groups_split_rebalance_and_resume_after_kill_9() {
     assert_eq!(after.matches("ok ").count(), 2, "{after}");
 }
 
+/// A port nothing listens on now, for a listener of the server under test.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Kafka transactions with confluent-kafka (`tests/clients/kafka_txn.py`): an aborted
+/// transaction is never read, a committed one is read once with the consumer offsets sent with
+/// it, and a producer with the same transactional.id fences the one before. Then `kill -9`
+/// while a transaction is open: after the restart none of it is visible, and SQL sees what
+/// the read_committed consumers saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_transactions_commit_abort_fence_and_survive_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kafka_port = free_port();
+    let kafka_addr = format!("127.0.0.1:{kafka_port}");
+    let args = ["--listen", "127.0.0.1:0", "--kafka-listen", &kafka_addr];
+    let server = Server::start_with(dir.path(), &args, &[]);
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE STREAM orders (id BIGINT NOT NULL, amount BIGINT) \
+         WITH (partitions = 4, key = 'id', format = 'json'); \
+         CREATE STREAM totals (id BIGINT NOT NULL, amount BIGINT) \
+         WITH (partitions = 4, key = 'id', format = 'json'); \
+         INSERT INTO orders SELECT value, value % 7 FROM generate_series(0, 99)",
+    )
+    .await
+    .expect("setup");
+    let script = Command::new("python3")
+        .arg("kafka_txn.py")
+        .arg(kafka_port.to_string())
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+        .output()
+        .expect("python3 runs (pip install -r tests/clients/requirements.txt)");
+    let out = String::from_utf8_lossy(&script.stdout);
+    assert!(
+        script.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    assert_eq!(out.matches("ok ").count(), 6, "{out}");
+    assert_eq!(
+        rows(
+            &c,
+            "SELECT count(*), sum(amount) FROM totals WHERE id < 100"
+        )
+        .await,
+        vec![vec![
+            "100".to_string(),
+            (2 * (0..100).map(|i| i % 7).sum::<i64>()).to_string()
+        ]]
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM totals").await, 101);
+    // A transaction left open by a kill -9 is aborted by the restart.
+    let mut open = Command::new("python3")
+        .args(["kafka_txn.py", &kafka_port.to_string(), "open"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(open.stdout.take().expect("stdout")).lines();
+    let line = tokio::task::spawn_blocking(move || lines.next())
+        .await
+        .expect("join");
+    assert_eq!(
+        line.map(|l| l.expect("a line")),
+        Some("ok open".to_string())
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM totals").await, 101);
+    drop(c);
+    server.kill9();
+    let _ = open.kill();
+    let _ = open.wait();
+    let server = Server::start_with(dir.path(), &args, &[]);
+    let c = server.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM totals").await, 101);
+    c.execute("INSERT INTO totals VALUES (8000, 1)", &[])
+        .await
+        .expect("insert after the restart");
+    assert_eq!(count(&c, "SELECT count(*) FROM totals").await, 102);
+}
+
 /// SIGKILL of Weir while an idempotent confluent-kafka producer writes: after a restart every
 /// record whose delivery report said delivered is in the stream exactly once, and retries of
 /// batches that were stored but never acknowledged were not appended again.
 #[tokio::test]
 async fn kill_9_during_an_idempotent_kafka_produce_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let kafka_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let kafka_port = free_port();
     let kafka_addr = format!("127.0.0.1:{kafka_port}");
     let args = ["--listen", "127.0.0.1:0", "--kafka-listen", &kafka_addr];
     let server = Server::start_with(dir.path(), &args, &[]);

@@ -382,16 +382,7 @@ impl StreamLog {
         batches: &[RecordBatch],
         encode: impl FnOnce(&RecordBatch) -> Result<Frame>,
     ) -> Result<AppendReceipt> {
-        let p = self
-            .core
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "partition {partition} does not exist (the stream has {})",
-                    self.core.partitions.len()
-                ))
-            })?;
+        let p = self.core.partition(partition)?;
         let batch = self.core.conform(batches)?;
         if batch.num_rows() == 0 {
             return Ok(AppendReceipt::default());
@@ -472,6 +463,16 @@ impl StreamLog {
 }
 
 impl Core {
+    /// Partition `partition`, or an error naming how many there are.
+    fn partition(&self, partition: u32) -> Result<&Arc<Partition>> {
+        self.partitions.get(partition as usize).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "partition {partition} does not exist (the stream has {})",
+                self.partitions.len()
+            ))
+        })
+    }
+
     /// Held while an append writes its frames: appends write one at a time, so that a failed
     /// one can take its frames back.
     fn one_append(&self) -> std::sync::MutexGuard<'_, ()> {

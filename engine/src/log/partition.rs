@@ -62,9 +62,18 @@ impl Frame {
     /// Encodes rows of log transaction `txn`: readers see them once its commit marker is
     /// durable, and never if it aborts (see [`crate::log::Transaction`]).
     pub fn encode_in(batch: &RecordBatch, txn: u64) -> Result<Self> {
+        Self::encode_in_for(batch, txn, None)
+    }
+
+    /// Encodes rows of log transaction `txn` sent by an idempotent producer.
+    pub fn encode_in_for(
+        batch: &RecordBatch,
+        txn: u64,
+        producer: Option<ProducerSeq>,
+    ) -> Result<Self> {
         let stamp = Stamp {
             append_ms: now_ms(),
-            producer: None,
+            producer,
             source_next: None,
             txn: Some((txn, FrameKind::Rows)),
         };

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
 
-use super::partition::{Frame, FrameKind, Partition};
+use super::partition::{Frame, FrameKind, Partition, ProducerSeq, Written};
 use super::{AppendReceipt, Core};
 use crate::{Error, Result};
 
@@ -80,6 +80,31 @@ impl Transaction {
         let batch = self.core.join(batches)?;
         let (parts, _) = self.core.split(&batch)?;
         self.append_parts(parts)
+    }
+
+    /// Writes `batches` whole to `partition` (a Kafka producer names its partition). With
+    /// `producer`, a retry of a batch already written appends nothing (as
+    /// [`super::StreamLog::append_idempotent`]). Returns the offsets `[base, end)` of the rows.
+    pub fn append_to(
+        &mut self,
+        partition: u32,
+        batches: &[RecordBatch],
+        producer: Option<ProducerSeq>,
+    ) -> Result<(u64, u64)> {
+        let p = self.core.partition(partition)?;
+        let batch = self.core.conform(batches)?;
+        let frame = Frame::encode_in_for(&batch, self.id, producer)?;
+        let rows = batch.num_rows() as u64;
+        let _one_append = self.core.one_append();
+        match p.write_frame_checked(frame)? {
+            Written::New(base, end) => {
+                let w = self.written.entry(partition).or_insert((base, end, 0));
+                w.1 = end;
+                w.2 += rows;
+                Ok((base, end))
+            }
+            Written::Duplicate(base, end) => Ok((base, end)),
+        }
     }
 
     /// Writes one batch per partition, split already.

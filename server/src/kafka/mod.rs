@@ -8,6 +8,7 @@
 pub mod connectors;
 pub mod groups;
 pub mod topics;
+mod txn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +76,10 @@ mod code {
     pub const INVALID_REQUEST: i16 = 42;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const INVALID_RECORD: i16 = 87;
+    pub const INVALID_PRODUCER_EPOCH: i16 = 47;
+    pub const INVALID_TXN_STATE: i16 = 48;
+    pub const INVALID_PRODUCER_ID_MAPPING: i16 = 49;
+    pub const PRODUCER_FENCED: i16 = 90;
 }
 
 /// The APIs served and their version ranges: what librdkafka 2.x, kafka-python and the Java
@@ -97,6 +102,10 @@ const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
 ];
 
 /// What every connection shares.
@@ -109,6 +118,8 @@ struct Context {
     /// The next producer id to hand out. It starts at the start time in microseconds, so
     /// ids stay unique across restarts (the log remembers producers by id).
     next_producer_id: std::sync::atomic::AtomicI64,
+    /// Transactional producers and their open transactions.
+    transactions: txn::Transactions,
 }
 
 fn supported(key: ApiKey, version: i16) -> bool {
@@ -134,6 +145,7 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize, au
         groups,
         auto_create,
         next_producer_id: std::sync::atomic::AtomicI64::new(started_us),
+        transactions: txn::Transactions::default(),
     });
     let sweeper = {
         let context = Arc::clone(&context);
@@ -141,6 +153,7 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize, au
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 context.groups.expire_sessions();
+                context.transactions.expire();
             }
         })
     };
@@ -259,7 +272,7 @@ async fn handle(
                 }
             }
             let acks = r.acks;
-            let response = produce(db, r).await;
+            let response = produce(context, r).await;
             if acks == 0 {
                 return Ok(None);
             }
@@ -296,6 +309,19 @@ async fn handle(
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(db, &r)),
         RequestKind::InitProducerId(r) => {
             ResponseKind::InitProducerId(init_producer_id(context, &r))
+        }
+        RequestKind::AddPartitionsToTxn(r) => {
+            ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(context, &r))
+        }
+        RequestKind::AddOffsetsToTxn(r) => {
+            ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(context, &r))
+        }
+        RequestKind::TxnOffsetCommit(r) => {
+            ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(context, &r))
+        }
+        // Committing fsyncs: off the async workers.
+        RequestKind::EndTxn(r) => {
+            ResponseKind::EndTxn(tokio::task::block_in_place(|| txn::end_txn(context, &r)))
         }
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(describe_groups(context, &r))
@@ -392,7 +418,8 @@ fn metadata(db: &Database, local: SocketAddr, request: &MetadataRequest) -> Meta
         .with_topics(topics)
 }
 
-async fn produce(db: &Database, request: ProduceRequest) -> ProduceResponse {
+async fn produce(context: &Context, request: ProduceRequest) -> ProduceResponse {
+    let db = &context.db;
     let mut responses = Vec::with_capacity(request.topic_data.len());
     for topic_data in request.topic_data {
         let topic = db.topic(topic_data.name.0.as_str());
@@ -401,7 +428,7 @@ async fn produce(db: &Database, request: ProduceRequest) -> ProduceResponse {
             let index = data.index;
             let outcome = match &topic {
                 None => Err((code::UNKNOWN_TOPIC_OR_PARTITION, None, None)),
-                Some(topic) => produce_partition(topic, index, data.records).await,
+                Some(topic) => produce_partition(context, topic, index, data.records).await,
             };
             let response = PartitionProduceResponse::default()
                 .with_index(index)
@@ -440,6 +467,7 @@ async fn produce(db: &Database, request: ProduceRequest) -> ProduceResponse {
 type ProduceFailure = (i16, Option<usize>, Option<String>);
 
 async fn produce_partition(
+    context: &Context,
     topic: &Topic,
     partition: i32,
     records: Option<Bytes>,
@@ -464,9 +492,8 @@ async fn produce_partition(
             epoch: r.producer_epoch,
             base_sequence: r.sequence,
         });
-    let topic = topic.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let produced: Vec<ProducedRecord<'_>> = records
+    fn produced(records: &[Record]) -> Vec<ProducedRecord<'_>> {
+        records
             .iter()
             .filter(|r| !r.control)
             .map(|r| ProducedRecord {
@@ -475,12 +502,39 @@ async fn produce_partition(
                 timestamp_ms: r.timestamp,
                 headers: headers_json(r),
             })
-            .collect();
-        topic.produce(partition, &produced, producer)
-    })
-    .await
-    .map_err(|e| (code::KAFKA_STORAGE_ERROR, None, Some(e.to_string())))?;
-    outcome.map_err(|e| match e {
+            .collect()
+    }
+    let outcome = if let Some(p) = producer.filter(|_| records.iter().any(|r| r.transactional)) {
+        // Into the producer's open transaction; writing blocks, off the async workers.
+        tokio::task::block_in_place(|| {
+            let name = topic.name().to_string();
+            let rows = produced(&records);
+            let written = context.transactions.produce(
+                (p.id, p.epoch),
+                &name,
+                partition,
+                || topic.log().begin(),
+                |txn| topic.produce_in(txn, partition, &rows, p),
+            );
+            match written {
+                Ok(outcome) => outcome.map_err(produce_failure),
+                Err(code::PRODUCER_FENCED) => Err((code::INVALID_PRODUCER_EPOCH, None, None)),
+                Err(code) => Err((code, None, None)),
+            }
+        })?
+    } else {
+        let topic = topic.clone();
+        tokio::task::spawn_blocking(move || topic.produce(partition, &produced(&records), producer))
+            .await
+            .map_err(|e| (code::KAFKA_STORAGE_ERROR, None, Some(e.to_string())))?
+            .map_err(produce_failure)?
+    };
+    Ok(outcome)
+}
+
+/// What a refused produce answers.
+fn produce_failure(e: ProduceError) -> ProduceFailure {
+    match e {
         ProduceError::InvalidRecord { index, message } => {
             (code::INVALID_RECORD, index, Some(message))
         }
@@ -488,7 +542,7 @@ async fn produce_partition(
         ProduceError::UnknownPartition => (code::UNKNOWN_TOPIC_OR_PARTITION, None, None),
         ProduceError::OutOfOrder(m) => (code::OUT_OF_ORDER_SEQUENCE_NUMBER, None, Some(m)),
         ProduceError::Storage(e) => (code::KAFKA_STORAGE_ERROR, None, Some(e.to_string())),
-    })
+    }
 }
 
 fn list_offsets(db: &Database, request: &ListOffsetsRequest) -> ListOffsetsResponse {
@@ -762,13 +816,22 @@ fn delete_topics(db: &Database, r: &DeleteTopicsRequest) -> DeleteTopicsResponse
 }
 
 /// Hands an idempotent producer its id; a producer that already has one gets the next epoch.
-/// Transactions are not supported.
+/// A transactional producer gets its transactional id's producer, at the next epoch, which
+/// fences the one before and aborts what it left open.
 fn init_producer_id(context: &Context, r: &InitProducerIdRequest) -> InitProducerIdResponse {
-    if r.transactional_id.is_some() {
+    if let Some(transactional_id) = &r.transactional_id {
+        let (id, epoch) = context.transactions.init(
+            transactional_id.0.as_str(),
+            r.transaction_timeout_ms,
+            || {
+                context
+                    .next_producer_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
+        );
         return InitProducerIdResponse::default()
-            .with_error_code(code::INVALID_REQUEST)
-            .with_producer_id(ProducerId(-1))
-            .with_producer_epoch(-1);
+            .with_producer_id(ProducerId(id))
+            .with_producer_epoch(epoch);
     }
     let (id, epoch) = if r.producer_id.0 >= 0 {
         (r.producer_id.0, r.producer_epoch.saturating_add(1))

@@ -47,6 +47,16 @@ pub struct ProducerBatch {
     pub base_sequence: i32,
 }
 
+impl ProducerBatch {
+    fn seq(self) -> weir_engine::log::ProducerSeq {
+        weir_engine::log::ProducerSeq {
+            id: self.id,
+            epoch: self.epoch,
+            base_sequence: self.base_sequence,
+        }
+    }
+}
+
 /// Why a produced batch was refused; nothing of it was appended.
 #[derive(Debug)]
 pub enum ProduceError {
@@ -278,6 +288,53 @@ impl Topic {
         records: &[ProducedRecord<'_>],
         producer: Option<ProducerBatch>,
     ) -> std::result::Result<u64, ProduceError> {
+        let Some((p, batch)) = self.rows(partition, records)? else {
+            return Ok(self.offsets(partition).map_or(0, |o| o.1));
+        };
+        let log = &self.entry.log;
+        let appended = match producer {
+            Some(b) => log.append_idempotent(p, &[batch], b.seq()),
+            None => log.append_to(p, &[batch]),
+        };
+        let receipt = appended.map_err(produce_error)?;
+        Ok(receipt.ranges.first().map_or(0, |r| r.1))
+    }
+
+    /// Decodes `records` into rows and writes them to `partition` in `txn`, a transactional
+    /// producer's: visible when it commits. Returns the offset of the first row.
+    pub fn produce_in(
+        &self,
+        txn: &mut weir_engine::log::Transaction,
+        partition: i32,
+        records: &[ProducedRecord<'_>],
+        producer: ProducerBatch,
+    ) -> std::result::Result<u64, ProduceError> {
+        let Some((p, batch)) = self.rows(partition, records)? else {
+            return Ok(self.offsets(partition).map_or(0, |o| o.1));
+        };
+        let (base, _) = txn
+            .append_to(p, &[batch], Some(producer.seq()))
+            .map_err(produce_error)?;
+        Ok(base)
+    }
+
+    /// Whether producers may write it (not a stream read from an external topic or made by a
+    /// query).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The stream this topic writes, for a transaction over it.
+    pub fn log(&self) -> &Arc<weir_engine::log::StreamLog> {
+        &self.entry.log
+    }
+
+    /// `records` as rows of `partition`, checked writable; `None` when there are none.
+    fn rows(
+        &self,
+        partition: i32,
+        records: &[ProducedRecord<'_>],
+    ) -> std::result::Result<Option<(u32, RecordBatch)>, ProduceError> {
         if !self.writable {
             let from = match &self.entry.def.source {
                 Some(s) => format!("is read from topic {} at {}", s.topic, s.brokers),
@@ -297,33 +354,7 @@ impl Topic {
         } else {
             decode_records(&self.entry, records)?
         };
-        if batch.num_rows() == 0 {
-            return Ok(self.offsets(partition).map_or(0, |o| o.1));
-        }
-        let log = &self.entry.log;
-        let appended = match producer {
-            Some(b) => log.append_idempotent(
-                p,
-                &[batch],
-                weir_engine::log::ProducerSeq {
-                    id: b.id,
-                    epoch: b.epoch,
-                    base_sequence: b.base_sequence,
-                },
-            ),
-            None => log.append_to(p, &[batch]),
-        };
-        let receipt = appended.map_err(|e| match e {
-            weir_engine::Error::InvalidArgument(message) | weir_engine::Error::NotNull(message) => {
-                ProduceError::InvalidRecord {
-                    index: None,
-                    message,
-                }
-            }
-            weir_engine::Error::OutOfOrderSequence(message) => ProduceError::OutOfOrder(message),
-            other => ProduceError::Storage(other.into()),
-        })?;
-        Ok(receipt.ranges.first().map_or(0, |r| r.1))
+        Ok((batch.num_rows() > 0).then_some((p, batch)))
     }
 
     /// Reads committed rows of `partition` from `offset` on, about `max_bytes` of them (at
@@ -914,5 +945,19 @@ mod tests {
             text.contains("| k1  | ada | 3 | 2         | {\"source\":\"test\"} |"),
             "{text}"
         );
+    }
+}
+
+/// What a failed append of produced rows tells the producer.
+fn produce_error(e: weir_engine::Error) -> ProduceError {
+    match e {
+        weir_engine::Error::InvalidArgument(message) | weir_engine::Error::NotNull(message) => {
+            ProduceError::InvalidRecord {
+                index: None,
+                message,
+            }
+        }
+        weir_engine::Error::OutOfOrderSequence(message) => ProduceError::OutOfOrder(message),
+        other => ProduceError::Storage(other.into()),
     }
 }

@@ -1,0 +1,464 @@
+//! Kafka transactions (transactional producers) over Weir's log transactions: a producer's
+//! records go to each stream's log as they come, and readers see them once EndTxn commits.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kafka_protocol::messages::add_partitions_to_txn_response::{
+    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+};
+use kafka_protocol::messages::txn_offset_commit_response::{
+    TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::{
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, EndTxnRequest, EndTxnResponse, TxnOffsetCommitRequest,
+    TxnOffsetCommitResponse,
+};
+use weir_engine::log::Transaction;
+
+use super::code;
+use super::topics::TopicCatalog as _;
+
+/// One transactional id: its producer and the transaction it has open.
+#[derive(Debug)]
+struct Producer {
+    id: i64,
+    epoch: i16,
+    /// An open transaction is aborted once it is older than this (`transaction.timeout.ms`).
+    timeout: Duration,
+    /// When the open transaction took its first partition.
+    began: Option<Instant>,
+    /// Partitions added to the open transaction (AddPartitionsToTxn).
+    partitions: HashSet<(String, i32)>,
+    /// The open transaction's rows, one log transaction per stream.
+    logs: HashMap<String, Transaction>,
+    /// Offsets to commit with the transaction: group, topic, partition, offset.
+    offsets: Vec<(String, String, i32, i64)>,
+}
+
+impl Producer {
+    /// Aborts the open transaction: its rows are never visible.
+    fn abort(&mut self) {
+        for (_, txn) in self.logs.drain() {
+            txn.abort();
+        }
+        self.partitions.clear();
+        self.offsets.clear();
+        self.began = None;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_transactional_id: HashMap<String, Producer>,
+    /// Producer id to transactional id, for Produce (which names only the producer).
+    by_producer: HashMap<i64, String>,
+}
+
+/// The transaction coordinator: every transactional producer's state, in memory. After a
+/// restart a transactional producer must call InitProducerId again (its requests get
+/// INVALID_PRODUCER_ID_MAPPING), and the log has aborted what it left open.
+#[derive(Debug, Default)]
+pub(super) struct Transactions {
+    inner: Mutex<Inner>,
+}
+
+/// What EndTxn commits besides rows: the offsets of consumer groups (TxnOffsetCommit).
+pub(super) type GroupOffsets = Vec<(String, String, i32, i64)>;
+
+impl Transactions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// InitProducerId with a transactional id: a new producer id, or the next epoch of the
+    /// one the id had, which fences the older producer and aborts what it left open.
+    pub fn init(
+        &self,
+        transactional_id: &str,
+        timeout_ms: i32,
+        new_id: impl FnOnce() -> i64,
+    ) -> (i64, i16) {
+        let mut inner = self.lock();
+        let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(60_000));
+        if let Some(p) = inner.by_transactional_id.get_mut(transactional_id) {
+            p.abort();
+            p.epoch = p.epoch.saturating_add(1);
+            p.timeout = timeout;
+            return (p.id, p.epoch);
+        }
+        let id = new_id();
+        inner.by_producer.insert(id, transactional_id.to_string());
+        inner.by_transactional_id.insert(
+            transactional_id.to_string(),
+            Producer {
+                id,
+                epoch: 0,
+                timeout,
+                began: None,
+                partitions: HashSet::new(),
+                logs: HashMap::new(),
+                offsets: Vec::new(),
+            },
+        );
+        (id, 0)
+    }
+
+    /// AddPartitionsToTxn: `known` says whether a topic exists and may be written.
+    pub fn add_partitions(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        partitions: &[(String, i32)],
+    ) -> Result<(), i16> {
+        let mut inner = self.lock();
+        let p = checked(&mut inner, transactional_id, producer)?;
+        p.began.get_or_insert_with(Instant::now);
+        p.partitions.extend(partitions.iter().cloned());
+        Ok(())
+    }
+
+    /// AddOffsetsToTxn: the group's offsets will come by TxnOffsetCommit.
+    pub fn add_offsets(&self, transactional_id: &str, producer: (i64, i16)) -> Result<(), i16> {
+        let mut inner = self.lock();
+        let p = checked(&mut inner, transactional_id, producer)?;
+        p.began.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// TxnOffsetCommit: offsets committed for `group` when the transaction commits.
+    pub fn stage_offsets(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        group: &str,
+        offsets: &[(String, i32, i64)],
+    ) -> Result<(), i16> {
+        let mut inner = self.lock();
+        let p = checked(&mut inner, transactional_id, producer)?;
+        p.offsets.extend(
+            offsets
+                .iter()
+                .map(|(t, part, o)| (group.to_string(), t.clone(), *part, *o)),
+        );
+        Ok(())
+    }
+
+    /// Produce in a transaction: runs `write` with the producer's log transaction over
+    /// `topic` (begun by `begin` the first time), once the partition was added to it.
+    pub fn produce<R>(
+        &self,
+        producer: (i64, i16),
+        topic: &str,
+        partition: i32,
+        begin: impl FnOnce() -> Transaction,
+        write: impl FnOnce(&mut Transaction) -> R,
+    ) -> Result<R, i16> {
+        let mut inner = self.lock();
+        let Some(transactional_id) = inner.by_producer.get(&producer.0).cloned() else {
+            return Err(code::INVALID_PRODUCER_ID_MAPPING);
+        };
+        let p = checked(&mut inner, &transactional_id, producer)?;
+        if !p.partitions.contains(&(topic.to_string(), partition)) {
+            return Err(code::INVALID_TXN_STATE);
+        }
+        let txn = p.logs.entry(topic.to_string()).or_insert_with(begin);
+        Ok(write(txn))
+    }
+
+    /// EndTxn: commits (every stream's rows, then returns the staged offsets for the caller
+    /// to store) or aborts the open transaction.
+    pub fn end(
+        &self,
+        transactional_id: &str,
+        producer: (i64, i16),
+        commit: bool,
+    ) -> Result<GroupOffsets, i16> {
+        let (logs, offsets) = {
+            let mut inner = self.lock();
+            let p = checked(&mut inner, transactional_id, producer)?;
+            let logs: Vec<Transaction> = p.logs.drain().map(|(_, t)| t).collect();
+            let offsets = std::mem::take(&mut p.offsets);
+            p.partitions.clear();
+            p.began = None;
+            (logs, offsets)
+        };
+        if !commit {
+            logs.into_iter().for_each(Transaction::abort);
+            return Ok(Vec::new());
+        }
+        let mut failed = None;
+        for txn in logs {
+            if failed.is_some() {
+                txn.abort();
+                continue;
+            }
+            if let Err(e) = txn.commit() {
+                tracing::warn!(transactional_id, error = %e, "a Kafka transaction could not commit");
+                failed = Some(code::KAFKA_STORAGE_ERROR);
+            }
+        }
+        match failed {
+            Some(code) => Err(code),
+            None => Ok(offsets),
+        }
+    }
+
+    /// Aborts every open transaction older than its producer's timeout, as Kafka's
+    /// coordinator does: a producer that died mid-transaction holds no partition back for
+    /// longer. Its next request is fenced (the epoch moves on).
+    pub fn expire(&self) {
+        let mut inner = self.lock();
+        for (id, p) in &mut inner.by_transactional_id {
+            if p.began.is_some_and(|b| b.elapsed() > p.timeout) {
+                tracing::info!(transactional_id = %id, "aborting a Kafka transaction past its timeout");
+                p.abort();
+                p.epoch = p.epoch.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// The producer of `transactional_id` if `producer` (id, epoch) is it and current.
+fn checked<'a>(
+    inner: &'a mut Inner,
+    transactional_id: &str,
+    (id, epoch): (i64, i16),
+) -> Result<&'a mut Producer, i16> {
+    let Some(p) = inner.by_transactional_id.get_mut(transactional_id) else {
+        return Err(code::INVALID_PRODUCER_ID_MAPPING);
+    };
+    if p.id != id {
+        return Err(code::INVALID_PRODUCER_ID_MAPPING);
+    }
+    if epoch != p.epoch {
+        return Err(code::PRODUCER_FENCED);
+    }
+    Ok(p)
+}
+
+/// AddPartitionsToTxn (versions 0–3: one transaction per request): every partition must be
+/// of a topic that exists and may be written.
+pub(super) fn add_partitions_to_txn(
+    context: &super::Context,
+    r: &AddPartitionsToTxnRequest,
+) -> AddPartitionsToTxnResponse {
+    let producer = (r.v3_and_below_producer_id.0, r.v3_and_below_producer_epoch);
+    let mut wanted = Vec::new();
+    let mut unknown = HashSet::new();
+    for t in &r.v3_and_below_topics {
+        let name = t.name.0.as_str();
+        let known = context
+            .db
+            .topic(name)
+            .filter(|topic| topic.writable())
+            .is_some_and(|topic| t.partitions.iter().all(|&p| topic.offsets(p).is_some()));
+        if !known {
+            unknown.insert(name.to_string());
+        }
+        wanted.extend(t.partitions.iter().map(|&p| (name.to_string(), p)));
+    }
+    let outcome = if unknown.is_empty() {
+        context.transactions.add_partitions(
+            r.v3_and_below_transactional_id.0.as_str(),
+            producer,
+            &wanted,
+        )
+    } else {
+        Ok(())
+    };
+    let results = r
+        .v3_and_below_topics
+        .iter()
+        .map(|t| {
+            let error = if unknown.contains(t.name.0.as_str()) {
+                code::UNKNOWN_TOPIC_OR_PARTITION
+            } else if !unknown.is_empty() {
+                // Kafka's answer for the partitions of a request that failed elsewhere.
+                OPERATION_NOT_ATTEMPTED
+            } else {
+                outcome.err().unwrap_or(0)
+            };
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(t.name.clone())
+                .with_results_by_partition(
+                    t.partitions
+                        .iter()
+                        .map(|&p| {
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_index(p)
+                                .with_partition_error_code(error)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results)
+}
+
+/// Kafka's OPERATION_NOT_ATTEMPTED.
+const OPERATION_NOT_ATTEMPTED: i16 = 55;
+
+/// AddOffsetsToTxn: the group's offsets come next, by TxnOffsetCommit.
+pub(super) fn add_offsets_to_txn(
+    context: &super::Context,
+    r: &AddOffsetsToTxnRequest,
+) -> AddOffsetsToTxnResponse {
+    let outcome = context.transactions.add_offsets(
+        r.transactional_id.0.as_str(),
+        (r.producer_id.0, r.producer_epoch),
+    );
+    AddOffsetsToTxnResponse::default().with_error_code(outcome.err().unwrap_or(0))
+}
+
+/// TxnOffsetCommit: offsets the transaction commits for a consumer group.
+pub(super) fn txn_offset_commit(
+    context: &super::Context,
+    r: &TxnOffsetCommitRequest,
+) -> TxnOffsetCommitResponse {
+    let offsets: Vec<(String, i32, i64)> = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(|p| {
+                (
+                    t.name.0.as_str().to_string(),
+                    p.partition_index,
+                    p.committed_offset,
+                )
+            })
+        })
+        .collect();
+    let error = context
+        .transactions
+        .stage_offsets(
+            r.transactional_id.0.as_str(),
+            (r.producer_id.0, r.producer_epoch),
+            r.group_id.0.as_str(),
+            &offsets,
+        )
+        .err()
+        .unwrap_or(0);
+    let topics = r
+        .topics
+        .iter()
+        .map(|t| {
+            TxnOffsetCommitResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            TxnOffsetCommitResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(error)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    TxnOffsetCommitResponse::default().with_topics(topics)
+}
+
+/// EndTxn: commits or aborts; a commit then stores the offsets staged by TxnOffsetCommit.
+pub(super) fn end_txn(context: &super::Context, r: &EndTxnRequest) -> EndTxnResponse {
+    let producer = (r.producer_id.0, r.producer_epoch);
+    let ended = context
+        .transactions
+        .end(r.transactional_id.0.as_str(), producer, r.committed);
+    let error = match ended {
+        Err(code) => code,
+        Ok(offsets) => {
+            let mut by_group: HashMap<String, Vec<(String, i32, i64)>> = HashMap::new();
+            for (group, topic, partition, offset) in offsets {
+                by_group
+                    .entry(group)
+                    .or_default()
+                    .push((topic, partition, offset));
+            }
+            by_group
+                .iter()
+                .find_map(|(group, offsets)| context.groups.commit(group, offsets).err())
+                .map_or(0, |e| {
+                    tracing::warn!(error = %e, "storing a transaction's offsets failed");
+                    code::KAFKA_STORAGE_ERROR
+                })
+        }
+    };
+    EndTxnResponse::default()
+        .with_error_code(error)
+        .with_producer_id(r.producer_id)
+        .with_producer_epoch(r.producer_epoch)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use weir_engine::log::{LogConfig, StreamLog};
+
+    use super::*;
+
+    fn rows(n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(0..n))])
+            .expect("batch")
+    }
+
+    #[test]
+    fn partitions_must_be_added_epochs_fence_and_timeouts_abort() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let log = StreamLog::open(tmp.path(), rows(0).schema(), 2, None, LogConfig::default())
+            .expect("open");
+        let txns = Transactions::default();
+        let (id, epoch) = txns.init("t", 60_000, || 7);
+        assert_eq!((id, epoch), (7, 0));
+        let write = |txn: &mut Transaction| txn.append_to(0, &[rows(3)], None).map(|r| r.0);
+        // Produce needs the partition added first.
+        let refused = txns.produce((7, 0), "s", 0, || log.begin(), write);
+        assert_eq!(refused.err(), Some(code::INVALID_TXN_STATE));
+        txns.add_partitions("t", (7, 0), &[("s".into(), 0)])
+            .expect("added");
+        let written = txns.produce((7, 0), "s", 0, || log.begin(), write);
+        assert_eq!(written.expect("current producer").expect("written"), 0);
+        assert_eq!(log.committed_offsets(), vec![0, 0], "not visible yet");
+        // A second init of the id fences the first and aborts its transaction.
+        assert_eq!(txns.init("t", 60_000, || 8), (7, 1));
+        assert_eq!(
+            txns.end("t", (7, 0), true).err(),
+            Some(code::PRODUCER_FENCED)
+        );
+        assert_eq!(
+            txns.end("t", (9, 1), true).err(),
+            Some(code::INVALID_PRODUCER_ID_MAPPING)
+        );
+        // The next one commits.
+        txns.add_partitions("t", (7, 1), &[("s".into(), 1)])
+            .expect("added");
+        let written = txns.produce(
+            (7, 1),
+            "s",
+            1,
+            || log.begin(),
+            |txn: &mut Transaction| txn.append_to(1, &[rows(2)], None).map(|r| r.0),
+        );
+        assert!(written.expect("current").is_ok());
+        assert!(txns.end("t", (7, 1), true).expect("commits").is_empty());
+        let visible: u64 = log.partitions().iter().map(|p| p.visible_rows()).sum();
+        assert_eq!(visible, 2, "only the committed transaction's rows");
+        // A transaction older than its timeout is aborted, and its producer fenced.
+        let (id, epoch) = txns.init("u", 0, || 9);
+        txns.add_partitions("u", (id, epoch), &[("s".into(), 0)])
+            .expect("added");
+        std::thread::sleep(Duration::from_millis(5));
+        txns.expire();
+        assert_eq!(
+            txns.end("u", (id, epoch), true).err(),
+            Some(code::PRODUCER_FENCED)
+        );
+    }
+}
