@@ -44,6 +44,7 @@
 //! truncated, and damage anywhere else is an error rather than silent loss.
 
 mod coalesce;
+mod decisions;
 mod frame;
 mod group_commit;
 mod partition;
@@ -60,9 +61,10 @@ use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
 
+pub use decisions::{Decision, Decisions};
 pub use partition::{Frame, FrameKind, Partition, ProducerSeq, Written, abort_on_fsync_failure};
 pub use partitioner::{murmur2, partition_indices, supports_key_type};
-pub use transaction::Transaction;
+pub use transaction::{Transaction, new_transaction_id};
 
 use crate::error::IoContext;
 use crate::{Error, Result};
@@ -204,6 +206,26 @@ impl StreamLog {
         key: Option<usize>,
         config: LogConfig,
     ) -> Result<Self> {
+        Self::open_deciding(
+            dir,
+            schema,
+            partitions,
+            key,
+            config,
+            &std::collections::HashSet::new(),
+        )
+    }
+
+    /// [`StreamLog::open`], committing the transactions in `decided` (see [`Decisions`]) that
+    /// a crash left open here.
+    pub fn open_deciding(
+        dir: &Path,
+        schema: SchemaRef,
+        partitions: u32,
+        key: Option<usize>,
+        config: LogConfig,
+        decided: &std::collections::HashSet<u64>,
+    ) -> Result<Self> {
         if partitions == 0 {
             return Err(Error::InvalidArgument(
                 "a stream needs at least one partition".into(),
@@ -241,7 +263,7 @@ impl StreamLog {
             })
             .collect::<Result<Vec<_>>>()?;
         sync_dir(dir)?;
-        transaction::recover(&name, &partitions)?;
+        transaction::recover(&name, &partitions, decided)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             notifier,
@@ -299,6 +321,13 @@ impl StreamLog {
     /// become visible, in every partition at once, only when it commits.
     pub fn begin(&self) -> Transaction {
         Transaction::new(Arc::clone(&self.core))
+    }
+
+    /// Starts a part of transaction `id` (from [`new_transaction_id`]) over this stream: the
+    /// parts of one transaction over several streams share its id, which its decision record
+    /// names (see [`Decisions`]).
+    pub fn begin_as(&self, id: u64) -> Transaction {
+        Transaction::with_id(Arc::clone(&self.core), id)
     }
 
     /// Appends `batches` durably and atomically (each partition gets one frame; an append of

@@ -644,3 +644,42 @@ fn retention_reclaims_the_rows_of_an_aborted_transaction() {
     assert!(log.partitions()[0].size_bytes() < size);
     assert_eq!(log.partitions()[0].visible_rows(), 10);
 }
+
+#[test]
+fn a_decided_transaction_over_two_streams_commits_in_both_after_a_crash() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let decisions_path = tmp.path().join("transactions.log");
+    let undecided = new_transaction_id();
+    {
+        let (a, b) = (open_keyed(&a_dir, 2), open_keyed(&b_dir, 2));
+        let id = new_transaction_id();
+        let (mut ta, mut tb) = (a.begin_as(id), b.begin_as(id));
+        ta.append(&[rows(0..10)]).expect("append");
+        tb.append(&[rows(10..20)]).expect("append");
+        ta.prepare().expect("prepare");
+        tb.prepare().expect("prepare");
+        let decisions = Decisions::open(&decisions_path).expect("decisions");
+        decisions.begin().record(id, b"payload").expect("decide");
+        // The crash comes after the first stream's markers, before the second's.
+        ta.commit().expect("commit");
+        std::mem::forget(tb);
+        // Another transaction over b, prepared but never decided.
+        let mut other = b.begin_as(undecided);
+        other.append(&[rows(30..40)]).expect("append");
+        other.prepare().expect("prepare");
+        std::mem::forget(other);
+    }
+    let decisions = Decisions::open(&decisions_path).expect("decisions");
+    assert_eq!(
+        decisions.recovered(),
+        &[(decisions.recovered()[0].0, b"payload".to_vec())]
+    );
+    let decided = decisions.committed();
+    let b = StreamLog::open_deciding(&b_dir, schema(), 2, Some(0), LogConfig::default(), &decided)
+        .expect("open");
+    assert_eq!(all_keys(&b), (10..20).collect::<Vec<_>>());
+    let a = StreamLog::open_deciding(&a_dir, schema(), 2, Some(0), LogConfig::default(), &decided)
+        .expect("open");
+    assert_eq!(all_keys(&a), (0..10).collect::<Vec<_>>());
+}

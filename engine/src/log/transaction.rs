@@ -23,6 +23,11 @@ use crate::{Error, Result};
 /// and past every id a stream opened holds.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
+/// A transaction id not used before in any stream this process opened.
+pub fn new_transaction_id() -> u64 {
+    next_id()
+}
+
 fn next_id() -> u64 {
     if NEXT_ID.load(Ordering::Acquire) == 0 {
         let now = std::time::SystemTime::now()
@@ -52,12 +57,27 @@ pub struct Transaction {
 
 impl Transaction {
     pub(super) fn new(core: Arc<Core>) -> Self {
+        Self::with_id(core, next_id())
+    }
+
+    pub(super) fn with_id(core: Arc<Core>, id: u64) -> Self {
         Self {
             core,
-            id: next_id(),
+            id,
             written: BTreeMap::new(),
             ended: false,
         }
+    }
+
+    /// Makes the rows written so far durable, still invisible: before the decision of a
+    /// transaction over several streams is recorded, every stream's rows must be on disk.
+    pub fn prepare(&self) -> Result<()> {
+        let ranges: Vec<(u32, u64, u64)> = self
+            .written
+            .iter()
+            .map(|(&p, &(first, end, _))| (p, first, end))
+            .collect();
+        self.core.sync_all(&ranges)
     }
 
     /// The transaction's id, as its frames and markers carry it.
@@ -244,9 +264,15 @@ fn in_parallel(partitions: &[&Partition], f: fn(&Partition) -> Result<()>) -> Re
 }
 
 /// Ends the transactions a crash left open in a stream's partitions: committed where any
-/// partition holds its commit marker, aborted everywhere else.
-pub(super) fn recover(stream: &str, partitions: &[Arc<Partition>]) -> Result<()> {
-    let committed: HashSet<u64> = partitions.iter().flat_map(|p| p.take_recovered()).collect();
+/// partition holds its commit marker or its decision was recorded (`decided`), aborted
+/// everywhere else.
+pub(super) fn recover(
+    stream: &str,
+    partitions: &[Arc<Partition>],
+    decided: &HashSet<u64>,
+) -> Result<()> {
+    let mut committed: HashSet<u64> = partitions.iter().flat_map(|p| p.take_recovered()).collect();
+    committed.extend(decided);
     if let Some(max) = partitions.iter().filter_map(|p| p.max_transaction()).max() {
         ids_past(max);
     }

@@ -137,6 +137,7 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize, au
             return;
         }
     };
+    txn::recover(&db, &groups);
     let started_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
@@ -513,7 +514,7 @@ async fn produce_partition(
                 (p.id, p.epoch),
                 &name,
                 partition,
-                || topic.log().begin(),
+                |id| topic.log().begin_as(id),
                 |txn| topic.produce_in(txn, partition, &rows, p),
             );
             match written {

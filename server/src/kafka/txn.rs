@@ -28,8 +28,9 @@ struct Producer {
     epoch: i16,
     /// An open transaction is aborted once it is older than this (`transaction.timeout.ms`).
     timeout: Duration,
-    /// When the open transaction took its first partition.
-    began: Option<Instant>,
+    /// When the open transaction took its first partition, and its log transaction id (the
+    /// same in every stream it writes).
+    began: Option<(Instant, u64)>,
     /// Partitions added to the open transaction (AddPartitionsToTxn).
     partitions: HashSet<(String, i32)>,
     /// The open transaction's rows, one log transaction per stream.
@@ -115,7 +116,7 @@ impl Transactions {
     ) -> Result<(), i16> {
         let mut inner = self.lock();
         let p = checked(&mut inner, transactional_id, producer)?;
-        p.began.get_or_insert_with(Instant::now);
+        p.began.get_or_insert_with(began);
         p.partitions.extend(partitions.iter().cloned());
         Ok(())
     }
@@ -124,7 +125,7 @@ impl Transactions {
     pub fn add_offsets(&self, transactional_id: &str, producer: (i64, i16)) -> Result<(), i16> {
         let mut inner = self.lock();
         let p = checked(&mut inner, transactional_id, producer)?;
-        p.began.get_or_insert_with(Instant::now);
+        p.began.get_or_insert_with(began);
         Ok(())
     }
 
@@ -147,13 +148,14 @@ impl Transactions {
     }
 
     /// Produce in a transaction: runs `write` with the producer's log transaction over
-    /// `topic` (begun by `begin` the first time), once the partition was added to it.
+    /// `topic` (begun by `begin` with the transaction's id the first time), once the
+    /// partition was added to it.
     pub fn produce<R>(
         &self,
         producer: (i64, i16),
         topic: &str,
         partition: i32,
-        begin: impl FnOnce() -> Transaction,
+        begin: impl FnOnce(u64) -> Transaction,
         write: impl FnOnce(&mut Transaction) -> R,
     ) -> Result<R, i16> {
         let mut inner = self.lock();
@@ -161,49 +163,29 @@ impl Transactions {
             return Err(code::INVALID_PRODUCER_ID_MAPPING);
         };
         let p = checked(&mut inner, &transactional_id, producer)?;
-        if !p.partitions.contains(&(topic.to_string(), partition)) {
+        let Some((_, id)) = p
+            .began
+            .filter(|_| p.partitions.contains(&(topic.to_string(), partition)))
+        else {
             return Err(code::INVALID_TXN_STATE);
-        }
-        let txn = p.logs.entry(topic.to_string()).or_insert_with(begin);
+        };
+        let txn = p.logs.entry(topic.to_string()).or_insert_with(|| begin(id));
         Ok(write(txn))
     }
 
-    /// EndTxn: commits (every stream's rows, then returns the staged offsets for the caller
-    /// to store) or aborts the open transaction.
-    pub fn end(
-        &self,
-        transactional_id: &str,
-        producer: (i64, i16),
-        commit: bool,
-    ) -> Result<GroupOffsets, i16> {
-        let (logs, offsets) = {
-            let mut inner = self.lock();
-            let p = checked(&mut inner, transactional_id, producer)?;
-            let logs: Vec<Transaction> = p.logs.drain().map(|(_, t)| t).collect();
-            let offsets = std::mem::take(&mut p.offsets);
-            p.partitions.clear();
-            p.began = None;
-            (logs, offsets)
+    /// EndTxn: takes the open transaction out of the producer's state, to be committed
+    /// ([`commit`]) or dropped (aborted).
+    pub fn end(&self, transactional_id: &str, producer: (i64, i16)) -> Result<Ending, i16> {
+        let mut inner = self.lock();
+        let p = checked(&mut inner, transactional_id, producer)?;
+        let ending = Ending {
+            id: p.began.map(|b| b.1),
+            logs: p.logs.drain().map(|(_, t)| t).collect(),
+            offsets: std::mem::take(&mut p.offsets),
         };
-        if !commit {
-            logs.into_iter().for_each(Transaction::abort);
-            return Ok(Vec::new());
-        }
-        let mut failed = None;
-        for txn in logs {
-            if failed.is_some() {
-                txn.abort();
-                continue;
-            }
-            if let Err(e) = txn.commit() {
-                tracing::warn!(transactional_id, error = %e, "a Kafka transaction could not commit");
-                failed = Some(code::KAFKA_STORAGE_ERROR);
-            }
-        }
-        match failed {
-            Some(code) => Err(code),
-            None => Ok(offsets),
-        }
+        p.partitions.clear();
+        p.began = None;
+        Ok(ending)
     }
 
     /// Aborts every open transaction older than its producer's timeout, as Kafka's
@@ -212,11 +194,107 @@ impl Transactions {
     pub fn expire(&self) {
         let mut inner = self.lock();
         for (id, p) in &mut inner.by_transactional_id {
-            if p.began.is_some_and(|b| b.elapsed() > p.timeout) {
+            if p.began.is_some_and(|b| b.0.elapsed() > p.timeout) {
                 tracing::info!(transactional_id = %id, "aborting a Kafka transaction past its timeout");
                 p.abort();
                 p.epoch = p.epoch.saturating_add(1);
             }
+        }
+    }
+}
+
+/// When a transaction takes its first partition: now, and a fresh log transaction id.
+fn began() -> (Instant, u64) {
+    (Instant::now(), weir_engine::log::new_transaction_id())
+}
+
+/// A transaction taken out of its producer by EndTxn: dropping it aborts it.
+#[derive(Debug)]
+pub(super) struct Ending {
+    id: Option<u64>,
+    logs: Vec<Transaction>,
+    offsets: GroupOffsets,
+}
+
+/// Commits an ended transaction: every stream's rows made durable, then, for one over several
+/// streams or with consumer offsets, its decision recorded (so that a crash from here on
+/// commits all of it: see [`weir_engine::log::Decisions`]), then the commit markers and the
+/// offsets. Returns the Kafka error code.
+pub(super) fn commit(context: &super::Context, ending: Ending) -> i16 {
+    let Ending { id, logs, offsets } = ending;
+    if let Err(e) = logs.iter().try_for_each(Transaction::prepare) {
+        tracing::warn!(error = %e, "a Kafka transaction's rows could not be made durable; it aborts");
+        return code::KAFKA_STORAGE_ERROR;
+    }
+    let mut decision = context.db.decisions().begin();
+    let decided = logs.len() > 1 || !offsets.is_empty();
+    if let (true, Some(id)) = (decided, id) {
+        let payload = serde_json::to_vec(&offsets).unwrap_or_default();
+        if let Err(e) = decision.record(id, &payload) {
+            tracing::warn!(error = %e, "a Kafka transaction's decision could not be recorded; it aborts");
+            return code::KAFKA_STORAGE_ERROR;
+        }
+    }
+    let mut failed = false;
+    for txn in logs {
+        if let Err(e) = txn.commit() {
+            // After the decision the next start commits it; before, this is the only stream.
+            tracing::warn!(error = %e, "a Kafka transaction could not commit");
+            failed = true;
+        }
+    }
+    if let Err(e) = store_offsets(&context.groups, &offsets) {
+        tracing::warn!(error = %e, "storing a transaction's offsets failed; the next start stores them");
+        return code::KAFKA_STORAGE_ERROR;
+    }
+    if failed {
+        return code::KAFKA_STORAGE_ERROR;
+    }
+    // Everything decided is durable: the decision is no longer needed.
+    if decided {
+        if let Err(e) = decision.done() {
+            tracing::warn!(error = %e, "clearing transaction decisions failed");
+        }
+    }
+    0
+}
+
+/// Stores consumer groups' offsets committed by transactions.
+fn store_offsets(
+    groups: &super::groups::Coordinator,
+    offsets: &GroupOffsets,
+) -> std::io::Result<()> {
+    let mut by_group: HashMap<&str, Vec<(String, i32, i64)>> = HashMap::new();
+    for (group, topic, partition, offset) in offsets {
+        by_group
+            .entry(group)
+            .or_default()
+            .push((topic.clone(), *partition, *offset));
+    }
+    by_group
+        .iter()
+        .try_for_each(|(group, offsets)| groups.commit(group, offsets))
+}
+
+/// At start: stores the offsets of transactions decided before a crash (their rows were
+/// committed when their streams opened), then forgets the decisions.
+pub(super) fn recover(db: &weir_sql::Database, groups: &super::groups::Coordinator) {
+    let decisions = db.decisions();
+    for (id, payload) in decisions.recovered() {
+        let offsets: GroupOffsets = serde_json::from_slice(payload).unwrap_or_default();
+        tracing::info!(
+            txn = id,
+            offsets = offsets.len(),
+            "completing a Kafka transaction decided before a restart"
+        );
+        if let Err(e) = store_offsets(groups, &offsets) {
+            tracing::error!(error = %e, "storing a decided transaction's offsets failed; kept for the next start");
+            return;
+        }
+    }
+    if !decisions.recovered().is_empty() {
+        if let Err(e) = decisions.begin().done() {
+            tracing::warn!(error = %e, "clearing transaction decisions failed");
         }
     }
 }
@@ -362,29 +440,18 @@ pub(super) fn txn_offset_commit(
     TxnOffsetCommitResponse::default().with_topics(topics)
 }
 
-/// EndTxn: commits or aborts; a commit then stores the offsets staged by TxnOffsetCommit.
+/// EndTxn: commits (see [`commit`]) or aborts.
 pub(super) fn end_txn(context: &super::Context, r: &EndTxnRequest) -> EndTxnResponse {
     let producer = (r.producer_id.0, r.producer_epoch);
-    let ended = context
+    let error = match context
         .transactions
-        .end(r.transactional_id.0.as_str(), producer, r.committed);
-    let error = match ended {
+        .end(r.transactional_id.0.as_str(), producer)
+    {
         Err(code) => code,
-        Ok(offsets) => {
-            let mut by_group: HashMap<String, Vec<(String, i32, i64)>> = HashMap::new();
-            for (group, topic, partition, offset) in offsets {
-                by_group
-                    .entry(group)
-                    .or_default()
-                    .push((topic, partition, offset));
-            }
-            by_group
-                .iter()
-                .find_map(|(group, offsets)| context.groups.commit(group, offsets).err())
-                .map_or(0, |e| {
-                    tracing::warn!(error = %e, "storing a transaction's offsets failed");
-                    code::KAFKA_STORAGE_ERROR
-                })
+        Ok(ending) if r.committed => commit(context, ending),
+        Ok(aborted) => {
+            drop(aborted);
+            0
         }
     };
     EndTxnResponse::default()
@@ -419,21 +486,18 @@ mod tests {
         assert_eq!((id, epoch), (7, 0));
         let write = |txn: &mut Transaction| txn.append_to(0, &[rows(3)], None).map(|r| r.0);
         // Produce needs the partition added first.
-        let refused = txns.produce((7, 0), "s", 0, || log.begin(), write);
+        let refused = txns.produce((7, 0), "s", 0, |id| log.begin_as(id), write);
         assert_eq!(refused.err(), Some(code::INVALID_TXN_STATE));
         txns.add_partitions("t", (7, 0), &[("s".into(), 0)])
             .expect("added");
-        let written = txns.produce((7, 0), "s", 0, || log.begin(), write);
+        let written = txns.produce((7, 0), "s", 0, |id| log.begin_as(id), write);
         assert_eq!(written.expect("current producer").expect("written"), 0);
         assert_eq!(log.committed_offsets(), vec![0, 0], "not visible yet");
         // A second init of the id fences the first and aborts its transaction.
         assert_eq!(txns.init("t", 60_000, || 8), (7, 1));
+        assert_eq!(txns.end("t", (7, 0)).err(), Some(code::PRODUCER_FENCED));
         assert_eq!(
-            txns.end("t", (7, 0), true).err(),
-            Some(code::PRODUCER_FENCED)
-        );
-        assert_eq!(
-            txns.end("t", (9, 1), true).err(),
+            txns.end("t", (9, 1)).err(),
             Some(code::INVALID_PRODUCER_ID_MAPPING)
         );
         // The next one commits.
@@ -443,11 +507,15 @@ mod tests {
             (7, 1),
             "s",
             1,
-            || log.begin(),
+            |id| log.begin_as(id),
             |txn: &mut Transaction| txn.append_to(1, &[rows(2)], None).map(|r| r.0),
         );
         assert!(written.expect("current").is_ok());
-        assert!(txns.end("t", (7, 1), true).expect("commits").is_empty());
+        let ending = txns.end("t", (7, 1)).expect("current");
+        assert!(ending.offsets.is_empty());
+        for txn in ending.logs {
+            txn.commit().expect("commits");
+        }
         let visible: u64 = log.partitions().iter().map(|p| p.visible_rows()).sum();
         assert_eq!(visible, 2, "only the committed transaction's rows");
         // A transaction older than its timeout is aborted, and its producer fenced.
@@ -457,7 +525,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(5));
         txns.expire();
         assert_eq!(
-            txns.end("u", (id, epoch), true).err(),
+            txns.end("u", (id, epoch)).err(),
             Some(code::PRODUCER_FENCED)
         );
     }

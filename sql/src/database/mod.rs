@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
-use weir_engine::log::StreamLog;
+use weir_engine::log::{Decisions, StreamLog};
 
 use crate::catalog::registry::State;
 use crate::catalog::{
@@ -55,6 +55,9 @@ struct Inner {
     options: Options,
     catalog: CatalogFile,
     registry: Registry,
+    /// Decisions of transactions over several streams (Kafka transactions over several
+    /// topics): streams commit the ones a crash left open.
+    decisions: Decisions,
     /// Held (locked) for the database's lifetime so that two processes never share a data dir.
     _lock: File,
 }
@@ -119,12 +122,14 @@ impl Database {
         })?;
         let catalog = CatalogFile::new(dir);
         let data = catalog.load()?;
+        let decisions = Decisions::open(&dir.join("transactions.log"))?;
         let db = Self {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 options,
                 catalog,
                 registry: Registry::default(),
+                decisions,
                 _lock: lock,
             }),
         };
@@ -201,6 +206,11 @@ impl Database {
         })
     }
 
+    /// The decisions of transactions over several streams (see [`Decisions`]).
+    pub fn decisions(&self) -> &Decisions {
+        &self.inner.decisions
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -237,12 +247,13 @@ impl Database {
             })?),
             None => None,
         };
-        let log = StreamLog::open(
+        let log = StreamLog::open_deciding(
             &self.stream_dir(&def.name),
             Arc::clone(&schema),
             def.partitions,
             key,
             def.log_config(),
+            &self.inner.decisions.committed(),
         )?;
         Ok(Arc::new(StreamEntry {
             def,
