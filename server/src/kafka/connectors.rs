@@ -263,7 +263,12 @@ fn source_loop(
         partitions.iter().map(|_| Vec::new()).collect();
     let mut held = 0usize;
     let mut oldest: Option<Instant> = None;
+    let mut ends_seen: Option<Instant> = None;
     while !stop.load(Ordering::Acquire) {
+        if ends_seen.is_none_or(|t| t.elapsed() >= ENDS_EVERY) {
+            ends_seen = Some(Instant::now());
+            note_topic_ends(&consumer, endpoint, partitions.len(), status);
+        }
         let wait = oldest.map_or(Duration::from_millis(100), |t| {
             SOURCE_LINGER.saturating_sub(t.elapsed())
         });
@@ -314,6 +319,33 @@ fn source_loop(
         }
     }
     Ok(())
+}
+
+/// How often a source asks its cluster where the topic's partitions end, for its lag.
+const ENDS_EVERY: Duration = Duration::from_secs(2);
+
+/// Records where each partition of the topic ends (its high watermark), and, for a partition
+/// not read yet, where reading starts, in the status: `weir_connectors.lag` is the difference.
+/// A cluster that does not answer quickly leaves the last ends as they were.
+fn note_topic_ends(
+    consumer: &BaseConsumer,
+    endpoint: &KafkaEndpoint,
+    partitions: usize,
+    status: &Mutex<ConnectorStatus>,
+) {
+    let latest = endpoint.start.as_deref() == Some("latest");
+    for p in 0..partitions as i32 {
+        let Ok((low, high)) =
+            consumer.fetch_watermarks(&endpoint.topic, p, Duration::from_millis(200))
+        else {
+            continue;
+        };
+        let mut s = lock(status);
+        s.ends.insert(p, high);
+        s.positions
+            .entry(p)
+            .or_insert(if latest { high } else { low });
+    }
 }
 
 /// Decodes one partition's records, skipping (and counting) those that do not decode, and
@@ -428,6 +460,12 @@ fn sink_loop(
     }
     let mut seen = stream.log.notifier().generation();
     while !stop.load(Ordering::Acquire) {
+        {
+            let mut s = lock(status);
+            for (p, partition) in partitions.iter().enumerate() {
+                s.ends.insert(p as i32, partition.committed() as i64);
+            }
+        }
         let mut progressed = false;
         for (p, partition) in partitions.iter().enumerate() {
             let chunk = match partition.read(delivered[p], SINK_CHUNK) {

@@ -26,6 +26,26 @@ pub struct ConnectorStatus {
     /// Per partition: the next topic offset to read (source) or the next stream offset to
     /// deliver (sink).
     pub positions: BTreeMap<i32, i64>,
+    /// Per partition: where the data ends, as last seen: the external topic's end (its high
+    /// watermark, for a source) or the stream's committed offset (for a sink).
+    pub ends: BTreeMap<i32, i64>,
+}
+
+impl ConnectorStatus {
+    /// How far behind the end the connector is, summed over partitions: records of the
+    /// topic not yet read (source) or rows of the stream not yet delivered (sink). `None`
+    /// before the end was first seen.
+    pub fn lag(&self) -> Option<i64> {
+        if self.ends.is_empty() {
+            return None;
+        }
+        Some(
+            self.ends
+                .iter()
+                .map(|(p, &end)| (end - self.positions.get(p).copied().unwrap_or(end)).max(0))
+                .sum(),
+        )
+    }
 }
 
 /// A running source or sink. Dropping the last handle stops it and waits for it.

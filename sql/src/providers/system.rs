@@ -235,6 +235,7 @@ fn status_schema() -> SchemaRef {
         text("last_error", true),
         text("last_bad_record", true),
         text("positions", false),
+        Field::new("lag", DataType::Int64, true),
     ]))
 }
 
@@ -246,6 +247,7 @@ fn status_batch(connectors: &[Arc<dyn Connector>]) -> Result<RecordBatch> {
     let mut last_error = StringBuilder::new();
     let mut last_bad = StringBuilder::new();
     let mut positions = StringBuilder::new();
+    let mut lag = Int64Builder::new();
     for c in connectors {
         let s = c.status();
         text[0].append_value(c.stream());
@@ -263,6 +265,7 @@ fn status_batch(connectors: &[Arc<dyn Connector>]) -> Result<RecordBatch> {
             .map(|(p, o)| format!("{p}:{o}"))
             .collect();
         positions.append_value(p.join(","));
+        lag.append_option(s.lag());
     }
     let mut columns: Vec<ArrayRef> = text.iter_mut().map(|b| Arc::new(b.finish()) as _).collect();
     columns.push(Arc::new(records.finish()));
@@ -270,5 +273,6 @@ fn status_batch(connectors: &[Arc<dyn Connector>]) -> Result<RecordBatch> {
     columns.push(Arc::new(last_error.finish()));
     columns.push(Arc::new(last_bad.finish()));
     columns.push(Arc::new(positions.finish()));
+    columns.push(Arc::new(lag.finish()));
     Ok(RecordBatch::try_new(status_schema(), columns)?)
 }
