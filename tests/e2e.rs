@@ -2438,12 +2438,7 @@ async fn external_kafka_sources_and_sinks_survive_kill_9() {
         "both connectors run"
     );
     // Both catch up with their ends: the topic's (source) and the stream's (sink).
-    wait_for_count(
-        &c,
-        "SELECT count(*) FROM weir_connectors WHERE lag = 0",
-        2,
-    )
-    .await;
+    wait_for_count(&c, "SELECT count(*) FROM weir_connectors WHERE lag = 0", 2).await;
 
     // SIGKILL while a writer keeps producing into the external topic.
     let writer = {

@@ -53,6 +53,9 @@ pub struct Transaction {
     /// For every partition written: the first offset, the end of the last frame, the rows.
     written: BTreeMap<u32, (u64, u64, u64)>,
     ended: bool,
+    /// Its decision to commit is recorded elsewhere ([`super::Decisions`]): it may no longer
+    /// abort, only commit now or at the next start.
+    decided: bool,
 }
 
 impl Transaction {
@@ -66,7 +69,15 @@ impl Transaction {
             id,
             written: BTreeMap::new(),
             ended: false,
+            decided: false,
         }
+    }
+
+    /// Says that the transaction's decision to commit is recorded (see [`super::Decisions`]):
+    /// from now on a failure stops the partition rather than abort, so that the next start
+    /// commits it as the decision says.
+    pub fn decided(&mut self) {
+        self.decided = true;
     }
 
     /// Makes the rows written so far durable, still invisible: before the decision of a
@@ -164,7 +175,10 @@ impl Transaction {
             .map(|(&p, &(first, end, _))| (p, first, end))
             .collect();
         if let Err(e) = self.core.sync_all(&ranges) {
-            self.abort_now();
+            // (A failed fsync stops the process by default; see `abort_on_fsync_failure`.)
+            if !self.decided {
+                self.abort_now();
+            }
             return Err(e);
         }
         let mut marked = 0;
@@ -177,7 +191,7 @@ impl Transaction {
             for &p in self.written.keys() {
                 let partition = &self.core.partitions[p as usize];
                 if let Err(e) = partition.write_marker(self.id, FrameKind::Commit) {
-                    if marked == 0 {
+                    if marked == 0 && !self.decided {
                         drop(_one_append);
                         self.abort_now();
                         return Err(e);

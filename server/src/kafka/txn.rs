@@ -221,7 +221,11 @@ pub(super) struct Ending {
 /// commits all of it: see [`weir_engine::log::Decisions`]), then the commit markers and the
 /// offsets. Returns the Kafka error code.
 pub(super) fn commit(context: &super::Context, ending: Ending) -> i16 {
-    let Ending { id, logs, offsets } = ending;
+    let Ending {
+        id,
+        mut logs,
+        offsets,
+    } = ending;
     if let Err(e) = logs.iter().try_for_each(Transaction::prepare) {
         tracing::warn!(error = %e, "a Kafka transaction's rows could not be made durable; it aborts");
         return code::KAFKA_STORAGE_ERROR;
@@ -234,6 +238,7 @@ pub(super) fn commit(context: &super::Context, ending: Ending) -> i16 {
             tracing::warn!(error = %e, "a Kafka transaction's decision could not be recorded; it aborts");
             return code::KAFKA_STORAGE_ERROR;
         }
+        logs.iter_mut().for_each(Transaction::decided);
     }
     let mut failed = false;
     for txn in logs {
