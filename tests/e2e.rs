@@ -2439,6 +2439,21 @@ async fn external_kafka_sources_and_sinks_survive_kill_9() {
     );
     // Both catch up with their ends: the topic's (source) and the stream's (sink).
     wait_for_count(&c, "SELECT count(*) FROM weir_connectors WHERE lag = 0", 2).await;
+    let metrics = {
+        use std::io::{Read, Write};
+        let port = weir.http_port.expect("the HTTP listener");
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    };
+    for line in [
+        "weir_connector_lag{stream=\"ext\",kind=\"source\"} 0",
+        "weir_connector_lag{stream=\"big\",kind=\"sink\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 
     // SIGKILL while a writer keeps producing into the external topic.
     let writer = {

@@ -100,7 +100,46 @@ pub fn prometheus_text(registry: &Registry) -> String {
         }
     }
     operator_metrics(&mut out, &views);
+    connector_metrics(&mut out, registry);
     out
+}
+
+/// Each Kafka connector's records and lag (as `weir_connectors` has them).
+fn connector_metrics(out: &mut String, registry: &Registry) {
+    let connectors: Vec<_> = registry
+        .connectors()
+        .into_iter()
+        .map(|c| (c.stream().to_string(), c.kind(), c.status()))
+        .collect();
+    let mut family = Family::new(
+        out,
+        "weir_connector_records_total",
+        "counter",
+        "Records a source appended or a sink delivered since it started.",
+    );
+    for (stream, kind, s) in &connectors {
+        family.sample(
+            "weir_connector_records_total",
+            &[("stream", stream), ("kind", kind)],
+            s.records as f64,
+        );
+    }
+    let mut family = Family::new(
+        out,
+        "weir_connector_lag",
+        "gauge",
+        "Records of the external topic not yet read (source), or rows of the stream not yet \
+         delivered (sink).",
+    );
+    for (stream, kind, s) in &connectors {
+        if let Some(lag) = s.lag() {
+            family.sample(
+                "weir_connector_lag",
+                &[("stream", stream), ("kind", kind)],
+                lag as f64,
+            );
+        }
+    }
 }
 
 /// Every running view and stream query as JSON (`/api/views`, read by the console): its
