@@ -594,15 +594,21 @@ fn a_large_append_of_several_partitions_is_one_transaction() {
     assert_eq!(all_keys(&log), (0..big).collect::<Vec<_>>());
 }
 
-#[test]
-fn retention_keeps_the_segments_of_an_open_transaction() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+/// One partition whose every append rolls a segment, kept to one byte: retention deletes all
+/// it may.
+fn open_tiny_segments(dir: &Path) -> StreamLog {
     let config = LogConfig {
         segment_bytes: 1,
         retention_ms: None,
         retention_bytes: Some(1),
     };
-    let log = StreamLog::open(tmp.path(), schema(), 1, None, config).expect("open");
+    StreamLog::open(dir, schema(), 1, None, config).expect("open")
+}
+
+#[test]
+fn retention_keeps_the_segments_of_an_open_transaction() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let log = open_tiny_segments(tmp.path());
     let mut txn = log.begin();
     txn.append(&[rows(0..10)]).expect("txn append");
     for i in 0..5 {
@@ -621,12 +627,7 @@ fn retention_keeps_the_segments_of_an_open_transaction() {
 #[test]
 fn retention_reclaims_the_rows_of_an_aborted_transaction() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = LogConfig {
-        segment_bytes: 1,
-        retention_ms: None,
-        retention_bytes: Some(1),
-    };
-    let log = StreamLog::open(tmp.path(), schema(), 1, None, config).expect("open");
+    let log = open_tiny_segments(tmp.path());
     let mut txn = log.begin();
     for i in 0..5 {
         txn.append(&[rows(i * 10..i * 10 + 10)])

@@ -124,6 +124,16 @@ pub enum Side {
     Right,
 }
 
+impl Side {
+    /// 0 for the left input, 1 for the right: where a two-input operator keeps its state.
+    pub fn index(self) -> usize {
+        match self {
+            Self::Left => 0,
+            Self::Right => 1,
+        }
+    }
+}
+
 /// A step of a continuous query with two inputs (a join); driven like [`Operator`].
 pub trait BinaryOperator: Send + std::fmt::Debug {
     /// The schema of the batches this operator emits.

@@ -582,10 +582,7 @@ impl BinaryOperator for StreamJoinOperator {
     }
 
     fn process_batch(&mut self, side: Side, batch: RecordBatch) -> Result<Vec<RecordBatch>> {
-        let s = match side {
-            Side::Left => 0,
-            Side::Right => 1,
-        };
+        let s = side.index();
         let n = batch.num_rows();
         if n == 0 {
             return Ok(Vec::new());

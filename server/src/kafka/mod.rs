@@ -154,7 +154,9 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize, au
             loop {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 context.groups.expire_sessions();
-                context.transactions.expire();
+                // Aborting writes markers: off the async workers.
+                let expiring = Arc::clone(&context);
+                let _ = tokio::task::spawn_blocking(move || expiring.transactions.expire()).await;
             }
         })
     };
@@ -308,8 +310,11 @@ async fn handle(
         RequestKind::ListGroups(_) => ResponseKind::ListGroups(list_groups(context)),
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(create_topics(db, &r)),
         RequestKind::DeleteTopics(r) => ResponseKind::DeleteTopics(delete_topics(db, &r)),
+        // A transactional id's second InitProducerId aborts what it left open: writes markers.
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(init_producer_id(context, &r))
+            ResponseKind::InitProducerId(tokio::task::block_in_place(|| {
+                init_producer_id(context, &r)
+            }))
         }
         RequestKind::AddPartitionsToTxn(r) => {
             ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(context, &r))

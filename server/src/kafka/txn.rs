@@ -28,6 +28,8 @@ struct Producer {
     epoch: i16,
     /// An open transaction is aborted once it is older than this (`transaction.timeout.ms`).
     timeout: Duration,
+    /// When the producer last made a request: an id unused for [`ID_EXPIRY`] is forgotten.
+    used: Instant,
     /// When the open transaction took its first partition, and its log transaction id (the
     /// same in every stream it writes).
     began: Option<(Instant, u64)>,
@@ -88,6 +90,7 @@ impl Transactions {
             p.abort();
             p.epoch = p.epoch.saturating_add(1);
             p.timeout = timeout;
+            p.used = Instant::now();
             return (p.id, p.epoch);
         }
         let id = new_id();
@@ -98,6 +101,7 @@ impl Transactions {
                 id,
                 epoch: 0,
                 timeout,
+                used: Instant::now(),
                 began: None,
                 partitions: HashSet::new(),
                 logs: HashMap::new(),
@@ -191,6 +195,9 @@ impl Transactions {
     /// Aborts every open transaction older than its producer's timeout, as Kafka's
     /// coordinator does: a producer that died mid-transaction holds no partition back for
     /// longer. Its next request is fenced (the epoch moves on).
+    /// Transactional ids unused for [`ID_EXPIRY`] are forgotten (as Kafka's
+    /// `transactional.id.expiration.ms`), so that clients making up new ids cannot grow the
+    /// coordinator without bound.
     pub fn expire(&self) {
         let mut inner = self.lock();
         for (id, p) in &mut inner.by_transactional_id {
@@ -200,8 +207,23 @@ impl Transactions {
                 p.epoch = p.epoch.saturating_add(1);
             }
         }
+        let Inner {
+            by_transactional_id,
+            by_producer,
+        } = &mut *inner;
+        by_transactional_id.retain(|_, p| {
+            let keep = p.began.is_some() || p.used.elapsed() < ID_EXPIRY;
+            if !keep {
+                by_producer.remove(&p.id);
+            }
+            keep
+        });
     }
 }
+
+/// How long a transactional id with no open transaction is remembered: Kafka's default
+/// `transactional.id.expiration.ms`.
+const ID_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// When a transaction takes its first partition: now, and a fresh log transaction id.
 fn began() -> (Instant, u64) {
@@ -319,6 +341,7 @@ fn checked<'a>(
     if epoch != p.epoch {
         return Err(code::PRODUCER_FENCED);
     }
+    p.used = Instant::now();
     Ok(p)
 }
 
