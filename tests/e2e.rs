@@ -810,6 +810,8 @@ async fn passwords_and_tls_guard_other_addresses() {
             cert.to_str().expect("utf-8 path"),
             "--tls-key",
             key.to_str().expect("utf-8 path"),
+            "--http",
+            "0.0.0.0:0",
         ],
         &[("WEIR_PASSWORD", "hunter2")],
     );
@@ -856,6 +858,56 @@ async fn passwords_and_tls_guard_other_addresses() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("SSL connection"), "{stdout}");
+    // HTTP off loopback: HTTPS with the same users (HTTP Basic), plain HTTP refused.
+    let http = server.http_port.expect("the HTTP listener");
+    let curl = |url: &str, user: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url]);
+        if let Some(u) = user {
+            c.args(["-u", u]);
+        }
+        let out = c.output().expect("curl runs (.ci/run installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let https = format!("https://127.0.0.1:{http}");
+    assert_eq!(
+        curl(&format!("{https}/api/streams"), Some("ada:lovelace")),
+        "200"
+    );
+    assert_eq!(
+        curl(&format!("{https}/metrics"), Some("weir:hunter2")),
+        "200"
+    );
+    assert_eq!(
+        curl(&format!("{https}/api/streams"), Some("ada:wrong")),
+        "401"
+    );
+    assert_eq!(curl(&format!("{https}/"), None), "401");
+    // Probes of liveness need no password.
+    assert_eq!(curl(&format!("{https}/healthz"), None), "200");
+    assert_eq!(
+        curl(
+            &format!("http://127.0.0.1:{http}/api/streams"),
+            Some("ada:lovelace")
+        ),
+        "400"
+    );
+    // Without passwords and TLS, HTTP stays on loopback.
+    for extra in [&[][..], &["--password", "x"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--kafka-listen", "off"])
+            .args(["--http", "0.0.0.0:0", "--data-dir"])
+            .arg(dir.path().join("refused"))
+            .args(extra)
+            .output()
+            .expect("weir runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("refusing to serve HTTP on 0.0.0.0:0 without passwords and TLS"),
+            "{stderr}"
+        );
+    }
 }
 
 /// Runs a client program against a fresh server; it prints `ok ...` lines and exits 0.
@@ -2931,24 +2983,25 @@ async fn explain_analyze_shows_every_operator_at_work() {
     );
 }
 
-/// The console at `/` of the HTTP listener, opened in headless Chromium: it shows every view
-/// with its operators, and a rate that changes between two loads (rates are averages since the
-/// view started). `/api/views` is the JSON it reads.
+/// The console at `/` of the HTTP listener, opened in headless Chromium: its views page lists
+/// every view, a view's page shows its operators (as a tree and with a rate that changes between
+/// two loads: rates are averages since the view started), its source partitions and its SQL,
+/// and the streams page the streams. `/api/views` and `/api/NAME` are the JSON it reads.
 #[tokio::test]
 async fn the_console_shows_views_in_headless_chromium() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, _c) = clicks_counted(dir.path()).await;
     let port = server.http_port.expect("the HTTP listener");
-    let api = {
+    let get = |path: &str| -> serde_json::Value {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
-        write!(s, "GET /api/views HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
         let mut out = String::new();
         s.read_to_string(&mut out).expect("response");
-        out
+        let body = out.split("\r\n\r\n").nth(1).expect("a body");
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: {e}: {out}"))
     };
-    let body = api.split("\r\n\r\n").nth(1).expect("a body");
-    let views: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    let views = get("/api/views");
     assert_eq!(views[0]["name"], "clicks_per_min", "{views}");
     assert_eq!(views[0]["events_processed"], 3, "{views}");
     assert!(
@@ -2957,15 +3010,46 @@ async fn the_console_shows_views_in_headless_chromium() {
             .is_some_and(|o| o.len() >= 2),
         "{views}"
     );
-    let load = || {
+    // The system relations, as JSON: the operators with their parents (the top one has none)
+    // and state rows (the aggregate's open groups).
+    let operators = get("/api/operators");
+    let ops = operators.as_array().expect("an array");
+    assert!(ops.len() >= 2, "{operators}");
+    assert_eq!(
+        ops.iter().filter(|o| o["parent"].is_null()).count(),
+        1,
+        "{operators}"
+    );
+    let open_groups = |operators: &serde_json::Value| {
+        operators.as_array().is_some_and(|ops| {
+            ops.iter()
+                .any(|o| o["kind"] == "WindowAggregate" && o["state_rows"] == 1)
+        })
+    };
+    // The window of 00:01 is open with one group; state is measured as the view goes idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !open_groups(&get("/api/operators")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            get("/api/operators")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let streams = get("/api/streams");
+    assert_eq!(streams[0]["name"], "clicks", "{streams}");
+    assert_eq!(get("/api/watermarks")[0]["view"], "clicks_per_min");
+    let load = |page: &str| {
         let out = std::process::Command::new("chromium")
             .args([
                 "--headless",
                 "--no-sandbox",
                 "--disable-gpu",
+                "--disable-background-networking",
+                "--no-first-run",
                 "--virtual-time-budget=5000",
                 "--dump-dom",
-                &format!("http://127.0.0.1:{port}/"),
+                &format!("http://127.0.0.1:{port}/#/{page}"),
             ])
             .output()
             .expect("chromium runs (.ci/run installs it)");
@@ -2977,14 +3061,72 @@ async fn the_console_shows_views_in_headless_chromium() {
             .filter_map(|s| s.split('<').next().map(str::to_string))
             .collect()
     };
-    let first = load();
-    assert!(first.contains("clicks_per_min"), "{first}");
-    assert!(first.contains("TumbleWindow"), "{first}");
+    let overview = load("");
+    assert!(
+        overview.contains("href=\"#/view/clicks_per_min\""),
+        "{overview}"
+    );
+    let first = load("view/clicks_per_min");
+    for shown in [
+        "TumbleWindow",
+        "Source partitions",
+        "tumble(clicks, ts",
+        "class=\"op\"",
+    ] {
+        assert!(first.contains(shown), "{shown}: {first}");
+    }
     std::thread::sleep(Duration::from_millis(1500));
-    let second = load();
+    let second = load("view/clicks_per_min");
     let (a, b) = (rates(&first), rates(&second));
     assert!(!a.is_empty(), "{first}");
     assert_ne!(a, b, "the rates did not change between two loads");
+    let streams = load("streams");
+    assert!(streams.contains("data-name=\"clicks\""), "{streams}");
+}
+
+/// `weir_sessions` shows how many changes wait in a subscriber's buffer, and how full it is.
+#[tokio::test]
+async fn weir_sessions_shows_how_full_a_subscribers_buffer_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, c) = clicks_counted(dir.path()).await;
+    let subscriber = server.client().await;
+    subscriber
+        .batch_execute("SET subscribe_buffer_rows = 10; BEGIN; DECLARE cur CURSOR FOR SUBSCRIBE clicks_per_min")
+        .await
+        .expect("declare");
+    let buffered = || async {
+        let row = c
+            .query_one(
+                "SELECT max(subscribe_buffered_rows), max(subscribe_buffer_percent) \
+                 FROM weir_sessions",
+                &[],
+            )
+            .await
+            .expect("weir_sessions");
+        (row.get::<_, Option<i64>>(0), row.get::<_, Option<f64>>(1))
+    };
+    assert_eq!(buffered().await, (Some(0), Some(0.0)));
+    // A click at 00:05 closes the window of 00:01: its row waits for the subscriber.
+    c.batch_execute("INSERT INTO clicks VALUES (3, '/d', '2026-01-01 00:05:00')")
+        .await
+        .expect("insert");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while buffered().await != (Some(1), Some(10.0)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            buffered().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = subscriber.query("FETCH ALL cur", &[]).await.expect("fetch");
+    assert_eq!(rows.len(), 3, "two rows as of the start, then the change");
+    assert_eq!(buffered().await, (Some(0), Some(0.0)));
+    subscriber
+        .batch_execute("CLOSE cur; COMMIT")
+        .await
+        .expect("close");
+    assert_eq!(buffered().await, (None, None), "no subscription left");
 }
 
 /// `weir_sessions` lists the connected clients: who, from where, and what each runs now (the

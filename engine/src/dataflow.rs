@@ -22,7 +22,7 @@ fn join_inputs(
     let mut out = Vec::new();
     for (side, batches) in [(Side::Left, from_left), (Side::Right, from_right)] {
         for b in batches {
-            let since = std::time::Instant::now();
+            let since = crate::stats::start();
             let rows = b.num_rows();
             let joined = join.process_batch(side, b)?;
             stats.record(rows, joined.iter().map(RecordBatch::num_rows).sum(), since);
@@ -32,6 +32,18 @@ fn join_inputs(
         }
     }
     Ok(out)
+}
+
+/// Where an operator of a query sits, with its counters.
+#[derive(Debug, Clone)]
+pub struct OperatorPlace {
+    /// What the operator's pipeline reads: `source N` (the query's source N) or `join`.
+    pub input: String,
+    /// The index (in [`Dataflow::stats`]) of the operator its output goes to; `None` for the
+    /// query's top operator, whose output is the result.
+    pub parent: Option<usize>,
+    /// Its counters.
+    pub stats: Arc<OperatorStats>,
 }
 
 /// One node of a query's operator tree; the root's output is the query's result.
@@ -193,7 +205,7 @@ impl Dataflow {
                 let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
                 if let Some(w) = own.filter(|&w| *watermark != Some(w)) {
                     *watermark = Some(w);
-                    let since = std::time::Instant::now();
+                    let since = crate::stats::start();
                     let released = join.on_watermark(w)?;
                     stats.watermark(w);
                     stats.record(0, released.iter().map(RecordBatch::num_rows).sum(), since);
@@ -232,21 +244,26 @@ impl Dataflow {
                 ..
             } => {
                 let own = join.state_bytes();
-                stats.state_bytes(own);
+                stats.state(own, join.state_rows());
                 left.measure_state() + right.measure_state() + own + pipeline.measure_state()
             }
         }
     }
 
-    /// The counters of every operator, inputs first, each with where it is: `source N` for
-    /// the operators over the query's source N, `join` for a join and those over its output.
-    pub fn stats(&self) -> Vec<(String, Arc<OperatorStats>)> {
-        match self {
-            Self::Source { source, pipeline } => pipeline
-                .stats()
-                .iter()
-                .map(|s| (format!("source {source}"), Arc::clone(s)))
-                .collect(),
+    /// The counters of every operator, inputs first, each with where it is (see
+    /// [`OperatorPlace`]).
+    pub fn stats(&self) -> Vec<OperatorPlace> {
+        let mut out = Vec::new();
+        self.places(&mut out);
+        out
+    }
+
+    /// Adds this subtree's operators to `out`, inputs first; the subtree's top operator (if it
+    /// has any) is left without a parent, for the caller to set.
+    fn places(&self, out: &mut Vec<OperatorPlace>) {
+        // The operator below the next one of `pipeline`: the join, over a join.
+        let (input, pipeline, mut below) = match self {
+            Self::Source { source, pipeline } => (format!("source {source}"), pipeline, None),
             Self::Join {
                 left,
                 right,
@@ -254,20 +271,35 @@ impl Dataflow {
                 stats,
                 ..
             } => {
-                let mut out = left.stats();
-                out.extend(right.stats());
-                out.push(("join".to_string(), Arc::clone(stats)));
-                out.extend(
-                    pipeline
-                        .stats()
-                        .iter()
-                        .map(|s| ("join".to_string(), Arc::clone(s))),
-                );
-                out
+                let first = out.len();
+                left.places(out);
+                right.places(out);
+                let join = out.len();
+                for place in &mut out[first..] {
+                    if place.parent.is_none() {
+                        place.parent = Some(join);
+                    }
+                }
+                out.push(OperatorPlace {
+                    input: "join".to_string(),
+                    parent: None,
+                    stats: Arc::clone(stats),
+                });
+                ("join".to_string(), pipeline, Some(join))
             }
+        };
+        for s in pipeline.stats() {
+            if let Some(b) = below {
+                out[b].parent = Some(out.len());
+            }
+            below = Some(out.len());
+            out.push(OperatorPlace {
+                input: input.clone(),
+                parent: None,
+                stats: Arc::clone(s),
+            });
         }
     }
-
     /// Bytes of memory the state of every operator holds.
     pub fn state_bytes(&self) -> usize {
         match self {

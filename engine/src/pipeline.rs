@@ -4,7 +4,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::checkpoint::OperatorState;
 use crate::operator::Operator;
@@ -64,7 +63,7 @@ impl Pipeline {
             .zip(&self.stats)
             .map(|(op, stats)| {
                 let bytes = op.state_bytes();
-                stats.state_bytes(bytes);
+                stats.state(bytes, op.state_rows());
                 bytes
             })
             .sum()
@@ -78,7 +77,7 @@ impl Pipeline {
         for (op, stats) in self.operators[start..].iter_mut().zip(&self.stats[start..]) {
             let mut next = Vec::with_capacity(batches.len());
             for b in batches {
-                let since = Instant::now();
+                let since = crate::stats::start();
                 let rows = b.num_rows();
                 let out = op.process_batch(b)?;
                 stats.record(rows, rows_of(&out), since);
@@ -120,13 +119,13 @@ impl Pipeline {
         for (op, stats) in self.operators.iter_mut().zip(&self.stats) {
             let mut out = Vec::new();
             for b in std::mem::take(&mut pending) {
-                let since = Instant::now();
+                let since = crate::stats::start();
                 let rows = b.num_rows();
                 let released = op.process_batch(b)?;
                 stats.record(rows, rows_of(&released), since);
                 out.extend(released);
             }
-            let since = Instant::now();
+            let since = crate::stats::start();
             let released = op.on_watermark(watermark_ns)?;
             stats.watermark(watermark_ns);
             stats.record(0, rows_of(&released), since);

@@ -16,7 +16,6 @@ use crate::dataflow::Dataflow;
 use crate::log::StreamLog;
 use crate::log::{Notifier, Partition};
 use crate::result_table::{Progress, QueryError, ResultTable};
-use crate::stats::OperatorStats;
 use crate::watermark::{WatermarkTracker, max_event_time_ns};
 use crate::{Error, Result};
 
@@ -144,7 +143,7 @@ pub struct RunningQuery {
     /// Its newest checkpoints.
     checkpoints: History,
     /// Each operator's counters, with where it is in the plan.
-    stats: Vec<(String, Arc<OperatorStats>)>,
+    stats: Vec<crate::dataflow::OperatorPlace>,
     stop: Arc<AtomicBool>,
     wake: Arc<Notifier>,
     handle: Option<JoinHandle<()>>,
@@ -209,7 +208,7 @@ impl RunningQuery {
 
     /// Each operator's counters, inputs first, with where it is in the plan (see
     /// [`Dataflow::stats`]).
-    pub fn operator_stats(&self) -> &[(String, Arc<OperatorStats>)] {
+    pub fn operator_stats(&self) -> &[crate::dataflow::OperatorPlace] {
         &self.stats
     }
 
@@ -722,17 +721,31 @@ fn emit(spec: &QuerySpec, results: &mut Vec<RecordBatch>, out: Vec<RecordBatch>)
 #[derive(Debug, Default)]
 struct Budget {
     next: Option<Instant>,
+    /// The state may have changed since it was last measured.
+    stale: bool,
 }
 
 impl Budget {
     const EVERY: Duration = Duration::from_millis(100);
 
+    /// Measures the state before the query waits, if it changed since the last measure, so
+    /// that what the counters show is not left behind by a burst that ended.
+    fn settle(&mut self, spec: &QuerySpec) -> Result<()> {
+        if !self.stale {
+            return Ok(());
+        }
+        self.next = None;
+        self.check(spec)
+    }
+
     fn check(&mut self, spec: &QuerySpec) -> Result<()> {
         let now = Instant::now();
         if self.next.is_some_and(|n| now < n) {
+            self.stale = true;
             return Ok(());
         }
         self.next = Some(now + Self::EVERY);
+        self.stale = false;
         // Also what each operator's counters show as its state.
         let state = spec.dataflow.measure_state();
         let Some(limit) = spec.memory_limit else {
@@ -926,6 +939,8 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
             }
             position.last_watermarks = watermarks.clone();
             dirty = true;
+            // Windows closed and state was freed.
+            budget.stale = true;
         }
         dirty |= progressed;
         let watermark = watermarks
@@ -947,6 +962,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
                 .collect(),
         });
         if !progressed {
+            budget.settle(&spec)?;
             wake.wait_past(seen, tick);
         }
     }

@@ -6,8 +6,24 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// Whether operators are counted at all (on unless turned off, for measuring what counting
+/// costs: `weir bench nexmark --no-operator-stats`).
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns counting off or on for every query of the process.
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// When a counted call starts: now, or `None` while counting is off.
+pub(crate) fn start() -> Option<Instant> {
+    ENABLED.load(Ordering::Relaxed).then(Instant::now)
+}
+
 /// The span of the recent rates.
 const RECENT: Duration = Duration::from_secs(10);
+/// How far back samples are kept, for the history of rates the console draws.
+const HISTORY: Duration = Duration::from_secs(60);
 /// How far apart samples of the counters are, at least.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -28,6 +44,7 @@ pub struct OperatorStats {
     batches: AtomicU64,
     busy_ns: AtomicU64,
     state_bytes: AtomicU64,
+    state_rows: AtomicU64,
     /// The last watermark it was given; `i64::MIN` before any.
     watermark: AtomicI64,
     /// Samples of the counters, a second or more apart, the newest last: recent rates are
@@ -52,6 +69,8 @@ pub struct OperatorSnapshot {
     pub busy_ns: u64,
     /// Bytes of state it holds now.
     pub state_bytes: u64,
+    /// Rows (groups, stored rows, open sessions) of state it holds now.
+    pub state_rows: u64,
     /// The last watermark it was given (nanoseconds since the epoch), if any.
     pub watermark_ns: Option<i64>,
     /// Seconds since its query started (rates are over this time).
@@ -76,14 +95,18 @@ impl OperatorStats {
             batches: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
             state_bytes: AtomicU64::new(0),
+            state_rows: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
             samples: Mutex::new(VecDeque::new()),
         }
     }
 
     /// Counts one call that took `rows_in` rows (a batch, if any) and gave `rows_out`, since
-    /// `since`.
-    pub(crate) fn record(&self, rows_in: usize, rows_out: usize, since: Instant) {
+    /// `since` ([`start`]; nothing while counting is off).
+    pub(crate) fn record(&self, rows_in: usize, rows_out: usize, since: Option<Instant>) {
+        let Some(since) = since else {
+            return;
+        };
         if rows_in > 0 {
             self.rows_in.fetch_add(rows_in as u64, Ordering::Relaxed);
             self.batches.fetch_add(1, Ordering::Relaxed);
@@ -93,10 +116,11 @@ impl OperatorStats {
         self.busy_ns.fetch_add(busy, Ordering::Relaxed);
     }
 
-    /// Records the bytes of state the operator holds (measured now and then, which is also
-    /// when the counters are sampled for recent rates).
-    pub(crate) fn state_bytes(&self, bytes: usize) {
+    /// Records the bytes and rows of state the operator holds (measured now and then, which
+    /// is also when the counters are sampled for recent rates).
+    pub(crate) fn state(&self, bytes: usize, rows: usize) {
         self.state_bytes.store(bytes as u64, Ordering::Relaxed);
+        self.state_rows.store(rows as u64, Ordering::Relaxed);
         self.sample(Instant::now());
     }
 
@@ -115,8 +139,8 @@ impl OperatorStats {
             self.rows_out.load(Ordering::Relaxed),
             self.busy_ns.load(Ordering::Relaxed),
         ));
-        // One sample older than the span is enough to measure it.
-        while samples.len() > 2 && now.saturating_duration_since(samples[1].0) >= RECENT {
+        // One sample older than the history is enough to measure it.
+        while samples.len() > 2 && now.saturating_duration_since(samples[1].0) >= HISTORY {
             samples.pop_front();
         }
     }
@@ -142,6 +166,23 @@ impl OperatorStats {
         )
     }
 
+    /// Rows in per second between consecutive samples over about the last minute, oldest
+    /// first: (seconds before now that the interval ended, rate).
+    pub fn rate_history(&self) -> Vec<(f64, f64)> {
+        let now = Instant::now();
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .filter(|(_, b)| now.saturating_duration_since(b.0) <= HISTORY)
+            .map(|(a, b)| {
+                let secs = b.0.saturating_duration_since(a.0).as_secs_f64().max(1e-9);
+                let ago = now.saturating_duration_since(b.0).as_secs_f64();
+                (ago, b.1.saturating_sub(a.1) as f64 / secs)
+            })
+            .collect()
+    }
+
     /// Records the watermark the operator was given.
     pub(crate) fn watermark(&self, watermark_ns: i64) {
         self.watermark.store(watermark_ns, Ordering::Relaxed);
@@ -165,6 +206,7 @@ impl OperatorStats {
             batches: self.batches.load(Ordering::Relaxed),
             busy_ns,
             state_bytes: self.state_bytes.load(Ordering::Relaxed),
+            state_rows: self.state_rows.load(Ordering::Relaxed),
             watermark_ns: (w != i64::MIN).then_some(w),
             elapsed_s: now.saturating_duration_since(self.started).as_secs_f64(),
             recent_rows_in_per_s: recent.0,
@@ -177,6 +219,22 @@ impl OperatorStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rate_history_has_a_rate_per_interval_between_samples() {
+        let stats = OperatorStats::new("Filter", "Filter: x".into());
+        let t0 = Instant::now();
+        stats.sample(t0);
+        stats.rows_in.store(300, Ordering::Relaxed);
+        stats.sample(t0 + Duration::from_millis(50));
+        // Too soon after the last sample to be kept.
+        assert!(stats.rate_history().is_empty());
+        std::thread::sleep(Duration::from_millis(1100));
+        stats.sample(Instant::now());
+        let history = stats.rate_history();
+        assert_eq!(history.len(), 1, "{history:?}");
+        assert!(history[0].1 > 200.0 && history[0].1 <= 300.0, "{history:?}");
+    }
 
     #[test]
     fn recent_rates_follow_the_last_ten_seconds() {
@@ -192,12 +250,12 @@ mod tests {
         // 500 more rows in the last ten seconds: 50 per second.
         let (rows_in, _, _) = stats.recent(t0 + Duration::from_secs(25), (1500, 0, 0));
         assert!((rows_in - 50.0).abs() < 1e-9, "{rows_in}");
-        // Samples are kept a second apart at least, and only as far back as needed.
-        for s in 13..60 {
+        // Samples are kept a second apart at least, and only a minute back.
+        for s in 13..200 {
             stats.sample(t0 + Duration::from_millis(s * 1000 + 500));
             stats.sample(t0 + Duration::from_millis(s * 1000 + 700));
         }
         let kept = stats.samples.lock().expect("lock").len();
-        assert!(kept <= 12, "{kept}");
+        assert!((60..=62).contains(&kept), "{kept}");
     }
 }

@@ -77,6 +77,20 @@ impl Users {
         Ok(users)
     }
 
+    /// Whether `password` is `name`'s (in time independent of where they differ).
+    pub fn verify(&self, name: &str, password: &str) -> bool {
+        let Some((salt, salted)) = self.salted.get(name) else {
+            return false;
+        };
+        let given = gen_salted_password(password, salt, SCRAM_ITERATIONS);
+        given.len() == salted.len()
+            && given
+                .iter()
+                .zip(salted)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
+
     /// How many users there are.
     pub fn len(&self) -> usize {
         self.salted.len()
@@ -104,8 +118,15 @@ impl AuthSource for Users {
     }
 }
 
-/// A TLS acceptor from PEM files: a certificate chain and its private key.
+/// A TLS acceptor for the Postgres listener from PEM files: a certificate chain and its
+/// private key.
 pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
+    tls_acceptor_for(cert, key, b"postgresql")
+}
+
+/// A TLS acceptor from PEM files that agrees on the application protocol `alpn` with clients
+/// that name one.
+pub fn tls_acceptor_for(cert: &Path, key: &Path, alpn: &[u8]) -> Result<TlsAcceptor, Error> {
     let config_error = |what: &str, path: &Path, e: String| {
         Error::Config(format!("{what} {}: {e}", path.display()))
     };
@@ -119,6 +140,6 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Error> {
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| config_error("TLS certificate and key", cert, e.to_string()))?;
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

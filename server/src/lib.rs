@@ -32,7 +32,8 @@ pub struct ServeConfig {
     pub kafka_listen: Option<SocketAddr>,
     /// Whether Kafka clients create topics by using them (Metadata or Produce).
     pub kafka_auto_create: bool,
-    /// Address for HTTP (`/metrics`, `/healthz`); `None` turns it off.
+    /// Address for HTTP (`/metrics`, `/healthz`, the console); `None` turns it off. Off
+    /// loopback it needs `users` and `tls`.
     pub http_listen: Option<SocketAddr>,
 }
 
@@ -61,7 +62,7 @@ pub struct Server {
     listener: TcpListener,
     kafka: Option<TcpListener>,
     kafka_auto_create: bool,
-    http: Option<TcpListener>,
+    http: Option<(TcpListener, http::Access)>,
     db: Database,
     users: Option<Arc<auth::Users>>,
     tls: Option<pgwire::tokio::TlsAcceptor>,
@@ -94,10 +95,14 @@ impl Server {
                  (SASL), so it listens on loopback only"
             )));
         }
-        if let Some(http) = config.http_listen.filter(|a| !a.ip().is_loopback()) {
+        if let Some(http) = config.http_listen.filter(|a| !a.ip().is_loopback())
+            && (config.users.is_none() || config.tls.is_none())
+        {
             return Err(Error::Config(format!(
-                "refusing to serve HTTP on {http}: it has no authentication or TLS yet, so it \
-                 listens on loopback only"
+                "refusing to serve HTTP on {http} without passwords and TLS: off loopback it \
+                 needs the Postgres listener's users (--users or --password) and TLS \
+                 (--tls-cert and --tls-key), and then serves HTTPS with HTTP Basic \
+                 authentication"
             )));
         }
         let tls = match &config.tls {
@@ -127,10 +132,22 @@ impl Server {
             None => None,
         };
         let http = match config.http_listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| Error::Io {
-                context: format!("listening for HTTP on {addr}"),
-                source,
-            })?),
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await.map_err(|source| Error::Io {
+                    context: format!("listening for HTTP on {addr}"),
+                    source,
+                })?;
+                let tls = match &config.tls {
+                    Some((cert, key)) => Some(auth::tls_acceptor_for(cert, key, b"http/1.1")?),
+                    None => None,
+                };
+                let access = http::Access {
+                    users: config.users.clone(),
+                    tls,
+                    plain: addr.ip().is_loopback(),
+                };
+                Some((listener, access))
+            }
             None => None,
         };
         Ok(Self {
@@ -159,7 +176,7 @@ impl Server {
 
     /// The address HTTP (`/metrics`) is served on, if it is.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http.as_ref().and_then(|l| l.local_addr().ok())
+        self.http.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The database served.
@@ -177,9 +194,9 @@ impl Server {
                 self.kafka_auto_create,
             )))
         });
-        let _http = self
-            .http
-            .map(|listener| AbortOnDrop(tokio::spawn(http::run(listener, self.db.clone()))));
+        let _http = self.http.map(|(listener, access)| {
+            AbortOnDrop(tokio::spawn(http::run(listener, self.db.clone(), access)))
+        });
         let factory = Arc::new(pg::HandlerFactory::new(self.db.clone(), self.users.clone()));
         loop {
             let (socket, peer) = match self.listener.accept().await {

@@ -62,8 +62,9 @@ enum Command {
         /// it has no authentication yet.
         #[arg(long, default_value = "127.0.0.1:9092", value_parser = parse_kafka_listen)]
         kafka_listen: KafkaListen,
-        /// Address for HTTP: Prometheus metrics on /metrics, /healthz; or `off`. Loopback
-        /// only: it has no authentication yet.
+        /// Address for HTTP: the console on /, Prometheus metrics on /metrics, /healthz,
+        /// /readyz, /api/...; or `off`. Off loopback it needs --users (or --password) and
+        /// --tls-cert/--tls-key, and serves HTTPS with those users' passwords (HTTP Basic).
         #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_kafka_listen)]
         http: KafkaListen,
         /// Create a topic (a raw stream of one partition) when a Kafka client asks for or
@@ -115,6 +116,10 @@ enum Command {
         /// Seconds of the latency run (0 skips it).
         #[arg(long, default_value_t = 10)]
         latency_seconds: u64,
+        /// Runs without the operators' counters (weir_operators, EXPLAIN ANALYZE), to measure
+        /// what they cost.
+        #[arg(long)]
+        no_operator_stats: bool,
         /// For `recovery`: distinct keys of window state.
         #[arg(long, default_value_t = 1_000_000)]
         keys: u64,
@@ -226,14 +231,18 @@ fn main() -> ExitCode {
             csv,
             latency_rate,
             latency_seconds,
+            no_operator_stats,
             ..
-        } => runtime.block_on(tools::bench::nexmark(tools::bench::BenchOptions {
-            events,
-            queries: query,
-            csv,
-            latency_rate,
-            latency_seconds,
-        })),
+        } => {
+            weir_engine::stats::set_enabled(!no_operator_stats);
+            runtime.block_on(tools::bench::nexmark(tools::bench::BenchOptions {
+                events,
+                queries: query,
+                csv,
+                latency_rate,
+                latency_seconds,
+            }))
+        }
         Command::Shell { data_dir, connect } => runtime
             .block_on(weir_shell::run(&weir_shell::Options {
                 data_dir,

@@ -159,6 +159,13 @@ pub fn views_json(registry: &Registry) -> serde_json::Value {
             let p = v.table.progress();
             let processed = v.table.read();
             let committed: u64 = v.source_offsets().iter().sum();
+            let history = v
+                .query
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|q| rate_history(q.operator_stats()))
+                .unwrap_or_default();
             let operators: Vec<serde_json::Value> = v
                 .query
                 .lock()
@@ -168,12 +175,13 @@ pub fn views_json(registry: &Registry) -> serde_json::Value {
                     q.operator_stats()
                         .iter()
                         .enumerate()
-                        .map(|(i, (input, stats))| {
-                            let s = stats.snapshot();
+                        .map(|(i, place)| {
+                            let s = place.stats.snapshot();
                             let elapsed = s.elapsed_s.max(1e-9);
                             serde_json::json!({
                                 "operator": i + 1,
-                                "input": input,
+                                "parent": place.parent.map(|p| p + 1),
+                                "input": place.input,
                                 "kind": s.name,
                                 "detail": s.detail,
                                 "rows_in": s.rows_in,
@@ -183,6 +191,7 @@ pub fn views_json(registry: &Registry) -> serde_json::Value {
                                 "recent_rows_in_per_s": s.recent_rows_in_per_s,
                                 "recent_busy_percent": s.recent_busy_percent,
                                 "state_bytes": s.state_bytes,
+                                "state_rows": s.state_rows,
                                 "watermark": time(s.watermark_ns),
                             })
                         })
@@ -197,11 +206,47 @@ pub fn views_json(registry: &Registry) -> serde_json::Value {
                 "late_events": p.late_rows,
                 "watermark": time(p.watermark_ns),
                 "failed": p.error.as_ref().map(|e| e.message.clone()),
+                "definition": v.def.query,
+                "events_per_s": crate::providers::system::events_per_s(v),
+                "lag_seconds": p.watermark_ns.map(lag_seconds),
+                "rate_history": history,
                 "operators": operators,
             })
         })
         .collect();
     serde_json::Value::Array(views)
+}
+
+/// Events per second the view read over about the last minute, oldest first, as (seconds
+/// ago, rate) pairs: the rates of the first operator over each source, added up interval by
+/// interval from the newest.
+fn rate_history(places: &[weir_engine::dataflow::OperatorPlace]) -> Vec<(f64, f64)> {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut total: Vec<(f64, f64)> = Vec::new();
+    for place in places {
+        let input = place.input.as_str();
+        if !input.starts_with("source") || seen.contains(&input) {
+            continue;
+        }
+        seen.push(input);
+        let history = place.stats.rate_history();
+        if total.is_empty() {
+            total = history;
+            continue;
+        }
+        for (t, h) in total.iter_mut().rev().zip(history.iter().rev()) {
+            t.1 += h.1;
+        }
+    }
+    total
+}
+
+/// Seconds from event time `watermark_ns` to now (negative for a watermark in the future).
+fn lag_seconds(watermark_ns: i64) -> f64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    (now - watermark_ns) as f64 / 1e9
 }
 
 /// Whether every view has caught up with its sources and none has failed (`/readyz`): `Ok`, or
@@ -231,13 +276,17 @@ fn operator_metrics(out: &mut String, views: &[std::sync::Arc<crate::catalog::Vi
     for v in views {
         let query = v.query.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = query.as_ref() {
-            for (i, (_, stats)) in q.operator_stats().iter().enumerate() {
-                rows.push((v.def.name.clone(), (i + 1).to_string(), stats.snapshot()));
+            for (i, place) in q.operator_stats().iter().enumerate() {
+                rows.push((
+                    v.def.name.clone(),
+                    (i + 1).to_string(),
+                    place.stats.snapshot(),
+                ));
             }
         }
     }
     type OperatorMetric = (&'static str, &'static str, &'static str);
-    const OPERATOR_METRICS: [OperatorMetric; 5] = [
+    const OPERATOR_METRICS: [OperatorMetric; 6] = [
         (
             "weir_operator_rows_in_total",
             "counter",
@@ -259,6 +308,11 @@ fn operator_metrics(out: &mut String, views: &[std::sync::Arc<crate::catalog::Vi
             "Bytes of state the operator holds.",
         ),
         (
+            "weir_operator_state_rows",
+            "gauge",
+            "Rows of state (groups, stored rows, open sessions) the operator holds.",
+        ),
+        (
             "weir_operator_watermark_seconds",
             "gauge",
             "The last watermark the operator was given, in seconds since the epoch.",
@@ -272,6 +326,7 @@ fn operator_metrics(out: &mut String, views: &[std::sync::Arc<crate::catalog::Vi
                 1 => s.rows_out as f64,
                 2 => s.busy_ns as f64 / 1e9,
                 3 => s.state_bytes as f64,
+                4 => s.state_rows as f64,
                 _ => match s.watermark_ns {
                     Some(w) => w as f64 / 1e9,
                     None => continue,

@@ -36,7 +36,7 @@ impl Session {
     pub fn new(db: Database) -> Self {
         let info = db.registry().sessions().register();
         Self {
-            handler: Handler::new(db),
+            handler: Handler::new(db, std::sync::Arc::clone(&info)),
             info,
         }
     }

@@ -156,6 +156,15 @@ impl Subscription {
         }
     }
 
+    /// The buffer of changes of a view subscription (a stream's is read from its log as it
+    /// goes, without one).
+    pub(crate) fn feed(&self) -> Option<&Arc<Subscriber>> {
+        match &self.feed {
+            Feed::Table { feed, .. } => Some(feed),
+            Feed::Log { .. } => None,
+        }
+    }
+
     /// The columns of the rows it produces.
     pub fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)

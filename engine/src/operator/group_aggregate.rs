@@ -810,6 +810,10 @@ impl Operator for GroupAggregateOperator {
         )
     }
 
+    fn state_rows(&self) -> usize {
+        self.ids.len()
+    }
+
     fn state_bytes(&self) -> usize {
         self.bytes
     }

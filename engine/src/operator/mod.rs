@@ -91,6 +91,12 @@ pub trait Operator: Send + std::fmt::Debug {
         0
     }
 
+    /// Rows the operator's state holds (groups, stored rows, open sessions), for
+    /// `weir_operators`; like [`Operator::state_bytes`], every stateful operator says.
+    fn state_rows(&self) -> usize {
+        0
+    }
+
     /// The operator's state for a checkpoint, taken between batches; the operator goes on as
     /// if this had not been called. Stateless operators keep the default (nothing).
     fn snapshot(&mut self) -> Result<OperatorState> {
@@ -157,6 +163,9 @@ pub trait BinaryOperator: Send + std::fmt::Debug {
 
     /// Bytes of memory the operator's state holds (see [`Operator::state_bytes`]).
     fn state_bytes(&self) -> usize;
+
+    /// Rows the operator's state holds (see [`Operator::state_rows`]).
+    fn state_rows(&self) -> usize;
 
     /// The query's memory limit, which no single batch of output may exceed either (a join's
     /// output can be far larger than its input); unlimited until called.

@@ -416,6 +416,21 @@ impl Operator for OverAggregateOperator {
         )
     }
 
+    fn state_rows(&self) -> usize {
+        let pending: usize = self.pending.iter().map(RecordBatch::num_rows).sum();
+        // A bounded frame keeps earlier rows; an unbounded one, its running aggregates (a row).
+        let history: usize = self
+            .partitions
+            .values()
+            .map(|h| {
+                h.rows
+                    .as_ref()
+                    .map_or(usize::from(!h.running.is_empty()), RecordBatch::num_rows)
+            })
+            .sum();
+        pending + history
+    }
+
     fn state_bytes(&self) -> usize {
         let pending: usize = self.pending.iter().map(batch_bytes).sum();
         let history: usize = self

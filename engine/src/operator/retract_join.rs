@@ -58,6 +58,8 @@ pub struct RetractJoinOperator {
     joined: SchemaRef,
     schema: SchemaRef,
     bytes: usize,
+    /// Distinct rows kept over both inputs.
+    kept_rows: usize,
     /// The most memory one batch of output may take (see [`BinaryOperator::limit_memory`]).
     memory_limit: usize,
 }
@@ -119,6 +121,7 @@ impl RetractJoinOperator {
             schema: Arc::new(Schema::new(fields)),
             joined,
             bytes: 0,
+            kept_rows: 0,
             memory_limit: usize::MAX,
         })
     }
@@ -264,6 +267,7 @@ impl RetractJoinOperator {
             Some(i) if inserted => entries[i].count += 1,
             None if inserted => {
                 self.bytes += cost;
+                self.kept_rows += 1;
                 entries.push(Entry {
                     row,
                     count: 1,
@@ -275,6 +279,7 @@ impl RetractJoinOperator {
                 if entries[i].count == 0 {
                     entries.swap_remove(i);
                     self.bytes -= cost;
+                    self.kept_rows -= 1;
                 }
             }
             None => {
@@ -422,6 +427,10 @@ impl BinaryOperator for RetractJoinOperator {
             "RetractJoin: {kind} on [{}]{filter} of rows that change; state: every row of both inputs with its count and matches (no time bound), within the view's memory limit; output: a changelog",
             on.join(", ")
         )
+    }
+
+    fn state_rows(&self) -> usize {
+        self.kept_rows
     }
 
     fn state_bytes(&self) -> usize {

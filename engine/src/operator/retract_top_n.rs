@@ -43,6 +43,8 @@ pub struct RetractTopNOperator {
     keys: Option<RowConverter>,
     partitions: HashMap<Box<[u8]>, Sorted>,
     bytes: usize,
+    /// Distinct rows kept over all partitions.
+    kept_rows: usize,
 }
 
 use super::top_n::evaluate;
@@ -106,6 +108,7 @@ impl RetractTopNOperator {
             schema: Arc::new(Schema::new(out)),
             partitions: HashMap::new(),
             bytes: 0,
+            kept_rows: 0,
         })
     }
 
@@ -142,6 +145,7 @@ impl RetractTopNOperator {
             let count = partition.entry(entry).or_insert(0);
             if *count == 0 {
                 self.bytes += cost;
+                self.kept_rows += 1;
             }
             *count += 1;
             return Ok(());
@@ -155,6 +159,7 @@ impl RetractTopNOperator {
         if *count == 0 {
             partition.remove(&entry);
             self.bytes -= cost;
+            self.kept_rows -= 1;
         }
         if partition.is_empty() {
             self.partitions.remove(key);
@@ -268,6 +273,10 @@ impl Operator for RetractTopNOperator {
             partition.join(", "),
             order
         )
+    }
+
+    fn state_rows(&self) -> usize {
+        self.kept_rows
     }
 
     fn state_bytes(&self) -> usize {

@@ -342,6 +342,10 @@ impl Operator for SessionAggregateOperator {
         Ok(vec![batch_of(&self.schema, columns)?])
     }
 
+    fn state_rows(&self) -> usize {
+        self.sessions.values().map(BTreeMap::len).sum()
+    }
+
     fn state_bytes(&self) -> usize {
         self.sessions
             .iter()

@@ -175,6 +175,10 @@ impl Operator for StaticJoinOperator {
         )
     }
 
+    fn state_rows(&self) -> usize {
+        self.built.rows.num_rows()
+    }
+
     fn state_bytes(&self) -> usize {
         crate::compact::batch_bytes(&self.built.rows)
             + self

@@ -741,6 +741,10 @@ impl BinaryOperator for StreamJoinOperator {
         self.memory_limit = bytes;
     }
 
+    fn state_rows(&self) -> usize {
+        self.stored.iter().map(|s| s.rows).sum()
+    }
+
     fn state_bytes(&self) -> usize {
         // Stored chunks, plus the index: a hash key and a (chunk, row) pair per entry.
         self.stored

@@ -108,6 +108,8 @@ pub struct TopNOperator {
     /// Kept rows per partition key (its row-format bytes; empty without PARTITION BY).
     partitions: HashMap<Box<[u8]>, Kept>,
     bytes: usize,
+    /// Rows kept over all partitions.
+    kept_rows: usize,
     expiry: Option<TopNExpiry>,
     watermark: Option<i64>,
     late_rows: u64,
@@ -221,6 +223,7 @@ impl TopNOperator {
             },
             partitions: HashMap::new(),
             bytes: 0,
+            kept_rows: 0,
             expiry: None,
             watermark: None,
             late_rows: 0,
@@ -331,6 +334,7 @@ impl TopNOperator {
                         .end
                         .is_some_and(|e| self.watermark.is_some_and(|w| e <= w))
                     {
+                        self.kept_rows -= partition.rows.len();
                         self.bytes -= partition.rows.drain(..).map(|r| r.bytes()).sum::<usize>();
                         partition.end = None;
                     }
@@ -370,6 +374,7 @@ impl TopNOperator {
             };
             self.next_id += 1;
             self.bytes += ranked.bytes();
+            self.kept_rows += 1;
             kept.insert(at, ranked);
             // Under a TTL, the key's state was written now: it lives from this row's time.
             if let Some(ttl_ends) = &ttl_ends {
@@ -384,6 +389,7 @@ impl TopNOperator {
             };
             for out in kept.drain(keep.min(kept.len())..) {
                 self.bytes -= out.bytes();
+                self.kept_rows -= 1;
             }
             match moved.get_mut(key) {
                 Some((first, _)) => *first = (*first).min(at),
@@ -535,6 +541,10 @@ impl Operator for TopNOperator {
         )
     }
 
+    fn state_rows(&self) -> usize {
+        self.kept_rows
+    }
+
     fn state_bytes(&self) -> usize {
         self.bytes
     }
@@ -593,15 +603,17 @@ impl Operator for TopNOperator {
             _ => false,
         };
         if self.expiry.is_some() || sweep {
-            let mut freed = 0;
+            let (mut freed, mut rows) = (0, 0);
             self.partitions.retain(|_, kept| {
                 let done = kept.end.is_some_and(|end| end <= watermark_ns);
                 if done {
                     freed += kept.rows.iter().map(Ranked::bytes).sum::<usize>();
+                    rows += kept.rows.len();
                 }
                 !done
             });
             self.bytes -= freed;
+            self.kept_rows -= rows;
         }
         Ok(Vec::new())
     }

@@ -190,6 +190,10 @@ impl Operator for UpsertChangelogOperator {
         )
     }
 
+    fn state_rows(&self) -> usize {
+        self.last.len()
+    }
+
     fn state_bytes(&self) -> usize {
         self.bytes
     }

@@ -446,6 +446,10 @@ impl Operator for WindowAggregateOperator {
         Ok(out)
     }
 
+    fn state_rows(&self) -> usize {
+        self.windows.values().map(|w| w.groups.len()).sum()
+    }
+
     fn state_bytes(&self) -> usize {
         self.windows
             .values()

@@ -360,6 +360,14 @@ impl Subscriber {
         self.wake.notify_one();
     }
 
+    /// Rows waiting to be read, and the most that may wait before the subscriber is cut off
+    /// (a subscriber that was cut off is full).
+    pub fn buffered(&self) -> (usize, usize) {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = if p.overflowed { self.max_rows } else { p.rows };
+        (rows, self.max_rows)
+    }
+
     /// The next change, if one is waiting; an error once the subscriber fell too far behind.
     pub fn try_next(&self) -> Result<Option<Change>> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());

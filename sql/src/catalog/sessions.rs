@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
+use weir_engine::result_table::Subscriber;
+
 /// The longest statement text kept per session.
 const MAX_TEXT: usize = 1000;
 
@@ -37,6 +39,8 @@ pub struct SessionInfo {
     client: Mutex<ClientDesc>,
     activity: Mutex<Activity>,
     statements: AtomicU64,
+    /// The view subscriptions it follows (`SUBSCRIBE`, cursors), gone once they end.
+    feeds: Mutex<Vec<Weak<Subscriber>>>,
 }
 
 /// What a session is doing now, read at one time.
@@ -56,6 +60,9 @@ pub struct SessionState {
     pub statement_started: Option<SystemTime>,
     /// Statements run so far.
     pub statements: u64,
+    /// Over the view subscriptions it follows, if any: the rows waiting for it to read them,
+    /// and the most that may wait before a subscription is cut off.
+    pub subscribed: Option<(u64, u64)>,
 }
 
 /// Marks a session active while it lives.
@@ -97,6 +104,25 @@ impl SessionInfo {
         Running(self)
     }
 
+    /// Counts `feed`'s buffer as this session's, while the subscription lasts.
+    pub fn follow(&self, feed: &Arc<Subscriber>) {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds.retain(|f| f.strong_count() > 0);
+        feeds.push(Arc::downgrade(feed));
+    }
+
+    /// The rows buffered for the live subscriptions, and their capacity.
+    fn subscribed(&self) -> Option<(u64, u64)> {
+        let feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        let live: Vec<_> = feeds.iter().filter_map(Weak::upgrade).collect();
+        (!live.is_empty()).then(|| {
+            live.iter().fold((0, 0), |(rows, max), f| {
+                let (r, m) = f.buffered();
+                (rows + r as u64, max + m as u64)
+            })
+        })
+    }
+
     /// The session as it is now.
     pub fn state(&self) -> SessionState {
         let activity = self
@@ -116,6 +142,7 @@ impl SessionInfo {
             statement: activity.statement,
             statement_started: activity.since,
             statements: self.statements.load(Ordering::Relaxed),
+            subscribed: self.subscribed(),
         }
     }
 }
@@ -136,6 +163,7 @@ impl SessionRegistry {
             client: Mutex::default(),
             activity: Mutex::default(),
             statements: AtomicU64::new(0),
+            feeds: Mutex::default(),
         });
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions.retain(|s| s.strong_count() > 0);

@@ -79,7 +79,11 @@ impl Handler {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|&n| n > 0)
             .unwrap_or(SUBSCRIBER_BUFFER_ROWS);
-        Subscription::start(table, query, buffer_rows)
+        let subscription = Subscription::start(table, query, buffer_rows)?;
+        if let Some(feed) = subscription.feed() {
+            self.info.follow(feed);
+        }
+        Ok(subscription)
     }
 
     /// `SUBSCRIBE ...`, `COPY (SUBSCRIBE ...) TO STDOUT` or `DECLARE c CURSOR FOR SUBSCRIBE ...`.

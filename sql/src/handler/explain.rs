@@ -56,7 +56,7 @@ impl Handler {
             query
                 .operator_stats()
                 .iter()
-                .map(|(_, s)| s.snapshot())
+                .map(|p| p.stats.snapshot())
                 .collect()
         };
         Output::explain(analyzed_plan(&view.plan, &stats, &view.table.progress()))

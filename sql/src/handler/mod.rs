@@ -50,11 +50,13 @@ pub(crate) struct Handler {
     notices: Mutex<Vec<Notice>>,
     /// The SQL functions registered in `ctx`, to catch up with other sessions' changes.
     functions: Mutex<Vec<FunctionDef>>,
+    /// The session as `weir_sessions` shows it.
+    pub(crate) info: Arc<crate::catalog::sessions::SessionInfo>,
 }
 
 impl Handler {
     /// A handler for a new session on `db`.
-    pub(crate) fn new(db: Database) -> Self {
+    pub(crate) fn new(db: Database, info: Arc<crate::catalog::sessions::SessionInfo>) -> Self {
         let settings = Settings::default();
         let ctx = new_context(db.registry(), &settings);
         let functions = Mutex::new(db.registry().functions());
@@ -66,6 +68,7 @@ impl Handler {
             cursors: tokio::sync::Mutex::new(HashMap::new()),
             notices: Mutex::new(Vec::new()),
             functions,
+            info,
         }
     }
 

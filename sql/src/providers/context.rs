@@ -215,6 +215,10 @@ pub(crate) fn new_context(registry: &Registry, settings: &Settings) -> WeirConte
         "session",
         Arc::new(WindowFunction::session(registry.clone())),
     );
+    ctx.register_udtf(
+        super::why::WHY,
+        Arc::new(super::why::WhyFunction::new(registry.clone())),
+    );
     // pg_catalog and the Postgres functions that psql, drivers and BI tools introspect with.
     super::pg_catalog::install(&ctx, CATALOG, registry);
     // After install, which rebuilds the state and so re-registers DataFusion's functions in a

@@ -13,6 +13,7 @@ pub mod system;
 pub mod table;
 pub mod view;
 pub mod watermarks;
+pub mod why;
 pub mod window;
 
 pub use checkpoints::CHECKPOINTS;
@@ -25,4 +26,5 @@ pub use table::RefTable;
 pub use view::ViewTable;
 pub(crate) use view::{VIEW_READ_WAIT, provider_as};
 pub use watermarks::WATERMARKS;
+pub use why::WHY;
 pub use window::{WindowFunction, WindowInput, WindowSpec, WindowTable};

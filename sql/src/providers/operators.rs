@@ -21,6 +21,8 @@ fn operators_schema() -> SchemaRef {
         Field::new("view", DataType::Utf8, false),
         // Its place in the plan: 1 for the first operator over the input, counting up.
         int("operator"),
+        // The operator its output goes to; NULL for the view's top operator.
+        Field::new("parent", DataType::Int64, true),
         // What it reads: `source N` (the query's N-th stream) or `join`.
         Field::new("input", DataType::Utf8, false),
         Field::new("kind", DataType::Utf8, false),
@@ -32,6 +34,8 @@ fn operators_schema() -> SchemaRef {
         float("rows_out_per_s"),
         float("busy_percent"),
         int("state_bytes"),
+        // Groups, stored rows or open sessions.
+        int("state_rows"),
         Field::new(
             "watermark",
             DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -49,6 +53,8 @@ fn operators_schema() -> SchemaRef {
 pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvider>> {
     let mut view = Vec::new();
     let mut position = Vec::new();
+    let mut parent = Vec::new();
+    let mut state_rows = Vec::new();
     let mut input = Vec::new();
     let mut kind = Vec::new();
     let (mut rows_in, mut rows_out, mut batches) = (Vec::new(), Vec::new(), Vec::new());
@@ -60,12 +66,13 @@ pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvid
         let Some(query) = query.as_ref() else {
             continue;
         };
-        for (i, (from, stats)) in query.operator_stats().iter().enumerate() {
-            let s = stats.snapshot();
+        for (i, place) in query.operator_stats().iter().enumerate() {
+            let s = place.stats.snapshot();
             let elapsed = s.elapsed_s.max(1e-9);
             view.push(entry.def.name.clone());
             position.push(i as i64 + 1);
-            input.push(from.clone());
+            parent.push(place.parent.map(|p| p as i64 + 1));
+            input.push(place.input.clone());
             kind.push(s.name.to_string());
             rows_in.push(s.rows_in as i64);
             rows_out.push(s.rows_out as i64);
@@ -74,6 +81,7 @@ pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvid
             out_rate.push(s.rows_out as f64 / elapsed);
             busy.push(s.busy_ns as f64 / 1e9 / elapsed * 100.0);
             state.push(s.state_bytes as i64);
+            state_rows.push(s.state_rows as i64);
             watermark.push(s.watermark_ns.map(|w| w / 1000));
             detail.push(s.detail);
             recent_in.push(s.recent_rows_in_per_s);
@@ -87,6 +95,7 @@ pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvid
         vec![
             Arc::new(StringArray::from(view)),
             Arc::new(Int64Array::from(position)),
+            Arc::new(Int64Array::from(parent)),
             Arc::new(StringArray::from(input)),
             Arc::new(StringArray::from(kind)),
             Arc::new(Int64Array::from(rows_in)),
@@ -96,6 +105,7 @@ pub(crate) fn operators_table(registry: &Registry) -> Result<Arc<dyn TableProvid
             Arc::new(Float64Array::from(out_rate)),
             Arc::new(Float64Array::from(busy)),
             Arc::new(Int64Array::from(state)),
+            Arc::new(Int64Array::from(state_rows)),
             Arc::new(TimestampMicrosecondArray::from(watermark)),
             Arc::new(StringArray::from(detail)),
             Arc::new(Float64Array::from(recent_in)),

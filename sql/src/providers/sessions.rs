@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::array::{Float64Array, Int64Array, StringArray, TimestampMicrosecondArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
@@ -43,6 +43,10 @@ pub(crate) fn sessions_table(registry: &Registry) -> Result<Arc<dyn TableProvide
         text("statement"),
         time("statement_started", true),
         Field::new("statements", DataType::Int64, false),
+        // Over its view subscriptions (SUBSCRIBE, cursors), NULL without one: the rows waiting
+        // for it to read them, and that as a share of what may wait before it is cut off.
+        Field::new("subscribe_buffered_rows", DataType::Int64, true),
+        Field::new("subscribe_buffer_percent", DataType::Float64, true),
     ]));
     let sessions = registry.sessions().open();
     let column = |f: &dyn Fn(&crate::catalog::sessions::SessionState) -> String| {
@@ -71,6 +75,15 @@ pub(crate) fn sessions_table(registry: &Registry) -> Result<Arc<dyn TableProvide
             Arc::new(Int64Array::from_iter_values(
                 sessions.iter().map(|s| s.statements as i64),
             )),
+            Arc::new(Int64Array::from_iter(
+                sessions
+                    .iter()
+                    .map(|s| s.subscribed.map(|(rows, _)| rows as i64)),
+            )),
+            Arc::new(Float64Array::from_iter(sessions.iter().map(|s| {
+                s.subscribed
+                    .map(|(rows, max)| rows as f64 / max.max(1) as f64 * 100.0)
+            }))),
         ],
     )?;
     let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;

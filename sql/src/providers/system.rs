@@ -181,15 +181,16 @@ impl TableProvider for ViewProgressTable {
 
 /// Events per second a view reads, over about the last ten seconds: what the first operator
 /// over each of its sources took; `None` for a view without operators.
-fn events_per_s(view: &crate::catalog::ViewEntry) -> Option<f64> {
+pub(crate) fn events_per_s(view: &crate::catalog::ViewEntry) -> Option<f64> {
     let query = view.query.lock().unwrap_or_else(|e| e.into_inner());
     let stats = query.as_ref()?.operator_stats();
     let mut seen: Vec<&str> = Vec::new();
     let mut total = None;
-    for (input, s) in stats {
-        if input.starts_with("source") && !seen.contains(&input.as_str()) {
+    for place in stats {
+        let input = place.input.as_str();
+        if input.starts_with("source") && !seen.contains(&input) {
             seen.push(input);
-            *total.get_or_insert(0.0) += s.snapshot().recent_rows_in_per_s;
+            *total.get_or_insert(0.0) += place.stats.snapshot().recent_rows_in_per_s;
         }
     }
     total
