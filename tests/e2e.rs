@@ -3084,6 +3084,60 @@ async fn the_console_shows_views_in_headless_chromium() {
     assert!(streams.contains("data-name=\"clicks\""), "{streams}");
 }
 
+/// Every system relation reads through psql, tokio-postgres (binary results, each column in
+/// its own type) and psycopg 3 (text and binary).
+#[tokio::test]
+async fn every_system_relation_reads_through_psql_and_drivers() {
+    use tokio_postgres::types::Type;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, c) = clicks_counted(dir.path()).await;
+    // A late click, so that weir_late_events has a row; a checkpoint, for weir_checkpoints.
+    c.batch_execute("INSERT INTO clicks VALUES (9, '/z', '2025-01-01 00:00:00')")
+        .await
+        .expect("insert");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let relations = [
+        ("weir_view_progress", "view"),
+        ("weir_operators", "view"),
+        ("weir_watermarks", "view"),
+        ("weir_checkpoints", "view"),
+        ("weir_sessions", "session"),
+        ("weir_connectors", "stream"),
+        ("weir_late_events", "view"),
+        ("weir_why('clicks_per_min')", "view"),
+    ];
+    for (relation, first) in relations {
+        let sql = format!("SELECT * FROM {relation}");
+        let (ok, out, err) = psql(&server, &["-A", "-c", &sql]);
+        assert!(ok, "{relation}: {err}");
+        assert!(out.starts_with(&format!("{first}|")), "{relation}: {out}");
+        let rows = c.query(sql.as_str(), &[]).await.expect("tokio-postgres");
+        // weir_connectors is empty here: no Kafka connector.
+        assert_eq!(rows.is_empty(), relation == "weir_connectors", "{relation}");
+        for row in &rows {
+            for (i, column) in row.columns().iter().enumerate() {
+                let read = match *column.type_() {
+                    Type::TEXT | Type::VARCHAR => row.try_get::<_, Option<String>>(i).map(drop),
+                    Type::INT8 => row.try_get::<_, Option<i64>>(i).map(drop),
+                    Type::INT4 => row.try_get::<_, Option<i32>>(i).map(drop),
+                    Type::FLOAT8 => row.try_get::<_, Option<f64>>(i).map(drop),
+                    Type::BOOL => row.try_get::<_, Option<bool>>(i).map(drop),
+                    Type::TIMESTAMP => row.try_get::<_, Option<std::time::SystemTime>>(i).map(drop),
+                    ref other => panic!("{relation}.{}: {other}", column.name()),
+                };
+                read.unwrap_or_else(|e| panic!("{relation}.{}: {e}", column.name()));
+            }
+        }
+    }
+    let port = server.port.to_string();
+    let stdout = python_client("system_relations.py", &[&port, "clicks_per_min"]);
+    assert_eq!(stdout.matches("ok ").count(), relations.len(), "{stdout}");
+    assert!(
+        stdout.contains("ok weir_why('clicks_per_min') 1 view,window_end,watermark,waiting"),
+        "{stdout}"
+    );
+}
+
 /// `weir_sessions` shows how many changes wait in a subscriber's buffer, and how full it is.
 #[tokio::test]
 async fn weir_sessions_shows_how_full_a_subscribers_buffer_is() {

@@ -184,7 +184,7 @@ fn bench_log_small_appends_async(tasks: i64, rows: i64, own_schemas: bool, total
     );
 }
 
-fn bench_tumble_count(total: i64) {
+fn bench_tumble_count(total: i64, batch_rows: i64, what: &str) {
     let input = schema();
     let tumble = TumbleOperator::try_new(&input, 2, 60_000_000_000).expect("tumble");
     let windowed = tumble.schema();
@@ -234,7 +234,6 @@ fn bench_tumble_count(total: i64) {
     )
     .expect("aggregate");
     let mut pipeline = Pipeline::new(input, vec![Box::new(tumble), Box::new(agg)]);
-    let batch_rows = 8192;
     let batches: Vec<RecordBatch> = (0..total / batch_rows)
         .map(|i| events(i * batch_rows, batch_rows))
         .collect();
@@ -255,7 +254,7 @@ fn bench_tumble_count(total: i64) {
             .len();
     }
     report(
-        "TUMBLE 1m, COUNT+SUM by 10k users (operators)",
+        &format!("TUMBLE 1m, COUNT+SUM by 10k users (operators{what})"),
         (total / batch_rows * batch_rows) as u64,
         started.elapsed().as_secs_f64(),
     );
@@ -335,7 +334,26 @@ fn main() {
         .collect();
     let run = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
     if run("tumble") {
-        bench_tumble_count(total);
+        bench_tumble_count(total, 8192, "");
+    }
+    // What the operators' counters (weir_operators) cost: the same pipeline with them on and
+    // off, in turns, over batches of 8192 rows and of 512 (live traffic's small batches, where
+    // a per-batch cost weighs most).
+    if run("counters") {
+        for round in 0..3 {
+            for batch_rows in [8192, 512] {
+                for on in [true, false] {
+                    weir_engine::stats::set_enabled(on);
+                    let what = format!(
+                        ", {batch_rows}-row batches, counters {}, round {}",
+                        if on { "on" } else { "off" },
+                        round + 1
+                    );
+                    bench_tumble_count(total, batch_rows, &what);
+                }
+            }
+        }
+        weir_engine::stats::set_enabled(true);
     }
     if run("join") {
         bench_interval_join(total / 5);
