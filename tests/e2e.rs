@@ -504,6 +504,105 @@ async fn a_copy_is_all_or_nothing_across_a_bad_row_and_kill_9() {
     );
 }
 
+/// Bytes in the log files of a stream's partitions under `dir`.
+fn stored_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|parts| {
+            parts
+                .flatten()
+                .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A COPY into a stream whose client goes quiet holds back the stream's readers only until
+/// `copy_idle_timeout`: then it is aborted, views read past its rows while its connection is
+/// still open, and the client is told (25P03) when it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_copy_is_aborted_so_that_readers_go_on() {
+    use futures::SinkExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(CREATE_CLICKS).await.expect("stream");
+    c.batch_execute(CREATE_VIEW).await.expect("view");
+    let copying = server.client().await;
+    copying
+        .batch_execute("SET copy_idle_timeout = '1500ms'")
+        .await
+        .expect("set");
+    let mut sink = copy_started(&copying, 300_000).await;
+    // Once part of it is in the log (in its transaction), an insert waits behind it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stored_bytes(&dir.path().join("streams/clicks")) < 1 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the COPY writes nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.execute(
+        "INSERT INTO clicks VALUES (7, '/meanwhile', TIMESTAMP '2026-01-01 00:00:00')",
+        &[],
+    )
+    .await
+    .expect("an insert while the COPY runs");
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM clicks").await,
+        0,
+        "held back"
+    );
+    // The client sends nothing more: the COPY is aborted, and the insert shows, in the view
+    // too, which reads past the COPY's rows.
+    let caught_up = "SELECT count(*) FROM weir_view_progress \
+                     WHERE view = 'clicks_per_min' AND processed = committed AND processed > 1";
+    while count(&c, caught_up).await != 1 {
+        if std::time::Instant::now() > deadline {
+            let rows = c
+                .simple_query("SELECT processed, committed FROM weir_view_progress")
+                .await
+                .expect("progress");
+            panic!("the view stays held back: {rows:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM clicks").await,
+        1,
+        "the insert alone"
+    );
+    sink.send(copy_lines(300_000..300_010)).await.expect("data");
+    let err = sink
+        .as_mut()
+        .finish()
+        .await
+        .expect_err("the COPY was aborted");
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "25P03", "{}", db.message());
+    assert!(
+        db.message().contains("sent no data for 1.5 s"),
+        "{}",
+        db.message()
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM clicks").await, 1);
+    // A bad value of the setting fails the COPY (told when its data ends, as ever).
+    copying
+        .batch_execute("SET copy_idle_timeout = 'soon'")
+        .await
+        .expect("set");
+    let mut sink = copy_started(&copying, 10).await;
+    let bad = sink.as_mut().finish().await.expect_err("refused");
+    let db = bad.as_db_error().expect("a database error");
+    assert!(
+        db.message().contains("copy_idle_timeout is a duration"),
+        "{}",
+        db.message()
+    );
+}
+
 /// psql's `\\copy (query) TO 'file' CSV HEADER` exports a view's rows, and `\\copy name TO`
 /// a stream's, as PostgreSQL writes them.
 #[test]

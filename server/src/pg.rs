@@ -211,7 +211,7 @@ fn expect_copy<C: ClientInfo>(client: &C, session: &Session, out: &Output) {
         let pending = client
             .session_extensions()
             .get_or_insert_with(PendingCopy::default);
-        *pending.lock() = Some(session.copy_loader(copy).and_then(CopyPipe::start));
+        *pending.lock() = Some(session.copy_pipe(copy));
     }
 }
 

@@ -884,6 +884,33 @@ impl CopyLoader {
         }
     }
 
+    /// Whether the rows go to a sink as they are parsed (a log transaction, which holds back
+    /// the readers of the partitions it wrote until it ends).
+    pub fn holds_back_readers(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// Gives up the COPY because its client sent nothing for `idle`: its rows (and its
+    /// transaction) go now, and the error is told when the data ends.
+    pub fn abandon_idle(&mut self, idle: std::time::Duration) {
+        if self.failed.is_some() || self.ended {
+            return;
+        }
+        self.failed = Some(Error::WrongObject {
+            sqlstate: "25P03",
+            message: format!(
+                "COPY into {} was aborted: its client sent no data for {} s while its rows held \
+                 back the stream's readers, so none of its rows were kept (SET \
+                 copy_idle_timeout to allow longer pauses, 0 for none)",
+                self.copy.target,
+                idle.as_secs_f64()
+            ),
+        });
+        self.pending = Vec::new();
+        self.batches = Vec::new();
+        self.sink = None;
+    }
+
     /// Gives the rows parsed so far to the sink, if there is one.
     fn hand_over(&mut self) -> Result<()> {
         let Some(sink) = self.sink.as_mut() else {

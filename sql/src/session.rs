@@ -129,6 +129,13 @@ impl Session {
         self.handler.copy_loader(copy)
     }
 
+    /// A loader of `copy`'s data on a thread of its own, fed as the data comes (see
+    /// [`crate::copy_pipe::CopyPipe`]), aborted after the session's `copy_idle_timeout`.
+    pub fn copy_pipe(&self, copy: &CopyIn) -> Result<crate::copy_pipe::CopyPipe> {
+        let idle = self.settings().copy_idle_timeout()?;
+        crate::copy_pipe::CopyPipe::start(self.copy_loader(copy)?, idle)
+    }
+
     /// Loads what `loader` parsed once the data has ended: all rows, or none and the error.
     /// Returns the rows loaded.
     pub async fn copy_finish(&self, loader: crate::copy::CopyLoader) -> Result<u64> {

@@ -21,6 +21,9 @@ fn defaults() -> BTreeMap<String, String> {
         ("bytea_output", "hex"),
         ("client_encoding", "UTF8"),
         ("client_min_messages", "notice"),
+        // Weir's: how long a COPY into a stream may wait for data before it is aborted (its
+        // rows hold back the stream's readers); milliseconds, or with a unit (`30s`, `5min`).
+        ("copy_idle_timeout", "60s"),
         ("datestyle", "ISO, MDY"),
         ("default_transaction_isolation", "read committed"),
         ("default_transaction_read_only", "off"),
@@ -102,6 +105,30 @@ impl Settings {
             None => {
                 values.remove(&k);
             }
+        }
+    }
+
+    /// `copy_idle_timeout` (`None`: no limit), or why it is not a duration.
+    pub fn copy_idle_timeout(&self) -> crate::Result<Option<std::time::Duration>> {
+        let value = self.get("copy_idle_timeout").unwrap_or_default();
+        let v = value.trim().trim_matches('\'').to_ascii_lowercase();
+        let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+        let (number, unit) = v.split_at(digits);
+        let scale = match unit.trim() {
+            "" | "ms" => 1,
+            "s" => 1000,
+            "min" => 60_000,
+            "h" => 3_600_000,
+            _ => 0,
+        };
+        match number.parse::<u64>() {
+            Ok(n) if scale > 0 => {
+                Ok((n > 0).then(|| std::time::Duration::from_millis(n.saturating_mul(scale))))
+            }
+            _ => Err(crate::Error::InvalidValue(format!(
+                "copy_idle_timeout is a duration (milliseconds, or with ms, s, min or h), not \
+                 {value}"
+            ))),
         }
     }
 
@@ -264,4 +291,35 @@ pub(crate) fn functions(settings: &Settings) -> Vec<ScalarUDF> {
             signature: Signature::nullary(Volatility::Stable),
         }),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Settings;
+
+    #[test]
+    fn copy_idle_timeout_reads_milliseconds_and_units() {
+        let s = Settings::default();
+        assert_eq!(
+            s.copy_idle_timeout().ok(),
+            Some(Some(Duration::from_secs(60)))
+        );
+        for (value, expected) in [
+            ("1500", Some(Duration::from_millis(1500))),
+            ("'250ms'", Some(Duration::from_millis(250))),
+            ("30s", Some(Duration::from_secs(30))),
+            ("5 min", Some(Duration::from_secs(300))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("0", None),
+        ] {
+            s.set("copy_idle_timeout", value);
+            assert_eq!(s.copy_idle_timeout().ok(), Some(expected), "{value}");
+        }
+        for bad in ["soon", "", "5 days", "-1s"] {
+            s.set("Copy_Idle_Timeout", bad);
+            assert!(s.copy_idle_timeout().is_err(), "{bad}");
+        }
+    }
 }
