@@ -71,6 +71,61 @@ pub enum Dataflow {
         /// The join's counters.
         stats: Arc<OperatorStats>,
     },
+    /// One subtree feeding both inputs of a join (a subplan the query uses twice, as Nexmark
+    /// q5's two sides or a view joined with itself): computed once, its rows go through `left`
+    /// to the join's first input and through `right` to its second.
+    Fork {
+        /// The subtree computed once.
+        input: Box<Dataflow>,
+        /// The operators between it and the join's first input.
+        left: Pipeline,
+        /// The operators between it and the join's second input.
+        right: Pipeline,
+        /// The two-input operator.
+        join: Box<dyn BinaryOperator>,
+        /// The operators applied to the join's output.
+        pipeline: Pipeline,
+        /// The watermark last passed to `join`.
+        watermark: Option<i64>,
+        /// The join's counters.
+        stats: Arc<OperatorStats>,
+    },
+}
+
+/// Adds `sub` to `lines` under `name`, indented.
+fn indent(lines: &mut Vec<String>, name: &str, sub: Vec<String>) {
+    for (i, l) in sub.into_iter().enumerate() {
+        lines.push(if i == 0 {
+            format!("  {name}: {l}")
+        } else {
+            format!("    {l}")
+        });
+    }
+}
+
+/// Restores a join and the watermark it was last given from the next of `parts`.
+fn restore_join(
+    join: &mut dyn BinaryOperator,
+    watermark: &mut Option<i64>,
+    parts: &mut dyn Iterator<Item = OperatorState>,
+) -> Result<()> {
+    let mut state = parts.next().ok_or_else(|| {
+        Error::Corrupt("checkpoint has fewer operator states than the plan".into())
+    })?;
+    *watermark = state
+        .values
+        .pop()
+        .ok_or_else(|| Error::Corrupt("checkpoint lacks a join's watermark".into()))?;
+    join.restore(state)
+}
+
+/// `batches` through `pipeline`, one after another.
+fn through(pipeline: &mut Pipeline, batches: &[RecordBatch]) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for b in batches {
+        out.extend(pipeline.process_batch(b.clone())?);
+    }
+    Ok(out)
 }
 
 impl Dataflow {
@@ -100,6 +155,27 @@ impl Dataflow {
         }
     }
 
+    /// `join` over `input`'s rows twice: through `left` as its first input and through `right`
+    /// as its second; then `pipeline` over the join's output.
+    pub fn fork(
+        input: Dataflow,
+        left: Pipeline,
+        right: Pipeline,
+        join: Box<dyn BinaryOperator>,
+        pipeline: Pipeline,
+    ) -> Self {
+        let stats = Arc::new(OperatorStats::new("Join", join.explain()));
+        Self::Fork {
+            input: Box::new(input),
+            left,
+            right,
+            join,
+            pipeline,
+            watermark: None,
+            stats,
+        }
+    }
+
     /// The schema of the rows this node emits.
     pub fn schema(&self) -> SchemaRef {
         self.pipeline().schema()
@@ -108,7 +184,9 @@ impl Dataflow {
     /// The pipeline at the top of this node.
     pub fn pipeline(&self) -> &Pipeline {
         match self {
-            Self::Source { pipeline, .. } | Self::Join { pipeline, .. } => pipeline,
+            Self::Source { pipeline, .. }
+            | Self::Join { pipeline, .. }
+            | Self::Fork { pipeline, .. } => pipeline,
         }
     }
 
@@ -117,6 +195,7 @@ impl Dataflow {
         match self {
             Self::Source { source, .. } => source + 1,
             Self::Join { left, right, .. } => left.source_count().max(right.source_count()),
+            Self::Fork { input, .. } => input.source_count(),
         }
     }
 
@@ -149,6 +228,23 @@ impl Dataflow {
                 let from_right = right.process_batch(source, batch)?;
                 join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)
             }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                stats,
+                ..
+            } => {
+                let shared = input.process_batch(source, batch)?;
+                if shared.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let from_left = through(left, &shared)?;
+                let from_right = through(right, &shared)?;
+                join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)
+            }
         }
     }
 
@@ -170,6 +266,24 @@ impl Dataflow {
                 out.extend(pipeline.start()?);
                 Ok(out)
             }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                stats,
+                ..
+            } => {
+                let shared = input.start()?;
+                let mut from_left = through(left, &shared)?;
+                from_left.extend(left.start()?);
+                let mut from_right = through(right, &shared)?;
+                from_right.extend(right.start()?);
+                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
+                out.extend(pipeline.start()?);
+                Ok(out)
+            }
         }
     }
 
@@ -180,6 +294,7 @@ impl Dataflow {
             Self::Join { left, right, .. } => {
                 Some(left.watermark(sources)?.min(right.watermark(sources)?))
             }
+            Self::Fork { input, .. } => input.watermark(sources),
         }
     }
 
@@ -216,18 +331,54 @@ impl Dataflow {
                 }
                 Ok(out)
             }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                watermark,
+                stats,
+            } => {
+                let shared = input.on_watermark(sources)?;
+                let mut from_left = through(left, &shared)?;
+                let mut from_right = through(right, &shared)?;
+                if let Some(w) = own {
+                    from_left.extend(left.on_watermark(w)?);
+                    from_right.extend(right.on_watermark(w)?);
+                }
+                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
+                if let Some(w) = own.filter(|&w| *watermark != Some(w)) {
+                    *watermark = Some(w);
+                    let since = crate::stats::start();
+                    let released = join.on_watermark(w)?;
+                    stats.watermark(w);
+                    stats.record(0, released.iter().map(RecordBatch::num_rows).sum(), since);
+                    for b in released {
+                        out.extend(pipeline.process_batch(b)?);
+                    }
+                    out.extend(pipeline.on_watermark(w)?);
+                }
+                Ok(out)
+            }
         }
     }
 
     /// Passes the query's memory limit to the operators whose single outputs could exceed it.
     pub fn limit_memory(&mut self, bytes: usize) {
-        if let Self::Join {
-            left, right, join, ..
-        } = self
-        {
-            left.limit_memory(bytes);
-            right.limit_memory(bytes);
-            join.limit_memory(bytes);
+        match self {
+            Self::Source { .. } => {}
+            Self::Join {
+                left, right, join, ..
+            } => {
+                left.limit_memory(bytes);
+                right.limit_memory(bytes);
+                join.limit_memory(bytes);
+            }
+            Self::Fork { input, join, .. } => {
+                input.limit_memory(bytes);
+                join.limit_memory(bytes);
+            }
         }
     }
 
@@ -246,6 +397,23 @@ impl Dataflow {
                 let own = join.state_bytes();
                 stats.state(own, join.state_rows());
                 left.measure_state() + right.measure_state() + own + pipeline.measure_state()
+            }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                stats,
+                ..
+            } => {
+                let own = join.state_bytes();
+                stats.state(own, join.state_rows());
+                input.measure_state()
+                    + left.measure_state()
+                    + right.measure_state()
+                    + own
+                    + pipeline.measure_state()
             }
         }
     }
@@ -287,6 +455,45 @@ impl Dataflow {
                 });
                 ("join".to_string(), pipeline, Some(join))
             }
+            Self::Fork {
+                input,
+                left,
+                right,
+                pipeline,
+                stats,
+                ..
+            } => {
+                let first = out.len();
+                input.places(out);
+                let shared_top = (first..out.len()).find(|&i| out[i].parent.is_none());
+                // The shared input feeds both sides; as a tree, it hangs under the first.
+                let mut side_tops = Vec::new();
+                for (k, side) in [left, right].into_iter().enumerate() {
+                    let mut below = if k == 0 { shared_top } else { None };
+                    for s in side.stats() {
+                        if let Some(b) = below {
+                            out[b].parent = Some(out.len());
+                        }
+                        below = Some(out.len());
+                        out.push(OperatorPlace {
+                            input: "shared".to_string(),
+                            parent: None,
+                            stats: Arc::clone(s),
+                        });
+                    }
+                    side_tops.push(below);
+                }
+                let join = out.len();
+                for top in side_tops.into_iter().flatten() {
+                    out[top].parent = Some(join);
+                }
+                out.push(OperatorPlace {
+                    input: "join".to_string(),
+                    parent: None,
+                    stats: Arc::clone(stats),
+                });
+                ("join".to_string(), pipeline, Some(join))
+            }
         };
         for s in pipeline.stats() {
             if let Some(b) = below {
@@ -316,6 +523,20 @@ impl Dataflow {
                     + join.state_bytes()
                     + pipeline.state_bytes()
             }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                input.state_bytes()
+                    + left.state_bytes()
+                    + right.state_bytes()
+                    + join.state_bytes()
+                    + pipeline.state_bytes()
+            }
         }
     }
 
@@ -330,6 +551,20 @@ impl Dataflow {
                 pipeline,
                 ..
             } => left.late_rows() + right.late_rows() + join.late_rows() + pipeline.late_rows(),
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                input.late_rows()
+                    + left.late_rows()
+                    + right.late_rows()
+                    + join.late_rows()
+                    + pipeline.late_rows()
+            }
         }
     }
 
@@ -345,6 +580,21 @@ impl Dataflow {
                 ..
             } => {
                 let mut late = left.take_late();
+                late.extend(right.take_late());
+                late.extend(join.take_late());
+                late.extend(pipeline.take_late());
+                late
+            }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                let mut late = input.take_late();
+                late.extend(left.take_late());
                 late.extend(right.take_late());
                 late.extend(join.take_late());
                 late.extend(pipeline.take_late());
@@ -372,6 +622,23 @@ impl Dataflow {
                 out.push(state);
                 pipeline.snapshot(out)
             }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                watermark,
+                ..
+            } => {
+                input.snapshot(out)?;
+                left.snapshot(out)?;
+                right.snapshot(out)?;
+                let mut state = join.snapshot()?;
+                state.values.push(*watermark);
+                out.push(state);
+                pipeline.snapshot(out)
+            }
         }
     }
 
@@ -389,14 +656,22 @@ impl Dataflow {
             } => {
                 left.restore(parts)?;
                 right.restore(parts)?;
-                let mut state = parts.next().ok_or_else(|| {
-                    Error::Corrupt("checkpoint has fewer operator states than the plan".into())
-                })?;
-                *watermark = state
-                    .values
-                    .pop()
-                    .ok_or_else(|| Error::Corrupt("checkpoint lacks a join's watermark".into()))?;
-                join.restore(state)?;
+                restore_join(join.as_mut(), watermark, parts)?;
+                pipeline.restore(parts)
+            }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                watermark,
+                ..
+            } => {
+                input.restore(parts)?;
+                left.restore(parts)?;
+                right.restore(parts)?;
+                restore_join(join.as_mut(), watermark, parts)?;
                 pipeline.restore(parts)
             }
         }
@@ -423,15 +698,30 @@ impl Dataflow {
                 let mut lines = pipeline.explain();
                 lines.push(join.explain());
                 for (name, input) in [("left", left), ("right", right)] {
-                    let sub = input.explain(source);
-                    for (i, l) in sub.into_iter().enumerate() {
-                        lines.push(if i == 0 {
-                            format!("  {name}: {l}")
-                        } else {
-                            format!("    {l}")
-                        });
-                    }
+                    indent(&mut lines, name, input.explain(source));
                 }
+                lines
+            }
+            Self::Fork {
+                input,
+                left,
+                right,
+                join,
+                pipeline,
+                ..
+            } => {
+                let mut lines = pipeline.explain();
+                lines.push(join.explain());
+                for (name, side) in [("left", left), ("right", right)] {
+                    let mut sub = side.explain();
+                    sub.push("the shared input below".to_string());
+                    indent(&mut lines, name, sub);
+                }
+                indent(
+                    &mut lines,
+                    "shared (computed once, read by both sides)",
+                    input.explain(source),
+                );
                 lines
             }
         }

@@ -326,7 +326,7 @@ pub(crate) async fn compile_query_statement(
                 .position(|t| matches!(t, Some(TimeColumn::EventTime)))
                 .map(|i| (i, delay_ns))
         });
-    let dataflow = built.into_dataflow();
+    let dataflow = built.into_dataflow()?;
     let names: Vec<String> = plan
         .schema()
         .fields()

@@ -12,7 +12,7 @@ use weir_engine::operator::{
     StaticJoinOperator, StreamJoinOperator,
 };
 
-use super::{Base, Built, Planner, unsupported};
+use super::{Built, Planner, shared, unsupported};
 use crate::catalog::TableEntry;
 use crate::plan::bounds::{TimeColumn, column_of, conjuncts, time_bounds};
 use crate::providers::{RefTable, provider_as};
@@ -288,6 +288,7 @@ impl Planner<'_> {
         join: &datafusion::logical_expr::Join,
         left: Built,
         right: Built,
+        shared: Option<weir_engine::dataflow::Dataflow>,
     ) -> Result<Built> {
         use datafusion::logical_expr::JoinType;
         if left.session_gap_ns.is_some() || right.session_gap_ns.is_some() {
@@ -336,7 +337,7 @@ impl Planner<'_> {
         let windowed_aggregate = left.windowed_aggregate || right.windowed_aggregate;
         Ok(Built {
             input: op.schema(),
-            base: Base::Join(left.into_dataflow(), right.into_dataflow(), Box::new(op)),
+            base: Self::join_base(shared, left, right, Box::new(op))?,
             operators: Vec::new(),
             times: vec![None; width],
             session_gap_ns: None,
@@ -378,10 +379,13 @@ impl Planner<'_> {
         &mut self,
         join: &datafusion::logical_expr::Join,
     ) -> Result<Built> {
-        let left = self.build(&join.left)?;
-        let right = self.build(&join.right)?;
+        let shared::Sides {
+            left,
+            right,
+            shared,
+        } = self.build_sides(join)?;
         if left.changes() || right.changes() {
-            return self.build_retract_join(join, left, right);
+            return self.build_retract_join(join, left, right, shared);
         }
         if left.session_gap_ns.is_some() || right.session_gap_ns.is_some() {
             return Err(unsupported("a join of SESSION windows"));
@@ -503,7 +507,7 @@ impl Planner<'_> {
         let aggregated = left.aggregated || right.aggregated;
         let input = op.schema();
         Ok(Built {
-            base: Base::Join(left.into_dataflow(), right.into_dataflow(), Box::new(op)),
+            base: Self::join_base(shared, left, right, Box::new(op))?,
             input,
             operators: Vec::new(),
             times: out_times,

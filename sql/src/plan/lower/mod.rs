@@ -26,6 +26,7 @@ use crate::{Error, Result};
 mod aggregate;
 mod join;
 mod over;
+mod shared;
 mod top_n;
 mod window;
 
@@ -35,6 +36,11 @@ pub(crate) enum Base {
     Source(usize),
     /// A join of two subtrees.
     Join(Dataflow, Dataflow, Box<dyn BinaryOperator>),
+    /// A join of one subtree's rows with themselves, each side through its own operators.
+    Fork(Dataflow, Pipeline, Pipeline, Box<dyn BinaryOperator>),
+    /// The rows of the subplan both sides of the join being lowered share
+    /// ([`shared::SharedSubplan`]); only that join takes them.
+    Shared,
 }
 
 /// What a subtree compiles to.
@@ -81,12 +87,20 @@ impl Built {
         }
     }
 
-    pub(crate) fn into_dataflow(self) -> Dataflow {
+    pub(crate) fn into_dataflow(self) -> Result<Dataflow> {
         let pipeline = Pipeline::new(self.input, self.operators);
-        match self.base {
+        Ok(match self.base {
             Base::Source(source) => Dataflow::Source { source, pipeline },
             Base::Join(left, right, join) => Dataflow::join(left, right, join, pipeline),
-        }
+            Base::Fork(input, left, right, join) => {
+                Dataflow::fork(input, left, right, join, pipeline)
+            }
+            Base::Shared => {
+                return Err(Error::Internal(
+                    "a shared subplan's rows outside its join; this is a bug".into(),
+                ));
+            }
+        })
     }
 }
 
@@ -149,6 +163,8 @@ pub(crate) struct Planner<'a> {
     pub(crate) rank_limit: Option<top_n::RankLimit>,
     /// Whether the view's `state_ttl` bounds some operator's state.
     pub(crate) ttl_applied: bool,
+    /// The subplan both sides of the join being lowered share, if they do.
+    pub(crate) shared: Option<shared::SharedSubplan>,
 }
 
 impl<'a> Planner<'a> {
@@ -167,6 +183,7 @@ impl<'a> Planner<'a> {
             views: Vec::new(),
             rank_limit: None,
             ttl_applied: false,
+            shared: None,
         }
     }
 }
@@ -187,6 +204,9 @@ impl Planner<'_> {
     }
 
     pub(crate) fn build(&mut self, plan: &LogicalPlan) -> Result<Built> {
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.is(plan)) {
+            return Ok(shared.placeholder());
+        }
         match plan {
             LogicalPlan::TableScan(scan) => self.build_scan(scan),
             LogicalPlan::SubqueryAlias(a) => self.build(&a.input),
