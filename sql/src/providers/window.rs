@@ -81,19 +81,25 @@ pub struct WindowTable {
 impl WindowTable {
     /// Builds the window assigner for this table.
     pub fn operator(&self) -> weir_engine::Result<Box<dyn Operator>> {
-        let schema = &self.input_schema;
+        self.operator_over(&self.input_schema, self.time_index)
+    }
+
+    /// Builds the window assigner over rows of `schema` (the input's columns, or some of them)
+    /// whose time is column `time_index`.
+    pub fn operator_over(
+        &self,
+        schema: &datafusion::arrow::datatypes::Schema,
+        time_index: usize,
+    ) -> weir_engine::Result<Box<dyn Operator>> {
         Ok(match self.spec {
             WindowSpec::Tumble { size_ns } => {
-                Box::new(TumbleOperator::try_new(schema, self.time_index, size_ns)?)
+                Box::new(TumbleOperator::try_new(schema, time_index, size_ns)?)
             }
-            WindowSpec::Hop { slide_ns, size_ns } => Box::new(HopOperator::try_new(
-                schema,
-                self.time_index,
-                slide_ns,
-                size_ns,
-            )?),
+            WindowSpec::Hop { slide_ns, size_ns } => {
+                Box::new(HopOperator::try_new(schema, time_index, slide_ns, size_ns)?)
+            }
             WindowSpec::Session { gap_ns } => {
-                Box::new(SessionOperator::try_new(schema, self.time_index, gap_ns)?)
+                Box::new(SessionOperator::try_new(schema, time_index, gap_ns)?)
             }
         })
     }

@@ -399,8 +399,30 @@ impl Planner<'_> {
                 "a filter was pushed into a stream scan; this is a bug".into(),
             ));
         }
+        let mut projection = scan.projection.clone();
         let mut built = if let Some(t) = provider_as::<WindowTable>(&provider) {
-            self.build_window(t)?
+            // HOP copies each row into several windows: the input columns the query does not
+            // read are dropped before it (the scan's projection then counts in what is left).
+            // TUMBLE and SESSION add columns without copying, so they take the rows whole.
+            let width_in = t.input_schema.fields().len();
+            let hop = matches!(t.spec, crate::providers::WindowSpec::Hop { .. });
+            let keep = projection.as_ref().filter(|_| hop).map(|p| {
+                let mut keep: Vec<usize> = p.iter().copied().filter(|&i| i < width_in).collect();
+                keep.push(t.time_index);
+                keep.sort_unstable();
+                keep.dedup();
+                keep
+            });
+            let (built, kept) = self.build_window(t, keep.as_deref())?;
+            if let (Some(p), Some(kept)) = (projection.as_mut(), kept) {
+                for i in p.iter_mut() {
+                    *i = match kept.iter().position(|k| k == i) {
+                        Some(at) => at,
+                        None => kept.len() + (*i - width_in),
+                    };
+                }
+            }
+            built
         } else if let Some(s) = provider_as::<StreamTable>(&provider) {
             self.stream_base(&s.entry())
         } else if let Some(v) = provider_as::<ViewTable>(&provider) {
@@ -414,7 +436,7 @@ impl Planner<'_> {
         } else {
             return Err(unsupported(&format!("reading {}", scan.table_name)));
         };
-        if let Some(projection) = &scan.projection {
+        if let Some(projection) = &projection {
             let schema = built
                 .operators
                 .last()

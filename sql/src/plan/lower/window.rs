@@ -1,6 +1,12 @@
 //! Lowering of the window table functions: the rows they window (a stream, a view's query
 //! inlined, or a subquery), then the window assigner.
 
+use std::sync::Arc;
+
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use weir_engine::operator::{Operator, ProjectionOperator};
+
 use super::{Built, Planner, derived_window_input, unsupported};
 use crate::Error;
 use crate::Result;
@@ -8,8 +14,14 @@ use crate::plan::bounds::TimeColumn;
 use crate::providers::{WindowInput, WindowSpec, WindowTable};
 
 impl Planner<'_> {
-    /// The rows a window function windows, then the window assigner.
-    pub(crate) fn build_window(&mut self, t: &WindowTable) -> Result<Built> {
+    /// The rows a window function windows, then the window assigner. With `keep` (the input
+    /// columns the query reads, the time among them, in order), the rest are dropped before
+    /// the assigner, which then copies less; the columns kept are returned when they were.
+    pub(crate) fn build_window(
+        &mut self,
+        t: &WindowTable,
+        keep: Option<&[usize]>,
+    ) -> Result<(Built, Option<Vec<usize>>)> {
         let time = t.input_schema.field(t.time_index).name().clone();
         let mut built = match &t.input {
             WindowInput::Stream(stream) => {
@@ -56,10 +68,47 @@ impl Planner<'_> {
         if built.session_gap_ns.is_some() {
             return Err(unsupported("a window over SESSION windows"));
         }
-        let operator = t.operator()?;
+        let width_in = t.input_schema.fields().len();
+        let keep =
+            keep.filter(|k| k.len() < width_in && built.key.is_none() && built.trailer().is_none());
+        let (operator, time_index) = match keep {
+            Some(keep) => {
+                let current = built
+                    .operators
+                    .last()
+                    .map_or_else(|| Arc::clone(&built.input), |o| o.schema());
+                let exprs = keep
+                    .iter()
+                    .map(|&i| {
+                        let name = current.field(i).name().clone();
+                        (
+                            Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                            name,
+                        )
+                    })
+                    .collect();
+                let projection = ProjectionOperator::try_new(exprs, &current)?;
+                let time_index = keep
+                    .iter()
+                    .position(|&i| i == t.time_index)
+                    .ok_or_else(|| {
+                        Error::Internal(
+                            "the window's time column was dropped; this is a bug".into(),
+                        )
+                    })?;
+                let operator = t.operator_over(&projection.schema(), time_index)?;
+                built.times = keep
+                    .iter()
+                    .map(|&i| built.times.get(i).copied().flatten())
+                    .collect();
+                built.operators.push(Box::new(projection));
+                (operator, time_index)
+            }
+            None => (t.operator()?, t.time_index),
+        };
         let width = operator.schema().fields().len();
         built.times.resize(width, None);
-        built.times[t.time_index] = Some(TimeColumn::EventTime);
+        built.times[time_index] = Some(TimeColumn::EventTime);
         if let Some(size_ns) = t.spec.size_ns() {
             built.times[width - 2] = Some(TimeColumn::WindowStart { size_ns });
             built.times[width - 1] = Some(TimeColumn::WindowEnd { size_ns });
@@ -71,6 +120,6 @@ impl Planner<'_> {
             built.session_gap_ns = Some(gap_ns);
         }
         built.operators.push(operator);
-        Ok(built)
+        Ok((built, keep.map(<[usize]>::to_vec)))
     }
 }
