@@ -40,7 +40,9 @@ pub use stream_join::{JoinInput, StreamJoinOperator};
 pub use top_n::{RankKind, TopNExpiry, TopNOperator, TopNOrder};
 pub use tumble::TumbleOperator;
 pub use upsert_changelog::{INSERTED, UpsertChangelogOperator};
-pub use window_aggregate::{AggregateSpec, Emit, WindowAggregateOperator, WindowColumn};
+pub use window_aggregate::{
+    AggregateSpec, Emit, WindowAggregateOperator, WindowColumn, WindowEdge,
+};
 
 use crate::checkpoint::OperatorState;
 use crate::{Error, Result};

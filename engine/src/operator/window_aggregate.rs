@@ -30,6 +30,16 @@ pub enum WindowColumn {
     End(usize),
 }
 
+/// Which edge of its window a group column holds: the same value for every row of a window,
+/// so it is not hashed with the group key but put back when the window's rows go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowEdge {
+    /// The window's start.
+    Start,
+    /// The window's end.
+    End,
+}
+
 /// When an aggregation publishes results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Emit {
@@ -72,7 +82,12 @@ impl std::fmt::Debug for WindowState {
 pub struct WindowAggregateOperator {
     group_exprs: Vec<Arc<dyn PhysicalExpr>>,
     group_names: Vec<String>,
+    /// The group columns that are hashed: all but the window's edges.
     group_schema: SchemaRef,
+    /// Per group column, the window edge it holds, if it holds one.
+    edges: Vec<Option<WindowEdge>>,
+    /// Per group column, its type.
+    group_types: Vec<DataType>,
     /// `None` for an aggregation over the whole stream (one window that never closes).
     window: Option<WindowColumn>,
     emit: Emit,
@@ -100,6 +115,111 @@ impl WindowAggregateOperator {
     pub fn with_allowed_lateness(mut self, lateness_ns: i64) -> Self {
         self.lateness_ns = lateness_ns.max(0);
         self
+    }
+
+    /// Takes group columns `edges` (position, edge) as holding their window's start or end:
+    /// they are not hashed with the group key, each row is checked to hold its window's edge
+    /// (a row that does not fails the query rather than merging groups), and they are put back
+    /// in the output. At least one group column stays hashed.
+    pub fn with_window_edges(mut self, edges: &[(usize, WindowEdge)]) -> Result<Self> {
+        if self.window.is_none() || edges.len() >= self.group_exprs.len() {
+            return Ok(self);
+        }
+        for &(g, edge) in edges {
+            let Some(slot) = self.edges.get_mut(g) else {
+                return Err(Error::InvalidArgument(format!("no group column {g}")));
+            };
+            if !matches!(self.group_types[g], DataType::Timestamp(..)) {
+                return Err(Error::InvalidArgument(format!(
+                    "window edge {} must be a timestamp, not {}",
+                    self.group_names[g], self.group_types[g]
+                )));
+            }
+            *slot = Some(edge);
+        }
+        let hashed: Vec<Field> = self
+            .group_schema
+            .fields()
+            .iter()
+            .zip(&self.edges)
+            .filter(|(_, e)| e.is_none())
+            .map(|(f, _)| f.as_ref().clone())
+            .collect();
+        self.group_schema = Arc::new(Schema::new(hashed));
+        // Made again over the hashed columns only.
+        self.new_window()?;
+        Ok(self)
+    }
+
+    /// The hashed group columns of a batch, after checking that each window-edge column holds
+    /// its row's window edge (`ends`, in ns).
+    fn hashed_groups(&self, groups: Vec<ArrayRef>, ends: &Int64Array) -> Result<Vec<ArrayRef>> {
+        let mut hashed = Vec::with_capacity(groups.len());
+        for ((column, edge), name) in groups.into_iter().zip(&self.edges).zip(&self.group_names) {
+            let Some(edge) = edge else {
+                hashed.push(column);
+                continue;
+            };
+            let DataType::Timestamp(unit, _) = column.data_type() else {
+                return Err(Error::Internal(format!(
+                    "window edge {name} is not a timestamp"
+                )));
+            };
+            let unit = unit_nanos(*unit);
+            let raw = cast(&column, &DataType::Int64)?;
+            let raw = raw.as_primitive::<Int64Type>();
+            let offset = match edge {
+                WindowEdge::Start => self.size_ns,
+                WindowEdge::End => 0,
+            };
+            // Rows without a window (late, dropped) need not hold anything.
+            let holds = (0..raw.len()).all(|i| {
+                ends.is_null(i)
+                    || (raw.is_valid(i)
+                        && raw.value(i).saturating_mul(unit).saturating_add(offset)
+                            == ends.value(i))
+            });
+            if !holds {
+                return Err(Error::Internal(format!(
+                    "group column {name} does not hold its rows' window {}; this is a bug",
+                    match edge {
+                        WindowEdge::Start => "start",
+                        WindowEdge::End => "end",
+                    }
+                )));
+            }
+        }
+        Ok(hashed)
+    }
+
+    /// Every group column of `n` rows of the window ending at `end`: the hashed ones, with the
+    /// window's edges put back.
+    fn with_edges(&self, end: i64, hashed: Vec<ArrayRef>, n: usize) -> Result<Vec<ArrayRef>> {
+        if self.edges.iter().all(Option::is_none) {
+            return Ok(hashed);
+        }
+        let mut hashed = hashed.into_iter();
+        let mut out = Vec::with_capacity(self.edges.len());
+        for (edge, t) in self.edges.iter().zip(&self.group_types) {
+            let Some(edge) = edge else {
+                out.push(
+                    hashed
+                        .next()
+                        .ok_or_else(|| Error::Internal("a window lacks group columns".into()))?,
+                );
+                continue;
+            };
+            let ns = match edge {
+                WindowEdge::Start => end - self.size_ns,
+                WindowEdge::End => end,
+            };
+            let DataType::Timestamp(unit, _) = t else {
+                return Err(Error::Internal("a window edge is not a timestamp".into()));
+            };
+            let value = ns / unit_nanos(*unit);
+            out.push(cast(&Int64Array::from_value(value, n), t)?);
+        }
+        Ok(out)
     }
 
     /// Whether output rows replace earlier rows with the same group key (rather than append).
@@ -158,7 +278,10 @@ impl WindowAggregateOperator {
         // Aggregates with an ORDER BY of their own (first_value(x ORDER BY ts), array_agg(x
         // ORDER BY y)) carry it in their accumulators, which order rows whatever order they
         // arrive in (and merge partial states in order), so they need nothing here.
+        let group_types = group_fields.iter().map(|f| f.data_type().clone()).collect();
         let operator = Self {
+            edges: vec![None; group_exprs.len()],
+            group_types,
             group_names: group_exprs.iter().map(|(_, n)| n.clone()).collect(),
             group_exprs: group_exprs.into_iter().map(|(e, _)| e).collect(),
             group_schema: Arc::new(Schema::new(group_fields)),
@@ -281,7 +404,7 @@ impl WindowAggregateOperator {
     fn current_values(&mut self, end: i64) -> Result<Vec<ArrayRef>> {
         let (keys, partials) = self.window_state(end)?;
         let n = keys.first().map_or(0, |k| k.len());
-        let mut columns = keys;
+        let mut columns = self.with_edges(end, keys, n)?;
         for (eval, partial) in self.new_window()?.accumulators.iter_mut().zip(&partials) {
             eval.merge_batch(partial, &self.group_ids, n)?;
             columns.push(eval.evaluate(EmitTo::All)?);
@@ -351,6 +474,7 @@ impl Operator for WindowAggregateOperator {
             .iter()
             .map(|e| e.evaluate(&batch)?.into_array(n))
             .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let groups = self.hashed_groups(groups, &ends)?;
         let (args, filters) = aggregate_inputs(&self.aggregates, &batch)?;
         // Windows past their allowed lateness have no state any more: their rows are late.
         let closed_up_to = self
@@ -435,7 +559,9 @@ impl Operator for WindowAggregateOperator {
                 if end <= previous {
                     continue;
                 }
-                let mut columns = state.groups.emit(EmitTo::All)?;
+                let keys = state.groups.emit(EmitTo::All)?;
+                let n = keys.first().map_or(0, |k| k.len());
+                let mut columns = self.with_edges(end, keys, n)?;
                 for acc in &mut state.accumulators {
                     columns.push(acc.evaluate(EmitTo::All)?);
                 }
@@ -544,10 +670,29 @@ impl Operator for WindowAggregateOperator {
         } else {
             String::new()
         };
+        let hashed: Vec<&str> = self
+            .group_names
+            .iter()
+            .zip(&self.edges)
+            .filter(|(_, e)| e.is_none())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let edges: Vec<&str> = self
+            .group_names
+            .iter()
+            .zip(&self.edges)
+            .filter(|(_, e)| e.is_some())
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let edges = if edges.is_empty() {
+            String::new()
+        } else {
+            format!(" from_window=[{}]", edges.join(", "))
+        };
         match self.window {
             Some(_) => format!(
-                "WindowAggregate: state_key=[window, {}] aggregates=[{}] window_size={} emit={emit}{lateness}",
-                self.group_names.join(", "),
+                "WindowAggregate: state_key=[window, {}]{edges} aggregates=[{}] window_size={} emit={emit}{lateness}",
+                hashed.join(", "),
                 aggs.join(", "),
                 format_duration_ns(self.size_ns)
             ),
@@ -669,6 +814,42 @@ mod tests {
     }
 
     const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn a_window_edge_is_not_hashed_and_comes_back_in_the_output() {
+        let mut plain = operator(Emit::OnWindowClose);
+        let mut edged = operator(Emit::OnWindowClose)
+            .with_window_edges(&[(0, WindowEdge::Start)])
+            .expect("edges");
+        assert!(
+            edged
+                .explain()
+                .contains("state_key=[window, k] from_window=[window_start]")
+        );
+        let input = batch(&[(0, 1, 5), (0, 2, 7), (10, 1, 1), (0, 1, 3)]);
+        for op in [&mut plain, &mut edged] {
+            op.process_batch(input.clone()).expect("p");
+        }
+        // Through a checkpoint: the state holds the hashed columns only.
+        let mut restored = operator(Emit::OnWindowClose)
+            .with_window_edges(&[(0, WindowEdge::Start)])
+            .expect("edges");
+        restored
+            .restore(edged.snapshot().expect("snapshot"))
+            .expect("restore");
+        let expected = rows(&plain.on_watermark(20 * S).expect("wm"));
+        assert_eq!(expected, vec![(0, 1, 2, 8), (0, 2, 1, 7), (10, 1, 1, 1)]);
+        assert_eq!(rows(&edged.on_watermark(20 * S).expect("wm")), expected);
+        assert_eq!(rows(&restored.on_watermark(20 * S).expect("wm")), expected);
+        // Every group column a window edge: nothing would be hashed, so all stay hashed.
+        let all = operator(Emit::OnWindowClose)
+            .with_window_edges(&[(0, WindowEdge::Start), (1, WindowEdge::End)])
+            .expect("edges");
+        assert!(
+            all.explain()
+                .contains("state_key=[window, window_start, k]")
+        );
+    }
 
     #[test]
     fn emits_each_window_once_when_the_watermark_passes_its_end() {

@@ -11,7 +11,7 @@ use datafusion::physical_expr::aggregate::LoweredAggregateBuilder;
 use datafusion::physical_expr::expressions::Column;
 use weir_engine::operator::{
     AggregateSpec, Emit, GroupAggregateOperator, ProjectionOperator, SessionAggregateOperator,
-    SessionColumn, WindowAggregateOperator, WindowColumn, group_aggregate_refusal,
+    SessionColumn, WindowAggregateOperator, WindowColumn, WindowEdge, group_aggregate_refusal,
 };
 
 use super::{Built, Planner, arrow_schema, event_time_column, unsupported};
@@ -255,7 +255,29 @@ impl Planner<'_> {
             mode,
         )?;
         if window.is_some() {
-            operator = operator.with_allowed_lateness(self.options.allowed_lateness_ns);
+            // GROUP BY window_start, window_end of the window being aggregated: the same for
+            // every row of a window, so not hashed (the operator checks each row holds them).
+            let edges: Vec<(usize, WindowEdge)> = agg
+                .group_expr
+                .iter()
+                .enumerate()
+                .filter_map(|(g, e)| {
+                    let Expr::Column(c) = e else { return None };
+                    let i = input_schema.index_of_column(c).ok()?;
+                    match built.times.get(i).copied().flatten()? {
+                        TimeColumn::WindowStart { size_ns: s } if s == size_ns => {
+                            Some((g, WindowEdge::Start))
+                        }
+                        TimeColumn::WindowEnd { size_ns: s } if s == size_ns => {
+                            Some((g, WindowEdge::End))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            operator = operator
+                .with_window_edges(&edges)?
+                .with_allowed_lateness(self.options.allowed_lateness_ns);
             built.windowed_aggregate = true;
         } else if self.options.allowed_lateness_ns > 0 {
             return Err(Error::NotSupported(
