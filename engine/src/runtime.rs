@@ -1,7 +1,7 @@
 //! Runs continuous queries: reads their source log, drives their pipeline, fills their results.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -418,16 +418,26 @@ impl Output {
     }
 }
 
+/// After a checkpoint, the next waits at least this many times what the last one cost
+/// (its snapshot on the query's thread and its writing), so that checkpoints of a large state
+/// take at most about a fifth of the time (Flink's minimum pause between checkpoints).
+const PAUSE_PER_COST: u32 = 4;
+
 /// Takes and restores a query's checkpoints.
 ///
 /// The query's thread takes each snapshot between two batches (so it is consistent); a writer
 /// thread encodes and writes it, so the query goes on meanwhile. While one checkpoint is being
-/// written the next waits for the following interval.
+/// written the next waits for the following interval, and it waits longer after a costly one
+/// ([`PAUSE_PER_COST`]).
 struct Checkpointer {
     spec: CheckpointSpec,
     /// The epoch of the last checkpoint handed to the writer.
     epoch: u64,
     last: Instant,
+    /// How long the last snapshot took on the query's thread.
+    snapshot_cost: Duration,
+    /// How long writing the last checkpoint took, in milliseconds (set by the writer).
+    write_ms: Arc<AtomicU64>,
     durable: Arc<Mutex<Durable>>,
     busy: Arc<AtomicBool>,
     writer: Option<(SyncSender<Pending>, JoinHandle<()>)>,
@@ -456,6 +466,8 @@ impl Checkpointer {
         let name = query.name.clone();
         let output_log = query.output.clone();
         let (thread_durable, thread_busy) = (Arc::clone(&durable), Arc::clone(&busy));
+        let write_ms = Arc::new(AtomicU64::new(0));
+        let thread_write_ms = Arc::clone(&write_ms);
         let handle = std::thread::Builder::new()
             .name(format!("checkpoint-{}", query.name))
             .spawn(move || {
@@ -512,6 +524,8 @@ impl Checkpointer {
                             tracing::warn!(query = %name, error = %e, "checkpoint failed; will retry")
                         }
                     }
+                    let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    thread_write_ms.store(took, Ordering::Relaxed);
                     thread_busy.store(false, Ordering::Release);
                 }
             })
@@ -523,6 +537,8 @@ impl Checkpointer {
             spec,
             epoch: restored,
             last: Instant::now(),
+            snapshot_cost: Duration::ZERO,
+            write_ms,
             durable,
             busy,
             writer: Some((tx, handle)),
@@ -623,9 +639,13 @@ impl Checkpointer {
         self.durable().failed.clone()
     }
 
-    /// Whether a checkpoint is due: the interval has passed and the writer is free.
+    /// Whether a checkpoint is due: the interval (or the pause after a costly checkpoint) has
+    /// passed and the writer is free.
     fn due(&self) -> bool {
-        self.last.elapsed() >= self.spec.interval && !self.busy.load(Ordering::Acquire)
+        let cost =
+            self.snapshot_cost + Duration::from_millis(self.write_ms.load(Ordering::Relaxed));
+        let wait = self.spec.interval.max(cost.saturating_mul(PAUSE_PER_COST));
+        self.last.elapsed() >= wait && !self.busy.load(Ordering::Acquire)
     }
 
     /// Snapshots the query as it is now and hands the snapshot to the writer. A failure to
@@ -669,10 +689,11 @@ impl Checkpointer {
             fingerprint: self.spec.fingerprint.clone(),
             parts,
         };
+        self.snapshot_cost = started.elapsed();
         tracing::debug!(
             query = %query.name,
             epoch = self.epoch,
-            snapshot_us = started.elapsed().as_micros() as u64,
+            snapshot_us = self.snapshot_cost.as_micros() as u64,
             "checkpoint taken"
         );
         if let Some((tx, _)) = &self.writer {
