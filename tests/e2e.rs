@@ -459,16 +459,7 @@ async fn a_copy_is_all_or_nothing_across_a_bad_row_and_kill_9() {
     let copying = server.client().await;
     let _sink = copy_started(&copying, 300_000).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored_before_kill: u64 = std::fs::read_dir(dir.path().join("streams/clicks"))
-        .map(|parts| {
-            parts
-                .flatten()
-                .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
-                .filter_map(|f| f.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0);
+    let stored_before_kill = stored_bytes(&dir.path().join("streams/clicks"));
     server.kill9();
     let server = Server::start(dir.path());
     let c = server.client().await;

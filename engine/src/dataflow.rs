@@ -11,29 +11,6 @@ use crate::pipeline::Pipeline;
 use crate::stats::OperatorStats;
 use crate::{Error, Result};
 
-/// Feeds what the inputs of a join produced into the join, and what it joins through `pipeline`.
-fn join_inputs(
-    join: &mut dyn BinaryOperator,
-    stats: &OperatorStats,
-    pipeline: &mut Pipeline,
-    from_left: Vec<RecordBatch>,
-    from_right: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>> {
-    let mut out = Vec::new();
-    for (side, batches) in [(Side::Left, from_left), (Side::Right, from_right)] {
-        for b in batches {
-            let since = crate::stats::start();
-            let rows = b.num_rows();
-            let joined = join.process_batch(side, b)?;
-            stats.record(rows, joined.iter().map(RecordBatch::num_rows).sum(), since);
-            for j in joined {
-                out.extend(pipeline.process_batch(j)?);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Where an operator of a query sits, with its counters.
 #[derive(Debug, Clone)]
 pub struct OperatorPlace {
@@ -46,6 +23,142 @@ pub struct OperatorPlace {
     pub stats: Arc<OperatorStats>,
 }
 
+/// A two-input operator with the operators over its output: the top of a join node.
+#[derive(Debug)]
+pub struct JoinStage {
+    join: Box<dyn BinaryOperator>,
+    /// The operators applied to the join's output.
+    pipeline: Pipeline,
+    /// The watermark last passed to `join`.
+    watermark: Option<i64>,
+    /// The join's counters.
+    stats: Arc<OperatorStats>,
+}
+
+impl JoinStage {
+    fn new(join: Box<dyn BinaryOperator>, pipeline: Pipeline) -> Self {
+        let stats = Arc::new(OperatorStats::new("Join", join.explain()));
+        Self {
+            join,
+            pipeline,
+            watermark: None,
+            stats,
+        }
+    }
+
+    /// Feeds what the inputs produced into the join, and what it joins through `pipeline`.
+    fn feed(
+        &mut self,
+        from_left: Vec<RecordBatch>,
+        from_right: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        for (side, batches) in [(Side::Left, from_left), (Side::Right, from_right)] {
+            for b in batches {
+                let since = crate::stats::start();
+                let rows = b.num_rows();
+                let joined = self.join.process_batch(side, b)?;
+                let joined_rows = joined.iter().map(RecordBatch::num_rows).sum();
+                self.stats.record(rows, joined_rows, since);
+                for j in joined {
+                    out.extend(self.pipeline.process_batch(j)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the join and `pipeline` give before any input, after the inputs' own (`from_*`).
+    fn start(
+        &mut self,
+        from_left: Vec<RecordBatch>,
+        from_right: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = self.feed(from_left, from_right)?;
+        out.extend(self.pipeline.start()?);
+        Ok(out)
+    }
+
+    /// Feeds the inputs' releases, then passes the join's watermark `own` on, if it moved.
+    fn on_watermark(
+        &mut self,
+        own: Option<i64>,
+        from_left: Vec<RecordBatch>,
+        from_right: Vec<RecordBatch>,
+    ) -> Result<Vec<RecordBatch>> {
+        let mut out = self.feed(from_left, from_right)?;
+        if let Some(w) = own.filter(|&w| self.watermark != Some(w)) {
+            self.watermark = Some(w);
+            let since = crate::stats::start();
+            let released = self.join.on_watermark(w)?;
+            self.stats.watermark(w);
+            let released_rows = released.iter().map(RecordBatch::num_rows).sum();
+            self.stats.record(0, released_rows, since);
+            for b in released {
+                out.extend(self.pipeline.process_batch(b)?);
+            }
+            out.extend(self.pipeline.on_watermark(w)?);
+        }
+        Ok(out)
+    }
+
+    fn measure_state(&self) -> usize {
+        let own = self.join.state_bytes();
+        self.stats.state(own, self.join.state_rows());
+        own + self.pipeline.measure_state()
+    }
+
+    fn state_bytes(&self) -> usize {
+        self.join.state_bytes() + self.pipeline.state_bytes()
+    }
+
+    fn late_rows(&self) -> u64 {
+        self.join.late_rows() + self.pipeline.late_rows()
+    }
+
+    fn take_late(&mut self, late: &mut Vec<RecordBatch>) {
+        late.extend(self.join.take_late());
+        late.extend(self.pipeline.take_late());
+    }
+
+    fn snapshot(&mut self, out: &mut Vec<OperatorState>) -> Result<()> {
+        let mut state = self.join.snapshot()?;
+        state.values.push(self.watermark);
+        out.push(state);
+        self.pipeline.snapshot(out)
+    }
+
+    /// Restores the join and the watermark it was last given, then `pipeline`.
+    fn restore(&mut self, parts: &mut dyn Iterator<Item = OperatorState>) -> Result<()> {
+        let mut state = parts.next().ok_or_else(|| {
+            Error::Corrupt("checkpoint has fewer operator states than the plan".into())
+        })?;
+        self.watermark = state
+            .values
+            .pop()
+            .ok_or_else(|| Error::Corrupt("checkpoint lacks a join's watermark".into()))?;
+        self.join.restore(state)?;
+        self.pipeline.restore(parts)
+    }
+
+    /// The join's place in `out`, the parent of every operator after `first` still without
+    /// one (the tops of its inputs).
+    fn place(&self, out: &mut Vec<OperatorPlace>, first: usize) -> usize {
+        let join = out.len();
+        for place in &mut out[first..] {
+            if place.parent.is_none() {
+                place.parent = Some(join);
+            }
+        }
+        out.push(OperatorPlace {
+            input: "join".to_string(),
+            parent: None,
+            stats: Arc::clone(&self.stats),
+        });
+        join
+    }
+}
+
 /// One node of a query's operator tree; the root's output is the query's result.
 #[derive(Debug)]
 pub enum Dataflow {
@@ -56,20 +169,14 @@ pub enum Dataflow {
         /// The operators applied to the source's rows.
         pipeline: Pipeline,
     },
-    /// The outputs of two subtrees combined by `join`, then `pipeline`.
+    /// The outputs of two subtrees combined by a join.
     Join {
         /// The first input.
         left: Box<Dataflow>,
         /// The second input.
         right: Box<Dataflow>,
-        /// The two-input operator.
-        join: Box<dyn BinaryOperator>,
-        /// The operators applied to the join's output.
-        pipeline: Pipeline,
-        /// The watermark last passed to `join`.
-        watermark: Option<i64>,
-        /// The join's counters.
-        stats: Arc<OperatorStats>,
+        /// The join and the operators over its output.
+        stage: JoinStage,
     },
     /// One subtree feeding both inputs of a join (a subplan the query uses twice, as Nexmark
     /// q5's two sides or a view joined with itself): computed once, its rows go through `left`
@@ -81,14 +188,8 @@ pub enum Dataflow {
         left: Pipeline,
         /// The operators between it and the join's second input.
         right: Pipeline,
-        /// The two-input operator.
-        join: Box<dyn BinaryOperator>,
-        /// The operators applied to the join's output.
-        pipeline: Pipeline,
-        /// The watermark last passed to `join`.
-        watermark: Option<i64>,
-        /// The join's counters.
-        stats: Arc<OperatorStats>,
+        /// The join and the operators over its output.
+        stage: JoinStage,
     },
 }
 
@@ -103,20 +204,25 @@ fn indent(lines: &mut Vec<String>, name: &str, sub: Vec<String>) {
     }
 }
 
-/// Restores a join and the watermark it was last given from the next of `parts`.
-fn restore_join(
-    join: &mut dyn BinaryOperator,
-    watermark: &mut Option<i64>,
-    parts: &mut dyn Iterator<Item = OperatorState>,
-) -> Result<()> {
-    let mut state = parts.next().ok_or_else(|| {
-        Error::Corrupt("checkpoint has fewer operator states than the plan".into())
-    })?;
-    *watermark = state
-        .values
-        .pop()
-        .ok_or_else(|| Error::Corrupt("checkpoint lacks a join's watermark".into()))?;
-    join.restore(state)
+/// Adds `pipeline`'s operators to `out` as reading `input`, each the parent of the one before
+/// (the first, of `below`).
+fn push_places(
+    out: &mut Vec<OperatorPlace>,
+    input: &str,
+    pipeline: &Pipeline,
+    mut below: Option<usize>,
+) {
+    for s in pipeline.stats() {
+        if let Some(b) = below {
+            out[b].parent = Some(out.len());
+        }
+        below = Some(out.len());
+        out.push(OperatorPlace {
+            input: input.to_string(),
+            parent: None,
+            stats: Arc::clone(s),
+        });
+    }
 }
 
 /// `batches` through `pipeline`, one after another.
@@ -144,14 +250,10 @@ impl Dataflow {
         join: Box<dyn BinaryOperator>,
         pipeline: Pipeline,
     ) -> Self {
-        let stats = Arc::new(OperatorStats::new("Join", join.explain()));
         Self::Join {
             left: Box::new(left),
             right: Box::new(right),
-            join,
-            pipeline,
-            watermark: None,
-            stats,
+            stage: JoinStage::new(join, pipeline),
         }
     }
 
@@ -164,15 +266,11 @@ impl Dataflow {
         join: Box<dyn BinaryOperator>,
         pipeline: Pipeline,
     ) -> Self {
-        let stats = Arc::new(OperatorStats::new("Join", join.explain()));
         Self::Fork {
             input: Box::new(input),
             left,
             right,
-            join,
-            pipeline,
-            watermark: None,
-            stats,
+            stage: JoinStage::new(join, pipeline),
         }
     }
 
@@ -184,9 +282,8 @@ impl Dataflow {
     /// The pipeline at the top of this node.
     pub fn pipeline(&self) -> &Pipeline {
         match self {
-            Self::Source { pipeline, .. }
-            | Self::Join { pipeline, .. }
-            | Self::Fork { pipeline, .. } => pipeline,
+            Self::Source { pipeline, .. } => pipeline,
+            Self::Join { stage, .. } | Self::Fork { stage, .. } => &stage.pipeline,
         }
     }
 
@@ -216,34 +313,22 @@ impl Dataflow {
                     Ok(Vec::new())
                 }
             }
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                stats,
-                ..
-            } => {
+            Self::Join { left, right, stage } => {
                 let from_left = left.process_batch(source, batch)?;
                 let from_right = right.process_batch(source, batch)?;
-                join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)
+                stage.feed(from_left, from_right)
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                stats,
-                ..
+                stage,
             } => {
                 let shared = input.process_batch(source, batch)?;
                 if shared.is_empty() {
                     return Ok(Vec::new());
                 }
-                let from_left = through(left, &shared)?;
-                let from_right = through(right, &shared)?;
-                join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)
+                stage.feed(through(left, &shared)?, through(right, &shared)?)
             }
         }
     }
@@ -252,37 +337,23 @@ impl Dataflow {
     pub fn start(&mut self) -> Result<Vec<RecordBatch>> {
         match self {
             Self::Source { pipeline, .. } => pipeline.start(),
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                stats,
-                ..
-            } => {
+            Self::Join { left, right, stage } => {
                 let from_left = left.start()?;
                 let from_right = right.start()?;
-                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
-                out.extend(pipeline.start()?);
-                Ok(out)
+                stage.start(from_left, from_right)
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                stats,
-                ..
+                stage,
             } => {
                 let shared = input.start()?;
                 let mut from_left = through(left, &shared)?;
                 from_left.extend(left.start()?);
                 let mut from_right = through(right, &shared)?;
                 from_right.extend(right.start()?);
-                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
-                out.extend(pipeline.start()?);
-                Ok(out)
+                stage.start(from_left, from_right)
             }
         }
     }
@@ -307,38 +378,16 @@ impl Dataflow {
                 Some(w) => pipeline.on_watermark(w),
                 None => Ok(Vec::new()),
             },
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                watermark,
-                stats,
-            } => {
+            Self::Join { left, right, stage } => {
                 let from_left = left.on_watermark(sources)?;
                 let from_right = right.on_watermark(sources)?;
-                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
-                if let Some(w) = own.filter(|&w| *watermark != Some(w)) {
-                    *watermark = Some(w);
-                    let since = crate::stats::start();
-                    let released = join.on_watermark(w)?;
-                    stats.watermark(w);
-                    stats.record(0, released.iter().map(RecordBatch::num_rows).sum(), since);
-                    for b in released {
-                        out.extend(pipeline.process_batch(b)?);
-                    }
-                    out.extend(pipeline.on_watermark(w)?);
-                }
-                Ok(out)
+                stage.on_watermark(own, from_left, from_right)
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                watermark,
-                stats,
+                stage,
             } => {
                 let shared = input.on_watermark(sources)?;
                 let mut from_left = through(left, &shared)?;
@@ -347,19 +396,7 @@ impl Dataflow {
                     from_left.extend(left.on_watermark(w)?);
                     from_right.extend(right.on_watermark(w)?);
                 }
-                let mut out = join_inputs(join.as_mut(), stats, pipeline, from_left, from_right)?;
-                if let Some(w) = own.filter(|&w| *watermark != Some(w)) {
-                    *watermark = Some(w);
-                    let since = crate::stats::start();
-                    let released = join.on_watermark(w)?;
-                    stats.watermark(w);
-                    stats.record(0, released.iter().map(RecordBatch::num_rows).sum(), since);
-                    for b in released {
-                        out.extend(pipeline.process_batch(b)?);
-                    }
-                    out.extend(pipeline.on_watermark(w)?);
-                }
-                Ok(out)
+                stage.on_watermark(own, from_left, from_right)
             }
         }
     }
@@ -368,16 +405,14 @@ impl Dataflow {
     pub fn limit_memory(&mut self, bytes: usize) {
         match self {
             Self::Source { .. } => {}
-            Self::Join {
-                left, right, join, ..
-            } => {
+            Self::Join { left, right, stage } => {
                 left.limit_memory(bytes);
                 right.limit_memory(bytes);
-                join.limit_memory(bytes);
+                stage.join.limit_memory(bytes);
             }
-            Self::Fork { input, join, .. } => {
+            Self::Fork { input, stage, .. } => {
                 input.limit_memory(bytes);
-                join.limit_memory(bytes);
+                stage.join.limit_memory(bytes);
             }
         }
     }
@@ -386,34 +421,19 @@ impl Dataflow {
     pub fn measure_state(&self) -> usize {
         match self {
             Self::Source { pipeline, .. } => pipeline.measure_state(),
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                stats,
-                ..
-            } => {
-                let own = join.state_bytes();
-                stats.state(own, join.state_rows());
-                left.measure_state() + right.measure_state() + own + pipeline.measure_state()
+            Self::Join { left, right, stage } => {
+                left.measure_state() + right.measure_state() + stage.measure_state()
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                stats,
-                ..
+                stage,
             } => {
-                let own = join.state_bytes();
-                stats.state(own, join.state_rows());
                 input.measure_state()
                     + left.measure_state()
                     + right.measure_state()
-                    + own
-                    + pipeline.measure_state()
+                    + stage.measure_state()
             }
         }
     }
@@ -429,113 +449,47 @@ impl Dataflow {
     /// Adds this subtree's operators to `out`, inputs first; the subtree's top operator (if it
     /// has any) is left without a parent, for the caller to set.
     fn places(&self, out: &mut Vec<OperatorPlace>) {
-        // The operator below the next one of `pipeline`: the join, over a join.
-        let (input, pipeline, mut below) = match self {
-            Self::Source { source, pipeline } => (format!("source {source}"), pipeline, None),
-            Self::Join {
-                left,
-                right,
-                pipeline,
-                stats,
-                ..
-            } => {
-                let first = out.len();
+        let first = out.len();
+        // The operator below the next one of the top pipeline: the join, over a join.
+        let (input, below) = match self {
+            Self::Source { source, .. } => (format!("source {source}"), None),
+            Self::Join { left, right, stage } => {
                 left.places(out);
                 right.places(out);
-                let join = out.len();
-                for place in &mut out[first..] {
-                    if place.parent.is_none() {
-                        place.parent = Some(join);
-                    }
-                }
-                out.push(OperatorPlace {
-                    input: "join".to_string(),
-                    parent: None,
-                    stats: Arc::clone(stats),
-                });
-                ("join".to_string(), pipeline, Some(join))
+                ("join".to_string(), Some(stage.place(out, first)))
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                pipeline,
-                stats,
-                ..
+                stage,
             } => {
-                let first = out.len();
                 input.places(out);
-                let shared_top = (first..out.len()).find(|&i| out[i].parent.is_none());
                 // The shared input feeds both sides; as a tree, it hangs under the first.
-                let mut side_tops = Vec::new();
-                for (k, side) in [left, right].into_iter().enumerate() {
-                    let mut below = if k == 0 { shared_top } else { None };
-                    for s in side.stats() {
-                        if let Some(b) = below {
-                            out[b].parent = Some(out.len());
-                        }
-                        below = Some(out.len());
-                        out.push(OperatorPlace {
-                            input: "shared".to_string(),
-                            parent: None,
-                            stats: Arc::clone(s),
-                        });
-                    }
-                    side_tops.push(below);
-                }
-                let join = out.len();
-                for top in side_tops.into_iter().flatten() {
-                    out[top].parent = Some(join);
-                }
-                out.push(OperatorPlace {
-                    input: "join".to_string(),
-                    parent: None,
-                    stats: Arc::clone(stats),
-                });
-                ("join".to_string(), pipeline, Some(join))
+                let shared_top = (first..out.len()).find(|&i| out[i].parent.is_none());
+                push_places(out, "shared", left, shared_top);
+                push_places(out, "shared", right, None);
+                // The sides' tops (or the shared input's, under an empty side) feed the join.
+                ("join".to_string(), Some(stage.place(out, first)))
             }
         };
-        for s in pipeline.stats() {
-            if let Some(b) = below {
-                out[b].parent = Some(out.len());
-            }
-            below = Some(out.len());
-            out.push(OperatorPlace {
-                input: input.clone(),
-                parent: None,
-                stats: Arc::clone(s),
-            });
-        }
+        push_places(out, &input, self.pipeline(), below);
     }
+
     /// Bytes of memory the state of every operator holds.
     pub fn state_bytes(&self) -> usize {
         match self {
             Self::Source { pipeline, .. } => pipeline.state_bytes(),
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                ..
-            } => {
-                left.state_bytes()
-                    + right.state_bytes()
-                    + join.state_bytes()
-                    + pipeline.state_bytes()
+            Self::Join { left, right, stage } => {
+                left.state_bytes() + right.state_bytes() + stage.state_bytes()
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                ..
+                stage,
             } => {
-                input.state_bytes()
-                    + left.state_bytes()
-                    + right.state_bytes()
-                    + join.state_bytes()
-                    + pipeline.state_bytes()
+                input.state_bytes() + left.state_bytes() + right.state_bytes() + stage.state_bytes()
             }
         }
     }
@@ -544,27 +498,15 @@ impl Dataflow {
     pub fn late_rows(&self) -> u64 {
         match self {
             Self::Source { pipeline, .. } => pipeline.late_rows(),
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                ..
-            } => left.late_rows() + right.late_rows() + join.late_rows() + pipeline.late_rows(),
+            Self::Join { left, right, stage } => {
+                left.late_rows() + right.late_rows() + stage.late_rows()
+            }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                ..
-            } => {
-                input.late_rows()
-                    + left.late_rows()
-                    + right.late_rows()
-                    + join.late_rows()
-                    + pipeline.late_rows()
-            }
+                stage,
+            } => input.late_rows() + left.late_rows() + right.late_rows() + stage.late_rows(),
         }
     }
 
@@ -572,32 +514,22 @@ impl Dataflow {
     pub fn take_late(&mut self) -> Vec<RecordBatch> {
         match self {
             Self::Source { pipeline, .. } => pipeline.take_late(),
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                ..
-            } => {
+            Self::Join { left, right, stage } => {
                 let mut late = left.take_late();
                 late.extend(right.take_late());
-                late.extend(join.take_late());
-                late.extend(pipeline.take_late());
+                stage.take_late(&mut late);
                 late
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                ..
+                stage,
             } => {
                 let mut late = input.take_late();
                 late.extend(left.take_late());
                 late.extend(right.take_late());
-                late.extend(join.take_late());
-                late.extend(pipeline.take_late());
+                stage.take_late(&mut late);
                 late
             }
         }
@@ -607,37 +539,21 @@ impl Dataflow {
     pub fn snapshot(&mut self, out: &mut Vec<OperatorState>) -> Result<()> {
         match self {
             Self::Source { pipeline, .. } => pipeline.snapshot(out),
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                watermark,
-                ..
-            } => {
+            Self::Join { left, right, stage } => {
                 left.snapshot(out)?;
                 right.snapshot(out)?;
-                let mut state = join.snapshot()?;
-                state.values.push(*watermark);
-                out.push(state);
-                pipeline.snapshot(out)
+                stage.snapshot(out)
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                watermark,
-                ..
+                stage,
             } => {
                 input.snapshot(out)?;
                 left.snapshot(out)?;
                 right.snapshot(out)?;
-                let mut state = join.snapshot()?;
-                state.values.push(*watermark);
-                out.push(state);
-                pipeline.snapshot(out)
+                stage.snapshot(out)
             }
         }
     }
@@ -646,72 +562,43 @@ impl Dataflow {
     pub fn restore(&mut self, parts: &mut dyn Iterator<Item = OperatorState>) -> Result<()> {
         match self {
             Self::Source { pipeline, .. } => pipeline.restore(parts),
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                watermark,
-                ..
-            } => {
+            Self::Join { left, right, stage } => {
                 left.restore(parts)?;
                 right.restore(parts)?;
-                restore_join(join.as_mut(), watermark, parts)?;
-                pipeline.restore(parts)
+                stage.restore(parts)
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                watermark,
-                ..
+                stage,
             } => {
                 input.restore(parts)?;
                 left.restore(parts)?;
                 right.restore(parts)?;
-                restore_join(join.as_mut(), watermark, parts)?;
-                pipeline.restore(parts)
+                stage.restore(parts)
             }
         }
     }
 
     /// The operator tree for EXPLAIN, top first; `source` names source number `i`.
     pub fn explain(&self, source: &dyn Fn(usize) -> Vec<String>) -> Vec<String> {
+        let mut lines = self.pipeline().explain();
         match self {
-            Self::Source {
-                source: s,
-                pipeline,
-            } => {
-                let mut lines = pipeline.explain();
-                lines.extend(source(*s));
-                lines
-            }
-            Self::Join {
-                left,
-                right,
-                join,
-                pipeline,
-                ..
-            } => {
-                let mut lines = pipeline.explain();
-                lines.push(join.explain());
+            Self::Source { source: s, .. } => lines.extend(source(*s)),
+            Self::Join { left, right, stage } => {
+                lines.push(stage.join.explain());
                 for (name, input) in [("left", left), ("right", right)] {
                     indent(&mut lines, name, input.explain(source));
                 }
-                lines
             }
             Self::Fork {
                 input,
                 left,
                 right,
-                join,
-                pipeline,
-                ..
+                stage,
             } => {
-                let mut lines = pipeline.explain();
-                lines.push(join.explain());
+                lines.push(stage.join.explain());
                 for (name, side) in [("left", left), ("right", right)] {
                     let mut sub = side.explain();
                     sub.push("the shared input below".to_string());
@@ -722,9 +609,9 @@ impl Dataflow {
                     "shared (computed once, read by both sides)",
                     input.explain(source),
                 );
-                lines
             }
         }
+        lines
     }
 
     /// Checks that the tree ends at `output` (same column types), plus `extra` trailing columns

@@ -423,6 +423,11 @@ impl Output {
 /// take at most about a fifth of the time (Flink's minimum pause between checkpoints).
 const PAUSE_PER_COST: u32 = 4;
 
+/// How long after a checkpoint that cost `cost` the next one waits, at `interval` apart.
+fn checkpoint_wait(interval: Duration, cost: Duration) -> Duration {
+    interval.max(cost.saturating_mul(PAUSE_PER_COST))
+}
+
 /// Takes and restores a query's checkpoints.
 ///
 /// The query's thread takes each snapshot between two batches (so it is consistent); a writer
@@ -644,8 +649,8 @@ impl Checkpointer {
     fn due(&self) -> bool {
         let cost =
             self.snapshot_cost + Duration::from_millis(self.write_ms.load(Ordering::Relaxed));
-        let wait = self.spec.interval.max(cost.saturating_mul(PAUSE_PER_COST));
-        self.last.elapsed() >= wait && !self.busy.load(Ordering::Acquire)
+        self.last.elapsed() >= checkpoint_wait(self.spec.interval, cost)
+            && !self.busy.load(Ordering::Acquire)
     }
 
     /// Snapshots the query as it is now and hands the snapshot to the writer. A failure to
@@ -988,4 +993,23 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::checkpoint_wait;
+
+    #[test]
+    fn a_costly_checkpoint_pauses_the_next_four_times_its_cost() {
+        let second = Duration::from_secs(1);
+        // Small states checkpoint every interval.
+        assert_eq!(checkpoint_wait(second, Duration::from_millis(20)), second);
+        // A checkpoint of 3 s: the next waits 12 s, so checkpoints take a fifth of the time.
+        assert_eq!(
+            checkpoint_wait(second, Duration::from_secs(3)),
+            Duration::from_secs(12)
+        );
+    }
 }

@@ -83,12 +83,10 @@ impl Users {
             return false;
         };
         let given = gen_salted_password(password, salt, SCRAM_ITERATIONS);
-        given.len() == salted.len()
-            && given
-                .iter()
-                .zip(salted)
-                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-                == 0
+        bool::from(subtle::ConstantTimeEq::ct_eq(
+            given.as_slice(),
+            salted.as_slice(),
+        ))
     }
 
     /// How many users there are.

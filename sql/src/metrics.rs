@@ -208,7 +208,7 @@ pub fn views_json(registry: &Registry) -> serde_json::Value {
                 "failed": p.error.as_ref().map(|e| e.message.clone()),
                 "definition": v.def.query,
                 "events_per_s": crate::providers::system::events_per_s(v),
-                "lag_seconds": p.watermark_ns.map(lag_seconds),
+                "lag_seconds": p.watermark_ns.map(crate::providers::system::lag_seconds),
                 "rate_history": history,
                 "operators": operators,
             })
@@ -239,14 +239,6 @@ fn rate_history(places: &[weir_engine::dataflow::OperatorPlace]) -> Vec<(f64, f6
         }
     }
     total
-}
-
-/// Seconds from event time `watermark_ns` to now (negative for a watermark in the future).
-fn lag_seconds(watermark_ns: i64) -> f64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    (now - watermark_ns) as f64 / 1e9
 }
 
 /// Whether every view has caught up with its sources and none has failed (`/readyz`): `Ok`, or

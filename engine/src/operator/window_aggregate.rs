@@ -172,13 +172,18 @@ impl WindowAggregateOperator {
                 WindowEdge::Start => self.size_ns,
                 WindowEdge::End => 0,
             };
-            // Rows without a window (late, dropped) need not hold anything.
-            let holds = (0..raw.len()).all(|i| {
-                ends.is_null(i)
-                    || (raw.is_valid(i)
-                        && raw.value(i).saturating_mul(unit).saturating_add(offset)
-                            == ends.value(i))
-            });
+            let end_of = |v: i64| v.saturating_mul(unit).saturating_add(offset);
+            let holds = if ends.null_count() == 0 && raw.null_count() == 0 {
+                raw.values()
+                    .iter()
+                    .zip(ends.values())
+                    .all(|(&v, &end)| end_of(v) == end)
+            } else {
+                // Rows without a window (late, dropped) need not hold anything.
+                (0..raw.len()).all(|i| {
+                    ends.is_null(i) || (raw.is_valid(i) && end_of(raw.value(i)) == ends.value(i))
+                })
+            };
             if !holds {
                 return Err(Error::Internal(format!(
                     "group column {name} does not hold its rows' window {}; this is a bug",
@@ -670,20 +675,18 @@ impl Operator for WindowAggregateOperator {
         } else {
             String::new()
         };
-        let hashed: Vec<&str> = self
+        let (hashed, edges): (Vec<_>, Vec<_>) = self
             .group_names
             .iter()
             .zip(&self.edges)
-            .filter(|(_, e)| e.is_none())
-            .map(|(n, _)| n.as_str())
-            .collect();
-        let edges: Vec<&str> = self
-            .group_names
-            .iter()
-            .zip(&self.edges)
-            .filter(|(_, e)| e.is_some())
-            .map(|(n, _)| n.as_str())
-            .collect();
+            .partition(|(_, e)| e.is_none());
+        let names = |columns: Vec<(&String, &Option<WindowEdge>)>| {
+            columns
+                .into_iter()
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>()
+        };
+        let (hashed, edges) = (names(hashed), names(edges));
         let edges = if edges.is_empty() {
             String::new()
         } else {
@@ -841,6 +844,18 @@ mod tests {
         assert_eq!(expected, vec![(0, 1, 2, 8), (0, 2, 1, 7), (10, 1, 1, 1)]);
         assert_eq!(rows(&edged.on_watermark(20 * S).expect("wm")), expected);
         assert_eq!(rows(&restored.on_watermark(20 * S).expect("wm")), expected);
+        // A column that does not hold the edge it is taken for fails the batch, not merges
+        // groups: window_start taken for the window's end.
+        let mut wrong = operator(Emit::OnWindowClose)
+            .with_window_edges(&[(0, WindowEdge::End)])
+            .expect("edges");
+        let e = wrong
+            .process_batch(input)
+            .expect_err("a start is not an end");
+        assert!(
+            e.to_string().contains("does not hold its rows' window end"),
+            "{e}"
+        );
         // Every group column a window edge: nothing would be hashed, so all stay hashed.
         let all = operator(Emit::OnWindowClose)
             .with_window_edges(&[(0, WindowEdge::Start), (1, WindowEdge::End)])

@@ -142,9 +142,6 @@ impl TableProvider for ViewProgressTable {
         let mut epochs = Vec::new();
         let mut checkpointed = Vec::new();
         let (mut rates, mut lags, mut held) = (Vec::new(), Vec::new(), Vec::new());
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
         for v in &views {
             let p = v.table.progress();
             names.push(v.def.name.clone());
@@ -154,7 +151,7 @@ impl TableProvider for ViewProgressTable {
             epochs.push(p.checkpoint.map(|c| c.0 as i64));
             checkpointed.push(p.checkpoint.map(|c| c.1 as i64));
             rates.push(events_per_s(v));
-            lags.push(p.watermark_ns.map(|w| (now_ns - w) as f64 / 1e9));
+            lags.push(p.watermark_ns.map(lag_seconds));
             held.push(held_back_by(v, &p));
         }
         let batch = RecordBatch::try_new(
@@ -196,23 +193,24 @@ pub(crate) fn events_per_s(view: &crate::catalog::ViewEntry) -> Option<f64> {
     total
 }
 
+/// Seconds from event time `watermark_ns` to now (negative for a watermark in the future):
+/// how far a view's results are behind the wall clock.
+pub(crate) fn lag_seconds(watermark_ns: i64) -> f64 {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    (now_ns - watermark_ns) as f64 / 1e9
+}
+
 /// `stream/partition` of the active source partition with the lowest watermark, if any.
 fn held_back_by(
     view: &crate::catalog::ViewEntry,
     progress: &weir_engine::result_table::Progress,
 ) -> Option<String> {
-    progress
-        .partitions
-        .iter()
-        .enumerate()
-        .flat_map(|(s, parts)| parts.iter().enumerate().map(move |(i, p)| (s, i, p)))
-        .filter(|(_, _, p)| p.active)
-        .filter_map(|(s, i, p)| p.watermark_ns.map(|w| (w, s, i)))
-        .min()
-        .map(|(_, s, i)| {
-            let name = view.sources.get(s).map_or("?", |e| e.def.name.as_str());
-            format!("{name}/{i}")
-        })
+    super::watermarks::lowest_active(progress).map(|(s, i, ..)| {
+        let name = view.sources.get(s).map_or("?", |e| e.def.name.as_str());
+        format!("{name}/{i}")
+    })
 }
 
 /// `weir_connectors`: every external source and sink, as it is now.

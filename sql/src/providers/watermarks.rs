@@ -45,13 +45,7 @@ pub(crate) fn watermarks_table(registry: &Registry) -> Result<Arc<dyn TableProvi
     let (mut view_watermark, mut holds_back) = (Vec::new(), Vec::new());
     for entry in registry.queries() {
         let progress = entry.table.progress();
-        let lowest = progress
-            .partitions
-            .iter()
-            .flatten()
-            .filter(|p| p.active)
-            .filter_map(|p| p.watermark_ns)
-            .min();
+        let lowest = lowest_active(&progress).map(|(_, _, w, _)| w);
         for (s, partitions) in progress.partitions.iter().enumerate() {
             let name = entry
                 .sources
@@ -88,4 +82,19 @@ pub(crate) fn watermarks_table(registry: &Registry) -> Result<Arc<dyn TableProvi
     )?;
     let table = datafusion::datasource::MemTable::try_new(schema, vec![vec![batch]])?;
     Ok(Arc::new(table))
+}
+
+/// The active source partition with the lowest watermark (the one windows wait for), if any:
+/// its source's position, its own, its watermark and when it last had data.
+pub(crate) fn lowest_active(
+    progress: &weir_engine::result_table::Progress,
+) -> Option<(usize, usize, i64, Option<Instant>)> {
+    progress
+        .partitions
+        .iter()
+        .enumerate()
+        .flat_map(|(s, parts)| parts.iter().enumerate().map(move |(i, p)| (s, i, p)))
+        .filter(|(_, _, p)| p.active)
+        .filter_map(|(s, i, p)| p.watermark_ns.map(|w| (s, i, w, p.last_data)))
+        .min_by_key(|&(s, i, w, _)| (w, s, i))
 }

@@ -79,23 +79,17 @@ fn timestamp_arg(e: &Expr) -> Option<i64> {
 
 /// The partition holding `view`'s watermark back, if one does: its name, watermark, seconds
 /// since its last event, and the idle timeout after which it stops counting.
-fn holder(view: &ViewEntry, now: Instant) -> Option<(String, i64, Option<f64>, u64)> {
-    let progress = view.table.progress();
-    progress
-        .partitions
-        .iter()
-        .enumerate()
-        .flat_map(|(s, parts)| parts.iter().enumerate().map(move |(i, p)| (s, i, p)))
-        .filter(|(_, _, p)| p.active)
-        .filter_map(|(s, i, p)| p.watermark_ns.map(|w| (w, s, i, p.last_data)))
-        .min_by_key(|(w, ..)| *w)
-        .map(|(w, s, i, last)| {
-            let source = view.sources.get(s);
-            let name = source.map_or("?", |e| e.def.name.as_str());
-            let idle = source.map_or(0, |e| e.def.idle_timeout_ms);
-            let since = last.map(|t| now.saturating_duration_since(t).as_secs_f64());
-            (format!("{name}/{i}"), w, since, idle)
-        })
+fn holder(
+    view: &ViewEntry,
+    progress: &weir_engine::result_table::Progress,
+    now: Instant,
+) -> Option<(String, i64, Option<f64>, u64)> {
+    let (s, i, w, last) = super::watermarks::lowest_active(progress)?;
+    let source = view.sources.get(s);
+    let name = source.map_or("?", |e| e.def.name.as_str());
+    let idle = source.map_or(0, |e| e.def.idle_timeout_ms);
+    let since = last.map(|t| now.saturating_duration_since(t).as_secs_f64());
+    Some((format!("{name}/{i}"), w, since, idle))
 }
 
 /// The answer for `view` and, if given, the window ending at `end` (ns).
@@ -103,7 +97,7 @@ fn answer(view: &ViewEntry, end: Option<i64>) -> datafusion::error::Result<Recor
     let now = Instant::now();
     let progress = view.table.progress();
     let watermark = progress.watermark_ns;
-    let held = holder(view, now);
+    let held = holder(view, &progress, now);
     let committed: u64 = view.source_offsets().iter().sum();
     let backlog = committed.saturating_sub(view.table.read());
     let stamp = |ns: i64| {

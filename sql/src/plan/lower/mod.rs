@@ -87,6 +87,13 @@ impl Built {
         }
     }
 
+    /// The schema of the rows the subtree gives: its last operator's, or its base's.
+    pub(crate) fn output_schema(&self) -> SchemaRef {
+        self.operators
+            .last()
+            .map_or_else(|| Arc::clone(&self.input), |o| o.schema())
+    }
+
     pub(crate) fn into_dataflow(self) -> Result<Dataflow> {
         let pipeline = Pipeline::new(self.input, self.operators);
         Ok(match self.base {
@@ -106,6 +113,24 @@ impl Built {
 
 pub(crate) fn arrow_schema(plan: &LogicalPlan) -> SchemaRef {
     Arc::new(plan.schema().as_arrow().clone())
+}
+
+/// Columns `indices` of `schema`, each under its own name: the expressions of a projection
+/// that keeps them.
+pub(crate) fn column_exprs(
+    schema: &SchemaRef,
+    indices: &[usize],
+) -> Vec<(Arc<dyn PhysicalExpr>, String)> {
+    indices
+        .iter()
+        .map(|&i| {
+            let name = schema.field(i).name().clone();
+            (
+                Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
+                name,
+            )
+        })
+        .collect()
 }
 
 /// The column of `times` that holds the event time, which a `state_ttl` counts from; `what`
@@ -437,20 +462,8 @@ impl Planner<'_> {
             return Err(unsupported(&format!("reading {}", scan.table_name)));
         };
         if let Some(projection) = &projection {
-            let schema = built
-                .operators
-                .last()
-                .map_or_else(|| Arc::clone(&built.input), |o| o.schema());
-            let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
-                .iter()
-                .map(|&i| {
-                    let name = schema.field(i).name().clone();
-                    (
-                        Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
-                        name,
-                    )
-                })
-                .collect();
+            let schema = built.output_schema();
+            let mut exprs = column_exprs(&schema, projection);
             if let Some(key) = &built.key {
                 let mapped: Option<Vec<usize>> = key
                     .iter()

@@ -168,10 +168,7 @@ impl Planner<'_> {
             });
         };
         let built = self.build(&common)?;
-        let output = built
-            .operators
-            .last()
-            .map_or_else(|| Arc::clone(&built.input), |o| o.schema());
+        let output = built.output_schema();
         let template = Built {
             base: Base::Shared,
             input: output,

@@ -1,13 +1,9 @@
 //! Lowering of the window table functions: the rows they window (a stream, a view's query
 //! inlined, or a subquery), then the window assigner.
 
-use std::sync::Arc;
-
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::expressions::Column;
 use weir_engine::operator::{Operator, ProjectionOperator};
 
-use super::{Built, Planner, derived_window_input, unsupported};
+use super::{Built, Planner, column_exprs, derived_window_input, unsupported};
 use crate::Error;
 use crate::Result;
 use crate::plan::bounds::TimeColumn;
@@ -73,20 +69,8 @@ impl Planner<'_> {
             keep.filter(|k| k.len() < width_in && built.key.is_none() && built.trailer().is_none());
         let (operator, time_index) = match keep {
             Some(keep) => {
-                let current = built
-                    .operators
-                    .last()
-                    .map_or_else(|| Arc::clone(&built.input), |o| o.schema());
-                let exprs = keep
-                    .iter()
-                    .map(|&i| {
-                        let name = current.field(i).name().clone();
-                        (
-                            Arc::new(Column::new(&name, i)) as Arc<dyn PhysicalExpr>,
-                            name,
-                        )
-                    })
-                    .collect();
+                let current = built.output_schema();
+                let exprs = column_exprs(&current, keep);
                 let projection = ProjectionOperator::try_new(exprs, &current)?;
                 let time_index = keep
                     .iter()
