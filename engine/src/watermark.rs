@@ -1,12 +1,26 @@
-//! Event-time watermarks: per partition, combined as the minimum over active partitions.
+//! Event-time watermarks: per partition, combined as the minimum over active partitions; and
+//! the processing-time clock that stamps rows and drives processing-time watermarks.
 
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::{cast, max};
 use datafusion::arrow::datatypes::{DataType, TimeUnit, TimestampNanosecondType};
 
 use crate::{Error, Result};
+
+/// Processing time: milliseconds since the epoch by the wall clock, never going back (a step
+/// back of the system clock holds it where it was). `PROCTIME()` stamps rows with it and a
+/// processing-time query's watermark is read from it, so a row stamped after a watermark was
+/// taken is never behind that watermark.
+pub fn processing_time_ms() -> i64 {
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    LAST.fetch_max(now, Ordering::AcqRel).max(now)
+}
 
 /// Nanoseconds in one unit of `unit`.
 pub fn unit_nanos(unit: TimeUnit) -> i64 {
@@ -154,6 +168,24 @@ impl WatermarkTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn processing_time_never_goes_back() {
+        let mut last = processing_time_ms();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as i64;
+        assert!(
+            (last - wall).abs() < 60_000,
+            "{last} is the wall clock's {wall}"
+        );
+        for _ in 0..10_000 {
+            let now = processing_time_ms();
+            assert!(now >= last);
+            last = now;
+        }
+    }
 
     #[test]
     fn minimum_over_active_partitions_idle_ones_excluded_never_backwards() {

@@ -270,6 +270,9 @@ impl Session {
         emit: Option<EmitMode>,
     ) -> Result<Output> {
         let h = &self.handler;
+        let mut stmt = stmt;
+        let registry = h.db.registry();
+        crate::syntax::window_plain_views(&mut stmt, &|name| registry.plain_view(name).is_some());
         match kind {
             StatementKind::CreateView(_) => h.create_view(stmt, emit).await,
             StatementKind::ExplainContinuous => h.explain_create_view(stmt, emit).await,

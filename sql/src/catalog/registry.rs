@@ -53,6 +53,8 @@ pub struct ViewEntry {
     pub upstream: Vec<Arc<ViewEntry>>,
     /// The running query; `None` once stopped.
     pub(crate) query: Mutex<Option<RunningQuery>>,
+    /// The query stamps rows with `PROCTIME()`: its watermark is the processing-time clock.
+    pub processing_time: bool,
 }
 
 impl ViewEntry {

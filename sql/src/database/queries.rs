@@ -66,15 +66,19 @@ impl Database {
             .sources
             .iter()
             .map(|s| {
+                // In processing time the clock is the watermark; event times play no part.
                 let (event_time, delay_ns) = match &s.def.watermark {
-                    Some(w) => (s.def.column_index(&w.column), w.delay_ns),
-                    None => (None, 0),
+                    Some(w) if !compiled.processing_time => {
+                        (s.def.column_index(&w.column), w.delay_ns)
+                    }
+                    _ => (None, 0),
                 };
                 SourceSpec {
                     log: Arc::clone(&s.log),
                     event_time,
                     delay_ns,
                     idle_timeout: Duration::from_millis(s.def.idle_timeout_ms),
+                    processing_time: compiled.processing_time,
                 }
             })
             .collect();
@@ -121,6 +125,7 @@ impl Database {
             None => compiled.explain(&def.name),
         };
         let sources = compiled.sources.clone();
+        let processing_time = compiled.processing_time;
         let tables: Vec<String> = compiled.tables.iter().map(|t| t.def.name.clone()).collect();
         let views = compiled.views.clone();
         let checkpoint = CheckpointSpec {
@@ -151,6 +156,7 @@ impl Database {
             plan,
             upstream,
             query: Mutex::new(Some(query)),
+            processing_time,
         }))
     }
 

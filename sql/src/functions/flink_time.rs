@@ -341,9 +341,10 @@ impl ScalarUDFImpl for TimePart {
     }
 }
 
-/// Flink's `PROCTIME()`, refused when planned: a result that depended on when Weir happened to
-/// process each row would differ between a live run, a replay after a restart and a batch
-/// query, which Weir does not allow.
+/// Flink's `PROCTIME()`: the processing time, the moment Weir processes the row, in
+/// milliseconds by the clock continuous queries' processing-time watermarks follow (it never
+/// goes back). A query that calls it runs in processing time; in a batch query it is the time
+/// the query runs.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct ProcTime {
     signature: Signature,
@@ -374,17 +375,13 @@ impl ScalarUDFImpl for ProcTime {
     }
 
     fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
-        Err(datafusion::error::DataFusionError::External(Box::new(
-            crate::Error::NotSupported(
-                "PROCTIME() (processing time) is not supported: Weir's results are defined by \
-                 event time, so that they are the same live, after a restart and in batch. \
-                 Window and join on the stream's event time (its WATERMARK column) instead"
-                    .into(),
-            ),
-        )))
+        Ok(DataType::Timestamp(TimeUnit::Millisecond, None))
     }
 
     fn invoke_with_args(&self, _: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
-        exec_err!("PROCTIME() is not supported")
+        Ok(ColumnarValue::Scalar(ScalarValue::TimestampMillisecond(
+            Some(weir_engine::watermark::processing_time_ms()),
+            None,
+        )))
     }
 }

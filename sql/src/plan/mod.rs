@@ -12,7 +12,7 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::default_table_source::source_as_provider;
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 use weir_engine::dataflow::Dataflow;
@@ -55,6 +55,8 @@ pub struct CompiledView {
     /// first (nothing is behind), then event times passed through (behind by the sources'
     /// largest watermark delay).
     pub watermark: Option<(usize, i64)>,
+    /// The query stamps its rows with `PROCTIME()`: its watermark is the processing-time clock.
+    pub processing_time: bool,
 }
 
 impl CompiledView {
@@ -98,6 +100,10 @@ impl CompiledView {
             };
             let def = &source.def;
             let watermark = match &def.watermark {
+                _ if self.processing_time => {
+                    "Watermark: processing time (the wall clock that PROCTIME() stamps rows with)"
+                        .into()
+                }
                 Some(w) => format!(
                     "Watermark: max({}) - {} per partition, min over active partitions (idle after {}ms)",
                     w.column,
@@ -197,6 +203,45 @@ fn referenced_views(plan: &LogicalPlan) -> Result<Vec<Arc<ViewEntry>>> {
     Ok(views)
 }
 
+/// Whether `e` is a call of `PROCTIME()` (under an alias or not).
+pub(crate) fn is_proctime(e: &Expr) -> bool {
+    match e {
+        Expr::Alias(a) => is_proctime(&a.expr),
+        Expr::ScalarFunction(f) => f.name() == "proctime",
+        _ => false,
+    }
+}
+
+/// Whether `plan` (its subqueries and the subqueries it windows included) calls `PROCTIME()`:
+/// a query that does runs in processing time.
+fn calls_proctime(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = false;
+    let walked = plan.apply_with_subqueries(|node| {
+        let here = node.expressions().iter().any(|e| {
+            e.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if f.name() == "proctime")))
+                .unwrap_or(false)
+        });
+        let windowed = match node {
+            LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
+                .ok()
+                .and_then(|p| match &provider_as::<WindowTable>(&p)?.input {
+                    WindowInput::Query(sub) => Some(calls_proctime(sub)),
+                    _ => None,
+                })
+                .unwrap_or(false),
+            _ => false,
+        };
+        found = here || windowed;
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    walked.is_ok() && found
+}
+
 /// Plans every view `plan` reads, and the views those read, and so on.
 async fn plan_views(
     state: &SessionState,
@@ -277,7 +322,10 @@ pub(crate) async fn compile_query_statement(
     };
     refuse_duplicate_names(&plan)?;
     let view_plans = plan_views(state, &plan).await?;
+    let processing_time =
+        calls_proctime(&plan) || view_plans.values().any(|(p, _)| calls_proctime(p));
     let mut planner = Planner::new(state, options, view_plans);
+    planner.processing_time = processing_time;
     let built = planner.build(&plan)?;
     if built.session_gap_ns.is_some() && !built.aggregated {
         return Err(Error::NotSupported(
@@ -311,6 +359,7 @@ pub(crate) async fn compile_query_statement(
     let delay_ns = planner
         .sources
         .iter()
+        .filter(|_| !processing_time)
         .filter_map(|s| s.def.watermark.as_ref().map(|w| w.delay_ns))
         .max()
         .unwrap_or(0);
@@ -356,5 +405,6 @@ pub(crate) async fn compile_query_statement(
         visibility,
         changelog,
         watermark,
+        processing_time,
     })
 }

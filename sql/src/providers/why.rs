@@ -97,7 +97,7 @@ fn answer(view: &ViewEntry, end: Option<i64>) -> datafusion::error::Result<Recor
     let now = Instant::now();
     let progress = view.table.progress();
     let watermark = progress.watermark_ns;
-    let held = holder(view, &progress, now);
+    let held = holder(view, &progress, now).filter(|_| !view.processing_time);
     let committed: u64 = view.source_offsets().iter().sum();
     let backlog = committed.saturating_sub(view.table.read());
     let stamp = |ns: i64| {
@@ -130,6 +130,17 @@ fn answer(view: &ViewEntry, end: Option<i64>) -> datafusion::error::Result<Recor
             stamp(watermark.unwrap_or_default()),
             progress.late_rows
         )
+    } else if view.processing_time {
+        let mut r = format!(
+            "{window} close{} by processing time: the watermark is the clock PROCTIME() stamps \
+             rows with (now {}), so a window closes when the clock passes its end, events or not",
+            if end.is_some() { "s" } else { "" },
+            stamp(watermark.unwrap_or_default())
+        );
+        if let Some(s) = short_by {
+            r.push_str(&format!(", {s:.1} s from now"));
+        }
+        r
     } else if watermark.is_none() {
         "no watermark yet: no source partition has delivered an event with an event time"
             .to_string()

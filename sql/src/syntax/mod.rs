@@ -11,5 +11,5 @@ pub mod parser;
 pub use classify::{StatementKind, classify, classify_text, command_tag};
 pub use parser::{
     CreateStream, EmitMode, StreamColumn, SubscribeOutput, SubscribeTarget, WeirStatement,
-    normalize, object_name, parse,
+    normalize, object_name, parse, window_plain_views,
 };

@@ -265,6 +265,61 @@ impl VisitorMut for AliasWindows {
     }
 }
 
+/// A window over a plain view by name (`TUMBLE(v, ts, ...)`, or Flink's
+/// `TABLE(TUMBLE(TABLE v, DESCRIPTOR(ts), ...))`) becomes a window over its rows as a subquery,
+/// `TUMBLE((SELECT * FROM v), ts, ...)`, which the planner expands: the parser cannot tell a
+/// plain view from a stream, so this runs where the catalog is known (`is_plain_view`).
+pub fn window_plain_views(stmt: &mut Statement, is_plain_view: &dyn Fn(&str) -> bool) {
+    let _ = stmt.visit(&mut WindowPlainViews(is_plain_view));
+}
+
+struct WindowPlainViews<'a>(&'a dyn Fn(&str) -> bool);
+
+impl VisitorMut for WindowPlainViews<'_> {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            args: Some(args),
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        let function = name.0.last().and_then(|p| p.as_ident()).map(normalize);
+        if !matches!(function.as_deref(), Some("tumble" | "hop" | "session")) {
+            return ControlFlow::Continue(());
+        }
+        let Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(arg))) = args.args.first_mut() else {
+            return ControlFlow::Continue(());
+        };
+        let view = match &*arg {
+            Expr::Identifier(i) => i.clone(),
+            Expr::CompoundIdentifier(parts) if parts.len() <= 3 => match parts.last() {
+                Some(i) => i.clone(),
+                None => return ControlFlow::Continue(()),
+            },
+            _ => return ControlFlow::Continue(()),
+        };
+        if !(self.0)(&normalize(&view)) {
+            return ControlFlow::Continue(());
+        }
+        let text = format!("SELECT * FROM {}", Ident::with_quote('"', normalize(&view)));
+        let query = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(&text)
+            .and_then(|mut p| p.parse_query());
+        if let Ok(query) = query {
+            // As a window over a subquery is passed: see `AliasWindows`.
+            *arg = Expr::Exists {
+                subquery: query,
+                negated: false,
+            };
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 pub(super) fn is_word(token: &Token, word: &str) -> bool {
     matches!(token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }

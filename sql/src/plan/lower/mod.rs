@@ -190,6 +190,9 @@ pub(crate) struct Planner<'a> {
     pub(crate) ttl_applied: bool,
     /// The subplan both sides of the join being lowered share, if they do.
     pub(crate) shared: Option<shared::SharedSubplan>,
+    /// The query stamps rows with `PROCTIME()`: its time is processing time, the sources'
+    /// watermarks follow the clock, and their event-time columns do not follow the watermark.
+    pub(crate) processing_time: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -209,6 +212,7 @@ impl<'a> Planner<'a> {
             rank_limit: None,
             ttl_applied: false,
             shared: None,
+            processing_time: false,
         }
     }
 }
@@ -353,7 +357,8 @@ impl Planner<'_> {
         Ok(built)
     }
 
-    /// A stream's rows, with its event-time column marked.
+    /// A stream's rows, with its event-time column marked (in a processing-time query, which
+    /// follows the clock instead, none).
     pub(crate) fn stream_base(&mut self, entry: &Arc<StreamEntry>) -> Built {
         let mut times = vec![None; entry.schema.fields().len()];
         if let Some(i) = entry
@@ -361,6 +366,7 @@ impl Planner<'_> {
             .watermark
             .as_ref()
             .and_then(|w| entry.def.column_index(&w.column))
+            .filter(|_| !self.processing_time)
         {
             times[i] = Some(TimeColumn::EventTime);
         }
@@ -516,10 +522,17 @@ impl Planner<'_> {
                 }
             }
         }
+        // In a processing-time query, PROCTIME()'s column is the time the watermark follows.
         built.times = p
             .expr
             .iter()
-            .map(|e| source_index(e).and_then(|i| built.times.get(i).copied().flatten()))
+            .map(|e| match source_index(e) {
+                Some(i) => built.times.get(i).copied().flatten(),
+                None if self.processing_time && crate::plan::is_proctime(e) => {
+                    Some(TimeColumn::EventTime)
+                }
+                None => None,
+            })
             .collect();
         let mut exprs = p
             .expr

@@ -20,6 +20,14 @@ impl Planner<'_> {
     ) -> Result<(Built, Option<Vec<usize>>)> {
         let time = t.input_schema.field(t.time_index).name().clone();
         let mut built = match &t.input {
+            WindowInput::Stream(stream) if self.processing_time => {
+                return Err(Error::NotSupported(format!(
+                    "a window over {time} of stream {} in a query that also stamps rows with \
+                     PROCTIME(): a query follows processing time or event time, not both; \
+                     window over the PROCTIME() column",
+                    stream.def.name
+                )));
+            }
             WindowInput::Stream(stream) => {
                 let def = &stream.def;
                 match &def.watermark {
