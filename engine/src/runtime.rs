@@ -188,7 +188,22 @@ impl RunningQuery {
             .spawn(move || {
                 let sink = Arc::clone(&spec.sink);
                 let name = spec.name.clone();
-                if let Err(e) = run(spec, &flag, &thread_wake, history) {
+                // A panic (a bug) stops this query with the reason, like an error, rather
+                // than leaving it looking alive with its thread gone.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run(spec, &flag, &thread_wake, history)
+                }));
+                let ran = ran.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    Err(Error::Internal(format!(
+                        "the query stopped on a bug ({what}); please report it"
+                    )))
+                });
+                if let Err(e) = ran {
                     tracing::error!(query = %name, error = %e, "continuous query stopped");
                     let mut p = sink.progress();
                     p.error = Some(QueryError::from(&e));
@@ -286,6 +301,18 @@ impl Position {
             sources,
             last_watermark: None,
         }
+    }
+
+    /// Every source's watermark at `now`: from its partitions' event times, or in processing
+    /// time the clock.
+    fn watermarks(&mut self, now: Instant) -> Vec<Option<i64>> {
+        self.sources
+            .iter_mut()
+            .map(|s| match s.spec.processing_time {
+                true => Some(processing_time_ms().saturating_mul(1_000_000)),
+                false => s.tracker.watermark(now),
+            })
+            .collect()
     }
 
     /// Every source's partition offsets, flattened in source order.
@@ -958,14 +985,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
             }
         }
         let now = Instant::now();
-        let watermarks: Vec<Option<i64>> = position
-            .sources
-            .iter_mut()
-            .map(|s| match s.spec.processing_time {
-                true => Some(processing_time_ms().saturating_mul(1_000_000)),
-                false => s.tracker.watermark(now),
-            })
-            .collect();
+        let watermarks = position.watermarks(now);
         if watermarks != position.last_watermarks {
             let out = spec.dataflow.on_watermark(&watermarks)?;
             // The clock moves on its own: only what it completes is worth a checkpoint.

@@ -155,6 +155,16 @@ impl SessionAggregateOperator {
                 "session aggregate output does not fit its layout".into(),
             ));
         }
+        // Without a key (sessions over all rows) one constant key column stands in: the row
+        // format needs a column to count rows by.
+        let mut keys = keys;
+        if keys.is_empty() {
+            keys.push(Arc::new(
+                datafusion::physical_expr::expressions::Literal::new(
+                    datafusion::common::ScalarValue::Boolean(Some(true)),
+                ),
+            ));
+        }
         let fields = keys
             .iter()
             .map(|k| Ok(SortField::new(k.data_type(input)?)))

@@ -75,6 +75,10 @@ pub struct WindowTable {
     pub time_index: usize,
     /// The windows.
     pub spec: WindowSpec,
+    /// Flink's `SESSION(TABLE t PARTITION BY k, ...)`: the columns sessions are formed per
+    /// (empty: over all rows); `None` for Weir's `SESSION(t, ts, gap)`, whose sessions are per
+    /// GROUP BY key.
+    pub session_partition: Option<Vec<String>>,
     schema: SchemaRef,
 }
 
@@ -251,6 +255,20 @@ impl TableFunctionImpl for WindowFunction {
             ),
             WindowKind::Session => ("SESSION", "SESSION(stream, time_column, INTERVAL gap)", 3),
         };
+        // Flink's SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), gap) arrives from the parser
+        // as SESSION(t, ts, 'k', gap): the partition columns as text, comma-separated.
+        let (exprs, partition) = match (self.kind, exprs) {
+            (WindowKind::Session, [t, ts, Expr::Literal(ScalarValue::Utf8(Some(p)), _), gap]) => {
+                let columns: Vec<String> = p
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                (vec![t.clone(), ts.clone(), gap.clone()], Some(columns))
+            }
+            (_, exprs) => (exprs.to_vec(), None),
+        };
         if exprs.len() != expected {
             return plan_err!("{name} takes {usage}, got {} arguments", exprs.len());
         }
@@ -312,12 +330,20 @@ impl TableFunctionImpl for WindowFunction {
                 gap_ns: duration(&exprs[2], "gap")?,
             },
         };
+        for column in partition.iter().flatten() {
+            if input_schema.index_of(column).is_err() {
+                return Err(external(crate::Error::UndefinedColumn(format!(
+                    "column \"{column}\" (in PARTITION BY) does not exist in {stream_name}"
+                ))));
+            }
+        }
         let mut table = WindowTable {
             schema: Arc::clone(&input_schema),
             input,
             input_schema,
             time_index,
             spec,
+            session_partition: partition,
         };
         table.schema = table.operator().map_err(external)?.schema();
         Ok(Arc::new(table))

@@ -64,9 +64,50 @@ pub(super) fn backtick_identifiers(tokens: Vec<TokenWithSpan>) -> Result<Vec<Tok
     Ok(out)
 }
 
+/// The columns of `PARTITION BY a, b` or `PARTITION BY (a, b)` at `*j` (lower-cased as
+/// unquoted names are), moving `*j` past them; none when there is no PARTITION BY, and `None`
+/// when it is malformed.
+fn partition_by(t: &[TokenWithSpan], j: &mut usize) -> Option<Vec<String>> {
+    let tok = |i: usize| t.get(i).map(|x| &x.token);
+    let word = |i: usize, w: &str| tok(i).is_some_and(|x| is_word(x, w));
+    let column = |i: usize| match tok(i) {
+        Some(Token::Word(w)) if w.quote_style.is_some() => Some(w.value.clone()),
+        Some(Token::Word(w)) => Some(w.value.to_lowercase()),
+        _ => None,
+    };
+    if !(word(*j, "PARTITION") && word(*j + 1, "BY")) {
+        return Some(Vec::new());
+    }
+    let mut k = *j + 2;
+    let parenthesized = tok(k) == Some(&Token::LParen);
+    if parenthesized {
+        k += 1;
+    }
+    let mut columns = Vec::new();
+    loop {
+        columns.push(column(k)?);
+        k += 1;
+        let more = tok(k) == Some(&Token::Comma) && (parenthesized || !word(k + 1, "DESCRIPTOR"));
+        if !more {
+            break;
+        }
+        k += 1;
+    }
+    if parenthesized {
+        if tok(k) != Some(&Token::RParen) {
+            return None;
+        }
+        k += 1;
+    }
+    *j = k;
+    Some(columns)
+}
+
 /// Rewrites Flink's window table functions into Weir's:
 /// `TABLE(TUMBLE(TABLE t, DESCRIPTOR(ts), size))` becomes `TUMBLE(t, ts, size)`, and the same for
-/// HOP, so that queries written for Flink (Nexmark's among them) run unchanged.
+/// HOP; `TABLE(SESSION(TABLE t PARTITION BY k, DESCRIPTOR(ts), gap))` becomes
+/// `SESSION(t, ts, 'k', gap)` (the partition columns as text, which the planner checks against
+/// the GROUP BY); so that queries written for Flink (Nexmark's among them) run unchanged.
 pub(super) fn rewrite_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> {
     let t: Vec<TokenWithSpan> = tokens
         .into_iter()
@@ -80,18 +121,27 @@ pub(super) fn rewrite_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> 
     let mut depth = 0usize;
     let mut i = 0;
     while i < t.len() {
+        let session = word(i + 2, "SESSION");
         let is_tvf = word(i, "TABLE")
             && tok(i + 1) == Some(&Token::LParen)
-            && (word(i + 2, "TUMBLE") || word(i + 2, "HOP"))
+            && (word(i + 2, "TUMBLE") || word(i + 2, "HOP") || session)
             && tok(i + 3) == Some(&Token::LParen)
             && word(i + 4, "TABLE");
         if is_tvf {
-            // TABLE name [. name ...] , DESCRIPTOR ( column ) ,
+            // TABLE name [. name ...] [PARTITION BY columns] , DESCRIPTOR ( column ) ,
             let mut j = i + 5;
-            while matches!(tok(j), Some(Token::Word(_) | Token::Period)) {
+            while matches!(tok(j), Some(Token::Word(_) | Token::Period))
+                && !(session && word(j, "PARTITION") && word(j + 1, "BY"))
+            {
                 j += 1;
             }
-            let shape = j > i + 5
+            let name_end = j;
+            let partition = match session {
+                true => partition_by(&t, &mut j),
+                false => Some(Vec::new()),
+            };
+            let shape = name_end > i + 5
+                && partition.is_some()
                 && tok(j) == Some(&Token::Comma)
                 && word(j + 1, "DESCRIPTOR")
                 && tok(j + 2) == Some(&Token::LParen)
@@ -103,10 +153,16 @@ pub(super) fn rewrite_windows(tokens: Vec<TokenWithSpan>) -> Vec<TokenWithSpan> 
                 out.push(t[i + 2].clone());
                 out.push(t[i + 3].clone());
                 depth += 1;
-                out.extend(t[i + 5..j].iter().cloned());
+                out.extend(t[i + 5..name_end].iter().cloned());
                 out.push(t[j].clone());
                 out.push(t[j + 3].clone());
                 out.push(t[j + 5].clone());
+                if session {
+                    // SESSION(t, ts, 'partition columns', gap): see the window function.
+                    let columns = partition.unwrap_or_default().join(",");
+                    out.push(TokenWithSpan::wrap(Token::SingleQuotedString(columns)));
+                    out.push(t[j + 5].clone());
+                }
                 i = j + 6;
                 continue;
             }

@@ -93,6 +93,36 @@ fn drop_constant_group(
     Ok(ProjectionOperator::try_new(exprs, input)?)
 }
 
+/// Flink's SESSION TVF forms sessions per its PARTITION BY columns, Weir's session aggregate per
+/// its GROUP BY key: the two agree only when the GROUP BY's columns besides the window's are
+/// the PARTITION BY columns. Otherwise the query is refused, never run over other sessions.
+fn check_session_partition(partition: &[String], group: &[Expr]) -> Result<()> {
+    let mut keys: Vec<String> = Vec::new();
+    for e in group {
+        match e {
+            Expr::Column(c) if c.name == "window_start" || c.name == "window_end" => {}
+            Expr::Column(c) => keys.push(c.name.clone()),
+            e => keys.push(e.schema_name().to_string()),
+        }
+    }
+    let mut wanted = partition.to_vec();
+    keys.sort();
+    wanted.sort();
+    if keys != wanted {
+        let session = if partition.is_empty() {
+            "SESSION(TABLE ...) without PARTITION BY (sessions over all rows)".to_string()
+        } else {
+            format!("SESSION(TABLE ... PARTITION BY {})", partition.join(", "))
+        };
+        return Err(Error::NotSupported(format!(
+            "{session} grouped by [{}]: Weir forms sessions per GROUP BY key, so GROUP BY \
+             exactly the PARTITION BY columns (and window_start, window_end)",
+            keys.join(", ")
+        )));
+    }
+    Ok(())
+}
+
 impl Planner<'_> {
     /// GROUP BY over SESSION(...): the group columns other than the window's are the session key.
     pub(crate) fn build_session_aggregate(
@@ -106,6 +136,9 @@ impl Planner<'_> {
             return Err(unsupported(
                 "EMIT ON UPDATE or allowed_lateness with SESSION windows",
             ));
+        }
+        if let Some(partition) = &built.session_partition {
+            check_session_partition(partition, &agg.group_expr)?;
         }
         let input_schema = agg.input.schema();
         let mut keys = Vec::new();

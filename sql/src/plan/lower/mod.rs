@@ -54,6 +54,9 @@ pub(crate) struct Built {
     pub(crate) times: Vec<Option<TimeColumn>>,
     /// The gap when the rows come from SESSION(...).
     pub(crate) session_gap_ns: Option<i64>,
+    /// Flink's `SESSION(TABLE t PARTITION BY k, ...)`: the columns sessions are formed per
+    /// (none: over all rows); `None` for Weir's SESSION, whose sessions are per GROUP BY key.
+    pub(crate) session_partition: Option<Vec<String>>,
     pub(crate) aggregated: bool,
     /// A windowed aggregate (TUMBLE or HOP) is in this subtree.
     pub(crate) windowed_aggregate: bool,
@@ -376,6 +379,7 @@ impl Planner<'_> {
             operators: Vec::new(),
             times,
             session_gap_ns: None,
+            session_partition: None,
             aggregated: false,
             windowed_aggregate: false,
             key: None,

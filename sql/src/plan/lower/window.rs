@@ -110,6 +110,7 @@ impl Planner<'_> {
         }
         if let WindowSpec::Session { gap_ns } = t.spec {
             built.session_gap_ns = Some(gap_ns);
+            built.session_partition = t.session_partition.clone();
         }
         built.operators.push(operator);
         Ok((built, keep.map(<[usize]>::to_vec)))
