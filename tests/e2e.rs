@@ -3359,3 +3359,47 @@ fn logs_come_as_json_lines_when_asked() {
     assert!(event["fields"]["message"].is_string(), "{line}");
     assert!(event["timestamp"].is_string(), "{line}");
 }
+
+/// A runaway view (a join of every bid with every bid) stops at once on DROP, in the middle of
+/// a batch, and frees what it held; and a server with one running shuts down at once.
+#[tokio::test]
+async fn a_runaway_view_is_dropped_and_shut_down_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    server::generate(&server, "nexmark", 40_000);
+    let c = server.client().await;
+    let runaway = "CREATE MATERIALIZED VIEW everything AS \
+                   SELECT a.auction, count(*) FROM bid a JOIN bid b ON true GROUP BY a.auction";
+    // Once the join has taken this many rows, each batch it takes joins with thousands of
+    // stored rows: millions of rows, seconds of work for the operators after it.
+    let busy = "SELECT coalesce(max(rows_in), 0)::bigint FROM weir_operators \
+                WHERE view = 'everything' AND kind = 'Join'";
+    for round in 0..2 {
+        c.batch_execute(runaway).await.expect("created");
+        // Busy in its first batches, which take far longer than a second.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while server::count(&c, busy).await < 15_000 {
+            assert!(std::time::Instant::now() < deadline, "the view started");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if round == 1 {
+            break;
+        }
+        let start = std::time::Instant::now();
+        c.batch_execute("DROP MATERIALIZED VIEW everything")
+            .await
+            .expect("dropped");
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "DROP took {:?}",
+            start.elapsed()
+        );
+    }
+    let start = std::time::Instant::now();
+    server.terminate();
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+}

@@ -11,6 +11,9 @@ use crate::pipeline::Pipeline;
 use crate::stats::OperatorStats;
 use crate::{Error, Result};
 
+/// The most rows of a join's output that go through the operators after it at once.
+const JOINED_SLICE_ROWS: usize = 64 * 1024;
+
 /// Where an operator of a query sits, with its counters.
 #[derive(Debug, Clone)]
 pub struct OperatorPlace {
@@ -60,8 +63,15 @@ impl JoinStage {
                 let joined = self.join.process_batch(side, b)?;
                 let joined_rows = joined.iter().map(RecordBatch::num_rows).sum();
                 self.stats.record(rows, joined_rows, since);
+                // A join's output can be far larger than its input: it goes on in slices, so
+                // that a stop is seen between them (see `check_stop`).
                 for j in joined {
-                    out.extend(self.pipeline.process_batch(j)?);
+                    let mut at = 0;
+                    while at < j.num_rows() {
+                        let len = JOINED_SLICE_ROWS.min(j.num_rows() - at);
+                        out.extend(self.pipeline.process_batch(j.slice(at, len))?);
+                        at += len;
+                    }
                 }
             }
         }

@@ -50,6 +50,10 @@ pub enum Error {
     /// An invariant the engine relies on was broken.
     #[error("internal error: {0}; this is a bug")]
     Internal(String),
+    /// The query was asked to stop (DROP, shutdown) in the middle of a batch: what it was doing
+    /// is dropped, and it resumes from its last checkpoint.
+    #[error("the query was stopped")]
+    Stopped,
 }
 
 /// Adds context to `std::io::Result`s.

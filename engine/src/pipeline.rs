@@ -77,6 +77,7 @@ impl Pipeline {
         for (op, stats) in self.operators[start..].iter_mut().zip(&self.stats[start..]) {
             let mut next = Vec::with_capacity(batches.len());
             for b in batches {
+                crate::runtime::check_stop()?;
                 let since = crate::stats::start();
                 let rows = b.num_rows();
                 let out = op.process_batch(b)?;

@@ -22,6 +22,26 @@ use crate::{Error, Result};
 /// Rows read from one partition per round, so that one busy partition cannot starve the others.
 const ROWS_PER_ROUND: usize = 64 * 1024;
 
+thread_local! {
+    /// The stop flag of the query this thread runs, for [`check_stop`].
+    static STOP: std::cell::RefCell<Option<Arc<AtomicBool>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the query running on this thread was asked to stop: [`Error::Stopped`] if so. Checked
+/// between operators and inside operators whose one batch can take long (a join's output), so
+/// that DROP and shutdown stop a query at once rather than after its batch.
+pub(crate) fn check_stop() -> Result<()> {
+    let stopped = STOP.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
+    });
+    match stopped {
+        true => Err(Error::Stopped),
+        false => Ok(()),
+    }
+}
+
 /// A stream a continuous query reads, and how its watermark is made.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
@@ -188,6 +208,7 @@ impl RunningQuery {
             .spawn(move || {
                 let sink = Arc::clone(&spec.sink);
                 let name = spec.name.clone();
+                STOP.with(|s| *s.borrow_mut() = Some(Arc::clone(&flag)));
                 // A panic (a bug) stops this query with the reason, like an error, rather
                 // than leaving it looking alive with its thread gone.
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -202,6 +223,11 @@ impl RunningQuery {
                     Err(Error::Internal(format!(
                         "the query stopped on a bug ({what}); please report it"
                     )))
+                });
+                // Stopped mid-batch: no error, and no checkpoint of the half-done batch.
+                let ran = ran.or_else(|e| match e {
+                    Error::Stopped => Ok(()),
+                    e => Err(e),
                 });
                 if let Err(e) = ran {
                     tracing::error!(query = %name, error = %e, "continuous query stopped");

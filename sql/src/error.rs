@@ -129,6 +129,7 @@ fn engine_sqlstate(e: &weir_engine::Error) -> &'static str {
         E::Arrow(a) => arrow_sqlstate(a),
         E::DataFusion(d) => datafusion_sqlstate(d),
         E::Internal(_) => "XX000",
+        E::Stopped => "57014",
     }
 }
 

@@ -420,6 +420,7 @@ fn copy_error(e: &Error) -> Error {
         Error::MemoryExceeded(m) => Error::MemoryExceeded(m.clone()),
         Error::OutOfOrderSequence(m) => Error::OutOfOrderSequence(m.clone()),
         Error::Internal(m) => Error::Internal(m.clone()),
+        Error::Stopped => Error::Stopped,
         Error::Arrow(_) | Error::DataFusion(_) => Error::InvalidArgument(e.to_string()),
     }
 }

@@ -373,6 +373,9 @@ impl StreamJoinOperator {
             + other.bytes / other.rows.max(1);
         let max_rows = self.memory_limit / width.max(1);
         for (i, h) in hashes.iter().enumerate() {
+            if i % 1024 == 1023 {
+                crate::runtime::check_stop()?;
+            }
             if picks.len() > max_rows {
                 return Err(Error::MemoryExceeded(format!(
                     "one batch of {} rows would join with more than {max_rows} stored rows, \

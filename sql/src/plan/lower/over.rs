@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
+use datafusion::arrow::compute::SortOptions;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
     Expr, Window, WindowFrame, WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition,
 };
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
-use weir_engine::operator::{OverAggregateOperator, OverFrame};
+use weir_engine::operator::{OverAggregateOperator, OverFrame, RetractOverOperator, TopNOrder};
 
 use super::{Built, Planner, arrow_schema};
 use crate::plan::bounds::TimeColumn;
@@ -82,16 +83,59 @@ fn over_frame(frame: &WindowFrame) -> Result<OverFrame> {
     }
 }
 
+/// One OVER clause and its aggregates.
+struct Over<'a> {
+    partition_by: &'a [Expr],
+    order_by: &'a [datafusion::logical_expr::SortExpr],
+    frame: OverFrame,
+    aggregates: Vec<Arc<AggregateFunctionExpr>>,
+}
+
 impl Planner<'_> {
+    /// Aggregates OVER a window of results that change: every row's aggregates follow its
+    /// frame as rows come and are taken back, a changelog.
+    fn build_retract_over(&mut self, built: Built, window: &Window, over: Over) -> Result<Built> {
+        if over.order_by.is_empty() {
+            return Err(refuse("an OVER aggregate without ORDER BY"));
+        }
+        let schema = Self::physical_schema(&window.input, &built);
+        let mut built = Self::into_changelog(built, &schema)?;
+        let input = window.input.schema();
+        let physical = |e: &Expr| self.state.create_physical_expr(e.clone(), input);
+        let partition = over
+            .partition_by
+            .iter()
+            .map(physical)
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let order = over
+            .order_by
+            .iter()
+            .map(|s| {
+                Ok(TopNOrder {
+                    expr: physical(&s.expr)?,
+                    options: SortOptions {
+                        descending: !s.asc,
+                        nulls_first: s.nulls_first,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let operator = RetractOverOperator::try_new(
+            &built.output_schema(),
+            partition,
+            order,
+            over.frame,
+            over.aggregates,
+            window.schema.as_arrow(),
+        )?;
+        built.operators.push(Box::new(operator));
+        built.times = vec![None; window.schema.fields().len()];
+        Ok(built)
+    }
+
     /// Aggregates OVER one window (partition, event-time order, frame) of an append-only input.
     pub(crate) fn build_over(&mut self, window: &Window) -> Result<Built> {
         let mut built = self.build(&window.input)?;
-        if built.changes() {
-            return Err(refuse(
-                "an OVER aggregate over results that change (a GROUP BY without a window, a \
-                 Top-N, EMIT ON UPDATE)",
-            ));
-        }
         let input = window.input.schema();
         let input_arrow = arrow_schema(&window.input);
         let width = input.fields().len();
@@ -148,6 +192,15 @@ impl Planner<'_> {
                 "a window node without a window function".into(),
             ));
         };
+        if built.changes() {
+            let over = Over {
+                partition_by: &partition_by,
+                order_by: &order_by,
+                frame: over_frame(&frame)?,
+                aggregates,
+            };
+            return self.build_retract_over(built, window, over);
+        }
         let [sort] = order_by.as_slice() else {
             return Err(refuse("an OVER aggregate without ORDER BY the event time"));
         };
