@@ -6,6 +6,7 @@
 mod filter;
 mod group_aggregate;
 mod hop;
+mod hop_aggregate;
 mod lookup_join;
 mod over_aggregate;
 mod projection;
@@ -30,6 +31,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 pub use filter::FilterOperator;
 pub use group_aggregate::{GroupAggregateOperator, group_aggregate_refusal};
 pub use hop::HopOperator;
+pub use hop_aggregate::{HopAggregateOperator, HopGroup, pane_ns};
 pub use lookup_join::LookupJoinOperator;
 pub use over_aggregate::{OverAggregateOperator, OverFrame};
 pub use projection::ProjectionOperator;

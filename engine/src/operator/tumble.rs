@@ -20,9 +20,17 @@ pub struct TumbleOperator {
     size_ns: i64,
     time_type: DataType,
     schema: SchemaRef,
+    /// The HOP (slide, size in ns) whose panes these windows are, if they are.
+    panes_of: Option<(i64, i64)>,
 }
 
 impl TumbleOperator {
+    /// These windows are the panes of a HOP of `slide_ns` and `size_ns` (for EXPLAIN).
+    pub fn as_panes_of(mut self, slide_ns: i64, size_ns: i64) -> Self {
+        self.panes_of = Some((slide_ns, size_ns));
+        self
+    }
+
     /// Windows of `size_ns` nanoseconds over timestamp column `time_index` of `input`.
     pub fn try_new(input: &Schema, time_index: usize, size_ns: i64) -> Result<Self> {
         let (schema, time_type, unit) = windowed_schema(input, time_index)?;
@@ -38,6 +46,7 @@ impl TumbleOperator {
             size_ns,
             time_type,
             schema,
+            panes_of: None,
         })
     }
 
@@ -75,11 +84,19 @@ impl Operator for TumbleOperator {
     }
 
     fn explain(&self) -> String {
-        format!(
-            "TumbleWindow: time={} size={}",
-            self.schema.field(self.time_index).name(),
-            format_duration_ns(self.size_ns)
-        )
+        let time = self.schema.field(self.time_index).name();
+        match self.panes_of {
+            Some((slide, size)) => format!(
+                "HopPanes: time={time} pane={} (HOP slide={} size={}: each event in one pane)",
+                format_duration_ns(self.size_ns),
+                format_duration_ns(slide),
+                format_duration_ns(size)
+            ),
+            None => format!(
+                "TumbleWindow: time={time} size={}",
+                format_duration_ns(self.size_ns)
+            ),
+        }
     }
 }
 

@@ -123,6 +123,31 @@ fn check_session_partition(partition: &[String], group: &[Expr]) -> Result<()> {
     Ok(())
 }
 
+/// GROUP BY window_start, window_end of the window being aggregated (of `size_ns`): the same
+/// for every row of a window, so not hashed (the operator checks each row holds them).
+fn window_edges(
+    agg: &datafusion::logical_expr::Aggregate,
+    times: &[Option<TimeColumn>],
+    size_ns: i64,
+) -> Vec<(usize, WindowEdge)> {
+    let input_schema = agg.input.schema();
+    agg.group_expr
+        .iter()
+        .enumerate()
+        .filter_map(|(g, e)| {
+            let Expr::Column(c) = e else { return None };
+            let i = input_schema.index_of_column(c).ok()?;
+            match times.get(i).copied().flatten()? {
+                TimeColumn::WindowStart { size_ns: s } if s == size_ns => {
+                    Some((g, WindowEdge::Start))
+                }
+                TimeColumn::WindowEnd { size_ns: s } if s == size_ns => Some((g, WindowEdge::End)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 impl Planner<'_> {
     /// GROUP BY over SESSION(...): the group columns other than the window's are the session key.
     pub(crate) fn build_session_aggregate(
@@ -278,6 +303,17 @@ impl Planner<'_> {
                     .into(),
             ));
         }
+        if let Some(w) =
+            window.filter(|_| mode == Emit::OnWindowClose && self.options.allowed_lateness_ns == 0)
+        {
+            if self.try_hop_by_panes(&mut built, agg, plan, w, &aggregates)? {
+                built.windowed_aggregate = true;
+                built.aggregated = true;
+                built.times = out_times;
+                return Ok(built);
+            }
+        }
+        built.hop = None;
         let mut operator = WindowAggregateOperator::try_new(
             &input_arrow,
             groups,
@@ -288,26 +324,7 @@ impl Planner<'_> {
             mode,
         )?;
         if window.is_some() {
-            // GROUP BY window_start, window_end of the window being aggregated: the same for
-            // every row of a window, so not hashed (the operator checks each row holds them).
-            let edges: Vec<(usize, WindowEdge)> = agg
-                .group_expr
-                .iter()
-                .enumerate()
-                .filter_map(|(g, e)| {
-                    let Expr::Column(c) = e else { return None };
-                    let i = input_schema.index_of_column(c).ok()?;
-                    match built.times.get(i).copied().flatten()? {
-                        TimeColumn::WindowStart { size_ns: s } if s == size_ns => {
-                            Some((g, WindowEdge::Start))
-                        }
-                        TimeColumn::WindowEnd { size_ns: s } if s == size_ns => {
-                            Some((g, WindowEdge::End))
-                        }
-                        _ => None,
-                    }
-                })
-                .collect();
+            let edges = window_edges(agg, &built.times, size_ns);
             operator = operator
                 .with_window_edges(&edges)?
                 .with_allowed_lateness(self.options.allowed_lateness_ns);

@@ -24,6 +24,7 @@ use crate::providers::{RefTable, StreamTable, ViewTable, WindowTable, provider_a
 use crate::{Error, Result};
 
 mod aggregate;
+mod hop;
 mod join;
 mod over;
 mod shared;
@@ -57,6 +58,8 @@ pub(crate) struct Built {
     /// Flink's `SESSION(TABLE t PARTITION BY k, ...)`: the columns sessions are formed per
     /// (none: over all rows); `None` for Weir's SESSION, whose sessions are per GROUP BY key.
     pub(crate) session_partition: Option<Vec<String>>,
+    /// The HOP assigner among `operators`, while an aggregate over it may take it by panes.
+    pub(crate) hop: Option<hop::HopSite>,
     pub(crate) aggregated: bool,
     /// A windowed aggregate (TUMBLE or HOP) is in this subtree.
     pub(crate) windowed_aggregate: bool,
@@ -380,6 +383,7 @@ impl Planner<'_> {
             times,
             session_gap_ns: None,
             session_partition: None,
+            hop: None,
             aggregated: false,
             windowed_aggregate: false,
             key: None,

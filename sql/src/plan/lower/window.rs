@@ -112,6 +112,14 @@ impl Planner<'_> {
             built.session_gap_ns = Some(gap_ns);
             built.session_partition = t.session_partition.clone();
         }
+        if let WindowSpec::Hop { slide_ns, size_ns } = t.spec {
+            built.hop = Some(super::hop::HopSite {
+                operator: built.operators.len(),
+                time_index,
+                slide_ns,
+                size_ns,
+            });
+        }
         built.operators.push(operator);
         Ok((built, keep.map(<[usize]>::to_vec)))
     }
