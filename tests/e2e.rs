@@ -1223,6 +1223,8 @@ fn shell_session(shell: &mut ShellPty) {
     shell.send("CREATE STREAM clicks (user_id BIGINT, url TEXT, ts TIMESTAMP,\r");
     shell.send("  WATERMARK FOR ts AS ts - INTERVAL '1' SECOND);\r");
     shell.expect("CREATE STREAM");
+    // The next line is typed at the prompt: typed earlier, the terminal may drop it.
+    shell.expect("weir> ");
     shell.send("CREATE MATERIALIZED VIEW per_user AS SELECT user_id, COUNT(*) AS n FROM clicks GROUP BY user_id;\r");
     shell.expect("CREATE MATERIALIZED VIEW");
     shell.expect("weir> ");
@@ -1244,25 +1246,34 @@ fn shell_session(shell: &mut ShellPty) {
     shell.send(" ORDER BY user_id;\r");
     let table = shell.expect("(2 rows)");
     assert!(table.contains("│ 1       ┆ 1 │"), "{table}");
+    shell.expect("weir> ");
     shell.send("\\x\r");
     shell.expect("Expanded display is on.");
+    shell.expect("weir> ");
     shell.send("SELECT COUNT(*) AS total FROM clicks;\r");
     shell.expect("total | 2");
+    shell.expect("weir> ");
     shell.send("\\x\r");
     shell.expect("Expanded display is off.");
+    shell.expect("weir> ");
     shell.send("\\timing\r");
     shell.expect("Timing is on.");
+    shell.expect("weir> ");
     shell.send("SELECT 1 AS one;\r");
     shell.expect("Time: ");
+    shell.expect("weir> ");
     shell.send("\\d per_user\r");
     shell.expect("user_id");
+    shell.expect("weir> ");
     // Errors in one line, and the shell goes on.
     shell.send("SELECT * FROM nope;\r");
     shell.expect("ERROR 42P01");
+    shell.expect("weir> ");
     // A syntax error points at its place in the statement.
     shell.send("SELECT 1 +;\r");
     shell.expect("ERROR 42601");
     shell.expect("LINE 1: SELECT 1 +;");
+    shell.expect("weir> ");
     // SUBSCRIBE shows the view, updated in place, until Ctrl-C.
     shell.send("SUBSCRIBE per_user;\r");
     shell.expect("2 rows | input ");
@@ -1270,17 +1281,20 @@ fn shell_session(shell: &mut ShellPty) {
     shell.expect("input 0/s");
     shell.send("\x03");
     shell.expect("(stopped)");
+    shell.expect("weir> ");
     // A stream's rows, with their partition and offset, from the start of its log.
     shell.send("SUBSCRIBE clicks WITH (start = 'earliest');\r");
     shell.expect("2 rows so far | input ");
     shell.expect("weir_offset");
     shell.send("\x03");
     shell.expect("(stopped)");
+    shell.expect("weir> ");
     // Ctrl-C cancels a long statement, and the shell goes on.
     shell.send("SELECT count(*) FROM generate_series(1, 100000000000);\r");
     std::thread::sleep(Duration::from_millis(500));
     shell.send("\x03");
     shell.expect("57014");
+    shell.expect("weir> ");
     shell.send("SELECT 41 + 1 AS answer;\r");
     shell.expect("42");
     shell.send("\\q\r");

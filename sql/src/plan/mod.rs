@@ -203,6 +203,20 @@ fn referenced_views(plan: &LogicalPlan) -> Result<Vec<Arc<ViewEntry>>> {
     Ok(views)
 }
 
+/// Whether `plan` reads a stream as versions (an event-time temporal join).
+fn reads_versions(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    plan.exists(|node| {
+        Ok(match node {
+            LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
+                .ok()
+                .is_some_and(|p| provider_as::<crate::providers::VersionedTable>(&p).is_some()),
+            _ => false,
+        })
+    })
+    .unwrap_or(false)
+}
+
 /// Whether `e` is a call of `PROCTIME()` (under an alias or not).
 pub(crate) fn is_proctime(e: &Expr) -> bool {
     match e {
@@ -315,7 +329,9 @@ pub(crate) async fn compile_query_statement(
     let plan = state
         .statement_to_plan(DfStatement::Statement(Box::new(stmt)))
         .await?;
-    let plan = if options.state_ttl_ns > 0 {
+    // A state TTL counts from event times, and a temporal join joins as of one: both keep
+    // their inputs' columns whether the query selects them or not.
+    let plan = if options.state_ttl_ns > 0 || reads_versions(&plan) {
         optimize_keeping_columns(state, &plan)?
     } else {
         state.optimize(&plan)?

@@ -216,6 +216,10 @@ pub(crate) fn new_context(registry: &Registry, settings: &Settings) -> WeirConte
         Arc::new(WindowFunction::session(registry.clone())),
     );
     ctx.register_udtf(
+        super::versions::VERSIONS,
+        Arc::new(super::versions::VersionsFunction::new(registry.clone())),
+    );
+    ctx.register_udtf(
         super::why::WHY,
         Arc::new(super::why::WhyFunction::new(registry.clone())),
     );

@@ -210,12 +210,9 @@ pub(super) fn temporal_joins(mut tokens: Vec<TokenWithSpan>) -> Result<Vec<Token
             return Err(Error::Syntax("FOR SYSTEM_TIME AS OF needs a column".into()));
         };
         let Some(definition) = proctime_definition(&tokens, &column) else {
-            return Err(Error::NotSupported(format!(
-                "FOR SYSTEM_TIME AS OF {column}: Weir joins a table as of processing time (a \
-                 column defined as PROCTIME()), which is its lookup join, seeing the table as it \
-                 is when each event is processed; as of an event-time column (Flink's event-time \
-                 temporal join against a versioned table) it is not supported yet"
-            )));
+            // As of an event-time column: the relation is read as versions, as of the column.
+            tokens = as_of_event_time(tokens, &at, end)?;
+            continue;
         };
         let first = at[0];
         tokens.splice(first..=end, [blank()]);
@@ -228,6 +225,65 @@ pub(super) fn temporal_joins(mut tokens: Vec<TokenWithSpan>) -> Result<Vec<Token
             tokens.splice(from..=alias, [blank()]);
         }
     }
+    Ok(tokens)
+}
+
+/// The table function that reads a stream as versions (see `providers::versions`).
+pub const VERSIONS: &str = "weir_versions";
+
+/// `r FOR SYSTEM_TIME AS OF l.ts` (the clause at `at`, its attribute ending at `end`)
+/// becomes `weir_versions(r, 'l.ts')`: the stream `r` read as a versioned table, joined as of
+/// `l.ts` (an event-time temporal join; the planner checks the rest).
+fn as_of_event_time(
+    mut tokens: Vec<TokenWithSpan>,
+    at: &[usize],
+    end: usize,
+) -> Result<Vec<TokenWithSpan>> {
+    let solid = |i: usize| !matches!(tokens[i].token, Token::Whitespace(_));
+    let attribute: Vec<String> = (at[at.len() - 1] + 1..=end)
+        .filter(|&i| solid(i))
+        .filter_map(|i| match &tokens[i].token {
+            Token::Word(w) if w.quote_style.is_some() => Some(w.value.clone()),
+            Token::Word(w) => Some(w.value.to_lowercase()),
+            _ => None,
+        })
+        .collect();
+    // The relation's name: words joined by periods, right before FOR.
+    let mut start = at[0];
+    let mut expect_word = true;
+    while let Some(i) = (0..start).rev().find(|&i| solid(i)) {
+        match (&tokens[i].token, expect_word) {
+            (Token::Word(w), true) if w.keyword != Keyword::JOIN => {
+                start = i;
+                expect_word = false;
+            }
+            (Token::Period, false) => {
+                start = i;
+                expect_word = true;
+            }
+            _ => break,
+        }
+    }
+    if start == at[0] || expect_word {
+        return Err(Error::Syntax(
+            "FOR SYSTEM_TIME AS OF follows the name of the relation it versions".into(),
+        ));
+    }
+    let name: Vec<TokenWithSpan> = (start..at[0])
+        .filter(|&i| solid(i))
+        .map(|i| tokens[i].clone())
+        .collect();
+    let mut call = vec![
+        TokenWithSpan::wrap(Token::make_word(VERSIONS, None)),
+        TokenWithSpan::wrap(Token::LParen),
+    ];
+    call.extend(name);
+    call.push(TokenWithSpan::wrap(Token::Comma));
+    call.push(TokenWithSpan::wrap(Token::SingleQuotedString(
+        attribute.join("."),
+    )));
+    call.push(TokenWithSpan::wrap(Token::RParen));
+    tokens.splice(start..=end, call);
     Ok(tokens)
 }
 

@@ -9,6 +9,7 @@ mod flink;
 pub mod parser;
 
 pub use classify::{StatementKind, classify, classify_text, command_tag};
+pub use flink::VERSIONS;
 pub use parser::{
     CreateStream, EmitMode, StreamColumn, SubscribeOutput, SubscribeTarget, WeirStatement,
     normalize, object_name, parse, window_plain_views,

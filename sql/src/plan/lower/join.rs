@@ -9,13 +9,13 @@ use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::PhysicalExpr;
 use weir_engine::operator::{
     BinaryOperator, FilterOperator, JoinInput, LookupJoinOperator, RetractJoinOperator,
-    StaticJoinOperator, StreamJoinOperator,
+    StaticJoinOperator, StreamJoinOperator, TemporalInput, TemporalJoinOperator,
 };
 
 use super::{Built, Planner, shared, unsupported};
 use crate::catalog::TableEntry;
 use crate::plan::bounds::{TimeColumn, column_of, conjuncts, time_bounds};
-use crate::providers::{RefTable, provider_as};
+use crate::providers::{RefTable, VersionedTable, provider_as};
 use crate::{Error, Result};
 
 /// A reference table as one side of a join: the table, the scan's columns, and filters on it.
@@ -86,6 +86,12 @@ impl Planner<'_> {
             )),
             (None, Some(table)) => self.build_lookup_join(join, table, false),
             (Some(table), None) => self.build_lookup_join(join, table, true),
+            (None, None) if versions_of(&join.right).is_some() => self.build_temporal_join(join),
+            (None, None) if versions_of(&join.left).is_some() => Err(Error::NotSupported(
+                "FOR SYSTEM_TIME AS OF versions the right input of a join: write the versioned \
+                 stream second"
+                    .into(),
+            )),
             (None, None) => {
                 if !matches!(
                     join.join_type,
@@ -521,6 +527,129 @@ impl Planner<'_> {
             key: None,
             visibility: false,
             changelog: updating,
+        })
+    }
+}
+
+/// The column of the other input that `plan`, read as a versioned table (`weir_versions(...)`,
+/// from `FOR SYSTEM_TIME AS OF`), is joined as of; `None` if `plan` is not one.
+fn versions_of(plan: &LogicalPlan) -> Option<String> {
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            let provider = source_as_provider(&scan.source).ok()?;
+            provider_as::<VersionedTable>(&provider).map(|v| v.as_of.clone())
+        }
+        LogicalPlan::SubqueryAlias(a) => versions_of(&a.input),
+        LogicalPlan::Projection(p) => versions_of(&p.input),
+        LogicalPlan::Filter(f) => versions_of(&f.input),
+        _ => None,
+    }
+}
+
+impl Planner<'_> {
+    /// Flink's event-time temporal join: each left row, once the watermark passes its time,
+    /// with the right's row for its key current at that time.
+    fn build_temporal_join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Built> {
+        use datafusion::logical_expr::JoinType;
+        let as_of = versions_of(&join.right).unwrap_or_default();
+        let keep_unmatched = match join.join_type {
+            JoinType::Inner => false,
+            JoinType::Left => true,
+            t => {
+                return Err(Error::NotSupported(format!(
+                    "FOR SYSTEM_TIME AS OF {as_of} in a {t} join: a temporal join is inner or \
+                     LEFT, as in Flink"
+                )));
+            }
+        };
+        if join.on.is_empty() {
+            return Err(Error::NotSupported(format!(
+                "FOR SYSTEM_TIME AS OF {as_of}: a temporal join needs an equality between the \
+                 two inputs, the versioned stream's key (ON l.k = r.k)"
+            )));
+        }
+        let shared::Sides {
+            left,
+            right,
+            shared,
+        } = self.build_sides(join)?;
+        if left.changes() || right.changes() || left.session_gap_ns.is_some() {
+            return Err(Error::NotSupported(format!(
+                "FOR SYSTEM_TIME AS OF {as_of} over results that change or sessions: a temporal \
+                 join takes rows that only append on both sides"
+            )));
+        }
+        let left_schema = join.left.schema();
+        let column = match as_of.rsplit_once('.') {
+            Some((q, n)) => datafusion::common::Column::new(Some(q), n),
+            None => datafusion::common::Column::from_name(&as_of),
+        };
+        let left_time = left_schema
+            .index_of_column(&column)
+            .map_err(|_| Error::UndefinedColumn(format!("column \"{as_of}\" does not exist")))?;
+        if !matches!(left.times.get(left_time), Some(Some(TimeColumn::EventTime))) {
+            return Err(Error::NotSupported(format!(
+                "FOR SYSTEM_TIME AS OF {as_of}: a temporal join is as of the event time of the \
+                 left input (the column its stream's WATERMARK is on), or as of a PROCTIME() \
+                 column"
+            )));
+        }
+        let right_time = right
+            .times
+            .iter()
+            .position(|t| matches!(t, Some(TimeColumn::EventTime)))
+            .ok_or_else(|| {
+                Error::NotSupported(format!(
+                    "FOR SYSTEM_TIME AS OF {as_of}: the versioned stream's event time does not \
+                     reach the join; read the stream itself"
+                ))
+            })?;
+        let right_schema = join.right.schema();
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for (l, r) in &join.on {
+            left_keys.push(self.state.create_physical_expr(l.clone(), left_schema)?);
+            right_keys.push(self.state.create_physical_expr(r.clone(), right_schema)?);
+        }
+        let filter = match &join.filter {
+            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
+            None => None,
+        };
+        let op = TemporalJoinOperator::try_new(
+            TemporalInput {
+                keys: left_keys,
+                time: left_time,
+                schema: left.output_schema(),
+            },
+            TemporalInput {
+                keys: right_keys,
+                time: right_time,
+                schema: right.output_schema(),
+            },
+            keep_unmatched,
+            filter,
+            Arc::new(join.schema.as_arrow().clone()),
+        )?;
+        // Rows go out when the watermark passes their time, before it moves on: the left's
+        // times still follow the watermark.
+        let mut times: Vec<Option<TimeColumn>> = left.times.clone();
+        times.resize(join.schema.fields().len(), None);
+        let windowed_aggregate = left.windowed_aggregate || right.windowed_aggregate;
+        let aggregated = left.aggregated || right.aggregated;
+        let input = op.schema();
+        Ok(Built {
+            base: Self::join_base(shared, left, right, Box::new(op))?,
+            input,
+            operators: Vec::new(),
+            times,
+            session_gap_ns: None,
+            session_partition: None,
+            hop: None,
+            aggregated,
+            windowed_aggregate,
+            key: None,
+            visibility: false,
+            changelog: false,
         })
     }
 }

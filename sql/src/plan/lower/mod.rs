@@ -464,6 +464,20 @@ impl Planner<'_> {
             built
         } else if let Some(s) = provider_as::<StreamTable>(&provider) {
             self.stream_base(&s.entry())
+        } else if let Some(v) = provider_as::<crate::providers::VersionedTable>(&provider) {
+            // The versions side of a temporal join: the stream's rows, with its event time at
+            // the end when the query does not read it (the join needs it, and drops it).
+            let built = self.stream_base(&v.stream);
+            let time = built
+                .times
+                .iter()
+                .position(|t| matches!(t, Some(TimeColumn::EventTime)));
+            if let (Some(p), Some(t)) = (projection.as_mut(), time) {
+                if !p.contains(&t) {
+                    p.push(t);
+                }
+            }
+            built
         } else if let Some(v) = provider_as::<ViewTable>(&provider) {
             self.inline_view(&v.entry())?
         } else if provider_as::<RefTable>(&provider).is_some() {
