@@ -86,8 +86,8 @@ impl Planner<'_> {
             )),
             (None, Some(table)) => self.build_lookup_join(join, table, false),
             (Some(table), None) => self.build_lookup_join(join, table, true),
-            (None, None) if versions_of(&join.right).is_some() => self.build_temporal_join(join),
-            (None, None) if versions_of(&join.left).is_some() => Err(Error::NotSupported(
+            (None, None) if versions_of(&join.right)?.is_some() => self.build_temporal_join(join),
+            (None, None) if versions_of(&join.left)?.is_some() => Err(Error::NotSupported(
                 "FOR SYSTEM_TIME AS OF versions the right input of a join: write the versioned \
                  stream second"
                     .into(),
@@ -532,17 +532,27 @@ impl Planner<'_> {
 }
 
 /// The column of the other input that `plan`, read as a versioned table (`weir_versions(...)`,
-/// from `FOR SYSTEM_TIME AS OF`), is joined as of; `None` if `plan` is not one.
-fn versions_of(plan: &LogicalPlan) -> Option<String> {
+/// from `FOR SYSTEM_TIME AS OF`), is joined as of; `None` if `plan` is not one. A condition
+/// on the versions (a WHERE the optimizer moved below the join) would choose among them, which
+/// is another join than Flink's: refused.
+fn versions_of(plan: &LogicalPlan) -> Result<Option<String>> {
     match plan {
         LogicalPlan::TableScan(scan) => {
-            let provider = source_as_provider(&scan.source).ok()?;
-            provider_as::<VersionedTable>(&provider).map(|v| v.as_of.clone())
+            let provider = source_as_provider(&scan.source)?;
+            Ok(provider_as::<VersionedTable>(&provider).map(|v| v.as_of.clone()))
         }
         LogicalPlan::SubqueryAlias(a) => versions_of(&a.input),
         LogicalPlan::Projection(p) => versions_of(&p.input),
-        LogicalPlan::Filter(f) => versions_of(&f.input),
-        _ => None,
+        LogicalPlan::Filter(f) => match versions_of(&f.input)? {
+            Some(as_of) => Err(Error::NotSupported(format!(
+                "FOR SYSTEM_TIME AS OF {as_of} with a condition on the versioned stream ({}): \
+                 it would choose among the versions before the join. Filter the joined rows \
+                 in an outer query, or the stream in a view of its own",
+                f.predicate
+            ))),
+            None => Ok(None),
+        },
+        _ => Ok(None),
     }
 }
 
@@ -551,7 +561,7 @@ impl Planner<'_> {
     /// with the right's row for its key current at that time.
     fn build_temporal_join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Built> {
         use datafusion::logical_expr::JoinType;
-        let as_of = versions_of(&join.right).unwrap_or_default();
+        let as_of = versions_of(&join.right)?.unwrap_or_default();
         let keep_unmatched = match join.join_type {
             JoinType::Inner => false,
             JoinType::Left => true,
