@@ -23,6 +23,9 @@ use crate::{Error, Result};
 /// Bytes a kept version costs beyond its row.
 const VERSION_OVERHEAD: usize = 64;
 
+/// Right rows (row format) by key, then time (ns).
+type Versions = HashMap<Box<[u8]>, BTreeMap<i64, Box<[u8]>>>;
+
 /// One input of a temporal join: its key expressions and its time column.
 #[derive(Debug)]
 pub struct TemporalInput {
@@ -52,8 +55,7 @@ pub struct TemporalJoinOperator {
     schema: SchemaRef,
     keys: RowConverter,
     rows: RowConverter,
-    /// Right rows by key, then time (ns).
-    versions: HashMap<Box<[u8]>, BTreeMap<i64, Box<[u8]>>>,
+    versions: Versions,
     version_bytes: usize,
     version_count: usize,
     /// Left rows waiting for the watermark.
