@@ -37,7 +37,7 @@ pub use lookup_join::LookupJoinOperator;
 pub use over_aggregate::{OverAggregateOperator, OverFrame};
 pub use projection::ProjectionOperator;
 pub use retract_join::RetractJoinOperator;
-pub use retract_over::RetractOverOperator;
+pub use retract_over::{ChangingFrame, FrameBound, RetractOverOperator};
 pub use retract_top_n::RetractTopNOperator;
 pub use session::{SessionAggregateOperator, SessionColumn, SessionOperator};
 pub use static_join::StaticJoinOperator;

@@ -26,6 +26,123 @@ use crate::{Error, Result};
 /// Bytes a kept row costs beyond its sort key and values.
 const ENTRY_OVERHEAD: usize = 64;
 
+/// Where a frame starts or ends, from the current row: so many rows (ROWS) or nanoseconds of
+/// the ORDER BY timestamp (RANGE) before or after it (`None`: unbounded), or the current row
+/// (with its peers, for RANGE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameBound {
+    /// `n PRECEDING` or `UNBOUNDED PRECEDING`.
+    Preceding(Option<i64>),
+    /// `CURRENT ROW`.
+    CurrentRow,
+    /// `n FOLLOWING` or `UNBOUNDED FOLLOWING`.
+    Following(Option<i64>),
+}
+
+/// A frame over rows that change: any bounds, since a result may change when later rows come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangingFrame {
+    /// ROWS (else RANGE).
+    pub rows: bool,
+    /// Where it starts.
+    pub start: FrameBound,
+    /// Where it ends.
+    pub end: FrameBound,
+}
+
+impl From<OverFrame> for ChangingFrame {
+    fn from(frame: OverFrame) -> Self {
+        let (rows, start) = match frame {
+            OverFrame::Rows(n) => (true, n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))),
+            OverFrame::Range(d) => (false, d),
+        };
+        Self {
+            rows,
+            start: FrameBound::Preceding(start),
+            end: FrameBound::CurrentRow,
+        }
+    }
+}
+
+impl std::fmt::Display for ChangingFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let amount = |n: i64| match self.rows {
+            true => n.to_string(),
+            false => super::tumble::format_duration_ns(n),
+        };
+        let bound = |b: FrameBound| match b {
+            FrameBound::Preceding(None) => "UNBOUNDED PRECEDING".to_string(),
+            FrameBound::Preceding(Some(n)) => format!("{} PRECEDING", amount(n)),
+            FrameBound::CurrentRow => "CURRENT ROW".to_string(),
+            FrameBound::Following(Some(n)) => format!("{} FOLLOWING", amount(n)),
+            FrameBound::Following(None) => "UNBOUNDED FOLLOWING".to_string(),
+        };
+        write!(
+            f,
+            "{} BETWEEN {} AND {}",
+            if self.rows { "ROWS" } else { "RANGE" },
+            bound(self.start),
+            bound(self.end)
+        )
+    }
+}
+
+impl ChangingFrame {
+    /// Whether the frame reaches rows after the current one (and its peers): a change then
+    /// moves the results of rows before it too.
+    fn reaches_forward(&self) -> bool {
+        matches!(self.end, FrameBound::Following(_))
+    }
+
+    /// Whether a bound needs the ORDER BY's value (a RANGE of a length).
+    fn measures(&self) -> bool {
+        !self.rows
+            && [self.start, self.end].iter().any(|b| {
+                matches!(
+                    b,
+                    FrameBound::Preceding(Some(_)) | FrameBound::Following(Some(_))
+                )
+            })
+    }
+
+    /// Row `j`'s frame [start, end) among `sorts` (the partition's sort keys, in order) and,
+    /// for a RANGE of a length, `times` (the ORDER BY in ns, ascending).
+    fn of(&self, j: usize, sorts: &[&[u8]], times: &[i64]) -> (usize, usize) {
+        let n = sorts.len();
+        let count = |v: i64| usize::try_from(v).unwrap_or(usize::MAX);
+        let at = |bound: FrameBound, is_end: bool| -> usize {
+            if self.rows {
+                let j = j + usize::from(is_end);
+                return match bound {
+                    FrameBound::Preceding(None) => 0,
+                    FrameBound::Preceding(Some(p)) => j.saturating_sub(count(p)),
+                    FrameBound::CurrentRow => j,
+                    FrameBound::Following(Some(f)) => j.saturating_add(count(f)).min(n),
+                    FrameBound::Following(None) => n,
+                };
+            }
+            let t = times.get(j).copied().unwrap_or(0);
+            // The first row past `v` (for an end), or at or past it (for a start).
+            let cut = |v: i64| match is_end {
+                true => times.partition_point(|&x| x <= v),
+                false => times.partition_point(|&x| x < v),
+            };
+            match bound {
+                FrameBound::Preceding(None) => 0,
+                FrameBound::Preceding(Some(d)) => cut(t.saturating_sub(d)),
+                FrameBound::CurrentRow => match is_end {
+                    true => sorts.partition_point(|s| *s <= sorts[j]),
+                    false => sorts.partition_point(|s| *s < sorts[j]),
+                },
+                FrameBound::Following(Some(d)) => cut(t.saturating_add(d)),
+                FrameBound::Following(None) => n,
+            }
+        };
+        let start = at(self.start, false);
+        (start, at(self.end, true).max(start))
+    }
+}
+
 /// A partition's rows, ordered by (sort key, row bytes), each with how many times it holds.
 type Sorted = BTreeMap<(Box<[u8]>, Box<[u8]>), u64>;
 
@@ -38,7 +155,7 @@ type Sorted = BTreeMap<(Box<[u8]>, Box<[u8]>), u64>;
 pub struct RetractOverOperator {
     partition: Vec<Arc<dyn PhysicalExpr>>,
     order: Vec<TopNOrder>,
-    frame: OverFrame,
+    frame: ChangingFrame,
     /// For RANGE frames of a length: the ORDER BY timestamp's nanoseconds per unit.
     range_unit_ns: Option<i64>,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
@@ -64,7 +181,7 @@ impl RetractOverOperator {
         input: &Schema,
         partition: Vec<Arc<dyn PhysicalExpr>>,
         order: Vec<TopNOrder>,
-        frame: OverFrame,
+        frame: ChangingFrame,
         aggregates: Vec<Arc<AggregateFunctionExpr>>,
         output: &Schema,
     ) -> Result<Self> {
@@ -76,24 +193,32 @@ impl RetractOverOperator {
                 "an OVER aggregate's output is its input and its aggregates".into(),
             ));
         }
-        let range_unit_ns = match (frame, order.as_slice()) {
-            (OverFrame::Range(Some(_)), [o]) if !o.options.descending => {
-                match o.expr.data_type(input)? {
-                    DataType::Timestamp(unit, _) => Some(unit_nanos(unit)),
-                    t => {
-                        return Err(Error::InvalidArgument(format!(
-                            "a RANGE frame of a length orders by a timestamp, not {t}"
-                        )));
-                    }
+        let range_unit_ns = match (frame.measures(), order.as_slice()) {
+            (false, _) => None,
+            (true, [o]) if !o.options.descending => match o.expr.data_type(input)? {
+                DataType::Timestamp(unit, _) => Some(unit_nanos(unit)),
+                t => {
+                    return Err(Error::InvalidArgument(format!(
+                        "a RANGE frame of a length orders by a timestamp, not {t}"
+                    )));
                 }
-            }
-            (OverFrame::Range(Some(_)), _) => {
+            },
+            (true, _) => {
                 return Err(Error::InvalidArgument(
                     "a RANGE frame of a length orders by one ascending timestamp".into(),
                 ));
             }
-            _ => None,
         };
+        // Without ORDER BY every row is a peer of every other: one constant sort column.
+        let mut order = order;
+        if order.is_empty() {
+            order.push(TopNOrder {
+                expr: Arc::new(datafusion::physical_expr::expressions::Literal::new(
+                    ScalarValue::Boolean(Some(true)),
+                )),
+                options: Default::default(),
+            });
+        }
         let values = Arc::new(Schema::new(input.fields()[..width].to_vec()));
         let field = |f: &Field| SortField::new(f.data_type().clone());
         let sort = order
@@ -165,7 +290,8 @@ impl RetractOverOperator {
     }
 
     /// The results (values and aggregates, as rows of [`Self::results`]) of the rows of `key`'s
-    /// partition whose sort key is at least `from`: rows before it keep their frames.
+    /// partition whose frames can hold a row whose sort key is at least `from`: those from it
+    /// on, or, for a frame that reaches forward, all of them.
     fn results_from(&self, key: &[u8], from: &[u8]) -> Result<Vec<Box<[u8]>>> {
         let Some(rows) = self.partitions.get(key) else {
             return Ok(Vec::new());
@@ -179,15 +305,19 @@ impl RetractOverOperator {
                 bytes.push(row);
             }
         }
-        let first = sorts.partition_point(|s| *s < from);
         let n = sorts.len();
+        let first = match self.frame.reaches_forward() {
+            true => 0,
+            false => sorts.partition_point(|s| *s < from),
+        };
         if first == n {
             return Ok(Vec::new());
         }
-        // The rows a frame can reach back to: all of them but for a ROWS frame of a length.
-        let base = match self.frame {
-            OverFrame::Rows(Some(p)) => first.saturating_sub(usize::try_from(p).unwrap_or(first)),
-            _ => 0,
+        // The rows a frame can reach back to: the first result's frame's start, for ROWS (its
+        // frames start in order); all of them for RANGE.
+        let base = match self.frame.rows {
+            true => self.frame.of(first, &sorts, &[]).0.min(first),
+            false => 0,
         };
         let parser = self.rows.parser();
         let columns = self
@@ -195,30 +325,12 @@ impl RetractOverOperator {
             .convert_rows(bytes[base..].iter().map(|b| parser.parse(b)))?;
         let batch = RecordBatch::try_new(Arc::clone(&self.values), columns)?;
         let times = self.range_times(&batch)?;
-        let peer_end = |j: usize| {
-            let mut e = j + 1;
-            while e < n && sorts[e] == sorts[j] {
-                e += 1;
-            }
-            e
-        };
+        let times: &[i64] = times.as_ref().map_or(&[], |t| t.values());
         // Per result row, its frame [start, end) over `batch` (offset by `base`).
         let frames: Vec<(usize, usize)> = (first..n)
-            .map(|j| match self.frame {
-                OverFrame::Rows(Some(p)) => {
-                    let p = usize::try_from(p).unwrap_or(usize::MAX);
-                    (j.saturating_sub(p) - base, j + 1 - base)
-                }
-                OverFrame::Rows(None) => (0, j + 1 - base),
-                OverFrame::Range(None) => (0, peer_end(j) - base),
-                OverFrame::Range(Some(d)) => {
-                    let t = times.as_ref().map_or(0, |t| t.value(j - base));
-                    let low = t.saturating_sub(d);
-                    let start = times
-                        .as_ref()
-                        .map_or(0, |t| t.values()[..j - base].partition_point(|&v| v < low));
-                    (start, peer_end(j) - base)
-                }
+            .map(|j| {
+                let (start, end) = self.frame.of(j, &sorts, times);
+                (start.max(base) - base, end.max(base) - base)
             })
             .collect();
         let mut columns: Vec<ArrayRef> = batch
@@ -349,7 +461,7 @@ impl Operator for RetractOverOperator {
         let partition: Vec<String> = self.partition.iter().map(|e| e.to_string()).collect();
         let aggregates: Vec<&str> = self.aggregates.iter().map(|a| a.fun().name()).collect();
         format!(
-            "RetractOverAggregate: partition_by=[{}] order_by=[{}] {} aggregates=[{}] over rows \
+            "RetractOverAggregate: partition_by=[{}] order_by=[{}] {} aggregates=[{}], results \
              that change; state: every input row (a row that comes or is taken back changes the \
              results of the rows whose frames it is in), a changelog of rows and their aggregates",
             partition.join(", "),
@@ -428,7 +540,7 @@ mod tests {
     }
 
     /// SUM(v) and COUNT(v) OVER (PARTITION BY k ORDER BY ts `frame`).
-    fn operator(frame: OverFrame) -> RetractOverOperator {
+    fn operator(frame: ChangingFrame) -> RetractOverOperator {
         let schema = input();
         let agg = |udaf| {
             Arc::new(
@@ -483,8 +595,10 @@ mod tests {
             let (k, v, s, n) = (col(0), col(1), col(3), col(4));
             let inserted = b.column(5).as_boolean();
             for i in 0..b.num_rows() {
+                // The SUM of an empty frame is NULL: 0 here, told apart by its count of 0.
+                let sum = if s.is_null(i) { 0 } else { s.value(i) };
                 let e = view
-                    .entry((k.value(i), v.value(i), ts.value(i), s.value(i), n.value(i)))
+                    .entry((k.value(i), v.value(i), ts.value(i), sum, n.value(i)))
                     .or_default();
                 *e += if inserted.value(i) { 1 } else { -1 };
             }
@@ -492,10 +606,11 @@ mod tests {
         view.retain(|_, c| *c != 0);
     }
 
-    /// The results in batch: per partition in (ts, row) order, each row's frame.
+    /// The results in batch: per partition in (ts, row) order, each row's frame, found from
+    /// the definitions (positions for ROWS; times for RANGE, in seconds here).
     fn expected(
         rows: &BTreeMap<Row, i64>,
-        frame: OverFrame,
+        frame: ChangingFrame,
     ) -> BTreeMap<(i64, i64, i64, i64, i64), i64> {
         let mut by_key: BTreeMap<i64, Vec<Row>> = BTreeMap::new();
         for (&r, &c) in rows {
@@ -503,23 +618,43 @@ mod tests {
                 by_key.entry(r.0).or_default().push(r);
             }
         }
+        let secs = |d: i64| d / 1_000_000_000;
         let mut out = BTreeMap::new();
         for list in by_key.values_mut() {
             // Peers in the order the operator keeps them: by the row's bytes, which for these
             // non-negative numbers is their numeric order.
             list.sort_by_key(|r| (r.2, r.1));
             for (j, r) in list.iter().enumerate() {
-                let frame_rows: Vec<&Row> = match frame {
-                    OverFrame::Rows(Some(p)) => {
-                        list[j.saturating_sub(p as usize)..=j].iter().collect()
-                    }
-                    OverFrame::Rows(None) => list[..=j].iter().collect(),
-                    OverFrame::Range(None) => list.iter().filter(|o| o.2 <= r.2).collect(),
-                    OverFrame::Range(Some(d)) => list
-                        .iter()
-                        .filter(|o| o.2 <= r.2 && o.2 >= r.2 - d / 1_000_000_000)
-                        .collect(),
+                let (j, t) = (j as i64, r.2);
+                let holds = |i: i64, o: &Row| -> bool {
+                    let after_start = match (frame.rows, frame.start) {
+                        (_, FrameBound::Preceding(None)) => true,
+                        (true, FrameBound::Preceding(Some(p))) => i >= j - p,
+                        (true, FrameBound::CurrentRow) => i >= j,
+                        (true, FrameBound::Following(Some(f))) => i >= j + f,
+                        (false, FrameBound::Preceding(Some(d))) => o.2 >= t - secs(d),
+                        (false, FrameBound::CurrentRow) => o.2 >= t,
+                        (false, FrameBound::Following(Some(d))) => o.2 >= t + secs(d),
+                        (_, FrameBound::Following(None)) => false,
+                    };
+                    let before_end = match (frame.rows, frame.end) {
+                        (_, FrameBound::Following(None)) => true,
+                        (true, FrameBound::Following(Some(f))) => i <= j + f,
+                        (true, FrameBound::CurrentRow) => i <= j,
+                        (true, FrameBound::Preceding(Some(p))) => i <= j - p,
+                        (false, FrameBound::Following(Some(d))) => o.2 <= t + secs(d),
+                        (false, FrameBound::CurrentRow) => o.2 <= t,
+                        (false, FrameBound::Preceding(Some(d))) => o.2 <= t - secs(d),
+                        (_, FrameBound::Preceding(None)) => false,
+                    };
+                    after_start && before_end
                 };
+                let frame_rows: Vec<&Row> = list
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, o)| holds(*i as i64, o))
+                    .map(|(_, o)| o)
+                    .collect();
                 let s: i64 = frame_rows.iter().map(|o| o.1).sum();
                 *out.entry((r.0, r.1, r.2, s, frame_rows.len() as i64))
                     .or_default() += 1;
@@ -528,13 +663,25 @@ mod tests {
         out
     }
 
-    fn frames() -> impl Strategy<Value = OverFrame> {
+    fn bounds(rows: bool) -> impl Strategy<Value = FrameBound> {
+        let unit = if rows { 1 } else { 1_000_000_000 };
         prop_oneof![
-            (0u64..4).prop_map(|n| OverFrame::Rows(Some(n))),
-            Just(OverFrame::Rows(None)),
-            Just(OverFrame::Range(None)),
-            (0i64..4).prop_map(|s| OverFrame::Range(Some(s * 1_000_000_000))),
+            Just(FrameBound::Preceding(None)),
+            (0i64..4).prop_map(move |n| FrameBound::Preceding(Some(n * unit))),
+            Just(FrameBound::CurrentRow),
+            (0i64..4).prop_map(move |n| FrameBound::Following(Some(n * unit))),
+            Just(FrameBound::Following(None)),
         ]
+    }
+
+    fn frames() -> impl Strategy<Value = ChangingFrame> {
+        any::<bool>().prop_flat_map(|rows| {
+            (bounds(rows), bounds(rows)).prop_map(move |(start, end)| ChangingFrame {
+                rows,
+                start,
+                end,
+            })
+        })
     }
 
     proptest! {

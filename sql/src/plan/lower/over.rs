@@ -10,9 +10,13 @@ use datafusion::logical_expr::{
     Expr, Window, WindowFrame, WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition,
 };
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
-use weir_engine::operator::{OverAggregateOperator, OverFrame, RetractOverOperator, TopNOrder};
+use datafusion::physical_expr::expressions::Literal;
+use weir_engine::operator::{
+    ChangingFrame, FrameBound, INSERTED, OverAggregateOperator, OverFrame, ProjectionOperator,
+    RetractOverOperator, TopNOrder,
+};
 
-use super::{Built, Planner, arrow_schema};
+use super::{Built, Planner, arrow_schema, column_exprs};
 use crate::plan::bounds::TimeColumn;
 use crate::{Error, Result};
 
@@ -83,11 +87,66 @@ fn over_frame(frame: &WindowFrame) -> Result<OverFrame> {
     }
 }
 
+/// Rows that only append as a changelog: each one inserted.
+fn append_only_changelog(mut built: Built) -> Result<Built> {
+    let schema = built.output_schema();
+    let all: Vec<usize> = (0..schema.fields().len()).collect();
+    let mut exprs = column_exprs(&schema, &all);
+    exprs.push((
+        Arc::new(Literal::new(ScalarValue::Boolean(Some(true)))),
+        INSERTED.to_string(),
+    ));
+    built
+        .operators
+        .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
+    built.changelog = true;
+    Ok(built)
+}
+
+/// The engine's frame, any bounds, for an OVER whose results change.
+fn changing_frame(frame: &WindowFrame) -> Result<ChangingFrame> {
+    let rows = match frame.units {
+        WindowFrameUnits::Rows => true,
+        WindowFrameUnits::Range => false,
+        WindowFrameUnits::Groups => return Err(refuse("a GROUPS frame")),
+    };
+    let amount = |v: &ScalarValue| -> Result<Option<i64>> {
+        if v.is_null() {
+            return Ok(None);
+        }
+        let n = match rows {
+            true => match v.cast_to(&datafusion::arrow::datatypes::DataType::Int64)? {
+                ScalarValue::Int64(Some(n)) if n >= 0 => Some(n),
+                _ => None,
+            },
+            false => interval_ns(v).filter(|&ns| ns >= 0),
+        };
+        n.map(Some).ok_or_else(|| {
+            refuse(&format!(
+                "a frame bound of {v} (give a row count for ROWS, a fixed interval over a \
+                 timestamp for RANGE)"
+            ))
+        })
+    };
+    let bound = |b: &WindowFrameBound| -> Result<FrameBound> {
+        Ok(match b {
+            WindowFrameBound::Preceding(v) => FrameBound::Preceding(amount(v)?),
+            WindowFrameBound::CurrentRow => FrameBound::CurrentRow,
+            WindowFrameBound::Following(v) => FrameBound::Following(amount(v)?),
+        })
+    };
+    Ok(ChangingFrame {
+        rows,
+        start: bound(&frame.start_bound)?,
+        end: bound(&frame.end_bound)?,
+    })
+}
+
 /// One OVER clause and its aggregates.
 struct Over<'a> {
     partition_by: &'a [Expr],
     order_by: &'a [datafusion::logical_expr::SortExpr],
-    frame: OverFrame,
+    frame: ChangingFrame,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
 }
 
@@ -95,11 +154,11 @@ impl Planner<'_> {
     /// Aggregates OVER a window of results that change: every row's aggregates follow its
     /// frame as rows come and are taken back, a changelog.
     fn build_retract_over(&mut self, built: Built, window: &Window, over: Over) -> Result<Built> {
-        if over.order_by.is_empty() {
-            return Err(refuse("an OVER aggregate without ORDER BY"));
-        }
         let schema = Self::physical_schema(&window.input, &built);
-        let mut built = Self::into_changelog(built, &schema)?;
+        let mut built = match built.changes() {
+            true => Self::into_changelog(built, &schema)?,
+            false => append_only_changelog(built)?,
+        };
         let input = window.input.schema();
         let physical = |e: &Expr| self.state.create_physical_expr(e.clone(), input);
         let partition = over
@@ -192,32 +251,28 @@ impl Planner<'_> {
                 "a window node without a window function".into(),
             ));
         };
-        if built.changes() {
+        // Flink's OVER aggregation: ordered by the event time, framed up to the current row,
+        // over rows that only append; each row goes out once, final, as the watermark passes.
+        let time = match order_by.as_slice() {
+            [sort] if sort.asc => match &sort.expr {
+                Expr::Column(c) => input.index_of_column(c).ok(),
+                _ => None,
+            },
+            _ => None,
+        }
+        .filter(|&i| matches!(built.times.get(i), Some(Some(TimeColumn::EventTime))));
+        let (Some(time), Ok(event_frame), false) = (time, over_frame(&frame), built.changes())
+        else {
+            // Any other OVER: every row's aggregates follow its frame as rows come (and are
+            // taken back), a changelog.
             let over = Over {
                 partition_by: &partition_by,
                 order_by: &order_by,
-                frame: over_frame(&frame)?,
+                frame: changing_frame(&frame)?,
                 aggregates,
             };
             return self.build_retract_over(built, window, over);
-        }
-        let [sort] = order_by.as_slice() else {
-            return Err(refuse("an OVER aggregate without ORDER BY the event time"));
         };
-        let time = match &sort.expr {
-            Expr::Column(c) => input.index_of_column(c).ok(),
-            _ => None,
-        }
-        .filter(|&i| matches!(built.times.get(i), Some(Some(TimeColumn::EventTime))))
-        .filter(|_| sort.asc);
-        let Some(time) = time else {
-            return Err(refuse(&format!(
-                "ORDER BY {} in an OVER aggregate (order by the event time column that the \
-                 watermark follows, ascending)",
-                sort.expr
-            )));
-        };
-        let frame = over_frame(&frame)?;
         let partition = partition_by
             .iter()
             .map(|e| self.state.create_physical_expr(e.clone(), input))
@@ -228,7 +283,7 @@ impl Planner<'_> {
                 input_arrow,
                 partition,
                 time,
-                frame,
+                event_frame,
                 aggregates,
                 Arc::new(window.schema.as_arrow().clone()),
             )?));
