@@ -340,13 +340,41 @@ impl RetractOverOperator {
             .collect();
         for agg in &self.aggregates {
             let args = evaluate(&agg.expressions().iter().collect::<Vec<_>>(), &batch)?;
-            let mut values = Vec::with_capacity(frames.len());
+            let mut values: Vec<ScalarValue> = Vec::with_capacity(frames.len());
+            // Frames that start at the partition's first row and grow (running totals, the
+            // whole partition) share one accumulator fed row by row; a frame equal to the one
+            // before has its value; any other frame is aggregated on its own.
+            let mut running: Option<(Box<dyn datafusion::logical_expr::Accumulator>, usize)> = None;
+            let mut previous: Option<(usize, usize)> = None;
+            let slice = |from: usize, to: usize| -> Vec<ArrayRef> {
+                args.iter().map(|a| a.slice(from, to - from)).collect()
+            };
             for &(start, end) in &frames {
-                let mut acc = agg.create_accumulator()?;
-                let slice: Vec<ArrayRef> =
-                    args.iter().map(|a| a.slice(start, end - start)).collect();
-                acc.update_batch(&slice)?;
-                values.push(acc.evaluate()?);
+                if let (Some(p), Some(v)) = (previous, values.last()) {
+                    if p == (start, end) {
+                        values.push(v.clone());
+                        continue;
+                    }
+                }
+                previous = Some((start, end));
+                match running.as_mut() {
+                    Some((acc, fed)) if start == 0 && end >= *fed => {
+                        acc.update_batch(&slice(*fed, end))?;
+                        *fed = end;
+                        values.push(acc.evaluate()?);
+                    }
+                    _ if start == 0 => {
+                        let mut acc = agg.create_accumulator()?;
+                        acc.update_batch(&slice(0, end))?;
+                        values.push(acc.evaluate()?);
+                        running = Some((acc, end));
+                    }
+                    _ => {
+                        let mut acc = agg.create_accumulator()?;
+                        acc.update_batch(&slice(start, end))?;
+                        values.push(acc.evaluate()?);
+                    }
+                }
             }
             let field = self.results_field(columns.len());
             let array = match values.is_empty() {
