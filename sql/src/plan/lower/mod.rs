@@ -156,20 +156,15 @@ pub(crate) fn unsupported(what: &str) -> Error {
     Error::NotSupported(format!("{what} is not supported in a continuous query yet"))
 }
 
-/// Checks that a derived stream (a view's or a subquery's rows) can be windowed over column
-/// `time`: its rows only append and the column follows the watermark.
+/// Checks that a derived stream (a view's or a subquery's rows, which only append: rows that
+/// change are windowed by `window_over_changes`) can be windowed over column `time`: the column
+/// follows the watermark.
 pub(crate) fn derived_window_input(
     built: Built,
     time_index: usize,
     time: &str,
     what: &str,
 ) -> Result<Built> {
-    if built.changes() {
-        return Err(Error::NotSupported(format!(
-            "a window over {what}, whose rows change (EMIT ON UPDATE, allowed_lateness, \
-             or GROUP BY without a window); window over rows that only append"
-        )));
-    }
     match built.times.get(time_index).copied().flatten() {
         Some(TimeColumn::EventTime | TimeColumn::WindowEnd { .. }) => Ok(built),
         _ => Err(Error::NotSupported(format!(

@@ -10,6 +10,38 @@ use crate::plan::bounds::TimeColumn;
 use crate::providers::{WindowInput, WindowSpec, WindowTable};
 
 impl Planner<'_> {
+    /// A window over rows that change (a view or subquery with a GROUP BY without a window, a
+    /// Top-N, a join without a time bound): each row gets its window's columns like any other
+    /// computed column, and what reads them follows the rows as they come and are taken back.
+    /// Such windows never close: what aggregates them is an updating aggregate.
+    fn window_over_changes(
+        &mut self,
+        built: Built,
+        t: &WindowTable,
+    ) -> Result<(Built, Option<Vec<usize>>)> {
+        if matches!(t.spec, WindowSpec::Session { .. }) {
+            return Err(unsupported(
+                "SESSION windows over rows that change (sessions form per GROUP BY key over rows \
+                 that only append)",
+            ));
+        }
+        let schema = built.output_schema();
+        let mut built = Self::into_changelog(built, &schema)?;
+        let with_trailer = built.output_schema();
+        let width = with_trailer.fields().len() - 1;
+        let operator = t.operator_over(&with_trailer, t.time_index)?;
+        let windowed = operator.schema();
+        built.operators.push(operator);
+        // The changelog's column goes last again, after the window's.
+        let order: Vec<usize> = (0..width).chain([width + 1, width + 2, width]).collect();
+        let exprs = column_exprs(&windowed, &order);
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &windowed)?));
+        built.times = vec![None; width + 2];
+        Ok((built, None))
+    }
+
     /// The rows a window function windows, then the window assigner. With `keep` (the input
     /// columns the query reads, the time among them, in order), the rest are dropped before
     /// the assigner, which then copies less; the columns kept are returned when they were.
@@ -51,6 +83,9 @@ impl Planner<'_> {
             }
             WindowInput::View(view) => {
                 let built = self.inline_view(view)?;
+                if built.changes() {
+                    return self.window_over_changes(built, t);
+                }
                 derived_window_input(
                     built,
                     t.time_index,
@@ -66,6 +101,9 @@ impl Planner<'_> {
                 let built = self.build(&plan);
                 self.options = saved;
                 let built = built?;
+                if built.changes() {
+                    return self.window_over_changes(built, t);
+                }
                 derived_window_input(built, t.time_index, &time, "the subquery")?
             }
         };
