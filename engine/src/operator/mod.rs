@@ -19,6 +19,7 @@ mod stream_join;
 mod temporal_join;
 mod top_n;
 mod tumble;
+mod union;
 mod upsert_changelog;
 mod window_aggregate;
 
@@ -45,6 +46,7 @@ pub use stream_join::{JoinInput, StreamJoinOperator};
 pub use temporal_join::{TemporalInput, TemporalJoinOperator};
 pub use top_n::{RankKind, TopNExpiry, TopNOperator, TopNOrder};
 pub use tumble::TumbleOperator;
+pub use union::UnionOperator;
 pub use upsert_changelog::{INSERTED, UpsertChangelogOperator};
 pub use window_aggregate::{
     AggregateSpec, Emit, WindowAggregateOperator, WindowColumn, WindowEdge,

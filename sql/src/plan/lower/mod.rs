@@ -13,7 +13,8 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
 use weir_engine::dataflow::Dataflow;
 use weir_engine::operator::{
-    BinaryOperator, FilterOperator, INSERTED, Operator, ProjectionOperator, UpsertChangelogOperator,
+    BinaryOperator, FilterOperator, INSERTED, Operator, ProjectionOperator, UnionOperator,
+    UpsertChangelogOperator,
 };
 use weir_engine::pipeline::Pipeline;
 
@@ -294,7 +295,7 @@ impl Planner<'_> {
             )),
             LogicalPlan::Window(w) if over::is_over_aggregate(w) => self.build_over(w),
             LogicalPlan::Window(w) => self.build_top_n(w),
-            LogicalPlan::Union(_) => Err(unsupported("UNION")),
+            LogicalPlan::Union(u) => self.build_union(u),
             other => Err(unsupported(
                 other
                     .display()
@@ -404,6 +405,91 @@ impl Planner<'_> {
         built.visibility = false;
         built.changelog = true;
         Ok(built)
+    }
+
+    /// Rows that only append as a changelog: each one inserted.
+    pub(crate) fn append_only_changelog(mut built: Built) -> Result<Built> {
+        let schema = built.output_schema();
+        let all: Vec<usize> = (0..schema.fields().len()).collect();
+        let mut exprs = column_exprs(&schema, &all);
+        exprs.push((
+            Arc::new(datafusion::physical_expr::expressions::Literal::new(
+                datafusion::common::ScalarValue::Boolean(Some(true)),
+            )),
+            INSERTED.to_string(),
+        ));
+        built
+            .operators
+            .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
+        built.changelog = true;
+        Ok(built)
+    }
+
+    /// UNION ALL: the rows of every input, as they come. Over inputs whose rows change, each
+    /// goes in as a changelog and so does the union.
+    pub(crate) fn build_union(&mut self, union: &datafusion::logical_expr::Union) -> Result<Built> {
+        let schema = Arc::new(union.schema.as_arrow().clone());
+        let mut inputs = union.inputs.iter();
+        let first = inputs
+            .next()
+            .ok_or_else(|| Error::Internal("a UNION without inputs".into()))?;
+        let mut built = self.build(first)?;
+        for next in inputs {
+            let right = self.build(next)?;
+            built = self.union_of(built, right, &schema)?;
+        }
+        Ok(built)
+    }
+
+    fn union_of(&mut self, left: Built, right: Built, schema: &SchemaRef) -> Result<Built> {
+        if left.session_gap_ns.is_some() || right.session_gap_ns.is_some() {
+            return Err(unsupported("a UNION of SESSION windows"));
+        }
+        let changes = left.changes() || right.changes();
+        let as_changelog = |b: Built| -> Result<Built> {
+            match (b.changes(), changes) {
+                (_, false) => Ok(b),
+                (true, true) => {
+                    let s = b.output_schema();
+                    Self::into_changelog(b, &s)
+                }
+                (false, true) => Self::append_only_changelog(b),
+            }
+        };
+        let (left, right) = (as_changelog(left)?, as_changelog(right)?);
+        let mut fields: Vec<_> = schema.fields().iter().cloned().collect();
+        if changes {
+            fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+                INSERTED,
+                datafusion::arrow::datatypes::DataType::Boolean,
+                false,
+            )));
+        }
+        let output = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+        // A column follows the watermark in the union if it does so in both inputs alike.
+        let times = left
+            .times
+            .iter()
+            .zip(&right.times)
+            .map(|(l, r)| if l == r { *l } else { None })
+            .collect();
+        let aggregated = left.aggregated || right.aggregated;
+        let windowed_aggregate = left.windowed_aggregate || right.windowed_aggregate;
+        let op = UnionOperator::new(Arc::clone(&output));
+        Ok(Built {
+            base: Self::join_base(None, left, right, Box::new(op))?,
+            input: output,
+            operators: Vec::new(),
+            times,
+            session_gap_ns: None,
+            session_partition: None,
+            hop: None,
+            aggregated,
+            windowed_aggregate,
+            key: None,
+            visibility: false,
+            changelog: changes,
+        })
     }
 
     /// Another materialized view's query, compiled into this one (a derived stream).

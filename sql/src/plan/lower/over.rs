@@ -10,13 +10,11 @@ use datafusion::logical_expr::{
     Expr, Window, WindowFrame, WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition,
 };
 use datafusion::physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
-use datafusion::physical_expr::expressions::Literal;
 use weir_engine::operator::{
-    ChangingFrame, FrameBound, INSERTED, OverAggregateOperator, OverFrame, ProjectionOperator,
-    RetractOverOperator, TopNOrder,
+    ChangingFrame, FrameBound, OverAggregateOperator, OverFrame, RetractOverOperator, TopNOrder,
 };
 
-use super::{Built, Planner, arrow_schema, column_exprs};
+use super::{Built, Planner, arrow_schema};
 use crate::plan::bounds::TimeColumn;
 use crate::{Error, Result};
 
@@ -87,22 +85,6 @@ fn over_frame(frame: &WindowFrame) -> Result<OverFrame> {
     }
 }
 
-/// Rows that only append as a changelog: each one inserted.
-fn append_only_changelog(mut built: Built) -> Result<Built> {
-    let schema = built.output_schema();
-    let all: Vec<usize> = (0..schema.fields().len()).collect();
-    let mut exprs = column_exprs(&schema, &all);
-    exprs.push((
-        Arc::new(Literal::new(ScalarValue::Boolean(Some(true)))),
-        INSERTED.to_string(),
-    ));
-    built
-        .operators
-        .push(Box::new(ProjectionOperator::try_new(exprs, &schema)?));
-    built.changelog = true;
-    Ok(built)
-}
-
 /// The engine's frame, any bounds, for an OVER whose results change.
 fn changing_frame(frame: &WindowFrame) -> Result<ChangingFrame> {
     let rows = match frame.units {
@@ -157,7 +139,7 @@ impl Planner<'_> {
         let schema = Self::physical_schema(&window.input, &built);
         let mut built = match built.changes() {
             true => Self::into_changelog(built, &schema)?,
-            false => append_only_changelog(built)?,
+            false => Self::append_only_changelog(built)?,
         };
         let input = window.input.schema();
         let physical = |e: &Expr| self.state.create_physical_expr(e.clone(), input);
