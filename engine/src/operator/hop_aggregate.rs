@@ -8,19 +8,16 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array,
 };
-use datafusion::arrow::compute::{cast, take, take_record_batch};
+use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatchOptions;
-use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
-use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
-use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
-use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use datafusion::scalar::ScalarValue;
 
 use super::tumble::format_duration_ns;
-use super::window_aggregate::{AggregateSpec, WindowColumn};
-use super::{Operator, aggregate_inputs, batch_of};
+use super::window_aggregate::{AggregateSpec, Partials, WindowColumn, WindowState};
+use super::{Operator, aggregate_inputs, batch_of, take_inputs};
 use crate::checkpoint::OperatorState;
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
@@ -36,14 +33,10 @@ pub enum HopGroup {
     End,
 }
 
-/// A pane's group keys and its accumulators' partial states, as they were last read.
-type Partials = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>);
-
 /// The groups and accumulators of one pane.
 struct Pane {
-    groups: Box<dyn GroupValues>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
-    /// Its partial states, read since its last update.
+    state: WindowState,
+    /// Its group keys and partial states, read since its last update.
     read: Option<Partials>,
 }
 
@@ -163,23 +156,8 @@ impl HopAggregateOperator {
     }
 
     fn new_pane(&self) -> Result<Pane> {
-        let accumulators = self
-            .aggregates
-            .iter()
-            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-                if a.expr.groups_accumulator_supported() {
-                    Ok(a.expr.create_groups_accumulator()?)
-                } else {
-                    let expr = Arc::clone(&a.expr);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        expr.create_accumulator()
-                    })))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(Pane {
-            groups: new_group_values(Arc::clone(&self.key_schema), &GroupOrdering::None)?,
-            accumulators,
+            state: WindowState::new(&self.key_schema, &self.aggregates)?,
             read: None,
         })
     }
@@ -229,37 +207,24 @@ impl HopAggregateOperator {
             .get_mut(&end)
             .ok_or_else(|| Error::Internal("a pane vanished".into()))?;
         let mut ids = Vec::new();
-        pane.groups.intern(keys, &mut ids)?;
-        let total = pane.groups.len();
-        for ((acc, args), filter) in pane.accumulators.iter_mut().zip(args).zip(filters) {
+        pane.state.groups.intern(keys, &mut ids)?;
+        let total = pane.state.groups.len();
+        for ((acc, args), filter) in pane.state.accumulators.iter_mut().zip(args).zip(filters) {
             acc.update_batch(args, &ids, filter.as_ref(), total)?;
         }
         pane.read = None;
         Ok(())
     }
 
-    /// The pane's keys and partial states, leaving it as it was. DataFusion's group-by
-    /// structures hand out values only by draining, so a pane is drained and rebuilt, once per
-    /// update: its windows read the copy kept.
+    /// The pane's keys and partial states, leaving it as it was (see [`WindowState::read`]):
+    /// read once per update, its windows share the copy kept.
     fn partials(&mut self, end: i64) -> Result<&Partials> {
-        let mut fresh = self.new_pane()?;
         let pane = self
             .panes
             .get_mut(&end)
             .ok_or_else(|| Error::Internal("a pane vanished".into()))?;
         if pane.read.is_none() {
-            let keys = pane.groups.emit(EmitTo::All)?;
-            let n = keys.first().map_or(0, |k| k.len());
-            let mut ids = Vec::new();
-            fresh.groups.intern(&keys, &mut ids)?;
-            let mut partials = Vec::with_capacity(pane.accumulators.len());
-            for (acc, kept) in pane.accumulators.iter_mut().zip(&mut fresh.accumulators) {
-                let partial = acc.state(EmitTo::All)?;
-                kept.merge_batch(&partial, &ids, n)?;
-                partials.push(partial);
-            }
-            fresh.read = Some((keys, partials));
-            *pane = fresh;
+            pane.read = Some(pane.state.read(&self.key_schema, &self.aggregates)?);
         }
         pane.read
             .as_ref()
@@ -273,7 +238,7 @@ impl HopAggregateOperator {
             .range(end - self.size_ns + 1..=end)
             .map(|(e, _)| *e)
             .collect();
-        let mut window = self.new_pane()?;
+        let mut window = WindowState::new(&self.key_schema, &self.aggregates)?;
         let mut ids = Vec::new();
         for pane in panes {
             let (keys, partials) = self.partials(pane)?;
@@ -388,24 +353,7 @@ impl Operator for HopAggregateOperator {
             self.record_late(&batch, &late)?;
         }
         for (end, rows) in buckets {
-            let idx = UInt32Array::from(rows);
-            let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-                cols.iter().map(|c| Ok(take(c, &idx, None)?)).collect()
-            };
-            let k = pick(&keys)?;
-            let a = args
-                .iter()
-                .map(|cols| pick(cols))
-                .collect::<Result<Vec<_>>>()?;
-            let f = filters
-                .iter()
-                .map(|f| -> Result<Option<BooleanArray>> {
-                    Ok(match f {
-                        Some(f) => Some(take(f, &idx, None)?.as_boolean().clone()),
-                        None => None,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let (k, a, f) = take_inputs(&keys, &args, &filters, &UInt32Array::from(rows))?;
             self.update_pane(end, &k, &a, &f)?;
         }
         Ok(Vec::new())
@@ -458,7 +406,7 @@ impl Operator for HopAggregateOperator {
     }
 
     fn state_rows(&self) -> usize {
-        self.panes.values().map(|p| p.groups.len()).sum()
+        self.panes.values().map(|p| p.state.groups.len()).sum()
     }
 
     fn state_bytes(&self) -> usize {
@@ -471,7 +419,9 @@ impl Operator for HopAggregateOperator {
                         .map(|a| a.get_array_memory_size())
                         .sum()
                 });
-                p.groups.size() + p.accumulators.iter().map(|a| a.size()).sum::<usize>() + read
+                p.state.groups.size()
+                    + p.state.accumulators.iter().map(|a| a.size()).sum::<usize>()
+                    + read
             })
             .sum()
     }
@@ -485,25 +435,9 @@ impl Operator for HopAggregateOperator {
         };
         let ends: Vec<i64> = self.panes.keys().copied().collect();
         for end in ends {
-            let (keys, partials) = self.partials(end)?;
-            let columns: Vec<ArrayRef> = keys
-                .iter()
-                .chain(partials.iter().flatten())
-                .cloned()
-                .collect();
-            let fields: Vec<Field> = columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
-                .collect();
-            let options = RecordBatchOptions::new()
-                .with_row_count(Some(columns.first().map_or(0, |c| c.len())));
+            let batch = WindowState::to_batch(self.partials(end)?)?;
             state.values.push(Some(end));
-            state.batches.push(RecordBatch::try_new_with_options(
-                Arc::new(Schema::new(fields)),
-                columns,
-                &options,
-            )?);
+            state.batches.push(batch);
         }
         Ok(state)
     }
@@ -517,26 +451,12 @@ impl Operator for HopAggregateOperator {
             ));
         }
         self.panes.clear();
-        let key_count = self.key_schema.fields().len();
         for (end, batch) in state.values[2..].iter().zip(state.batches) {
             let end = end.ok_or_else(|| Error::Corrupt("a pane without an end".into()))?;
-            let mut pane = self.new_pane()?;
-            let columns = batch.columns();
-            let (keys, mut rest) = columns.split_at(key_count.min(columns.len()));
-            let mut ids = Vec::new();
-            pane.groups.intern(keys, &mut ids)?;
-            let n = batch.num_rows();
-            for (acc, spec) in pane.accumulators.iter_mut().zip(&self.aggregates) {
-                let width = spec.expr.state_fields()?.len();
-                if rest.len() < width {
-                    return Err(Error::Corrupt(
-                        "HOP pane state lacks accumulator columns".into(),
-                    ));
-                }
-                let (partial, tail) = rest.split_at(width);
-                acc.merge_batch(partial, &ids, n)?;
-                rest = tail;
-            }
+            let pane = Pane {
+                state: WindowState::from_batch(&batch, &self.key_schema, &self.aggregates)?,
+                read: None,
+            };
             self.panes.insert(end, pane);
         }
         Ok(())

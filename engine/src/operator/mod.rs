@@ -25,10 +25,11 @@ mod window_aggregate;
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray};
-use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{ArrayRef, AsArray, BooleanArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::RowConverter;
 
 pub use filter::FilterOperator;
 pub use group_aggregate::{GroupAggregateOperator, group_aggregate_refusal};
@@ -186,6 +187,65 @@ pub trait BinaryOperator: Send + std::fmt::Debug {
 
     /// Replaces the state of a freshly made operator (see [`Operator::restore`]).
     fn restore(&mut self, state: OperatorState) -> Result<()>;
+}
+
+/// Rows `idx` of a batch's group columns, aggregate arguments and `FILTER` masks (as
+/// [`aggregate_inputs`] gives them): one window's or pane's share of the batch.
+pub(crate) fn take_inputs(
+    groups: &[ArrayRef],
+    args: &[Vec<ArrayRef>],
+    filters: &[Option<BooleanArray>],
+    idx: &UInt32Array,
+) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<Option<BooleanArray>>)> {
+    let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+        cols.iter().map(|c| Ok(take(c, idx, None)?)).collect()
+    };
+    let groups = pick(groups)?;
+    let args = args.iter().map(|a| pick(a)).collect::<Result<Vec<_>>>()?;
+    let filters = filters
+        .iter()
+        .map(|f| -> Result<Option<BooleanArray>> {
+            Ok(match f {
+                Some(f) => Some(take(f, idx, None)?.as_boolean().clone()),
+                None => None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((groups, args, filters))
+}
+
+/// A changelog operator's kept rows (row format, each with how many times it holds) as a
+/// checkpoint of `values`'s columns: each row as many times as it holds.
+pub(crate) fn kept_rows_state<'a>(
+    converter: &RowConverter,
+    values: &SchemaRef,
+    kept: impl Iterator<Item = (&'a [u8], u64)>,
+) -> Result<OperatorState> {
+    let parser = converter.parser();
+    let rows: Vec<_> = kept
+        .flat_map(|(row, count)| std::iter::repeat_n(parser.parse(row), count as usize))
+        .collect();
+    if rows.is_empty() {
+        return Ok(OperatorState::default());
+    }
+    let columns = converter.convert_rows(rows)?;
+    Ok(OperatorState {
+        values: Vec::new(),
+        batches: vec![RecordBatch::try_new(Arc::clone(values), columns)?],
+    })
+}
+
+/// Rows of `values`'s columns as a changelog of inserts: how a restore of
+/// [`kept_rows_state`] feeds them in again.
+pub(crate) fn as_inserts(values: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(BooleanArray::from(vec![true; batch.num_rows()])));
+    let mut fields: Vec<_> = values.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(INSERTED, DataType::Boolean, false)));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Evaluates every aggregate's arguments and `FILTER` mask over `batch`.

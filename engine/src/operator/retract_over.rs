@@ -376,7 +376,7 @@ impl RetractOverOperator {
                     }
                 }
             }
-            let field = self.results_field(columns.len());
+            let field = self.schema.field(columns.len());
             let array = match values.is_empty() {
                 true => datafusion::arrow::array::new_empty_array(field.data_type()),
                 false => cast(&ScalarValue::iter_to_array(values)?, field.data_type())?,
@@ -385,11 +385,6 @@ impl RetractOverOperator {
         }
         let encoded = self.results.convert_columns(&columns)?;
         Ok(encoded.iter().map(|r| r.data().into()).collect())
-    }
-
-    /// The output field at `i` (a value or an aggregate).
-    fn results_field(&self, i: usize) -> &Field {
-        self.schema.field(i)
     }
 
     /// The ORDER BY timestamp of `batch`'s rows in ns, for a RANGE frame of a length.
@@ -509,32 +504,18 @@ impl Operator for RetractOverOperator {
 
     /// Every kept row as many times as it holds; a restore inserts them again.
     fn snapshot(&mut self) -> Result<OperatorState> {
-        let parser = self.rows.parser();
-        let rows: Vec<_> = self
+        let kept = self
             .partitions
             .values()
             .flat_map(|p| p.iter())
-            .flat_map(|((_, row), &count)| std::iter::repeat_n(parser.parse(row), count as usize))
-            .collect();
-        if rows.is_empty() {
-            return Ok(OperatorState::default());
-        }
-        let columns = self.rows.convert_rows(rows)?;
-        Ok(OperatorState {
-            values: Vec::new(),
-            batches: vec![RecordBatch::try_new(Arc::clone(&self.values), columns)?],
-        })
+            .map(|((_, row), &count)| (row.as_ref(), count));
+        super::kept_rows_state(&self.rows, &self.values, kept)
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         for batch in state.batches {
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(BooleanArray::from(vec![true; batch.num_rows()])));
-            let mut fields: Vec<_> = self.values.fields().iter().cloned().collect();
-            fields.push(Arc::new(Field::new(INSERTED, DataType::Boolean, false)));
-            let changes = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
             // Restoring emits nothing: the view's rows come back from the checkpoint too.
-            self.process_batch(changes)?;
+            self.process_batch(super::as_inserts(&self.values, &batch)?)?;
         }
         Ok(())
     }

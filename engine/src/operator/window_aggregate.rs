@@ -16,7 +16,7 @@ use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::tumble::format_duration_ns;
-use super::{Operator, aggregate_inputs, batch_of};
+use super::{Operator, aggregate_inputs, batch_of, take_inputs};
 use crate::checkpoint::OperatorState;
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
@@ -60,10 +60,114 @@ pub struct AggregateSpec {
     pub filter: Option<Arc<dyn PhysicalExpr>>,
 }
 
-/// The groups and accumulators of one open window.
-struct WindowState {
-    groups: Box<dyn GroupValues>,
-    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+/// The groups and accumulators of one open window (or of a HOP's pane).
+pub(super) struct WindowState {
+    pub(super) groups: Box<dyn GroupValues>,
+    pub(super) accumulators: Vec<Box<dyn GroupsAccumulator>>,
+}
+
+/// Group keys and every accumulator's partial state columns, as [`WindowState::read`] gives.
+pub(super) type Partials = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>);
+
+impl WindowState {
+    /// No groups yet, keyed by columns of `keys`, with an accumulator per aggregate.
+    pub(super) fn new(keys: &SchemaRef, aggregates: &[AggregateSpec]) -> Result<Self> {
+        let accumulators = aggregates
+            .iter()
+            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
+                if a.expr.groups_accumulator_supported() {
+                    Ok(a.expr.create_groups_accumulator()?)
+                } else {
+                    let expr = Arc::clone(&a.expr);
+                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+                        expr.create_accumulator()
+                    })))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            groups: new_group_values(Arc::clone(keys), &GroupOrdering::None)?,
+            accumulators,
+        })
+    }
+
+    /// The group keys and partial states, leaving the state as it was.
+    ///
+    /// DataFusion's group-by structures only hand out values by draining, so this drains and
+    /// rebuilds: group keys are re-interned in order (so group ids stay the same: the `i`-th
+    /// key is group `i`) and each partial state is merged into a fresh accumulator to keep.
+    /// The cost is proportional to the groups.
+    pub(super) fn read(
+        &mut self,
+        keys: &SchemaRef,
+        aggregates: &[AggregateSpec],
+    ) -> Result<Partials> {
+        let mut fresh = Self::new(keys, aggregates)?;
+        let emitted = self.groups.emit(EmitTo::All)?;
+        let n = emitted.first().map_or(0, |k| k.len());
+        let mut ids = Vec::with_capacity(n);
+        fresh.groups.intern(&emitted, &mut ids)?;
+        if ids.iter().enumerate().any(|(i, g)| *g != i) {
+            return Err(Error::Internal(
+                "re-interned group keys changed their ids".into(),
+            ));
+        }
+        let mut partials = Vec::with_capacity(self.accumulators.len());
+        for (acc, kept) in self.accumulators.iter_mut().zip(&mut fresh.accumulators) {
+            let partial = acc.state(EmitTo::All)?;
+            kept.merge_batch(&partial, &ids, n)?;
+            partials.push(partial);
+        }
+        *self = fresh;
+        Ok((emitted, partials))
+    }
+
+    /// Keys and partial states as one batch, for a checkpoint ([`WindowState::from_batch`]).
+    pub(super) fn to_batch((keys, partials): &Partials) -> Result<RecordBatch> {
+        let columns: Vec<ArrayRef> = keys
+            .iter()
+            .chain(partials.iter().flatten())
+            .cloned()
+            .collect();
+        let fields: Vec<Field> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
+            .collect();
+        let options =
+            RecordBatchOptions::new().with_row_count(Some(columns.first().map_or(0, |c| c.len())));
+        Ok(RecordBatch::try_new_with_options(
+            Arc::new(Schema::new(fields)),
+            columns,
+            &options,
+        )?)
+    }
+
+    /// The state a checkpoint batch of [`WindowState::to_batch`] holds.
+    pub(super) fn from_batch(
+        batch: &RecordBatch,
+        keys: &SchemaRef,
+        aggregates: &[AggregateSpec],
+    ) -> Result<Self> {
+        let mut state = Self::new(keys, aggregates)?;
+        let columns = batch.columns();
+        let (key_columns, mut rest) = columns.split_at(keys.fields().len().min(columns.len()));
+        let mut ids = Vec::with_capacity(batch.num_rows());
+        state.groups.intern(key_columns, &mut ids)?;
+        let n = batch.num_rows();
+        for (acc, spec) in state.accumulators.iter_mut().zip(aggregates) {
+            let width = spec.expr.state_fields()?.len();
+            if rest.len() < width {
+                return Err(Error::Corrupt(
+                    "aggregate state lacks accumulator columns".into(),
+                ));
+            }
+            let (partial, tail) = rest.split_at(width);
+            acc.merge_batch(partial, &ids, n)?;
+            rest = tail;
+        }
+        Ok(state)
+    }
 }
 
 impl std::fmt::Debug for WindowState {
@@ -321,24 +425,7 @@ impl WindowAggregateOperator {
     }
 
     fn new_window(&self) -> Result<WindowState> {
-        let accumulators = self
-            .aggregates
-            .iter()
-            .map(|a| -> Result<Box<dyn GroupsAccumulator>> {
-                if a.expr.groups_accumulator_supported() {
-                    Ok(a.expr.create_groups_accumulator()?)
-                } else {
-                    let expr = Arc::clone(&a.expr);
-                    Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
-                        expr.create_accumulator()
-                    })))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(WindowState {
-            groups: new_group_values(Arc::clone(&self.group_schema), &GroupOrdering::None)?,
-            accumulators,
-        })
+        WindowState::new(&self.group_schema, &self.aggregates)
     }
 
     /// The current rows of the windows ending at `ends` that were just updated: all of them in
@@ -371,38 +458,12 @@ impl WindowAggregateOperator {
     }
 
     /// The group keys and intermediate aggregate states of one window, leaving its state as
-    /// it was.
-    ///
-    /// DataFusion's group-by structures only hand out values by draining, so this drains and
-    /// rebuilds: group keys are re-interned in order (so group ids stay the same) and each
-    /// accumulator's intermediate state is merged into a fresh accumulator to keep. The cost is
-    /// proportional to the window's groups.
-    fn window_state(&mut self, end: i64) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
-        let mut fresh = self.new_window()?;
-        let state = self
-            .windows
+    /// it was (see [`WindowState::read`]).
+    fn window_state(&mut self, end: i64) -> Result<Partials> {
+        self.windows
             .get_mut(&end)
-            .ok_or_else(|| Error::Internal("updated window vanished".into()))?;
-        let keys = state.groups.emit(EmitTo::All)?;
-        let n = keys.first().map_or(0, |k| k.len());
-        fresh.groups.intern(&keys, &mut self.group_ids)?;
-        if self.group_ids.iter().enumerate().any(|(i, g)| *g != i) {
-            return Err(Error::Internal(
-                "re-interned group keys changed their ids".into(),
-            ));
-        }
-        let mut partials = Vec::with_capacity(state.accumulators.len());
-        for (acc, kept) in state
-            .accumulators
-            .iter_mut()
-            .zip(fresh.accumulators.iter_mut())
-        {
-            let partial = acc.state(EmitTo::All)?;
-            kept.merge_batch(&partial, &self.group_ids, n)?;
-            partials.push(partial);
-        }
-        *state = fresh;
-        Ok((keys, partials))
+            .ok_or_else(|| Error::Internal("updated window vanished".into()))?
+            .read(&self.group_schema, &self.aggregates)
     }
 
     /// The group keys and current aggregate values of one window, leaving its state as it was.
@@ -410,8 +471,10 @@ impl WindowAggregateOperator {
         let (keys, partials) = self.window_state(end)?;
         let n = keys.first().map_or(0, |k| k.len());
         let mut columns = self.with_edges(end, keys, n)?;
+        // Group `i` is the `i`-th key (see `WindowState::read`).
+        let ids: Vec<usize> = (0..n).collect();
         for (eval, partial) in self.new_window()?.accumulators.iter_mut().zip(&partials) {
-            eval.merge_batch(partial, &self.group_ids, n)?;
+            eval.merge_batch(partial, &ids, n)?;
             columns.push(eval.evaluate(EmitTo::All)?);
         }
         Ok(columns)
@@ -514,24 +577,7 @@ impl Operator for WindowAggregateOperator {
         }
         let touched: Vec<i64> = buckets.keys().copied().collect();
         for (end, rows) in buckets {
-            let idx = UInt32Array::from(rows);
-            let pick = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-                cols.iter().map(|c| Ok(take(c, &idx, None)?)).collect()
-            };
-            let g = pick(&groups)?;
-            let a = args
-                .iter()
-                .map(|cols| pick(cols))
-                .collect::<Result<Vec<_>>>()?;
-            let f = filters
-                .iter()
-                .map(|f| -> Result<Option<BooleanArray>> {
-                    Ok(match f {
-                        Some(f) => Some(take(f, &idx, None)?.as_boolean().clone()),
-                        None => None,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let (g, a, f) = take_inputs(&groups, &args, &filters, &UInt32Array::from(rows))?;
             self.update_window(end, &g, &a, &f)?;
         }
         self.emit_updates(touched)
@@ -605,24 +651,9 @@ impl Operator for WindowAggregateOperator {
         };
         let ends: Vec<i64> = self.windows.keys().copied().collect();
         for end in ends {
-            let (keys, partials) = self.window_state(end)?;
-            let columns: Vec<ArrayRef> = keys
-                .into_iter()
-                .chain(partials.into_iter().flatten())
-                .collect();
-            let fields: Vec<Field> = columns
-                .iter()
-                .enumerate()
-                .map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true))
-                .collect();
-            let options = RecordBatchOptions::new()
-                .with_row_count(Some(columns.first().map_or(0, |c| c.len())));
+            let partials = self.window_state(end)?;
             state.values.push(Some(end));
-            state.batches.push(RecordBatch::try_new_with_options(
-                Arc::new(Schema::new(fields)),
-                columns,
-                &options,
-            )?);
+            state.batches.push(WindowState::to_batch(&partials)?);
         }
         Ok(state)
     }
@@ -636,25 +667,9 @@ impl Operator for WindowAggregateOperator {
             ));
         }
         self.windows.clear();
-        let group_count = self.group_schema.fields().len();
         for (end, batch) in state.values[2..].iter().zip(state.batches) {
             let end = end.ok_or_else(|| Error::Corrupt("a window without an end".into()))?;
-            let mut window = self.new_window()?;
-            let columns = batch.columns();
-            let (keys, mut rest) = columns.split_at(group_count.min(columns.len()));
-            window.groups.intern(keys, &mut self.group_ids)?;
-            let n = batch.num_rows();
-            for (acc, spec) in window.accumulators.iter_mut().zip(&self.aggregates) {
-                let width = spec.expr.state_fields()?.len();
-                if rest.len() < width {
-                    return Err(Error::Corrupt(
-                        "window aggregate state lacks accumulator columns".into(),
-                    ));
-                }
-                let (partial, tail) = rest.split_at(width);
-                acc.merge_batch(partial, &self.group_ids, n)?;
-                rest = tail;
-            }
+            let window = WindowState::from_batch(&batch, &self.group_schema, &self.aggregates)?;
             self.windows.insert(end, window);
         }
         Ok(())

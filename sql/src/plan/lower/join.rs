@@ -314,22 +314,7 @@ impl Planner<'_> {
         };
         let (left, left_schema) = side(left, &join.left)?;
         let (right, right_schema) = side(right, &join.right)?;
-        let mut left_keys = Vec::new();
-        let mut right_keys = Vec::new();
-        for (l, r) in &join.on {
-            left_keys.push(
-                self.state
-                    .create_physical_expr(l.clone(), join.left.schema())?,
-            );
-            right_keys.push(
-                self.state
-                    .create_physical_expr(r.clone(), join.right.schema())?,
-            );
-        }
-        let filter = match &join.filter {
-            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
-            None => None,
-        };
+        let (left_keys, right_keys, filter) = self.join_exprs(join)?;
         let op = RetractJoinOperator::try_new(
             [
                 (left_schema, left_keys, left.changelog, keep_left),
@@ -446,17 +431,7 @@ impl Planner<'_> {
             _ => None,
         };
         let left_schema = join.left.schema();
-        let right_schema = join.right.schema();
-        let mut left_keys = Vec::new();
-        let mut right_keys = Vec::new();
-        for (l, r) in &join.on {
-            left_keys.push(self.state.create_physical_expr(l.clone(), left_schema)?);
-            right_keys.push(self.state.create_physical_expr(r.clone(), right_schema)?);
-        }
-        let filter = match &join.filter {
-            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
-            None => None,
-        };
+        let (left_keys, right_keys, filter) = self.join_exprs(join)?;
         let input = |keys, side: Option<(usize, i64)>, offset: usize, keep_unmatched| match side {
             Some((column, expiry_offset_ns)) => JoinInput {
                 keys,
@@ -557,6 +532,35 @@ fn versions_of(plan: &LogicalPlan) -> Result<Option<String>> {
 }
 
 impl Planner<'_> {
+    /// A join's key expressions over each input and its other conditions over both.
+    #[allow(clippy::type_complexity)]
+    fn join_exprs(
+        &self,
+        join: &datafusion::logical_expr::Join,
+    ) -> Result<(
+        Vec<Arc<dyn PhysicalExpr>>,
+        Vec<Arc<dyn PhysicalExpr>>,
+        Option<Arc<dyn PhysicalExpr>>,
+    )> {
+        let mut left_keys = Vec::new();
+        let mut right_keys = Vec::new();
+        for (l, r) in &join.on {
+            left_keys.push(
+                self.state
+                    .create_physical_expr(l.clone(), join.left.schema())?,
+            );
+            right_keys.push(
+                self.state
+                    .create_physical_expr(r.clone(), join.right.schema())?,
+            );
+        }
+        let filter = match &join.filter {
+            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
+            None => None,
+        };
+        Ok((left_keys, right_keys, filter))
+    }
+
     /// Flink's event-time temporal join: each left row, once the watermark passes its time,
     /// with the right's row for its key current at that time.
     fn build_temporal_join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Built> {
@@ -614,17 +618,7 @@ impl Planner<'_> {
                      reach the join; read the stream itself"
                 ))
             })?;
-        let right_schema = join.right.schema();
-        let mut left_keys = Vec::new();
-        let mut right_keys = Vec::new();
-        for (l, r) in &join.on {
-            left_keys.push(self.state.create_physical_expr(l.clone(), left_schema)?);
-            right_keys.push(self.state.create_physical_expr(r.clone(), right_schema)?);
-        }
-        let filter = match &join.filter {
-            Some(f) => Some(self.state.create_physical_expr(f.clone(), &join.schema)?),
-            None => None,
-        };
+        let (left_keys, right_keys, filter) = self.join_exprs(join)?;
         let op = TemporalJoinOperator::try_new(
             TemporalInput {
                 keys: left_keys,
