@@ -362,6 +362,28 @@ async fn copy_loads_files_all_or_nothing() {
     let (ok, _, stderr) = psql(&server, &["-c", &copy]);
     assert!(!ok);
     assert!(stderr.contains("line 3"), "{stderr}");
+    // A row with a field too many, and a column named twice (42701, as PostgreSQL says).
+    std::fs::write(
+        &bad,
+        "1,/a,2026-01-01 00:00:01\n2,/b,2026-01-01 00:00:02,x\n",
+    )
+    .expect("write csv");
+    let copy = format!("\\copy clicks FROM '{}' WITH (FORMAT csv)", bad.display());
+    let (ok, _, stderr) = psql(&server, &["-c", &copy]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("expected 3 fields"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = psql(
+        &server,
+        &["-c", "COPY clicks (user_id, user_id) FROM STDIN"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("column \"user_id\" specified more than once"),
+        "{stderr}"
+    );
     assert_eq!(count(&client, "SELECT count(*) FROM clicks").await, 1000);
     // tokio-postgres' COPY IN, in text format.
     let sink = client
@@ -2376,6 +2398,47 @@ async fn kafka_transactions_commit_abort_fence_and_survive_kill_9() {
         .await
         .expect("insert after the restart");
     assert_eq!(count(&c, "SELECT count(*) FROM totals").await, 102);
+    // Producers go on across a kill -9: one between transactions commits its next without
+    // init_transactions; one mid-transaction is fenced, its commit failing.
+    let mut going = Command::new("python3")
+        .args(["kafka_txn.py", &kafka_port.to_string(), "restart"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/clients"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut lines = BufReader::new(going.stdout.take().expect("stdout")).lines();
+    let (line, mut lines) = tokio::task::spawn_blocking(move || (lines.next(), lines))
+        .await
+        .expect("join");
+    assert_eq!(
+        line.map(|l| l.expect("a line")),
+        Some("ok before".to_string())
+    );
+    drop(c);
+    server.kill9();
+    let server = Server::start_with(dir.path(), &args, &[]);
+    let c = server.client().await;
+    use std::io::Write as _;
+    writeln!(going.stdin.as_mut().expect("stdin")).expect("go on");
+    let rest = tokio::task::spawn_blocking(move || {
+        let rest: Vec<String> = lines.by_ref().map_while(|l| l.ok()).collect();
+        (rest, going.wait_with_output())
+    })
+    .await
+    .expect("join");
+    let (rest, status) = rest;
+    let status = status.expect("the script ends");
+    assert!(
+        status.status.success() && rest.len() == 3,
+        "{rest:?}\n{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM totals WHERE id >= 9000").await,
+        21
+    );
 }
 
 /// SIGKILL of Weir while an idempotent confluent-kafka producer writes: after a restart every

@@ -10,6 +10,11 @@ exits non-zero with a reason when one fails:
 - a second producer with the same transactional.id fences the first, whose commit fails.
 Prints `ok` lines as it goes. `kafka_txn.py KAFKA_PORT open` instead writes 50 records in a
 transaction, prints `ok open` once they are sent, and waits to be killed with it open.
+`kafka_txn.py KAFKA_PORT restart` checks that producers go on across a `kill -9` and restart
+of Weir, which the test does when the script prints `ok before` and then writes a line to its
+standard input: producer A committed a transaction before and commits the next one after,
+without calling init_transactions again; producer B had a transaction open, which the restart
+aborted, and its commit fails (never reported as committed); a new producer for B's id works.
 """
 
 import json
@@ -20,6 +25,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 PORT = int(sys.argv[1])
 BOOT = f"127.0.0.1:{PORT}"
 OPEN = len(sys.argv) > 2 and sys.argv[2] == "open"
+RESTART = len(sys.argv) > 2 and sys.argv[2] == "restart"
 
 
 def producer(tid):
@@ -68,6 +74,39 @@ if OPEN:
     print("ok open", flush=True)
     import time
     time.sleep(600)
+    sys.exit(0)
+
+if RESTART:
+    a = producer("weir-txn-restart-a")
+    a.begin_transaction()
+    for i in range(9000, 9010):
+        a.produce("totals", key=str(i), value=json.dumps({"id": i, "amount": 1}))
+    a.commit_transaction(30)
+    b = producer("weir-txn-restart-b")
+    b.begin_transaction()
+    for i in range(9100, 9110):
+        b.produce("totals", key=str(i), value=json.dumps({"id": i, "amount": 1}))
+    b.flush(30)
+    print("ok before", flush=True)
+    sys.stdin.readline()
+    a.begin_transaction()
+    for i in range(9010, 9020):
+        a.produce("totals", key=str(i), value=json.dumps({"id": i, "amount": 1}))
+    a.commit_transaction(60)
+    print("ok committed after the restart", flush=True)
+    try:
+        b.commit_transaction(30)
+        raise SystemExit("a transaction the restart aborted was reported committed")
+    except KafkaException as e:
+        print(f"ok the aborted transaction's commit failed: {e.args[0].name()}", flush=True)
+    b2 = producer("weir-txn-restart-b")
+    b2.begin_transaction()
+    b2.produce("totals", key="9200", value=json.dumps({"id": 9200, "amount": 1}))
+    b2.commit_transaction(30)
+    ids = sorted(t["id"] for t in read_all("totals", "checker-restart") if t["id"] >= 9000)
+    if ids != list(range(9000, 9020)) + [9200]:
+        raise SystemExit(f"after the restart totals holds {ids}")
+    print("ok read after the restart", flush=True)
     sys.exit(0)
 
 p = producer("weir-txn-a")

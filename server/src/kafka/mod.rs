@@ -138,6 +138,13 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize, au
         }
     };
     txn::recover(&db, &groups);
+    let transactions = match txn::Transactions::open(&db.dir().join("kafka")) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the transaction coordinator's state; the Kafka listener stops");
+            return;
+        }
+    };
     let started_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64);
@@ -146,7 +153,7 @@ pub async fn run(listener: TcpListener, db: Database, max_frame_bytes: usize, au
         groups,
         auto_create,
         next_producer_id: std::sync::atomic::AtomicI64::new(started_us),
-        transactions: txn::Transactions::default(),
+        transactions,
     });
     let sweeper = {
         let context = Arc::clone(&context);
@@ -826,7 +833,7 @@ fn delete_topics(db: &Database, r: &DeleteTopicsRequest) -> DeleteTopicsResponse
 /// fences the one before and aborts what it left open.
 fn init_producer_id(context: &Context, r: &InitProducerIdRequest) -> InitProducerIdResponse {
     if let Some(transactional_id) = &r.transactional_id {
-        let (id, epoch) = context.transactions.init(
+        let initialized = context.transactions.init(
             transactional_id.0.as_str(),
             r.transaction_timeout_ms,
             || {
@@ -835,9 +842,15 @@ fn init_producer_id(context: &Context, r: &InitProducerIdRequest) -> InitProduce
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
         );
-        return InitProducerIdResponse::default()
-            .with_producer_id(ProducerId(id))
-            .with_producer_epoch(epoch);
+        return match initialized {
+            Ok((id, epoch)) => InitProducerIdResponse::default()
+                .with_producer_id(ProducerId(id))
+                .with_producer_epoch(epoch),
+            Err(code) => InitProducerIdResponse::default()
+                .with_error_code(code)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        };
     }
     let (id, epoch) = if r.producer_id.0 >= 0 {
         (r.producer_id.0, r.producer_epoch.saturating_add(1))

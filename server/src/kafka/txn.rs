@@ -2,6 +2,8 @@
 //! records go to each stream's log as they come, and readers see them once EndTxn commits.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,19 @@ struct Producer {
 }
 
 impl Producer {
+    fn new(id: i64, epoch: i16, timeout: Duration) -> Self {
+        Self {
+            id,
+            epoch,
+            timeout,
+            used: Instant::now(),
+            began: None,
+            partitions: HashSet::new(),
+            logs: HashMap::new(),
+            offsets: Vec::new(),
+        }
+    }
+
     /// Aborts the open transaction: its rows are never visible.
     fn abort(&mut self) {
         for (_, txn) in self.logs.drain() {
@@ -60,20 +75,132 @@ struct Inner {
     by_producer: HashMap<i64, String>,
 }
 
-/// The transaction coordinator: every transactional producer's state, in memory. After a
-/// restart a transactional producer must call InitProducerId again (its requests get
-/// INVALID_PRODUCER_ID_MAPPING), and the log has aborted what it left open.
+/// The transaction coordinator: every transactional producer's state. What must outlive a
+/// restart (each transactional id's producer id, epoch and timeout, and whether it has a
+/// transaction open) is in a file, written before the request that changed it is answered, as
+/// Kafka keeps it in `__transaction_state`. So a producer goes on across a restart of Weir
+/// without calling InitProducerId again; one whose transaction the restart aborted (the log
+/// drops what was not committed) is fenced by a new epoch, as Kafka's coordinator fences a
+/// producer whose transaction it aborted, and its commit fails instead of committing half.
 #[derive(Debug, Default)]
 pub(super) struct Transactions {
     inner: Mutex<Inner>,
+    /// Where the durable state is kept; `None` keeps it in memory only (unit tests).
+    file: Option<IdFile>,
+}
+
+/// One transactional id as stored: id, producer id, epoch, timeout in ms, transaction open.
+type StoredId = (String, i64, i16, u64, bool);
+
+/// The transactional ids' file, rewritten whole, fsynced and renamed into place on every
+/// change, so a crash leaves the old or the new version, never half of one.
+#[derive(Debug)]
+struct IdFile {
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl IdFile {
+    fn read(&self) -> std::io::Result<Vec<StoredId>> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} does not parse: {e}", self.path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write(&self, inner: &Inner) -> std::io::Result<()> {
+        let ids: Vec<StoredId> = inner
+            .by_transactional_id
+            .iter()
+            .map(|(t, p)| {
+                let timeout = u64::try_from(p.timeout.as_millis()).unwrap_or(u64::MAX);
+                (t.clone(), p.id, p.epoch, timeout, p.began.is_some())
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&ids).map_err(std::io::Error::other)?;
+        let tmp = self.path.with_extension("json.tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
 }
 
 /// What EndTxn commits besides rows: the offsets of consumer groups (TxnOffsetCommit).
 pub(super) type GroupOffsets = Vec<(String, String, i32, i64)>;
 
 impl Transactions {
+    /// The coordinator whose state is kept in `dir` (`transactional-ids.json`). Producers
+    /// that had a transaction open when Weir stopped get the next epoch: the restart aborted
+    /// their transaction, so their next request is fenced.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let file = IdFile {
+            path: dir.join("transactional-ids.json"),
+            dir: dir.to_path_buf(),
+        };
+        let mut inner = Inner::default();
+        for (transactional_id, id, epoch, timeout_ms, open) in file.read()? {
+            let epoch = if open {
+                tracing::info!(%transactional_id, "a Kafka transaction open at the last stop was aborted; its producer is fenced");
+                epoch.saturating_add(1)
+            } else {
+                epoch
+            };
+            inner.by_producer.insert(id, transactional_id.clone());
+            inner.by_transactional_id.insert(
+                transactional_id,
+                Producer::new(id, epoch, Duration::from_millis(timeout_ms)),
+            );
+        }
+        file.write(&inner)?;
+        Ok(Self {
+            inner: Mutex::new(inner),
+            file: Some(file),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `inner` durable; KAFKA_STORAGE_ERROR if it cannot be.
+    fn persist(&self, inner: &Inner) -> Result<(), i16> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        file.write(inner).map_err(|e| {
+            tracing::warn!(error = %e, "the transaction coordinator's state could not be written");
+            code::KAFKA_STORAGE_ERROR
+        })
+    }
+
+    /// Marks the producer's transaction open (its first partition or group), durably before
+    /// anything of it is acknowledged: a restart must know to fence it.
+    fn begin(&self, inner: &mut Inner, transactional_id: &str) -> Result<(), i16> {
+        let Some(p) = inner.by_transactional_id.get_mut(transactional_id) else {
+            return Err(code::INVALID_PRODUCER_ID_MAPPING);
+        };
+        if p.began.is_some() {
+            return Ok(());
+        }
+        p.began = Some(began());
+        if let Err(e) = self.persist(inner) {
+            if let Some(p) = inner.by_transactional_id.get_mut(transactional_id) {
+                p.began = None;
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// InitProducerId with a transactional id: a new producer id, or the next epoch of the
@@ -83,32 +210,30 @@ impl Transactions {
         transactional_id: &str,
         timeout_ms: i32,
         new_id: impl FnOnce() -> i64,
-    ) -> (i64, i16) {
+    ) -> Result<(i64, i16), i16> {
         let mut inner = self.lock();
         let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(60_000));
-        if let Some(p) = inner.by_transactional_id.get_mut(transactional_id) {
-            p.abort();
-            p.epoch = p.epoch.saturating_add(1);
-            p.timeout = timeout;
-            p.used = Instant::now();
-            return (p.id, p.epoch);
-        }
-        let id = new_id();
-        inner.by_producer.insert(id, transactional_id.to_string());
-        inner.by_transactional_id.insert(
-            transactional_id.to_string(),
-            Producer {
-                id,
-                epoch: 0,
-                timeout,
-                used: Instant::now(),
-                began: None,
-                partitions: HashSet::new(),
-                logs: HashMap::new(),
-                offsets: Vec::new(),
-            },
-        );
-        (id, 0)
+        let (id, epoch) = match inner.by_transactional_id.get_mut(transactional_id) {
+            Some(p) => {
+                p.abort();
+                p.epoch = p.epoch.saturating_add(1);
+                p.timeout = timeout;
+                p.used = Instant::now();
+                (p.id, p.epoch)
+            }
+            None => {
+                let id = new_id();
+                inner.by_producer.insert(id, transactional_id.to_string());
+                inner
+                    .by_transactional_id
+                    .insert(transactional_id.to_string(), Producer::new(id, 0, timeout));
+                (id, 0)
+            }
+        };
+        // Kept in memory even when the write fails: the epoch only ever moves on, so an
+        // older producer stays fenced; the client retries its InitProducerId.
+        self.persist(&inner)?;
+        Ok((id, epoch))
     }
 
     /// AddPartitionsToTxn: `known` says whether a topic exists and may be written.
@@ -119,8 +244,9 @@ impl Transactions {
         partitions: &[(String, i32)],
     ) -> Result<(), i16> {
         let mut inner = self.lock();
+        checked(&mut inner, transactional_id, producer)?;
+        self.begin(&mut inner, transactional_id)?;
         let p = checked(&mut inner, transactional_id, producer)?;
-        p.began.get_or_insert_with(began);
         p.partitions.extend(partitions.iter().cloned());
         Ok(())
     }
@@ -128,9 +254,8 @@ impl Transactions {
     /// AddOffsetsToTxn: the group's offsets will come by TxnOffsetCommit.
     pub fn add_offsets(&self, transactional_id: &str, producer: (i64, i16)) -> Result<(), i16> {
         let mut inner = self.lock();
-        let p = checked(&mut inner, transactional_id, producer)?;
-        p.began.get_or_insert_with(began);
-        Ok(())
+        checked(&mut inner, transactional_id, producer)?;
+        self.begin(&mut inner, transactional_id)
     }
 
     /// TxnOffsetCommit: offsets committed for `group` when the transaction commits.
@@ -192,6 +317,14 @@ impl Transactions {
         Ok(ending)
     }
 
+    /// Records that the producer's transaction has ended, once its commit or abort is done.
+    /// Not before: a restart that finds it still open fences the producer, so a commit the
+    /// crash cut short is never answered as committed when the producer retries it.
+    pub fn ended(&self) -> Result<(), i16> {
+        let inner = self.lock();
+        self.persist(&inner)
+    }
+
     /// Aborts every open transaction older than its producer's timeout, as Kafka's
     /// coordinator does: a producer that died mid-transaction holds no partition back for
     /// longer. Its next request is fenced (the epoch moves on).
@@ -200,11 +333,13 @@ impl Transactions {
     /// coordinator without bound.
     pub fn expire(&self) {
         let mut inner = self.lock();
+        let mut changed = false;
         for (id, p) in &mut inner.by_transactional_id {
             if p.began.is_some_and(|b| b.0.elapsed() > p.timeout) {
                 tracing::info!(transactional_id = %id, "aborting a Kafka transaction past its timeout");
                 p.abort();
                 p.epoch = p.epoch.saturating_add(1);
+                changed = true;
             }
         }
         let Inner {
@@ -215,9 +350,14 @@ impl Transactions {
             let keep = p.began.is_some() || p.used.elapsed() < ID_EXPIRY;
             if !keep {
                 by_producer.remove(&p.id);
+                changed = true;
             }
             keep
         });
+        if changed {
+            // A failed write is logged; the next change writes everything again.
+            let _ = self.persist(&inner);
+        }
     }
 }
 
@@ -482,6 +622,9 @@ pub(super) fn end_txn(context: &super::Context, r: &EndTxnRequest) -> EndTxnResp
             0
         }
     };
+    // A failed write leaves the transaction open in the file, which at worst fences the
+    // producer after a restart; its commit stands.
+    let _ = context.transactions.ended();
     EndTxnResponse::default()
         .with_error_code(error)
         .with_producer_id(r.producer_id)
@@ -510,7 +653,7 @@ mod tests {
         let log = StreamLog::open(tmp.path(), rows(0).schema(), 2, None, LogConfig::default())
             .expect("open");
         let txns = Transactions::default();
-        let (id, epoch) = txns.init("t", 60_000, || 7);
+        let (id, epoch) = txns.init("t", 60_000, || 7).expect("init");
         assert_eq!((id, epoch), (7, 0));
         let write = |txn: &mut Transaction| txn.append_to(0, &[rows(3)], None).map(|r| r.0);
         // Produce needs the partition added first.
@@ -522,7 +665,7 @@ mod tests {
         assert_eq!(written.expect("current producer").expect("written"), 0);
         assert_eq!(log.committed_offsets(), vec![0, 0], "not visible yet");
         // A second init of the id fences the first and aborts its transaction.
-        assert_eq!(txns.init("t", 60_000, || 8), (7, 1));
+        assert_eq!(txns.init("t", 60_000, || 8), Ok((7, 1)));
         assert_eq!(txns.end("t", (7, 0)).err(), Some(code::PRODUCER_FENCED));
         assert_eq!(
             txns.end("t", (9, 1)).err(),
@@ -547,7 +690,7 @@ mod tests {
         let visible: u64 = log.partitions().iter().map(|p| p.visible_rows()).sum();
         assert_eq!(visible, 2, "only the committed transaction's rows");
         // A transaction older than its timeout is aborted, and its producer fenced.
-        let (id, epoch) = txns.init("u", 0, || 9);
+        let (id, epoch) = txns.init("u", 0, || 9).expect("init");
         txns.add_partitions("u", (id, epoch), &[("s".into(), 0)])
             .expect("added");
         std::thread::sleep(Duration::from_millis(5));
@@ -556,5 +699,27 @@ mod tests {
             txns.end("u", (id, epoch)).err(),
             Some(code::PRODUCER_FENCED)
         );
+    }
+
+    #[test]
+    fn producers_outlive_a_restart_and_one_mid_transaction_is_fenced() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let txns = Transactions::open(tmp.path()).expect("open");
+        let between = txns.init("between", 60_000, || 1).expect("init");
+        txns.add_partitions("between", between, &[("s".into(), 0)])
+            .expect("added");
+        txns.end("between", between).expect("ended");
+        txns.ended().expect("written");
+        let open = txns.init("open", 60_000, || 2).expect("init");
+        txns.add_partitions("open", open, &[("s".into(), 0)])
+            .expect("added");
+        drop(txns);
+        let txns = Transactions::open(tmp.path()).expect("reopen");
+        // Between transactions: the same producer and epoch go on.
+        txns.add_partitions("between", between, &[("s".into(), 1)])
+            .expect("the same producer goes on");
+        // Mid-transaction: the restart aborted it, so the producer is fenced.
+        assert_eq!(txns.end("open", open).err(), Some(code::PRODUCER_FENCED));
+        assert_eq!(txns.init("open", 60_000, || 3), Ok((2, 2)));
     }
 }
