@@ -3543,3 +3543,56 @@ async fn a_processing_time_view_counts_each_row_once_across_kill_9() {
         7
     );
 }
+
+/// The view `hist` over `t`, in batch: how many groups of `k % 200000` have each count.
+const HIST_BATCH: &str = "SELECT c, count(*) AS keys, sum(total) AS total FROM \
+    (SELECT k % 200000 AS g, count(*) AS c, sum(v) AS total FROM t GROUP BY k % 200000) \
+    GROUP BY c ORDER BY c";
+
+/// Waits until view `name` has processed every row of its stream.
+async fn caught_up(c: &Client, name: &str) {
+    let sql = format!(
+        "SELECT count(*) FROM weir_view_progress WHERE view = '{name}' AND processed = committed"
+    );
+    wait_for_count(c, &sql, 1).await;
+}
+
+/// An updating aggregate of 200,000 groups under a 16 MB memory limit, where all of them in
+/// memory would take about 24 MB: its groups spill to the view's state store at half the limit
+/// and are read back as their rows come. The view equals the same query in batch, and again
+/// after a `kill -9` and more rows (restored from the store, not replayed from the start).
+#[tokio::test]
+async fn an_aggregate_past_half_its_memory_limit_spills_to_disk_and_stays_right() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute(
+        "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k'); \
+         INSERT INTO t SELECT value, value % 7 FROM generate_series(1, 400000); \
+         CREATE MATERIALIZED VIEW hist WITH (memory_limit = '16MB') AS \
+         SELECT c, count(*) AS keys, sum(total) AS total FROM \
+         (SELECT k % 200000 AS g, count(*) AS c, sum(v) AS total FROM t GROUP BY k % 200000) \
+         GROUP BY c",
+    )
+    .await
+    .expect("setup");
+    caught_up(&c, "hist").await;
+    let view = "SELECT c, keys, total FROM hist ORDER BY c";
+    assert_eq!(rows(&c, view).await, rows(&c, HIST_BATCH).await);
+    assert_eq!(rows(&c, view).await[0][..2], ["2", "200000"]);
+    // The groups left in memory are fewer than half of them: the rest are on disk.
+    let in_memory = "SELECT max(state_rows) FROM weir_operators \
+        WHERE view = 'hist' AND kind = 'GroupAggregate'";
+    assert!(count(&c, in_memory).await < 100_000);
+    drop(c);
+    server.kill9();
+    let server = Server::start(dir.path());
+    let c = server.client().await;
+    c.batch_execute("INSERT INTO t SELECT value, value % 5 FROM generate_series(400001, 500000)")
+        .await
+        .expect("more rows");
+    caught_up(&c, "hist").await;
+    let got = rows(&c, view).await;
+    assert_eq!(got, rows(&c, HIST_BATCH).await);
+    assert_eq!(got.len(), 2, "{got:?}");
+}

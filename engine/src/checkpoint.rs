@@ -24,6 +24,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::error::IoContext;
 use crate::log::sync_dir;
+use crate::state_store::StateStore;
 use crate::{Error, Result};
 
 const MAGIC: &[u8; 4] = b"WCK1";
@@ -194,11 +195,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The checkpoint files of one query, in one directory.
+/// The checkpoint files of one query, in one directory; or, for a query whose operators keep
+/// state beyond memory, its [`StateStore`], where each checkpoint is written with only the
+/// state that changed since the one before.
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {
     dir: PathBuf,
+    state: Option<StateStore>,
 }
+
+/// Where a query's state store is, under its checkpoint directory.
+const STATE_DIR: &str = "state";
 
 fn file_name(epoch: u64) -> String {
     format!("checkpoint-{epoch:020}.weir")
@@ -210,7 +217,27 @@ impl CheckpointStore {
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            state: None,
         })
+    }
+
+    /// The query's state store (in `state/` of the directory), opened on first use. From then
+    /// on checkpoints are written there (see [`CheckpointStore::write`]).
+    pub fn state(&mut self) -> Result<StateStore> {
+        if let Some(s) = &self.state {
+            return Ok(s.clone());
+        }
+        let store = StateStore::open(&self.dir.join(STATE_DIR))?;
+        self.state = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Forgets the state store's checkpoint and rows (they belong to another plan).
+    pub fn clear_state(&self) -> Result<()> {
+        match &self.state {
+            Some(s) => s.clear(),
+            None => Ok(()),
+        }
     }
 
     /// The directory.
@@ -243,6 +270,19 @@ impl CheckpointStore {
     /// Returns the bytes written.
     pub fn write(&self, checkpoint: &Checkpoint) -> Result<u64> {
         let bytes = checkpoint.encode()?;
+        if let Some(state) = &self.state {
+            let written = state.commit(&bytes)?;
+            // Files from before the query kept state in the store are superseded.
+            let epochs = self.epochs()?;
+            for e in &epochs {
+                let p = self.dir.join(file_name(*e));
+                fs::remove_file(&p).ctx(|| format!("deleting {}", p.display()))?;
+            }
+            if !epochs.is_empty() {
+                sync_dir(&self.dir)?;
+            }
+            return Ok(written);
+        }
         let name = file_name(checkpoint.epoch);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let path = self.dir.join(&name);
@@ -272,6 +312,9 @@ impl CheckpointStore {
 
     /// The newest checkpoint that reads back whole; damaged files are skipped with a warning.
     pub fn latest(&self) -> Result<Option<Checkpoint>> {
+        if let Some(c) = self.from_state()? {
+            return Ok(Some(c));
+        }
         for epoch in self.epochs()?.into_iter().rev() {
             let path = self.dir.join(file_name(epoch));
             let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
@@ -293,6 +336,10 @@ impl CheckpointStore {
     /// The oldest checkpoint kept that reads back whole: what recovery may fall back to, so
     /// the log must keep everything it needs.
     pub fn oldest(&self) -> Result<Option<Checkpoint>> {
+        // The state store keeps one checkpoint: its own rows are as of it.
+        if let Some(c) = self.from_state()? {
+            return Ok(Some(c));
+        }
         for epoch in self.epochs()? {
             let path = self.dir.join(file_name(epoch));
             let bytes = fs::read(&path).ctx(|| format!("reading {}", path.display()))?;
@@ -301,6 +348,19 @@ impl CheckpointStore {
             }
         }
         Ok(None)
+    }
+}
+
+impl CheckpointStore {
+    /// The checkpoint in the state store, if the query has one there.
+    fn from_state(&self) -> Result<Option<Checkpoint>> {
+        let Some(state) = &self.state else {
+            return Ok(None);
+        };
+        state
+            .checkpoint()?
+            .map(|bytes| Checkpoint::decode(&bytes))
+            .transpose()
     }
 }
 

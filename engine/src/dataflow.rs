@@ -411,6 +411,58 @@ impl Dataflow {
         }
     }
 
+    /// Offers every pipeline operator a table of the query's state store (see
+    /// [`crate::operator::Operator::attach_store`]), numbered in plan order from `*next`;
+    /// returns whether any took one.
+    pub fn attach_store(
+        &mut self,
+        tables: &mut dyn crate::operator::TableSource,
+        next: &mut usize,
+    ) -> Result<bool> {
+        Ok(match self {
+            Self::Source { pipeline, .. } => pipeline.attach_store(tables, next)?,
+            Self::Join { left, right, stage } => {
+                let l = left.attach_store(tables, next)?;
+                let r = right.attach_store(tables, next)?;
+                l | r | stage.pipeline.attach_store(tables, next)?
+            }
+            Self::Fork {
+                input,
+                left,
+                right,
+                stage,
+            } => {
+                let i = input.attach_store(tables, next)?;
+                let l = left.attach_store(tables, next)?;
+                let r = right.attach_store(tables, next)?;
+                i | l | r | stage.pipeline.attach_store(tables, next)?
+            }
+        })
+    }
+
+    /// Has every operator drop from memory what the last committed checkpoint stored.
+    pub fn evict(&mut self) {
+        match self {
+            Self::Source { pipeline, .. } => pipeline.evict(),
+            Self::Join { left, right, stage } => {
+                left.evict();
+                right.evict();
+                stage.pipeline.evict();
+            }
+            Self::Fork {
+                input,
+                left,
+                right,
+                stage,
+            } => {
+                input.evict();
+                left.evict();
+                right.evict();
+                stage.pipeline.evict();
+            }
+        }
+    }
+
     /// Passes the query's memory limit to the operators whose single outputs could exceed it.
     pub fn limit_memory(&mut self, bytes: usize) {
         match self {

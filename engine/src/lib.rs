@@ -12,6 +12,7 @@ pub mod operator;
 pub mod pipeline;
 pub mod result_table;
 pub mod runtime;
+pub mod state_store;
 pub mod stats;
 pub mod watermark;
 

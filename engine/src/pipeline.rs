@@ -157,6 +157,28 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Offers each operator a table of the state store (see [`Operator::attach_store`]),
+    /// numbering them from `*next`; returns whether any took one.
+    pub fn attach_store(
+        &mut self,
+        tables: &mut dyn crate::operator::TableSource,
+        next: &mut usize,
+    ) -> Result<bool> {
+        let mut any = false;
+        for op in &mut self.operators {
+            *next += 1;
+            any |= op.attach_store(tables, &format!("operator-{next}"))?;
+        }
+        Ok(any)
+    }
+
+    /// Has every operator drop what the last committed checkpoint stored.
+    pub fn evict(&mut self) {
+        for op in &mut self.operators {
+            op.evict();
+        }
+    }
+
     /// Restores every operator from `parts`, in the order [`Pipeline::snapshot`] wrote them.
     pub fn restore(&mut self, parts: &mut dyn Iterator<Item = OperatorState>) -> Result<()> {
         for op in &mut self.operators {

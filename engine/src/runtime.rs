@@ -479,6 +479,15 @@ impl Output {
 /// take at most about a fifth of the time (Flink's minimum pause between checkpoints).
 const PAUSE_PER_COST: u32 = 4;
 
+/// The tables of a query's state store, opened on first use.
+struct Tables<'a>(&'a mut CheckpointStore);
+
+impl crate::operator::TableSource for Tables<'_> {
+    fn table(&mut self, name: &str) -> Result<crate::state_store::StateTable> {
+        self.0.state()?.table(name)
+    }
+}
+
 /// How long after a checkpoint that cost `cost` the next one waits, at `interval` apart.
 fn checkpoint_wait(interval: Duration, cost: Duration) -> Duration {
     interval.max(cost.saturating_mul(PAUSE_PER_COST))
@@ -492,6 +501,8 @@ fn checkpoint_wait(interval: Duration, cost: Duration) -> Duration {
 /// ([`PAUSE_PER_COST`]).
 struct Checkpointer {
     spec: CheckpointSpec,
+    /// Whether operators keep state in the query's state store, and can so spill.
+    spills: bool,
     /// The epoch of the last checkpoint handed to the writer.
     epoch: u64,
     last: Instant,
@@ -509,11 +520,14 @@ impl Checkpointer {
     /// Restores the newest usable checkpoint into the query, if there is one, and starts the
     /// writer thread.
     fn start(
-        spec: CheckpointSpec,
+        mut spec: CheckpointSpec,
         query: &mut QuerySpec,
         position: &mut Position,
         history: History,
     ) -> Result<Self> {
+        let spills = query
+            .dataflow
+            .attach_store(&mut Tables(&mut spec.store), &mut 0)?;
         let mut durable = Durable::default();
         let mut output = query.output.as_ref().map(|log| Output {
             ends: log.committed_offsets(),
@@ -596,6 +610,7 @@ impl Checkpointer {
             })?;
         Ok(Self {
             spec,
+            spills,
             epoch: restored,
             last: Instant::now(),
             snapshot_cost: Duration::ZERO,
@@ -636,6 +651,7 @@ impl Checkpointer {
                 epoch = checkpoint.epoch,
                 "checkpoint is of another plan; starting from the beginning of the sources"
             );
+            spec.store.clear_state()?;
             return Ok(checkpoint.epoch);
         }
         let started = Instant::now();
@@ -711,7 +727,12 @@ impl Checkpointer {
 
     /// Snapshots the query as it is now and hands the snapshot to the writer. A failure to
     /// snapshot is logged and the query goes on: the previous checkpoints stay valid.
-    fn take(&mut self, query: &mut QuerySpec, position: &Position, results: &mut Vec<RecordBatch>) {
+    fn take(
+        &mut self,
+        query: &mut QuerySpec,
+        position: &Position,
+        results: &mut Vec<RecordBatch>,
+    ) -> bool {
         self.last = Instant::now();
         let started = Instant::now();
         let snapshot = (|| -> Result<(Vec<OperatorState>, Vec<(u32, RecordBatch)>)> {
@@ -739,7 +760,7 @@ impl Checkpointer {
             Ok(taken) => taken,
             Err(e) => {
                 tracing::warn!(query = %query.name, error = %e, "checkpoint snapshot failed");
-                return;
+                return false;
             }
         };
         // The results are in the checkpoint now, on their way to the output stream.
@@ -762,8 +783,48 @@ impl Checkpointer {
             if tx.send((checkpoint, position.offsets(), rows)).is_err() {
                 self.busy.store(false, Ordering::Release);
                 tracing::warn!(query = %query.name, "the checkpoint writer is gone");
+                return false;
             }
+            return true;
         }
+        false
+    }
+
+    fn wait_idle(&self) {
+        while self.busy.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The query's operator state outgrew what it may hold in memory: writes a checkpoint
+    /// now, waits until it is durable, then has the operators drop from memory what it
+    /// stored, to be read back from the state store when needed.
+    fn spill(
+        &mut self,
+        query: &mut QuerySpec,
+        position: &Position,
+        results: &mut Vec<RecordBatch>,
+    ) {
+        self.wait_idle();
+        let started = Instant::now();
+        let before = query.dataflow.state_bytes();
+        if !self.take(query, position, results) {
+            return;
+        }
+        self.wait_idle();
+        if self.durable().epoch != self.epoch {
+            // Not durable: what is in memory is all there is.
+            tracing::warn!(query = %query.name, "a checkpoint to spill state failed; state stays in memory");
+            return;
+        }
+        query.dataflow.evict();
+        tracing::debug!(
+            query = %query.name,
+            before,
+            after = query.dataflow.state_bytes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "operator state spilled to the state store"
+        );
     }
 
     /// Takes a last checkpoint (when `dirty`) and waits until everything is written.
@@ -775,11 +836,21 @@ impl Checkpointer {
         results: &mut Vec<RecordBatch>,
     ) {
         if dirty {
-            while self.busy.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            self.wait_idle();
             self.take(query, position, results);
         }
+        if let Some((tx, handle)) = self.writer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Waits for the writer however the query ended (stopped mid-batch, failed): what it
+    /// holds, the query's state store among them, is released before the query's thread ends,
+    /// so that a restart in the same process can open them again.
+    fn drop(&mut self) {
         if let Some((tx, handle)) = self.writer.take() {
             drop(tx);
             let _ = handle.join();
@@ -937,6 +1008,11 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
     if let Some(limit) = spec.memory_limit {
         spec.dataflow.limit_memory(limit);
     }
+    // Operator state past this spills to the state store (see `Checkpointer::spill`): half
+    // the memory limit, or a quarter of it more than what stayed after the last spill, so
+    // that state which cannot spill does not make every batch spill.
+    let spills = checkpointer.as_ref().is_some_and(|c| c.spills);
+    let mut spill_at = spec.memory_limit.filter(|_| spills).map(|l| l / 2);
     if position.offsets().iter().all(|&o| o == 0) {
         // From the beginning (not resumed): rows that exist before any input, such as an
         // aggregate's over no rows. They are upserts, so a restart at offset 0 repeats them
@@ -968,6 +1044,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
         }
         let seen = wake.generation();
         let mut progressed = false;
+        let mut spill_now = false;
         let last_watermark = position.last_watermark;
         'round: for (s, source) in position.sources.iter_mut().enumerate() {
             let partitions = source.spec.log.partitions().to_vec();
@@ -1000,15 +1077,26 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
                     }
                     let out = spec.dataflow.process_batch(s, &batch)?;
                     emit(&spec, &mut results, out)?;
-                    budget.check(&spec)?;
                     spec.sink.set_read(read);
                     let late = spec.dataflow.take_late();
                     if !late.is_empty() {
                         spec.late
                             .append(vec![late_events(&spec.name, last_watermark, &late)?])?;
                     }
+                    if spill_at.is_some_and(|at| spec.dataflow.state_bytes() > at) {
+                        spill_now = true;
+                        break 'round;
+                    }
+                    budget.check(&spec)?;
                 }
             }
+        }
+        if spill_now && let Some(c) = checkpointer.as_mut() {
+            c.spill(&mut spec, &position, &mut results);
+            dirty = false;
+            let limit = spec.memory_limit.unwrap_or(usize::MAX);
+            spill_at = Some((limit / 2).max(spec.dataflow.state_bytes().saturating_add(limit / 4)));
+            budget.check(&spec)?;
         }
         let now = Instant::now();
         let watermarks = position.watermarks(now);

@@ -18,8 +18,9 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, TryCastExpr};
 
-use super::{AggregateSpec, Operator, batch_of};
+use super::{AggregateSpec, Operator, TableSource, batch_of};
 use crate::checkpoint::OperatorState;
+use crate::state_store::StateTable;
 use crate::{Error, Result};
 
 /// Bytes a group costs beyond its key: the map entry, the key's allocation, counters.
@@ -237,6 +238,42 @@ impl Retractable {
             filter: spec.filter.clone(),
             kept,
         })
+    }
+
+    /// Appends group `g`'s kept state to `out`, for the state store.
+    fn encode(&self, g: usize, out: &mut Vec<u8>) {
+        match &self.kept {
+            Kept::Count(c) => out.extend(c[g].to_le_bytes()),
+            Kept::FloatSum { sums, counts, .. } => {
+                out.extend(sums[g].to_le_bytes());
+                out.extend(counts[g].to_le_bytes());
+            }
+            Kept::Sum { sums, counts, .. } => {
+                out.extend(sums[g].to_le_bytes());
+                out.extend(counts[g].to_le_bytes());
+            }
+            Kept::Extreme { values, .. } => encode_multiset(&values[g], out),
+            Kept::CountDistinct { values, .. } => encode_multiset(&values[g], out),
+        }
+    }
+
+    /// Reads group `g`'s kept state from the front of `input`, as [`Retractable::encode`]
+    /// wrote it; returns the bytes of kept values it now holds.
+    fn decode(&mut self, g: usize, input: &mut &[u8]) -> Result<usize> {
+        match &mut self.kept {
+            Kept::Count(c) => c[g] = i64::from_le_bytes(take_array(input)?),
+            Kept::FloatSum { sums, counts, .. } => {
+                sums[g] = f64::from_le_bytes(take_array(input)?);
+                counts[g] = i64::from_le_bytes(take_array(input)?);
+            }
+            Kept::Sum { sums, counts, .. } => {
+                sums[g] = i128::from_le_bytes(take_array(input)?);
+                counts[g] = i64::from_le_bytes(take_array(input)?);
+            }
+            Kept::Extreme { values, .. } => return decode_multiset(&mut values[g], input),
+            Kept::CountDistinct { values, .. } => return decode_multiset(&mut values[g], input),
+        }
+        Ok(0)
     }
 
     /// Empties group `g`'s kept values; returns the bytes they held.
@@ -510,7 +547,26 @@ pub struct GroupAggregateOperator {
     bytes: usize,
     /// A state TTL (see [`GroupAggregateOperator::with_state_ttl`]).
     ttl: Option<StateTtl>,
+    /// Groups beyond memory, in the query's state store (see [`Operator::attach_store`]).
+    spill: Option<Spill>,
 }
+
+/// The groups of an aggregate in the query's state store: as of the last checkpoint there,
+/// and read back into memory when a row of an evicted group comes.
+#[derive(Debug)]
+struct Spill {
+    table: StateTable,
+    /// Per group id, whether it changed since the last checkpoint (only those are written).
+    dirty: Vec<bool>,
+    /// Keys of groups freed since the last checkpoint: deleted from the store at the next,
+    /// and never read back from it until then.
+    freed: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    /// Whether the store may hold groups (from a checkpoint written or restored).
+    stored: bool,
+}
+
+/// The value of an aggregate's checkpoint whose groups are in the state store.
+const IN_STORE: i64 = 1;
 
 /// Groups whose newest row is older than the watermark by more than `ttl_ns` are forgotten.
 #[derive(Debug)]
@@ -567,6 +623,7 @@ impl GroupAggregateOperator {
             free: Vec::new(),
             bytes: 0,
             ttl: None,
+            spill: None,
         })
     }
 
@@ -641,16 +698,49 @@ impl GroupAggregateOperator {
             }
         }
         for g in gone {
-            if let Some(key) = self.keys[g].take() {
-                self.ids.remove(key.row().data());
-                self.bytes -= key.row().data().len() * 2 + GROUP_OVERHEAD;
-                for a in &mut self.aggregates {
-                    self.bytes = self.bytes.saturating_sub(a.release(g));
-                }
-                self.rows[g] = 0;
-                self.free.push(g);
-            }
+            self.forget(g);
         }
+    }
+
+    /// Whether the groups can go to a state store: not with a state TTL (which forgets groups by
+    /// a queue in memory) nor for the one row of an aggregate without GROUP BY.
+    fn spills(&self) -> bool {
+        self.ttl.is_none() && !self.one_row
+    }
+
+    /// A checkpoint's part in the state store: stages the groups changed and freed since the
+    /// last one, which are then clean.
+    fn stage_changes(&mut self) -> Result<OperatorState> {
+        let Some(spill) = &self.spill else {
+            return Err(Error::Internal(
+                "staging an aggregate without a store".into(),
+            ));
+        };
+        let changed: Vec<(Vec<u8>, Vec<u8>)> = (0..self.keys.len())
+            .filter(|&g| spill.dirty.get(g).copied().unwrap_or(false))
+            .filter_map(|g| {
+                let key = self.keys[g].as_ref()?.row().data().to_vec();
+                Some((key, self.encode(g)))
+            })
+            .collect();
+        let Some(spill) = &mut self.spill else {
+            return Err(Error::Internal(
+                "staging an aggregate without a store".into(),
+            ));
+        };
+        // Deletions first: a key freed and made again since is written after.
+        for key in spill.freed.drain() {
+            spill.table.stage(key.into_vec(), None);
+        }
+        for (key, value) in changed {
+            spill.table.stage(key, Some(value));
+        }
+        spill.dirty.iter_mut().for_each(|d| *d = false);
+        spill.stored = true;
+        Ok(OperatorState {
+            values: vec![Some(IN_STORE)],
+            batches: Vec::new(),
+        })
     }
 
     /// Makes this an aggregate without GROUP BY, whose one row exists before any input: its
@@ -660,9 +750,9 @@ impl GroupAggregateOperator {
         self
     }
 
-    fn group_id(&mut self, key: &[u8]) -> usize {
+    fn group_id(&mut self, key: &[u8]) -> Result<usize> {
         if let Some(&g) = self.ids.get(key) {
-            return g;
+            return Ok(g);
         }
         let g = self.free.pop().unwrap_or(self.keys.len());
         set(
@@ -676,7 +766,56 @@ impl GroupAggregateOperator {
         }
         self.ids.insert(key.into(), g);
         self.bytes += key.len() * 2 + GROUP_OVERHEAD;
-        g
+        let stored = match &mut self.spill {
+            Some(spill) => {
+                set(&mut spill.dirty, g, false);
+                // A group freed since the last checkpoint starts again from nothing: its
+                // stored state is the one it had before it was freed.
+                if spill.freed.remove(key) || !spill.stored {
+                    None
+                } else {
+                    spill.table.get(key)?
+                }
+            }
+            None => None,
+        };
+        if let Some(value) = stored {
+            self.load(g, &value)?;
+        }
+        Ok(g)
+    }
+
+    /// Sets group `g` (just made) to the state stored for it.
+    fn load(&mut self, g: usize, value: &[u8]) -> Result<()> {
+        let mut input = value;
+        self.rows[g] = i64::from_le_bytes(take_array(&mut input)?);
+        for a in &mut self.aggregates {
+            self.bytes += a.decode(g, &mut input)?;
+        }
+        Ok(())
+    }
+
+    /// Group `g`'s state as the state store keeps it: its rows, then each aggregate's.
+    fn encode(&self, g: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 24 * self.aggregates.len());
+        out.extend(self.rows[g].to_le_bytes());
+        for a in &self.aggregates {
+            a.encode(g, &mut out);
+        }
+        out
+    }
+
+    /// Forgets group `g` in memory, freeing its id.
+    fn forget(&mut self, g: usize) {
+        if let Some(key) = self.keys[g].take() {
+            self.ids.remove(key.row().data());
+            self.bytes -= key.row().data().len() * 2 + GROUP_OVERHEAD;
+            for a in &mut self.aggregates {
+                self.bytes = self.bytes.saturating_sub(a.release(g));
+            }
+            self.rows[g] = 0;
+            self.free.push(g);
+        }
     }
 
     /// The output rows of groups `ids`; groups left without rows are then freed.
@@ -706,6 +845,12 @@ impl GroupAggregateOperator {
                 self.ids.remove(key.row().data());
                 self.bytes -= key.row().data().len() * 2 + GROUP_OVERHEAD;
                 self.free.push(g);
+                if let Some(spill) = &mut self.spill {
+                    spill.dirty[g] = false;
+                    if spill.stored {
+                        spill.freed.insert(key.row().data().into());
+                    }
+                }
             }
         }
         Ok(batch)
@@ -727,7 +872,7 @@ impl GroupAggregateOperator {
         let keys = self.group_rows.convert_columns(&columns)?;
         let mut ids = Vec::with_capacity(n);
         for i in 0..n {
-            let g = self.group_id(keys.row(i).data());
+            let g = self.group_id(keys.row(i).data())?;
             ids.push(g);
             self.rows[g] += if inserted.value(i) { 1 } else { -1 };
             if self.rows[g] < 0 {
@@ -741,6 +886,11 @@ impl GroupAggregateOperator {
         }
         ids.sort_unstable();
         ids.dedup();
+        if let Some(spill) = &mut self.spill {
+            for &g in &ids {
+                spill.dirty[g] = true;
+            }
+        }
         Ok(ids)
     }
 }
@@ -779,7 +929,7 @@ impl Operator for GroupAggregateOperator {
             .map(|e| Ok(e.evaluate(&empty)?.into_array(1)?))
             .collect::<Result<Vec<_>>>()?;
         let keys = self.group_rows.convert_columns(&key)?;
-        let g = self.group_id(keys.row(0).data());
+        let g = self.group_id(keys.row(0).data())?;
         Ok(vec![self.emit(&[g])?])
     }
 
@@ -799,11 +949,16 @@ impl Operator for GroupAggregateOperator {
             None => String::new(),
         };
         format!(
-            "UpdatingAggregate: state_key=[{}] aggregates=[{}] emit=on update{}{ttl}",
+            "UpdatingAggregate: state_key=[{}] aggregates=[{}] emit=on update{}{ttl}{}",
             groups.join(", "),
             aggregates.join(", "),
             if self.changelog {
                 " input=changelog (rows inserted and taken back)"
+            } else {
+                ""
+            },
+            if self.spills() {
+                " state=spills to disk past half the memory limit"
             } else {
                 ""
             }
@@ -819,6 +974,9 @@ impl Operator for GroupAggregateOperator {
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
+        if self.spill.is_some() {
+            return self.stage_changes();
+        }
         let live: Vec<usize> = (0..self.keys.len())
             .filter(|&g| self.keys[g].is_some())
             .collect();
@@ -868,6 +1026,17 @@ impl Operator for GroupAggregateOperator {
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if state.values.first() == Some(&Some(IN_STORE)) {
+            return match &mut self.spill {
+                Some(spill) => {
+                    spill.stored = true;
+                    Ok(())
+                }
+                None => Err(Error::Corrupt(
+                    "an aggregate's checkpoint is in a state store it does not have".into(),
+                )),
+            };
+        }
         let mut batches = state.batches.into_iter();
         let Some(groups) = batches.next() else {
             return Ok(());
@@ -890,7 +1059,7 @@ impl Operator for GroupAggregateOperator {
         };
         let mut ids = Vec::with_capacity(groups.num_rows());
         for i in 0..groups.num_rows() {
-            let g = self.group_id(keys.row(i).data());
+            let g = self.group_id(keys.row(i).data())?;
             self.rows[g] = rows.as_primitive::<Int64Type>().value(i);
             ids.push(g);
         }
@@ -936,8 +1105,78 @@ impl Operator for GroupAggregateOperator {
             };
             self.bytes = self.bytes.saturating_add_signed(change);
         }
+        // From a checkpoint file written before the store: the next checkpoint stores all.
+        if let Some(spill) = &mut self.spill {
+            for &g in &ids {
+                set(&mut spill.dirty, g, true);
+            }
+        }
         Ok(())
     }
+
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        if !self.spills() {
+            return Ok(false);
+        }
+        self.spill = Some(Spill {
+            table: tables.table(name)?,
+            dirty: vec![false; self.keys.len()],
+            freed: Default::default(),
+            stored: false,
+        });
+        Ok(true)
+    }
+
+    fn evict(&mut self) {
+        let Some(spill) = &self.spill else {
+            return;
+        };
+        let clean: Vec<usize> = (0..self.keys.len())
+            .filter(|&g| self.keys[g].is_some() && !spill.dirty.get(g).copied().unwrap_or(true))
+            .collect();
+        for g in clean {
+            self.forget(g);
+        }
+    }
+}
+
+/// The next `N` bytes of `input`, which it then starts after.
+fn take_array<const N: usize>(input: &mut &[u8]) -> Result<[u8; N]> {
+    let (head, rest) = input
+        .split_first_chunk::<N>()
+        .ok_or_else(|| Error::Corrupt("a stored aggregate group is cut short".into()))?;
+    *input = rest;
+    Ok(*head)
+}
+
+/// A multiset as its count, then each value's length, bytes and multiplicity.
+fn encode_multiset<M: Multiset>(m: &M, out: &mut Vec<u8>) {
+    let entries = m.entries();
+    out.extend((entries.len() as u32).to_le_bytes());
+    for (value, multiplicity) in entries {
+        out.extend((value.len() as u32).to_le_bytes());
+        out.extend(value);
+        out.extend(multiplicity.to_le_bytes());
+    }
+}
+
+/// Reads a multiset written by [`encode_multiset`] into `m`; returns the bytes it holds.
+fn decode_multiset<M: Multiset>(m: &mut M, input: &mut &[u8]) -> Result<usize> {
+    let n = u32::from_le_bytes(take_array(input)?);
+    let mut bytes = 0;
+    for _ in 0..n {
+        let len = u32::from_le_bytes(take_array(input)?) as usize;
+        if input.len() < len {
+            return Err(Error::Corrupt(
+                "a stored aggregate value is cut short".into(),
+            ));
+        }
+        let (value, rest) = input.split_at(len);
+        *input = rest;
+        m.put(value, i64::from_le_bytes(take_array(input)?));
+        bytes += len + VALUE_OVERHEAD;
+    }
+    Ok(bytes)
 }
 
 fn int64s(live: &[usize], v: &[i64]) -> ArrayRef {
@@ -1229,8 +1468,8 @@ mod tests {
     /// Inserts (true) and retractions (false, of a row inserted earlier) in batches.
     fn changelog() -> impl Strategy<Value = Vec<Vec<(u8, Option<i64>, bool)>>> {
         prop::collection::vec(
-            prop::collection::vec((0u8..4, prop::option::of(-50i64..50), any::<bool>()), 1..12),
-            1..8,
+            prop::collection::vec((0u8..6, prop::option::of(-50i64..50), any::<bool>()), 1..12),
+            1..10,
         )
     }
 
@@ -1283,6 +1522,81 @@ mod tests {
             }
             let visible: BTreeMap<_, _> = view.into_iter().filter(|(_, r)| r.5).collect();
             prop_assert_eq!(visible, expected);
+        }
+    }
+
+    /// The query's state store, as the runtime hands its tables out.
+    struct Store<'a>(&'a crate::state_store::StateStore);
+
+    impl TableSource for Store<'_> {
+        fn table(&mut self, name: &str) -> Result<StateTable> {
+            self.0.table(name)
+        }
+    }
+
+    fn spilling(store: &crate::state_store::StateStore) -> GroupAggregateOperator {
+        let mut op = operator();
+        assert!(op.attach_store(&mut Store(store), "aggregate").unwrap());
+        op
+    }
+
+    /// Rows (k, v, inserted) of `batch`, with retractions only of rows in `present`.
+    fn take_back_only_present(
+        present: &mut Vec<(String, Option<i64>)>,
+        batch: &[(u8, Option<i64>, bool)],
+    ) -> RecordBatch {
+        let mut rows = Vec::new();
+        for &(k, v, insert) in batch {
+            let key = format!("k{k}");
+            match present.iter().position(|r| r.0 == key && r.1 == v) {
+                Some(p) if !insert => {
+                    present.swap_remove(p);
+                    rows.push((key, v, false));
+                }
+                _ => {
+                    present.push((key.clone(), v));
+                    rows.push((key, v, true));
+                }
+            }
+        }
+        let rows: Vec<_> = rows.iter().map(|(k, v, i)| (k.as_str(), *v, *i)).collect();
+        changes(&rows)
+    }
+
+    proptest! {
+        /// An aggregate whose groups go to the state store at every other batch (written
+        /// there, dropped from memory, read back when their rows come), and restarts once
+        /// from its store, emits what the same aggregate in memory does, batch by batch.
+        #[test]
+        fn groups_spilled_to_the_store_and_read_back_change_nothing(
+            batches in changelog(),
+            restart_at in 0usize..8,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = crate::state_store::StateStore::open(dir.path()).unwrap();
+            let mut memory = operator();
+            let mut spilled = spilling(&store);
+            let (mut expected, mut got) = (BTreeMap::new(), BTreeMap::new());
+            let mut present = Vec::new();
+            for (b, batch) in batches.iter().enumerate() {
+                let batch = take_back_only_present(&mut present, batch);
+                apply(&mut expected, &memory.process_batch(batch.clone()).unwrap());
+                apply(&mut got, &spilled.process_batch(batch).unwrap());
+                prop_assert_eq!(&got, &expected);
+                if b % 2 == 0 {
+                    let state = spilled.snapshot().unwrap();
+                    store.commit(b"checkpoint").unwrap();
+                    spilled.evict();
+                    prop_assert_eq!(spilled.state_rows(), 0);
+                    if b == restart_at {
+                        drop(spilled);
+                        drop(store);
+                        store = crate::state_store::StateStore::open(dir.path()).unwrap();
+                        spilled = spilling(&store);
+                        spilled.restore(state).unwrap();
+                    }
+                }
+            }
         }
     }
 

@@ -119,6 +119,27 @@ pub trait Operator: Send + std::fmt::Debug {
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         expect_empty(self.name(), &state)
     }
+
+    /// Offers the operator a table of the query's on-disk state store, named `name`, for
+    /// state beyond memory; returns whether it takes it. One that does stages in the table
+    /// only what changed since its last snapshot, and may later be told to [`Operator::evict`].
+    /// Called before [`Operator::restore`]. Operators that keep all state in memory keep the
+    /// default (no).
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        let _ = (tables, name);
+        Ok(false)
+    }
+
+    /// Drops from memory the state that the last committed checkpoint stored, to be read
+    /// back from the store when needed. Called only right after such a checkpoint.
+    fn evict(&mut self) {}
+}
+
+/// Where operators get their [`crate::state_store::StateTable`]s: the query's store, opened
+/// on first use.
+pub trait TableSource {
+    /// The table `name`.
+    fn table(&mut self, name: &str) -> Result<crate::state_store::StateTable>;
 }
 
 /// The [`Operator::restore`] of a stateless operator: only an empty state fits.

@@ -10,8 +10,9 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 
-use super::Operator;
+use super::{Operator, TableSource};
 use crate::checkpoint::OperatorState;
+use crate::state_store::StateTable;
 use crate::{Error, Result};
 
 /// The last column of a changelog batch: true for a row that is inserted, false for one that is
@@ -40,7 +41,26 @@ pub struct UpsertChangelogOperator {
     /// The row each key has now, by the key's row-format bytes.
     last: HashMap<Box<[u8]>, OwnedRow>,
     bytes: usize,
+    /// Rows beyond memory, in the query's state store (see [`Operator::attach_store`]).
+    spill: Option<Spill>,
 }
+
+/// The rows of an [`UpsertChangelogOperator`] in the query's state store, by key: as of the
+/// last checkpoint there, read back into memory when their key comes again.
+#[derive(Debug)]
+struct Spill {
+    table: StateTable,
+    /// Keys whose row changed since the last checkpoint (only those are written).
+    dirty: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    /// Keys whose row went since the last checkpoint: deleted from the store at the next,
+    /// and never read back from it until then.
+    gone: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    /// Whether the store may hold rows (from a checkpoint written or restored).
+    stored: bool,
+}
+
+/// The value of a checkpoint whose rows are in the state store.
+const IN_STORE: i64 = 1;
 
 impl UpsertChangelogOperator {
     /// Over upserts of `input` keyed by the columns `key`; with `visibility`, the last input
@@ -71,6 +91,7 @@ impl UpsertChangelogOperator {
             schema: Arc::new(Schema::new(out)),
             last: HashMap::new(),
             bytes: 0,
+            spill: None,
         })
     }
 
@@ -97,12 +118,63 @@ impl UpsertChangelogOperator {
     fn forget(&mut self, key: &[u8]) -> Option<OwnedRow> {
         let (key, row) = self.last.remove_entry(key)?;
         self.bytes -= key.len() + row.row().data().len() + ENTRY_OVERHEAD;
+        if let Some(spill) = &mut self.spill {
+            spill.dirty.remove(&key);
+            if spill.stored {
+                spill.gone.insert(key);
+            }
+        }
         Some(row)
     }
 
     fn remember(&mut self, key: &[u8], row: OwnedRow) {
+        self.keep(key, row);
+        if let Some(spill) = &mut self.spill {
+            spill.dirty.insert(key.into());
+        }
+    }
+
+    fn keep(&mut self, key: &[u8], row: OwnedRow) {
         self.bytes += key.len() + row.row().data().len() + ENTRY_OVERHEAD;
         self.last.insert(key.into(), row);
+    }
+
+    /// Reads `key`'s row back from the state store into memory, if it left memory.
+    fn fetch(&mut self, key: &[u8]) -> Result<()> {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        if !spill.stored || self.last.contains_key(key) || spill.gone.contains(key) {
+            return Ok(());
+        }
+        if let Some(bytes) = spill.table.get(key)? {
+            let row = self.rows.parser().parse(&bytes).owned();
+            self.keep(key, row);
+        }
+        Ok(())
+    }
+
+    /// A checkpoint's part in the state store: stages the rows changed and gone since the
+    /// last one, which are then clean.
+    fn stage_changes(&mut self) -> OperatorState {
+        if let Some(spill) = &mut self.spill {
+            // Deletions first: a key gone and back since is written after.
+            for key in spill.gone.drain() {
+                spill.table.stage(key.into_vec(), None);
+            }
+            for key in spill.dirty.drain() {
+                if let Some(row) = self.last.get(&key) {
+                    spill
+                        .table
+                        .stage(key.into_vec(), Some(row.row().data().to_vec()));
+                }
+            }
+            spill.stored = true;
+        }
+        OperatorState {
+            values: vec![Some(IN_STORE)],
+            batches: Vec::new(),
+        }
     }
 }
 
@@ -140,6 +212,7 @@ impl Operator for UpsertChangelogOperator {
         let mut retracted = Vec::new();
         let mut inserted: Vec<u32> = Vec::new();
         for k in order {
+            self.fetch(k)?;
             let i = latest[k];
             let shows = visible.as_ref().is_none_or(|v| v.is_valid(i) && v.value(i));
             let new = shows.then(|| rows.row(i));
@@ -199,6 +272,9 @@ impl Operator for UpsertChangelogOperator {
     }
 
     fn snapshot(&mut self) -> Result<OperatorState> {
+        if self.spill.is_some() {
+            return Ok(self.stage_changes());
+        }
         if self.last.is_empty() {
             return Ok(OperatorState::default());
         }
@@ -214,6 +290,17 @@ impl Operator for UpsertChangelogOperator {
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         self.last.clear();
         self.bytes = 0;
+        if state.values.first() == Some(&Some(IN_STORE)) {
+            return match &mut self.spill {
+                Some(spill) => {
+                    spill.stored = true;
+                    Ok(())
+                }
+                None => Err(Error::Corrupt(
+                    "a changelog's checkpoint is in a state store it does not have".into(),
+                )),
+            };
+        }
         for batch in state.batches {
             let columns = batch
                 .columns()
@@ -225,10 +312,42 @@ impl Operator for UpsertChangelogOperator {
             let key_rows = self.key_rows(&columns)?;
             for i in 0..batch.num_rows() {
                 let k = key_rows.as_ref().map_or(&[][..], |r| r.row(i).data());
+                // Dirty: from a checkpoint file written before the store, the next stores all.
                 self.remember(k, rows.row(i).owned());
             }
         }
         Ok(())
+    }
+
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        if self.keys.is_none() {
+            // A single row: nothing worth a store.
+            return Ok(false);
+        }
+        self.spill = Some(Spill {
+            table: tables.table(name)?,
+            dirty: Default::default(),
+            gone: Default::default(),
+            stored: false,
+        });
+        Ok(true)
+    }
+
+    fn evict(&mut self) {
+        let Some(spill) = &self.spill else {
+            return;
+        };
+        let clean: Vec<Box<[u8]>> = self
+            .last
+            .keys()
+            .filter(|k| !spill.dirty.contains(*k))
+            .cloned()
+            .collect();
+        for key in clean {
+            if let Some((key, row)) = self.last.remove_entry(&key) {
+                self.bytes -= key.len() + row.row().data().len() + ENTRY_OVERHEAD;
+            }
+        }
     }
 }
 
@@ -317,5 +436,64 @@ mod tests {
             changes(&out),
             vec![("a".into(), 1, false), ("a".into(), 5, true)]
         );
+    }
+
+    struct Store<'a>(&'a crate::state_store::StateStore);
+
+    impl TableSource for Store<'_> {
+        fn table(&mut self, name: &str) -> Result<StateTable> {
+            self.0.table(name)
+        }
+    }
+
+    fn spilling(store: &crate::state_store::StateStore) -> UpsertChangelogOperator {
+        let mut op = UpsertChangelogOperator::try_new(&input(), vec![0], true).unwrap();
+        assert!(op.attach_store(&mut Store(store), "changelog").unwrap());
+        op
+    }
+
+    proptest::proptest! {
+        /// Rows spilled to the state store at every other batch (written there, dropped from
+        /// memory, read back when their key comes), with a restart from the store, give the
+        /// same changelog as in memory, batch by batch.
+        #[test]
+        fn rows_spilled_to_the_store_and_read_back_change_nothing(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u8..6, 0i64..3, proptest::bool::weighted(0.8)), 1..10),
+                1..10,
+            ),
+            restart_at in 0usize..8,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = crate::state_store::StateStore::open(dir.path()).unwrap();
+            let mut memory = UpsertChangelogOperator::try_new(&input(), vec![0], true).unwrap();
+            let mut spilled = spilling(&store);
+            for (b, batch) in batches.iter().enumerate() {
+                let keys: Vec<String> = batch.iter().map(|r| format!("k{}", r.0)).collect();
+                let rows: Vec<_> = batch
+                    .iter()
+                    .zip(&keys)
+                    .map(|(r, k)| (k.as_str(), r.1, r.2))
+                    .collect();
+                let mut expected = changes(&memory.process_batch(upserts(&rows)).unwrap());
+                let mut got = changes(&spilled.process_batch(upserts(&rows)).unwrap());
+                expected.sort();
+                got.sort();
+                proptest::prop_assert_eq!(got, expected);
+                if b % 2 == 0 {
+                    let state = spilled.snapshot().unwrap();
+                    store.commit(b"checkpoint").unwrap();
+                    spilled.evict();
+                    proptest::prop_assert_eq!(spilled.state_rows(), 0);
+                    if b == restart_at {
+                        drop(spilled);
+                        drop(store);
+                        store = crate::state_store::StateStore::open(dir.path()).unwrap();
+                        spilled = spilling(&store);
+                        spilled.restore(state).unwrap();
+                    }
+                }
+            }
+        }
     }
 }
