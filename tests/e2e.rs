@@ -3558,11 +3558,11 @@ async fn caught_up(c: &Client, name: &str) {
 }
 
 /// An updating aggregate of 200,000 groups under a 16 MB memory limit, where all of them in
-/// memory would take about 24 MB: its groups spill to the view's state store at half the limit
+/// memory would take about 24 MB: its groups spill to the view's state store at a quarter of the limit
 /// and are read back as their rows come. The view equals the same query in batch, and again
 /// after a `kill -9` and more rows (restored from the store, not replayed from the start).
 #[tokio::test]
-async fn an_aggregate_past_half_its_memory_limit_spills_to_disk_and_stays_right() {
+async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = Server::start(dir.path());
     let c = server.client().await;

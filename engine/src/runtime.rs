@@ -975,13 +975,13 @@ fn warn_if_deleted(
     }
 }
 
-fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History) -> Result<()> {
-    let mut position = Position::new(&spec.sources);
-    let mut checkpointer = match spec.checkpoint.take() {
-        Some(c) => Some(Checkpointer::start(c, &mut spec, &mut position, history)?),
-        None => None,
-    };
-    // Wake up often enough to notice partitions going idle.
+/// How long a query waits for rows: short enough to notice partitions going idle, to take
+/// checkpoints on time and, in processing time, to close windows by the clock.
+fn wake_interval(
+    position: &Position,
+    checkpointer: Option<&Checkpointer>,
+    processing_time: bool,
+) -> Duration {
     let idle = position
         .sources
         .iter()
@@ -989,14 +989,46 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
         .min()
         .unwrap_or(Duration::from_secs(5));
     let mut tick = (idle / 4).clamp(Duration::from_millis(10), Duration::from_millis(500));
-    if let Some(c) = &checkpointer {
+    if let Some(c) = checkpointer {
         tick = tick.min(c.spec.interval.max(Duration::from_millis(10)));
     }
-    let processing_time = spec.sources.iter().any(|s| s.processing_time);
     if processing_time {
-        // Processing-time windows close by the clock, not by data: look often.
         tick = tick.min(Duration::from_millis(100));
     }
+    tick
+}
+
+/// Publishes how far the query has got, for `weir_view_progress` and readers waiting on it.
+fn publish_progress(
+    spec: &QuerySpec,
+    position: &Position,
+    checkpointer: Option<&Checkpointer>,
+    watermark: Option<i64>,
+    now: Instant,
+) {
+    spec.sink.set_progress(Progress {
+        offsets: position.offsets(),
+        watermark_ns: watermark,
+        late_rows: spec.dataflow.late_rows(),
+        error: None,
+        checkpoint_offsets: checkpointer.and_then(Checkpointer::retained),
+        checkpoint: checkpointer.and_then(Checkpointer::newest),
+        partitions: position
+            .sources
+            .iter()
+            .map(|s| s.tracker.partitions(now))
+            .collect(),
+    });
+}
+
+fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History) -> Result<()> {
+    let mut position = Position::new(&spec.sources);
+    let mut checkpointer = match spec.checkpoint.take() {
+        Some(c) => Some(Checkpointer::start(c, &mut spec, &mut position, history)?),
+        None => None,
+    };
+    let processing_time = spec.sources.iter().any(|s| s.processing_time);
+    let tick = wake_interval(&position, checkpointer.as_ref(), processing_time);
     // Whether anything changed since the last checkpoint.
     let mut dirty = false;
     tracing::info!(query = %spec.name, sources = position.sources.len(), "continuous query started");
@@ -1008,11 +1040,13 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
     if let Some(limit) = spec.memory_limit {
         spec.dataflow.limit_memory(limit);
     }
-    // Operator state past this spills to the state store (see `Checkpointer::spill`): half
-    // the memory limit, or a quarter of it more than what stayed after the last spill, so
-    // that state which cannot spill does not make every batch spill.
+    // Operator state past this spills to the state store (see `Checkpointer::spill`): a
+    // quarter of the memory limit, since what operators count of their state is less than the
+    // memory it takes (allocations, maps' spare room, what is freed but not returned); or an
+    // eighth of the limit more than what stayed after the last spill, so that state which
+    // cannot spill does not make every batch spill.
     let spills = checkpointer.as_ref().is_some_and(|c| c.spills);
-    let mut spill_at = spec.memory_limit.filter(|_| spills).map(|l| l / 2);
+    let mut spill_at = spec.memory_limit.filter(|_| spills).map(|l| l / 4);
     if position.offsets().iter().all(|&o| o == 0) {
         // From the beginning (not resumed): rows that exist before any input, such as an
         // aggregate's over no rows. They are upserts, so a restart at offset 0 repeats them
@@ -1095,7 +1129,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
             c.spill(&mut spec, &position, &mut results);
             dirty = false;
             let limit = spec.memory_limit.unwrap_or(usize::MAX);
-            spill_at = Some((limit / 2).max(spec.dataflow.state_bytes().saturating_add(limit / 4)));
+            spill_at = Some((limit / 4).max(spec.dataflow.state_bytes().saturating_add(limit / 8)));
             budget.check(&spec)?;
         }
         let now = Instant::now();
@@ -1120,19 +1154,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
             .copied()
             .try_fold(i64::MAX, |m, w| w.map(|w| m.min(w)));
         position.last_watermark = watermark.or(position.last_watermark);
-        spec.sink.set_progress(Progress {
-            offsets: position.offsets(),
-            watermark_ns: watermark,
-            late_rows: spec.dataflow.late_rows(),
-            error: None,
-            checkpoint_offsets: checkpointer.as_ref().and_then(Checkpointer::retained),
-            checkpoint: checkpointer.as_ref().and_then(Checkpointer::newest),
-            partitions: position
-                .sources
-                .iter()
-                .map(|s| s.tracker.partitions(now))
-                .collect(),
-        });
+        publish_progress(&spec, &position, checkpointer.as_ref(), watermark, now);
         if !progressed {
             budget.settle(&spec)?;
             wake.wait_past(seen, tick);

@@ -18,7 +18,6 @@
 //! reads each group back once per spill and writes it once per checkpoint, and its memory is
 //! what spilling is for.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +33,10 @@ fn store_error(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 type Table<'a> = TableDefinition<'a, &'static [u8], &'static [u8]>;
+
+/// Changes staged for the next commit, in the order they were staged: a key and its new value
+/// (`None` deletes it).
+type Staged = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// The table of checkpoints, under [`CHECKPOINT_KEY`].
 const META: Table<'static> = TableDefinition::new("meta");
@@ -78,7 +81,7 @@ impl StateStore {
         let table = StateTable {
             db: Arc::clone(&self.db),
             name: Arc::from(name),
-            staged: Arc::new(Mutex::new(BTreeMap::new())),
+            staged: Arc::new(Mutex::new(Vec::new())),
             reader: Arc::new(Mutex::new(None)),
         };
         self.lock().push(table.clone());
@@ -110,9 +113,17 @@ impl StateStore {
     /// Returns the bytes written.
     pub fn commit(&self, checkpoint: &[u8]) -> Result<u64> {
         let tables = self.lock().clone();
-        let taken: Vec<_> = tables
+        // Sorted here, on the writer's thread, not on the query's as they are staged; of
+        // changes to one key the last staged wins.
+        let taken: Vec<Staged> = tables
             .iter()
-            .map(|t| std::mem::take(&mut *t.lock()))
+            .map(|t| {
+                let mut staged = std::mem::take(&mut *t.lock());
+                staged.reverse();
+                staged.sort_by(|a, b| a.0.cmp(&b.0));
+                staged.dedup_by(|later, first| later.0 == first.0);
+                staged
+            })
             .collect();
         let written = (|| -> std::result::Result<u64, String> {
             let write = self.db.begin_write().map_err(|e| e.to_string())?;
@@ -121,7 +132,7 @@ impl StateStore {
                 let mut t = write
                     .open_table(table.definition())
                     .map_err(|e| e.to_string())?;
-                // In key order (a BTreeMap): the B-tree's pages are then written in order.
+                // In key order: the B-tree's pages are then written in order.
                 for (key, value) in staged {
                     bytes += (key.len() + value.as_ref().map_or(0, Vec::len)) as u64;
                     match value {
@@ -147,12 +158,11 @@ impl StateStore {
                 Ok(bytes)
             }
             Err(e) => {
-                // Kept for the next checkpoint, under anything staged since.
-                for (table, staged) in tables.iter().zip(taken) {
+                // Kept for the next checkpoint, before anything staged since.
+                for (table, mut staged) in tables.iter().zip(taken) {
                     let mut now = table.lock();
-                    for (key, value) in staged {
-                        now.entry(key).or_insert(value);
-                    }
+                    staged.append(&mut now);
+                    *now = staged;
                 }
                 Err(store_error("writing a checkpoint", e))
             }
@@ -186,7 +196,7 @@ impl StateStore {
 pub struct StateTable {
     db: Arc<redb::Database>,
     name: Arc<str>,
-    staged: Arc<Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>>,
+    staged: Arc<Mutex<Staged>>,
     /// A read of the last checkpoint, kept until the next commit (a read per key would cost
     /// a transaction each). `None` until first used, or when the table does not exist.
     reader: Arc<Mutex<Option<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>>>>,
@@ -205,7 +215,7 @@ impl StateTable {
         TableDefinition::new(&self.name)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Staged> {
         self.staged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -247,7 +257,12 @@ impl StateTable {
 
     /// Stages `key`'s new value (`None` deletes it) for the next [`StateStore::commit`].
     pub fn stage(&self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.lock().insert(key, value);
+        self.lock().push((key, value));
+    }
+
+    /// Stages many changes at once, in order (see [`StateTable::stage`]).
+    pub fn stage_all(&self, changes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) {
+        self.lock().extend(changes);
     }
 
     /// Rows as of the last checkpoint.

@@ -563,6 +563,9 @@ struct Spill {
     freed: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     /// Whether the store may hold groups (from a checkpoint written or restored).
     stored: bool,
+    /// Whether the store may hold groups that are not in memory (after an eviction or a
+    /// restore): only then is a group missing from memory looked up there.
+    partial: bool,
 }
 
 /// The value of an aggregate's checkpoint whose groups are in the state store.
@@ -729,12 +732,9 @@ impl GroupAggregateOperator {
             ));
         };
         // Deletions first: a key freed and made again since is written after.
-        for key in spill.freed.drain() {
-            spill.table.stage(key.into_vec(), None);
-        }
-        for (key, value) in changed {
-            spill.table.stage(key, Some(value));
-        }
+        let deleted = spill.freed.drain().map(|key| (key.into_vec(), None));
+        let written = changed.into_iter().map(|(k, v)| (k, Some(v)));
+        spill.table.stage_all(deleted.chain(written));
         spill.dirty.iter_mut().for_each(|d| *d = false);
         spill.stored = true;
         Ok(OperatorState {
@@ -771,7 +771,7 @@ impl GroupAggregateOperator {
                 set(&mut spill.dirty, g, false);
                 // A group freed since the last checkpoint starts again from nothing: its
                 // stored state is the one it had before it was freed.
-                if spill.freed.remove(key) || !spill.stored {
+                if !spill.partial || spill.freed.remove(key) {
                     None
                 } else {
                     spill.table.get(key)?
@@ -958,7 +958,7 @@ impl Operator for GroupAggregateOperator {
                 ""
             },
             if self.spills() {
-                " state=spills to disk past half the memory limit"
+                " state=spills to disk past a quarter of the memory limit"
             } else {
                 ""
             }
@@ -1030,6 +1030,7 @@ impl Operator for GroupAggregateOperator {
             return match &mut self.spill {
                 Some(spill) => {
                     spill.stored = true;
+                    spill.partial = true;
                     Ok(())
                 }
                 None => Err(Error::Corrupt(
@@ -1123,14 +1124,17 @@ impl Operator for GroupAggregateOperator {
             dirty: vec![false; self.keys.len()],
             freed: Default::default(),
             stored: false,
+            partial: false,
         });
         Ok(true)
     }
 
     fn evict(&mut self) {
-        let Some(spill) = &self.spill else {
+        let Some(spill) = &mut self.spill else {
             return;
         };
+        spill.partial = true;
+        let spill = &*spill;
         let clean: Vec<usize> = (0..self.keys.len())
             .filter(|&g| self.keys[g].is_some() && !spill.dirty.get(g).copied().unwrap_or(true))
             .collect();

@@ -57,6 +57,9 @@ struct Spill {
     gone: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     /// Whether the store may hold rows (from a checkpoint written or restored).
     stored: bool,
+    /// Whether the store may hold rows that are not in memory (after an eviction or a
+    /// restore): only then is a key missing from memory looked up there.
+    partial: bool,
 }
 
 /// The value of a checkpoint whose rows are in the state store.
@@ -144,7 +147,7 @@ impl UpsertChangelogOperator {
         let Some(spill) = &self.spill else {
             return Ok(());
         };
-        if !spill.stored || self.last.contains_key(key) || spill.gone.contains(key) {
+        if !spill.partial || self.last.contains_key(key) || spill.gone.contains(key) {
             return Ok(());
         }
         if let Some(bytes) = spill.table.get(key)? {
@@ -294,6 +297,7 @@ impl Operator for UpsertChangelogOperator {
             return match &mut self.spill {
                 Some(spill) => {
                     spill.stored = true;
+                    spill.partial = true;
                     Ok(())
                 }
                 None => Err(Error::Corrupt(
@@ -329,14 +333,17 @@ impl Operator for UpsertChangelogOperator {
             dirty: Default::default(),
             gone: Default::default(),
             stored: false,
+            partial: false,
         });
         Ok(true)
     }
 
     fn evict(&mut self) {
-        let Some(spill) = &self.spill else {
+        let Some(spill) = &mut self.spill else {
             return;
         };
+        spill.partial = true;
+        let spill = &*spill;
         let clean: Vec<Box<[u8]>> = self
             .last
             .keys()

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# State beyond memory: an updating aggregate of many groups under a small memory limit, whose
+# groups spill to the view's state store on disk. Prints the time to catch up, the server's peak
+# RSS, the state store's size, and whether the view equals the same query in batch.
+# Usage: examples/spill.sh [GROUPS] [ROWS] [LIMIT]   (default 10000000 15000000 256MB)
+# Needs psql and python3, and a release build (cargo build --release -p weir-server).
+set -euo pipefail
+groups="${1:-10000000}"
+rows="${2:-15000000}"
+limit="${3:-256MB}"
+weir="${CARGO_TARGET_DIR:-target}/release/weir"
+data="$(mktemp -d)"
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
+
+python3 - "$groups" "$rows" "$data/t.csv" <<'PY'
+import sys
+groups, rows, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+with open(path, "w") as f:
+    for i in range(rows):
+        f.write(f"{i % groups},{i % 7}\n")
+PY
+
+"$weir" serve --listen 127.0.0.1:55435 --kafka-listen off --http off --data-dir "$data/weir" \
+    > "$data/serve.log" 2>&1 &
+pid=$!
+psql_() { psql -X -q -h 127.0.0.1 -p 55435 -U weir weir "$@"; }
+for _ in $(seq 100); do psql_ -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
+psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
+psql_ -c "\\copy t FROM '$data/t.csv' CSV"
+
+# The server's peak resident memory, sampled every 50 ms while the view catches up.
+peak_file="$data/peak"
+echo 0 > "$peak_file"
+( peak=0; while kill -0 "$pid" 2>/dev/null; do
+    rss=$(awk '/VmRSS/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    if [ "${rss:-0}" -gt "$peak" ]; then peak=$rss; echo "$peak" > "$peak_file"; fi
+    sleep 0.05
+  done ) &
+sampler=$!
+
+query="SELECT c, count(*) AS keys, sum(total) AS total FROM
+       (SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k) GROUP BY c"
+start=$(date +%s.%N)
+psql_ -c "CREATE MATERIALIZED VIEW hist WITH (memory_limit = '$limit') AS $query"
+until [ "$(psql_ -tA -c "SELECT processed = committed FROM weir_view_progress WHERE view = 'hist'")" = t ]; do
+    sleep 0.2
+done
+end=$(date +%s.%N)
+kill "$sampler" 2>/dev/null || true
+echo "view:  $(psql_ -tA -F' ' -c 'SELECT * FROM hist ORDER BY c' | tr '\n' ';')"
+python3 -c "print(f'caught up: {$rows} rows, $groups groups in {$end - $start:.1f} s ({$rows / ($end - $start) / 1e3:.0f} K rows/s)')"
+echo "server peak RSS while catching up: $(( $(cat "$peak_file") / 1024 )) MiB (memory_limit $limit)"
+echo "state store: $(du -sm "$data/weir/views/hist/state" | cut -f1) MB on disk"
+echo "batch: $(psql_ -tA -F' ' -c "$query ORDER BY c" | tr '\n' ';')"
