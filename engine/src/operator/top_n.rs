@@ -13,8 +13,9 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
-use super::{INSERTED, Operator};
+use super::{INSERTED, Operator, TableSource};
 use crate::checkpoint::OperatorState;
+use crate::state_store::StateTable;
 use crate::{Error, Result};
 
 /// One ORDER BY expression of a Top-N.
@@ -116,6 +117,56 @@ pub struct TopNOperator {
     late: Vec<RecordBatch>,
     /// A state TTL on a deduplication (see [`TopNOperator::with_state_ttl`]).
     ttl: Option<TopNTtl>,
+    /// Partitions beyond memory, in the query's state store (see [`Operator::attach_store`]).
+    spill: Option<Spill>,
+}
+
+/// The partitions of a Top-N in the query's state store, by key: as of the last checkpoint
+/// there, read back into memory when a row of theirs comes. Partitions of a Top-N without a
+/// time bound never go away, so there are no deletions.
+#[derive(Debug)]
+struct Spill {
+    table: StateTable,
+    /// Partitions changed since the last checkpoint (only those are written).
+    dirty: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    /// Whether the store may hold partitions that are not in memory (after an eviction or a
+    /// restore): only then is a partition missing from memory looked up there.
+    partial: bool,
+}
+
+/// The third value of a checkpoint whose partitions are in the state store.
+const IN_STORE: i64 = 1;
+
+/// A partition's kept rows as the state store keeps them: how many, then each row's sort key,
+/// values (both row-format bytes, after their lengths) and id.
+fn encode_kept(kept: &Kept) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend((kept.rows.len() as u32).to_le_bytes());
+    for r in &kept.rows {
+        for bytes in [r.sort.row().data(), r.row.row().data()] {
+            out.extend((bytes.len() as u32).to_le_bytes());
+            out.extend(bytes);
+        }
+        out.extend(r.id.to_le_bytes());
+    }
+    out
+}
+
+/// The next `n` bytes of `input`, which then starts after them.
+fn take_bytes<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+    if input.len() < n {
+        return Err(Error::Corrupt(
+            "a stored Top-N partition is cut short".into(),
+        ));
+    }
+    let (head, rest) = input.split_at(n);
+    *input = rest;
+    Ok(head)
+}
+
+fn take_u32(input: &mut &[u8]) -> Result<usize> {
+    let b = take_bytes(input, 4)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
 }
 
 /// A deduplication forgets a key once the watermark passes its kept row's time plus `ttl_ns`.
@@ -229,6 +280,7 @@ impl TopNOperator {
             late_rows: 0,
             late: Vec::new(),
             ttl: None,
+            spill: None,
         })
     }
 
@@ -321,6 +373,7 @@ impl TopNOperator {
             }
             // Keys are copied only for a partition's first row, not for every row.
             let key: &[u8] = keys.as_ref().map_or(&[], |k| k.row(i).data());
+            self.fetch(key)?;
             if !self.partitions.contains_key(key) {
                 self.partitions.insert(key.into(), Kept::default());
             }
@@ -414,6 +467,74 @@ impl TopNOperator {
 }
 
 impl TopNOperator {
+    /// Whether partitions can go to a state store: those of a Top-N with PARTITION BY over a
+    /// whole stream, whose partitions never go away (not per window, nor under a state TTL).
+    fn spills(&self) -> bool {
+        self.keys.is_some() && self.expiry.is_none() && self.ttl.is_none()
+    }
+
+    /// Reads partition `key` back from the state store into memory, if it left memory.
+    fn fetch(&mut self, key: &[u8]) -> Result<()> {
+        let Some(spill) = &self.spill else {
+            return Ok(());
+        };
+        if !spill.partial || self.partitions.contains_key(key) {
+            return Ok(());
+        }
+        let Some(value) = spill.table.get(key)? else {
+            return Ok(());
+        };
+        let mut input = value.as_slice();
+        let n = take_u32(&mut input)?;
+        let mut kept = Kept::default();
+        for _ in 0..n {
+            let len = take_u32(&mut input)?;
+            let sort = self
+                .sort
+                .parser()
+                .parse(take_bytes(&mut input, len)?)
+                .owned();
+            let len = take_u32(&mut input)?;
+            let row = self
+                .rows
+                .parser()
+                .parse(take_bytes(&mut input, len)?)
+                .owned();
+            let id = take_bytes(&mut input, 8)?;
+            let id = u64::from_le_bytes(
+                id.try_into()
+                    .map_err(|_| Error::Corrupt("a stored Top-N partition is cut short".into()))?,
+            );
+            let ranked = Ranked { sort, row, id };
+            self.bytes += ranked.bytes();
+            self.kept_rows += 1;
+            kept.rows.push(ranked);
+        }
+        self.partitions.insert(key.into(), kept);
+        Ok(())
+    }
+
+    /// A checkpoint's part in the state store: stages the partitions changed since the last
+    /// one, which are then clean.
+    fn stage_changes(&mut self) -> OperatorState {
+        if let Some(spill) = &mut self.spill {
+            let changed = spill.dirty.drain().filter_map(|key| {
+                let kept = self.partitions.get(&key)?;
+                Some((key.into_vec(), Some(encode_kept(kept))))
+            });
+            spill.table.stage_all(changed);
+        }
+        OperatorState {
+            values: vec![
+                self.watermark,
+                Some(self.late_rows as i64),
+                Some(IN_STORE),
+                Some(self.next_id as i64),
+            ],
+            batches: Vec::new(),
+        }
+    }
+
     /// For RANK and DENSE_RANK: per partition touched, the rows whose rank changed or that left
     /// taken back with their old rank, then the rows whose rank changed or that came inserted
     /// with their new one.
@@ -473,6 +594,9 @@ impl Operator for TopNOperator {
             return Ok(Vec::new());
         }
         let moved = self.rank(&batch)?;
+        if let Some(spill) = &mut self.spill {
+            spill.dirty.extend(moved.keys().cloned());
+        }
         if self.kind != RankKind::RowNumber {
             return self.changes(moved);
         }
@@ -517,6 +641,10 @@ impl Operator for TopNOperator {
                     self.input.field(t.time).name(),
                     super::tumble::format_duration_ns(t.ttl_ns)
                 ),
+                None if self.spills() => {
+                    "those rows (no time bound; spills to disk past a quarter of the memory limit)"
+                        .into()
+                }
                 None => "those rows (no time bound)".into(),
             },
         };
@@ -552,6 +680,9 @@ impl Operator for TopNOperator {
     /// The kept rows, partition by partition in rank order; restoring ranks them again in that
     /// order, which rebuilds the same ranks (ties keep the order they are restored in).
     fn snapshot(&mut self) -> Result<OperatorState> {
+        if self.spill.is_some() {
+            return Ok(self.stage_changes());
+        }
         let rows: Vec<_> = self
             .partitions
             .values()
@@ -575,6 +706,17 @@ impl Operator for TopNOperator {
         // Rows are ranked again before the watermark is set: they were kept, so not late.
         let watermark = state.values.first().copied().flatten();
         self.late_rows = state.value(1)?.unwrap_or(0) as u64;
+        if state.values.get(2) == Some(&Some(IN_STORE)) {
+            let Some(spill) = &mut self.spill else {
+                return Err(Error::Corrupt(
+                    "a Top-N's checkpoint is in a state store it does not have".into(),
+                ));
+            };
+            spill.partial = true;
+            self.next_id = state.value(3)?.unwrap_or(0) as u64;
+            self.watermark = watermark;
+            return Ok(());
+        }
         for batch in state.batches {
             let columns = batch
                 .columns()
@@ -586,7 +728,42 @@ impl Operator for TopNOperator {
             self.rank(&batch)?;
         }
         self.watermark = watermark;
+        // From a checkpoint file written before the store: the next checkpoint stores all.
+        if let Some(spill) = &mut self.spill {
+            spill.dirty.extend(self.partitions.keys().cloned());
+        }
         Ok(())
+    }
+
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        if !self.spills() {
+            return Ok(false);
+        }
+        self.spill = Some(Spill {
+            table: tables.table(name)?,
+            dirty: Default::default(),
+            partial: false,
+        });
+        Ok(true)
+    }
+
+    fn evict(&mut self) {
+        let Some(spill) = &mut self.spill else {
+            return;
+        };
+        spill.partial = true;
+        let clean: Vec<Box<[u8]>> = self
+            .partitions
+            .keys()
+            .filter(|k| !spill.dirty.contains(*k))
+            .cloned()
+            .collect();
+        for key in clean {
+            if let Some(kept) = self.partitions.remove(&key) {
+                self.kept_rows -= kept.rows.len();
+                self.bytes -= kept.rows.iter().map(Ranked::bytes).sum::<usize>();
+            }
+        }
     }
 
     fn on_watermark(&mut self, watermark_ns: i64) -> Result<Vec<RecordBatch>> {
@@ -754,6 +931,72 @@ mod tests {
             let mut table = HashMap::new();
             run(|| top(limit, descending), &rows, &cuts, restore_at, |out| apply(&mut table, out));
             prop_assert_eq!(table, batch_top(&rows, limit, descending));
+        }
+    }
+
+    struct Store<'a>(&'a crate::state_store::StateStore);
+
+    impl TableSource for Store<'_> {
+        fn table(&mut self, name: &str) -> Result<StateTable> {
+            self.0.table(name)
+        }
+    }
+
+    proptest! {
+        /// A Top-N whose partitions go to the state store after every other batch (written
+        /// there, dropped from memory, read back when their rows come), restarted once from
+        /// the store, gives the same upserts as in memory, and the batch Top-N; with RANK too.
+        #[test]
+        fn partitions_spilled_to_the_store_and_read_back_change_nothing(
+            values in prop::collection::vec((0i64..6, 0i64..20), 1..200),
+            cuts in prop::collection::vec(0usize..200, 0..8),
+            limit in 1usize..4,
+            descending: bool,
+            rank: bool,
+            restart_at in 0usize..8,
+        ) {
+            let (rows, cuts) = numbered(&values, cuts);
+            let make = || {
+                let op = top(limit, descending);
+                if rank { op.with_rank(RankKind::Rank) } else { op }
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = crate::state_store::StateStore::open(dir.path()).unwrap();
+            let spilling = |store: &crate::state_store::StateStore| {
+                let mut op = make();
+                assert!(op.attach_store(&mut Store(store), "top").unwrap());
+                op
+            };
+            let mut memory = make();
+            let mut spilled = spilling(&store);
+            for (i, w) in cuts.windows(2).enumerate() {
+                let expected = memory.process_batch(batch(&rows[w[0]..w[1]])).unwrap();
+                let got = spilled.process_batch(batch(&rows[w[0]..w[1]])).unwrap();
+                let sorted = |out: &[RecordBatch]| {
+                    let mut lines: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(out)
+                        .unwrap()
+                        .to_string()
+                        .lines()
+                        .map(str::to_string)
+                        .collect();
+                    lines.sort();
+                    lines
+                };
+                prop_assert_eq!(sorted(&got), sorted(&expected));
+                if i % 2 == 0 {
+                    let state = spilled.snapshot().unwrap();
+                    store.commit(b"checkpoint").unwrap();
+                    spilled.evict();
+                    prop_assert_eq!(spilled.state_rows(), 0);
+                    if i == restart_at {
+                        drop(spilled);
+                        drop(store);
+                        store = crate::state_store::StateStore::open(dir.path()).unwrap();
+                        spilled = spilling(&store);
+                        spilled.restore(state).unwrap();
+                    }
+                }
+            }
         }
     }
 
