@@ -3549,6 +3549,12 @@ const HIST_BATCH: &str = "SELECT c, count(*) AS keys, sum(total) AS total FROM \
     (SELECT k % 200000 AS g, count(*) AS c, sum(v) AS total FROM t GROUP BY k % 200000) \
     GROUP BY c ORDER BY c";
 
+/// The view `best` over `t`, in batch: per group of `k % 200000` its highest `v` (the latest
+/// `k` among equals), counted and summed.
+const BEST_BATCH: &str = "SELECT count(*) AS n, sum(v) AS s, sum(k) AS ks FROM \
+    (SELECT k, v, ROW_NUMBER() OVER (PARTITION BY g ORDER BY v DESC, k DESC) AS rn \
+     FROM (SELECT k % 200000 AS g, k, v FROM t)) WHERE rn = 1";
+
 /// Waits until view `name` has processed every row of its stream.
 async fn caught_up(c: &Client, name: &str) {
     let sql = format!(
@@ -3558,9 +3564,10 @@ async fn caught_up(c: &Client, name: &str) {
 }
 
 /// An updating aggregate of 200,000 groups under a 16 MB memory limit, where all of them in
-/// memory would take about 24 MB: its groups spill to the view's state store at a quarter of the limit
-/// and are read back as their rows come. The view equals the same query in batch, and again
-/// after a `kill -9` and more rows (restored from the store, not replayed from the start).
+/// memory would take about 24 MB, and a deduplication of as many keys beside it: their state
+/// spills to each view's state store at a quarter of the limit and is read back as rows come.
+/// Both views equal their queries in batch, and again after a `kill -9` and more rows
+/// (restored from the store, not replayed from the start).
 #[tokio::test]
 async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -3576,7 +3583,17 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     )
     .await
     .expect("setup");
+    c.batch_execute(&format!(
+        "CREATE MATERIALIZED VIEW best WITH (memory_limit = '16MB') AS {BEST_BATCH}"
+    ))
+    .await
+    .expect("a deduplication");
     caught_up(&c, "hist").await;
+    caught_up(&c, "best").await;
+    assert_eq!(
+        rows(&c, "SELECT * FROM best").await,
+        rows(&c, BEST_BATCH).await
+    );
     let view = "SELECT c, keys, total FROM hist ORDER BY c";
     assert_eq!(rows(&c, view).await, rows(&c, HIST_BATCH).await);
     assert_eq!(rows(&c, view).await[0][..2], ["2", "200000"]);
@@ -3584,6 +3601,9 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     let in_memory = "SELECT max(state_rows) FROM weir_operators \
         WHERE view = 'hist' AND kind = 'GroupAggregate'";
     assert!(count(&c, in_memory).await < 100_000);
+    let partitions_in_memory = "SELECT max(state_rows) FROM weir_operators \
+        WHERE view = 'best' AND kind = 'TopN'";
+    assert!(count(&c, partitions_in_memory).await < 100_000);
     drop(c);
     server.kill9();
     let server = Server::start(dir.path());
@@ -3592,6 +3612,11 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
         .await
         .expect("more rows");
     caught_up(&c, "hist").await;
+    caught_up(&c, "best").await;
+    assert_eq!(
+        rows(&c, "SELECT * FROM best").await,
+        rows(&c, BEST_BATCH).await
+    );
     let got = rows(&c, view).await;
     assert_eq!(got, rows(&c, HIST_BATCH).await);
     assert_eq!(got.len(), 2, "{got:?}");
