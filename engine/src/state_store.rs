@@ -190,6 +190,12 @@ impl StateStore {
     }
 }
 
+impl crate::operator::TableSource for StateStore {
+    fn table(&mut self, name: &str) -> Result<StateTable> {
+        StateStore::table(self, name)
+    }
+}
+
 /// One operator's table in a [`StateStore`]: rows by key, as of the last checkpoint, and the
 /// changes staged for the next.
 #[derive(Clone)]
@@ -293,6 +299,123 @@ impl StateTable {
                 .collect()
         })
     }
+}
+
+type KeySet = std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>;
+
+/// What an operator whose state is kept by key (row-format bytes) tracks of it against its
+/// [`StateTable`]: the keys changed and gone since the last checkpoint, and whether a key
+/// missing from memory may be in the store.
+#[derive(Debug)]
+pub(crate) struct KeyedSpill {
+    table: StateTable,
+    /// Keys whose state changed since the last checkpoint (only those are written).
+    dirty: KeySet,
+    /// Keys whose state went since the last checkpoint: deleted from the store at the next,
+    /// and never read back from it until then.
+    gone: KeySet,
+    /// Whether the store may hold keys (from a checkpoint written or restored).
+    stored: bool,
+    /// Whether the store may hold keys that are not in memory (after an eviction or a
+    /// restore): only then is a key missing from memory looked up there.
+    partial: bool,
+}
+
+impl KeyedSpill {
+    pub(crate) fn new(table: StateTable) -> Self {
+        Self {
+            table,
+            dirty: KeySet::default(),
+            gone: KeySet::default(),
+            stored: false,
+            partial: false,
+        }
+    }
+
+    /// `key`'s state changed.
+    pub(crate) fn changed(&mut self, key: &[u8]) {
+        if !self.dirty.contains(key) {
+            self.dirty.insert(key.into());
+        }
+    }
+
+    /// `key`'s state went.
+    pub(crate) fn removed(&mut self, key: Box<[u8]>) {
+        self.dirty.remove(&key);
+        if self.stored {
+            self.gone.insert(key);
+        }
+    }
+
+    /// The stored state of `key`, which is missing from memory, if the store may hold it.
+    pub(crate) fn fetch(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if !self.partial || self.gone.contains(key) {
+            return Ok(None);
+        }
+        self.table.get(key)
+    }
+
+    /// Stages for the next checkpoint the keys gone, then each changed key's state as
+    /// `value` gives it; they are then clean.
+    pub(crate) fn stage(&mut self, value: impl Fn(&[u8]) -> Option<Vec<u8>>) {
+        let deleted = self.gone.drain().map(|key| (key.into_vec(), None));
+        let written = self
+            .dirty
+            .drain()
+            .filter_map(|key| value(&key).map(|v| (key.into_vec(), Some(v))));
+        self.table
+            .stage_all(deleted.chain(written).collect::<Vec<_>>());
+        self.stored = true;
+    }
+
+    /// The operator was restored from a checkpoint in the store: its keys are there, not in
+    /// memory.
+    pub(crate) fn restored(&mut self) {
+        self.stored = true;
+        self.partial = true;
+    }
+
+    /// Of `in_memory`, the keys the store holds as they are, to drop from memory; from now on
+    /// a key missing from memory may be in the store.
+    pub(crate) fn evictable<'a>(
+        &mut self,
+        in_memory: impl Iterator<Item = &'a Box<[u8]>>,
+    ) -> Vec<Box<[u8]>> {
+        self.partial = true;
+        in_memory
+            .filter(|k| !self.dirty.contains(*k))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The next `N` bytes of `input` (a value an operator wrote for the store), which it then
+/// starts after.
+pub(crate) fn take_array<const N: usize>(input: &mut &[u8]) -> Result<[u8; N]> {
+    let (head, rest) = input
+        .split_first_chunk::<N>()
+        .ok_or_else(|| Error::Corrupt("a value of a state store is cut short".into()))?;
+    *input = rest;
+    Ok(*head)
+}
+
+/// Appends `bytes` to `out` after their length, as [`take_bytes`] reads them back.
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend((bytes.len() as u32).to_le_bytes());
+    out.extend(bytes);
+}
+
+/// The next bytes of `input` written by [`put_bytes`], which it then starts after.
+pub(crate) fn take_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8]> {
+    let len = u32::from_le_bytes(take_array(input)?) as usize;
+    if input.len() < len {
+        return Err(Error::Corrupt(
+            "a value of a state store is cut short".into(),
+        ));
+    }
+    let (head, rest) = input.split_at(len);
+    *input = rest;
+    Ok(head)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use datafusion::physical_expr::expressions::{CastExpr, TryCastExpr};
 
 use super::{AggregateSpec, Operator, TableSource, batch_of};
 use crate::checkpoint::OperatorState;
-use crate::state_store::StateTable;
+use crate::state_store::{StateTable, put_bytes, take_array, take_bytes};
 use crate::{Error, Result};
 
 /// Bytes a group costs beyond its key: the map entry, the key's allocation, counters.
@@ -1144,22 +1144,12 @@ impl Operator for GroupAggregateOperator {
     }
 }
 
-/// The next `N` bytes of `input`, which it then starts after.
-fn take_array<const N: usize>(input: &mut &[u8]) -> Result<[u8; N]> {
-    let (head, rest) = input
-        .split_first_chunk::<N>()
-        .ok_or_else(|| Error::Corrupt("a stored aggregate group is cut short".into()))?;
-    *input = rest;
-    Ok(*head)
-}
-
 /// A multiset as its count, then each value's length, bytes and multiplicity.
 fn encode_multiset<M: Multiset>(m: &M, out: &mut Vec<u8>) {
     let entries = m.entries();
     out.extend((entries.len() as u32).to_le_bytes());
     for (value, multiplicity) in entries {
-        out.extend((value.len() as u32).to_le_bytes());
-        out.extend(value);
+        put_bytes(out, value);
         out.extend(multiplicity.to_le_bytes());
     }
 }
@@ -1169,16 +1159,9 @@ fn decode_multiset<M: Multiset>(m: &mut M, input: &mut &[u8]) -> Result<usize> {
     let n = u32::from_le_bytes(take_array(input)?);
     let mut bytes = 0;
     for _ in 0..n {
-        let len = u32::from_le_bytes(take_array(input)?) as usize;
-        if input.len() < len {
-            return Err(Error::Corrupt(
-                "a stored aggregate value is cut short".into(),
-            ));
-        }
-        let (value, rest) = input.split_at(len);
-        *input = rest;
+        let value = take_bytes(input)?;
         m.put(value, i64::from_le_bytes(take_array(input)?));
-        bytes += len + VALUE_OVERHEAD;
+        bytes += value.len() + VALUE_OVERHEAD;
     }
     Ok(bytes)
 }
@@ -1529,18 +1512,9 @@ mod tests {
         }
     }
 
-    /// The query's state store, as the runtime hands its tables out.
-    struct Store<'a>(&'a crate::state_store::StateStore);
-
-    impl TableSource for Store<'_> {
-        fn table(&mut self, name: &str) -> Result<StateTable> {
-            self.0.table(name)
-        }
-    }
-
     fn spilling(store: &crate::state_store::StateStore) -> GroupAggregateOperator {
         let mut op = operator();
-        assert!(op.attach_store(&mut Store(store), "aggregate").unwrap());
+        assert!(op.attach_store(&mut store.clone(), "aggregate").unwrap());
         op
     }
 

@@ -15,7 +15,7 @@ use datafusion::physical_expr::PhysicalExpr;
 
 use super::{INSERTED, Operator, TableSource};
 use crate::checkpoint::OperatorState;
-use crate::state_store::StateTable;
+use crate::state_store::{KeyedSpill, put_bytes, take_array, take_bytes};
 use crate::{Error, Result};
 
 /// One ORDER BY expression of a Top-N.
@@ -118,20 +118,7 @@ pub struct TopNOperator {
     /// A state TTL on a deduplication (see [`TopNOperator::with_state_ttl`]).
     ttl: Option<TopNTtl>,
     /// Partitions beyond memory, in the query's state store (see [`Operator::attach_store`]).
-    spill: Option<Spill>,
-}
-
-/// The partitions of a Top-N in the query's state store, by key: as of the last checkpoint
-/// there, read back into memory when a row of theirs comes. Partitions of a Top-N without a
-/// time bound never go away, so there are no deletions.
-#[derive(Debug)]
-struct Spill {
-    table: StateTable,
-    /// Partitions changed since the last checkpoint (only those are written).
-    dirty: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
-    /// Whether the store may hold partitions that are not in memory (after an eviction or a
-    /// restore): only then is a partition missing from memory looked up there.
-    partial: bool,
+    spill: Option<KeyedSpill>,
 }
 
 /// The third value of a checkpoint whose partitions are in the state store.
@@ -143,30 +130,11 @@ fn encode_kept(kept: &Kept) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend((kept.rows.len() as u32).to_le_bytes());
     for r in &kept.rows {
-        for bytes in [r.sort.row().data(), r.row.row().data()] {
-            out.extend((bytes.len() as u32).to_le_bytes());
-            out.extend(bytes);
-        }
+        put_bytes(&mut out, r.sort.row().data());
+        put_bytes(&mut out, r.row.row().data());
         out.extend(r.id.to_le_bytes());
     }
     out
-}
-
-/// The next `n` bytes of `input`, which then starts after them.
-fn take_bytes<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
-    if input.len() < n {
-        return Err(Error::Corrupt(
-            "a stored Top-N partition is cut short".into(),
-        ));
-    }
-    let (head, rest) = input.split_at(n);
-    *input = rest;
-    Ok(head)
-}
-
-fn take_u32(input: &mut &[u8]) -> Result<usize> {
-    let b = take_bytes(input, 4)?;
-    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
 }
 
 /// A deduplication forgets a key once the watermark passes its kept row's time plus `ttl_ns`.
@@ -478,33 +446,19 @@ impl TopNOperator {
         let Some(spill) = &self.spill else {
             return Ok(());
         };
-        if !spill.partial || self.partitions.contains_key(key) {
+        if self.partitions.contains_key(key) {
             return Ok(());
         }
-        let Some(value) = spill.table.get(key)? else {
+        let Some(value) = spill.fetch(key)? else {
             return Ok(());
         };
         let mut input = value.as_slice();
-        let n = take_u32(&mut input)?;
+        let n = u32::from_le_bytes(take_array(&mut input)?);
         let mut kept = Kept::default();
         for _ in 0..n {
-            let len = take_u32(&mut input)?;
-            let sort = self
-                .sort
-                .parser()
-                .parse(take_bytes(&mut input, len)?)
-                .owned();
-            let len = take_u32(&mut input)?;
-            let row = self
-                .rows
-                .parser()
-                .parse(take_bytes(&mut input, len)?)
-                .owned();
-            let id = take_bytes(&mut input, 8)?;
-            let id = u64::from_le_bytes(
-                id.try_into()
-                    .map_err(|_| Error::Corrupt("a stored Top-N partition is cut short".into()))?,
-            );
+            let sort = self.sort.parser().parse(take_bytes(&mut input)?).owned();
+            let row = self.rows.parser().parse(take_bytes(&mut input)?).owned();
+            let id = u64::from_le_bytes(take_array(&mut input)?);
             let ranked = Ranked { sort, row, id };
             self.bytes += ranked.bytes();
             self.kept_rows += 1;
@@ -518,11 +472,8 @@ impl TopNOperator {
     /// one, which are then clean.
     fn stage_changes(&mut self) -> OperatorState {
         if let Some(spill) = &mut self.spill {
-            let changed = spill.dirty.drain().filter_map(|key| {
-                let kept = self.partitions.get(&key)?;
-                Some((key.into_vec(), Some(encode_kept(kept))))
-            });
-            spill.table.stage_all(changed);
+            let partitions = &self.partitions;
+            spill.stage(|key| partitions.get(key).map(encode_kept));
         }
         OperatorState {
             values: vec![
@@ -595,7 +546,7 @@ impl Operator for TopNOperator {
         }
         let moved = self.rank(&batch)?;
         if let Some(spill) = &mut self.spill {
-            spill.dirty.extend(moved.keys().cloned());
+            moved.keys().for_each(|k| spill.changed(k));
         }
         if self.kind != RankKind::RowNumber {
             return self.changes(moved);
@@ -712,7 +663,7 @@ impl Operator for TopNOperator {
                     "a Top-N's checkpoint is in a state store it does not have".into(),
                 ));
             };
-            spill.partial = true;
+            spill.restored();
             self.next_id = state.value(3)?.unwrap_or(0) as u64;
             self.watermark = watermark;
             return Ok(());
@@ -730,7 +681,7 @@ impl Operator for TopNOperator {
         self.watermark = watermark;
         // From a checkpoint file written before the store: the next checkpoint stores all.
         if let Some(spill) = &mut self.spill {
-            spill.dirty.extend(self.partitions.keys().cloned());
+            self.partitions.keys().for_each(|k| spill.changed(k));
         }
         Ok(())
     }
@@ -739,11 +690,7 @@ impl Operator for TopNOperator {
         if !self.spills() {
             return Ok(false);
         }
-        self.spill = Some(Spill {
-            table: tables.table(name)?,
-            dirty: Default::default(),
-            partial: false,
-        });
+        self.spill = Some(KeyedSpill::new(tables.table(name)?));
         Ok(true)
     }
 
@@ -751,13 +698,7 @@ impl Operator for TopNOperator {
         let Some(spill) = &mut self.spill else {
             return;
         };
-        spill.partial = true;
-        let clean: Vec<Box<[u8]>> = self
-            .partitions
-            .keys()
-            .filter(|k| !spill.dirty.contains(*k))
-            .cloned()
-            .collect();
+        let clean = spill.evictable(self.partitions.keys());
         for key in clean {
             if let Some(kept) = self.partitions.remove(&key) {
                 self.kept_rows -= kept.rows.len();
@@ -934,14 +875,6 @@ mod tests {
         }
     }
 
-    struct Store<'a>(&'a crate::state_store::StateStore);
-
-    impl TableSource for Store<'_> {
-        fn table(&mut self, name: &str) -> Result<StateTable> {
-            self.0.table(name)
-        }
-    }
-
     proptest! {
         /// A Top-N whose partitions go to the state store after every other batch (written
         /// there, dropped from memory, read back when their rows come), restarted once from
@@ -964,7 +897,7 @@ mod tests {
             let mut store = crate::state_store::StateStore::open(dir.path()).unwrap();
             let spilling = |store: &crate::state_store::StateStore| {
                 let mut op = make();
-                assert!(op.attach_store(&mut Store(store), "top").unwrap());
+                assert!(op.attach_store(&mut store.clone(), "top").unwrap());
                 op
             };
             let mut memory = make();

@@ -12,7 +12,7 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 
 use super::{Operator, TableSource};
 use crate::checkpoint::OperatorState;
-use crate::state_store::StateTable;
+use crate::state_store::KeyedSpill;
 use crate::{Error, Result};
 
 /// The last column of a changelog batch: true for a row that is inserted, false for one that is
@@ -42,24 +42,7 @@ pub struct UpsertChangelogOperator {
     last: HashMap<Box<[u8]>, OwnedRow>,
     bytes: usize,
     /// Rows beyond memory, in the query's state store (see [`Operator::attach_store`]).
-    spill: Option<Spill>,
-}
-
-/// The rows of an [`UpsertChangelogOperator`] in the query's state store, by key: as of the
-/// last checkpoint there, read back into memory when their key comes again.
-#[derive(Debug)]
-struct Spill {
-    table: StateTable,
-    /// Keys whose row changed since the last checkpoint (only those are written).
-    dirty: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
-    /// Keys whose row went since the last checkpoint: deleted from the store at the next,
-    /// and never read back from it until then.
-    gone: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
-    /// Whether the store may hold rows (from a checkpoint written or restored).
-    stored: bool,
-    /// Whether the store may hold rows that are not in memory (after an eviction or a
-    /// restore): only then is a key missing from memory looked up there.
-    partial: bool,
+    spill: Option<KeyedSpill>,
 }
 
 /// The value of a checkpoint whose rows are in the state store.
@@ -122,10 +105,7 @@ impl UpsertChangelogOperator {
         let (key, row) = self.last.remove_entry(key)?;
         self.bytes -= key.len() + row.row().data().len() + ENTRY_OVERHEAD;
         if let Some(spill) = &mut self.spill {
-            spill.dirty.remove(&key);
-            if spill.stored {
-                spill.gone.insert(key);
-            }
+            spill.removed(key);
         }
         Some(row)
     }
@@ -133,7 +113,7 @@ impl UpsertChangelogOperator {
     fn remember(&mut self, key: &[u8], row: OwnedRow) {
         self.keep(key, row);
         if let Some(spill) = &mut self.spill {
-            spill.dirty.insert(key.into());
+            spill.changed(key);
         }
     }
 
@@ -147,10 +127,10 @@ impl UpsertChangelogOperator {
         let Some(spill) = &self.spill else {
             return Ok(());
         };
-        if !spill.partial || self.last.contains_key(key) || spill.gone.contains(key) {
+        if self.last.contains_key(key) {
             return Ok(());
         }
-        if let Some(bytes) = spill.table.get(key)? {
+        if let Some(bytes) = spill.fetch(key)? {
             let row = self.rows.parser().parse(&bytes).owned();
             self.keep(key, row);
         }
@@ -161,18 +141,8 @@ impl UpsertChangelogOperator {
     /// last one, which are then clean.
     fn stage_changes(&mut self) -> OperatorState {
         if let Some(spill) = &mut self.spill {
-            // Deletions first: a key gone and back since is written after.
-            for key in spill.gone.drain() {
-                spill.table.stage(key.into_vec(), None);
-            }
-            for key in spill.dirty.drain() {
-                if let Some(row) = self.last.get(&key) {
-                    spill
-                        .table
-                        .stage(key.into_vec(), Some(row.row().data().to_vec()));
-                }
-            }
-            spill.stored = true;
+            let last = &self.last;
+            spill.stage(|key| last.get(key).map(|row| row.row().data().to_vec()));
         }
         OperatorState {
             values: vec![Some(IN_STORE)],
@@ -296,8 +266,7 @@ impl Operator for UpsertChangelogOperator {
         if state.values.first() == Some(&Some(IN_STORE)) {
             return match &mut self.spill {
                 Some(spill) => {
-                    spill.stored = true;
-                    spill.partial = true;
+                    spill.restored();
                     Ok(())
                 }
                 None => Err(Error::Corrupt(
@@ -328,13 +297,7 @@ impl Operator for UpsertChangelogOperator {
             // A single row: nothing worth a store.
             return Ok(false);
         }
-        self.spill = Some(Spill {
-            table: tables.table(name)?,
-            dirty: Default::default(),
-            gone: Default::default(),
-            stored: false,
-            partial: false,
-        });
+        self.spill = Some(KeyedSpill::new(tables.table(name)?));
         Ok(true)
     }
 
@@ -342,14 +305,7 @@ impl Operator for UpsertChangelogOperator {
         let Some(spill) = &mut self.spill else {
             return;
         };
-        spill.partial = true;
-        let spill = &*spill;
-        let clean: Vec<Box<[u8]>> = self
-            .last
-            .keys()
-            .filter(|k| !spill.dirty.contains(*k))
-            .cloned()
-            .collect();
+        let clean = spill.evictable(self.last.keys());
         for key in clean {
             if let Some((key, row)) = self.last.remove_entry(&key) {
                 self.bytes -= key.len() + row.row().data().len() + ENTRY_OVERHEAD;
@@ -445,17 +401,9 @@ mod tests {
         );
     }
 
-    struct Store<'a>(&'a crate::state_store::StateStore);
-
-    impl TableSource for Store<'_> {
-        fn table(&mut self, name: &str) -> Result<StateTable> {
-            self.0.table(name)
-        }
-    }
-
     fn spilling(store: &crate::state_store::StateStore) -> UpsertChangelogOperator {
         let mut op = UpsertChangelogOperator::try_new(&input(), vec![0], true).unwrap();
-        assert!(op.attach_store(&mut Store(store), "changelog").unwrap());
+        assert!(op.attach_store(&mut store.clone(), "changelog").unwrap());
         op
     }
 
