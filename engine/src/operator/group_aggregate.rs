@@ -1518,6 +1518,46 @@ mod tests {
         op
     }
 
+    /// A checkpoint written before the state store (every group in its batches) restores into
+    /// an aggregate that spills: the next checkpoint writes every group to the store, and
+    /// after they leave memory the aggregate goes on as one that never spilled.
+    #[test]
+    fn a_checkpoint_from_before_the_store_is_moved_into_it() {
+        let mut old = operator();
+        old.process_batch(changes(&[
+            ("a", Some(5), true),
+            ("a", Some(9), true),
+            ("b", Some(1), true),
+        ]))
+        .unwrap();
+        let file_state = old.snapshot().unwrap();
+        assert!(
+            !file_state.batches.is_empty(),
+            "the old format: groups in batches"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::state_store::StateStore::open(dir.path()).unwrap();
+        let mut spilled = spilling(&store);
+        spilled.restore(file_state.clone()).unwrap();
+        let state = spilled.snapshot().unwrap();
+        assert_eq!(state.values, vec![Some(IN_STORE)]);
+        store.commit(b"checkpoint").unwrap();
+        spilled.evict();
+        assert_eq!(spilled.state_rows(), 0);
+        let mut memory = operator();
+        memory.restore(file_state).unwrap();
+        let batch = changes(&[
+            ("a", Some(9), false),
+            ("b", Some(4), true),
+            ("c", None, true),
+        ]);
+        let (mut expected, mut got) = (BTreeMap::new(), BTreeMap::new());
+        apply(&mut expected, &memory.process_batch(batch.clone()).unwrap());
+        apply(&mut got, &spilled.process_batch(batch).unwrap());
+        assert_eq!(got, expected);
+        assert_eq!(got["a"], (1, Some(5), Some(5.0), Some(5), Some(5), true));
+    }
+
     /// Rows (k, v, inserted) of `batch`, with retractions only of rows in `present`.
     fn take_back_only_present(
         present: &mut Vec<(String, Option<i64>)>,
