@@ -314,8 +314,6 @@ pub(crate) struct KeyedSpill {
     /// Keys whose state went since the last checkpoint: deleted from the store at the next,
     /// and never read back from it until then.
     gone: KeySet,
-    /// Whether the store may hold keys (from a checkpoint written or restored).
-    stored: bool,
     /// Whether the store may hold keys that are not in memory (after an eviction or a
     /// restore): only then is a key missing from memory looked up there.
     partial: bool,
@@ -327,7 +325,6 @@ impl KeyedSpill {
             table,
             dirty: KeySet::default(),
             gone: KeySet::default(),
-            stored: false,
             partial: false,
         }
     }
@@ -342,9 +339,7 @@ impl KeyedSpill {
     /// `key`'s state went.
     pub(crate) fn removed(&mut self, key: Box<[u8]>) {
         self.dirty.remove(&key);
-        if self.stored {
-            self.gone.insert(key);
-        }
+        self.gone.insert(key);
     }
 
     /// The stored state of `key`, which is missing from memory, if the store may hold it.
@@ -363,15 +358,12 @@ impl KeyedSpill {
             .dirty
             .drain()
             .filter_map(|key| value(&key).map(|v| (key.into_vec(), Some(v))));
-        self.table
-            .stage_all(deleted.chain(written).collect::<Vec<_>>());
-        self.stored = true;
+        self.table.stage_all(deleted.chain(written));
     }
 
     /// The operator was restored from a checkpoint in the store: its keys are there, not in
     /// memory.
     pub(crate) fn restored(&mut self) {
-        self.stored = true;
         self.partial = true;
     }
 

@@ -561,8 +561,6 @@ struct Spill {
     /// Keys of groups freed since the last checkpoint: deleted from the store at the next,
     /// and never read back from it until then.
     freed: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
-    /// Whether the store may hold groups (from a checkpoint written or restored).
-    stored: bool,
     /// Whether the store may hold groups that are not in memory (after an eviction or a
     /// restore): only then is a group missing from memory looked up there.
     partial: bool,
@@ -736,7 +734,6 @@ impl GroupAggregateOperator {
         let written = changed.into_iter().map(|(k, v)| (k, Some(v)));
         spill.table.stage_all(deleted.chain(written));
         spill.dirty.iter_mut().for_each(|d| *d = false);
-        spill.stored = true;
         Ok(OperatorState {
             values: vec![Some(IN_STORE)],
             batches: Vec::new(),
@@ -847,9 +844,7 @@ impl GroupAggregateOperator {
                 self.free.push(g);
                 if let Some(spill) = &mut self.spill {
                     spill.dirty[g] = false;
-                    if spill.stored {
-                        spill.freed.insert(key.row().data().into());
-                    }
+                    spill.freed.insert(key.row().data().into());
                 }
             }
         }
@@ -1029,7 +1024,6 @@ impl Operator for GroupAggregateOperator {
         if state.values.first() == Some(&Some(IN_STORE)) {
             return match &mut self.spill {
                 Some(spill) => {
-                    spill.stored = true;
                     spill.partial = true;
                     Ok(())
                 }
@@ -1123,7 +1117,6 @@ impl Operator for GroupAggregateOperator {
             table: tables.table(name)?,
             dirty: vec![false; self.keys.len()],
             freed: Default::default(),
-            stored: false,
             partial: false,
         });
         Ok(true)

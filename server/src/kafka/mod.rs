@@ -323,11 +323,16 @@ async fn handle(
                 init_producer_id(context, &r)
             }))
         }
+        // The first partition or group of a transaction fsyncs the coordinator's state.
         RequestKind::AddPartitionsToTxn(r) => {
-            ResponseKind::AddPartitionsToTxn(txn::add_partitions_to_txn(context, &r))
+            ResponseKind::AddPartitionsToTxn(tokio::task::block_in_place(|| {
+                txn::add_partitions_to_txn(context, &r)
+            }))
         }
         RequestKind::AddOffsetsToTxn(r) => {
-            ResponseKind::AddOffsetsToTxn(txn::add_offsets_to_txn(context, &r))
+            ResponseKind::AddOffsetsToTxn(tokio::task::block_in_place(|| {
+                txn::add_offsets_to_txn(context, &r)
+            }))
         }
         RequestKind::TxnOffsetCommit(r) => {
             ResponseKind::TxnOffsetCommit(txn::txn_offset_commit(context, &r))

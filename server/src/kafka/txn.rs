@@ -616,15 +616,22 @@ pub(super) fn end_txn(context: &super::Context, r: &EndTxnRequest) -> EndTxnResp
         .end(r.transactional_id.0.as_str(), producer)
     {
         Err(code) => code,
-        Ok(ending) if r.committed => commit(context, ending),
-        Ok(aborted) => {
-            drop(aborted);
-            0
+        Ok(ending) => {
+            let was_open = ending.id.is_some();
+            let error = if r.committed {
+                commit(context, ending)
+            } else {
+                drop(ending);
+                0
+            };
+            // A failed write leaves the transaction open in the file, which at worst fences
+            // the producer after a restart; its commit stands.
+            if was_open {
+                let _ = context.transactions.ended();
+            }
+            error
         }
     };
-    // A failed write leaves the transaction open in the file, which at worst fences the
-    // producer after a restart; its commit stands.
-    let _ = context.transactions.ended();
     EndTxnResponse::default()
         .with_error_code(error)
         .with_producer_id(r.producer_id)
