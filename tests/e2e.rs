@@ -3453,8 +3453,9 @@ async fn a_runaway_view_is_dropped_and_shut_down_at_once() {
                 WHERE view = 'everything' AND kind = 'Join'";
     for round in 0..2 {
         c.batch_execute(runaway).await.expect("created");
-        // Busy in its first batches, which take far longer than a second.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // Busy in its first batches, which take far longer than a second (and longer still
+        // in a debug build beside other tests).
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
         while server::count(&c, busy).await < 15_000 {
             assert!(std::time::Instant::now() < deadline, "the view started");
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -3563,6 +3564,25 @@ async fn caught_up(c: &Client, name: &str) {
     wait_for_count(c, &sql, 1).await;
 }
 
+/// The spill test's aggregate with a row per group.
+const GROUPS_BATCH: &str = "SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k";
+
+/// Rows of the view `groups` missing from the same query in batch, and the other way round.
+async fn groups_differ(c: &Client) -> [i64; 2] {
+    [
+        count(
+            c,
+            &format!("SELECT count(*) FROM (SELECT * FROM groups EXCEPT ALL {GROUPS_BATCH})"),
+        )
+        .await,
+        count(
+            c,
+            &format!("SELECT count(*) FROM ({GROUPS_BATCH} EXCEPT ALL SELECT * FROM groups)"),
+        )
+        .await,
+    ]
+}
+
 /// An updating aggregate of 200,000 groups under a 16 MB memory limit, where all of them in
 /// memory would take about 24 MB, and a deduplication of as many keys beside it: their state
 /// spills to each view's state store at a quarter of the limit and is read back as rows come.
@@ -3588,8 +3608,18 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     ))
     .await
     .expect("a deduplication");
+    // One row per group: 400,000 rows, about twice the limit in memory, so the view's own
+    // rows spill too.
+    c.batch_execute(&format!(
+        "CREATE MATERIALIZED VIEW groups WITH (memory_limit = '16MB') AS {GROUPS_BATCH}"
+    ))
+    .await
+    .expect("an aggregate of many groups");
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
+    caught_up(&c, "groups").await;
+    assert_eq!(groups_differ(&c).await, [0, 0]);
+    assert_eq!(count(&c, "SELECT count(*) FROM groups").await, 400_000);
     assert_eq!(
         rows(&c, "SELECT * FROM best").await,
         rows(&c, BEST_BATCH).await
@@ -3613,10 +3643,13 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
         .expect("more rows");
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
+    caught_up(&c, "groups").await;
     assert_eq!(
         rows(&c, "SELECT * FROM best").await,
         rows(&c, BEST_BATCH).await
     );
+    assert_eq!(groups_differ(&c).await, [0, 0]);
+    assert_eq!(count(&c, "SELECT count(*) FROM groups").await, 500_000);
     let got = rows(&c, view).await;
     assert_eq!(got, rows(&c, HIST_BATCH).await);
     assert_eq!(got.len(), 2, "{got:?}");

@@ -87,12 +87,7 @@ impl Checkpoint {
             }
             put_len(&mut out, part.batches.len())?;
             for b in &part.batches {
-                let mut ipc = Vec::new();
-                {
-                    let mut w = StreamWriter::try_new(&mut ipc, b.schema_ref())?;
-                    w.write(&crate::compact::compact(b)?)?;
-                    w.finish()?;
-                }
+                let ipc = ipc_bytes(b)?;
                 put_len(&mut out, ipc.len())?;
                 out.extend_from_slice(&ipc);
             }
@@ -139,12 +134,7 @@ impl Checkpoint {
             let mut batches = Vec::new();
             for _ in 0..n {
                 let len = r.len()?;
-                let ipc = r.take(len)?;
-                let mut reader = StreamReader::try_new(Cursor::new(ipc), None)?;
-                let batch = reader
-                    .next()
-                    .ok_or_else(|| corrupt("has an empty batch stream"))??;
-                batches.push(batch);
+                batches.push(ipc_batch(r.take(len)?)?);
             }
             parts.push(OperatorState { values, batches });
         }
@@ -157,6 +147,26 @@ impl Checkpoint {
             parts,
         })
     }
+}
+
+/// `batch` as an Arrow IPC stream of its own rows only (a slice does not write the whole
+/// buffers it points into), as [`ipc_batch`] reads it back.
+pub(crate) fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut ipc = Vec::new();
+    let mut w = StreamWriter::try_new(&mut ipc, batch.schema_ref())?;
+    w.write(&crate::compact::compact(batch)?)?;
+    w.finish()?;
+    drop(w);
+    Ok(ipc)
+}
+
+/// The batch of an IPC stream written by [`ipc_bytes`].
+pub(crate) fn ipc_batch(ipc: &[u8]) -> Result<RecordBatch> {
+    let mut reader = StreamReader::try_new(Cursor::new(ipc), None)?;
+    reader
+        .next()
+        .ok_or_else(|| Error::Corrupt("checkpoint has an empty batch stream".into()))?
+        .map_err(Into::into)
 }
 
 fn put_len(out: &mut Vec<u8>, n: usize) -> Result<()> {

@@ -525,9 +525,18 @@ impl Checkpointer {
         position: &mut Position,
         history: History,
     ) -> Result<Self> {
-        let spills = query
+        let operators = query
             .dataflow
             .attach_store(&mut Tables(&mut spec.store), &mut 0)?;
+        // The view's rows too (a query writing a stream keeps none), and its late events.
+        let rows = query.output.is_none()
+            && query
+                .sink
+                .attach_store(&mut Tables(&mut spec.store), "view-rows")?;
+        let late = query
+            .late
+            .attach_store(&mut Tables(&mut spec.store), "late-rows")?;
+        let spills = operators | rows | late;
         let mut durable = Durable::default();
         let mut output = query.output.as_ref().map(|log| Output {
             ends: log.committed_offsets(),
@@ -670,8 +679,8 @@ impl Checkpointer {
                 "checkpoint has more parts than the query".into(),
             ));
         }
-        query.sink.restore(sink.batches)?;
-        query.late.restore(late.batches)?;
+        query.sink.restore_checkpoint(sink)?;
+        query.late.restore_checkpoint(late)?;
         // The oldest checkpoint kept is what recovery could fall back to: the log keeps
         // everything from its offsets.
         if let Some(oldest) = spec.store.oldest()?
@@ -738,14 +747,8 @@ impl Checkpointer {
         let snapshot = (|| -> Result<(Vec<OperatorState>, Vec<(u32, RecordBatch)>)> {
             let mut parts = vec![position.snapshot()];
             query.dataflow.snapshot(&mut parts)?;
-            parts.push(OperatorState {
-                values: Vec::new(),
-                batches: query.sink.snapshot()?,
-            });
-            parts.push(OperatorState {
-                values: Vec::new(),
-                batches: query.late.snapshot()?,
-            });
+            parts.push(query.sink.checkpoint()?);
+            parts.push(query.late.checkpoint()?);
             let rows = match &mut self.output {
                 Some(output) => {
                     let rows = output.log.partition_rows(results)?;
@@ -807,7 +810,7 @@ impl Checkpointer {
     ) {
         self.wait_idle();
         let started = Instant::now();
-        let before = query.dataflow.state_bytes();
+        let before = spillable_bytes(query);
         if !self.take(query, position, results) {
             return;
         }
@@ -818,10 +821,15 @@ impl Checkpointer {
             return;
         }
         query.dataflow.evict();
+        for rows in [&query.sink, &query.late] {
+            if let Err(e) = rows.evict() {
+                tracing::warn!(query = %query.name, error = %e, "result rows could not leave memory");
+            }
+        }
         tracing::debug!(
             query = %query.name,
             before,
-            after = query.dataflow.state_bytes(),
+            after = spillable_bytes(query),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "operator state spilled to the state store"
         );
@@ -856,6 +864,12 @@ impl Drop for Checkpointer {
             let _ = handle.join();
         }
     }
+}
+
+/// What of a query's memory can move to its state store: its operators' state and the rows of
+/// its view and late events, where they keep them there.
+fn spillable_bytes(spec: &QuerySpec) -> usize {
+    spec.dataflow.state_bytes() + spec.sink.spillable_bytes() + spec.late.spillable_bytes()
 }
 
 /// Hands results to the view, or keeps them for the output stream's next checkpoint.
@@ -1117,7 +1131,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
                         spec.late
                             .append(vec![late_events(&spec.name, last_watermark, &late)?])?;
                     }
-                    if spill_at.is_some_and(|at| spec.dataflow.state_bytes() > at) {
+                    if spill_at.is_some_and(|at| spillable_bytes(&spec) > at) {
                         spill_now = true;
                         break 'round;
                     }
@@ -1129,7 +1143,7 @@ fn run(mut spec: QuerySpec, stop: &AtomicBool, wake: &Notifier, history: History
             c.spill(&mut spec, &position, &mut results);
             dirty = false;
             let limit = spec.memory_limit.unwrap_or(usize::MAX);
-            spill_at = Some((limit / 4).max(spec.dataflow.state_bytes().saturating_add(limit / 8)));
+            spill_at = Some((limit / 4).max(spillable_bytes(&spec).saturating_add(limit / 8)));
             budget.check(&spec)?;
         }
         let now = Instant::now();

@@ -21,7 +21,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTableMetadata, TableDefinition};
 
 use crate::{Error, Result};
 
@@ -83,6 +83,7 @@ impl StateStore {
             name: Arc::from(name),
             staged: Arc::new(Mutex::new(Vec::new())),
             reader: Arc::new(Mutex::new(None)),
+            deleting: Arc::new(Mutex::new(KeySet::default())),
         };
         self.lock().push(table.clone());
         Ok(table)
@@ -152,8 +153,13 @@ impl StateStore {
         })();
         match written {
             Ok(bytes) => {
-                for t in &tables {
+                for (t, staged) in tables.iter().zip(&taken) {
                     t.refresh();
+                    // The reads from now on see these deletions in the store itself.
+                    let mut deleting = t.deleting();
+                    for (key, _) in staged.iter().filter(|(_, v)| v.is_none()) {
+                        deleting.remove(key.as_slice());
+                    }
                 }
                 Ok(bytes)
             }
@@ -176,6 +182,7 @@ impl StateStore {
             let write = self.db.begin_write().map_err(|e| e.to_string())?;
             for table in &tables {
                 table.lock().clear();
+                table.deleting().clear();
                 write
                     .delete_table(table.definition())
                     .map_err(|e| e.to_string())?;
@@ -206,6 +213,10 @@ pub struct StateTable {
     /// A read of the last checkpoint, kept until the next commit (a read per key would cost
     /// a transaction each). `None` until first used, or when the table does not exist.
     reader: Arc<Mutex<Option<Option<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>>>>,
+    /// Keys staged for deletion that reads of the store may still find: from when they are
+    /// staged (on the query's thread) until the commit that deletes them is what reads see
+    /// (on the writer's). A key an operator freed is thus never read back stale in between.
+    deleting: Arc<Mutex<KeySet>>,
 }
 
 impl std::fmt::Debug for StateTable {
@@ -223,6 +234,10 @@ impl StateTable {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Staged> {
         self.staged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deleting(&self) -> std::sync::MutexGuard<'_, KeySet> {
+        self.deleting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Drops the read of the previous checkpoint: the next read sees the new one.
@@ -250,8 +265,11 @@ impl StateTable {
         f(reader.as_ref().and_then(Option::as_ref))
     }
 
-    /// The value of `key` as of the last checkpoint.
+    /// The value of `key` as of the last checkpoint, unless a deletion of it is staged.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.deleting().contains(key) {
+            return Ok(None);
+        }
         self.read(|t| match t {
             Some(t) => t
                 .get(key)
@@ -263,12 +281,23 @@ impl StateTable {
 
     /// Stages `key`'s new value (`None` deletes it) for the next [`StateStore::commit`].
     pub fn stage(&self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.lock().push((key, value));
+        self.stage_all([(key, value)]);
     }
 
     /// Stages many changes at once, in order (see [`StateTable::stage`]).
     pub fn stage_all(&self, changes: impl IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>) {
-        self.lock().extend(changes);
+        let mut staged = self.lock();
+        let mut deleting = self.deleting();
+        for (key, value) in changes {
+            if value.is_none() {
+                deleting.insert(key.as_slice().into());
+            } else if !deleting.is_empty() {
+                // A value staged later wins over the deletion; until its commit the operator
+                // holds it in memory, so reads do not come here for it.
+                deleting.remove(key.as_slice());
+            }
+            staged.push((key, value));
+        }
     }
 
     /// Rows as of the last checkpoint.
@@ -286,18 +315,37 @@ impl StateTable {
 
     /// Every row as of the last checkpoint, in key order.
     pub fn rows(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.read(|t| {
-            let Some(t) = t else {
-                return Ok(Vec::new());
-            };
-            t.iter()
-                .map_err(|e| store_error("reading state", e))?
-                .map(|r| {
-                    r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
-                        .map_err(|e| store_error("reading state", e))
-                })
-                .collect()
-        })
+        let mut rows = Vec::new();
+        self.scan(.., |k, v| {
+            rows.push((k.to_vec(), v.to_vec()));
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Calls `f` on each row with a key in `range`, in key order, as of the newest commit
+    /// (less deletions staged since). It reads in a transaction of its own, so the query
+    /// that owns the table can go on reading and staging meanwhile.
+    pub fn scan<'r>(
+        &self,
+        range: impl std::ops::RangeBounds<&'r [u8]> + 'r,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let err = |e: &dyn std::fmt::Display| store_error("reading state", e);
+        let read = self.db.begin_read().map_err(|e| err(&e))?;
+        let table = match read.open_table(self.definition()) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(err(&e)),
+        };
+        for row in table.range::<&[u8]>(range).map_err(|e| err(&e))? {
+            let (k, v) = row.map_err(|e| err(&e))?;
+            if self.deleting().contains(k.value()) {
+                continue;
+            }
+            f(k.value(), v.value())?;
+        }
+        Ok(())
     }
 }
 
@@ -361,8 +409,58 @@ impl KeyedSpill {
         self.table.stage_all(deleted.chain(written));
     }
 
-    /// The operator was restored from a checkpoint in the store: its keys are there, not in
-    /// memory.
+    /// Stages for the next checkpoint the keys gone, then the changed keys with the values
+    /// `encode` gives them all at once, in the order it is given them; they are then clean.
+    /// If `encode` fails nothing is staged and nothing changes.
+    pub(crate) fn stage_encoded(
+        &mut self,
+        encode: impl FnOnce(&[Box<[u8]>]) -> Result<Vec<Vec<u8>>>,
+    ) -> Result<()> {
+        let dirty: Vec<Box<[u8]>> = self.dirty.drain().collect();
+        let values = match encode(&dirty) {
+            Ok(v) if v.len() == dirty.len() => v,
+            Ok(_) => {
+                self.dirty.extend(dirty);
+                return Err(Error::Internal(
+                    "staged state has a value count unlike its key count".into(),
+                ));
+            }
+            Err(e) => {
+                self.dirty.extend(dirty);
+                return Err(e);
+            }
+        };
+        let deleted = self.gone.drain().map(|key| (key.into_vec(), None));
+        let written = dirty
+            .into_iter()
+            .zip(values)
+            .map(|(key, v)| (key.into_vec(), Some(v)));
+        self.table.stage_all(deleted.chain(written));
+        Ok(())
+    }
+
+    /// Whether `key` changed since the last checkpoint.
+    pub(crate) fn is_dirty(&self, key: &[u8]) -> bool {
+        self.dirty.contains(key)
+    }
+
+    /// Whether `key` went since the last checkpoint.
+    pub(crate) fn is_gone(&self, key: &[u8]) -> bool {
+        self.gone.contains(key)
+    }
+
+    /// Whether the store may hold keys that are not in memory.
+    pub(crate) fn is_partial(&self) -> bool {
+        self.partial
+    }
+
+    /// The table.
+    pub(crate) fn table(&self) -> &StateTable {
+        &self.table
+    }
+
+    /// The operator was restored from a checkpoint in the store (its keys are there, not in
+    /// memory), or is dropping clean keys from memory.
     pub(crate) fn restored(&mut self) {
         self.partial = true;
     }
@@ -439,6 +537,13 @@ mod tests {
                 (b"b".to_vec(), b"2".to_vec())
             ]
         );
+        // A deletion staged is seen at once, before the commit makes the store's reads see it.
+        t.stage(b"b".to_vec(), None);
+        assert_eq!(t.get(b"b").expect("get"), None, "deleting");
+        assert_eq!(t.rows().expect("rows").len(), 1);
+        store.commit(b"cp2").expect("commit");
+        assert_eq!(t.get(b"b").expect("get"), None, "deleted");
+        assert_eq!(t.rows().expect("rows").len(), 1);
         store.clear().expect("clear");
         assert!(t.is_empty().expect("empty"));
         assert_eq!(store.checkpoint().expect("meta"), None);

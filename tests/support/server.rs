@@ -123,7 +123,7 @@ pub async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
     client
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e}: {:?}", e.as_db_error()))
         .into_iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(

@@ -1,20 +1,46 @@
 //! The contents of a materialized view, and how far its query has read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
-use datafusion::arrow::array::{DynComparator, make_comparator};
-use datafusion::arrow::compute::{SortOptions, concat_batches, interleave, take_record_batch};
-use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
+use datafusion::arrow::array::ArrayRef;
+use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
+use crate::checkpoint::OperatorState;
 use crate::{Error, Result};
 
+mod append;
 mod counted;
+mod keyed;
+use append::AppendRows;
 use counted::CountedRows;
+use keyed::KeyedRows;
+
+/// The first value of a checkpoint part whose rows are in the query's state store.
+const IN_STORE: i64 = 1;
+
+/// Of a checkpoint part whose rows are in the state store (`None` for one that holds its
+/// rows), the count at value `i`; `stored` says whether the table has the store.
+fn stored_count(state: &OperatorState, i: usize, stored: bool) -> Result<Option<u64>> {
+    if state.values.first() != Some(&Some(IN_STORE)) {
+        return Ok(None);
+    }
+    if !stored {
+        return Err(Error::Corrupt(
+            "a view's checkpoint is in a state store it does not have".into(),
+        ));
+    }
+    state
+        .values
+        .get(i)
+        .copied()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| Error::Corrupt("a view's checkpoint lacks its row counts".into()))
+}
 
 /// Why a continuous query stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,237 +93,9 @@ pub struct Progress {
 /// that change without a key of their own).
 #[derive(Debug)]
 enum Rows {
-    Append(Vec<RecordBatch>),
+    Append(AppendRows),
     Keyed(KeyedRows),
     Counted(CountedRows),
-}
-
-/// The latest row per key, as chunks of emitted batches plus where each key's row is.
-struct KeyedRows {
-    key: Vec<usize>,
-    /// `None` without key columns: the table holds a single row (an aggregate without GROUP BY).
-    converter: Option<RowConverter>,
-    chunks: Vec<RecordBatch>,
-    live: foldhash::HashMap<OwnedRow, (usize, usize)>,
-    /// Incoming batches carry one more, last, boolean column: false deletes the row's key.
-    visibility: bool,
-}
-
-/// The key of every row of a table without key columns.
-fn single_key() -> OwnedRow {
-    static KEY: std::sync::OnceLock<OwnedRow> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
-        let converter = RowConverter::new(vec![SortField::new(DataType::Boolean)])
-            .expect("a boolean row converter");
-        converter
-            .convert_columns(&[Arc::new(BooleanArray::from(vec![true])) as ArrayRef])
-            .expect("one boolean row")
-            .row(0)
-            .owned()
-    })
-    .clone()
-}
-
-impl std::fmt::Debug for KeyedRows {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyedRows")
-            .field("key", &self.key)
-            .field("rows", &self.live.len())
-            .finish()
-    }
-}
-
-/// Whether stored row `old` holds the same values as row `new` of the newest chunk; the
-/// comparators of `old`'s chunk are made on first use and kept in `cache`.
-fn same_values(
-    cache: &mut HashMap<usize, Vec<DynComparator>>,
-    chunks: &[RecordBatch],
-    old: (usize, usize),
-    new: (usize, usize),
-) -> Result<bool> {
-    let comparators = match cache.entry(old.0) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(e) => {
-            let (x, y) = (&chunks[old.0], &chunks[new.0]);
-            e.insert(
-                (0..x.num_columns())
-                    .map(|c| {
-                        make_comparator(
-                            x.column(c).as_ref(),
-                            y.column(c).as_ref(),
-                            SortOptions::default(),
-                        )
-                    })
-                    .collect::<std::result::Result<Vec<_>, _>>()?,
-            )
-        }
-    };
-    Ok(comparators
-        .iter()
-        .all(|cmp| cmp(old.1, new.1) == std::cmp::Ordering::Equal))
-}
-
-/// Chunks kept before superseded rows are dropped by a compaction.
-const MAX_CHUNKS: usize = 64;
-
-impl KeyedRows {
-    /// The keys of `columns` (in key order).
-    fn keys_of(&self, columns: &[ArrayRef], n: usize) -> Result<Vec<OwnedRow>> {
-        match &self.converter {
-            None => Ok(vec![single_key(); n]),
-            Some(c) => Ok(c
-                .convert_columns(columns)?
-                .iter()
-                .map(|r| r.owned())
-                .collect()),
-        }
-    }
-
-    fn upsert(&mut self, batch: RecordBatch, changes: Option<&mut Vec<Change>>) -> Result<()> {
-        let (batch, visible) = if self.visibility {
-            let last = batch.num_columns() - 1;
-            let visible = batch.column(last).as_boolean().clone();
-            let mut schema: Vec<_> = batch.schema().fields().iter().cloned().collect();
-            schema.pop();
-            let rows = RecordBatch::try_new(
-                Arc::new(Schema::new(schema)),
-                batch.columns()[..last].to_vec(),
-            )?;
-            (rows, Some(visible))
-        } else {
-            (batch, None)
-        };
-        self.put(batch, visible, changes)
-    }
-
-    /// Upserts the rows of `batch`, or removes the keys of those `visible` says are gone; with
-    /// `changes`, also says what changed, in order (a replaced row is a delete then an insert).
-    fn put(
-        &mut self,
-        batch: RecordBatch,
-        visible: Option<BooleanArray>,
-        changes: Option<&mut Vec<Change>>,
-    ) -> Result<()> {
-        let keys: Vec<ArrayRef> = self
-            .key
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        let rows = self.keys_of(&keys, batch.num_rows())?;
-        let chunk = self.chunks.len();
-        self.chunks.push(batch);
-        let mut steps: Vec<(i64, (usize, usize))> = Vec::new();
-        let track = changes.is_some();
-        // Column comparators per stored chunk against the new batch, made once per put.
-        let mut comparators: HashMap<usize, Vec<DynComparator>> = HashMap::new();
-        for (i, row) in rows.into_iter().enumerate() {
-            // A row that no longer passes HAVING leaves the table.
-            let old = if visible
-                .as_ref()
-                .is_some_and(|v| !(v.is_valid(i) && v.value(i)))
-            {
-                self.live.remove(&row)
-            } else {
-                if track {
-                    match self.live.get(&row) {
-                        // An update to the same values is no change.
-                        Some(&p) if same_values(&mut comparators, &self.chunks, p, (chunk, i))? => {
-                        }
-                        Some(&p) => {
-                            steps.push((-1, p));
-                            steps.push((1, (chunk, i)));
-                        }
-                        None => steps.push((1, (chunk, i))),
-                    }
-                }
-                self.live.insert(row, (chunk, i));
-                None
-            };
-            if track {
-                steps.extend(old.map(|p| (-1, p)));
-            }
-        }
-        if let Some(changes) = changes {
-            self.describe(&steps, changes)?;
-        }
-        if self.chunks.len() > MAX_CHUNKS {
-            self.compact()?;
-        }
-        Ok(())
-    }
-
-    /// Turns `(diff, (chunk, row))` steps into change batches, one per run of equal diffs.
-    fn describe(&self, steps: &[(i64, (usize, usize))], changes: &mut Vec<Change>) -> Result<()> {
-        let Some(first) = self.chunks.first() else {
-            return Ok(());
-        };
-        let schema = first.schema();
-        let mut start = 0;
-        while start < steps.len() {
-            let diff = steps[start].0;
-            let mut end = start + 1;
-            while end < steps.len() && steps[end].0 == diff {
-                end += 1;
-            }
-            let picks: Vec<(usize, usize)> = steps[start..end].iter().map(|s| s.1).collect();
-            let columns = (0..schema.fields().len())
-                .map(|c| {
-                    let sources: Vec<&dyn Array> =
-                        self.chunks.iter().map(|b| b.column(c).as_ref()).collect();
-                    Ok(interleave(&sources, &picks)?)
-                })
-                .collect::<Result<Vec<ArrayRef>>>()?;
-            changes.push(Change {
-                diff,
-                rows: RecordBatch::try_new(Arc::clone(&schema), columns)?,
-                watermark_ns: None,
-            });
-            start = end;
-        }
-        Ok(())
-    }
-
-    fn delete(&mut self, batch: &RecordBatch) -> Result<()> {
-        let keys: Vec<ArrayRef> = self
-            .key
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        for row in self.keys_of(&keys, batch.num_rows())? {
-            self.live.remove(&row);
-        }
-        Ok(())
-    }
-
-    fn current(&self) -> Result<Vec<RecordBatch>> {
-        let mut picks: Vec<Vec<u32>> = vec![Vec::new(); self.chunks.len()];
-        for &(chunk, row) in self.live.values() {
-            picks[chunk].push(row as u32);
-        }
-        picks
-            .into_iter()
-            .enumerate()
-            .filter(|(_, rows)| !rows.is_empty())
-            .map(|(chunk, mut rows)| {
-                rows.sort_unstable();
-                Ok(take_record_batch(
-                    &self.chunks[chunk],
-                    &UInt32Array::from(rows),
-                )?)
-            })
-            .collect()
-    }
-
-    /// Drops superseded rows so memory follows the number of keys, not of updates.
-    fn compact(&mut self) -> Result<()> {
-        let Some(first) = self.chunks.first() else {
-            return Ok(());
-        };
-        let merged = concat_batches(&first.schema(), &self.current()?)?;
-        self.chunks.clear();
-        self.live.clear();
-        self.put(merged, None, None)
-    }
 }
 
 /// A view's result rows and how far its query has read.
@@ -401,7 +199,7 @@ impl ResultTable {
     pub fn new(schema: SchemaRef) -> Self {
         Self {
             schema,
-            rows: RwLock::new(Rows::Append(Vec::new())),
+            rows: RwLock::new(Rows::Append(AppendRows::default())),
             progress: Mutex::new(Progress::default()),
             read: Default::default(),
             advanced: Condvar::new(),
@@ -411,35 +209,9 @@ impl ResultTable {
 
     /// An empty table that keeps the latest row per value of the `key` columns.
     pub fn keyed(schema: SchemaRef, key: Vec<usize>) -> Result<Self> {
-        let fields = key
-            .iter()
-            .map(|&i| {
-                schema
-                    .fields()
-                    .get(i)
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .ok_or_else(|| Error::Internal(format!("key column {i} is out of range")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let converter = if fields.is_empty() {
-            None
-        } else {
-            Some(RowConverter::new(fields)?)
-        };
-        Ok(Self {
-            rows: RwLock::new(Rows::Keyed(KeyedRows {
-                key,
-                converter,
-                chunks: Vec::new(),
-                live: foldhash::HashMap::default(),
-                visibility: false,
-            })),
-            schema,
-            progress: Mutex::new(Progress::default()),
-            read: Default::default(),
-            advanced: Condvar::new(),
-            subscribers: Mutex::new(Vec::new()),
-        })
+        let mut table = Self::new(Arc::clone(&schema));
+        table.rows = RwLock::new(Rows::Keyed(KeyedRows::try_new(&schema, key)?));
+        Ok(table)
     }
 
     /// A keyed table whose incoming batches carry one more, last, boolean column: rows with
@@ -526,7 +298,7 @@ impl ResultTable {
     pub fn subscribe(&self, max_rows: usize) -> Result<(Vec<RecordBatch>, Arc<Subscriber>)> {
         let rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
         let snapshot = match &*rows {
-            Rows::Append(all) => all.clone(),
+            Rows::Append(all) => all.current()?,
             Rows::Keyed(keyed) => keyed.current()?,
             Rows::Counted(counted) => counted.current()?,
         };
@@ -569,6 +341,9 @@ impl ResultTable {
             Rows::Append(_) | Rows::Counted(_) => Err(Error::Internal(
                 "lookup by key in a result table without keys".into(),
             )),
+            Rows::Keyed(keyed) if keyed.is_partial() => Err(Error::Internal(
+                "lookup by key in a view whose rows are in its state store".into(),
+            )),
             Rows::Keyed(keyed) => {
                 let n = keys.first().map_or(0, |k| k.len());
                 let found = keyed
@@ -584,7 +359,7 @@ impl ResultTable {
     /// The rows as of now.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
-            Rows::Append(all) => Ok(all.clone()),
+            Rows::Append(all) => all.current(),
             Rows::Keyed(keyed) => keyed.current(),
             Rows::Counted(counted) => counted.current(),
         }
@@ -597,18 +372,80 @@ impl ResultTable {
         for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
             match &mut *rows {
                 Rows::Append(all) => all.push(b),
-                Rows::Keyed(keyed) => keyed.put(b, None, None)?,
+                Rows::Keyed(keyed) => keyed.restore(OperatorState {
+                    values: Vec::new(),
+                    batches: vec![b],
+                })?,
                 Rows::Counted(counted) => counted.insert(&b)?,
             }
         }
         Ok(())
     }
 
+    /// Keeps the rows in the query's state store from now on, as `name` (a view's, with
+    /// checkpoints): each checkpoint then writes only the rows that changed since the one
+    /// before ([`ResultTable::checkpoint`]), and [`ResultTable::evict`] may drop from memory
+    /// what the store holds. Returns whether the table keeps its rows there; keyed rows of
+    /// types the row format cannot hold stay in memory.
+    pub fn attach_store(
+        &self,
+        tables: &mut dyn crate::operator::TableSource,
+        name: &str,
+    ) -> Result<bool> {
+        match &mut *self.rows.write().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => {
+                all.attach(tables.table(name)?);
+                Ok(true)
+            }
+            Rows::Keyed(keyed) => keyed.attach(&self.schema, tables.table(name)?),
+            Rows::Counted(counted) => {
+                counted.attach(tables.table(name)?);
+                Ok(true)
+            }
+        }
+    }
+
+    /// The rows' part of a query's checkpoint: with a state store, what changed since the last
+    /// checkpoint is staged there; without, every row.
+    pub fn checkpoint(&self) -> Result<OperatorState> {
+        match &mut *self.rows.write().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => all.checkpoint(),
+            Rows::Keyed(keyed) => keyed.checkpoint(),
+            Rows::Counted(counted) => counted.checkpoint(),
+        }
+    }
+
+    /// Puts back the rows of a checkpoint's part made by [`ResultTable::checkpoint`] into an
+    /// empty table (with the same store attached). Subscribers are not told.
+    pub fn restore_checkpoint(&self, state: OperatorState) -> Result<()> {
+        match &mut *self.rows.write().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => all.restore(state),
+            Rows::Keyed(keyed) => keyed.restore(state),
+            Rows::Counted(counted) => counted.restore(state),
+        }
+    }
+
+    /// After a durable checkpoint: drops from memory the rows the state store holds as they
+    /// are. Reads still see every row.
+    pub fn evict(&self) -> Result<()> {
+        match &mut *self.rows.write().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => {
+                all.evict();
+                Ok(())
+            }
+            Rows::Keyed(keyed) => keyed.evict(),
+            Rows::Counted(counted) => {
+                counted.evict();
+                Ok(())
+            }
+        }
+    }
+
     /// Number of result rows.
     pub fn num_rows(&self) -> usize {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
-            Rows::Append(all) => all.iter().map(RecordBatch::num_rows).sum(),
-            Rows::Keyed(keyed) => keyed.live.len(),
+            Rows::Append(all) => all.len(),
+            Rows::Keyed(keyed) => keyed.len(),
             Rows::Counted(counted) => counted.num_rows(),
         }
     }
@@ -617,7 +454,7 @@ impl ResultTable {
     /// so a batch sliced from a larger one counts its slice.
     pub fn memory_bytes(&self) -> usize {
         match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
-            Rows::Append(all) => all.iter().map(crate::compact::batch_bytes).sum(),
+            Rows::Append(all) => all.memory_bytes(),
             Rows::Keyed(keyed) => {
                 let chunks: usize = keyed.chunks.iter().map(crate::compact::batch_bytes).sum();
                 // Keys by a sample's average width: walking millions of keys on every check
@@ -634,6 +471,17 @@ impl ResultTable {
             }
             Rows::Counted(counted) => counted.memory_bytes(),
         }
+    }
+
+    /// Of [`ResultTable::memory_bytes`], what [`ResultTable::evict`] can move to the state
+    /// store: 0 for rows that stay in memory.
+    pub fn spillable_bytes(&self) -> usize {
+        let stored = match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
+            Rows::Append(all) => all.is_stored(),
+            Rows::Keyed(keyed) => keyed.is_stored(),
+            Rows::Counted(counted) => counted.is_stored(),
+        };
+        if stored { self.memory_bytes() } else { 0 }
     }
 
     /// Publishes the query's progress and wakes waiters.
@@ -695,10 +543,14 @@ impl ResultTable {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::array::{AsArray, BooleanArray, Int64Array};
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
+    use std::collections::HashMap;
+
+    use super::keyed::MAX_CHUNKS;
     use super::*;
+    use crate::state_store::StateStore;
 
     fn batch(rows: &[(i64, i64)]) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
@@ -841,5 +693,176 @@ mod tests {
         assert_eq!(contents(&copy), contents(&t));
         // Taking back a row the table does not hold is an error, not a silent no-op.
         assert!(t.append(vec![changelog(&[(9, 9, false)])]).is_err());
+    }
+
+    /// A step of the store test below.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Upserts (visible) or removes (not) keys.
+        Rows(Vec<(i64, i64, bool)>),
+        /// A checkpoint stages what changed, written later (as by the writer thread).
+        Stage,
+        /// The staged checkpoint is written.
+        Commit,
+        /// A checkpoint written at once, then the rows it holds leave memory.
+        Spill,
+        /// A restart from the last written checkpoint.
+        Restart,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => proptest::collection::vec((0i64..24, 0i64..4, proptest::bool::weighted(0.8)), 1..12)
+                .prop_map(Step::Rows),
+            1 => Just(Step::Stage),
+            1 => Just(Step::Commit),
+            2 => Just(Step::Spill),
+            1 => Just(Step::Restart),
+        ]
+    }
+
+    /// The kinds of a view's rows.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Kind {
+        /// Keyed, with HAVING's visibility column.
+        Keyed,
+        Append,
+        /// A changelog's multiset.
+        Counted,
+    }
+
+    fn table(kind: Kind) -> ResultTable {
+        let schema = batch(&[]).schema();
+        match kind {
+            Kind::Keyed => ResultTable::keyed_with_visibility(schema, vec![0]).expect("keyed"),
+            Kind::Append => ResultTable::new(schema),
+            Kind::Counted => ResultTable::counted(schema).expect("counted"),
+        }
+    }
+
+    /// A batch for a table of `kind` that `now` (its rows) can take: a changelog takes back
+    /// only rows it holds, so other take-backs become inserts.
+    fn rows_batch(kind: Kind, rows: &[(i64, i64, bool)], now: &[(i64, i64)]) -> RecordBatch {
+        match kind {
+            Kind::Keyed => changelog(rows),
+            Kind::Append => batch(&rows.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>()),
+            Kind::Counted => {
+                let mut held: HashMap<(i64, i64), usize> = HashMap::new();
+                for &r in now {
+                    *held.entry(r).or_default() += 1;
+                }
+                let valid: Vec<(i64, i64, bool)> = rows
+                    .iter()
+                    .map(|&(k, v, add)| {
+                        let n = held.entry((k, v)).or_default();
+                        let add = add || *n == 0;
+                        if add {
+                            *n += 1
+                        } else {
+                            *n -= 1
+                        }
+                        (k, v, add)
+                    })
+                    .collect();
+                changelog(&valid)
+            }
+        }
+    }
+
+    /// Drives a table whose rows are in a state store (staged, written, evicted, restarted
+    /// from there) and the same table in memory through `steps`: after each, both hold the
+    /// same rows and count, and their subscribers saw the same changes.
+    fn stored_rows_equal_rows_in_memory(kind: Kind, steps: &[Step]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = || {
+            let mut store = StateStore::open(dir.path()).expect("store");
+            let t = table(kind);
+            assert!(t.attach_store(&mut store, "view-rows").expect("attach"));
+            (store, t)
+        };
+        let (mut store, mut stored) = open();
+        let mut memory = table(kind);
+        // The checkpoint staged and not yet written, and the one written: its part and the
+        // rows in memory as it was taken.
+        let mut staged: Option<(OperatorState, Vec<RecordBatch>)> = None;
+        let mut written: Option<(OperatorState, Vec<RecordBatch>)> = None;
+        let (_, mut feed_stored) = stored.subscribe(1 << 20).expect("subscribe");
+        let (_, mut feed_memory) = memory.subscribe(1 << 20).expect("subscribe");
+        for step in steps {
+            match step {
+                Step::Rows(rows) => {
+                    let b = rows_batch(kind, rows, &contents(&memory));
+                    stored.append(vec![b.clone()]).expect("append");
+                    memory.append(vec![b]).expect("append");
+                }
+                Step::Stage if staged.is_none() => {
+                    staged = Some((
+                        stored.checkpoint().expect("stage"),
+                        memory.snapshot().expect("rows"),
+                    ));
+                }
+                Step::Stage => {}
+                Step::Commit | Step::Spill | Step::Restart => {
+                    // A restart loses a checkpoint not yet written, as a crash would.
+                    if let Some(s) = staged.take()
+                        && !matches!(step, Step::Restart)
+                    {
+                        store.commit(b"checkpoint").expect("commit");
+                        written = Some(s);
+                    }
+                    if matches!(step, Step::Spill) {
+                        let part = stored.checkpoint().expect("stage");
+                        store.commit(b"checkpoint").expect("commit");
+                        written = Some((part, memory.snapshot().expect("rows")));
+                        stored.evict().expect("evict");
+                    }
+                    if matches!(step, Step::Restart) {
+                        drop((store, stored));
+                        (store, stored) = open();
+                        memory = table(kind);
+                        if let Some((part, rows)) = &written {
+                            stored.restore_checkpoint(part.clone()).expect("restore");
+                            memory.restore(rows.clone()).expect("restore");
+                        }
+                        (_, feed_stored) = stored.subscribe(1 << 20).expect("subscribe");
+                        (_, feed_memory) = memory.subscribe(1 << 20).expect("subscribe");
+                    }
+                }
+            }
+            assert_eq!(contents(&stored), contents(&memory), "after {step:?}");
+            assert_eq!(stored.num_rows(), memory.num_rows(), "after {step:?}");
+            let drain = |feed: &Subscriber| {
+                let mut seen = Vec::new();
+                while let Some(c) = feed.try_next().expect("within bounds") {
+                    seen.extend(pairs(&c.rows).into_iter().map(|p| (c.diff, p)));
+                }
+                seen
+            };
+            assert_eq!(drain(&feed_stored), drain(&feed_memory), "after {step:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// A keyed view's rows in the state store: upserts and removals of rows that left
+        /// memory, checkpoints staged while rows change, restarts, and (past `MAX_CHUNKS`
+        /// batches) compactions.
+        #[test]
+        fn keyed_rows_in_the_store_equal_rows_in_memory(steps in proptest::collection::vec(step(), 1..160)) {
+            stored_rows_equal_rows_in_memory(Kind::Keyed, &steps);
+        }
+
+        /// An append-only view's rows in the state store.
+        #[test]
+        fn appended_rows_in_the_store_equal_rows_in_memory(steps in proptest::collection::vec(step(), 1..40)) {
+            stored_rows_equal_rows_in_memory(Kind::Append, &steps);
+        }
+
+        /// A changelog's rows (a multiset) in the state store.
+        #[test]
+        fn counted_rows_in_the_store_equal_rows_in_memory(steps in proptest::collection::vec(step(), 1..60)) {
+            stored_rows_equal_rows_in_memory(Kind::Counted, &steps);
+        }
     }
 }
