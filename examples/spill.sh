@@ -2,12 +2,16 @@
 # State beyond memory: an updating aggregate of many groups under a small memory limit, whose
 # groups spill to the view's state store on disk. Prints the time to catch up, the server's peak
 # RSS, the state store's size, and whether the view equals the same query in batch.
-# Usage: examples/spill.sh [GROUPS] [ROWS] [LIMIT]   (default 10000000 15000000 256MB)
+# Usage: examples/spill.sh [GROUPS] [ROWS] [LIMIT] [VIEW]   (default 10000000 15000000 256MB hist)
+# VIEW `hist` counts the groups by their count (a view of a few rows over the spilled
+# aggregate); `groups` is the aggregate itself, one row per group, whose rows spill too, and
+# is checked against batch by sums over all of its rows.
 # Needs psql and python3, and a release build (cargo build --release -p weir-server).
 set -euo pipefail
 groups="${1:-10000000}"
 rows="${2:-15000000}"
 limit="${3:-256MB}"
+view="${4:-hist}"
 weir="${CARGO_TARGET_DIR:-target}/release/weir"
 data="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
@@ -38,17 +42,23 @@ echo 0 > "$peak_file"
   done ) &
 sampler=$!
 
-query="SELECT c, count(*) AS keys, sum(total) AS total FROM
+if [ "$view" = groups ]; then
+    query="SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k"
+    check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"
+else
+    query="SELECT c, count(*) AS keys, sum(total) AS total FROM
        (SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k) GROUP BY c"
+    check="SELECT * FROM"
+fi
 start=$(date +%s.%N)
-psql_ -c "CREATE MATERIALIZED VIEW hist WITH (memory_limit = '$limit') AS $query"
-until [ "$(psql_ -tA -c "SELECT processed = committed FROM weir_view_progress WHERE view = 'hist'")" = t ]; do
+psql_ -c "CREATE MATERIALIZED VIEW $view WITH (memory_limit = '$limit') AS $query"
+until [ "$(psql_ -tA -c "SELECT processed = committed FROM weir_view_progress WHERE view = '$view'")" = t ]; do
     sleep 0.2
 done
 end=$(date +%s.%N)
 kill "$sampler" 2>/dev/null || true
-echo "view:  $(psql_ -tA -F' ' -c 'SELECT * FROM hist ORDER BY c' | tr '\n' ';')"
 python3 -c "print(f'caught up: {$rows} rows, $groups groups in {$end - $start:.1f} s ({$rows / ($end - $start) / 1e3:.0f} K rows/s)')"
 echo "server peak RSS while catching up: $(( $(cat "$peak_file") / 1024 )) MiB (memory_limit $limit)"
-echo "state store: $(du -sm "$data/weir/views/hist/state" | cut -f1) MB on disk"
-echo "batch: $(psql_ -tA -F' ' -c "$query ORDER BY c" | tr '\n' ';')"
+echo "state store: $(du -sm "$data/weir/views/$view/state" | cut -f1) MB on disk"
+echo "view:  $(psql_ -tA -F' ' -c "$check $view ORDER BY 1" | tr '\n' ';')"
+echo "batch: $(psql_ -tA -F' ' -c "$check ($query) ORDER BY 1" | tr '\n' ';')"
