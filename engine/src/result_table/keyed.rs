@@ -159,6 +159,20 @@ impl KeyedRows {
         self.store.is_some()
     }
 
+    /// Bytes the rows in memory hold: the chunks, and the keys by a sample's average width
+    /// (walking millions of keys on every check would cost more than the query).
+    pub(super) fn memory_bytes(&self) -> usize {
+        let chunks: usize = self.chunks.iter().map(crate::compact::batch_bytes).sum();
+        let sample: Vec<usize> = self
+            .live
+            .keys()
+            .take(64)
+            .map(|k| k.as_ref().len())
+            .collect();
+        let width = sample.iter().sum::<usize>() / sample.len().max(1);
+        chunks + self.live.len() * (width + 48)
+    }
+
     /// Rows in the table, in memory or not.
     pub(super) fn len(&self) -> usize {
         self.live.len() + self.store.as_ref().map_or(0, |s| s.outside)
@@ -432,15 +446,16 @@ impl KeyedRows {
         let (live, chunks, converter) = (&self.live, &self.chunks, &self.converter);
         let store = self.store.as_mut().expect("checked above");
         let values = &store.values;
+        let parser = converter.as_ref().map(RowConverter::parser);
         store.spill.stage_encoded(|keys| {
             let mut out = Vec::with_capacity(keys.len());
             for part in keys.chunks(STORE_CHUNK) {
                 let picks = part
                     .iter()
                     .map(|k| {
-                        let key = match converter {
+                        let key = match &parser {
                             None => single_key(),
-                            Some(c) => c.parser().parse(k).owned(),
+                            Some(p) => p.parse(k).owned(),
                         };
                         live.get(&key).copied().ok_or_else(|| {
                             Error::Internal("a changed row of a view is not in memory".into())

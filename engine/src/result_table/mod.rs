@@ -98,6 +98,17 @@ enum Rows {
     Counted(CountedRows),
 }
 
+impl Rows {
+    /// Bytes of memory the rows hold (see [`ResultTable::memory_bytes`]).
+    fn memory_bytes(&self) -> usize {
+        match self {
+            Rows::Append(all) => all.memory_bytes(),
+            Rows::Keyed(keyed) => keyed.memory_bytes(),
+            Rows::Counted(counted) => counted.memory_bytes(),
+        }
+    }
+}
+
 /// A view's result rows and how far its query has read.
 #[derive(Debug)]
 pub struct ResultTable {
@@ -453,35 +464,22 @@ impl ResultTable {
     /// Bytes of memory the rows hold (for the query's memory budget): each batch's own rows,
     /// so a batch sliced from a larger one counts its slice.
     pub fn memory_bytes(&self) -> usize {
-        match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
-            Rows::Append(all) => all.memory_bytes(),
-            Rows::Keyed(keyed) => {
-                let chunks: usize = keyed.chunks.iter().map(crate::compact::batch_bytes).sum();
-                // Keys by a sample's average width: walking millions of keys on every check
-                // would cost more than the query.
-                let sample: Vec<usize> = keyed
-                    .live
-                    .keys()
-                    .take(64)
-                    .map(|k| k.as_ref().len())
-                    .collect();
-                let width = sample.iter().sum::<usize>() / sample.len().max(1);
-                let keys = keyed.live.len() * (width + 48);
-                chunks + keys
-            }
-            Rows::Counted(counted) => counted.memory_bytes(),
-        }
+        self.rows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .memory_bytes()
     }
 
     /// Of [`ResultTable::memory_bytes`], what [`ResultTable::evict`] can move to the state
     /// store: 0 for rows that stay in memory.
     pub fn spillable_bytes(&self) -> usize {
-        let stored = match &*self.rows.read().unwrap_or_else(|e| e.into_inner()) {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        let stored = match &*rows {
             Rows::Append(all) => all.is_stored(),
             Rows::Keyed(keyed) => keyed.is_stored(),
             Rows::Counted(counted) => counted.is_stored(),
         };
-        if stored { self.memory_bytes() } else { 0 }
+        if stored { rows.memory_bytes() } else { 0 }
     }
 
     /// Publishes the query's progress and wakes waiters.
