@@ -3567,6 +3567,11 @@ async fn caught_up(c: &Client, name: &str) {
 /// The spill test's aggregate with a row per group.
 const GROUPS_BATCH: &str = "SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k";
 
+/// The spill test's LEFT JOIN without a time bound, aggregated: its rows of `t` without a
+/// match in `u` count under a NULL `w` until their match comes.
+const JOINED_BATCH: &str = "SELECT t.v, u.w, count(*) AS n FROM t LEFT JOIN u ON t.k = u.k \
+    GROUP BY t.v, u.w";
+
 /// Rows of the view `groups` missing from the same query in batch, and the other way round.
 async fn groups_differ(c: &Client) -> [i64; 2] {
     [
@@ -3586,8 +3591,10 @@ async fn groups_differ(c: &Client) -> [i64; 2] {
 /// An updating aggregate of 200,000 groups under a 16 MB memory limit, where all of them in
 /// memory would take about 24 MB, and a deduplication of as many keys beside it: their state
 /// spills to each view's state store at a quarter of the limit and is read back as rows come.
-/// Both views equal their queries in batch, and again after a `kill -9` and more rows
-/// (restored from the store, not replayed from the start).
+/// A LEFT JOIN without a time bound keeps every row of both streams, about 40 MB: its rows
+/// spill too, and are read back by key, with whether each has joined yet. Every view equals
+/// its query in batch, and again after a `kill -9` and more rows (restored from the store,
+/// not replayed from the start), among them the first matches of rows that were on disk.
 #[tokio::test]
 async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -3615,10 +3622,25 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     ))
     .await
     .expect("an aggregate of many groups");
+    // Odd keys of t have a match in u; even ones get theirs after the restart.
+    c.batch_execute(&format!(
+        "CREATE STREAM u (k BIGINT NOT NULL, w BIGINT) WITH (partitions = 4, key = 'k'); \
+         INSERT INTO u SELECT value, value % 3 FROM generate_series(1, 400000, 2); \
+         CREATE MATERIALIZED VIEW joined WITH (memory_limit = '16MB') AS {JOINED_BATCH}"
+    ))
+    .await
+    .expect("a join without a time bound");
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
     caught_up(&c, "groups").await;
+    caught_up(&c, "joined").await;
     assert_eq!(groups_differ(&c).await, [0, 0]);
+    let joined = "SELECT v, w, n FROM joined ORDER BY v, w";
+    let joined_batch = format!("{JOINED_BATCH} ORDER BY v, w");
+    assert_eq!(rows(&c, joined).await, rows(&c, &joined_batch).await);
+    let joined_in_memory = "SELECT max(state_rows) FROM weir_operators \
+        WHERE view = 'joined' AND kind = 'Join'";
+    assert!(count(&c, joined_in_memory).await < 300_000);
     assert_eq!(count(&c, "SELECT count(*) FROM groups").await, 400_000);
     assert_eq!(
         rows(&c, "SELECT * FROM best").await,
@@ -3638,12 +3660,21 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     server.kill9();
     let server = Server::start(dir.path());
     let c = server.client().await;
-    c.batch_execute("INSERT INTO t SELECT value, value % 5 FROM generate_series(400001, 500000)")
-        .await
-        .expect("more rows");
+    c.batch_execute(
+        "INSERT INTO t SELECT value, value % 5 FROM generate_series(400001, 500000); \
+         INSERT INTO u SELECT value, value % 3 FROM generate_series(2, 400000, 2); \
+         INSERT INTO u SELECT value, value % 3 FROM generate_series(400001, 500000)",
+    )
+    .await
+    .expect("more rows");
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
     caught_up(&c, "groups").await;
+    caught_up(&c, "joined").await;
+    let got = rows(&c, joined).await;
+    assert_eq!(got, rows(&c, &joined_batch).await);
+    // Every row of t has its match now: no NULL w is left.
+    assert!(got.iter().all(|r| r[1] != "NULL"), "{got:?}");
     assert_eq!(
         rows(&c, "SELECT * FROM best").await,
         rows(&c, BEST_BATCH).await

@@ -419,12 +419,30 @@ impl Dataflow {
         tables: &mut dyn crate::operator::TableSource,
         next: &mut usize,
     ) -> Result<bool> {
+        self.attach_tables(tables, next, &mut 0)
+    }
+
+    /// [`Dataflow::attach_store`], the joins numbered apart from `*joins` (so that the
+    /// tables of the pipelines' operators keep the names they had before joins took any).
+    fn attach_tables(
+        &mut self,
+        tables: &mut dyn crate::operator::TableSource,
+        next: &mut usize,
+        joins: &mut usize,
+    ) -> Result<bool> {
+        let join = |stage: &mut JoinStage,
+                    tables: &mut dyn crate::operator::TableSource,
+                    joins: &mut usize| {
+            *joins += 1;
+            stage.join.attach_store(tables, &format!("join-{joins}"))
+        };
         Ok(match self {
             Self::Source { pipeline, .. } => pipeline.attach_store(tables, next)?,
             Self::Join { left, right, stage } => {
-                let l = left.attach_store(tables, next)?;
-                let r = right.attach_store(tables, next)?;
-                l | r | stage.pipeline.attach_store(tables, next)?
+                let l = left.attach_tables(tables, next, joins)?;
+                let r = right.attach_tables(tables, next, joins)?;
+                let j = join(stage, tables, joins)?;
+                l | r | j | stage.pipeline.attach_store(tables, next)?
             }
             Self::Fork {
                 input,
@@ -432,10 +450,11 @@ impl Dataflow {
                 right,
                 stage,
             } => {
-                let i = input.attach_store(tables, next)?;
+                let i = input.attach_tables(tables, next, joins)?;
                 let l = left.attach_store(tables, next)?;
                 let r = right.attach_store(tables, next)?;
-                i | l | r | stage.pipeline.attach_store(tables, next)?
+                let j = join(stage, tables, joins)?;
+                i | l | r | j | stage.pipeline.attach_store(tables, next)?
             }
         })
     }
@@ -447,6 +466,7 @@ impl Dataflow {
             Self::Join { left, right, stage } => {
                 left.evict();
                 right.evict();
+                stage.join.evict();
                 stage.pipeline.evict();
             }
             Self::Fork {
@@ -458,6 +478,7 @@ impl Dataflow {
                 input.evict();
                 left.evict();
                 right.evict();
+                stage.join.evict();
                 stage.pipeline.evict();
             }
         }

@@ -279,6 +279,39 @@ impl StateTable {
         })
     }
 
+    /// Calls `f(i, key, value)` on each row whose key starts with `prefixes[i]`, prefix by
+    /// prefix and in key order within one, as of the last checkpoint, less deletions staged
+    /// since. Unlike [`StateTable::scan`] it reads through the table's kept read of the last
+    /// checkpoint: it is for the query that owns the table, many prefixes at a time.
+    pub fn scan_prefixes(
+        &self,
+        prefixes: &[&[u8]],
+        mut f: impl FnMut(usize, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let deleting = self.deleting();
+        self.read(|t| {
+            let Some(t) = t else {
+                return Ok(());
+            };
+            for (i, prefix) in prefixes.iter().enumerate() {
+                let rows = t
+                    .range::<&[u8]>(*prefix..)
+                    .map_err(|e| store_error("reading state", e))?;
+                for row in rows {
+                    let (k, v) = row.map_err(|e| store_error("reading state", e))?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    if deleting.contains(k.value()) {
+                        continue;
+                    }
+                    f(i, k.value(), v.value())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Stages `key`'s new value (`None` deletes it) for the next [`StateStore::commit`].
     pub fn stage(&self, key: Vec<u8>, value: Option<Vec<u8>>) {
         self.stage_all([(key, value)]);

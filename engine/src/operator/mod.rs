@@ -208,6 +208,17 @@ pub trait BinaryOperator: Send + std::fmt::Debug {
 
     /// Replaces the state of a freshly made operator (see [`Operator::restore`]).
     fn restore(&mut self, state: OperatorState) -> Result<()>;
+
+    /// Offers the operator tables of the query's state store named from `name` (see
+    /// [`Operator::attach_store`]); returns whether it takes them.
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        let _ = (tables, name);
+        Ok(false)
+    }
+
+    /// Drops from memory what the last committed checkpoint stored (see
+    /// [`Operator::evict`]).
+    fn evict(&mut self) {}
 }
 
 /// Rows `idx` of a batch's group columns, aggregate arguments and `FILTER` masks (as

@@ -21,9 +21,15 @@ use datafusion::common::hash_utils::{RandomState, create_hashes};
 use datafusion::physical_expr::PhysicalExpr;
 
 use super::tumble::format_duration_ns;
-use super::{BinaryOperator, INSERTED, Side};
+use super::{BinaryOperator, INSERTED, Side, TableSource};
 use crate::checkpoint::OperatorState;
 use crate::{Error, Result};
+use spill::{FETCHED, Fetched, JoinSpill};
+
+mod spill;
+
+/// The fourth value of a checkpoint whose stored rows are in the state store.
+const IN_STORE: i64 = 1;
 
 /// How one input of a [`StreamJoinOperator`] is matched and when its rows can be forgotten.
 #[derive(Debug, Clone)]
@@ -55,8 +61,11 @@ struct Probed {
     joined: Option<RecordBatch>,
     /// Per row of the probing batch, whether it joined.
     matched: Vec<bool>,
-    /// The stored rows of the other input that joined, as `(chunk id, row)`.
+    /// The stored rows of the other input that joined, as `(chunk id, row)`; rows read from
+    /// the state store have chunk id [`FETCHED`] and their row of `fetched`.
     partners: Vec<(usize, u32)>,
+    /// The other input's rows read from the state store.
+    fetched: Option<Fetched>,
 }
 
 /// One batch of stored rows with their keys (in row format) and when it can go.
@@ -177,6 +186,9 @@ pub struct StreamJoinOperator {
     /// A join without a time bound whose inputs' expiries are a TTL (see
     /// [`StreamJoinOperator::with_state_ttl`]).
     ttl_ns: Option<i64>,
+    /// Stored rows beyond memory, in the query's state store (see
+    /// [`BinaryOperator::attach_store`]).
+    spill: Option<JoinSpill>,
 }
 
 /// Memory of a stored chunk: its batch's rows and key rows.
@@ -283,7 +295,19 @@ impl StreamJoinOperator {
             memory_limit: usize::MAX,
             changelog,
             ttl_ns: None,
+            spill: None,
         })
+    }
+
+    /// Whether stored rows can go to a state store: those of a join on keys without a time
+    /// bound or TTL, which are kept for good.
+    fn spills(&self) -> bool {
+        self.converter.is_some()
+            && self.ttl_ns.is_none()
+            && self
+                .inputs
+                .iter()
+                .all(|i| i.time.is_none() && i.expiry_column.is_none())
     }
 
     /// Says that the inputs' expiries (their time column plus `ttl_ns`) are a state TTL on a
@@ -309,31 +333,53 @@ impl StreamJoinOperator {
 
     /// The stored rows of preserved input `s` among `partners` that had not joined before, padded
     /// with NULLs: in a changelog they were emitted alone and are now taken back.
-    fn first_matches(&self, s: usize, partners: &[(usize, u32)]) -> Result<Vec<RecordBatch>> {
+    fn first_matches(
+        &self,
+        s: usize,
+        partners: &[(usize, u32)],
+        fetched: Option<&Fetched>,
+    ) -> Result<Vec<RecordBatch>> {
         if self.changelog.is_none() || !self.inputs[s].keep_unmatched {
             return Ok(Vec::new());
         }
+        let first = self.first_joined(s, partners, fetched);
+        let mut out = Vec::new();
+        for run in first.chunk_by(|a, b| a.0 == b.0) {
+            let batch = match (run[0].0, fetched) {
+                (FETCHED, Some(f)) => &f.batch,
+                (c, _) => match self.stored[s].chunk(c) {
+                    Some(chunk) => &chunk.batch,
+                    None => continue,
+                },
+            };
+            let rows: Vec<u32> = run.iter().map(|p| p.1).collect();
+            out.push(self.tagged(self.padded(s, batch, &rows)?, false)?);
+        }
+        Ok(out)
+    }
+
+    /// Of `partners` (rows of preserved input `s`, in memory or `fetched`), those that had not
+    /// joined before, sorted, each once.
+    fn first_joined(
+        &self,
+        s: usize,
+        partners: &[(usize, u32)],
+        fetched: Option<&Fetched>,
+    ) -> Vec<(usize, u32)> {
         let mut first: Vec<(usize, u32)> = partners
             .iter()
             .copied()
-            .filter(|&(c, r)| {
-                self.stored[s]
+            .filter(|&(c, r)| match (c, fetched) {
+                (FETCHED, Some(f)) => !f.matched[r as usize],
+                _ => self.stored[s]
                     .chunk(c)
                     .and_then(|ch| ch.matched.as_ref())
-                    .is_some_and(|m| !m[r as usize])
+                    .is_some_and(|m| !m[r as usize]),
             })
             .collect();
         first.sort_unstable();
         first.dedup();
-        let mut out = Vec::new();
-        for run in first.chunk_by(|a, b| a.0 == b.0) {
-            let Some(chunk) = self.stored[s].chunk(run[0].0) else {
-                continue;
-            };
-            let rows: Vec<u32> = run.iter().map(|p| p.1).collect();
-            out.push(self.tagged(self.padded(s, &chunk.batch, &rows)?, false)?);
-        }
-        Ok(out)
+        first
     }
 
     /// Rows currently kept, per input (for tests and metrics).
@@ -372,6 +418,13 @@ impl StreamJoinOperator {
         let width = batch.get_array_memory_size() / batch.num_rows().max(1)
             + other.bytes / other.rows.max(1);
         let max_rows = self.memory_limit / width.max(1);
+        // Rows of the other input that left memory are read back by key.
+        let fetched = match (&self.spill, keys) {
+            (Some(spill), Some(k)) if spill.partial(1 - side) => {
+                Some(spill.fetch(1 - side, k, usable)?)
+            }
+            _ => None,
+        };
         for (i, h) in hashes.iter().enumerate() {
             if i % 1024 == 1023 {
                 crate::runtime::check_stop()?;
@@ -387,6 +440,12 @@ impl StreamJoinOperator {
             }
             if !usable[i] {
                 continue;
+            }
+            if let Some(f) = &fetched {
+                for &r in &f.hits[i] {
+                    this_rows.push(i as u32);
+                    picks.push((FETCHED, r));
+                }
             }
             let Some(hits) = other.index.get(h) else {
                 continue;
@@ -416,6 +475,7 @@ impl StreamJoinOperator {
                 joined: None,
                 matched,
                 partners: Vec::new(),
+                fetched: None,
             });
         }
         // The picked chunks, numbered densely for `interleave`.
@@ -428,7 +488,10 @@ impl StreamJoinOperator {
             .collect();
         let chunks: Vec<&RecordBatch> = used
             .iter()
-            .filter_map(|&c| other.chunk(c).map(|ch| &ch.batch))
+            .filter_map(|&c| match (c, &fetched) {
+                (FETCHED, Some(f)) => Some(&f.batch),
+                _ => other.chunk(c).map(|ch| &ch.batch),
+            })
             .collect();
         let this_indices = UInt32Array::from(this_rows.clone());
         let this_columns = batch
@@ -470,6 +533,7 @@ impl StreamJoinOperator {
             joined: (joined.num_rows() > 0).then_some(joined),
             matched,
             partners,
+            fetched,
         })
     }
 
@@ -559,10 +623,19 @@ impl StreamJoinOperator {
         Ok(())
     }
 
-    /// Marks the stored rows of input `s` that `partners` names as joined.
-    fn mark_matched(&mut self, s: usize, partners: &[(usize, u32)]) {
+    /// Marks the stored rows of input `s` that `partners` names (in memory or `fetched`) as
+    /// joined.
+    fn mark_matched(&mut self, s: usize, partners: &[(usize, u32)], fetched: Option<&Fetched>) {
         if !self.inputs[s].keep_unmatched {
             return;
+        }
+        if let (Some(spill), Some(f)) = (&mut self.spill, fetched) {
+            let rows: Vec<u32> = partners
+                .iter()
+                .filter(|p| p.0 == FETCHED && !f.matched[p.1 as usize])
+                .map(|p| p.1)
+                .collect();
+            spill.mark_fetched(s, f, &rows);
         }
         let stored = &mut self.stored[s];
         for &(c, r) in partners {
@@ -570,10 +643,14 @@ impl StreamJoinOperator {
                 .checked_sub(stored.first)
                 .and_then(|i| stored.chunks.get_mut(i))
                 .and_then(Option::as_mut);
-            if let Some(flags) = chunk.and_then(|ch| ch.matched.as_mut()) {
-                if let Some(f) = flags.get_mut(r as usize) {
-                    *f = true;
+            let flag = chunk
+                .and_then(|ch| ch.matched.as_mut())
+                .and_then(|flags| flags.get_mut(r as usize));
+            if let Some(f) = flag {
+                if let (false, Some(spill)) = (*f, &mut self.spill) {
+                    spill.mark_in_memory(s, c, r);
                 }
+                *f = true;
             }
         }
     }
@@ -616,8 +693,9 @@ impl BinaryOperator for StreamJoinOperator {
         };
         let hashes = self.hashes(&keys, n)?;
         let probed = self.probe(s, &batch, key_rows.as_ref(), &hashes, &usable)?;
-        let mut out = self.first_matches(1 - s, &probed.partners)?;
-        self.mark_matched(1 - s, &probed.partners);
+        let fetched = probed.fetched.as_ref();
+        let mut out = self.first_matches(1 - s, &probed.partners, fetched)?;
+        self.mark_matched(1 - s, &probed.partners, fetched);
         if let Some(joined) = probed.joined {
             out.push(self.tagged(joined, true)?);
         }
@@ -753,12 +831,31 @@ impl BinaryOperator for StreamJoinOperator {
         self.stored
             .iter()
             .map(|s| s.bytes + s.entries * 24 + s.index.len() * 32)
-            .sum()
+            .sum::<usize>()
+            + self.spill.as_ref().map_or(0, JoinSpill::bytes)
     }
 
     /// Values: watermark, late rows, and how many of the batches are the left input's; the
-    /// batches are the stored rows of the left input, then of the right.
+    /// batches are the stored rows of the left input, then of the right. With a state store,
+    /// the rows are staged there instead; the values go on with [`IN_STORE`], then each
+    /// input's next chunk id.
     fn snapshot(&mut self) -> Result<OperatorState> {
+        if let Some(spill) = &mut self.spill {
+            let mut values = vec![
+                self.watermark,
+                Some(self.late_rows as i64),
+                Some(0),
+                Some(IN_STORE),
+            ];
+            for (s, stored) in self.stored.iter().enumerate() {
+                spill.stage(s, stored)?;
+                values.push(Some((stored.first + stored.chunks.len()) as i64));
+            }
+            return Ok(OperatorState {
+                values,
+                batches: Vec::new(),
+            });
+        }
         // A preserved input's rows carry whether each has joined, as a last column.
         let batches = |s: &Stored| -> Result<Vec<RecordBatch>> {
             s.chunks
@@ -801,10 +898,48 @@ impl BinaryOperator for StreamJoinOperator {
         self.late_rows = state.value(1)?.unwrap_or(0) as u64;
         let left = state.value(2)?.unwrap_or(0).max(0) as usize;
         self.stored = Default::default();
+        if state.values.get(3) == Some(&Some(IN_STORE)) {
+            let Some(spill) = &mut self.spill else {
+                return Err(Error::Corrupt(
+                    "a join's checkpoint is in a state store it does not have".into(),
+                ));
+            };
+            for (s, stored) in self.stored.iter_mut().enumerate() {
+                let next = state.value(4 + s)?.unwrap_or(0).max(0) as usize;
+                spill.restored(s, stored, next);
+            }
+            return Ok(());
+        }
+        // From a checkpoint file written before the store: the next checkpoint stores all.
         for (i, batch) in state.batches.into_iter().enumerate() {
             self.store_restored(usize::from(i >= left), batch)?;
         }
         Ok(())
+    }
+
+    /// Stored rows go to the state store when they may be kept for good: in a join without a
+    /// time bound or TTL, on keys (their rows are read back by key).
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        if !self.spills() {
+            return Ok(false);
+        }
+        let fields = self.schema.fields();
+        let left_width = fields.len() - self.right_width;
+        self.spill = Some(JoinSpill::attach(
+            tables,
+            name,
+            [&fields[..left_width], &fields[left_width..]],
+            [self.inputs[0].keep_unmatched, self.inputs[1].keep_unmatched],
+        )?);
+        Ok(true)
+    }
+
+    fn evict(&mut self) {
+        if let Some(spill) = &mut self.spill {
+            for (s, stored) in self.stored.iter_mut().enumerate() {
+                spill.evict(s, stored);
+            }
+        }
     }
 
     fn explain(&self) -> String {
@@ -850,8 +985,13 @@ impl BinaryOperator for StreamJoinOperator {
             ""
         };
         if self.inputs.iter().all(|i| i.expiry_column.is_none()) {
+            let beyond = if self.spills() {
+                "spills to disk past a quarter of the memory limit"
+            } else {
+                "within the view's memory limit"
+            };
             return format!(
-                "StreamJoin: {kind} on [{}]{filter}; state: every row of both inputs (no time bound), within the view's memory limit{output}",
+                "StreamJoin: {kind} on [{}]{filter}; state: every row of both inputs (no time bound), {beyond}{output}",
                 on.join(", ")
             );
         }
