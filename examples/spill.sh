@@ -5,7 +5,9 @@
 # Usage: examples/spill.sh [GROUPS] [ROWS] [LIMIT] [VIEW]   (default 10000000 15000000 256MB hist)
 # VIEW `hist` counts the groups by their count (a view of a few rows over the spilled
 # aggregate); `groups` is the aggregate itself, one row per group, whose rows spill too, and
-# is checked against batch by sums over all of its rows.
+# is checked against batch by sums over all of its rows; `joined` is a LEFT JOIN without a
+# time bound of t with a stream u of one row per even group (both spill: the join keeps every
+# row of both), aggregated by t's v and u's w.
 # Needs psql and python3, and a release build (cargo build --release -p weir-server).
 set -euo pipefail
 groups="${1:-10000000}"
@@ -31,6 +33,16 @@ psql_() { psql -X -q -h 127.0.0.1 -p 55435 -U weir weir "$@"; }
 for _ in $(seq 100); do psql_ -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
 psql_ -c "\\copy t FROM '$data/t.csv' CSV"
+if [ "$view" = joined ]; then
+    python3 -c "
+import sys
+with open(sys.argv[2], 'w') as f:
+    for k in range(0, int(sys.argv[1]), 2):
+        f.write(f'{k},{k % 3}\\n')
+" "$groups" "$data/u.csv"
+    psql_ -c "CREATE STREAM u (k BIGINT NOT NULL, w BIGINT) WITH (partitions = 4, key = 'k')"
+    psql_ -c "\\copy u FROM '$data/u.csv' CSV"
+fi
 
 # The server's peak resident memory, sampled every 50 ms while the view catches up.
 peak_file="$data/peak"
@@ -42,7 +54,11 @@ echo 0 > "$peak_file"
   done ) &
 sampler=$!
 
-if [ "$view" = groups ]; then
+if [ "$view" = joined ]; then
+    query="SELECT t.v, u.w, count(*) AS n, sum(t.k) AS ks FROM t LEFT JOIN u ON t.k = u.k
+       GROUP BY t.v, u.w"
+    check="SELECT * FROM"
+elif [ "$view" = groups ]; then
     query="SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k"
     check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"
 else
@@ -60,5 +76,5 @@ kill "$sampler" 2>/dev/null || true
 python3 -c "print(f'caught up: {$rows} rows, $groups groups in {$end - $start:.1f} s ({$rows / ($end - $start) / 1e3:.0f} K rows/s)')"
 echo "server peak RSS while catching up: $(( $(cat "$peak_file") / 1024 )) MiB (memory_limit $limit)"
 echo "state store: $(du -sm "$data/weir/views/$view/state" | cut -f1) MB on disk"
-echo "view:  $(psql_ -tA -F' ' -c "$check $view ORDER BY 1" | tr '\n' ';')"
-echo "batch: $(psql_ -tA -F' ' -c "$check ($query) ORDER BY 1" | tr '\n' ';')"
+echo "view:  $(psql_ -tA -F' ' -c "$check $view ORDER BY 1, 2" | tr '\n' ';')"
+echo "batch: $(psql_ -tA -F' ' -c "$check ($query) ORDER BY 1, 2" | tr '\n' ';')"

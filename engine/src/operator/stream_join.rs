@@ -189,6 +189,10 @@ pub struct StreamJoinOperator {
     /// Stored rows beyond memory, in the query's state store (see
     /// [`BinaryOperator::attach_store`]).
     spill: Option<JoinSpill>,
+    /// Past this much state, checkpoints put the stored rows in the state store (an eighth
+    /// of the memory limit); below it they hold the rows themselves, written whole, which
+    /// costs less than a write per row to the store.
+    spill_from: usize,
 }
 
 /// Memory of a stored chunk: its batch's rows and key rows.
@@ -296,6 +300,7 @@ impl StreamJoinOperator {
             changelog,
             ttl_ns: None,
             spill: None,
+            spill_from: usize::MAX,
         })
     }
 
@@ -820,6 +825,7 @@ impl BinaryOperator for StreamJoinOperator {
 
     fn limit_memory(&mut self, bytes: usize) {
         self.memory_limit = bytes;
+        self.spill_from = bytes / 8;
     }
 
     fn state_rows(&self) -> usize {
@@ -837,10 +843,12 @@ impl BinaryOperator for StreamJoinOperator {
 
     /// Values: watermark, late rows, and how many of the batches are the left input's; the
     /// batches are the stored rows of the left input, then of the right. With a state store,
-    /// the rows are staged there instead; the values go on with [`IN_STORE`], then each
-    /// input's next chunk id.
+    /// the rows are staged there instead, once the state has passed `spill_from` (and from
+    /// then on); the values go on with [`IN_STORE`], then each input's next chunk id.
     fn snapshot(&mut self) -> Result<OperatorState> {
-        if let Some(spill) = &mut self.spill {
+        let past = self.state_bytes() > self.spill_from;
+        if let Some(spill) = self.spill.as_mut().filter(|s| past || s.in_store()) {
+            spill.use_store();
             let mut values = vec![
                 self.watermark,
                 Some(self.late_rows as i64),

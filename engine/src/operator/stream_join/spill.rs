@@ -61,6 +61,8 @@ struct Input {
 #[derive(Debug)]
 pub(super) struct JoinSpill {
     inputs: [Input; 2],
+    /// Whether checkpoints keep the rows in the store (else in the checkpoint itself).
+    in_store: bool,
 }
 
 /// Rows of one input read from the store for one probing batch, as one batch.
@@ -112,7 +114,18 @@ impl JoinSpill {
                 input(left, schemas[0], flagged[0])?,
                 input(right, schemas[1], flagged[1])?,
             ],
+            in_store: false,
         })
+    }
+
+    /// Whether checkpoints keep the rows in the store.
+    pub(super) fn in_store(&self) -> bool {
+        self.in_store
+    }
+
+    /// Checkpoints keep the rows in the store from now on: the next stages every row.
+    pub(super) fn use_store(&mut self) {
+        self.in_store = true;
     }
 
     /// Memory held beyond the stored chunks.
@@ -273,9 +286,12 @@ impl JoinSpill {
     }
 
     /// Input `s`'s chunks all staged and committed: they leave memory (`stored` is emptied),
-    /// and its rows are read from the store from now on. Does nothing if something of `s` is
-    /// not staged yet.
+    /// and its rows are read from the store from now on. Does nothing if checkpoints do not
+    /// keep the rows in the store yet, or something of `s` is not staged yet.
     pub(super) fn evict(&mut self, s: usize, stored: &mut Stored) {
+        if !self.in_store {
+            return;
+        }
         let input = &mut self.inputs[s];
         let next = stored.first + stored.chunks.len();
         if input.staged != next
@@ -296,6 +312,7 @@ impl JoinSpill {
     /// Restores input `s` from a checkpoint in the store: its rows are all there, none in
     /// memory; new chunks are numbered from `next`.
     pub(super) fn restored(&mut self, s: usize, stored: &mut Stored, next: usize) {
+        self.in_store = true;
         *stored = Stored {
             first: next,
             ..Stored::default()
@@ -421,6 +438,8 @@ mod tests {
             };
             let mut memory = join(keep, filter);
             let mut spilled = spilling(&store);
+            // Checkpoints put the rows in the store once there are any.
+            spilled.spill_from = 0;
             // A checkpoint staged but not yet committed (the writer thread's lag).
             let mut pending = false;
             for (i, (left, rows)) in batches.iter().enumerate() {
@@ -450,6 +469,7 @@ mod tests {
                             store = StateStore::open(dir.path()).unwrap();
                             spilled = spilling(&store);
                             spilled.restore(state).unwrap();
+                            spilled.spill_from = 0;
                         }
                     }
                     _ => {}
