@@ -3572,6 +3572,11 @@ const GROUPS_BATCH: &str = "SELECT k, count(*) AS c, sum(v) AS total FROM t GROU
 const JOINED_BATCH: &str = "SELECT t.v, u.w, count(*) AS n FROM t LEFT JOIN u ON t.k = u.k \
     GROUP BY t.v, u.w";
 
+/// The spill test's join of two updating aggregates (a join of rows that change), counted.
+const CHANGING_BATCH: &str = "SELECT count(*) AS n, sum(a.c * 10 + b.c) AS s FROM \
+    (SELECT k, count(*) AS c FROM t GROUP BY k) a JOIN \
+    (SELECT k % 300000 AS k, count(*) AS c FROM u GROUP BY k % 300000) b ON a.k = b.k";
+
 /// Rows of the view `groups` missing from the same query in batch, and the other way round.
 async fn groups_differ(c: &Client) -> [i64; 2] {
     [
@@ -3626,15 +3631,22 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     c.batch_execute(&format!(
         "CREATE STREAM u (k BIGINT NOT NULL, w BIGINT) WITH (partitions = 4, key = 'k'); \
          INSERT INTO u SELECT value, value % 3 FROM generate_series(1, 400000, 2); \
-         CREATE MATERIALIZED VIEW joined WITH (memory_limit = '16MB') AS {JOINED_BATCH}"
+         CREATE MATERIALIZED VIEW joined WITH (memory_limit = '16MB') AS {JOINED_BATCH}; \
+         CREATE MATERIALIZED VIEW changing WITH (memory_limit = '16MB') AS {CHANGING_BATCH}"
     ))
     .await
-    .expect("a join without a time bound");
+    .expect("joins without a time bound");
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
     caught_up(&c, "groups").await;
     caught_up(&c, "joined").await;
+    caught_up(&c, "changing").await;
     assert_eq!(groups_differ(&c).await, [0, 0]);
+    let changing = "SELECT n, s FROM changing";
+    assert_eq!(rows(&c, changing).await, rows(&c, CHANGING_BATCH).await);
+    let changing_in_memory = "SELECT max(state_rows) FROM weir_operators \
+        WHERE view = 'changing' AND kind = 'Join'";
+    assert!(count(&c, changing_in_memory).await < 200_000);
     let joined = "SELECT v, w, n FROM joined ORDER BY v, w";
     let joined_batch = format!("{JOINED_BATCH} ORDER BY v, w");
     assert_eq!(rows(&c, joined).await, rows(&c, &joined_batch).await);
@@ -3671,6 +3683,8 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     caught_up(&c, "best").await;
     caught_up(&c, "groups").await;
     caught_up(&c, "joined").await;
+    caught_up(&c, "changing").await;
+    assert_eq!(rows(&c, changing).await, rows(&c, CHANGING_BATCH).await);
     let got = rows(&c, joined).await;
     assert_eq!(got, rows(&c, &joined_batch).await);
     // Every row of t has its match now: no NULL w is left.

@@ -11,9 +11,13 @@ use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 use foldhash::{HashMap, HashMapExt};
 
-use super::{BinaryOperator, INSERTED, Side};
+use super::{BinaryOperator, INSERTED, Side, TableSource};
 use crate::checkpoint::OperatorState;
+use crate::state_store::{KeyedSpill, put_bytes, take_array, take_bytes};
 use crate::{Error, Result};
+
+/// The first value of a checkpoint whose rows are in the state store.
+const IN_STORE: i64 = 1;
 
 /// Bytes a kept row costs beyond its key and values.
 const ENTRY_OVERHEAD: usize = 96;
@@ -39,6 +43,102 @@ struct Input {
     keep_unmatched: bool,
     rows: RowConverter,
     by_key: HashMap<Box<[u8]>, Vec<Entry>>,
+    /// Keys beyond memory, in the query's state store (see [`BinaryOperator::attach_store`]).
+    spill: Option<KeyedSpill>,
+    /// Whether checkpoints keep the keys in the store, so changes are tracked for it.
+    tracking: bool,
+}
+
+impl Input {
+    /// `key`'s entries changed (their rows, counts or matches).
+    fn changed(&mut self, key: &[u8]) {
+        if let Some(spill) = self.spill.as_mut().filter(|_| self.tracking) {
+            spill.changed(key);
+        }
+    }
+
+    /// `key` has no entries left.
+    fn removed(&mut self, key: &[u8]) {
+        self.by_key.remove(key);
+        if let Some(spill) = self.spill.as_mut().filter(|_| self.tracking) {
+            spill.removed(key.into());
+        }
+    }
+
+    /// Checkpoints keep the keys in the store from now on: every key is staged at the next.
+    fn track(&mut self) {
+        if let Some(spill) = self.spill.as_mut().filter(|_| !self.tracking) {
+            self.by_key.keys().for_each(|k| spill.changed(k));
+            self.tracking = true;
+        }
+    }
+
+    /// Memory a key's entries take.
+    fn cost(key: &[u8], entries: &[Entry]) -> usize {
+        entries
+            .iter()
+            .map(|e| key.len() + e.row.as_ref().len() + ENTRY_OVERHEAD)
+            .sum()
+    }
+
+    /// A key's entries as the state store keeps them: how many, then each row, its count and
+    /// its matches.
+    fn encode(entries: &[Entry]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend((entries.len() as u32).to_le_bytes());
+        for e in entries {
+            put_bytes(&mut out, e.row.row().data());
+            out.extend(e.count.to_le_bytes());
+            out.extend(e.matches.to_le_bytes());
+        }
+        out
+    }
+
+    /// Reads `key`'s entries back from the state store into memory, if they left it; returns
+    /// the memory they take and how many they are.
+    fn fetch(&mut self, key: &[u8]) -> Result<(usize, usize)> {
+        let Some(spill) = &self.spill else {
+            return Ok((0, 0));
+        };
+        if self.by_key.contains_key(key) {
+            return Ok((0, 0));
+        }
+        let Some(value) = spill.fetch(key)? else {
+            return Ok((0, 0));
+        };
+        let mut input = value.as_slice();
+        let n = u32::from_le_bytes(take_array(&mut input)?);
+        let mut entries = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let row = self.rows.parser().parse(take_bytes(&mut input)?).owned();
+            let count = u64::from_le_bytes(take_array(&mut input)?);
+            let matches = u64::from_le_bytes(take_array(&mut input)?);
+            entries.push(Entry {
+                row,
+                count,
+                matches,
+            });
+        }
+        let bytes = Self::cost(key, &entries);
+        self.by_key.insert(key.into(), entries);
+        Ok((bytes, n as usize))
+    }
+
+    /// Drops from memory the keys the store holds as they are; returns the memory and entries
+    /// that frees.
+    fn evict(&mut self) -> (usize, usize) {
+        let Some(spill) = self.spill.as_mut().filter(|_| self.tracking) else {
+            return (0, 0);
+        };
+        let (mut bytes, mut rows) = (0, 0);
+        for key in spill.evictable(self.by_key.keys()) {
+            if let Some(entries) = self.by_key.remove(&key) {
+                bytes += Self::cost(&key, &entries);
+                rows += entries.len();
+            }
+        }
+        (bytes, rows)
+    }
 }
 
 /// One row of output: the left and right rows (`None`: NULLs) and whether it is inserted.
@@ -62,6 +162,9 @@ pub struct RetractJoinOperator {
     kept_rows: usize,
     /// The most memory one batch of output may take (see [`BinaryOperator::limit_memory`]).
     memory_limit: usize,
+    /// Past this much state, checkpoints put the kept rows in the state store (an eighth of
+    /// the memory limit); below it they hold the rows themselves.
+    spill_from: usize,
 }
 
 impl RetractJoinOperator {
@@ -104,6 +207,8 @@ impl RetractJoinOperator {
                 keep_unmatched,
                 rows,
                 by_key: HashMap::new(),
+                spill: None,
+                tracking: false,
             })
         };
         let mut fields: Vec<_> = joined.fields().iter().cloned().collect();
@@ -123,6 +228,7 @@ impl RetractJoinOperator {
             bytes: 0,
             kept_rows: 0,
             memory_limit: usize::MAX,
+            spill_from: usize::MAX,
         })
     }
 
@@ -251,6 +357,9 @@ impl RetractJoinOperator {
                         }
                     }
                 }
+                if !partners.is_empty() {
+                    self.inputs[o].changed(key);
+                }
             }
         }
         // This row: alone (padded) when it has no match, in or out with it.
@@ -289,7 +398,26 @@ impl RetractJoinOperator {
             }
         }
         if entries.is_empty() {
-            self.inputs[s].by_key.remove(key);
+            self.inputs[s].removed(key);
+        } else {
+            self.inputs[s].changed(key);
+        }
+        Ok(())
+    }
+
+    /// Reads the entries of `keys`, of both inputs, back from the state store into memory
+    /// where they left it.
+    fn fetch(&mut self, keys: &[Option<Box<[u8]>>]) -> Result<()> {
+        let partial = |i: &Input| i.spill.as_ref().is_some_and(KeyedSpill::is_partial);
+        if !self.inputs.iter().any(partial) {
+            return Ok(());
+        }
+        for key in keys.iter().flatten() {
+            for input in &mut self.inputs {
+                let (bytes, rows) = input.fetch(key)?;
+                self.bytes += bytes;
+                self.kept_rows += rows;
+            }
         }
         Ok(())
     }
@@ -338,6 +466,7 @@ impl BinaryOperator for RetractJoinOperator {
         let converted = input.rows.convert_columns(&batch.columns()[..width])?;
         let rows: Vec<OwnedRow> = converted.iter().map(|r| r.owned()).collect();
         let keys = self.keys(s, &batch)?;
+        self.fetch(&keys)?;
         // Partners come from the other input, which this batch does not change: find them and
         // run the filter over all of them at once.
         let others = &self.inputs[1 - s].by_key;
@@ -423,10 +552,34 @@ impl BinaryOperator for RetractJoinOperator {
             .as_ref()
             .map(|f| format!(" filter {f}"))
             .unwrap_or_default();
+        let beyond = if self.key_types.is_empty() {
+            "within the view's memory limit"
+        } else {
+            "spills to disk past a quarter of the memory limit"
+        };
         format!(
-            "RetractJoin: {kind} on [{}]{filter} of rows that change; state: every row of both inputs with its count and matches (no time bound), within the view's memory limit; output: a changelog",
+            "RetractJoin: {kind} on [{}]{filter} of rows that change; state: every row of both inputs with its count and matches (no time bound), {beyond}; output: a changelog",
             on.join(", ")
         )
+    }
+
+    /// Kept rows go to the state store by key (a join on keys; without keys they are one).
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        if self.key_types.is_empty() {
+            return Ok(false);
+        }
+        for (input, side) in self.inputs.iter_mut().zip(["left", "right"]) {
+            input.spill = Some(KeyedSpill::new(tables.table(&format!("{name}-{side}"))?));
+        }
+        Ok(true)
+    }
+
+    fn evict(&mut self) {
+        for input in &mut self.inputs {
+            let (bytes, rows) = input.evict();
+            self.bytes -= bytes;
+            self.kept_rows -= rows;
+        }
     }
 
     fn state_rows(&self) -> usize {
@@ -439,12 +592,28 @@ impl BinaryOperator for RetractJoinOperator {
 
     fn limit_memory(&mut self, bytes: usize) {
         self.memory_limit = bytes;
+        self.spill_from = bytes / 8;
     }
 
     /// Per input, every kept row as many times as it holds (left first; the first value says
     /// how many batches are the left input's). A restore inserts them again, which rebuilds
     /// the counts of matches.
     fn snapshot(&mut self) -> Result<OperatorState> {
+        if self.bytes > self.spill_from {
+            self.inputs.iter_mut().for_each(Input::track);
+        }
+        if self.inputs.iter().any(|i| i.tracking) {
+            for input in &mut self.inputs {
+                if let Some(spill) = &mut input.spill {
+                    let by_key = &input.by_key;
+                    spill.stage(|key| by_key.get(key).map(|e| Input::encode(e)));
+                }
+            }
+            return Ok(OperatorState {
+                values: vec![Some(IN_STORE)],
+                batches: Vec::new(),
+            });
+        }
         let mut batches = Vec::new();
         for input in &self.inputs {
             let rows: Vec<_> = input
@@ -463,6 +632,18 @@ impl BinaryOperator for RetractJoinOperator {
     }
 
     fn restore(&mut self, state: OperatorState) -> Result<()> {
+        if state.values.first() == Some(&Some(IN_STORE)) {
+            for input in &mut self.inputs {
+                let Some(spill) = &mut input.spill else {
+                    return Err(Error::Corrupt(
+                        "a join's checkpoint is in a state store it does not have".into(),
+                    ));
+                };
+                spill.restored();
+                input.tracking = true;
+            }
+            return Ok(());
+        }
         if state.batches.is_empty() {
             return Ok(());
         }
@@ -537,6 +718,11 @@ mod tests {
 
     /// A join on k of two changelogs (k, v), a LEFT one if `left_outer`.
     fn join(left_outer: bool) -> (RetractJoinOperator, SchemaRef, SchemaRef) {
+        join_keeping([left_outer, false])
+    }
+
+    /// A join on k of two changelogs (k, v), preserving the inputs `keep` says.
+    fn join_keeping(keep: [bool; 2]) -> (RetractJoinOperator, SchemaRef, SchemaRef) {
         let (l, r) = (changelog("l"), changelog("r"));
         let joined = Arc::new(Schema::new(vec![
             Field::new("lk", DataType::Int64, true),
@@ -547,8 +733,8 @@ mod tests {
         let key = |name: &str| vec![Arc::new(Column::new(name, 0)) as Arc<dyn PhysicalExpr>];
         let op = RetractJoinOperator::try_new(
             [
-                (Arc::clone(&l), key("lk"), true, left_outer),
-                (Arc::clone(&r), key("rk"), true, false),
+                (Arc::clone(&l), key("lk"), true, keep[0]),
+                (Arc::clone(&r), key("rk"), true, keep[1]),
             ],
             None,
             joined,
@@ -614,5 +800,112 @@ mod tests {
             .process_batch(Side::Right, batch(&r, &many))
             .expect_err("four million joined rows");
         assert!(matches!(e, Error::MemoryExceeded(_)), "{e}");
+    }
+
+    /// Per batch, a side and its changes: (k, v, inserted), each taking back only a row the side
+    /// holds; `ops` picks a row to take back or a new one to insert.
+    fn changelogs(
+        ops: &[(bool, Vec<(Option<i64>, i64, bool)>)],
+    ) -> Vec<(Side, Vec<(i64, i64, bool)>)> {
+        let mut held: [Vec<(i64, i64)>; 2] = [Vec::new(), Vec::new()];
+        ops.iter()
+            .map(|(left, changes)| {
+                let s = usize::from(!*left);
+                let rows = changes
+                    .iter()
+                    .map(|&(k, v, take_back)| match (take_back, held[s].len()) {
+                        (true, n) if n > 0 => {
+                            let (k, v) = held[s].swap_remove(v as usize % n);
+                            (k, v, false)
+                        }
+                        _ => {
+                            let k = k.unwrap_or(0);
+                            held[s].push((k, v));
+                            (k, v, true)
+                        }
+                    })
+                    .collect();
+                (if *left { Side::Left } else { Side::Right }, rows)
+            })
+            .collect()
+    }
+
+    /// The lines of `out`, sorted: a batch's changes as a multiset.
+    fn sorted(out: &[RecordBatch]) -> Vec<String> {
+        let mut lines: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(out)
+            .expect("format")
+            .to_string()
+            .lines()
+            .filter(|l| !l.starts_with('+'))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    proptest::proptest! {
+        /// A join whose kept rows go to the state store (checkpoints committed at once or a
+        /// batch later, clean keys dropped from memory after some, read back when their rows
+        /// come), restarted from the store once, emits the same changes, batch by batch, as
+        /// the same join in memory: inner, left, right and full outer.
+        #[test]
+        fn rows_spilled_to_the_store_and_read_back_change_nothing(
+            ops in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::collection::vec(
+                    (proptest::option::of(0i64..5), 0i64..6, proptest::bool::weighted(0.4)),
+                    1..6,
+                )),
+                1..24,
+            ),
+            keep in proptest::prelude::any::<[bool; 2]>(),
+            steps in proptest::collection::vec(0u8..4, 24),
+            restart_at in 0usize..24,
+        ) {
+            let batches = changelogs(&ops);
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = crate::state_store::StateStore::open(dir.path()).unwrap();
+            let spilling = |store: &crate::state_store::StateStore| {
+                let (mut op, _, _) = join_keeping(keep);
+                assert!(op.attach_store(&mut store.clone(), "join-1").unwrap());
+                // Checkpoints put the rows in the store once there are any.
+                op.spill_from = 0;
+                op
+            };
+            let (mut memory, l, r) = join_keeping(keep);
+            let mut spilled = spilling(&store);
+            let mut pending = false;
+            for (i, (side, rows)) in batches.iter().enumerate() {
+                let schema = if *side == Side::Left { &l } else { &r };
+                let expected = memory.process_batch(*side, batch(schema, rows)).unwrap();
+                let got = spilled.process_batch(*side, batch(schema, rows)).unwrap();
+                proptest::prop_assert_eq!(sorted(&got), sorted(&expected), "batch {}", i);
+                if pending {
+                    store.commit(b"checkpoint").unwrap();
+                    pending = false;
+                }
+                match steps[i] {
+                    1 => {
+                        spilled.snapshot().unwrap();
+                        pending = true;
+                    }
+                    2 | 3 => {
+                        let state = spilled.snapshot().unwrap();
+                        store.commit(b"checkpoint").unwrap();
+                        spilled.evict();
+                        if state.values.first() == Some(&Some(IN_STORE)) {
+                            proptest::prop_assert_eq!(spilled.state_rows(), 0);
+                        }
+                        if i >= restart_at && steps[i] == 3 {
+                            drop(spilled);
+                            drop(store);
+                            store = crate::state_store::StateStore::open(dir.path()).unwrap();
+                            spilled = spilling(&store);
+                            spilled.restore(state).unwrap();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
     }
 }
