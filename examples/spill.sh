@@ -7,7 +7,8 @@
 # aggregate); `groups` is the aggregate itself, one row per group, whose rows spill too, and
 # is checked against batch by sums over all of its rows; `joined` is a LEFT JOIN without a
 # time bound of t with a stream u of one row per even group (both spill: the join keeps every
-# row of both), aggregated by t's v and u's w.
+# row of both), aggregated by t's v and u's w; `changing` joins t's aggregate by k with u's
+# (a join of rows that change, keeping both sides' rows by key), counted.
 # Needs psql and python3, and a release build (cargo build --release -p weir-server).
 set -euo pipefail
 groups="${1:-10000000}"
@@ -33,7 +34,7 @@ psql_() { psql -X -q -h 127.0.0.1 -p 55435 -U weir weir "$@"; }
 for _ in $(seq 100); do psql_ -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
 psql_ -c "\\copy t FROM '$data/t.csv' CSV"
-if [ "$view" = joined ]; then
+if [ "$view" = joined ] || [ "$view" = changing ]; then
     python3 -c "
 import sys
 with open(sys.argv[2], 'w') as f:
@@ -57,6 +58,11 @@ sampler=$!
 if [ "$view" = joined ]; then
     query="SELECT t.v, u.w, count(*) AS n, sum(t.k) AS ks FROM t LEFT JOIN u ON t.k = u.k
        GROUP BY t.v, u.w"
+    check="SELECT * FROM"
+elif [ "$view" = changing ]; then
+    query="SELECT count(*) AS n, sum(a.c * 10 + b.w) AS s FROM
+       (SELECT k, count(*) AS c FROM t GROUP BY k) a JOIN
+       (SELECT k, max(w) AS w FROM u GROUP BY k) b ON a.k = b.k"
     check="SELECT * FROM"
 elif [ "$view" = groups ]; then
     query="SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k"
