@@ -597,7 +597,9 @@ impl BinaryOperator for RetractJoinOperator {
 
     /// Per input, every kept row as many times as it holds (left first; the first value says
     /// how many batches are the left input's). A restore inserts them again, which rebuilds
-    /// the counts of matches.
+    /// the counts of matches. Once the state has passed `spill_from` (and from then on), the
+    /// keys changed since the last checkpoint are staged in the state store instead, and the
+    /// only value is [`IN_STORE`].
     fn snapshot(&mut self) -> Result<OperatorState> {
         if self.bytes > self.spill_from {
             self.inputs.iter_mut().for_each(Input::track);
