@@ -426,7 +426,7 @@ impl StreamJoinOperator {
         // Rows of the other input that left memory are read back by key.
         let fetched = match (&self.spill, keys) {
             (Some(spill), Some(k)) if spill.partial(1 - side) => {
-                Some(spill.fetch(1 - side, k, usable)?)
+                Some(spill.fetch(1 - side, k, usable, max_rows, self.memory_limit)?)
             }
             _ => None,
         };

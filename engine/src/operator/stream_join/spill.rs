@@ -139,12 +139,16 @@ impl JoinSpill {
     }
 
     /// The rows of input `s` under the join keys of the probing rows `usable` (`keys` per row,
-    /// in row format) that are in the store and not in memory.
+    /// in row format) that are in the store and not in memory; more than `max_rows` of them
+    /// (each a joined row to be, were it to pass the filter) is an error, as past the query's
+    /// memory limit of `limit` bytes.
     pub(super) fn fetch(
         &self,
         s: usize,
         keys: &datafusion::arrow::row::Rows,
         usable: &[bool],
+        max_rows: usize,
+        limit: usize,
     ) -> Result<Fetched> {
         let input = &self.inputs[s];
         // Each distinct key is read once, however many probing rows share it.
@@ -179,6 +183,14 @@ impl JoinSpill {
             // Chunks from the eviction on are in memory, even once committed to the store.
             if chunk >= input.evicted as u64 {
                 return Ok(());
+            }
+            if rows.len() >= max_rows {
+                return Err(Error::MemoryExceeded(format!(
+                    "one batch of {} rows would join with more than {max_rows} stored rows \
+                     read back from disk, past the query's memory limit of {} MiB",
+                    usable.len(),
+                    limit >> 20
+                )));
             }
             found[p].push(rows.len() as u32);
             rows.push((key.into(), value.into()));
@@ -409,6 +421,42 @@ mod tests {
             .collect();
         lines.sort();
         lines
+    }
+
+    #[test]
+    fn rows_read_back_past_the_memory_limit_are_refused() {
+        let (l, r) = (schema("l"), schema("r"));
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        let mut op = join([false, false], false);
+        assert!(op.attach_store(&mut store.clone(), "join-1").unwrap());
+        op.limit_memory(64 << 10);
+        op.spill_from = 0;
+        let many: Vec<(Option<i64>, i64)> = (0..5000).map(|t| (Some(1), t)).collect();
+        assert!(
+            op.process_batch(Side::Left, batch(&l, &many))
+                .unwrap()
+                .is_empty()
+        );
+        op.snapshot().unwrap();
+        store.commit(b"checkpoint").unwrap();
+        op.evict();
+        assert_eq!(op.state_rows(), 0);
+        // One row of the other input would join all 5,000, read back from disk at once.
+        let e = op
+            .process_batch(Side::Right, batch(&r, &[(Some(1), 0)]))
+            .expect_err("5,000 joined rows past a 64 KiB limit");
+        assert!(matches!(e, Error::MemoryExceeded(_)), "{e}");
+        // A key with few rows on disk still joins.
+        let few: Vec<(Option<i64>, i64)> = (0..3).map(|t| (Some(2), t)).collect();
+        op.process_batch(Side::Left, batch(&l, &few)).unwrap();
+        op.snapshot().unwrap();
+        store.commit(b"checkpoint").unwrap();
+        op.evict();
+        let out = op
+            .process_batch(Side::Right, batch(&r, &[(Some(2), 0)]))
+            .unwrap();
+        assert_eq!(out.iter().map(RecordBatch::num_rows).sum::<usize>(), 3);
     }
 
     proptest! {
