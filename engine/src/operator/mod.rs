@@ -358,3 +358,18 @@ pub(crate) fn batch_of(schema: &SchemaRef, columns: Vec<ArrayRef>) -> Result<Rec
         .collect::<Result<Vec<_>>>()?;
     Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
 }
+
+/// The lines of `out` as a table, sorted: a batch's changes as a multiset, for tests that
+/// compare two operators' output batch by batch.
+#[cfg(test)]
+pub(crate) fn sorted_lines(out: &[RecordBatch]) -> Vec<String> {
+    let mut lines: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(out)
+        .expect("format")
+        .to_string()
+        .lines()
+        .filter(|l| !l.starts_with('+'))
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}

@@ -832,19 +832,6 @@ mod tests {
             .collect()
     }
 
-    /// The lines of `out`, sorted: a batch's changes as a multiset.
-    fn sorted(out: &[RecordBatch]) -> Vec<String> {
-        let mut lines: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(out)
-            .expect("format")
-            .to_string()
-            .lines()
-            .filter(|l| !l.starts_with('+'))
-            .map(str::to_string)
-            .collect();
-        lines.sort();
-        lines
-    }
-
     proptest::proptest! {
         /// A join whose kept rows go to the state store (checkpoints committed at once or a
         /// batch later, clean keys dropped from memory after some, read back when their rows
@@ -880,7 +867,7 @@ mod tests {
                 let schema = if *side == Side::Left { &l } else { &r };
                 let expected = memory.process_batch(*side, batch(schema, rows)).unwrap();
                 let got = spilled.process_batch(*side, batch(schema, rows)).unwrap();
-                proptest::prop_assert_eq!(sorted(&got), sorted(&expected), "batch {}", i);
+                proptest::prop_assert_eq!(crate::operator::sorted_lines(&got), crate::operator::sorted_lines(&expected), "batch {}", i);
                 if pending {
                     store.commit(b"checkpoint").unwrap();
                     pending = false;

@@ -1024,7 +1024,7 @@ mod tests {
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::physical_expr::expressions::Column;
 
-    fn schema(prefix: &str) -> SchemaRef {
+    pub(super) fn schema(prefix: &str) -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new(format!("{prefix}k"), DataType::Int64, true),
             Field::new(
@@ -1035,7 +1035,7 @@ mod tests {
         ]))
     }
 
-    fn batch(s: &SchemaRef, rows: &[(Option<i64>, i64)]) -> RecordBatch {
+    pub(super) fn batch(s: &SchemaRef, rows: &[(Option<i64>, i64)]) -> RecordBatch {
         RecordBatch::try_new(
             Arc::clone(s),
             vec![

@@ -337,43 +337,16 @@ impl JoinSpill {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{Int64Array, TimestampNanosecondArray};
-    use datafusion::arrow::datatypes::{DataType, TimeUnit};
     use datafusion::logical_expr::Operator as Op;
     use datafusion::physical_expr::PhysicalExpr;
     use datafusion::physical_expr::expressions::{BinaryExpr, Column};
     use proptest::prelude::*;
 
     use super::*;
+    use crate::operator::stream_join::tests::{batch, schema};
     use crate::operator::stream_join::{JoinInput, StreamJoinOperator};
     use crate::operator::{BinaryOperator, Side};
     use crate::state_store::StateStore;
-
-    fn schema(prefix: &str) -> SchemaRef {
-        Arc::new(Schema::new(vec![
-            Field::new(format!("{prefix}k"), DataType::Int64, true),
-            Field::new(
-                format!("{prefix}t"),
-                DataType::Timestamp(TimeUnit::Nanosecond, None),
-                false,
-            ),
-        ]))
-    }
-
-    fn batch(s: &SchemaRef, rows: &[(Option<i64>, i64)]) -> RecordBatch {
-        RecordBatch::try_new(
-            Arc::clone(s),
-            vec![
-                Arc::new(Int64Array::from(
-                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-                )),
-                Arc::new(TimestampNanosecondArray::from(
-                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
-                )),
-            ],
-        )
-        .expect("test batch")
-    }
 
     /// A join on k without a time bound; `keep` says which inputs an outer join preserves;
     /// with `filter`, only pairs with `lt <= rt` join.
@@ -408,19 +381,6 @@ mod tests {
         });
         StreamJoinOperator::try_new(input("l", keep[0]), input("r", keep[1]), &l, filter, output)
             .expect("join")
-    }
-
-    /// The lines of `out`, sorted: a batch's changes as a multiset.
-    fn sorted(out: &[RecordBatch]) -> Vec<String> {
-        let mut lines: Vec<String> = datafusion::arrow::util::pretty::pretty_format_batches(out)
-            .expect("format")
-            .to_string()
-            .lines()
-            .filter(|l| !l.starts_with('+'))
-            .map(str::to_string)
-            .collect();
-        lines.sort();
-        lines
     }
 
     #[test]
@@ -494,7 +454,7 @@ mod tests {
                 let (side, schema) = if *left { (Side::Left, &l) } else { (Side::Right, &r) };
                 let expected = memory.process_batch(side, batch(schema, rows)).unwrap();
                 let got = spilled.process_batch(side, batch(schema, rows)).unwrap();
-                prop_assert_eq!(sorted(&got), sorted(&expected), "batch {}", i);
+                prop_assert_eq!(crate::operator::sorted_lines(&got), crate::operator::sorted_lines(&expected), "batch {}", i);
                 if pending {
                     store.commit(b"checkpoint").unwrap();
                     pending = false;
