@@ -3,7 +3,7 @@
 
 use datafusion::arrow::record_batch::RecordBatch;
 
-use super::{IN_STORE, stored_count};
+use super::{IN_STORE, in_store, stored_count};
 use crate::Result;
 use crate::checkpoint::OperatorState;
 use crate::checkpoint::{ipc_batch, ipc_bytes};
@@ -109,10 +109,9 @@ impl AppendRows {
 
     /// Puts back a checkpoint's part made by [`AppendRows::checkpoint`] into an empty table.
     pub(super) fn restore(&mut self, state: OperatorState) -> Result<()> {
-        if let Some(next) = stored_count(&state, 1, self.store.is_some())? {
-            let store = self.store.as_mut().expect("stored_count checked it");
-            store.first = next;
-            store.outside = stored_count(&state, 2, true)?.unwrap_or(0) as usize;
+        if let Some(store) = in_store(&state, self.store.as_mut())? {
+            store.first = stored_count(&state, 1)?;
+            store.outside = stored_count(&state, 2)? as usize;
             store.staged = 0;
             return Ok(());
         }

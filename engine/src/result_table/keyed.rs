@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 
-use super::{Change, IN_STORE, stored_count};
+use super::{Change, IN_STORE, in_store, stored_count};
 use crate::checkpoint::OperatorState;
 use crate::state_store::{KeyedSpill, StateTable};
 use crate::{Error, Result};
@@ -476,9 +476,8 @@ impl KeyedRows {
 
     /// Puts back a checkpoint's part made by [`KeyedRows::checkpoint`] into an empty table.
     pub(super) fn restore(&mut self, state: OperatorState) -> Result<()> {
-        if let Some(total) = stored_count(&state, 1, self.store.is_some())? {
-            let store = self.store.as_mut().expect("stored_count checked it");
-            store.outside = total as usize;
+        if let Some(store) = in_store(&state, self.store.as_mut())? {
+            store.outside = stored_count(&state, 1)? as usize;
             store.spill.restored();
             return Ok(());
         }

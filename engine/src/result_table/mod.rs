@@ -21,25 +21,27 @@ use keyed::KeyedRows;
 /// The first value of a checkpoint part whose rows are in the query's state store.
 const IN_STORE: i64 = 1;
 
-/// Of a checkpoint part whose rows are in the state store (`None` for one that holds its
-/// rows), the count at value `i`; `stored` says whether the table has the store.
-fn stored_count(state: &OperatorState, i: usize, stored: bool) -> Result<Option<u64>> {
-    if state.values.first() != Some(&Some(IN_STORE)) {
-        return Ok(None);
-    }
-    if !stored {
-        return Err(Error::Corrupt(
-            "a view's checkpoint is in a state store it does not have".into(),
-        ));
-    }
+/// The count at value `i` of a checkpoint part whose rows are in the state store (see
+/// [`in_store`]).
+fn stored_count(state: &OperatorState, i: usize) -> Result<u64> {
     state
         .values
         .get(i)
         .copied()
         .flatten()
         .and_then(|v| u64::try_from(v).ok())
-        .map(Some)
         .ok_or_else(|| Error::Corrupt("a view's checkpoint lacks its row counts".into()))
+}
+
+/// For a checkpoint's part that keeps the rows in the state store, the table's `store`; `None`
+/// for a part that holds its rows itself, and an error for one in a store the table lacks.
+fn in_store<'s, S>(state: &OperatorState, store: Option<&'s mut S>) -> Result<Option<&'s mut S>> {
+    if state.values.first() != Some(&Some(IN_STORE)) {
+        return Ok(None);
+    }
+    store.map(Some).ok_or_else(|| {
+        Error::Corrupt("a view's checkpoint is in a state store it does not have".into())
+    })
 }
 
 /// Why a continuous query stopped.
