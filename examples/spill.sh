@@ -8,7 +8,10 @@
 # is checked against batch by sums over all of its rows; `joined` is a LEFT JOIN without a
 # time bound of t with a stream u of one row per even group (both spill: the join keeps every
 # row of both), aggregated by t's v and u's w; `changing` joins t's aggregate by k with u's
-# (a join of rows that change, keeping both sides' rows by key), counted.
+# (a join of rows that change, keeping both sides' rows by key), counted; `windowed` is a
+# TUMBLE aggregate per k over one-hour windows of a stream e (t's rows spread over two hours,
+# and one row a day later that closes both), one row per window and group, checked like
+# `groups`.
 # Needs psql and python3, and a release build (cargo build --release -p weir-server).
 set -euo pipefail
 groups="${1:-10000000}"
@@ -34,6 +37,21 @@ psql_() { psql -X -q -h 127.0.0.1 -p 55435 -U weir weir "$@"; }
 for _ in $(seq 100); do psql_ -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
 psql_ -c "\\copy t FROM '$data/t.csv' CSV"
+if [ "$view" = windowed ]; then
+    python3 - "$rows" "$data/t.csv" "$data/e.csv" <<'PY'
+import sys, datetime
+rows, src, dst = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+base = datetime.datetime(2026, 1, 1)
+with open(src) as f, open(dst, "w") as out:
+    for i, line in enumerate(f):
+        ts = base + datetime.timedelta(seconds=i * 7200 // rows)
+        out.write(f"{line.strip()},{ts:%Y-%m-%d %H:%M:%S}\n")
+    out.write(f"0,0,{base + datetime.timedelta(days=1):%Y-%m-%d %H:%M:%S}\n")
+PY
+    psql_ -c "CREATE STREAM e (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL,
+        WATERMARK FOR ts AS ts) WITH (partitions = 1)"
+    psql_ -c "\\copy e FROM '$data/e.csv' CSV"
+fi
 if [ "$view" = joined ] || [ "$view" = changing ]; then
     python3 -c "
 import sys
@@ -64,6 +82,10 @@ elif [ "$view" = changing ]; then
        (SELECT k, count(*) AS c FROM t GROUP BY k) a JOIN
        (SELECT k, max(w) AS w FROM u GROUP BY k) b ON a.k = b.k"
     check="SELECT * FROM"
+elif [ "$view" = windowed ]; then
+    query="SELECT window_start, k, count(*) AS c, sum(v) AS total
+       FROM TUMBLE(e, ts, INTERVAL '1' HOUR) GROUP BY window_start, window_end, k"
+    check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"
 elif [ "$view" = groups ]; then
     query="SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k"
     check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"

@@ -3577,17 +3577,26 @@ const CHANGING_BATCH: &str = "SELECT count(*) AS n, sum(a.c * 10 + b.c) AS s FRO
     (SELECT k, count(*) AS c FROM t GROUP BY k) a JOIN \
     (SELECT k % 300000 AS k, count(*) AS c FROM u GROUP BY k % 300000) b ON a.k = b.k";
 
+/// The spill test's TUMBLE aggregate: one window of many groups, open until the end.
+const WINDOWED_BATCH: &str = "SELECT window_start, k, count(*) AS c, sum(v) AS total \
+    FROM TUMBLE(w, ts, INTERVAL '1' HOUR) GROUP BY window_start, window_end, k";
+
 /// Rows of the view `groups` missing from the same query in batch, and the other way round.
 async fn groups_differ(c: &Client) -> [i64; 2] {
+    view_differs(c, "groups", GROUPS_BATCH).await
+}
+
+/// Rows of `view` missing from `batch` (its query run in batch), and the other way round.
+async fn view_differs(c: &Client, view: &str, batch: &str) -> [i64; 2] {
     [
         count(
             c,
-            &format!("SELECT count(*) FROM (SELECT * FROM groups EXCEPT ALL {GROUPS_BATCH})"),
+            &format!("SELECT count(*) FROM (SELECT * FROM {view} EXCEPT ALL {batch})"),
         )
         .await,
         count(
             c,
-            &format!("SELECT count(*) FROM ({GROUPS_BATCH} EXCEPT ALL SELECT * FROM groups)"),
+            &format!("SELECT count(*) FROM ({batch} EXCEPT ALL SELECT * FROM {view})"),
         )
         .await,
     ]
@@ -3636,6 +3645,21 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     ))
     .await
     .expect("joins without a time bound");
+    // 400,000 groups in one window that stays open until after the restart.
+    c.batch_execute(&format!(
+        "CREATE STREAM w (k BIGINT NOT NULL, v BIGINT, ts TIMESTAMP NOT NULL, \
+           WATERMARK FOR ts AS ts) WITH (partitions = 1); \
+         INSERT INTO w SELECT value, value % 7, \
+           CAST(to_timestamp(1767225600 + value % 3000) AS TIMESTAMP) \
+           FROM generate_series(1, 400000); \
+         CREATE MATERIALIZED VIEW windowed WITH (memory_limit = '16MB') AS {WINDOWED_BATCH}"
+    ))
+    .await
+    .expect("a window of many groups");
+    caught_up(&c, "windowed").await;
+    let window_in_memory = "SELECT max(state_rows) FROM weir_operators \
+        WHERE view = 'windowed' AND kind = 'WindowAggregate'";
+    assert!(count(&c, window_in_memory).await < 200_000);
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
     caught_up(&c, "groups").await;
@@ -3675,10 +3699,22 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
     c.batch_execute(
         "INSERT INTO t SELECT value, value % 5 FROM generate_series(400001, 500000); \
          INSERT INTO u SELECT value, value % 3 FROM generate_series(2, 400000, 2); \
-         INSERT INTO u SELECT value, value % 3 FROM generate_series(400001, 500000)",
+         INSERT INTO u SELECT value, value % 3 FROM generate_series(400001, 500000); \
+         INSERT INTO w SELECT value % 500000, value % 5, \
+           CAST(to_timestamp(1767225600 + value % 3000) AS TIMESTAMP) \
+           FROM generate_series(300001, 600000); \
+         INSERT INTO w VALUES (0, 0, TIMESTAMP '2026-01-02 00:00:00')",
     )
     .await
     .expect("more rows");
+    caught_up(&c, "windowed").await;
+    // The window closed: its groups on disk, merged with those in memory, equal batch.
+    assert_eq!(count(&c, "SELECT count(*) FROM windowed").await, 500_000);
+    // (The last row's window is still open.)
+    let closed = format!(
+        "SELECT * FROM ({WINDOWED_BATCH}) WHERE window_start < TIMESTAMP '2026-01-02 00:00:00'"
+    );
+    assert_eq!(view_differs(&c, "windowed", &closed).await, [0, 0]);
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
     caught_up(&c, "groups").await;

@@ -484,18 +484,28 @@ impl Dataflow {
         }
     }
 
-    /// Passes the query's memory limit to the operators whose single outputs could exceed it.
+    /// Passes the query's memory limit to every operator: joins, whose single outputs could
+    /// exceed it, and operators that move their state to the store past a share of it.
     pub fn limit_memory(&mut self, bytes: usize) {
         match self {
-            Self::Source { .. } => {}
+            Self::Source { pipeline, .. } => pipeline.limit_memory(bytes),
             Self::Join { left, right, stage } => {
                 left.limit_memory(bytes);
                 right.limit_memory(bytes);
                 stage.join.limit_memory(bytes);
+                stage.pipeline.limit_memory(bytes);
             }
-            Self::Fork { input, stage, .. } => {
+            Self::Fork {
+                input,
+                left,
+                right,
+                stage,
+            } => {
                 input.limit_memory(bytes);
+                left.limit_memory(bytes);
+                right.limit_memory(bytes);
                 stage.join.limit_memory(bytes);
+                stage.pipeline.limit_memory(bytes);
             }
         }
     }

@@ -179,6 +179,13 @@ impl Pipeline {
         }
     }
 
+    /// Passes the query's memory limit to every operator (see [`Operator::limit_memory`]).
+    pub fn limit_memory(&mut self, bytes: usize) {
+        for op in &mut self.operators {
+            op.limit_memory(bytes);
+        }
+    }
+
     /// Restores every operator from `parts`, in the order [`Pipeline::snapshot`] wrote them.
     pub fn restore(&mut self, parts: &mut dyn Iterator<Item = OperatorState>) -> Result<()> {
         for op in &mut self.operators {

@@ -16,8 +16,9 @@ use datafusion::physical_expr::expressions::Literal;
 use datafusion::scalar::ScalarValue;
 
 use super::tumble::format_duration_ns;
+use super::window_aggregate::spill::WindowSpill;
 use super::window_aggregate::{AggregateSpec, Partials, WindowColumn, WindowState};
-use super::{Operator, aggregate_inputs, batch_of, take_inputs};
+use super::{Operator, TableSource, aggregate_inputs, batch_of, take_inputs};
 use crate::checkpoint::OperatorState;
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
@@ -66,6 +67,8 @@ pub struct HopAggregateOperator {
     watermark: Option<i64>,
     late_rows: u64,
     late: Vec<RecordBatch>,
+    /// Panes beyond memory, in the query's state store (see [`Operator::attach_store`]).
+    spill: Option<WindowSpill>,
 }
 
 impl std::fmt::Debug for HopAggregateOperator {
@@ -150,6 +153,7 @@ impl HopAggregateOperator {
             watermark: None,
             late_rows: 0,
             late: Vec::new(),
+            spill: None,
         };
         operator.new_pane()?;
         Ok(operator)
@@ -213,6 +217,9 @@ impl HopAggregateOperator {
             acc.update_batch(args, &ids, filter.as_ref(), total)?;
         }
         pane.read = None;
+        if let Some(spill) = &mut self.spill {
+            spill.touched();
+        }
         Ok(())
     }
 
@@ -231,13 +238,28 @@ impl HopAggregateOperator {
             .ok_or_else(|| Error::Internal("a pane was not read".into()))
     }
 
-    /// The result of the window ending at `end`: its panes' partial states merged.
-    fn window_result(&mut self, end: i64) -> Result<Option<RecordBatch>> {
-        let panes: Vec<i64> = self
-            .panes
-            .range(end - self.size_ns + 1..=end)
-            .map(|(e, _)| *e)
-            .collect();
+    /// The result of the window ending at `end`, into `out`: its panes' partial states
+    /// merged; where panes have runs in the state store, one part of the groups at a time.
+    fn window_result(&mut self, end: i64, out: &mut Vec<RecordBatch>) -> Result<()> {
+        let range = end - self.size_ns + 1..=end;
+        let panes: Vec<i64> = self.panes.range(range.clone()).map(|(e, _)| *e).collect();
+        if let Some(spill) = &self.spill {
+            let stored = spill.ends_in(range);
+            if !stored.is_empty() {
+                let memory = panes
+                    .iter()
+                    .map(|&p| self.partials(p).cloned())
+                    .collect::<Result<Vec<_>>>()?;
+                let memory: Vec<&Partials> = memory.iter().collect();
+                let Some(spill) = &self.spill else {
+                    return Err(Error::Internal("a HOP aggregate lost its store".into()));
+                };
+                return spill.merge(&stored, &memory, &self.key_schema, &self.aggregates, |w| {
+                    out.extend(self.result_batch(end, w)?);
+                    Ok(())
+                });
+            }
+        }
         let mut window = WindowState::new(&self.key_schema, &self.aggregates)?;
         let mut ids = Vec::new();
         for pane in panes {
@@ -248,6 +270,12 @@ impl HopAggregateOperator {
                 acc.merge_batch(partial, &ids, total)?;
             }
         }
+        out.extend(self.result_batch(end, window)?);
+        Ok(())
+    }
+
+    /// The result rows of the window ending at `end` from its merged state, if it has groups.
+    fn result_batch(&self, end: i64, mut window: WindowState) -> Result<Option<RecordBatch>> {
         let n = window.groups.len();
         if n == 0 {
             return Ok(None);
@@ -364,8 +392,12 @@ impl Operator for HopAggregateOperator {
         let wm = previous.max(watermark_ns);
         self.watermark = Some(wm);
         // The windows that close now: those of the panes kept, ending past the old watermark.
+        let mut panes: BTreeSet<i64> = self.panes.keys().copied().collect();
+        if let Some(spill) = &self.spill {
+            panes.extend(spill.ends_in(i64::MIN..=i64::MAX));
+        }
         let mut closing = BTreeSet::new();
-        for &end in self.panes.keys() {
+        for &end in &panes {
             let (first, last) = self.windows_of(end);
             // The first of these ends past the old watermark (ends are `first` plus slides).
             let mut window = first;
@@ -380,19 +412,18 @@ impl Operator for HopAggregateOperator {
         }
         let mut out = Vec::new();
         for end in closing {
-            if let Some(b) = self.window_result(end)? {
-                out.push(b);
-            }
+            self.window_result(end, &mut out)?;
         }
         // A pane whose last window has closed is not needed any more.
-        let done: Vec<i64> = self
-            .panes
-            .keys()
-            .copied()
+        let done: Vec<i64> = panes
+            .into_iter()
             .filter(|&end| self.windows_of(end).1 <= wm)
             .collect();
         for end in done {
             self.panes.remove(&end);
+            if let Some(spill) = &mut self.spill {
+                spill.forget(end);
+            }
         }
         Ok(out)
     }
@@ -428,7 +459,23 @@ impl Operator for HopAggregateOperator {
 
     /// Values: watermark, late rows, then the end of each pane; one batch per pane with its
     /// group keys followed by every accumulator's partial state columns.
+    ///
+    /// Once the state has passed an eighth of the memory limit (and from then on), each
+    /// pane's state in memory is staged in the state store instead (see [`WindowSpill`]).
     fn snapshot(&mut self) -> Result<OperatorState> {
+        let bytes = self.state_bytes();
+        if self.spill.as_mut().is_some_and(|s| s.track(bytes)) {
+            let ends: Vec<i64> = self.panes.keys().copied().collect();
+            for end in ends {
+                let partials = self.partials(end)?.clone();
+                if let Some(spill) = &mut self.spill {
+                    spill.stage(end, &partials)?;
+                }
+            }
+            if let Some(spill) = &mut self.spill {
+                return spill.checkpoint(self.watermark, self.late_rows);
+            }
+        }
         let mut state = OperatorState {
             values: vec![self.watermark, Some(self.late_rows as i64)],
             batches: Vec::new(),
@@ -445,6 +492,15 @@ impl Operator for HopAggregateOperator {
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         self.watermark = state.value(0)?;
         self.late_rows = state.value(1)?.unwrap_or(0) as u64;
+        if WindowSpill::is_stored(&state) {
+            self.panes.clear();
+            return match &mut self.spill {
+                Some(spill) => spill.restore(&state),
+                None => Err(Error::Corrupt(
+                    "a HOP aggregate's checkpoint is in a state store it does not have".into(),
+                )),
+            };
+        }
         if state.values.len() != state.batches.len() + 2 {
             return Err(Error::Corrupt(
                 "HOP pane state has panes without rows".into(),
@@ -462,6 +518,26 @@ impl Operator for HopAggregateOperator {
         Ok(())
     }
 
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        if !WindowSpill::supports(&self.key_schema) {
+            return Ok(false);
+        }
+        self.spill = WindowSpill::new(tables.table(name)?, &self.key_schema);
+        Ok(self.spill.is_some())
+    }
+
+    fn evict(&mut self) {
+        if self.spill.as_mut().is_some_and(WindowSpill::evict) {
+            self.panes.clear();
+        }
+    }
+
+    fn limit_memory(&mut self, bytes: usize) {
+        if let Some(spill) = &mut self.spill {
+            spill.limit_memory(bytes);
+        }
+    }
+
     fn explain(&self) -> String {
         let aggs: Vec<&str> = self.aggregates.iter().map(|a| a.expr.name()).collect();
         let keys: Vec<String> = self
@@ -475,13 +551,18 @@ impl Operator for HopAggregateOperator {
         let keys: Vec<String> = std::iter::once("pane".to_string()).chain(keys).collect();
         format!(
             "HopAggregate: by panes of {} (each event aggregated once; a window of {} every {} \
-             merges {} panes) state_key=[{}] aggregates=[{}] emit=on window close",
+             merges {} panes) state_key=[{}] aggregates=[{}] emit=on window close{}",
             format_duration_ns(self.pane_ns),
             format_duration_ns(self.size_ns),
             format_duration_ns(self.slide_ns),
             self.size_ns / self.pane_ns,
             keys.join(", "),
-            aggs.join(", ")
+            aggs.join(", "),
+            if WindowSpill::supports(&self.key_schema) {
+                " state=spills to disk past a quarter of the memory limit"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -647,7 +728,65 @@ mod tests {
         }
     }
 
+    /// HOP windows per (k, window start), counted, and late rows, of one step.
+    type Emitted = (
+        BTreeMap<(i64, i64, i64, i64), usize>,
+        BTreeMap<(i64, i64, i64), usize>,
+    );
+
+    /// `events`, then the watermark, through the pane operator `pane`.
+    fn step(
+        pane: &mut HopAggregateOperator,
+        (slide, size): (i64, i64),
+        (events, watermark): &(Vec<(i64, i64, i64)>, i64),
+    ) -> Emitted {
+        let (mut tumble, _) = panes(slide, size);
+        let mut out = (BTreeMap::new(), BTreeMap::new());
+        for p in tumble.process_batch(batch(events)).expect("tumble") {
+            rows(&pane.process_batch(p).expect("panes"), &mut out.0);
+        }
+        rows(
+            &pane.on_watermark(watermark * MS).expect("panes"),
+            &mut out.0,
+        );
+        late(pane.take_late(), &mut out.1);
+        out
+    }
+
     proptest! {
+        /// Panes whose state goes to the state store (checkpoints committed at once or a step
+        /// later, spills, `kill -9` and replay; see `spilled_equals_memory`) give what the same
+        /// panes in memory give, step by step.
+        #[test]
+        fn panes_spilled_to_the_store_and_merged_change_nothing(
+            (slide, size) in prop_oneof![Just((2i64, 10i64)), Just((3, 10)), Just((5, 5)), Just((1, 3))],
+            steps in prop::collection::vec(
+                (prop::collection::vec((0i64..30, 0i64..50, 0i64..20), 0..12), 0i64..4, 0u8..6),
+                1..24,
+            ),
+        ) {
+            let mut watermark = 0;
+            let given: Vec<_> = steps
+                .into_iter()
+                .map(|(events, advance, action)| {
+                    let events = events.into_iter().map(|(k, v, t)| (k, v, watermark + t - 2)).collect();
+                    watermark += advance;
+                    (vec![(events, watermark)], action)
+                })
+                .collect();
+            crate::operator::window_aggregate::spill::tests::spilled_equals_memory(
+                panes(slide, size).1,
+                |store| {
+                    let mut op = panes(slide, size).1;
+                    assert!(op.attach_store(&mut store.clone(), "operator-1").unwrap());
+                    op.limit_memory(0);
+                    op
+                },
+                &given,
+                |op, input| step(op, (slide, size), input),
+            )?;
+        }
+
         /// Panes give what copying each event into each of its windows gives: the same windows,
         /// the same late events (one per window missed), batch by batch and watermark by
         /// watermark, also after a checkpoint and restore.

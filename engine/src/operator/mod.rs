@@ -133,6 +133,12 @@ pub trait Operator: Send + std::fmt::Debug {
     /// Drops from memory the state that the last committed checkpoint stored, to be read
     /// back from the store when needed. Called only right after such a checkpoint.
     fn evict(&mut self) {}
+
+    /// The query's memory limit, for operators that keep their checkpoints whole while their
+    /// state is small and move to the state store past a share of it. Others keep the default.
+    fn limit_memory(&mut self, bytes: usize) {
+        let _ = bytes;
+    }
 }
 
 /// Where operators get their [`crate::state_store::StateTable`]s: the query's store, opened

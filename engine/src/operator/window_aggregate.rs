@@ -1,6 +1,8 @@
 //! Grouped aggregation per event-time window, emitted once per window when the watermark passes
 //! its end (EMIT ON WINDOW CLOSE).
 
+pub(super) mod spill;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -15,8 +17,9 @@ use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
+use self::spill::WindowSpill;
 use super::tumble::format_duration_ns;
-use super::{Operator, aggregate_inputs, batch_of, take_inputs};
+use super::{Operator, TableSource, aggregate_inputs, batch_of, take_inputs};
 use crate::checkpoint::OperatorState;
 use crate::watermark::unit_nanos;
 use crate::{Error, Result};
@@ -139,12 +142,24 @@ impl WindowState {
         aggregates: &[AggregateSpec],
     ) -> Result<Self> {
         let mut state = Self::new(keys, aggregates)?;
+        state.merge(batch, keys, aggregates)?;
+        Ok(state)
+    }
+
+    /// Merges into this state the groups and partial states of a batch of
+    /// [`WindowState::to_batch`]: groups already here combine with theirs.
+    pub(super) fn merge(
+        &mut self,
+        batch: &RecordBatch,
+        keys: &SchemaRef,
+        aggregates: &[AggregateSpec],
+    ) -> Result<()> {
         let columns = batch.columns();
         let (key_columns, mut rest) = columns.split_at(keys.fields().len().min(columns.len()));
         let mut ids = Vec::with_capacity(batch.num_rows());
-        state.groups.intern(key_columns, &mut ids)?;
-        let n = batch.num_rows();
-        for (acc, spec) in state.accumulators.iter_mut().zip(aggregates) {
+        self.groups.intern(key_columns, &mut ids)?;
+        let n = self.groups.len();
+        for (acc, spec) in self.accumulators.iter_mut().zip(aggregates) {
             let width = spec.expr.state_fields()?.len();
             if rest.len() < width {
                 return Err(Error::Corrupt(
@@ -155,7 +170,7 @@ impl WindowState {
             acc.merge_batch(partial, &ids, n)?;
             rest = tail;
         }
-        Ok(state)
+        Ok(())
     }
 }
 
@@ -199,6 +214,8 @@ pub struct WindowAggregateOperator {
     /// Per window updated by the batch being processed, the group ids it touched: only their
     /// rows are emitted again (the output is upserts by group key).
     touched: BTreeMap<i64, Vec<usize>>,
+    /// Open windows beyond memory, in the query's state store (see [`Operator::attach_store`]).
+    spill: Option<WindowSpill>,
 }
 
 impl WindowAggregateOperator {
@@ -396,6 +413,7 @@ impl WindowAggregateOperator {
             late: Vec::new(),
             group_ids: Vec::new(),
             touched: BTreeMap::new(),
+            spill: None,
         };
         // Accumulators are created per window as windows open; create one set now so that an
         // aggregate that cannot run on these types fails here, at CREATE time, not later.
@@ -499,6 +517,9 @@ impl WindowAggregateOperator {
             .get_mut(&end)
             .ok_or_else(|| Error::Internal("window vanished during update".into()))?;
         state.groups.intern(groups, &mut self.group_ids)?;
+        if let Some(spill) = &mut self.spill {
+            spill.touched();
+        }
         self.touched
             .entry(end)
             .or_default()
@@ -508,6 +529,71 @@ impl WindowAggregateOperator {
             acc.update_batch(args, &self.group_ids, filter.as_ref(), total)?;
         }
         Ok(())
+    }
+}
+
+impl WindowAggregateOperator {
+    /// The result rows of the window ending at `end`, from its final state.
+    fn final_batch(&self, end: i64, mut state: WindowState) -> Result<RecordBatch> {
+        let keys = state.groups.emit(EmitTo::All)?;
+        let n = keys.first().map_or(0, |k| k.len());
+        let mut columns = self.with_edges(end, keys, n)?;
+        for acc in &mut state.accumulators {
+            columns.push(acc.evaluate(EmitTo::All)?);
+        }
+        batch_of(&self.schema, columns)
+    }
+
+    /// Emits into `out` the window ending at `end` whose runs are in the state store, merged
+    /// with `state` (what memory holds of it) one part of its groups at a time.
+    fn close_spilled(
+        &mut self,
+        end: i64,
+        state: Option<WindowState>,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<()> {
+        let memory = match state {
+            Some(mut state) => {
+                let keys = state.groups.emit(EmitTo::All)?;
+                let partials = state
+                    .accumulators
+                    .iter_mut()
+                    .map(|a| Ok(a.state(EmitTo::All)?))
+                    .collect::<Result<Vec<_>>>()?;
+                vec![(keys, partials)]
+            }
+            None => Vec::new(),
+        };
+        let Some(spill) = &self.spill else {
+            return Err(Error::Internal(
+                "closing a spilled window without a store".into(),
+            ));
+        };
+        let memory: Vec<&Partials> = memory.iter().collect();
+        spill.merge(
+            &[end],
+            &memory,
+            &self.group_schema,
+            &self.aggregates,
+            |part| {
+                out.push(self.final_batch(end, part)?);
+                Ok(())
+            },
+        )?;
+        if let Some(spill) = &mut self.spill {
+            spill.forget(end);
+        }
+        Ok(())
+    }
+
+    /// Whether the open windows can go to a state store: only windows emitted once, at close
+    /// (a window updated after it was emitted needs all its groups at hand), whose group keys
+    /// have a row format to split them by.
+    fn spillable(&self) -> bool {
+        self.window.is_some()
+            && self.emit == Emit::OnWindowClose
+            && self.lateness_ns == 0
+            && WindowSpill::supports(&self.group_schema)
     }
 }
 
@@ -593,19 +679,23 @@ impl Operator for WindowAggregateOperator {
         }
         // Windows past their allowed lateness are final: emit those not emitted yet, free all.
         let kept = self.windows.split_off(&expire.saturating_add(1));
-        let expired = std::mem::replace(&mut self.windows, kept);
+        let mut expired = std::mem::replace(&mut self.windows, kept);
         if self.emit == Emit::OnWindowClose {
-            for (end, mut state) in expired {
-                if end <= previous {
-                    continue;
+            let mut ends: Vec<i64> = expired.keys().copied().collect();
+            if let Some(spill) = &self.spill {
+                ends.extend(spill.ends_up_to(expire));
+                ends.sort_unstable();
+                ends.dedup();
+            }
+            for end in ends {
+                let state = expired.remove(&end);
+                if self.spill.as_ref().is_some_and(|s| s.has_runs(end)) {
+                    self.close_spilled(end, state, &mut out)?;
+                } else if let Some(state) = state
+                    && end > previous
+                {
+                    out.push(self.final_batch(end, state)?);
                 }
-                let keys = state.groups.emit(EmitTo::All)?;
-                let n = keys.first().map_or(0, |k| k.len());
-                let mut columns = self.with_edges(end, keys, n)?;
-                for acc in &mut state.accumulators {
-                    columns.push(acc.evaluate(EmitTo::All)?);
-                }
-                out.push(batch_of(&self.schema, columns)?);
             }
         }
         // On update, a window's final values went out with its last update.
@@ -633,7 +723,23 @@ impl Operator for WindowAggregateOperator {
 
     /// Values: watermark, late rows, then the end of each open window; one batch per window
     /// with its group keys followed by every accumulator's intermediate state columns.
+    ///
+    /// Once the state has passed an eighth of the memory limit (and from then on), each
+    /// window's state in memory is staged in the state store instead (see [`WindowSpill`]).
     fn snapshot(&mut self) -> Result<OperatorState> {
+        let bytes = self.state_bytes();
+        if self.spill.as_mut().is_some_and(|s| s.track(bytes)) {
+            let ends: Vec<i64> = self.windows.keys().copied().collect();
+            for end in ends {
+                let partials = self.window_state(end)?;
+                if let Some(spill) = &mut self.spill {
+                    spill.stage(end, &partials)?;
+                }
+            }
+            if let Some(spill) = &mut self.spill {
+                return spill.checkpoint(self.watermark, self.late_rows);
+            }
+        }
         let mut state = OperatorState {
             values: vec![self.watermark, Some(self.late_rows as i64)],
             batches: Vec::new(),
@@ -650,6 +756,15 @@ impl Operator for WindowAggregateOperator {
     fn restore(&mut self, state: OperatorState) -> Result<()> {
         self.watermark = state.value(0)?;
         self.late_rows = state.value(1)?.unwrap_or(0) as u64;
+        if WindowSpill::is_stored(&state) {
+            self.windows.clear();
+            return match &mut self.spill {
+                Some(spill) => spill.restore(&state),
+                None => Err(Error::Corrupt(
+                    "a window aggregate's checkpoint is in a state store it does not have".into(),
+                )),
+            };
+        }
         if state.values.len() != state.batches.len() + 2 {
             return Err(Error::Corrupt(
                 "window aggregate state has windows without rows".into(),
@@ -662,6 +777,26 @@ impl Operator for WindowAggregateOperator {
             self.windows.insert(end, window);
         }
         Ok(())
+    }
+
+    fn attach_store(&mut self, tables: &mut dyn TableSource, name: &str) -> Result<bool> {
+        if !self.spillable() {
+            return Ok(false);
+        }
+        self.spill = WindowSpill::new(tables.table(name)?, &self.group_schema);
+        Ok(self.spill.is_some())
+    }
+
+    fn evict(&mut self) {
+        if self.spill.as_mut().is_some_and(WindowSpill::evict) {
+            self.windows.clear();
+        }
+    }
+
+    fn limit_memory(&mut self, bytes: usize) {
+        if let Some(spill) = &mut self.spill {
+            spill.limit_memory(bytes);
+        }
     }
 
     fn explain(&self) -> String {
@@ -696,9 +831,14 @@ impl Operator for WindowAggregateOperator {
         } else {
             format!(" from_window=[{}]", edges.join(", "))
         };
+        let spills = if self.spillable() {
+            " state=spills to disk past a quarter of the memory limit"
+        } else {
+            ""
+        };
         match self.window {
             Some(_) => format!(
-                "WindowAggregate: state_key=[window, {}]{edges} aggregates=[{}] window_size={} emit={emit}{lateness}",
+                "WindowAggregate: state_key=[window, {}]{edges} aggregates=[{}] window_size={} emit={emit}{lateness}{spills}",
                 hashed.join(", "),
                 aggs.join(", "),
                 format_duration_ns(self.size_ns)
@@ -736,7 +876,7 @@ mod tests {
         ]))
     }
 
-    fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
+    pub(super) fn batch(rows: &[(i64, i64, i64)]) -> RecordBatch {
         RecordBatch::try_new(
             input(),
             vec![
@@ -755,7 +895,7 @@ mod tests {
     }
 
     /// COUNT(*) and SUM(v) per (window_start, k) over 10-second windows.
-    fn operator(emit: Emit) -> WindowAggregateOperator {
+    pub(super) fn operator(emit: Emit) -> WindowAggregateOperator {
         let schema = input();
         let count = AggregateExprBuilder::new(count_udaf(), vec![lit(1i64)])
             .schema(Arc::clone(&schema))
@@ -804,7 +944,7 @@ mod tests {
         .expect("operator")
     }
 
-    fn rows(batches: &[RecordBatch]) -> Vec<(i64, i64, i64, i64)> {
+    pub(super) fn rows(batches: &[RecordBatch]) -> Vec<(i64, i64, i64, i64)> {
         let mut out = Vec::new();
         for b in batches {
             let ws = cast(b.column(0), &DataType::Int64).expect("cast");
@@ -820,7 +960,7 @@ mod tests {
         out
     }
 
-    const S: i64 = 1_000_000_000;
+    pub(super) const S: i64 = 1_000_000_000;
 
     #[test]
     fn a_window_edge_is_not_hashed_and_comes_back_in_the_output() {
