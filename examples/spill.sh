@@ -11,13 +11,14 @@
 # (a join of rows that change, keeping both sides' rows by key), counted; `windowed` is a
 # TUMBLE aggregate per k over one-hour windows of a stream e (t's rows spread over two hours,
 # and one row a day later that closes both), one row per window and group, checked like
-# `groups`.
+# `groups`; `hopped` is the same over HOP windows of an hour every half hour (by panes).
 # Needs psql and python3, and a release build (cargo build --release -p weir-server).
 set -euo pipefail
 groups="${1:-10000000}"
 rows="${2:-15000000}"
 limit="${3:-256MB}"
 view="${4:-hist}"
+closed=""
 weir="${CARGO_TARGET_DIR:-target}/release/weir"
 data="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$data"' EXIT
@@ -37,7 +38,7 @@ psql_() { psql -X -q -h 127.0.0.1 -p 55435 -U weir weir "$@"; }
 for _ in $(seq 100); do psql_ -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
 psql_ -c "\\copy t FROM '$data/t.csv' CSV"
-if [ "$view" = windowed ]; then
+if [ "$view" = windowed ] || [ "$view" = hopped ]; then
     python3 - "$rows" "$data/t.csv" "$data/e.csv" <<'PY'
 import sys, datetime
 rows, src, dst = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -86,6 +87,13 @@ elif [ "$view" = windowed ]; then
     query="SELECT window_start, k, count(*) AS c, sum(v) AS total
        FROM TUMBLE(e, ts, INTERVAL '1' HOUR) GROUP BY window_start, window_end, k"
     check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"
+    # The last row's windows are still open.
+    closed="WHERE window_start < TIMESTAMP '2026-01-01 23:00:00'"
+elif [ "$view" = hopped ]; then
+    query="SELECT window_start, k, count(*) AS c, sum(v) AS total
+       FROM HOP(e, ts, INTERVAL '30' MINUTE, INTERVAL '1' HOUR) GROUP BY window_start, window_end, k"
+    check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"
+    closed="WHERE window_start < TIMESTAMP '2026-01-01 23:00:00'"
 elif [ "$view" = groups ]; then
     query="SELECT k, count(*) AS c, sum(v) AS total FROM t GROUP BY k"
     check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"
@@ -105,4 +113,4 @@ python3 -c "print(f'caught up: {$rows} rows, $groups groups in {$end - $start:.1
 echo "server peak RSS while catching up: $(( $(cat "$peak_file") / 1024 )) MiB (memory_limit $limit)"
 echo "state store: $(du -sm "$data/weir/views/$view/state" | cut -f1) MB on disk"
 echo "view:  $(psql_ -tA -F' ' -c "$check $view ORDER BY 1, 2" | tr '\n' ';')"
-echo "batch: $(psql_ -tA -F' ' -c "$check ($query) ORDER BY 1, 2" | tr '\n' ';')"
+echo "batch: $(psql_ -tA -F' ' -c "$check ($query) AS b $closed ORDER BY 1, 2" | tr '\n' ';')"
