@@ -11,7 +11,8 @@
 # (a join of rows that change, keeping both sides' rows by key), counted; `windowed` is a
 # TUMBLE aggregate per k over one-hour windows of a stream e (t's rows spread over two hours,
 # and one row a day later that closes both), one row per window and group, checked like
-# `groups`; `hopped` is the same over HOP windows of an hour every half hour (by panes).
+# `groups`; `hopped` is the same over HOP windows of an hour every half hour (by panes);
+# `top` keeps the two largest k per window of each k % 1,000,000 (a Top-N per window).
 # Needs psql and python3, and a release build (cargo build --release -p weir-server).
 set -euo pipefail
 groups="${1:-10000000}"
@@ -38,7 +39,7 @@ psql_() { psql -X -q -h 127.0.0.1 -p 55435 -U weir weir "$@"; }
 for _ in $(seq 100); do psql_ -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
 psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
 psql_ -c "\\copy t FROM '$data/t.csv' CSV"
-if [ "$view" = windowed ] || [ "$view" = hopped ]; then
+if [ "$view" = windowed ] || [ "$view" = hopped ] || [ "$view" = top ]; then
     python3 - "$rows" "$data/t.csv" "$data/e.csv" <<'PY'
 import sys, datetime
 rows, src, dst = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -89,6 +90,11 @@ elif [ "$view" = windowed ]; then
     check="SELECT count(*), sum(c), sum(total), sum(k * c) FROM"
     # The last row's windows are still open.
     closed="WHERE window_start < TIMESTAMP '2026-01-01 23:00:00'"
+elif [ "$view" = top ]; then
+    query="SELECT window_start, k, rn FROM (SELECT window_start, window_end, k,
+       ROW_NUMBER() OVER (PARTITION BY window_start, window_end, p ORDER BY k DESC) AS rn
+       FROM TUMBLE((SELECT k, k % 1000000 AS p, ts FROM e), ts, INTERVAL '1' HOUR)) WHERE rn <= 2"
+    check="SELECT count(*), sum(k), sum(rn) FROM"
 elif [ "$view" = hopped ]; then
     query="SELECT window_start, k, count(*) AS c, sum(v) AS total
        FROM HOP(e, ts, INTERVAL '30' MINUTE, INTERVAL '1' HOUR) GROUP BY window_start, window_end, k"

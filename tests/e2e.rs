@@ -3581,6 +3581,11 @@ const CHANGING_BATCH: &str = "SELECT count(*) AS n, sum(a.c * 10 + b.c) AS s FRO
 const WINDOWED_BATCH: &str = "SELECT window_start, k, count(*) AS c, sum(v) AS total \
     FROM TUMBLE(w, ts, INTERVAL '1' HOUR) GROUP BY window_start, window_end, k";
 
+/// The spill test's Top-N per window: the two largest keys of each of 100,000 partitions.
+const TOP_BATCH: &str = "SELECT window_start, k, rn FROM (SELECT window_start, window_end, k, \
+    ROW_NUMBER() OVER (PARTITION BY window_start, window_end, p ORDER BY k DESC) AS rn \
+    FROM TUMBLE((SELECT k, k % 100000 AS p, ts FROM w), ts, INTERVAL '1' HOUR)) WHERE rn <= 2";
+
 /// Rows of the view `groups` missing from the same query in batch, and the other way round.
 async fn groups_differ(c: &Client) -> [i64; 2] {
     view_differs(c, "groups", GROUPS_BATCH).await
@@ -3652,11 +3657,17 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
          INSERT INTO w SELECT value, value % 7, \
            CAST(to_timestamp(1767225600 + value % 3000) AS TIMESTAMP) \
            FROM generate_series(1, 400000); \
-         CREATE MATERIALIZED VIEW windowed WITH (memory_limit = '16MB') AS {WINDOWED_BATCH}"
+         CREATE MATERIALIZED VIEW windowed WITH (memory_limit = '16MB') AS {WINDOWED_BATCH}; \
+         CREATE MATERIALIZED VIEW top WITH (memory_limit = '16MB') AS {TOP_BATCH}"
     ))
     .await
     .expect("a window of many groups");
     caught_up(&c, "windowed").await;
+    caught_up(&c, "top").await;
+    assert_eq!(view_differs(&c, "top", TOP_BATCH).await, [0, 0]);
+    let top_in_memory = "SELECT max(state_rows) FROM weir_operators \
+        WHERE view = 'top' AND kind = 'TopN'";
+    assert!(count(&c, top_in_memory).await < 100_000);
     let window_in_memory = "SELECT max(state_rows) FROM weir_operators \
         WHERE view = 'windowed' AND kind = 'WindowAggregate'";
     assert!(count(&c, window_in_memory).await < 200_000);
@@ -3715,6 +3726,11 @@ async fn an_aggregate_past_its_memory_limit_spills_to_disk_and_stays_right() {
         "SELECT * FROM ({WINDOWED_BATCH}) WHERE window_start < TIMESTAMP '2026-01-02 00:00:00'"
     );
     assert_eq!(view_differs(&c, "windowed", &closed).await, [0, 0]);
+    caught_up(&c, "top").await;
+    assert_eq!(view_differs(&c, "top", TOP_BATCH).await, [0, 0]);
+    assert_eq!(count(&c, "SELECT count(*) FROM top").await, 200_001);
+    // The closed window's partitions left memory and the store: the last row's is left.
+    assert_eq!(count(&c, top_in_memory).await, 1);
     caught_up(&c, "hist").await;
     caught_up(&c, "best").await;
     caught_up(&c, "groups").await;

@@ -766,7 +766,7 @@ mod tests {
             ),
         ) {
             let mut watermark = 0;
-            let given: Vec<_> = steps
+            let mut given: Vec<_> = steps
                 .into_iter()
                 .map(|(events, advance, action)| {
                     let events = events.into_iter().map(|(k, v, t)| (k, v, watermark + t - 2)).collect();
@@ -774,6 +774,7 @@ mod tests {
                     (vec![(events, watermark)], action)
                 })
                 .collect();
+            given.push((vec![(Vec::new(), watermark + 100)], 0));
             crate::operator::window_aggregate::spill::tests::spilled_equals_memory(
                 panes(slide, size).1,
                 |store| {
@@ -784,6 +785,7 @@ mod tests {
                 },
                 &given,
                 |op, input| step(op, (slide, size), input),
+                &["operator-1"],
             )?;
         }
 

@@ -3,6 +3,8 @@
 //! upserts of the ranks whose row changed. With `RANK()` or `DENSE_RANK()`, ties share a rank
 //! and a partition keeps every row ranked up to N, emitted as a changelog.
 
+mod ends;
+
 use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::physical_expr::PhysicalExpr;
 
+use self::ends::EndIndex;
 use super::{INSERTED, Operator, TableSource};
 use crate::checkpoint::OperatorState;
 use crate::state_store::{KeyedSpill, put_bytes, take_array, take_bytes};
@@ -119,6 +122,8 @@ pub struct TopNOperator {
     ttl: Option<TopNTtl>,
     /// Partitions beyond memory, in the query's state store (see [`Operator::attach_store`]).
     spill: Option<KeyedSpill>,
+    /// When the stored partitions of a per-window Top-N end.
+    ends: Option<EndIndex>,
 }
 
 /// The third value of a checkpoint whose partitions are in the state store.
@@ -249,6 +254,7 @@ impl TopNOperator {
             late: Vec::new(),
             ttl: None,
             spill: None,
+            ends: None,
         })
     }
 
@@ -344,6 +350,9 @@ impl TopNOperator {
             self.fetch(key)?;
             if !self.partitions.contains_key(key) {
                 self.partitions.insert(key.into(), Kept::default());
+                if let (Some(ends), Some(end)) = (&mut self.ends, end) {
+                    ends.made(end, key);
+                }
             }
             let Some(partition) = self.partitions.get_mut(key) else {
                 continue;
@@ -435,10 +444,10 @@ impl TopNOperator {
 }
 
 impl TopNOperator {
-    /// Whether partitions can go to a state store: those of a Top-N with PARTITION BY over a
-    /// whole stream, whose partitions never go away (not per window, nor under a state TTL).
+    /// Whether partitions can go to a state store: those of a Top-N with PARTITION BY, over a
+    /// whole stream or per window (not under a state TTL, which forgets keys by memory).
     fn spills(&self) -> bool {
-        self.keys.is_some() && self.expiry.is_none() && self.ttl.is_none()
+        self.keys.is_some() && self.ttl.is_none()
     }
 
     /// Reads partition `key` back from the state store into memory, if it left memory.
@@ -474,6 +483,9 @@ impl TopNOperator {
         if let Some(spill) = &mut self.spill {
             let partitions = &self.partitions;
             spill.stage(|key| partitions.get(key).map(encode_kept));
+        }
+        if let Some(ends) = &mut self.ends {
+            ends.stage();
         }
         OperatorState {
             values: vec![
@@ -578,12 +590,17 @@ impl Operator for TopNOperator {
         let partition: Vec<String> = self.partition.iter().map(|e| e.to_string()).collect();
         let state = match self.expiry {
             Some(e) => format!(
-                "those rows until the watermark passes {}{}",
+                "those rows until the watermark passes {}{}{}",
                 partition[e.partition_index],
                 if e.offset_ns > 0 {
                     format!(" + {}", super::tumble::format_duration_ns(e.offset_ns))
                 } else {
                     String::new()
+                },
+                if self.spills() {
+                    " (spills to disk past a quarter of the memory limit)"
+                } else {
+                    ""
                 }
             ),
             None => match self.ttl {
@@ -664,6 +681,9 @@ impl Operator for TopNOperator {
                 ));
             };
             spill.restored();
+            if let Some(ends) = &mut self.ends {
+                ends.restored(watermark);
+            }
             self.next_id = state.value(3)?.unwrap_or(0) as u64;
             self.watermark = watermark;
             return Ok(());
@@ -691,6 +711,9 @@ impl Operator for TopNOperator {
             return Ok(false);
         }
         self.spill = Some(KeyedSpill::new(tables.table(name)?));
+        if self.expiry.is_some() {
+            self.ends = Some(EndIndex::new(tables.table(&format!("{name}-ends"))?));
+        }
         Ok(true)
     }
 
@@ -722,16 +745,31 @@ impl Operator for TopNOperator {
         };
         if self.expiry.is_some() || sweep {
             let (mut freed, mut rows) = (0, 0);
-            self.partitions.retain(|_, kept| {
-                let done = kept.end.is_some_and(|end| end <= watermark_ns);
-                if done {
+            let (spill, ends) = (&mut self.spill, &mut self.ends);
+            self.partitions.retain(|key, kept| {
+                let done = kept.end.filter(|&end| end <= watermark_ns);
+                if let Some(end) = done {
                     freed += kept.rows.iter().map(Ranked::bytes).sum::<usize>();
                     rows += kept.rows.len();
+                    // A per-window partition's rows are final: it leaves the store too.
+                    if let (Some(spill), Some(ends)) = (spill.as_mut(), ends.as_mut()) {
+                        spill.removed(key.clone());
+                        ends.expired(end, key);
+                    }
                 }
-                !done
+                done.is_none()
             });
             self.bytes -= freed;
             self.kept_rows -= rows;
+            // Partitions that left memory end in the store.
+            if let (Some(spill), Some(ends)) = (&mut self.spill, &mut self.ends)
+                && spill.is_partial()
+            {
+                ends.expire(watermark_ns, |key| {
+                    spill.removed(key.into());
+                    Ok(())
+                })?;
+            }
         }
         Ok(Vec::new())
     }
@@ -930,6 +968,67 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// What a per-window Top-N is given.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Rows(Vec<(i64, i64, i64)>),
+        Watermark(i64),
+    }
+
+    proptest! {
+        /// A Top-N per window (partitions by `k`, each ending at `k` ns) whose partitions go to
+        /// the state store emits what it emits in memory through checkpoints, spills and
+        /// `kill -9` (see `spilled_equals_memory`), and partitions the watermark ends leave
+        /// the store too, also those that had left memory.
+        #[test]
+        fn window_partitions_spilled_to_the_store_end_there_too(
+            steps in prop::collection::vec(
+                (prop::collection::vec((0i64..6, 0i64..20), 0..20), 0i64..3, 0u8..6),
+                1..30,
+            ),
+            limit in 1usize..3,
+            rank: bool,
+        ) {
+            let make = || {
+                let op = top(limit, false).with_expiry(TopNExpiry { partition_index: 0, offset_ns: 0 });
+                if rank { op.with_rank(RankKind::Rank) } else { op }
+            };
+            let (mut watermark, mut id) = (0, 0);
+            let mut given: Vec<_> = steps
+                .into_iter()
+                .map(|(rows, advance, action)| {
+                    let rows = rows
+                        .into_iter()
+                        .map(|(k, v)| {
+                            id += 1;
+                            (watermark + k, v, id)
+                        })
+                        .collect();
+                    watermark += advance;
+                    (vec![Step::Rows(rows), Step::Watermark(watermark)], action)
+                })
+                .collect();
+            given.push((vec![Step::Watermark(watermark + 100)], 0));
+            crate::operator::window_aggregate::spill::tests::spilled_equals_memory(
+                make(),
+                |store| {
+                    let mut op = make();
+                    assert!(op.attach_store(&mut store.clone(), "top").unwrap());
+                    op
+                },
+                &given,
+                |op, step| {
+                    let out = match step {
+                        Step::Rows(r) => op.process_batch(batch(r)).unwrap(),
+                        Step::Watermark(w) => op.on_watermark(*w).unwrap(),
+                    };
+                    crate::operator::sorted_lines(&out)
+                },
+                &["top", "top-ends"],
+            )?;
         }
     }
 

@@ -347,12 +347,14 @@ pub(in crate::operator) mod tests {
     /// action: 1–2 a checkpoint committed at the next step; 3–4 a spill (a checkpoint committed
     /// at once, then an eviction); 5 `kill -9` (the store reopened, losing what was staged and
     /// not committed, the operator restored from the last committed checkpoint and the inputs
-    /// since replayed). Every input, replays included, must emit what it did in memory.
+    /// since replayed). Every input, replays included, must emit what it did in memory. The
+    /// last steps must leave no state: after a last checkpoint, tables `emptied` are empty.
     pub(in crate::operator) fn spilled_equals_memory<O, I, T>(
         mut memory: O,
         spilling: impl Fn(&StateStore) -> O,
         steps: &[(Vec<I>, u8)],
         apply: impl Fn(&mut O, &I) -> T,
+        emptied: &[&str],
     ) -> Result<(), TestCaseError>
     where
         O: Operator,
@@ -407,6 +409,12 @@ pub(in crate::operator) mod tests {
                 }
                 _ => {}
             }
+        }
+        spilled.snapshot().unwrap();
+        store.commit(b"checkpoint").unwrap();
+        for name in emptied {
+            let rows = store.table(name).unwrap().len().unwrap();
+            prop_assert_eq!(rows, 0, "rows left in {}", name);
         }
         Ok(())
     }
@@ -471,6 +479,7 @@ pub(in crate::operator) mod tests {
                     Step::Rows(r) => rows(&op.process_batch(batch(r)).unwrap()),
                     Step::Watermark(w) => rows(&op.on_watermark(*w).unwrap()),
                 },
+                &["operator-1"],
             )?;
         }
     }
