@@ -37,9 +37,13 @@ PY
 pid=$!
 psql_() { psql -X -q -h 127.0.0.1 -p 55435 -U weir weir "$@"; }
 for _ in $(seq 100); do psql_ -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.1; done
-psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
-psql_ -c "\\copy t FROM '$data/t.csv' CSV"
-if [ "$view" = windowed ] || [ "$view" = hopped ] || [ "$view" = top ]; then
+windowed=false
+case "$view" in windowed | hopped | top) windowed=true ;; esac
+if [ "$windowed" = false ]; then
+    psql_ -c "CREATE STREAM t (k BIGINT NOT NULL, v BIGINT) WITH (partitions = 4, key = 'k')"
+    psql_ -c "\\copy t FROM '$data/t.csv' CSV"
+fi
+if [ "$windowed" = true ]; then
     python3 - "$rows" "$data/t.csv" "$data/e.csv" <<'PY'
 import sys, datetime
 rows, src, dst = int(sys.argv[1]), sys.argv[2], sys.argv[3]

@@ -683,7 +683,7 @@ impl Operator for WindowAggregateOperator {
         if self.emit == Emit::OnWindowClose {
             let mut ends: Vec<i64> = expired.keys().copied().collect();
             if let Some(spill) = &self.spill {
-                ends.extend(spill.ends_up_to(expire));
+                ends.extend(spill.ends_in(i64::MIN..=expire));
                 ends.sort_unstable();
                 ends.dedup();
             }

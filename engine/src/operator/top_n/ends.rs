@@ -1,6 +1,8 @@
 //! When each of a per-window Top-N's partitions in the state store ends, so that the watermark
 //! frees partitions that left memory as it frees those in memory.
 
+use std::ops::Bound;
+
 use crate::state_store::StateTable;
 use crate::{Error, Result};
 
@@ -55,19 +57,15 @@ impl EndIndex {
             None => end_bytes(i64::MIN),
         };
         let to = end_bytes(watermark.saturating_add(1));
-        let mut gone = Vec::new();
-        let range = if watermark == i64::MAX {
-            self.table.scan(&from[..].., |k, _| {
-                gone.push(k.to_vec());
-                Ok(())
-            })
-        } else {
-            self.table.scan(&from[..]..&to[..], |k, _| {
-                gone.push(k.to_vec());
-                Ok(())
-            })
+        let to = match watermark {
+            i64::MAX => Bound::Unbounded,
+            _ => Bound::Excluded(&to[..]),
         };
-        range?;
+        let mut gone = Vec::new();
+        self.table.scan((Bound::Included(&from[..]), to), |k, _| {
+            gone.push(k.to_vec());
+            Ok(())
+        })?;
         for entry in gone {
             let key = entry
                 .get(8..)

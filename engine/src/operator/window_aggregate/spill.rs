@@ -47,6 +47,14 @@ fn part_of(row: &[u8]) -> u16 {
     ((h ^ (h >> 32)) % u64::from(PARTS)) as u16
 }
 
+/// The row format's fields for group keys of `keys`' types.
+fn sort_fields(keys: &SchemaRef) -> Vec<SortField> {
+    keys.fields()
+        .iter()
+        .map(|f| SortField::new(f.data_type().clone()))
+        .collect()
+}
+
 /// Open windows of a [`super::WindowAggregateOperator`] in the query's state store.
 ///
 /// While the operator's state is small its checkpoints hold every window whole, as without a
@@ -86,17 +94,12 @@ impl std::fmt::Debug for WindowSpill {
 impl WindowSpill {
     /// A spill into `table` for groups keyed by `keys`, if their types have a row format.
     pub(in crate::operator) fn new(table: StateTable, keys: &SchemaRef) -> Option<Self> {
-        let fields: Vec<SortField> = keys
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
-        if fields.is_empty() {
+        if !Self::supports(keys) {
             return None;
         }
         Some(Self {
             table,
-            rows: RowConverter::new(fields).ok()?,
+            rows: RowConverter::new(sort_fields(keys)).ok()?,
             tracking: false,
             spill_from: usize::MAX,
             runs: BTreeMap::new(),
@@ -108,14 +111,7 @@ impl WindowSpill {
 
     /// Whether groups of these types can be split into parts.
     pub(in crate::operator) fn supports(keys: &SchemaRef) -> bool {
-        !keys.fields().is_empty()
-            && RowConverter::supports_fields(
-                &keys
-                    .fields()
-                    .iter()
-                    .map(|f| SortField::new(f.data_type().clone()))
-                    .collect::<Vec<_>>(),
-            )
+        !keys.fields().is_empty() && RowConverter::supports_fields(&sort_fields(keys))
     }
 
     /// Checkpoints move to the store once the state passes an eighth of `bytes`.
@@ -137,11 +133,6 @@ impl WindowSpill {
     /// Whether the window ending at `end` has runs in the store.
     pub(in crate::operator) fn has_runs(&self, end: i64) -> bool {
         self.runs.contains_key(&end)
-    }
-
-    /// The ends of windows (or panes) with runs in the store, up to `end`.
-    pub(in crate::operator) fn ends_up_to(&self, end: i64) -> Vec<i64> {
-        self.ends_in(i64::MIN..=end)
     }
 
     /// The ends in `range` of windows (or panes) with runs in the store.
